@@ -1,0 +1,371 @@
+"""BaseEmbedding and MultiModalEmbedding: LlamaIndex's public API as thin calls into one pipeline."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from abc import abstractmethod
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+import numpy.typing as npt
+from pydantic import Field, PrivateAttr, field_validator
+
+from embedstack._pipeline import EmbedJob, make_key_factory, run_async, run_sync
+from embedstack.callbacks.manager import CallbackManager
+from embedstack.instrumentation import get_dispatcher
+from embedstack.kvstore.base import BaseKVStore
+from embedstack.schema import BaseNode, MetadataMode, TransformComponent
+from embedstack.similarity import SimilarityMode, mean_agg
+from embedstack.similarity import similarity as _similarity
+from embedstack.types import Embedding, ImageType, Role, Vectors
+
+__all__ = ["DEFAULT_EMBED_BATCH_SIZE", "BaseEmbedding", "BatchEmbedding", "MultiModalEmbedding"]
+
+DEFAULT_EMBED_BATCH_SIZE = 10
+CACHE_SCHEMA = b"embedstack-cache-v1"
+dispatcher = get_dispatcher(__name__)
+
+# Fields that never change a vector: left out of the cache key.
+_RUNTIME_FIELDS = frozenset({"callback_manager", "embed_batch_size", "num_workers", "embeddings_cache"})
+
+
+class BaseEmbedding(TransformComponent):
+    """Base class for embedding models (LlamaIndex-compatible).
+
+    Subclasses implement `_get_query_embedding`, `_aget_query_embedding` and `_get_text_embedding`
+    (and may override the batch hooks); every public method below goes through the one pipeline
+    in `embedstack._pipeline`, which owns caching, batching, ordering, events and progress.
+    """
+
+    model_name: str = Field(default="unknown", description="The name of the embedding model.")
+    embed_batch_size: int = Field(
+        default=DEFAULT_EMBED_BATCH_SIZE, description="The batch size for embedding calls.", gt=0, le=2048
+    )
+    callback_manager: CallbackManager = Field(default_factory=lambda: CallbackManager([]), exclude=True)
+    num_workers: int | None = Field(default=None, description="The number of workers to use for async embedding calls.")
+    embeddings_cache: Any | None = Field(
+        default=None, exclude=True, description="Cache for the embeddings: if None, the embeddings are not cached."
+    )
+
+    #: Fields of a subclass that do not change its vectors (device, timeouts, ...): kept out of the cache key.
+    _identity_exclude: ClassVar[frozenset[str]] = frozenset()
+    #: How many batches of one call may run at once, whatever num_workers says (None: no cap).
+    max_concurrency: ClassVar[int | None] = None
+    #: Whether the sync path may run batches in threads when num_workers > 1 (remote APIs: yes).
+    parallel_sync_batches: ClassVar[bool] = False
+
+    _memo: dict[str, Any] = PrivateAttr(default_factory=dict)
+
+    @field_validator("callback_manager", mode="before")
+    @classmethod
+    def _default_callback_manager(cls, v: Any) -> Any:
+        return CallbackManager([]) if v is None else v
+
+    @field_validator("embeddings_cache")
+    @classmethod
+    def _check_cache(cls, v: Any) -> Any:
+        if v is not None and not isinstance(v, BaseKVStore):
+            raise TypeError(
+                f"embeddings_cache must be a BaseKVStore (SimpleKVStore, SQLiteKVStore, ...) or None, "
+                f"not {type(v).__name__}"
+            )
+        return v
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        super().__setattr__(name, value)
+        if name in type(self).model_fields:
+            self._memo.clear()
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={v!r}" for k, v in self._descriptor().items() if k != "class_name")
+        return f"{type(self).__name__}({fields})"
+
+    __str__ = __repr__
+
+    @classmethod
+    def class_name(cls) -> str:
+        """Name stored in to_dict()."""
+        return "BaseEmbedding"
+
+    # -- LlamaIndex hooks --------------------------------------------------------------------
+    @abstractmethod
+    def _get_query_embedding(self, query: str) -> Embedding:
+        """Embed one query (a model may prepend a query instruction)."""
+
+    @abstractmethod
+    async def _aget_query_embedding(self, query: str) -> Embedding:
+        """Embed one query asynchronously."""
+
+    @abstractmethod
+    def _get_text_embedding(self, text: str) -> Embedding:
+        """Embed one text."""
+
+    async def _aget_text_embedding(self, text: str) -> Embedding:
+        """Embed one text asynchronously; by default the sync hook in a worker thread."""
+        return await asyncio.to_thread(self._get_text_embedding, text)
+
+    def _get_text_embeddings(self, texts: list[str]) -> Vectors:
+        """Embed a batch of texts; by default one _get_text_embedding per text."""
+        return [self._get_text_embedding(t) for t in texts]
+
+    async def _aget_text_embeddings(self, texts: list[str]) -> Vectors:
+        """Embed a batch asynchronously: the native async hook if there is one, else the sync batch in a thread."""
+        if type(self)._aget_text_embedding is not BaseEmbedding._aget_text_embedding:
+            return list(await asyncio.gather(*(self._aget_text_embedding(t) for t in texts)))
+        return await asyncio.to_thread(self._get_text_embeddings, texts)
+
+    def _get_query_embeddings(self, queries: list[str]) -> Vectors:
+        """Embed a batch of queries; by default one _get_query_embedding per query."""
+        return [self._get_query_embedding(q) for q in queries]
+
+    async def _aget_query_embeddings(self, queries: list[str]) -> Vectors:
+        """Embed a batch of queries asynchronously."""
+        return list(await asyncio.gather(*(self._aget_query_embedding(q) for q in queries)))
+
+    # -- what the pipeline asks of a model -----------------------------------------------------
+    def _embed_batch_sync(self, items: list[Any], role: Role) -> Any:
+        if role is Role.QUERY:
+            return self._get_query_embeddings(items)
+        if role is Role.TEXT:
+            return self._get_text_embeddings(items)
+        return self._image_batch_sync(items)
+
+    async def _embed_batch_async(self, items: list[Any], role: Role) -> Any:
+        if role is Role.QUERY:
+            return await self._aget_query_embeddings(items)
+        if role is Role.TEXT:
+            return await self._aget_text_embeddings(items)
+        return await self._image_batch_async(items)
+
+    def _image_batch_sync(self, items: list[Any]) -> Any:
+        raise TypeError(f"{type(self).__name__} does not embed images; use a MultiModalEmbedding such as ClipEmbedding")
+
+    async def _image_batch_async(self, items: list[Any]) -> Any:
+        return self._image_batch_sync(items)
+
+    def _instruction(self, role: Role) -> str | None:
+        """The instruction this model applies for `role` (part of the cache key); none by default."""
+        return None
+
+    def _batch_order(self, items: list[Any]) -> list[int] | None:
+        """The order to embed `items` in (e.g. by length); None keeps input order."""
+        return None
+
+    def _sync_workers(self) -> int:
+        if self.parallel_sync_batches and self.num_workers and self.num_workers > 1:
+            return min(self.num_workers, self.max_concurrency or self.num_workers)
+        return 1
+
+    def _async_workers(self) -> int | None:
+        limit = self.num_workers if self.num_workers and self.num_workers > 1 else None
+        if self.max_concurrency is not None:
+            limit = min(limit or self.max_concurrency, self.max_concurrency)
+        return limit
+
+    def _identity(self) -> dict[str, Any]:
+        """What makes this model's vectors what they are: class and every output-changing field."""
+        skip = _RUNTIME_FIELDS | self._identity_exclude
+        data = self.to_dict(exclude=skip, mode="json")
+        return data
+
+    def _key_factory(self, role: Role) -> Callable[[Any], str]:
+        memo_key = f"key:{role.value}"
+        factory = self._memo.get(memo_key)
+        if factory is None:
+            prefix = self._memo.get("prefix")
+            if prefix is None:
+                prefix = self._memo["prefix"] = CACHE_SCHEMA + b"\0" + json.dumps(self._identity(), sort_keys=True).encode()
+            factory = self._memo[memo_key] = make_key_factory(prefix, role, self._instruction(role))
+        return factory  # type: ignore[no-any-return]
+
+    def _descriptor(self) -> dict[str, Any]:
+        """The model as events and repr show it: serialisable fields, never secrets; computed once."""
+        desc = self._memo.get("descriptor")
+        if desc is None:
+            desc = self._memo["descriptor"] = self.to_dict(mode="json")
+        return desc  # type: ignore[no-any-return]
+
+    # -- public API --------------------------------------------------------------------------
+    def _run(self, items: Sequence[Any], role: Role, label: str, show_progress: bool = False) -> npt.NDArray[np.float32]:
+        return run_sync(EmbedJob(self, items, role, label, show_progress))
+
+    async def _arun(
+        self, items: Sequence[Any], role: Role, label: str, show_progress: bool = False
+    ) -> npt.NDArray[np.float32]:
+        return await run_async(EmbedJob(self, items, role, label, show_progress))
+
+    @dispatcher.span
+    def get_query_embedding(self, query: str) -> Embedding:
+        """Embed a query (with the model's query instruction, if it has one)."""
+        return self._run([query], Role.QUERY, "query")[0].tolist()  # type: ignore[no-any-return]
+
+    @dispatcher.span
+    async def aget_query_embedding(self, query: str) -> Embedding:
+        """Embed a query asynchronously."""
+        return (await self._arun([query], Role.QUERY, "query"))[0].tolist()  # type: ignore[no-any-return]
+
+    @dispatcher.span
+    def get_text_embedding(self, text: str) -> Embedding:
+        """Embed a text (a document chunk)."""
+        return self._run([text], Role.TEXT, "text")[0].tolist()  # type: ignore[no-any-return]
+
+    @dispatcher.span
+    async def aget_text_embedding(self, text: str) -> Embedding:
+        """Embed a text asynchronously."""
+        return (await self._arun([text], Role.TEXT, "text"))[0].tolist()  # type: ignore[no-any-return]
+
+    @dispatcher.span
+    def get_text_embedding_batch(self, texts: list[str], show_progress: bool = False, **kwargs: Any) -> list[Embedding]:
+        """Embed many texts in batches of embed_batch_size; results in input order."""
+        return self._run(texts, Role.TEXT, "texts", show_progress).tolist()  # type: ignore[no-any-return]
+
+    @dispatcher.span
+    async def aget_text_embedding_batch(
+        self, texts: list[str], show_progress: bool = False, **kwargs: Any
+    ) -> list[Embedding]:
+        """Embed many texts, batches running concurrently (at most num_workers at once)."""
+        return (await self._arun(texts, Role.TEXT, "texts", show_progress)).tolist()  # type: ignore[no-any-return]
+
+    def get_agg_embedding_from_queries(
+        self, queries: list[str], agg_fn: Callable[..., Embedding] | None = None
+    ) -> Embedding:
+        """Embed several queries and aggregate them (mean by default)."""
+        return (agg_fn or mean_agg)(self._run(queries, Role.QUERY, "queries").tolist())
+
+    async def aget_agg_embedding_from_queries(
+        self, queries: list[str], agg_fn: Callable[..., Embedding] | None = None
+    ) -> Embedding:
+        """Async get_agg_embedding_from_queries."""
+        return (agg_fn or mean_agg)((await self._arun(queries, Role.QUERY, "queries")).tolist())
+
+    def embed(
+        self, items: Sequence[Any], role: Role | str = Role.TEXT, show_progress: bool = False
+    ) -> npt.NDArray[np.float32]:
+        """Bulk fast path: an (n, dim) float32 array, through the same pipeline (cache, events, batching)."""
+        role = Role(role)
+        return self._run(items, role, "images" if role is Role.IMAGE else "texts", show_progress)
+
+    async def aembed(
+        self, items: Sequence[Any], role: Role | str = Role.TEXT, show_progress: bool = False
+    ) -> npt.NDArray[np.float32]:
+        """Async embed()."""
+        role = Role(role)
+        return await self._arun(items, role, "images" if role is Role.IMAGE else "texts", show_progress)
+
+    def similarity(
+        self, embedding1: Embedding, embedding2: Embedding, mode: SimilarityMode = SimilarityMode.DEFAULT
+    ) -> float:
+        """Similarity of two embeddings (cosine by default)."""
+        return _similarity(embedding1=embedding1, embedding2=embedding2, mode=mode)
+
+    def __call__(self, nodes: Sequence[BaseNode], **kwargs: Any) -> Sequence[BaseNode]:
+        """Embed each node's content as the embedder sees it (MetadataMode.EMBED) and set node.embedding."""
+        texts = [node.get_content(metadata_mode=MetadataMode.EMBED) for node in nodes]
+        for node, vec in zip(nodes, self.get_text_embedding_batch(texts, **kwargs)):
+            node.embedding = vec
+        return nodes
+
+    async def acall(self, nodes: Sequence[BaseNode], **kwargs: Any) -> Sequence[BaseNode]:
+        """Async __call__."""
+        texts = [node.get_content(metadata_mode=MetadataMode.EMBED) for node in nodes]
+        for node, vec in zip(nodes, await self.aget_text_embedding_batch(texts, **kwargs)):
+            node.embedding = vec
+        return nodes
+
+
+class MultiModalEmbedding(BaseEmbedding):
+    """An embedding model that also embeds images into the same space as text."""
+
+    @classmethod
+    def class_name(cls) -> str:
+        """Name stored in to_dict()."""
+        return "MultiModalEmbedding"
+
+    @abstractmethod
+    def _get_image_embedding(self, img_file_path: ImageType) -> Embedding:
+        """Embed one image."""
+
+    @abstractmethod
+    async def _aget_image_embedding(self, img_file_path: ImageType) -> Embedding:
+        """Embed one image asynchronously."""
+
+    def _get_image_embeddings(self, img_file_paths: list[ImageType]) -> Vectors:
+        """Embed a batch of images; by default one at a time."""
+        return [self._get_image_embedding(p) for p in img_file_paths]
+
+    async def _aget_image_embeddings(self, img_file_paths: list[ImageType]) -> Vectors:
+        """Embed a batch of images asynchronously."""
+        return list(await asyncio.gather(*(self._aget_image_embedding(p) for p in img_file_paths)))
+
+    def _image_batch_sync(self, items: list[Any]) -> Any:
+        return self._get_image_embeddings(items)
+
+    async def _image_batch_async(self, items: list[Any]) -> Any:
+        return await self._aget_image_embeddings(items)
+
+    @dispatcher.span
+    def get_image_embedding(self, img_file_path: ImageType) -> Embedding:
+        """Embed an image."""
+        return self._run([img_file_path], Role.IMAGE, "img_file_path")[0].tolist()  # type: ignore[no-any-return]
+
+    @dispatcher.span
+    async def aget_image_embedding(self, img_file_path: ImageType) -> Embedding:
+        """Embed an image asynchronously."""
+        return (await self._arun([img_file_path], Role.IMAGE, "img_file_path"))[0].tolist()  # type: ignore[no-any-return]
+
+    @dispatcher.span
+    def get_image_embedding_batch(self, img_file_paths: list[ImageType], show_progress: bool = False) -> list[Embedding]:
+        """Embed many images in batches; results in input order."""
+        return self._run(img_file_paths, Role.IMAGE, "img_file_paths", show_progress).tolist()  # type: ignore[no-any-return]
+
+    @dispatcher.span
+    async def aget_image_embedding_batch(
+        self, img_file_paths: list[ImageType], show_progress: bool = False
+    ) -> list[Embedding]:
+        """Embed many images asynchronously."""
+        return (await self._arun(img_file_paths, Role.IMAGE, "img_file_paths", show_progress)).tolist()  # type: ignore[no-any-return]
+
+
+class BatchEmbedding(BaseEmbedding):
+    """Base for providers with one native batched hook, `_embed_batch(items, role)`, for every role.
+
+    The LlamaIndex single-item hooks are derived from it, and the async hook defaults to the
+    sync one in a worker thread, so an event loop is never blocked by a local model.
+    """
+
+    def _embed_batch(self, items: list[Any], role: Role) -> Any:
+        """Embed a batch of `role` items; returns vectors (list or 2-D array) or an EmbedResult."""
+        raise NotImplementedError(f"{type(self).__name__} must implement _embed_batch(items, role)")
+
+    async def _aembed_batch(self, items: list[Any], role: Role) -> Any:
+        """Async _embed_batch; by default the sync one in a worker thread."""
+        return await asyncio.to_thread(self._embed_batch, items, role)
+
+    def _embed_batch_sync(self, items: list[Any], role: Role) -> Any:
+        return self._embed_batch(items, role)
+
+    async def _embed_batch_async(self, items: list[Any], role: Role) -> Any:
+        return await self._aembed_batch(items, role)
+
+    def _one(self, item: Any, role: Role) -> Embedding:
+        from embedstack._pipeline import as_matrix
+
+        raw = self._embed_batch([item], role)
+        return as_matrix(getattr(raw, "vectors", raw), 1)[0].tolist()  # type: ignore[no-any-return]
+
+    def _get_query_embedding(self, query: str) -> Embedding:
+        return self._one(query, Role.QUERY)
+
+    async def _aget_query_embedding(self, query: str) -> Embedding:
+        return await asyncio.to_thread(self._one, query, Role.QUERY)
+
+    def _get_text_embedding(self, text: str) -> Embedding:
+        return self._one(text, Role.TEXT)
+
+    def _get_image_embedding(self, img_file_path: ImageType) -> Embedding:
+        return self._one(img_file_path, Role.IMAGE)
+
+    async def _aget_image_embedding(self, img_file_path: ImageType) -> Embedding:
+        return await asyncio.to_thread(self._one, img_file_path, Role.IMAGE)

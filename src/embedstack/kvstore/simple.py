@@ -1,0 +1,144 @@
+"""SimpleKVStore: an in-memory store that persists to one JSON file (LlamaIndex's format)."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import threading
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from typing_extensions import Self
+
+from embedstack.kvstore.base import DEFAULT_BATCH_SIZE, DEFAULT_COLLECTION, BaseKVStore
+
+__all__ = ["SimpleKVStore", "atomic_write_text"]
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
+    """Write `text` to `path` through a temporary file and a rename: never a half-written file."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class SimpleKVStore(BaseKVStore):
+    """Collections of dicts in memory; persist(path) / from_persist_path(path) as JSON."""
+
+    def __init__(self, data: dict[str, dict[str, dict[str, Any]]] | None = None) -> None:
+        self._data: dict[str, dict[str, dict[str, Any]]] = data if data is not None else {}
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"SimpleKVStore(collections={len(self._data)})"
+
+    def put(self, key: str, val: dict[str, Any], collection: str = DEFAULT_COLLECTION) -> None:
+        """Store a copy of `val`."""
+        with self._lock:
+            self._data.setdefault(collection, {})[key] = dict(val)
+
+    def get(self, key: str, collection: str = DEFAULT_COLLECTION) -> dict[str, Any] | None:
+        """A copy of the value, or None."""
+        val = self._data.get(collection, {}).get(key)
+        return None if val is None else dict(val)
+
+    def get_all(self, collection: str = DEFAULT_COLLECTION) -> dict[str, dict[str, Any]]:
+        """A copy of a collection."""
+        return {k: dict(v) for k, v in self._data.get(collection, {}).items()}
+
+    def delete(self, key: str, collection: str = DEFAULT_COLLECTION) -> bool:
+        """Remove a key."""
+        with self._lock:
+            return self._data.get(collection, {}).pop(key, None) is not None
+
+    def get_many(self, keys: Sequence[str], collection: str = DEFAULT_COLLECTION) -> list[dict[str, Any] | None]:
+        """Values in key order; values are shared, not copied (the vector path only reads them)."""
+        coll = self._data.get(collection, {})
+        return [coll.get(k) for k in keys]
+
+    def put_many(self, items: Mapping[str, dict[str, Any]], collection: str = DEFAULT_COLLECTION) -> None:
+        """Store many values under one lock."""
+        with self._lock:
+            self._data.setdefault(collection, {}).update(items)
+
+    # In memory: the async twins run inline, no thread hop.
+    async def aput(self, key: str, val: dict[str, Any], collection: str = DEFAULT_COLLECTION) -> None:
+        """Async put."""
+        self.put(key, val, collection)
+
+    async def aget(self, key: str, collection: str = DEFAULT_COLLECTION) -> dict[str, Any] | None:
+        """Async get."""
+        return self.get(key, collection)
+
+    async def aget_all(self, collection: str = DEFAULT_COLLECTION) -> dict[str, dict[str, Any]]:
+        """Async get_all."""
+        return self.get_all(collection)
+
+    async def adelete(self, key: str, collection: str = DEFAULT_COLLECTION) -> bool:
+        """Async delete."""
+        return self.delete(key, collection)
+
+    async def aput_all(
+        self,
+        kv_pairs: Sequence[tuple[str, dict[str, Any]]],
+        collection: str = DEFAULT_COLLECTION,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+    ) -> None:
+        """Async put_all."""
+        self.put_all(kv_pairs, collection, batch_size)
+
+    async def aget_many(self, keys: Sequence[str], collection: str = DEFAULT_COLLECTION) -> list[dict[str, Any] | None]:
+        """Async get_many."""
+        return self.get_many(keys, collection)
+
+    async def aput_many(self, items: Mapping[str, dict[str, Any]], collection: str = DEFAULT_COLLECTION) -> None:
+        """Async put_many."""
+        self.put_many(items, collection)
+
+    async def aget_vectors(self, keys: Sequence[str], collection: str) -> list[Any]:
+        """Async get_vectors, inline."""
+        return self.get_vectors(keys, collection)
+
+    async def aput_vectors(self, keys: Sequence[str], vectors: Any, collection: str) -> None:
+        """Async put_vectors, inline."""
+        self.put_vectors(keys, vectors, collection)
+
+    def persist(self, persist_path: str | os.PathLike[str], fs: Any = None) -> None:
+        """Write everything to `persist_path` as JSON, atomically."""
+        with self._lock:
+            text = json.dumps(self._data)
+        atomic_write_text(persist_path, text)
+
+    @classmethod
+    def from_persist_path(cls, persist_path: str | os.PathLike[str], fs: Any = None) -> Self:
+        """Load a store written by persist()."""
+        path = Path(persist_path)
+        if not path.exists():
+            raise FileNotFoundError(f"no SimpleKVStore file at {path}; call persist() first or pass an existing path")
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path} is not a SimpleKVStore JSON file: {e}") from e
+        if not isinstance(data, dict):
+            raise ValueError(f"{path} is not a SimpleKVStore JSON file: top level is {type(data).__name__}, expected object")
+        return cls(data)
+
+    def to_dict(self) -> dict[str, Any]:
+        """All collections as a dict."""
+        return self._data
+
+    @classmethod
+    def from_dict(cls, save_dict: dict[str, Any]) -> Self:
+        """A store over `save_dict`."""
+        return cls(save_dict)

@@ -1,0 +1,161 @@
+"""SQLiteKVStore: the persistent default; WAL, one transaction per batch, vectors as float32 blobs.
+
+Safe for several threads and processes on one file: a connection per thread (and per process
+after a fork), busy_timeout for waiting writers, BEGIN IMMEDIATE so writers queue instead of
+deadlocking. A process killed mid-write leaves the last committed batch intact (WAL rollback).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from embedstack.kvstore._codec import decode_blob
+from embedstack.kvstore.base import DEFAULT_COLLECTION, BaseKVStore
+
+__all__ = ["SQLiteKVStore"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS kv (
+    collection TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL,
+    PRIMARY KEY (collection, key)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS vectors (
+    collection TEXT NOT NULL, key TEXT NOT NULL, dim INTEGER NOT NULL, data BLOB NOT NULL,
+    PRIMARY KEY (collection, key)) WITHOUT ROWID;
+"""
+_CHUNK = 500  # keys per IN (...) query, well under SQLite's variable limit
+
+
+class SQLiteKVStore(BaseKVStore):
+    """A key-value store in one SQLite file."""
+
+    def __init__(self, path: str | os.PathLike[str], timeout: float = 30.0) -> None:
+        self.path = Path(path)
+        if self.path.is_dir():
+            raise IsADirectoryError(f"SQLiteKVStore path {self.path} is a directory; pass a file path such as {self.path / 'cache.sqlite'}")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.timeout = timeout
+        self._local = threading.local()
+        self._conn()  # create the file and schema now, so a bad path fails here
+
+    def __repr__(self) -> str:
+        return f"SQLiteKVStore(path={str(self.path)!r})"
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"path": self.path, "timeout": self.timeout}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.path = state["path"]
+        self.timeout = state["timeout"]
+        self._local = threading.local()
+
+    def _conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is not None and self._local.pid == os.getpid():
+            return conn
+        try:
+            conn = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False)
+            conn.execute(f"PRAGMA busy_timeout={int(self.timeout * 1000)}")
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.executescript(_SCHEMA)
+        except sqlite3.DatabaseError as e:
+            raise sqlite3.DatabaseError(f"cannot open SQLite cache {self.path}: {e}; delete the file to start a fresh cache") from e
+        self._local.conn = conn
+        self._local.pid = os.getpid()
+        return conn
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One IMMEDIATE transaction: committed whole, or rolled back whole."""
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def close(self) -> None:
+        """Close this thread's connection."""
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    # -- dict values -------------------------------------------------------------------------
+    def put(self, key: str, val: dict[str, Any], collection: str = DEFAULT_COLLECTION) -> None:
+        """Store `val` as JSON."""
+        self.put_many({key: val}, collection)
+
+    def put_many(self, items: Mapping[str, dict[str, Any]], collection: str = DEFAULT_COLLECTION) -> None:
+        """Store many values in one transaction."""
+        rows = [(collection, k, json.dumps(v)) for k, v in items.items()]
+        with self._write() as conn:
+            conn.executemany("INSERT OR REPLACE INTO kv (collection, key, value) VALUES (?, ?, ?)", rows)
+
+    def get(self, key: str, collection: str = DEFAULT_COLLECTION) -> dict[str, Any] | None:
+        """The value, or None."""
+        return self.get_many([key], collection)[0]
+
+    def get_many(self, keys: Sequence[str], collection: str = DEFAULT_COLLECTION) -> list[dict[str, Any] | None]:
+        """Values in key order."""
+        found = {k: v for k, v in self._select("SELECT key, value FROM kv", keys, collection)}
+        out: list[dict[str, Any] | None] = []
+        for k in keys:
+            raw = found.get(k)
+            out.append(None if raw is None else json.loads(raw))
+        return out
+
+    def get_all(self, collection: str = DEFAULT_COLLECTION) -> dict[str, dict[str, Any]]:
+        """Every dict value of a collection."""
+        rows = self._conn().execute("SELECT key, value FROM kv WHERE collection = ?", (collection,))
+        return {k: json.loads(v) for k, v in rows}
+
+    def delete(self, key: str, collection: str = DEFAULT_COLLECTION) -> bool:
+        """Remove a key (dict or vector)."""
+        with self._write() as conn:
+            n = conn.execute("DELETE FROM kv WHERE collection = ? AND key = ?", (collection, key)).rowcount
+            n += conn.execute("DELETE FROM vectors WHERE collection = ? AND key = ?", (collection, key)).rowcount
+        return n > 0
+
+    def _select(self, head: str, keys: Sequence[str], collection: str) -> Iterator[tuple[Any, ...]]:
+        conn = self._conn()
+        for i in range(0, len(keys), _CHUNK):
+            chunk = list(keys[i : i + _CHUNK])
+            marks = ",".join("?" * len(chunk))
+            yield from conn.execute(f"{head} WHERE collection = ? AND key IN ({marks})", [collection, *chunk])
+
+    # -- vectors -----------------------------------------------------------------------------
+    def get_vectors(self, keys: Sequence[str], collection: str) -> list[Any]:
+        """Vectors in key order; None when absent, UNREADABLE when the stored bytes do not decode."""
+        found = {k: (d, b) for k, d, b in self._select("SELECT key, dim, data FROM vectors", keys, collection)}
+        out: list[Any] = []
+        for k in keys:
+            hit = found.get(k)
+            out.append(None if hit is None else decode_blob(*hit))
+        return out
+
+    def put_vectors(self, keys: Sequence[str], vectors: npt.NDArray[np.float32], collection: str) -> None:
+        """Store each row as float32 bytes, all in one transaction."""
+        mat = np.ascontiguousarray(vectors, dtype="<f4")
+        dim = int(mat.shape[1]) if mat.ndim == 2 else 0
+        rows = [(collection, k, dim, mat[i].tobytes()) for i, k in enumerate(keys)]
+        with self._write() as conn:
+            conn.executemany("INSERT OR REPLACE INTO vectors (collection, key, dim, data) VALUES (?, ?, ?, ?)", rows)
+
+    def count_vectors(self, collection: str) -> int:
+        """How many vectors a collection holds."""
+        row = self._conn().execute("SELECT COUNT(*) FROM vectors WHERE collection = ?", (collection,)).fetchone()
+        return int(row[0])
+

@@ -1,0 +1,118 @@
+"""resolve_embed_model and the provider registry: a prefix or an object kind → a model factory.
+
+Providers register by name ("local", "clip", "openai", ...) with a lazy "module:function" target,
+so resolving never imports a heavy provider that is not asked for.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from embedstack.base import BaseEmbedding
+from embedstack.callbacks.manager import CallbackManager
+
+__all__ = ["ProviderSpec", "register_object_adapter", "register_provider", "resolve_embed_model"]
+
+
+@dataclass(frozen=True)
+class ProviderSpec:
+    """A registered provider: its prefix, its factory ("module:function" or a callable) and a usage line."""
+
+    prefix: str
+    factory: str | Callable[[str | None], BaseEmbedding]
+    usage: str
+
+    def load(self) -> Callable[[str | None], BaseEmbedding]:
+        """The factory, imported on first use."""
+        if callable(self.factory):
+            return self.factory
+        module, _, attr = self.factory.partition(":")
+        return getattr(importlib.import_module(module), attr)  # type: ignore[no-any-return]
+
+
+_providers: dict[str, ProviderSpec] = {}
+_object_adapters: list[tuple[Callable[[Any], bool], str | Callable[[Any], BaseEmbedding]]] = []
+
+
+def register_provider(prefix: str, factory: str | Callable[[str | None], BaseEmbedding], usage: str) -> None:
+    """Make "prefix" and "prefix:<arg>" resolve through `factory(arg or None)`."""
+    _providers[prefix] = ProviderSpec(prefix, factory, usage)
+
+
+def register_object_adapter(matches: Callable[[Any], bool], adapter: str | Callable[[Any], BaseEmbedding]) -> None:
+    """Make objects for which `matches(obj)` is true resolve through `adapter(obj)` (e.g. LangChain)."""
+    _object_adapters.append((matches, adapter))
+
+
+def _default(arg: str | None) -> BaseEmbedding:
+    if os.getenv("IS_TESTING"):
+        from embedstack.providers.mock import MockEmbedding
+
+        return MockEmbedding(embed_dim=8)
+    return _providers["openai"].load()(arg)
+
+
+def _is_langchain(obj: Any) -> bool:
+    return any(c.__module__.startswith("langchain") and c.__name__ == "Embeddings" for c in type(obj).__mro__)
+
+
+register_provider("default", _default, '"default" (OpenAI; MockEmbedding(8) when IS_TESTING is set)')
+register_provider("local", "embedstack.providers.huggingface:from_spec", '"local" or "local:<model name or path>"')
+register_provider("clip", "embedstack.providers.clip:from_spec", '"clip" or "clip:<model name or path>"')
+register_provider("openai", "embedstack.providers.openai:from_spec", '"openai:<model>"')
+register_object_adapter(_is_langchain, "embedstack.providers.langchain:LangchainEmbedding")
+
+
+def accepted_forms() -> list[str]:
+    """Every accepted form of embed_model, for messages and `embedstack models`."""
+    return ["None (MockEmbedding, embeddings disabled)", "a BaseEmbedding instance", "a LangChain Embeddings object"] + [
+        p.usage for p in _providers.values()
+    ]
+
+
+def _from_string(spec: str) -> BaseEmbedding:
+    prefix, sep, arg = spec.partition(":")
+    provider = _providers.get(prefix.strip().lower())
+    if provider is None:
+        forms = "; ".join(accepted_forms())
+        raise ValueError(f"unknown embed_model {spec!r}; accepted forms: {forms}")
+    try:
+        factory = provider.load()
+    except ModuleNotFoundError as e:
+        if e.name and e.name.startswith("embedstack"):
+            raise ValueError(f"provider {prefix!r} is not available in this version of embedstack") from e
+        raise
+    return factory(arg.strip() or None if sep else None)
+
+
+def resolve_embed_model(embed_model: Any = None, callback_manager: CallbackManager | None = None) -> BaseEmbedding:
+    """Turn None, a spec string, a LangChain Embeddings or a model into a BaseEmbedding."""
+    from embedstack.settings import Settings
+
+    if embed_model is None:
+        from embedstack.providers.mock import MockEmbedding
+
+        print("Embeddings have been explicitly disabled. Using MockEmbedding.")
+        model: BaseEmbedding = MockEmbedding(embed_dim=1)
+    elif isinstance(embed_model, BaseEmbedding):
+        model = embed_model
+    elif isinstance(embed_model, str):
+        model = _from_string(embed_model)
+    else:
+        for matches, adapter in _object_adapters:
+            if matches(embed_model):
+                if isinstance(adapter, str):
+                    module, _, attr = adapter.partition(":")
+                    adapter = getattr(importlib.import_module(module), attr)
+                model = adapter(embed_model)  # type: ignore[operator]
+                break
+        else:
+            raise ValueError(
+                f"cannot use {type(embed_model).__name__} as an embed model; accepted forms: {'; '.join(accepted_forms())}"
+            )
+    model.callback_manager = callback_manager or Settings.callback_manager
+    return model
