@@ -254,6 +254,18 @@ class BaseEmbedding(TransformComponent):
         role = Role(role)
         return await self._arun(items, role, "images" if role is Role.IMAGE else "texts", show_progress)
 
+    def as_langchain(self) -> Any:
+        """This model as a langchain_core Embeddings (sync and async), for LangChain vector stores."""
+        from embedstack.interop.langchain import to_langchain
+
+        return to_langchain(self)
+
+    def as_llama_index(self) -> Any:
+        """This model as a llama_index.core BaseEmbedding, for VectorStoreIndex and Settings.embed_model."""
+        from embedstack.interop.llama_index import to_llama_index
+
+        return to_llama_index(self)
+
     def similarity(
         self, embedding1: Embedding, embedding2: Embedding, mode: SimilarityMode = SimilarityMode.DEFAULT
     ) -> float:

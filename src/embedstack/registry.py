@@ -60,10 +60,21 @@ def _is_langchain(obj: Any) -> bool:
     return any(c.__module__.startswith("langchain") and c.__name__ == "Embeddings" for c in type(obj).__mro__)
 
 
+def _fake(arg: str | None) -> BaseEmbedding:
+    from embedstack.providers.mock import FakeEmbedding
+
+    try:
+        dim = int(arg) if arg else 16
+    except ValueError:
+        raise ValueError(f"fake model dimension must be an integer, got {arg!r} (e.g. 'fake:32')") from None
+    return FakeEmbedding(embed_dim=dim)
+
+
 register_provider("default", _default, '"default" (OpenAI; MockEmbedding(8) when IS_TESTING is set)')
 register_provider("local", "embedstack.providers.huggingface:from_spec", '"local" or "local:<model name or path>"')
 register_provider("clip", "embedstack.providers.clip:from_spec", '"clip" or "clip:<model name or path>"')
 register_provider("openai", "embedstack.providers.openai:from_spec", '"openai:<model>"')
+register_provider("fake", _fake, '"fake" or "fake:<dim>" (deterministic hash vectors, for tests)')
 register_object_adapter(_is_langchain, "embedstack.providers.langchain:LangchainEmbedding")
 
 

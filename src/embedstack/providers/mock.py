@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from typing import Any
+import time
+from typing import Any, ClassVar
 
 import numpy as np
 from pydantic import Field, PrivateAttr
@@ -90,8 +91,11 @@ class FakeEmbedding(BatchEmbedding, MultiModalEmbedding):
 
     model_name: str = "fake"
     embed_dim: int = Field(default=16, gt=0)
+    delay_s: float = Field(default=0.0, ge=0, description="Seconds to sleep per batch (to test progress and interruption).")
     _calls: list[tuple[str, list[Any]]] = PrivateAttr(default_factory=list)
     _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+
+    _identity_exclude: ClassVar[frozenset[str]] = frozenset({"delay_s"})
 
     @classmethod
     def class_name(cls) -> str:
@@ -121,4 +125,6 @@ class FakeEmbedding(BatchEmbedding, MultiModalEmbedding):
     def _embed_batch(self, items: list[Any], role: Role) -> np.ndarray:
         with self._lock:
             self._calls.append((role.value, list(items)))
+        if self.delay_s:
+            time.sleep(self.delay_s)
         return np.stack([self.vector_for(i, role) for i in items])

@@ -1,0 +1,3 @@
+"""Adapters between embedstack models and LangChain / LlamaIndex."""
+
+__all__: list[str] = []
