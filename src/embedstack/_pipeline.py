@@ -12,6 +12,7 @@ import hashlib
 import logging
 import time
 import warnings
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -59,20 +60,23 @@ def as_matrix(raw: Any, n: int) -> Matrix:
         mat = raw.astype(np.float32, copy=False)
     else:
         try:
-            rows = list(raw)
-        except TypeError:
+            mat = np.asarray(raw, dtype=np.float32)
+        except (ValueError, TypeError):
+            lengths = sorted({len(r) for r in raw if hasattr(r, "__len__")})
+            if len(lengths) > 1:
+                raise ValueError(f"the model returned vectors of inconsistent length {lengths} in one batch") from None
             raise ValueError(f"the model returned {type(raw).__name__}, expected a list of vectors or a 2-D array") from None
-        lengths = {len(r) for r in rows}
-        if len(lengths) > 1:
-            raise ValueError(f"the model returned vectors of inconsistent length {sorted(lengths)} in one batch")
-        mat = np.asarray(rows, dtype=np.float32).reshape(len(rows), -1) if rows else np.zeros((0, 0), np.float32)
     if mat.ndim != 2 or mat.shape[0] != n:
         raise ValueError(f"the model returned an array of shape {mat.shape} for {n} items, expected ({n}, dim)")
     return mat
 
 
 class EmbedJob:
-    """The plan and state of one embedding call; pure logic, no I/O."""
+    """The plan and state of one embedding call; pure logic, no I/O.
+
+    Vectors land in one (unique items × dim) matrix as cache hits and batches arrive; duplicates
+    in the input share a slot, and the result is gathered back into input order at the end.
+    """
 
     def __init__(self, model: BaseEmbedding, items: Sequence[Any], role: Role, label: str, show_progress: bool = False):
         self.model = model
@@ -85,47 +89,69 @@ class EmbedJob:
             _check_texts(items, label)
         self.store = model.embeddings_cache
         self.keys: list[str] = []
-        uniques: list[Any] = []
-        self.slot_of: list[int] = []
-        seen: dict[Any, int] = {}
         key_of = model._key_factory(role) if self.store is not None else None
-        for item in items:
-            ident = key_of(item) if key_of else (item if isinstance(item, str) else id(item))
-            slot = seen.get(ident)
-            if slot is None:
-                slot = seen[ident] = len(uniques)
-                uniques.append(item)
-                if key_of:
-                    self.keys.append(ident)
-            self.slot_of.append(slot)
-        self.uniques = uniques
-        self.vectors: list[Matrix | None] = [None] * len(uniques)
-        self.counts = np.bincount(self.slot_of, minlength=len(uniques)) if uniques else np.zeros(0, int)
-        self.dim: int | None = None
-        self._events = _Events(model) if uniques else None
+        idents = [key_of(i) for i in items] if key_of else [i if isinstance(i, str) else id(i) for i in items]
+        seen: dict[Any, int] = {}
+        self.slot_of = [seen.setdefault(ident, len(seen)) for ident in idents]
+        self.dups = len(seen) != self.n
+        self.uniques = [items[i] for i in _first_positions(self.slot_of, len(seen))] if self.dups else list(items)
+        if key_of:
+            self.keys = list(seen)
+        self.have = np.zeros(len(seen), dtype=bool)
+        self.out: Matrix | None = None
+        self._events = _Events(model) if seen else None
         self._bar = _progress_bar(self.n, show_progress)
+        self._counts: npt.NDArray[np.intp] | None = None
+
+    @property
+    def dim(self) -> int | None:
+        """Vector dimension, once the first vector has arrived."""
+        return None if self.out is None else int(self.out.shape[1])
+
+    def _fill(self, slots: Sequence[int] | npt.NDArray[np.intp], mat: Matrix) -> None:
+        if self.out is None and len(slots) == len(self.have) and not self._bar:
+            self.out = mat[np.argsort(slots)] if list(slots) != sorted(slots) else mat  # whole job in one go
+            self.have[:] = True
+            return
+        if self.out is None:
+            self.out = np.empty((len(self.have), mat.shape[1]), dtype=np.float32)
+        elif mat.shape[1] != self.out.shape[1]:
+            raise ValueError(f"the model returned vectors of inconsistent length ({self.out.shape[1]} and {mat.shape[1]})")
+        self.out[slots] = mat
+        self.have[slots] = True
+        if self._bar is not None:
+            if self._counts is None:
+                self._counts = np.bincount(self.slot_of, minlength=len(self.have))
+            self._bar.update(int(self._counts[slots].sum()))
 
     # -- cache -------------------------------------------------------------------------------
-    def accept_cached(self, found: Sequence[Any]) -> None:
-        """Take the vectors a cache read found; unreadable entries become misses (and are rewritten)."""
-        bad = 0
-        hits = 0
-        for slot, vec in enumerate(found):
-            if vec is UNREADABLE:
-                bad += 1
-            elif vec is not None:
-                self.vectors[slot] = vec
-                hits += int(self.counts[slot])
+    def accept_cached(self, blobs: Sequence[Any]) -> None:
+        """Take the float32 blobs a cache read found; unreadable ones become misses (and are rewritten)."""
+        sizes = Counter(len(b) for b in blobs if isinstance(b, (bytes, bytearray)) and b)
+        if not sizes:
+            bad = sum(b is not None for b in blobs)
+        else:
+            width = 4 * self.dim if self.dim else sizes.most_common(1)[0][0]
+            slots = [s for s, b in enumerate(blobs) if b is not None and b is not UNREADABLE and len(b) == width]
+            bad = sum(b is not None for b in blobs) - len(slots)
+            if slots and width % 4 == 0:
+                mat = np.frombuffer(b"".join(blobs[s] for s in slots), dtype="<f4").reshape(len(slots), width // 4)
+                finite = np.isfinite(mat).all(axis=1)
+                if not finite.all():
+                    bad += int((~finite).sum())
+                    mat, slots = mat[finite], [s for s, ok in zip(slots, finite) if ok]
+                self._fill(slots, mat)
+            else:
+                bad += len(slots)
         if bad:
             msg = f"{bad} unreadable cache entries in {self.store!r} were treated as misses and will be rewritten"
             logger.warning(msg)
             warnings.warn(msg, RuntimeWarning, stacklevel=4)
-        self._advance(hits)
 
     # -- batches -----------------------------------------------------------------------------
     def batches(self) -> list[Batch]:
         """The missing items, in the model's preferred order, in batches of embed_batch_size."""
-        misses = [s for s, v in enumerate(self.vectors) if v is None]
+        misses = np.flatnonzero(~self.have).tolist() if self.have.any() else list(range(len(self.have)))
         order = self.model._batch_order([self.uniques[s] for s in misses])
         if order is not None:
             misses = [misses[i] for i in order]
@@ -138,20 +164,14 @@ class EmbedJob:
     @contextmanager
     def observe(self, batch: Batch) -> Iterator[Callable[[Any], Write | None]]:
         """Events around one hook call; yields `finish(raw)`, which stores the result and says what to write."""
-        token = self._events.start(self.role) if self._events else None
+        token = self._events.start() if self._events else None
 
         def finish(raw: Any) -> Write | None:
             meta = raw if isinstance(raw, EmbedResult) else None
             mat = as_matrix(meta.vectors if meta else raw, len(batch.items))
-            if self.dim is None:
-                self.dim = mat.shape[1]
-            elif mat.shape[1] != self.dim:
-                raise ValueError(f"the model returned vectors of inconsistent length ({self.dim} and {mat.shape[1]})")
-            for slot, row in zip(batch.slots, mat):
-                self.vectors[slot] = row
+            self._fill(batch.slots, mat)
             if self._events:
                 self._events.end(token, self.role, batch.items, mat, meta)
-            self._advance(int(self.counts[batch.slots].sum()))
             return ([self.keys[s] for s in batch.slots], mat) if self.keys else None
 
         try:
@@ -165,23 +185,24 @@ class EmbedJob:
     def result(self) -> Matrix:
         """All vectors in input order, as an (n, dim) float32 matrix."""
         self.close()
-        if self.n == 0:
+        if self.out is None:
             return np.zeros((0, 0), dtype=np.float32)
-        dims = {v.shape[0] for v in self.vectors if v is not None}
-        if len(dims) > 1:
-            raise ValueError(f"vectors of inconsistent length {sorted(dims)}: the cache holds vectors from another model")
-        unique = np.stack(self.vectors)  # type: ignore[arg-type]
-        return unique[np.asarray(self.slot_of)] if len(self.uniques) != self.n else unique
-
-    def _advance(self, n: int) -> None:
-        if self._bar is not None and n:
-            self._bar.update(n)
+        return self.out[self.slot_of] if self.dups else self.out
 
     def close(self) -> None:
         """Close the progress bar."""
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+
+
+def _first_positions(slot_of: list[int], n_unique: int) -> list[int]:
+    """Input position of each slot's first occurrence."""
+    first = [-1] * n_unique
+    for pos, slot in enumerate(slot_of):
+        if first[slot] < 0:
+            first[slot] = pos
+    return first
 
 
 def _progress_bar(total: int, show: bool) -> Any:
@@ -202,7 +223,7 @@ class _Events:
         self.dispatcher = dispatcher if dispatcher.has_event_handlers() else None
         self.callbacks = model.callback_manager if model.callback_manager.handlers else None
 
-    def start(self, role: Role) -> tuple[float, EventContext | None]:
+    def start(self) -> tuple[float, EventContext | None]:
         descriptor = self.model._descriptor() if (self.dispatcher or self.callbacks) else {}
         if self.dispatcher:
             self.dispatcher.event(EmbeddingStartEvent(model_dict=descriptor))
@@ -244,23 +265,30 @@ def run_sync(job: EmbedJob) -> Matrix:
     model, role, store = job.model, job.role, job.store
     try:
         if store is not None and job.keys:
-            job.accept_cached(store.get_vectors(job.keys, CACHE_COLLECTION))
+            job.accept_cached(store.get_vector_blobs(job.keys, CACHE_COLLECTION))
+        failed: list[BaseException] = []
 
         def one(batch: Batch) -> None:
-            with job.observe(batch) as finish:
-                write = finish(model._embed_batch_sync(batch.items, role))
-            if write and store is not None:
-                store.put_vectors(*write, CACHE_COLLECTION)
+            if failed:  # a batch already failed: start nothing new
+                return
+            try:
+                with job.observe(batch) as finish:
+                    write = finish(model._embed_batch_sync(batch.items, role))
+                if write and store is not None:
+                    store.put_vectors(*write, CACHE_COLLECTION)
+            except Exception as e:
+                failed.append(e)
 
         batches = job.batches()
         workers = model._sync_workers()
         if workers > 1 and len(batches) > 1:
             with ThreadPoolExecutor(workers) as pool:
-                for f in [pool.submit(contextvars.copy_context().run, one, b) for b in batches]:
-                    f.result()
+                list(pool.map(lambda b: contextvars.copy_context().run(one, b), batches))
         else:
             for batch in batches:
                 one(batch)
+        if failed:
+            raise failed[0]
         return job.result()
     finally:
         job.close()
@@ -271,18 +299,26 @@ async def run_async(job: EmbedJob) -> Matrix:
     model, role, store = job.model, job.role, job.store
     try:
         if store is not None and job.keys:
-            job.accept_cached(await store.aget_vectors(job.keys, CACHE_COLLECTION))
+            job.accept_cached(await store.aget_vector_blobs(job.keys, CACHE_COLLECTION))
         limit = model._async_workers()
         gate = asyncio.Semaphore(limit) if limit else None
+        failed: list[BaseException] = []
 
         async def one(batch: Batch) -> None:
             async with gate or _NO_GATE:
-                with job.observe(batch) as finish:
-                    write = finish(await model._embed_batch_async(batch.items, role))
-                if write and store is not None:
-                    await store.aput_vectors(*write, CACHE_COLLECTION)
+                if failed:  # a batch already failed: start nothing new, let running ones finish
+                    return
+                try:
+                    with job.observe(batch) as finish:
+                        write = finish(await model._embed_batch_async(batch.items, role))
+                    if write and store is not None:
+                        await store.aput_vectors(*write, CACHE_COLLECTION)
+                except Exception as e:
+                    failed.append(e)
 
-        await _all_or_cancel([one(b) for b in job.batches()])
+        await asyncio.gather(*(one(b) for b in job.batches()))
+        if failed:
+            raise failed[0]
         return job.result()
     finally:
         job.close()
@@ -297,28 +333,6 @@ class _NoGate:
 
 
 _NO_GATE = _NoGate()
-
-
-async def _all_or_cancel(coros: list[Any]) -> None:
-    """Run coroutines concurrently; on the first failure cancel the rest and raise it."""
-    if len(coros) <= 1:
-        for c in coros:
-            await c
-        return
-    tasks = [asyncio.ensure_future(c) for c in coros]
-    try:
-        done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-    except BaseException:
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        raise
-    for t in pending:
-        t.cancel()
-    await asyncio.gather(*pending, return_exceptions=True)
-    for t in tasks:
-        if t.done() and not t.cancelled() and t.exception() is not None:
-            raise t.exception()  # type: ignore[misc]
 
 
 def make_key_factory(prefix: bytes, role: Role, instruction: str | None) -> Callable[[Any], str]:

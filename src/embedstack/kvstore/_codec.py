@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["UNREADABLE", "decode_blob", "decode_dict", "encode_dict"]
+__all__ = ["UNREADABLE", "decode_blob", "decode_dict", "dict_to_blob", "encode_dict"]
 
 
 class _Unreadable:
@@ -40,12 +40,19 @@ def encode_dict(vector: npt.NDArray[np.float32]) -> dict[str, Any]:
     return {"dim": int(vector.shape[0]), "f32": base64.b64encode(data).decode("ascii")}
 
 
-def decode_dict(value: Any) -> npt.NDArray[np.float32] | Any:
-    """encode_dict's output → vector, or UNREADABLE for anything else."""
+def dict_to_blob(value: Any) -> bytes | Any:
+    """encode_dict's output → its float32 bytes, or UNREADABLE for anything else."""
     if not isinstance(value, dict) or not isinstance(value.get("f32"), str):
         return UNREADABLE
     try:
         blob = base64.b64decode(value["f32"], validate=True)
     except (binascii.Error, ValueError):
         return UNREADABLE
-    return decode_blob(value.get("dim"), blob)
+    dim = value.get("dim")
+    return blob if isinstance(dim, int) and len(blob) == 4 * dim > 0 else UNREADABLE
+
+
+def decode_dict(value: Any) -> npt.NDArray[np.float32] | Any:
+    """encode_dict's output → vector, or UNREADABLE for anything else."""
+    blob = dict_to_blob(value)
+    return UNREADABLE if blob is UNREADABLE else decode_blob(len(blob) // 4, blob)

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from embedstack.kvstore._codec import decode_dict, encode_dict
+from embedstack.kvstore._codec import UNREADABLE, decode_blob, dict_to_blob, encode_dict
 
 __all__ = ["DEFAULT_BATCH_SIZE", "DEFAULT_COLLECTION", "BaseKVStore"]
 
@@ -59,9 +59,16 @@ class BaseKVStore(ABC):
         for k, v in items.items():
             self.put(k, v, collection=collection)
 
+    def get_vector_blobs(self, keys: Sequence[str], collection: str) -> list[Any]:
+        """Stored float32 bytes for `keys` in order: bytes, None (absent) or UNREADABLE (corrupt)."""
+        return [None if v is None else dict_to_blob(v) for v in self.get_many(keys, collection=collection)]
+
     def get_vectors(self, keys: Sequence[str], collection: str) -> list[Any]:
         """Vectors for `keys` in order: an array, None (absent) or UNREADABLE (present but corrupt)."""
-        return [None if v is None else decode_dict(v) for v in self.get_many(keys, collection=collection)]
+        return [
+            b if b is None or b is UNREADABLE else decode_blob(len(b) // 4, b)
+            for b in self.get_vector_blobs(keys, collection)
+        ]
 
     def put_vectors(self, keys: Sequence[str], vectors: npt.NDArray[np.float32], collection: str) -> None:
         """Store one row of `vectors` per key, as float32, in one batched write."""
@@ -101,6 +108,10 @@ class BaseKVStore(ABC):
     async def aput_many(self, items: Mapping[str, dict[str, Any]], collection: str = DEFAULT_COLLECTION) -> None:
         """Async put_many."""
         await asyncio.to_thread(self.put_many, items, collection)
+
+    async def aget_vector_blobs(self, keys: Sequence[str], collection: str) -> list[Any]:
+        """Async get_vector_blobs."""
+        return await asyncio.to_thread(self.get_vector_blobs, keys, collection)
 
     async def aget_vectors(self, keys: Sequence[str], collection: str) -> list[Any]:
         """Async get_vectors."""

@@ -106,6 +106,10 @@ class SimpleKVStore(BaseKVStore):
         """Async put_many."""
         self.put_many(items, collection)
 
+    async def aget_vector_blobs(self, keys: Sequence[str], collection: str) -> list[Any]:
+        """Async get_vector_blobs, inline."""
+        return self.get_vector_blobs(keys, collection)
+
     async def aget_vectors(self, keys: Sequence[str], collection: str) -> list[Any]:
         """Async get_vectors, inline."""
         return self.get_vectors(keys, collection)

@@ -19,7 +19,6 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from embedstack.kvstore._codec import decode_blob
 from embedstack.kvstore.base import DEFAULT_COLLECTION, BaseKVStore
 
 __all__ = ["SQLiteKVStore"]
@@ -38,25 +37,26 @@ _CHUNK = 500  # keys per IN (...) query, well under SQLite's variable limit
 class SQLiteKVStore(BaseKVStore):
     """A key-value store in one SQLite file."""
 
-    def __init__(self, path: str | os.PathLike[str], timeout: float = 30.0) -> None:
+    def __init__(self, path: str | os.PathLike[str], timeout: float = 30.0, memory_entries: int = 100_000) -> None:
         self.path = Path(path)
         if self.path.is_dir():
             raise IsADirectoryError(f"SQLiteKVStore path {self.path} is a directory; pass a file path such as {self.path / 'cache.sqlite'}")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.timeout = timeout
+        self.memory_entries = memory_entries
         self._local = threading.local()
+        self._mem: dict[str, dict[str, bytes]] = {}
+        self._mem_lock = threading.Lock()
         self._conn()  # create the file and schema now, so a bad path fails here
 
     def __repr__(self) -> str:
         return f"SQLiteKVStore(path={str(self.path)!r})"
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"path": self.path, "timeout": self.timeout}
+        return {"path": self.path, "timeout": self.timeout, "memory_entries": self.memory_entries}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.path = state["path"]
-        self.timeout = state["timeout"]
-        self._local = threading.local()
+        self.__init__(**state)  # type: ignore[misc]
 
     def _conn(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -124,27 +124,53 @@ class SQLiteKVStore(BaseKVStore):
 
     def delete(self, key: str, collection: str = DEFAULT_COLLECTION) -> bool:
         """Remove a key (dict or vector)."""
+        self._forget(collection, key)
         with self._write() as conn:
             n = conn.execute("DELETE FROM kv WHERE collection = ? AND key = ?", (collection, key)).rowcount
             n += conn.execute("DELETE FROM vectors WHERE collection = ? AND key = ?", (collection, key)).rowcount
         return n > 0
 
-    def _select(self, head: str, keys: Sequence[str], collection: str) -> Iterator[tuple[Any, ...]]:
+    def _select(self, head: str, keys: Sequence[str], collection: str) -> list[tuple[Any, ...]]:
         conn = self._conn()
+        rows: list[tuple[Any, ...]] = []
         for i in range(0, len(keys), _CHUNK):
             chunk = list(keys[i : i + _CHUNK])
             marks = ",".join("?" * len(chunk))
-            yield from conn.execute(f"{head} WHERE collection = ? AND key IN ({marks})", [collection, *chunk])
+            rows += conn.execute(f"{head} WHERE collection = ? AND key IN ({marks})", [collection, *chunk]).fetchall()
+        return rows
 
     # -- vectors -----------------------------------------------------------------------------
-    def get_vectors(self, keys: Sequence[str], collection: str) -> list[Any]:
-        """Vectors in key order; None when absent, UNREADABLE when the stored bytes do not decode."""
-        found = {k: (d, b) for k, d, b in self._select("SELECT key, dim, data FROM vectors", keys, collection)}
-        out: list[Any] = []
-        for k in keys:
-            hit = found.get(k)
-            out.append(None if hit is None else decode_blob(*hit))
+    def get_vector_blobs(self, keys: Sequence[str], collection: str) -> list[Any]:
+        """Stored float32 bytes in key order (None when absent); the pipeline checks their length.
+
+        Vectors this process read or wrote recently come from a bounded in-memory layer: cache
+        keys are content hashes, so an entry's value never changes while it exists.
+        """
+        mem = self._mem.get(collection, {})
+        out: list[Any] = [mem.get(k) for k in keys]
+        missing = [k for k, b in zip(keys, out) if b is None]
+        if missing:
+            found = dict(self._select("SELECT key, data FROM vectors", missing, collection))
+            if found:
+                out = [b if b is not None else found.get(k) for k, b in zip(keys, out)]
+                self._remember(collection, found)
         return out
+
+    def _remember(self, collection: str, items: Mapping[str, bytes]) -> None:
+        if self.memory_entries <= 0:
+            return
+        with self._mem_lock:
+            mem = self._mem.setdefault(collection, {})
+            mem.update(items)
+            for _ in range(len(mem) - self.memory_entries):
+                del mem[next(iter(mem))]
+
+    def _forget(self, collection: str, key: str | None = None) -> None:
+        with self._mem_lock:
+            if key is None:
+                self._mem.pop(collection, None)
+            else:
+                self._mem.get(collection, {}).pop(key, None)
 
     def put_vectors(self, keys: Sequence[str], vectors: npt.NDArray[np.float32], collection: str) -> None:
         """Store each row as float32 bytes, all in one transaction."""
@@ -153,6 +179,7 @@ class SQLiteKVStore(BaseKVStore):
         rows = [(collection, k, dim, mat[i].tobytes()) for i, k in enumerate(keys)]
         with self._write() as conn:
             conn.executemany("INSERT OR REPLACE INTO vectors (collection, key, dim, data) VALUES (?, ?, ?, ?)", rows)
+        self._remember(collection, {r[1]: r[3] for r in rows})
 
     def count_vectors(self, collection: str) -> int:
         """How many vectors a collection holds."""

@@ -1,0 +1,161 @@
+"""Local model throughput and retrieval quality: embedstack vs sentence-transformers vs llama-index.
+
+Same process, same torch threads, same model (the bundled all-MiniLM-L6-v2), first N records of
+../shared/data/packages-retrieval.jsonl: texts/s on the short "query" and the long "text" fields,
+cosine agreement with sentence-transformers, and recall@1/@10 of query→text retrieval.
+
+    flock /tmp/embedstack-cpu.lock .venv/bin/python bench/local_models.py
+    flock /tmp/embedstack-cpu.lock .venv/bin/python bench/local_models.py --sweep   # batch sizes
+
+llama-index's HuggingFaceEmbedding (package llama-index-embeddings-huggingface, bench-only) runs
+at its defaults (embed_batch_size=10) when installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "packages-retrieval.jsonl"
+Runner = Callable[[list[str], str], np.ndarray]
+
+
+def load(path: Path, n: int) -> tuple[list[str], list[str]]:
+    queries, texts = [], []
+    with path.open(encoding="utf-8") as f:
+        for line, _ in zip(f, range(n)):
+            row = json.loads(line)
+            queries.append(row["query"])
+            texts.append(row["text"])
+    return queries, texts
+
+
+def normed(m: np.ndarray) -> np.ndarray:
+    m = np.asarray(m, dtype=np.float32)
+    return m / np.maximum(np.linalg.norm(m, axis=1, keepdims=True), 1e-12)
+
+
+def recall(q: np.ndarray, t: np.ndarray, ks: tuple[int, ...] = (1, 10)) -> dict[int, float]:
+    """Fraction of queries whose own text (same row) is in the top k texts by cosine."""
+    scores = normed(q) @ normed(t).T
+    own = scores[np.arange(len(q)), np.arange(len(q))]
+    rank = (scores > own[:, None]).sum(axis=1)  # texts scoring strictly higher than the right one
+    return {k: float((rank < k).mean()) for k in ks}
+
+
+def timed(fn: Runner, items: list[str], role: str) -> tuple[float, np.ndarray]:
+    fn(items[:8], role)  # warm-up (first-call allocations, lazy init)
+    t0 = time.perf_counter()
+    out = fn(items, role)
+    return time.perf_counter() - t0, np.asarray(out, dtype=np.float32)
+
+
+def runners(model_dir: Path, with_llama: bool) -> dict[str, Runner]:
+    from sentence_transformers import SentenceTransformer
+
+    from embedstack import HuggingFaceEmbedding
+
+    st = SentenceTransformer(str(model_dir), device="cpu")
+    ours = HuggingFaceEmbedding(device="cpu").load()
+    found: dict[str, Runner] = {
+        "sentence-transformers encode (bs=32)": lambda items, role: st.encode(items, batch_size=32),
+        f"embedstack HuggingFaceEmbedding (bs={ours.embed_batch_size})": lambda items, role: (
+            ours.embed(items, role)
+        ),
+    }
+    if with_llama:
+        try:
+            from llama_index.embeddings.huggingface import HuggingFaceEmbedding as LlamaHF
+        except ImportError:
+            print("llama-index-embeddings-huggingface not installed: skipped")
+        else:
+            li = LlamaHF(model_name=str(model_dir), device="cpu")
+            found[f"llama-index HuggingFaceEmbedding (bs={li.embed_batch_size})"] = (
+                lambda items, role: li.get_text_embedding_batch(items)
+            )
+    return found
+
+
+def sweep(queries: list[str], texts: list[str]) -> None:
+    from embedstack import HuggingFaceEmbedding
+
+    model = HuggingFaceEmbedding(device="cpu").load()
+    print("\n| embed_batch_size | query texts/s | text texts/s |\n|---:|---:|---:|")
+    for bs in (8, 16, 32, 64, 128):
+        model.embed_batch_size = bs
+        rates = []
+        for items in (queries, texts):
+            model.embed(items[:8])
+            t0 = time.perf_counter()
+            model.embed(items)
+            rates.append(len(items) / (time.perf_counter() - t0))
+        print(f"| {bs} | {rates[0]:.0f} | {rates[1]:.1f} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("-n", type=int, default=2000, help="records to use (default 2000)")
+    parser.add_argument(
+        "--no-llama-index", action="store_true", help="skip llama-index's HuggingFaceEmbedding"
+    )
+    parser.add_argument(
+        "--sweep", action="store_true", help="only time embedstack at several batch sizes"
+    )
+    args = parser.parse_args()
+
+    import torch
+
+    from embedstack.providers._hf_source import locate_model
+
+    queries, texts = load(args.data, args.n)
+    model_dir = locate_model("sentence-transformers/all-MiniLM-L6-v2").path
+    print(
+        f"{len(queries)} records from {args.data}; torch {torch.__version__}, {torch.get_num_threads()} threads"
+    )
+    if args.sweep:
+        sweep(queries, texts[:500])
+        return
+
+    found = runners(model_dir, not args.no_llama_index)
+    results: dict[str, dict[str, Any]] = {}
+    for name, fn in found.items():
+        row: dict[str, Any] = {}
+        for field, items, role in (("query", queries, "query"), ("text", texts, "text")):
+            secs, vecs = timed(fn, items, role)
+            row[field] = (len(items) / secs, normed(vecs))
+            print(f"  {name}: {field} {len(items) / secs:.1f} texts/s", flush=True)
+        results[name] = row
+
+    base_name = next(iter(results))
+    base = results[base_name]
+    print(
+        "\n| implementation | query texts/s | ratio | text texts/s | ratio | min cos vs ST | recall@1 | recall@10 |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for name, row in results.items():
+        qr, qv = row["query"]
+        tr, tv = row["text"]
+        min_cos = min(
+            float(np.min(np.sum(qv * base["query"][1], axis=1))),
+            float(np.min(np.sum(tv * base["text"][1], axis=1))),
+        )
+        r = recall(qv, tv)
+        print(
+            f"| {name} | {qr:.0f} | {qr / base['query'][0]:.2f}x | {tr:.1f} | {tr / base['text'][0]:.2f}x "
+            f"| {min_cos:.6f} | {r[1]:.3f} | {r[10]:.3f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()

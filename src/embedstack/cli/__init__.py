@@ -1,0 +1,187 @@
+"""The `embedstack` command line: embed files, search them, inspect outputs and models.
+
+Only argparse is imported here, so `embedstack --help` stays fast; each command imports what it
+needs (pyarrow, the model's provider) when it runs. The commands are thin shells over
+`embedstack.jobs`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+__all__ = ["build_parser", "main"]
+
+EPILOG = """\
+examples:
+  embedstack embed examples/packages.jsonl -o packages.parquet
+  embedstack search packages.parquet "mock HTTP requests in tests" -k 5
+  embedstack info packages.parquet
+  cat notes.txt | embedstack embed - -o notes.npy --model local
+"""
+
+
+def _version() -> str:
+    from embedstack import __version__
+
+    return __version__
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for every command."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks on errors"
+    )
+
+    cache = argparse.ArgumentParser(add_help=False)
+    group = cache.add_mutually_exclusive_group()
+    group.add_argument(
+        "--cache",
+        metavar="PATH",
+        help="SQLite embedding cache file (default: one in the user cache directory)",
+    )
+    group.add_argument(
+        "--no-cache", action="store_true", help="do not read or write the embedding cache"
+    )
+
+    parser = argparse.ArgumentParser(
+        prog="embedstack",
+        description="Embed text files with local or remote models, offline and resumable.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[common],
+    )
+    parser.add_argument("--version", action="version", version=f"embedstack {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    embed = sub.add_parser(
+        "embed",
+        parents=[common, cache],
+        help="embed files into a .parquet, .npy or .jsonl output",
+        description=(
+            "Embed texts from .txt (a text per line), .jsonl, .json, .csv, .tsv or .parquet files "
+            "(optionally .gz), "
+            "folders of them, or - (stdin). Computed vectors are cached, so an interrupted run "
+            "resumes where it "
+            "stopped; OUT is written atomically."
+        ),
+    )
+    embed.add_argument("inputs", nargs="+", metavar="INPUT", help="files, folders, or - for stdin")
+    embed.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        metavar="OUT",
+        help="output file: .parquet, .npy (+ .rows.jsonl) or .jsonl",
+    )
+    embed.add_argument(
+        "-m",
+        "--model",
+        default="local",
+        help="local (default), local:<name or path>, openai:<model>, default, fake:<dim>",
+    )
+    embed.add_argument(
+        "--field", default="text", help="field or column holding the text (default: text)"
+    )
+    embed.add_argument(
+        "--id-field",
+        default=None,
+        help="field or column holding the id (default: id if present, else FILE:LINE)",
+    )
+    embed.add_argument(
+        "--keep",
+        default="all",
+        help="input fields to keep in the output: all, none, or a comma list (default: all)",
+    )
+    embed.add_argument(
+        "--format",
+        dest="input_format",
+        choices=["txt", "jsonl", "json", "csv", "tsv", "parquet"],
+        help="input format (default: from the extension; sniffed for stdin)",
+    )
+    embed.add_argument(
+        "--batch-size",
+        type=_positive,
+        metavar="N",
+        help="texts per model call (default: the model's)",
+    )
+    embed.add_argument(
+        "--chunk-size",
+        type=_positive,
+        default=2048,
+        metavar="N",
+        help="texts read, embedded and written per step (default: 2048)",
+    )
+    embed.add_argument(
+        "--append", action="store_true", help="add rows to an existing OUT (same model only)"
+    )
+    embed.add_argument(
+        "--skip-bad",
+        action="store_true",
+        help="skip bad records (reported on stderr) instead of stopping",
+    )
+    bar = embed.add_mutually_exclusive_group()
+    bar.add_argument(
+        "--progress",
+        dest="progress",
+        action="store_true",
+        default=None,
+        help="always show the progress bar",
+    )
+    bar.add_argument(
+        "--no-progress",
+        dest="progress",
+        action="store_false",
+        help="never show the progress bar (default: only on a terminal)",
+    )
+    embed.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
+
+    search = sub.add_parser(
+        "search", parents=[common, cache], help="search an embedded output (cosine top-k)"
+    )
+    search.add_argument("output", metavar="OUT", help="a file written by `embedstack embed`")
+    search.add_argument("query", help="the query text")
+    search.add_argument("-k", type=_positive, default=10, help="how many results (default: 10)")
+    search.add_argument("--json", action="store_true", help="print the results as JSON")
+    search.add_argument(
+        "-m",
+        "--model",
+        default=None,
+        help="model to embed the query with (default: the one recorded in OUT; another is refused)",
+    )
+
+    info = sub.add_parser("info", parents=[common], help="show an output's model, dims and count")
+    info.add_argument("output", metavar="OUT")
+    info.add_argument("--json", action="store_true", help="print the metadata as JSON")
+
+    models = sub.add_parser(
+        "models",
+        parents=[common],
+        help="list model forms, installed extras and models available offline",
+    )
+    models.add_argument("--json", action="store_true", help="print as JSON")
+    return parser
+
+
+def _positive(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}") from None
+    if n <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {n}")
+    return n
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status (0 ok, 1 error, 2 usage, 130 interrupted)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help(sys.stderr)
+        return 2
+    from embedstack.cli._commands import run
+
+    return run(args)

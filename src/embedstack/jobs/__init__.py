@@ -1,0 +1,38 @@
+"""Embed corpora to files and search them: the Python API behind `embedstack embed/search/info`.
+
+from embedstack.jobs import embed_files, search
+report = embed_files("examples/packages.jsonl", "packages.parquet", model="local")
+hits = search("packages.parquet", "HTTP mocking for Ruby", k=5)
+"""
+
+from embedstack.jobs._embed import (
+    DEFAULT_CACHE,
+    EmbedReport,
+    Hit,
+    ModelMismatchError,
+    default_cache_path,
+    embed_files,
+    embed_records,
+    search,
+)
+from embedstack.jobs._output import Embeddings, OutputError, load_embeddings, read_meta
+from embedstack.jobs._readers import InputError, Record, RecordReader, find_sources
+
+__all__ = [
+    "DEFAULT_CACHE",
+    "EmbedReport",
+    "Embeddings",
+    "Hit",
+    "InputError",
+    "ModelMismatchError",
+    "OutputError",
+    "Record",
+    "RecordReader",
+    "default_cache_path",
+    "embed_files",
+    "embed_records",
+    "find_sources",
+    "load_embeddings",
+    "read_meta",
+    "search",
+]

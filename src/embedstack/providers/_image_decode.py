@@ -1,0 +1,178 @@
+"""Decode image inputs for a vision model: a whole batch up front, bounded memory, named errors.
+
+Pillow's decompression-bomb guard (Image.MAX_IMAGE_PIXELS) stays on; JPEGs are decoded at a
+reduced DCT scale (Image.draft) and every image is shrunk to the model's input size right after
+decoding, so a batch never holds full-size pixels and no image loads beyond Pillow's limit.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+from collections.abc import Sequence
+from io import BytesIO
+from pathlib import Path
+from typing import Any
+
+from embedstack._images import image_label, is_pil_image
+from embedstack._optional import require
+
+__all__ = ["SUPPORTED_MODES", "ImageDecodeError", "decode_image", "decode_images"]
+
+#: Pillow modes that convert to RGB faithfully. 16/32-bit ("I", "I;16", "F") would be clipped to
+#: white and "LAB" has no colour conversion in Pillow, so those are refused with a fix instead.
+SUPPORTED_MODES = frozenset(
+    {"1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "RGBa", "CMYK", "YCbCr", "HSV"}
+)
+
+
+class ImageDecodeError(ValueError):
+    """An image input could not be decoded.
+
+    `where` names it in the call ("img_file_paths[3]"), `index` is that position (None when
+    unknown), `image` is its label (path or kind) and `reason` says what is wrong.
+    """
+
+    def __init__(self, where: str, image: str, reason: str, index: int | None = None) -> None:
+        super().__init__(f"{where} ({image}): {reason}")
+        self.where = where
+        self.image = image
+        self.reason = reason
+        self.index = index
+
+
+def _source(item: Any, where: str, label: str) -> Any:
+    """What Image.open should read: a path, or a BytesIO over the item's bytes."""
+    if isinstance(item, os.PathLike) or (isinstance(item, str) and not item.startswith("data:")):
+        path = Path(item)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{where}: image file {str(path)!r} does not exist (or is not a file)"
+            )
+        return path
+    if isinstance(item, str):
+        try:
+            data = base64.b64decode(item.split(";base64,", 1)[1], validate=False)
+        except (IndexError, binascii.Error, ValueError) as e:
+            raise ImageDecodeError(where, label, f"not a valid base64 data URI ({e})") from e
+    elif isinstance(item, (bytes, bytearray, memoryview)):
+        data = bytes(item)
+    elif hasattr(item, "read"):
+        pos = item.tell() if getattr(item, "seekable", lambda: False)() else None
+        raw = item.read()
+        if pos is not None:
+            item.seek(pos)
+        if not isinstance(raw, (bytes, bytearray)):
+            raise TypeError(
+                f"{where}: the file object returned {type(raw).__name__} from read(); "
+                "open it in binary mode ('rb')"
+            )
+        data = bytes(raw)
+        if not data:
+            raise ImageDecodeError(
+                where,
+                label,
+                "the file object is empty or was already read to the end; pass its bytes instead",
+            )
+    else:
+        raise TypeError(
+            f"{where} is {type(item).__name__}, expected an image: a path, bytes, a binary file, "
+            "a PIL image or a data: URI"
+        )
+    if not data:
+        raise ImageDecodeError(where, label, "the image data is empty")
+    return BytesIO(data)
+
+
+def _shrink(img: Any, min_side: int, resample: Any) -> Any:
+    """`img` with its shorter side brought down to `min_side` (never up), as CLIP's resize does."""
+    w, h = img.size
+    short, long = (w, h) if w <= h else (h, w)
+    if short <= min_side:
+        return img
+    new_long = int(min_side * long / short)
+    size = (min_side, new_long) if w <= h else (new_long, min_side)
+    if img.mode in ("1", "P", "PA"):  # resize() would fall back to nearest-neighbour: convert first
+        img = img.convert("RGBA" if img.mode == "PA" or "transparency" in img.info else "RGB")
+    return img.resize(size, resample)
+
+
+def decode_image(item: Any, *, min_side: int, where: str = "image", resample: Any = None) -> Any:
+    """One image input as an RGB PIL image whose shorter side is at most `min_side`.
+
+    Raises FileNotFoundError (missing file), TypeError (not an image input) or ImageDecodeError
+    (corrupt, truncated, unsupported mode, over the decompression-bomb limit), naming `where`.
+    """
+    Image = require("PIL.Image", extra="clip", package="pillow")
+    ImageOps = require("PIL.ImageOps", extra="clip", package="pillow")
+    label = image_label(item)
+    resample = Image.Resampling.BICUBIC if resample is None else resample
+    try:
+        if is_pil_image(item):
+            return _finish(ImageOps, item, min_side, resample, where, label)
+        with Image.open(_source(item, where, label)) as img:
+            if img.format == "JPEG" and min(img.size) > 2 * min_side:
+                # DCT-domain downscale while decoding: the full-size pixels are never allocated.
+                w, h = img.size
+                scale = 2 * min_side / min(w, h)
+                img.draft("RGB", (max(1, int(w * scale)), max(1, int(h * scale))))
+            out = _finish(ImageOps, img, min_side, resample, where, label)
+            # leaving the `with` closes `img`: hand back an independent image, never that one
+            return out.copy() if out is img else out
+    except Image.DecompressionBombError as e:
+        raise ImageDecodeError(
+            where,
+            label,
+            f"{e} Pillow's decompression-bomb guard (PIL.Image.MAX_IMAGE_PIXELS = "
+            f"{Image.MAX_IMAGE_PIXELS}) refused it; downscale the image first, or raise "
+            "Image.MAX_IMAGE_PIXELS only if you trust its source",
+        ) from e
+    except Image.UnidentifiedImageError as e:
+        raise ImageDecodeError(
+            where, label, "not a readable image (Pillow cannot identify its format)"
+        ) from e
+    except (ImageDecodeError, FileNotFoundError, TypeError):
+        raise
+    except (OSError, ValueError, SyntaxError, EOFError) as e:  # truncated or corrupt data
+        raise ImageDecodeError(
+            where, label, f"corrupt or truncated image ({type(e).__name__}: {e})"
+        ) from e
+
+
+def _finish(ImageOps: Any, img: Any, min_side: int, resample: Any, where: str, label: str) -> Any:
+    """Check the mode, load the pixels, apply EXIF orientation, shrink, and convert to RGB."""
+    if img.mode not in SUPPORTED_MODES:
+        raise ImageDecodeError(
+            where,
+            label,
+            f"unsupported image mode {img.mode!r} (supported: {', '.join(sorted(SUPPORTED_MODES))}"
+            "); convert it to 8-bit first, e.g. scale its values to 0-255 and .convert('RGB')",
+        )
+    img.load()
+    try:
+        img = ImageOps.exif_transpose(img) or img
+    except Exception:  # a malformed EXIF block must not lose an otherwise good image
+        pass
+    img = _shrink(img, min_side, resample)
+    return img if img.mode == "RGB" else img.convert("RGB")
+
+
+def decode_images(
+    items: Sequence[Any],
+    *,
+    min_side: int,
+    wheres: Sequence[str] | None = None,
+    indexes: Sequence[int | None] | None = None,
+    resample: Any = None,
+) -> list[Any]:
+    """Decode every item of a batch (before any model call); the first bad one raises, named."""
+    out = []
+    for i, item in enumerate(items):
+        where = wheres[i] if wheres else f"image {i} of the batch"
+        try:
+            out.append(decode_image(item, min_side=min_side, where=where, resample=resample))
+        except ImageDecodeError as e:
+            e.index = indexes[i] if indexes else None
+            raise
+    return out

@@ -1,0 +1,315 @@
+"""ClipEmbedding: texts and images in one vector space, on transformers' CLIPModel + CLIPProcessor.
+
+Needs the `clip` extra (transformers, torch, pillow). The model is found like the local text
+models (a directory, the Hugging Face cache, the Hub only when online) and loaded on first use.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import threading
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+import numpy.typing as npt
+from pydantic import Field, PrivateAttr, field_validator
+
+from embedstack._optional import require
+from embedstack.base import DEFAULT_EMBED_BATCH_SIZE, BatchEmbedding, MultiModalEmbedding
+from embedstack.providers._hf_source import ModelSource, locate_model
+from embedstack.providers._image_decode import ImageDecodeError, decode_images
+from embedstack.types import EmbedResult, Role
+
+__all__ = [
+    "DEFAULT_CLIP_MODEL",
+    "OPENAI_CLIP_MODELS",
+    "ClipEmbedding",
+    "ImageDecodeError",
+    "from_spec",
+    "hf_clip_name",
+]
+
+DEFAULT_CLIP_MODEL = "openai/clip-vit-base-patch32"
+
+#: LlamaIndex's OpenAI-CLIP names (the `clip` package's) → Hugging Face copies of those weights.
+OPENAI_CLIP_MODELS = {
+    "ViT-B/32": "openai/clip-vit-base-patch32",
+    "ViT-B/16": "openai/clip-vit-base-patch16",
+    "ViT-L/14": "openai/clip-vit-large-patch14",
+    "ViT-L/14@336px": "openai/clip-vit-large-patch14-336",
+}
+#: OpenAI's ResNet CLIPs: transformers' CLIPModel has no ResNet image tower; nothing to map to.
+_RESNET_CLIP = ("RN50", "RN101", "RN50x4", "RN50x16", "RN50x64")
+
+# The input call's (label, {id(item): index}) while an image call runs, so decode errors can name
+# the item as the caller passed it ("img_file_paths[3]"), not by its position in a batch.
+_CALL_ITEMS: contextvars.ContextVar[tuple[str, dict[int, int]] | None] = contextvars.ContextVar(
+    "embedstack_clip_call_items", default=None
+)
+
+
+def hf_clip_name(name: str) -> str:
+    """A LlamaIndex/OpenAI CLIP name ("ViT-B/32") as its Hugging Face id; other names unchanged."""
+    key = name.strip()
+    for openai_name, hf_id in OPENAI_CLIP_MODELS.items():
+        if key.lower() == openai_name.lower():
+            return hf_id
+    if key.upper() in {n.upper() for n in _RESNET_CLIP}:
+        raise ValueError(
+            f"CLIP model {name!r} is a ResNet CLIP, which transformers' CLIPModel cannot load; "
+            f"use a ViT CLIP such as 'ViT-B/32' ({OPENAI_CLIP_MODELS['ViT-B/32']}) "
+            f"or 'ViT-L/14' ({OPENAI_CLIP_MODELS['ViT-L/14']})"
+        )
+    return key
+
+
+def _pick_device(torch: Any, device: str | None) -> str:
+    if device:
+        return device
+    if torch.cuda.is_available():
+        return "cuda"
+    mps = getattr(torch.backends, "mps", None)
+    return "mps" if mps is not None and mps.is_available() else "cpu"
+
+
+def _features(out: Any) -> Any:
+    """get_*_features' result as a tensor (transformers 5 wraps it in an output's pooler_output)."""
+    return out if hasattr(out, "shape") else out.pooler_output
+
+
+class _Loaded:
+    """The loaded torch model, its processor and what a batch needs to know about them."""
+
+    def __init__(self, source: ModelSource, device: str | None) -> None:
+        torch = require("torch", extra="clip")
+        transformers = require("transformers", extra="clip")
+        require("PIL.Image", extra="clip", package="pillow")
+        self.torch = torch
+        self.device = _pick_device(torch, device)
+        path = str(source.path)
+        self.model = (
+            transformers.CLIPModel.from_pretrained(path, local_files_only=True)
+            .to(self.device)
+            .eval()
+        )
+        processor = transformers.CLIPProcessor.from_pretrained(path, local_files_only=True)
+        self.tokenizer = processor.tokenizer
+        self.image_processor = processor.image_processor
+        text_max = int(self.model.config.text_config.max_position_embeddings)
+        tok_max = getattr(self.tokenizer, "model_max_length", None)
+        self.max_length = (
+            min(text_max, tok_max)
+            if isinstance(tok_max, int) and 0 < tok_max < 1_000_000
+            else text_max
+        )
+        self.dim = int(self.model.config.projection_dim)
+        self.min_side = self._input_side()
+        self.resample = getattr(self.image_processor, "resample", None)
+
+    def _input_side(self) -> int:
+        """The shorter side the processor resizes images to (its crop is never larger)."""
+        size = getattr(self.image_processor, "size", None)
+
+        def get(key: str) -> Any:
+            return size.get(key) if isinstance(size, dict) else getattr(size, key, None)
+
+        sides = [x for x in (get("shortest_edge"), get("height"), get("width")) if x]
+        return int(sides[0] if get("shortest_edge") else min(sides)) if sides else 224
+
+    def encode_texts(self, texts: list[str]) -> tuple[Any, int, int]:
+        enc = self.tokenizer(
+            texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+        )
+        encodings = getattr(enc, "encodings", None) or []
+        truncated = sum(1 for e in encodings if getattr(e, "overflowing", None))
+        token_count = int(enc["attention_mask"].sum())
+        with self.torch.inference_mode():
+            feats = _features(
+                self.model.get_text_features(
+                    input_ids=enc["input_ids"].to(self.device),
+                    attention_mask=enc["attention_mask"].to(self.device),
+                )
+            )
+        return feats, token_count, truncated
+
+    def encode_images(self, images: list[Any]) -> Any:
+        pixels = self.image_processor(images=images, return_tensors="pt")["pixel_values"]
+        with self.torch.inference_mode():
+            return _features(
+                self.model.get_image_features(
+                    pixel_values=pixels.to(self.device, dtype=self.model.dtype)
+                )
+            )
+
+
+class ClipEmbedding(BatchEmbedding, MultiModalEmbedding):
+    """CLIP: texts (queries and documents alike) and images in one space, for multimodal search.
+
+    Vectors are L2-normalised by default (`normalize=True`), so a dot product is the cosine
+    similarity; LlamaIndex's ClipEmbedding returns the raw projections, whose cosine is the same.
+    Texts over the model's limit (77 tokens) are truncated, counted on EmbeddingEndEvent.truncated.
+    Images are decoded and checked, all of a batch before the model runs; see ImageDecodeError.
+    """
+
+    model_name: str = Field(
+        default=DEFAULT_CLIP_MODEL,
+        description="Hugging Face CLIP id, OpenAI name ('ViT-B/32', 'ViT-L/14', ...) or directory.",
+    )
+    embed_batch_size: int = Field(
+        default=DEFAULT_EMBED_BATCH_SIZE, gt=0, le=2048, description="Items per model call."
+    )
+    device: str | None = Field(
+        default=None, description="torch device; None picks cuda, mps or cpu."
+    )
+    normalize: bool = Field(
+        default=True, description="L2-normalise the vectors (cosine = dot product)."
+    )
+    cache_folder: str | None = Field(
+        default=None, description="Hugging Face cache directory to look in / download to."
+    )
+    revision: str | None = Field(default=None, description="Hub revision (branch, tag or commit).")
+
+    _identity_exclude: ClassVar[frozenset[str]] = frozenset({"device", "cache_folder"})
+    max_concurrency: ClassVar[int | None] = 1
+
+    _source: ModelSource | None = PrivateAttr(default=None)
+    _loaded: _Loaded | None = PrivateAttr(default=None)
+    _lock: threading.RLock = PrivateAttr(default_factory=threading.RLock)
+
+    def __init__(self, model_name: str = DEFAULT_CLIP_MODEL, **kwargs: Any) -> None:
+        super().__init__(model_name=model_name, **kwargs)
+
+    @classmethod
+    def class_name(cls) -> str:
+        """Name stored in to_dict()."""
+        return "ClipEmbedding"
+
+    @field_validator("model_name", mode="before")
+    @classmethod
+    def _map_model_name(cls, v: Any) -> Any:
+        return hf_clip_name(v) if isinstance(v, str) else v
+
+    def model_post_init(self, context: Any, /) -> None:
+        """Find the model's files now (offline first, cheap) so a bad name fails at construction."""
+        super().model_post_init(context)
+        self._locate()
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "model_name" and isinstance(value, str):
+            value = hf_clip_name(value)
+        super().__setattr__(name, value)
+        if name in {"model_name", "cache_folder", "revision"}:
+            self._locate()
+        if name in {"model_name", "cache_folder", "revision", "device"}:
+            with self._lock:
+                self._loaded = None
+
+    def _locate(self) -> None:
+        source = locate_model(self.model_name, self.cache_folder, self.revision)
+        config = source.path / "config.json"
+        try:
+            model_type = json.loads(config.read_text(encoding="utf-8")).get("model_type")
+        except (OSError, ValueError) as e:
+            raise ValueError(f"cannot read {config} for CLIP model {self.model_name!r}: {e}") from e
+        if model_type != "clip":
+            raise ValueError(
+                f"{self.model_name!r} is not a CLIP model (config.json model_type is "
+                f"{model_type!r}, expected 'clip'); use a CLIP checkpoint such as "
+                f"{DEFAULT_CLIP_MODEL!r}, or HuggingFaceEmbedding for text-only models"
+            )
+        self._source = source
+
+    @property
+    def source(self) -> ModelSource:
+        """Where this model's files were found (directory and origin)."""
+        if self._source is None:  # only before model_post_init has run
+            raise RuntimeError("ClipEmbedding is not initialised")
+        return self._source
+
+    def _model(self) -> _Loaded:
+        with self._lock:
+            if self._loaded is None:
+                self._loaded = _Loaded(self.source, self.device)
+            return self._loaded
+
+    def load(self) -> ClipEmbedding:
+        """Load the weights now rather than on the first call; returns self."""
+        self._model()
+        return self
+
+    @property
+    def embed_dim(self) -> int:
+        """Length of the vectors (text and image alike); loads the model."""
+        return self._model().dim
+
+    # -- the pipeline's hooks ------------------------------------------------------------------
+    def _run(
+        self, items: Sequence[Any], role: Role, label: str, show_progress: bool = False
+    ) -> npt.NDArray[np.float32]:
+        if role is not Role.IMAGE:
+            return super()._run(items, role, label, show_progress)
+        token = _CALL_ITEMS.set((label, _first_index(items)))
+        try:
+            return super()._run(items, role, label, show_progress)
+        finally:
+            _CALL_ITEMS.reset(token)
+
+    async def _arun(
+        self, items: Sequence[Any], role: Role, label: str, show_progress: bool = False
+    ) -> npt.NDArray[np.float32]:
+        if role is not Role.IMAGE:
+            return await super()._arun(items, role, label, show_progress)
+        token = _CALL_ITEMS.set((label, _first_index(items)))
+        try:
+            return await super()._arun(items, role, label, show_progress)
+        finally:
+            _CALL_ITEMS.reset(token)
+
+    def _embed_batch(self, items: list[Any], role: Role) -> EmbedResult:
+        """Texts and queries through the text tower; images (all decoded first) the image tower."""
+        model = self._model()
+        if role is Role.IMAGE:
+            wheres, indexes = _where(items)
+            images = decode_images(
+                items,
+                min_side=model.min_side,
+                wheres=wheres,
+                indexes=indexes,
+                resample=model.resample,
+            )
+            with self._lock:
+                feats = model.encode_images(images)
+            token_count, truncated = None, 0
+        else:
+            with self._lock:
+                feats, token_count, truncated = model.encode_texts(list(items))
+        if self.normalize:
+            feats = model.torch.nn.functional.normalize(feats.float(), dim=-1)
+        vectors = np.ascontiguousarray(feats.float().cpu().numpy(), dtype=np.float32)
+        return EmbedResult(vectors, token_count=token_count, truncated=truncated)
+
+
+def _first_index(items: Sequence[Any]) -> dict[int, int]:
+    index: dict[int, int] = {}
+    for i, item in enumerate(items):
+        index.setdefault(id(item), i)
+    return index
+
+
+def _where(items: list[Any]) -> tuple[list[str], list[int | None]]:
+    """How to name each batch item in errors: its place in the caller's list when known."""
+    call = _CALL_ITEMS.get()
+    if call is None:
+        return [f"image {i} of the batch" for i in range(len(items))], [None] * len(items)
+    label, index = call
+    found = [index.get(id(item)) for item in items]
+    return [
+        f"{label}[{n}]" if n is not None else f"image {i} of the batch" for i, n in enumerate(found)
+    ], found
+
+
+def from_spec(arg: str | None) -> ClipEmbedding:
+    """The registry's factory for "clip" and "clip:<name or path>" (or 'ViT-L/14')."""
+    return ClipEmbedding(model_name=arg or DEFAULT_CLIP_MODEL)

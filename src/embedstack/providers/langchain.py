@@ -1,0 +1,265 @@
+"""LangchainEmbedding: any LangChain `Embeddings` as an embedstack model (batching, cache, events).
+
+The LangChain object is duck-typed (embed_documents / embed_query and their async twins), so this
+module never imports langchain_core itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Mapping
+from enum import Enum
+from typing import Any
+
+from pydantic import Field, PrivateAttr, SecretBytes, SecretStr
+from typing_extensions import Self
+
+from embedstack.base import DEFAULT_EMBED_BATCH_SIZE, BaseEmbedding, BatchEmbedding
+from embedstack.types import Role, Vectors
+
+__all__ = ["LangchainEmbedding", "langchain_identity"]
+
+logger = logging.getLogger("embedstack")
+
+# Name parts that mark a credential: the whole field is left out of the identity.
+_SECRET_PARTS = frozenset(
+    {
+        "key",
+        "apikey",
+        "secret",
+        "token",
+        "password",
+        "passwd",
+        "pwd",
+        "credential",
+        "credentials",
+        "auth",
+        "authorization",
+        "cookie",
+        "cookies",
+        "bearer",
+        "signature",
+        "private",
+        "jwt",
+        "sas",
+    }
+)
+_SECRET_SUBSTRINGS = (
+    "api_key",
+    "apikey",
+    "access_key",
+    "secret",
+    "password",
+    "credential",
+    "auth_header",
+)
+# Fields of LangChain embeddings that never change a vector: clients, retries, batching, progress.
+_RUNTIME_NAMES = frozenset(
+    {
+        "client",
+        "async_client",
+        "http_client",
+        "http_async_client",
+        "session",
+        "max_retries",
+        "retry_min_seconds",
+        "retry_max_seconds",
+        "request_timeout",
+        "timeout",
+        "show_progress",
+        "show_progress_bar",
+        "chunk_size",
+        "batch_size",
+        "embed_batch_size",
+        "num_workers",
+        "max_concurrency",
+        "verbose",
+        "callbacks",
+        "cache_folder",
+        "default_headers",
+        "default_query",
+        "headers",
+        "proxy",
+        "openai_proxy",
+        "skip_empty",
+        "tiktoken_model_name",
+        "multi_process",
+        "rate_limiter",
+    }
+)
+_URL_USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
+_MODEL_NAME_ATTRS = ("model_name", "model", "model_id", "deployment", "deployment_name", "repo_id")
+
+
+def _secret_looking(name: str) -> bool:
+    low = name.lower()
+    if any(s in low for s in _SECRET_SUBSTRINGS):
+        return True
+    return any(part in _SECRET_PARTS for part in re.split(r"[_\-.]", low))
+
+
+def _plain(value: Any, depth: int = 0) -> tuple[bool, Any]:
+    """(True, JSON-safe value) for primitives and containers of them; (False, None) otherwise."""
+    if isinstance(value, (SecretStr, SecretBytes)) or depth > 4:
+        return False, None
+    if value is None or isinstance(value, (bool, int, float)):
+        return True, value
+    if isinstance(value, str):
+        return True, _URL_USERINFO.sub("", value)
+    if isinstance(value, (list, tuple)):
+        items = [_plain(v, depth + 1) for v in value]
+        return True, [v for ok, v in items if ok]
+    if isinstance(value, Mapping):
+        out = {}
+        for k, v in value.items():
+            if not isinstance(k, str) or _secret_looking(k):
+                continue
+            ok, pv = _plain(v, depth + 1)
+            if ok:
+                out[k] = pv
+        return True, out
+    if isinstance(value, Enum):
+        return _plain(value.value, depth + 1)
+    if isinstance(value, BaseEmbedding):  # e.g. model.as_langchain(): the inner model's identity
+        return True, value._identity()
+    return False, None
+
+
+def _public_fields(obj: Any) -> tuple[dict[str, Any], bool]:
+    """The object's settings, and whether declared: pydantic fields, else public attributes."""
+    fields = getattr(type(obj), "model_fields", None)
+    if isinstance(fields, Mapping):
+        return {name: getattr(obj, name, None) for name in fields}, True
+    try:
+        attrs = vars(obj)
+    except TypeError:
+        return {}, False
+    return {k: v for k, v in attrs.items() if not k.startswith("_")}, False
+
+
+def langchain_identity(obj: Any) -> dict[str, Any]:
+    """What identifies a LangChain object's vectors: its class and its plain, non-secret settings.
+
+    Credentials (SecretStr values, secret-looking names), clients and runtime knobs (timeouts,
+    retries, chunk sizes) are left out; only JSON-safe values are kept, never a repr. Of a plain
+    (non-pydantic) object only scalar attributes (and embedstack models) count: its lists and
+    dicts are more often state.
+    """
+    cls = type(obj)
+    config: dict[str, Any] = {}
+    fields, declared = _public_fields(obj)
+    for name, value in fields.items():
+        if name.lower() in _RUNTIME_NAMES or _secret_looking(name):
+            continue
+        scalar = value is None or isinstance(value, (str, bool, int, float, Enum, BaseEmbedding))
+        if not declared and not scalar:
+            continue
+        ok, plain = _plain(value)
+        if ok:
+            config[name] = plain
+    return {"class": f"{cls.__module__}.{cls.__qualname__}", "config": config}
+
+
+def _guess_model_name(obj: Any) -> str:
+    for attr in _MODEL_NAME_ATTRS:
+        value = getattr(obj, attr, None)
+        if isinstance(value, str) and value:
+            return value
+    return type(obj).__name__
+
+
+class LangchainEmbedding(BatchEmbedding):
+    """A LangChain Embeddings (OpenAIEmbeddings, HuggingFaceEmbeddings, ...) as an embedstack model.
+
+    Texts go to `embed_documents` in batches of embed_batch_size, queries to `embed_query`; the
+    embedstack pipeline adds caching (keyed by the LangChain class and its non-secret settings),
+    dedupe, ordering and events. The LangChain object itself is never serialised.
+    """
+
+    langchain_class: str = Field(
+        default="", description="Import path of the wrapped LangChain class."
+    )
+    _langchain_embedding: Any = PrivateAttr()
+
+    def __init__(
+        self,
+        langchain_embeddings: Any,
+        model_name: str | None = None,
+        embed_batch_size: int = DEFAULT_EMBED_BATCH_SIZE,
+        **kwargs: Any,
+    ) -> None:
+        missing = [
+            m
+            for m in ("embed_documents", "embed_query")
+            if not callable(getattr(langchain_embeddings, m, None))
+        ]
+        if missing:
+            raise TypeError(
+                "LangchainEmbedding needs a LangChain Embeddings object (with embed_documents and "
+                f"embed_query); "
+                f"{type(langchain_embeddings).__name__} lacks {', '.join(missing)}"
+            )
+        cls = type(langchain_embeddings)
+        kwargs.pop(
+            "langchain_class", None
+        )  # always derived from the object (from_dict passes it back)
+        super().__init__(
+            model_name=model_name or _guess_model_name(langchain_embeddings),
+            embed_batch_size=embed_batch_size,
+            langchain_class=f"{cls.__module__}.{cls.__qualname__}",
+            **kwargs,
+        )
+        self._langchain_embedding = langchain_embeddings
+
+    @classmethod
+    def class_name(cls) -> str:
+        """Name stored in to_dict()."""
+        return "LangchainEmbedding"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], **kwargs: Any) -> Self:
+        """Rebuild from to_dict(); pass the LangChain object again as `langchain_embeddings`."""
+        if "langchain_embeddings" not in kwargs:
+            raise TypeError(
+                "LangchainEmbedding.from_dict needs the LangChain object, which to_dict() never "
+                "stores: "
+                "call from_dict(data, langchain_embeddings=<your Embeddings>)"
+            )
+        return super().from_dict(data, **kwargs)
+
+    @property
+    def langchain_embeddings(self) -> Any:
+        """The wrapped LangChain Embeddings object."""
+        return self._langchain_embedding
+
+    def _identity(self) -> dict[str, Any]:
+        identity = super()._identity()
+        identity["langchain"] = langchain_identity(self._langchain_embedding)
+        return identity
+
+    def _embed_batch(self, items: list[Any], role: Role) -> Vectors:
+        lc = self._langchain_embedding
+        if role is Role.QUERY:
+            return [lc.embed_query(q) for q in items]
+        if role is Role.TEXT:
+            return lc.embed_documents(list(items))  # type: ignore[no-any-return]
+        raise TypeError(
+            f"LangchainEmbedding ({self.langchain_class}) does not embed images; "
+            "use a ClipEmbedding"
+        )
+
+    async def _aembed_batch(self, items: list[Any], role: Role) -> Vectors:
+        lc = self._langchain_embedding
+        if role is Role.IMAGE or not hasattr(lc, "aembed_documents"):
+            return await asyncio.to_thread(self._embed_batch, items, role)
+        try:
+            if role is Role.QUERY:
+                return list(await asyncio.gather(*(lc.aembed_query(q) for q in items)))
+            return await lc.aembed_documents(list(items))  # type: ignore[no-any-return]
+        except NotImplementedError:
+            logger.debug(
+                "%s has no async embedding; running the sync one in a thread", self.langchain_class
+            )
+            return await asyncio.to_thread(self._embed_batch, items, role)

@@ -1,0 +1,281 @@
+"""ClipEmbedding on a tiny real CLIP: one space for texts and images; cache, async, threads."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from pydantic import PrivateAttr
+
+from embedstack import MultiModalEmbedding, Role
+from embedstack.kvstore import SimpleKVStore
+from embedstack.providers.clip import ClipEmbedding
+
+TINY_DIM, TINY_MAX_TOKENS = 24, 16  # as built by conftest.build_tiny_clip
+
+
+class CountingClip(ClipEmbedding):
+    """ClipEmbedding that records every batch that reaches the model."""
+
+    _batches: list[tuple[Role, list[Any]]] = PrivateAttr(default_factory=list)
+    _guard: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+
+    def _embed_batch(self, items: list[Any], role: Role) -> Any:
+        with self._guard:
+            self._batches.append((role, list(items)))
+        return super()._embed_batch(items, role)
+
+    @property
+    def embedded(self) -> list[Any]:
+        return [item for _, items in self._batches for item in items]
+
+
+def _reference(path: Path) -> tuple[Any, Any]:
+    from transformers import CLIPModel, CLIPProcessor
+
+    return CLIPModel.from_pretrained(str(path)).eval(), CLIPProcessor.from_pretrained(str(path))
+
+
+def _pooled(out: Any) -> torch.Tensor:
+    return out if isinstance(out, torch.Tensor) else out.pooler_output
+
+
+def test_is_a_multimodal_embedding_with_one_dimension(
+    tiny_clip: ClipEmbedding, image_dir: Path, tiny_sizes: tuple[int, int]
+) -> None:
+    assert tiny_sizes == (TINY_DIM, TINY_MAX_TOKENS)
+    assert isinstance(tiny_clip, MultiModalEmbedding)
+    assert ClipEmbedding.class_name() == "ClipEmbedding"
+    text = tiny_clip.embed(["a cat", "a dog"], role="text")
+    images = tiny_clip.embed([image_dir / "red.png", image_dir / "blue.png"], role="image")
+    assert text.shape == (2, TINY_DIM) and images.shape == (2, TINY_DIM)
+    assert text.dtype == np.float32 and images.dtype == np.float32
+    assert tiny_clip.embed_dim == TINY_DIM
+    np.testing.assert_allclose(np.linalg.norm(text, axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(images, axis=1), 1.0, rtol=1e-5)
+    assert not np.allclose(text[0], text[1]) and not np.allclose(images[0], images[1])
+    # the LlamaIndex methods agree with the bulk path
+    assert np.allclose(tiny_clip.get_text_embedding("a cat"), text[0], atol=1e-6)
+    assert np.allclose(tiny_clip.get_image_embedding(image_dir / "red.png"), images[0], atol=1e-6)
+
+
+def test_vectors_match_transformers_clip_directly(
+    tiny_clip: ClipEmbedding, tiny_clip_path: Path, image_dir: Path
+) -> None:
+    """Texts go through the text tower, images through the image tower, then L2-normalised."""
+    model, processor = _reference(tiny_clip_path)
+    texts = ["a cat", "dog 2 mats!"]
+    enc = processor.tokenizer(texts, padding=True, return_tensors="pt")
+    images = [Image.open(image_dir / n).convert("RGB") for n in ("red.png", "green.png")]
+    pixels = processor.image_processor(images=images, return_tensors="pt")["pixel_values"]
+    with torch.inference_mode():
+        t = torch.nn.functional.normalize(_pooled(model.get_text_features(**enc)), dim=-1).numpy()
+        i = torch.nn.functional.normalize(
+            _pooled(model.get_image_features(pixel_values=pixels)), dim=-1
+        )
+    np.testing.assert_allclose(tiny_clip.embed(texts), t, atol=1e-5)
+    np.testing.assert_allclose(
+        tiny_clip.embed([image_dir / "red.png", image_dir / "green.png"], role="image"),
+        i.numpy(),
+        atol=1e-5,
+    )
+
+
+def test_queries_and_texts_share_the_text_tower(tiny_clip: ClipEmbedding) -> None:
+    assert np.allclose(
+        tiny_clip.get_query_embedding("a dog"), tiny_clip.get_text_embedding("a dog"), atol=1e-6
+    )
+    assert tiny_clip._instruction(Role.QUERY) is None and tiny_clip._instruction(Role.TEXT) is None
+
+
+def test_every_image_input_kind_gives_the_same_vector(
+    tiny_clip: ClipEmbedding, image_dir: Path
+) -> None:
+    path = image_dir / "green.png"
+    data = path.read_bytes()
+    with path.open("rb") as fh:
+        inputs: list[Any] = [
+            path,
+            str(path),
+            data,
+            bytearray(data),
+            io.BytesIO(data),
+            fh,
+            Image.open(path),
+            "data:image/png;base64," + base64.b64encode(data).decode(),
+        ]
+        vectors = tiny_clip.embed(inputs, role="image")
+    for kind, vec in zip(inputs, vectors, strict=True):
+        np.testing.assert_allclose(vec, vectors[0], atol=1e-6, err_msg=type(kind).__name__)
+
+
+@pytest.mark.parametrize("mode", ["L", "P", "RGBA", "1", "CMYK", "LA"])
+def test_common_modes_are_converted_to_rgb(tiny_clip: ClipEmbedding, mode: str) -> None:
+    img = Image.new("RGB", (40, 48), (200, 120, 40)).convert(mode)
+    vec = np.asarray(tiny_clip.get_image_embedding(img))
+    assert vec.shape == (TINY_DIM,) and np.isfinite(vec).all()
+
+
+def test_batches_keep_input_order(tiny_clip_path: Path, image_dir: Path) -> None:
+    one_by_one = ClipEmbedding(model_name=str(tiny_clip_path), device="cpu", embed_batch_size=1)
+    batched = ClipEmbedding(model_name=str(tiny_clip_path), device="cpu", embed_batch_size=2)
+    paths = [image_dir / f"{n}.png" for n in ("blue", "red", "green", "blue", "green")]
+    texts = ["dog", "a cat on a mat", "x", "cat cat cat", "dog"]
+    np.testing.assert_allclose(
+        batched.embed(paths, role="image"), one_by_one.embed(paths, role="image"), atol=1e-5
+    )
+    np.testing.assert_allclose(batched.embed(texts), one_by_one.embed(texts), atol=1e-5)
+
+
+async def test_async_equals_sync(tiny_clip: ClipEmbedding, image_dir: Path) -> None:
+    paths = [image_dir / "red.png", image_dir / "blue.png", image_dir / "green.png"]
+    texts = ["a cat", "a dog", "a red square"]
+    sync_images = tiny_clip.get_image_embedding_batch(paths)
+    async_images = await tiny_clip.aget_image_embedding_batch(paths)
+    np.testing.assert_allclose(async_images, sync_images, atol=1e-6)
+    np.testing.assert_allclose(
+        await tiny_clip.aget_image_embedding(paths[1]), sync_images[1], atol=1e-6
+    )
+    np.testing.assert_allclose(
+        await tiny_clip.aget_text_embedding_batch(texts),
+        tiny_clip.get_text_embedding_batch(texts),
+        atol=1e-6,
+    )
+    np.testing.assert_allclose(
+        await tiny_clip.aget_query_embedding("a cat"),
+        tiny_clip.get_query_embedding("a cat"),
+        atol=1e-6,
+    )
+    np.testing.assert_allclose(await tiny_clip.aembed(paths, role="image"), sync_images, atol=1e-6)
+
+
+async def test_concurrent_async_calls_are_safe(tiny_clip: ClipEmbedding, image_dir: Path) -> None:
+    paths = [image_dir / "red.png", image_dir / "blue.png"]
+    expected = tiny_clip.embed(paths, role="image")
+    results = await asyncio.gather(*(tiny_clip.aembed(paths, role="image") for _ in range(4)))
+    for r in results:
+        np.testing.assert_allclose(r, expected, atol=1e-6)
+
+
+def test_threads_share_one_model_safely(tiny_clip: ClipEmbedding, image_dir: Path) -> None:
+    texts = [f"cat {i}" for i in range(6)]
+    expected = tiny_clip.embed(texts)
+    out: list[Any] = [None] * 4
+    errors: list[BaseException] = []
+
+    def work(k: int) -> None:
+        try:
+            out[k] = tiny_clip.embed(texts)
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    for r in out:
+        np.testing.assert_allclose(r, expected, atol=1e-6)
+
+
+def test_same_bytes_under_two_paths_are_embedded_once(
+    tiny_clip_path: Path, image_dir: Path
+) -> None:
+    model = CountingClip(
+        model_name=str(tiny_clip_path), device="cpu", embeddings_cache=SimpleKVStore()
+    )
+    red, copy, blue = image_dir / "red.png", image_dir / "red_copy.png", image_dir / "blue.png"
+    vectors = model.embed([red, copy, blue], role="image")
+    assert model.embedded == [red, blue]  # red_copy.png has red.png's bytes: one model input
+    np.testing.assert_array_equal(vectors[0], vectors[1])
+    again = model.embed([copy], role="image")
+    assert len(model._batches) == 1  # a cache hit: no second model call
+    np.testing.assert_array_equal(again[0], vectors[0])
+    # the same bytes as a PIL-free input (raw bytes) key the same way as the files
+    model.embed([red.read_bytes()], role="image")
+    assert len(model._batches) == 1
+
+
+def test_text_and_image_keys_do_not_collide(tiny_clip_path: Path, image_dir: Path) -> None:
+    model = CountingClip(
+        model_name=str(tiny_clip_path), device="cpu", embeddings_cache=SimpleKVStore()
+    )
+    path = str(image_dir / "red.png")
+    as_text = model.get_text_embedding(path)
+    as_image = model.get_image_embedding(path)
+    assert [r for r, _ in model._batches] == [Role.TEXT, Role.IMAGE]
+    assert not np.allclose(as_text, as_image)
+
+
+def test_long_texts_are_truncated_and_counted(
+    tiny_clip: ClipEmbedding, event_recorder: Any
+) -> None:
+    long_a = "a " * (3 * TINY_MAX_TOKENS)
+    long_b = "a " * (4 * TINY_MAX_TOKENS)  # the same first tokens: the same vector after truncation
+    vectors = tiny_clip.embed([long_a, long_b, "a cat"])
+    np.testing.assert_allclose(vectors[0], vectors[1], atol=1e-6)
+    ends = event_recorder.of("EmbeddingEndEvent")
+    assert ends and ends[-1].truncated == 2
+    assert ends[-1].token_count == 2 * TINY_MAX_TOKENS + 4  # <bos> a cat <eos>
+
+
+def test_image_events_name_the_images(
+    tiny_clip: ClipEmbedding, image_dir: Path, event_recorder: Any
+) -> None:
+    tiny_clip.get_image_embedding_batch([image_dir / "red.png", image_dir / "blue.png"])
+    end = event_recorder.of("EmbeddingEndEvent")[-1]
+    assert end.chunks == [str(image_dir / "red.png"), str(image_dir / "blue.png")]
+    assert end.role == "image" and len(end.embeddings) == 2
+
+
+def test_normalize_false_returns_raw_projections(
+    tiny_clip: ClipEmbedding, tiny_clip_path: Path
+) -> None:
+    raw = ClipEmbedding(model_name=str(tiny_clip_path), device="cpu", normalize=False)
+    r = np.asarray(raw.get_text_embedding("a cat"))
+    n = np.asarray(tiny_clip.get_text_embedding("a cat"))
+    assert abs(np.linalg.norm(r) - 1.0) > 1e-3
+    np.testing.assert_allclose(r / np.linalg.norm(r), n, atol=1e-5)
+    assert raw._identity() != tiny_clip._identity()  # different vectors: different cache keys
+
+
+def test_identity_serialisation_and_repr(tiny_clip_path: Path) -> None:
+    a = ClipEmbedding(model_name=str(tiny_clip_path), device="cpu")
+    b = ClipEmbedding(model_name=str(tiny_clip_path))
+    assert a._identity() == b._identity()  # the device does not change the vectors' cache key
+    data = a.to_dict()
+    assert data["class_name"] == "ClipEmbedding" and data["model_name"] == str(tiny_clip_path)
+    c = ClipEmbedding.from_dict(data)
+    assert c.model_name == a.model_name and c.device == "cpu" and c.normalize is True
+    assert "ClipEmbedding(model_name=" in repr(a)
+
+
+def test_changing_the_model_reloads(tiny_clip_path: Path, tmp_path: Path, build_clip: Any) -> None:
+    other = build_clip(tmp_path / "other", seed=1)
+    model = ClipEmbedding(model_name=str(tiny_clip_path), device="cpu")
+    first = model.get_text_embedding("a cat")
+    model.model_name = str(other)
+    assert model.source.path == other.resolve()
+    assert not np.allclose(model.get_text_embedding("a cat"), first)
+
+
+def test_the_provider_module_imports_no_heavy_dependency() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, embedstack.providers.clip, embedstack\n"
+        "heavy = [m for m in ('torch', 'transformers', 'PIL') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+        "assert embedstack.ClipEmbedding is embedstack.providers.clip.ClipEmbedding"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

