@@ -66,35 +66,55 @@ def main() -> None:
         rows.append((name, li, es))
 
     li, es = LIModel(), ESModel()
-    row("get_text_embedding_batch, no cache", per_text_us(lambda: li.get_text_embedding_batch(texts), n_batch),
-        per_text_us(lambda: es.get_text_embedding_batch(texts), n_batch))
-    row("get_text_embedding, no cache", per_text_us(lambda: [li.get_text_embedding(t) for t in singles], n_single),
-        per_text_us(lambda: [es.get_text_embedding(t) for t in singles], n_single))
-    row("aget_text_embedding_batch, no cache",
+    row(
+        "get_text_embedding_batch, no cache",
+        per_text_us(lambda: li.get_text_embedding_batch(texts), n_batch),
+        per_text_us(lambda: es.get_text_embedding_batch(texts), n_batch),
+    )
+    row(
+        "get_text_embedding, no cache",
+        per_text_us(lambda: [li.get_text_embedding(t) for t in singles], n_single),
+        per_text_us(lambda: [es.get_text_embedding(t) for t in singles], n_single),
+    )
+    row(
+        "aget_text_embedding_batch, no cache",
         per_text_us(lambda: asyncio.run(li.aget_text_embedding_batch(texts)), n_batch),
-        per_text_us(lambda: asyncio.run(es.aget_text_embedding_batch(texts)), n_batch))
+        per_text_us(lambda: asyncio.run(es.aget_text_embedding_batch(texts)), n_batch),
+    )
 
     li_c = LIModel(embeddings_cache=LISimpleKVStore())
     es_simple = ESModel(embeddings_cache=SimpleKVStore())
     es_sqlite = ESModel(embeddings_cache=SQLiteKVStore(tmp / "cache.sqlite"))
     # cold: first pass fills the cache (single pass each; fresh stores)
-    rows.append(("batch, cold cache (LI SimpleKVStore vs ES SQLiteKVStore)",
-                 per_text_us(lambda: li_c.get_text_embedding_batch(texts), n_batch, repeat=1),
-                 per_text_us(lambda: es_sqlite.get_text_embedding_batch(texts), n_batch, repeat=1)))
+    rows.append(
+        (
+            "batch, cold cache (LI SimpleKVStore vs ES SQLiteKVStore)",
+            per_text_us(lambda: li_c.get_text_embedding_batch(texts), n_batch, repeat=1),
+            per_text_us(lambda: es_sqlite.get_text_embedding_batch(texts), n_batch, repeat=1),
+        )
+    )
     es_simple.get_text_embedding_batch(texts)
-    row("batch, warm cache (LI SimpleKVStore vs ES SimpleKVStore)",
+    row(
+        "batch, warm cache (LI SimpleKVStore vs ES SimpleKVStore)",
         per_text_us(lambda: li_c.get_text_embedding_batch(texts), n_batch),
-        per_text_us(lambda: es_simple.get_text_embedding_batch(texts), n_batch))
-    row("batch, warm cache (LI SimpleKVStore vs ES SQLiteKVStore)",
+        per_text_us(lambda: es_simple.get_text_embedding_batch(texts), n_batch),
+    )
+    row(
+        "batch, warm cache (LI SimpleKVStore vs ES SQLiteKVStore)",
         per_text_us(lambda: li_c.get_text_embedding_batch(texts), n_batch),
-        per_text_us(lambda: es_sqlite.get_text_embedding_batch(texts), n_batch))
+        per_text_us(lambda: es_sqlite.get_text_embedding_batch(texts), n_batch),
+    )
     es_disk = ESModel(embeddings_cache=SQLiteKVStore(tmp / "cache.sqlite", memory_entries=0))
-    row("batch, warm cache (LI SimpleKVStore vs ES SQLiteKVStore read from disk)",
+    row(
+        "batch, warm cache (LI SimpleKVStore vs ES SQLiteKVStore read from disk)",
         per_text_us(lambda: li_c.get_text_embedding_batch(texts), n_batch),
-        per_text_us(lambda: es_disk.get_text_embedding_batch(texts), n_batch))
-    row("get_text_embedding, warm cache (LI Simple vs ES SQLite)",
+        per_text_us(lambda: es_disk.get_text_embedding_batch(texts), n_batch),
+    )
+    row(
+        "get_text_embedding, warm cache (LI Simple vs ES SQLite)",
         per_text_us(lambda: [li_c.get_text_embedding(t) for t in singles], n_single),
-        per_text_us(lambda: [es_sqlite.get_text_embedding(t) for t in singles], n_single))
+        per_text_us(lambda: [es_sqlite.get_text_embedding(t) for t in singles], n_single),
+    )
 
     print(f"{n_batch} texts per batch run, {n_single} single calls; best of 3; µs per text\n")
     print("| case | llama-index-core | embedstack | speed-up |")

@@ -54,7 +54,7 @@ def image_bytes(item: Any) -> bytes:
     if isinstance(item, (bytes, bytearray, memoryview)):
         return bytes(item)
     if is_pil_image(item):
-        return f"{item.mode}:{item.size}:".encode() + item.tobytes()
+        return f"{item.mode}:{item.size}:".encode() + bytes(item.tobytes())
     pos = item.tell() if hasattr(item, "seekable") and item.seekable() else None
     data = item.read()
     if pos is not None:

@@ -65,7 +65,9 @@ def as_matrix(raw: Any, n: int) -> Matrix:
             lengths = sorted({len(r) for r in raw if hasattr(r, "__len__")})
             if len(lengths) > 1:
                 raise ValueError(f"the model returned vectors of inconsistent length {lengths} in one batch") from None
-            raise ValueError(f"the model returned {type(raw).__name__}, expected a list of vectors or a 2-D array") from None
+            raise ValueError(
+                f"the model returned {type(raw).__name__}, expected a list of vectors or a 2-D array"
+            ) from None
     if mat.ndim != 2 or mat.shape[0] != n:
         raise ValueError(f"the model returned an array of shape {mat.shape} for {n} items, expected ({n}, dim)")
     return mat
@@ -116,7 +118,9 @@ class EmbedJob:
         if self.out is None:
             self.out = np.empty((len(self.have), mat.shape[1]), dtype=np.float32)
         elif mat.shape[1] != self.out.shape[1]:
-            raise ValueError(f"the model returned vectors of inconsistent length ({self.out.shape[1]} and {mat.shape[1]})")
+            raise ValueError(
+                f"the model returned vectors of inconsistent length ({self.out.shape[1]} and {mat.shape[1]})"
+            )
         self.out[slots] = mat
         self.have[slots] = True
         if self._bar is not None:
@@ -339,7 +343,9 @@ def make_key_factory(prefix: bytes, role: Role, instruction: str | None) -> Call
     """A function item → cache key: sha256 over prefix (schema + model identity), role, instruction, item."""
     base = hashlib.sha256(prefix)
     base.update(b"\0role=" + role.value.encode() + b"\0instruction=" + (instruction or "").encode("utf-8") + b"\0item=")
-    to_bytes: Callable[[Any], bytes] = image_bytes if role is Role.IMAGE else (lambda s: s.encode("utf-8", "surrogatepass"))
+    to_bytes: Callable[[Any], bytes] = (
+        image_bytes if role is Role.IMAGE else (lambda s: s.encode("utf-8", "surrogatepass"))
+    )
 
     def key(item: Any) -> str:
         h = base.copy()

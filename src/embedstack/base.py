@@ -176,7 +176,9 @@ class BaseEmbedding(TransformComponent):
         if factory is None:
             prefix = self._memo.get("prefix")
             if prefix is None:
-                prefix = self._memo["prefix"] = CACHE_SCHEMA + b"\0" + json.dumps(self._identity(), sort_keys=True).encode()
+                prefix = self._memo["prefix"] = (
+                    CACHE_SCHEMA + b"\0" + json.dumps(self._identity(), sort_keys=True).encode()
+                )
             factory = self._memo[memo_key] = make_key_factory(prefix, role, self._instruction(role))
         return factory  # type: ignore[no-any-return]
 
@@ -188,7 +190,9 @@ class BaseEmbedding(TransformComponent):
         return desc  # type: ignore[no-any-return]
 
     # -- public API --------------------------------------------------------------------------
-    def _run(self, items: Sequence[Any], role: Role, label: str, show_progress: bool = False) -> npt.NDArray[np.float32]:
+    def _run(
+        self, items: Sequence[Any], role: Role, label: str, show_progress: bool = False
+    ) -> npt.NDArray[np.float32]:
         return run_sync(EmbedJob(self, items, role, label, show_progress))
 
     async def _arun(
@@ -328,7 +332,9 @@ class MultiModalEmbedding(BaseEmbedding):
         return (await self._arun([img_file_path], Role.IMAGE, "img_file_path"))[0].tolist()  # type: ignore[no-any-return]
 
     @dispatcher.span
-    def get_image_embedding_batch(self, img_file_paths: list[ImageType], show_progress: bool = False) -> list[Embedding]:
+    def get_image_embedding_batch(
+        self, img_file_paths: list[ImageType], show_progress: bool = False
+    ) -> list[Embedding]:
         """Embed many images in batches; results in input order."""
         return self._run(img_file_paths, Role.IMAGE, "img_file_paths", show_progress).tolist()  # type: ignore[no-any-return]
 

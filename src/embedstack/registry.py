@@ -80,9 +80,11 @@ register_object_adapter(_is_langchain, "embedstack.providers.langchain:Langchain
 
 def accepted_forms() -> list[str]:
     """Every accepted form of embed_model, for messages and `embedstack models`."""
-    return ["None (MockEmbedding, embeddings disabled)", "a BaseEmbedding instance", "a LangChain Embeddings object"] + [
-        p.usage for p in _providers.values()
-    ]
+    return [
+        "None (MockEmbedding, embeddings disabled)",
+        "a BaseEmbedding instance",
+        "a LangChain Embeddings object",
+    ] + [p.usage for p in _providers.values()]
 
 
 def _from_string(spec: str) -> BaseEmbedding:
@@ -122,8 +124,7 @@ def resolve_embed_model(embed_model: Any = None, callback_manager: CallbackManag
                 model = adapter(embed_model)  # type: ignore[operator]
                 break
         else:
-            raise ValueError(
-                f"cannot use {type(embed_model).__name__} as an embed model; accepted forms: {'; '.join(accepted_forms())}"
-            )
+            forms = "; ".join(accepted_forms())
+            raise ValueError(f"cannot use {type(embed_model).__name__} as an embed model; accepted forms: {forms}")
     model.callback_manager = callback_manager or Settings.callback_manager
     return model

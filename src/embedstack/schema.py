@@ -62,9 +62,7 @@ class BaseNode(BaseComponent):
         elif mode == MetadataMode.EMBED:
             keys -= set(self.excluded_embed_metadata_keys)
         return self.metadata_separator.join(
-            self.metadata_template.format(key=k, value=str(v))
-            for k, v in self.metadata.items()
-            if k in keys
+            self.metadata_template.format(key=k, value=str(v)) for k, v in self.metadata.items() if k in keys
         )
 
     def get_embedding(self) -> list[float]:

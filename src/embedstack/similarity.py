@@ -53,7 +53,8 @@ def normalize(matrix: npt.NDArray[np.floating]) -> npt.NDArray[np.float32]:
     m = np.asarray(matrix, dtype=np.float32)
     norms = np.linalg.norm(m, axis=-1, keepdims=True)
     norms[norms == 0] = 1.0
-    return m / norms
+    out: npt.NDArray[np.float32] = m / norms
+    return out
 
 
 def cosine_top_k(

@@ -10,7 +10,7 @@ from typing import Any, NamedTuple, Union
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["Embedding", "EmbedResult", "ImageType", "Role", "Vectors"]
+__all__ = ["EmbedResult", "Embedding", "ImageType", "Role", "Vectors"]
 
 #: One embedding as LlamaIndex returns it.
 Embedding = list[float]

@@ -150,7 +150,9 @@ class PayloadRecorder(BaseCallbackHandler):
         super().__init__([], [])
         self.payloads: list[Any] = []
 
-    def on_event_start(self, event_type: Any, payload: Any = None, event_id: str = "", parent_id: str = "", **kw: Any) -> str:
+    def on_event_start(
+        self, event_type: Any, payload: Any = None, event_id: str = "", parent_id: str = "", **kw: Any
+    ) -> str:
         self.payloads.append((event_type, payload))
         return event_id
 
@@ -166,9 +168,19 @@ class PayloadRecorder(BaseCallbackHandler):
 
 def test_secrets_never_leak(event_recorder: Any, caplog: pytest.LogCaptureFixture) -> None:
     rec = PayloadRecorder()
-    m = SecretModel(api_key=SecretStr(SECRET), callback_manager=CallbackManager([rec]), embeddings_cache=SimpleKVStore())
+    m = SecretModel(
+        api_key=SecretStr(SECRET), callback_manager=CallbackManager([rec]), embeddings_cache=SimpleKVStore()
+    )
     m.get_text_embedding_batch(["a", "b"])
-    surfaces = [repr(m), str(m), m.to_json(), json.dumps(m.to_dict()), repr(event_recorder.events), repr(rec.payloads), caplog.text]
+    surfaces = [
+        repr(m),
+        str(m),
+        m.to_json(),
+        json.dumps(m.to_dict()),
+        repr(event_recorder.events),
+        repr(rec.payloads),
+        caplog.text,
+    ]
     for s in surfaces:
         assert SECRET not in s
     assert m.api_key.get_secret_value() == SECRET

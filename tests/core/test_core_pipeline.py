@@ -112,7 +112,9 @@ store_kinds = st.sampled_from(["none", "simple", "sqlite"])
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(texts=text_lists, batch=st.integers(1, 7), store=store_kinds, prefill=st.lists(st.text(max_size=6), max_size=10))
-def test_property_same_vectors_any_batch_any_cache(tmp_path_factory: Any, texts: list[str], batch: int, store: str, prefill: list[str]) -> None:
+def test_property_same_vectors_any_batch_any_cache(
+    tmp_path_factory: Any, texts: list[str], batch: int, store: str, prefill: list[str]
+) -> None:
     cache: Any = None
     if store == "simple":
         cache = SimpleKVStore()
@@ -260,7 +262,9 @@ class Recorder(BaseCallbackHandler):
         self.starts: list[Any] = []
         self.ends: list[Any] = []
 
-    def on_event_start(self, event_type: Any, payload: Any = None, event_id: str = "", parent_id: str = "", **kw: Any) -> str:
+    def on_event_start(
+        self, event_type: Any, payload: Any = None, event_id: str = "", parent_id: str = "", **kw: Any
+    ) -> str:
         self.starts.append((event_type, payload))
         return event_id
 

@@ -79,8 +79,14 @@ def test_pooling_torch() -> None:
 
 
 def test_pooling_does_not_import_torch() -> None:
-    code = "import sys, numpy as np; from embedstack import Pooling; Pooling.MEAN(np.ones((2,3))); print('torch' in sys.modules)"
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
+    code = (
+        "import sys, numpy as np; from embedstack import Pooling; "
+        "Pooling.MEAN(np.ones((2,3))); print('torch' in sys.modules)"
+    )
+    assert (
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+        == "False"
+    )
 
 
 def test_text_node_content_modes() -> None:
@@ -95,7 +101,10 @@ def test_text_node_content_modes() -> None:
 
 async def test_call_and_acall_embed_nodes_in_embed_mode() -> None:
     m = FakeEmbedding()
-    nodes = [TextNode(text=f"n{i}", metadata={"k": i, "hidden": "x"}, excluded_embed_metadata_keys=["hidden"]) for i in range(3)]
+    nodes = [
+        TextNode(text=f"n{i}", metadata={"k": i, "hidden": "x"}, excluded_embed_metadata_keys=["hidden"])
+        for i in range(3)
+    ]
     out = m(nodes)
     assert out is nodes
     assert nodes[1].embedding == m.vector_for("k: 1\n\nn1").tolist()

@@ -34,7 +34,8 @@ class Dispatcher:
         self.span_handlers: list[BaseSpanHandler[Any]] = []
 
     def __repr__(self) -> str:
-        return f"Dispatcher(name={self.name!r}, event_handlers={len(self.event_handlers)}, span_handlers={len(self.span_handlers)})"
+        counts = f"event_handlers={len(self.event_handlers)}, span_handlers={len(self.span_handlers)}"
+        return f"Dispatcher(name={self.name!r}, {counts})"
 
     @property
     def parent_name(self) -> str | None:
@@ -70,7 +71,11 @@ class Dispatcher:
 
     @contextmanager
     def _span_scope(
-        self, func: Callable[..., Any], handlers: list[BaseSpanHandler[Any]], args: tuple[Any, ...], kwargs: dict[str, Any]
+        self,
+        func: Callable[..., Any],
+        handlers: list[BaseSpanHandler[Any]],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
     ) -> Generator[list[Any], None, None]:
         """Open a span around one call; the body puts its result in the yielded list."""
         id_ = f"{func.__qualname__}-{uuid.uuid4()}"

@@ -19,7 +19,7 @@ class BaseEvent(BaseModel):
     model_config = ConfigDict(arbitrary_types_allowed=True, protected_namespaces=("pydantic_model_",))
     timestamp: datetime = Field(default_factory=datetime.now)
     id_: str = Field(default_factory=lambda: str(uuid.uuid4()))
-    span_id: str | None = Field(default_factory=current_span_id.get)
+    span_id: str | None = Field(default_factory=lambda: current_span_id.get())
     tags: Dict[str, Any] = Field(default_factory=dict)  # noqa: UP006
 
     @classmethod

@@ -88,7 +88,12 @@ class BaseSpanHandler(BaseModel, Generic[T]):
                 self.open_spans[id_] = span
 
     def span_exit(
-        self, id_: str, bound_args: inspect.BoundArguments, instance: Any | None = None, result: Any | None = None, **kwargs: Any
+        self,
+        id_: str,
+        bound_args: inspect.BoundArguments,
+        instance: Any | None = None,
+        result: Any | None = None,
+        **kwargs: Any,
     ) -> None:
         """Close a span that returned."""
         span = self.prepare_to_exit_span(id_=id_, bound_args=bound_args, instance=instance, result=result)
@@ -97,7 +102,12 @@ class BaseSpanHandler(BaseModel, Generic[T]):
                 self.open_spans.pop(id_, None)
 
     def span_drop(
-        self, id_: str, bound_args: inspect.BoundArguments, instance: Any | None = None, err: BaseException | None = None, **kwargs: Any
+        self,
+        id_: str,
+        bound_args: inspect.BoundArguments,
+        instance: Any | None = None,
+        err: BaseException | None = None,
+        **kwargs: Any,
     ) -> None:
         """Close a span that raised."""
         span = self.prepare_to_drop_span(id_=id_, bound_args=bound_args, instance=instance, err=err)
@@ -119,13 +129,23 @@ class BaseSpanHandler(BaseModel, Generic[T]):
 
     @abstractmethod
     def prepare_to_exit_span(
-        self, id_: str, bound_args: inspect.BoundArguments, instance: Any | None = None, result: Any | None = None, **kwargs: Any
+        self,
+        id_: str,
+        bound_args: inspect.BoundArguments,
+        instance: Any | None = None,
+        result: Any | None = None,
+        **kwargs: Any,
     ) -> T | None:
         """Finish a span that returned."""
 
     @abstractmethod
     def prepare_to_drop_span(
-        self, id_: str, bound_args: inspect.BoundArguments, instance: Any | None = None, err: BaseException | None = None, **kwargs: Any
+        self,
+        id_: str,
+        bound_args: inspect.BoundArguments,
+        instance: Any | None = None,
+        err: BaseException | None = None,
+        **kwargs: Any,
     ) -> T | None:
         """Finish a span that raised."""
 
@@ -161,13 +181,23 @@ class SimpleSpanHandler(BaseSpanHandler[SimpleSpan]):
         return span
 
     def prepare_to_exit_span(
-        self, id_: str, bound_args: inspect.BoundArguments, instance: Any | None = None, result: Any | None = None, **kwargs: Any
+        self,
+        id_: str,
+        bound_args: inspect.BoundArguments,
+        instance: Any | None = None,
+        result: Any | None = None,
+        **kwargs: Any,
     ) -> SimpleSpan | None:
         """Move the span to completed_spans."""
         return self._close(id_, self.completed_spans)
 
     def prepare_to_drop_span(
-        self, id_: str, bound_args: inspect.BoundArguments, instance: Any | None = None, err: BaseException | None = None, **kwargs: Any
+        self,
+        id_: str,
+        bound_args: inspect.BoundArguments,
+        instance: Any | None = None,
+        err: BaseException | None = None,
+        **kwargs: Any,
     ) -> SimpleSpan | None:
         """Move the span to dropped_spans."""
         return self._close(id_, self.dropped_spans)

@@ -135,7 +135,9 @@ class SimpleKVStore(BaseKVStore):
         except json.JSONDecodeError as e:
             raise ValueError(f"{path} is not a SimpleKVStore JSON file: {e}") from e
         if not isinstance(data, dict):
-            raise ValueError(f"{path} is not a SimpleKVStore JSON file: top level is {type(data).__name__}, expected object")
+            raise ValueError(
+                f"{path} is not a SimpleKVStore JSON file: top level is {type(data).__name__}, expected object"
+            )
         return cls(data)
 
     def to_dict(self) -> dict[str, Any]:

@@ -40,7 +40,9 @@ class SQLiteKVStore(BaseKVStore):
     def __init__(self, path: str | os.PathLike[str], timeout: float = 30.0, memory_entries: int = 100_000) -> None:
         self.path = Path(path)
         if self.path.is_dir():
-            raise IsADirectoryError(f"SQLiteKVStore path {self.path} is a directory; pass a file path such as {self.path / 'cache.sqlite'}")
+            raise IsADirectoryError(
+                f"SQLiteKVStore path {self.path} is a directory; pass a file path such as {self.path / 'cache.sqlite'}"
+            )
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.timeout = timeout
         self.memory_entries = memory_entries
@@ -69,7 +71,9 @@ class SQLiteKVStore(BaseKVStore):
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.executescript(_SCHEMA)
         except sqlite3.DatabaseError as e:
-            raise sqlite3.DatabaseError(f"cannot open SQLite cache {self.path}: {e}; delete the file to start a fresh cache") from e
+            raise sqlite3.DatabaseError(
+                f"cannot open SQLite cache {self.path}: {e}; delete the file to start a fresh cache"
+            ) from e
         self._local.conn = conn
         self._local.pid = os.getpid()
         return conn
@@ -185,4 +189,3 @@ class SQLiteKVStore(BaseKVStore):
         """How many vectors a collection holds."""
         row = self._conn().execute("SELECT COUNT(*) FROM vectors WHERE collection = ?", (collection,)).fetchone()
         return int(row[0])
-

@@ -91,7 +91,9 @@ class FakeEmbedding(BatchEmbedding, MultiModalEmbedding):
 
     model_name: str = "fake"
     embed_dim: int = Field(default=16, gt=0)
-    delay_s: float = Field(default=0.0, ge=0, description="Seconds to sleep per batch (to test progress and interruption).")
+    delay_s: float = Field(
+        default=0.0, ge=0, description="Seconds to sleep per batch (to test progress and interruption)."
+    )
     _calls: list[tuple[str, list[Any]]] = PrivateAttr(default_factory=list)
     _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
 
@@ -120,7 +122,8 @@ class FakeEmbedding(BatchEmbedding, MultiModalEmbedding):
         data = image_bytes(item) if role is Role.IMAGE else str(item).encode("utf-8", "surrogatepass")
         seed = int.from_bytes(hashlib.sha256(role.value.encode() + b"\0" + data).digest()[:8], "little")
         vec = np.random.default_rng(seed).standard_normal(self.embed_dim).astype(np.float32)
-        return vec / np.linalg.norm(vec)
+        out: np.ndarray = vec / np.linalg.norm(vec)
+        return out
 
     def _embed_batch(self, items: list[Any], role: Role) -> np.ndarray:
         with self._lock:
