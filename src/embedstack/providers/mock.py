@@ -48,33 +48,13 @@ class MockEmbedding(BaseEmbedding):
         return [self._get_vector() for _ in texts]
 
 
-class MockMultiModalEmbedding(MultiModalEmbedding):
+class MockMultiModalEmbedding(MockEmbedding, MultiModalEmbedding):
     """Returns [0.5] * embed_dim for every query, text and image."""
-
-    embed_dim: int
-
-    def __init__(self, embed_dim: int, **kwargs: Any) -> None:
-        super().__init__(embed_dim=embed_dim, **kwargs)
 
     @classmethod
     def class_name(cls) -> str:
         """Name stored in to_dict()."""
         return "MockMultiModalEmbedding"
-
-    def _get_vector(self) -> Embedding:
-        return [0.5] * self.embed_dim
-
-    def _get_query_embedding(self, query: str) -> Embedding:
-        return self._get_vector()
-
-    async def _aget_query_embedding(self, query: str) -> Embedding:
-        return self._get_vector()
-
-    def _get_text_embedding(self, text: str) -> Embedding:
-        return self._get_vector()
-
-    async def _aget_text_embedding(self, text: str) -> Embedding:
-        return self._get_vector()
 
     def _get_image_embedding(self, img_file_path: ImageType) -> Embedding:
         return self._get_vector()
