@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from abc import abstractmethod
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
@@ -26,6 +27,8 @@ __all__ = ["DEFAULT_EMBED_BATCH_SIZE", "BaseEmbedding", "BatchEmbedding", "Multi
 DEFAULT_EMBED_BATCH_SIZE = 10
 CACHE_SCHEMA = b"embedstack-cache-v1"
 dispatcher = get_dispatcher(__name__)
+
+_UNPICKLABLE = (type(threading.Lock()), type(threading.RLock()))
 
 # Fields that never change a vector: left out of the cache key.
 _RUNTIME_FIELDS = frozenset({"callback_manager", "embed_batch_size", "num_workers", "embeddings_cache"})
@@ -77,6 +80,22 @@ class BaseEmbedding(TransformComponent):
         super().__setattr__(name, value)
         if name in type(self).model_fields:
             self._memo.clear()
+
+    def __getstate__(self) -> dict[Any, Any]:
+        """Pickle without memoised closures and locks; __setstate__ recreates them from defaults."""
+        state = super().__getstate__()
+        private = state.get("__pydantic_private__") or {}
+        keep = {k: v for k, v in private.items() if k != "_memo" and not isinstance(v, _UNPICKLABLE)}
+        return {**state, "__pydantic_private__": keep}
+
+    def __setstate__(self, state: dict[Any, Any]) -> None:
+        super().__setstate__(state)
+        private = self.__pydantic_private__ if self.__pydantic_private__ is not None else {}
+        for name, attr in self.__private_attributes__.items():
+            if name not in private:
+                factory = attr.default_factory
+                private[name] = factory() if factory is not None else attr.default  # type: ignore[call-arg]
+        object.__setattr__(self, "__pydantic_private__", private)
 
     def __repr__(self) -> str:
         fields = ", ".join(f"{k}={v!r}" for k, v in self._descriptor().items() if k != "class_name")

@@ -138,6 +138,15 @@ def test_to_dict_round_trip() -> None:
     assert again.get_text_embedding("q") == m.get_text_embedding("q")
 
 
+def test_models_pickle_after_use() -> None:
+    import pickle
+
+    m = FakeEmbedding(embed_dim=4, embeddings_cache=SimpleKVStore())
+    v = m.get_text_embedding("x")
+    again = pickle.loads(pickle.dumps(m))
+    assert again.get_text_embedding("x") == v
+
+
 class SecretModel(FakeEmbedding):
     api_key: SecretStr = SecretStr("")
 

@@ -40,6 +40,13 @@ class SimpleKVStore(BaseKVStore):
         self._data: dict[str, dict[str, dict[str, Any]]] = data if data is not None else {}
         self._lock = threading.Lock()
 
+    def __getstate__(self) -> dict[str, Any]:
+        return {"_data": self._data}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self._data = state["_data"]
+        self._lock = threading.Lock()
+
     def __repr__(self) -> str:
         return f"SimpleKVStore(collections={len(self._data)})"
 
