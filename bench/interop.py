@@ -35,10 +35,7 @@ def main() -> None:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 256
     repeat = int(sys.argv[2]) if len(sys.argv) > 2 else 3
     topics = ["rivers", "compilers", "bread", "volcanoes", "chess", "orbits", "violins", "tides"]
-    texts = [
-        f"Note {i}: a short paragraph about {topics[i % len(topics)]} and item {i}."
-        for i in range(n)
-    ]
+    texts = [f"Note {i}: a short paragraph about {topics[i % len(topics)]} and item {i}." for i in range(n)]
     model = resolve_embed_model("local")
     model.embed(texts[:8])  # warm up the weights
     lc, li = model.as_langchain(), model.as_llama_index()

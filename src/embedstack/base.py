@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import threading
 from abc import abstractmethod
@@ -12,6 +13,7 @@ from typing import Any, ClassVar
 import numpy as np
 import numpy.typing as npt
 from pydantic import Field, PrivateAttr, field_validator
+from typing_extensions import Self
 
 from embedstack._pipeline import EmbedJob, make_key_factory, run_async, run_sync
 from embedstack.callbacks.manager import CallbackManager
@@ -80,6 +82,16 @@ class BaseEmbedding(TransformComponent):
         super().__setattr__(name, value)
         if name in type(self).model_fields:
             self._memo.clear()
+
+    def __copy__(self) -> Self:
+        new = super().__copy__()
+        new._memo = {}  # model_copy(update=...) may change identity fields: never share memoised keys
+        return new
+
+    def __deepcopy__(self, memo: dict[int, Any] | None = None) -> Self:
+        new = type(self).__new__(type(self))
+        new.__setstate__(copy.deepcopy(self.__getstate__(), memo))  # fresh locks and memo, like unpickling
+        return new
 
     def __getstate__(self) -> dict[Any, Any]:
         """Pickle without memoised closures and locks; __setstate__ recreates them from defaults."""
@@ -187,6 +199,7 @@ class BaseEmbedding(TransformComponent):
         """What makes this model's vectors what they are: class and every output-changing field."""
         skip = _RUNTIME_FIELDS | self._identity_exclude
         data = self.to_dict(exclude=skip, mode="json")
+        data["py_class"] = f"{type(self).__module__}.{type(self).__qualname__}"  # class_name() may be inherited
         return data
 
     def _key_factory(self, role: Role) -> Callable[[Any], str]:

@@ -113,6 +113,10 @@ def resolve_embed_model(embed_model: Any = None, callback_manager: CallbackManag
         model: BaseEmbedding = MockEmbedding(embed_dim=1)
     elif isinstance(embed_model, BaseEmbedding):
         model = embed_model
+    elif isinstance(getattr(embed_model, "model", None), BaseEmbedding) and type(embed_model).__module__.startswith(
+        "embedstack.interop"
+    ):
+        model = embed_model.model  # one of our own adapters (as_langchain / as_llama_index): unwrap it
     elif isinstance(embed_model, str):
         model = _from_string(embed_model)
     else:

@@ -172,6 +172,29 @@ def test_cache_keys_separate_models_and_roles() -> None:
     assert c.calls == []
 
 
+def test_subclasses_with_inherited_class_name_do_not_share_keys() -> None:
+    class A(FakeEmbedding):
+        pass
+
+    class B(FakeEmbedding):
+        def _embed_batch(self, items: list[Any], role: Role) -> Any:
+            return -super()._embed_batch(items, role)
+
+    store = SimpleKVStore()
+    a, b = A(embeddings_cache=store), B(embeddings_cache=store)
+    assert a.get_text_embedding("x") != b.get_text_embedding("x")
+
+
+def test_model_copy_does_not_share_memoised_keys() -> None:
+    a = FakeEmbedding(embed_dim=4)
+    k = a._key_factory(Role.TEXT)("x")
+    for b in (
+        a.model_copy(update={"embed_dim": 8}),
+        __import__("copy").deepcopy(a.model_copy(update={"model_name": "z"})),
+    ):
+        assert b._key_factory(Role.TEXT)("x") != k
+
+
 def test_changing_a_field_changes_the_key() -> None:
     store = SimpleKVStore()
     m = FakeEmbedding(embed_dim=4, embeddings_cache=store)

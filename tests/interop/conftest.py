@@ -50,24 +50,18 @@ def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
 
     def guarded(self: socket.socket, address: Any) -> Any:
         if not _is_loopback(address):
-            raise RuntimeError(
-                f"interop tests must run offline; something tried to connect to {address!r}"
-            )
+            raise RuntimeError(f"interop tests must run offline; something tried to connect to {address!r}")
         return real_connect(self, address)
 
     def guarded_ex(self: socket.socket, address: Any) -> Any:
         if not _is_loopback(address):
-            raise RuntimeError(
-                f"interop tests must run offline; something tried to connect to {address!r}"
-            )
+            raise RuntimeError(f"interop tests must run offline; something tried to connect to {address!r}")
         return real_connect_ex(self, address)
 
     def no_dns(*args: Any, **kwargs: Any) -> Any:
         host = args[0] if args else kwargs.get("host")
         if host not in (None, "localhost", "127.0.0.1", "::1"):
-            raise RuntimeError(
-                f"interop tests must run offline; something tried to resolve {host!r}"
-            )
+            raise RuntimeError(f"interop tests must run offline; something tried to resolve {host!r}")
         return real_getaddrinfo(*args, **kwargs)
 
     real_getaddrinfo = socket.getaddrinfo

@@ -23,9 +23,7 @@ def test_is_a_langchain_embeddings_backed_by_the_model(fake: FakeEmbedding) -> N
     assert lc.model is fake
     assert "FakeEmbedding" in repr(lc)
     docs = lc.embed_documents(["a", "b"])
-    np.testing.assert_allclose(
-        docs, [fake.vector_for("a", Role.TEXT), fake.vector_for("b", Role.TEXT)], rtol=1e-6
-    )
+    np.testing.assert_allclose(docs, [fake.vector_for("a", Role.TEXT), fake.vector_for("b", Role.TEXT)], rtol=1e-6)
     # a query is embedded as a query (FakeEmbedding's vectors depend on the role)
     np.testing.assert_allclose(lc.embed_query("a"), fake.vector_for("a", Role.QUERY), rtol=1e-6)
     assert fake.calls == [("text", ["a", "b"]), ("query", ["a"])]
@@ -44,12 +42,8 @@ def test_embed_documents_is_one_pipeline_call_batched_by_the_model(fake: FakeEmb
 
 
 @pytest.mark.parametrize("store_kind", ["simple", "sqlite"])
-def test_cache_still_applies_through_the_adapter(
-    fake: FakeEmbedding, tmp_path: Any, store_kind: str
-) -> None:
-    fake.embeddings_cache = (
-        SimpleKVStore() if store_kind == "simple" else SQLiteKVStore(tmp_path / "c.sqlite")
-    )
+def test_cache_still_applies_through_the_adapter(fake: FakeEmbedding, tmp_path: Any, store_kind: str) -> None:
+    fake.embeddings_cache = SimpleKVStore() if store_kind == "simple" else SQLiteKVStore(tmp_path / "c.sqlite")
     lc = fake.as_langchain()
     first = lc.embed_documents(["x", "y", "z"])
     q = lc.embed_query("x")
@@ -106,25 +100,18 @@ def test_in_memory_vector_store_uses_the_pipeline(fake: FakeEmbedding) -> None:
 
 
 def test_round_trip_back_into_embedstack(fake: FakeEmbedding) -> None:
-    wrapped = resolve_embed_model(fake.as_langchain())
+    assert resolve_embed_model(fake.as_langchain()) is fake  # our own adapter is unwrapped
+    wrapped = LangchainEmbedding(fake.as_langchain())  # wrapping it explicitly still works
     assert isinstance(wrapped, LangchainEmbedding)
     assert wrapped.langchain_class == "embedstack.interop.langchain.EmbedstackEmbeddings"
-    np.testing.assert_allclose(
-        wrapped.get_text_embedding("a"), fake.vector_for("a", Role.TEXT), rtol=1e-6
-    )
-    np.testing.assert_allclose(
-        wrapped.get_query_embedding("a"), fake.vector_for("a", Role.QUERY), rtol=1e-6
-    )
+    np.testing.assert_allclose(wrapped.get_text_embedding("a"), fake.vector_for("a", Role.TEXT), rtol=1e-6)
+    np.testing.assert_allclose(wrapped.get_query_embedding("a"), fake.vector_for("a", Role.QUERY), rtol=1e-6)
 
 
 def test_rewrapped_models_keep_distinct_cache_keys() -> None:
     """LangchainEmbedding(a.as_langchain()) never shares cache entries with another model."""
-    a = LangchainEmbedding(
-        FakeEmbedding(embed_dim=8).as_langchain(), embeddings_cache=SimpleKVStore()
-    )
-    b = LangchainEmbedding(
-        FakeEmbedding(embed_dim=16).as_langchain(), embeddings_cache=a.embeddings_cache
-    )
+    a = LangchainEmbedding(FakeEmbedding(embed_dim=8).as_langchain(), embeddings_cache=SimpleKVStore())
+    b = LangchainEmbedding(FakeEmbedding(embed_dim=16).as_langchain(), embeddings_cache=a.embeddings_cache)
     assert a._key_factory(Role.TEXT)("x") != b._key_factory(Role.TEXT)("x")
     assert len(a.get_text_embedding("x")) == 8
     assert len(b.get_text_embedding("x")) == 16
@@ -171,9 +158,8 @@ def test_real_model_cache_and_events_through_both_adapters(
         assert li.get_text_embedding_batch(DOCS) == docs
         assert li.get_query_embedding("Who designed the Python language?") == query
         assert lc.embed_documents(DOCS[::-1]) == docs[::-1]
-        assert (
-            len(event_recorder.of("EmbeddingEndEvent")) == ends
-        )  # every later call was a cache hit
+        assert len(event_recorder.of("EmbeddingEndEvent")) == ends  # every later call was a cache hit
         assert int(np.argmax(np.asarray(docs) @ np.asarray(query))) == 2
     finally:
         model.embeddings_cache = saved
+

@@ -67,7 +67,7 @@ class FakeRemoteEmbeddings(BaseModel, Embeddings):
     dimensions: int | None = None
     openai_api_key: SecretStr = SecretStr("sk-SECRET-do-not-leak")
     hf_token: str = "hf_SECRET_token"
-    model_kwargs: dict[str, Any] = {"normalize": True, "token": "kw-SECRET"}
+    model_kwargs: dict[str, Any] = {"normalize": True, "token": "kw-SECRET", "device": "cpu"}
     openai_api_base: str = "https://user:pw-SECRET@example.invalid/v1"
     request_timeout: float = 10.0
     client: Any = None
@@ -87,12 +87,8 @@ def test_resolve_embed_model_wraps_langchain_objects() -> None:
     assert model.class_name() == "LangchainEmbedding"
     assert model.langchain_class == "langchain_core.embeddings.fake.DeterministicFakeEmbedding"
     texts = ["alpha", "beta", "gamma"]
-    np.testing.assert_allclose(
-        model.get_text_embedding_batch(texts), lc.embed_documents(texts), rtol=1e-6
-    )
-    np.testing.assert_allclose(
-        model.get_query_embedding("alpha"), lc.embed_query("alpha"), rtol=1e-6
-    )
+    np.testing.assert_allclose(model.get_text_embedding_batch(texts), lc.embed_documents(texts), rtol=1e-6)
+    np.testing.assert_allclose(model.get_query_embedding("alpha"), lc.embed_query("alpha"), rtol=1e-6)
 
 
 def test_texts_go_to_embed_documents_in_batches_queries_to_embed_query() -> None:
@@ -169,14 +165,9 @@ def test_identity_has_model_settings_and_never_secrets() -> None:
         assert "SECRET" not in blob
     # the vectors-changing setting changes the cache key; the runtime one does not
     key = model._key_factory(Role.TEXT)("x")
+    assert LangchainEmbedding(FakeRemoteEmbeddings(dimensions=512))._key_factory(Role.TEXT)("x") != key
     assert (
-        LangchainEmbedding(FakeRemoteEmbeddings(dimensions=512))._key_factory(Role.TEXT)("x") != key
-    )
-    assert (
-        LangchainEmbedding(FakeRemoteEmbeddings(dimensions=256, request_timeout=99))._key_factory(
-            Role.TEXT
-        )("x")
-        == key
+        LangchainEmbedding(FakeRemoteEmbeddings(dimensions=256, request_timeout=99))._key_factory(Role.TEXT)("x") == key
     )
 
 
@@ -191,9 +182,9 @@ def test_identity_of_plain_objects_uses_public_plain_attributes_only() -> None:
     assert "api_key" not in ident["config"]
     assert "_lock" not in ident["config"]
     assert "SECRET" not in json.dumps(ident)
-    assert LangchainEmbedding(RecordingEmbeddings(dim=3))._key_factory(Role.TEXT)(
-        "x"
-    ) != LangchainEmbedding(RecordingEmbeddings(dim=4))._key_factory(Role.TEXT)("x")
+    assert LangchainEmbedding(RecordingEmbeddings(dim=3))._key_factory(Role.TEXT)("x") != LangchainEmbedding(
+        RecordingEmbeddings(dim=4)
+    )._key_factory(Role.TEXT)("x")
 
 
 def test_to_dict_never_stores_the_langchain_object_and_from_dict_needs_it() -> None:

@@ -91,12 +91,8 @@ def test_is_a_llama_index_embedding_and_picks_the_multimodal_base(fake: FakeEmbe
 
 def test_sync_hooks_delegate_by_role(fake: FakeEmbedding) -> None:
     li = fake.as_llama_index()
-    np.testing.assert_allclose(
-        li.get_query_embedding("q"), fake.vector_for("q", Role.QUERY), rtol=1e-6
-    )
-    np.testing.assert_allclose(
-        li.get_text_embedding("t"), fake.vector_for("t", Role.TEXT), rtol=1e-6
-    )
+    np.testing.assert_allclose(li.get_query_embedding("q"), fake.vector_for("q", Role.QUERY), rtol=1e-6)
+    np.testing.assert_allclose(li.get_text_embedding("t"), fake.vector_for("t", Role.TEXT), rtol=1e-6)
     agg = li.get_agg_embedding_from_queries(["q", "r"])
     want = np.mean([fake.vector_for("q", Role.QUERY), fake.vector_for("r", Role.QUERY)], axis=0)
     np.testing.assert_allclose(agg, want, rtol=1e-5)
@@ -120,18 +116,12 @@ async def test_async_hooks_match_sync(fake: FakeEmbedding) -> None:
     assert got == li.get_text_embedding_batch(texts)
     assert await li.aget_query_embedding("q") == li.get_query_embedding("q")
     assert await li.aget_text_embedding("t") == li.get_text_embedding("t")
-    assert await li.aget_agg_embedding_from_queries(["q"]) == pytest.approx(
-        li.get_query_embedding("q")
-    )
+    assert await li.aget_agg_embedding_from_queries(["q"]) == pytest.approx(li.get_query_embedding("q"))
 
 
 @pytest.mark.parametrize("store_kind", ["simple", "sqlite"])
-async def test_cache_still_applies_through_the_adapter(
-    fake: FakeEmbedding, tmp_path: Any, store_kind: str
-) -> None:
-    fake.embeddings_cache = (
-        SimpleKVStore() if store_kind == "simple" else SQLiteKVStore(tmp_path / "c.sqlite")
-    )
+async def test_cache_still_applies_through_the_adapter(fake: FakeEmbedding, tmp_path: Any, store_kind: str) -> None:
+    fake.embeddings_cache = SimpleKVStore() if store_kind == "simple" else SQLiteKVStore(tmp_path / "c.sqlite")
     li = fake.as_llama_index()
     first = li.get_text_embedding_batch(["a", "b", "c"])
     q = await li.aget_query_embedding("a")
@@ -165,6 +155,9 @@ def test_to_dict_identifies_the_model_without_secrets() -> None:
     same = get_transformation_hash(nodes, to_llama_index(TextOnly(dim=4)))
     assert get_transformation_hash(nodes, li) == same
     assert get_transformation_hash(nodes, to_llama_index(TextOnly(dim=8))) != same
+    # the hash follows the wrapped model when it changes after wrapping
+    li.model.dim = 8
+    assert get_transformation_hash(nodes, li) != same
 
 
 def test_settings_embed_model_accepts_the_adapter(fake: FakeEmbedding, llama_settings: Any) -> None:
@@ -192,18 +185,14 @@ def test_embedstack_call_respects_llama_index_metadata_modes(fake: FakeEmbedding
 
 
 async def test_embedstack_acall_on_llama_index_documents(fake: FakeEmbedding) -> None:
-    doc = Document(
-        text="body", metadata={"title": "T", "skip": "x"}, excluded_embed_metadata_keys=["skip"]
-    )
+    doc = Document(text="body", metadata={"title": "T", "skip": "x"}, excluded_embed_metadata_keys=["skip"])
     await fake.acall([doc])
     assert fake.embedded == ["title: T\n\nbody"]
     assert doc.embedding is not None and len(doc.embedding) == 16
 
 
 @pytest.mark.parametrize("use_async", [False, True])
-async def test_ingestion_pipeline_embeds_nodes_as_the_embedder_sees_them(
-    fake: FakeEmbedding, use_async: bool
-) -> None:
+async def test_ingestion_pipeline_embeds_nodes_as_the_embedder_sees_them(fake: FakeEmbedding, use_async: bool) -> None:
     pipeline = IngestionPipeline(transformations=[fake.as_llama_index()])
     nodes = await pipeline.arun(nodes=_nodes()) if use_async else pipeline.run(nodes=_nodes())
     assert len(nodes) == len(DOCS)
@@ -234,9 +223,7 @@ async def test_multimodal_adapter_async_images(fake: FakeEmbedding, tmp_path: An
     assert await li.aget_image_embedding_batch([str(p)]) == [li.get_image_embedding(str(p))]
 
 
-def test_vector_store_index_with_fake_model_uses_the_pipeline(
-    fake: FakeEmbedding, llama_settings: Any
-) -> None:
+def test_vector_store_index_with_fake_model_uses_the_pipeline(fake: FakeEmbedding, llama_settings: Any) -> None:
     fake.embeddings_cache = SimpleKVStore()
     index = VectorStoreIndex(nodes=_nodes(), embed_model=fake.as_llama_index())
     n = len(fake.calls)
@@ -248,21 +235,15 @@ def test_vector_store_index_with_fake_model_uses_the_pipeline(
 # -- the real local default model ------------------------------------------------------------
 
 
-def test_vector_store_index_retrieves_the_right_document(
-    local_model: BaseEmbedding, llama_settings: Any
-) -> None:
+def test_vector_store_index_retrieves_the_right_document(local_model: BaseEmbedding, llama_settings: Any) -> None:
     index = VectorStoreIndex(nodes=_nodes(), embed_model=local_model.as_llama_index())
     retriever = index.as_retriever(similarity_top_k=1)
     for query, want in QUERIES.items():
         assert retriever.retrieve(query)[0].node.get_content() == DOCS[want], query
 
 
-async def test_vector_store_index_async_retrieval(
-    local_model: BaseEmbedding, llama_settings: Any
-) -> None:
-    index = VectorStoreIndex(
-        nodes=_nodes(), embed_model=local_model.as_llama_index(), use_async=True
-    )
+async def test_vector_store_index_async_retrieval(local_model: BaseEmbedding, llama_settings: Any) -> None:
+    index = VectorStoreIndex(nodes=_nodes(), embed_model=local_model.as_llama_index(), use_async=True)
     retriever = index.as_retriever(similarity_top_k=1)
     for query, want in QUERIES.items():
         hits = await retriever.aretrieve(query)

@@ -6,11 +6,11 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 
 def _run(code: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=120
-    )
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=120)
 
 
 def test_import_embedstack_does_not_import_frameworks() -> None:
@@ -77,3 +77,13 @@ def test_as_llama_index_without_llama_index_names_the_extra() -> None:
     assert proc.returncode == 0, proc.stderr
     assert "pip install 'embedstack[llama-index]'" in proc.stdout
     assert "llama-index-core" in proc.stdout
+
+
+def test_offline_guard_blocks_outbound_connections() -> None:
+    """The autouse guard in conftest.py is what proves the llama-index tests download nothing."""
+    import socket
+
+    with pytest.raises(RuntimeError, match="offline"):
+        socket.create_connection(("203.0.113.7", 443), timeout=1)
+    with socket.socket() as sock, pytest.raises(RuntimeError, match="offline"):
+        sock.connect(("203.0.113.7", 443))

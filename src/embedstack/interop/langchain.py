@@ -15,9 +15,7 @@ from embedstack.types import Role
 if TYPE_CHECKING:
     from langchain_core.embeddings import Embeddings
 else:
-    Embeddings = require(
-        "langchain_core.embeddings", extra="langchain", package="langchain-core"
-    ).Embeddings
+    Embeddings = require("langchain_core.embeddings", extra="langchain", package="langchain-core").Embeddings
 
 __all__ = ["EmbedstackEmbeddings", "to_langchain"]
 
@@ -27,10 +25,7 @@ class EmbedstackEmbeddings(Embeddings):
 
     def __init__(self, model: BaseEmbedding) -> None:
         if not isinstance(model, BaseEmbedding):
-            raise TypeError(
-                f"EmbedstackEmbeddings wraps an embedstack BaseEmbedding, "
-                f"not {type(model).__name__}"
-            )
+            raise TypeError(f"EmbedstackEmbeddings wraps an embedstack BaseEmbedding, not {type(model).__name__}")
         self.model = model
 
     def __repr__(self) -> str:

@@ -26,9 +26,7 @@ if TYPE_CHECKING:
     )
 else:
     _li = "llama_index.core"
-    LIBaseEmbedding = require(
-        f"{_li}.base.embeddings.base", "llama-index", "llama-index-core"
-    ).BaseEmbedding
+    LIBaseEmbedding = require(f"{_li}.base.embeddings.base", "llama-index", "llama-index-core").BaseEmbedding
     LIMultiModalEmbedding = require(
         f"{_li}.embeddings.multi_modal_base", "llama-index", "llama-index-core"
     ).MultiModalEmbedding
@@ -45,9 +43,7 @@ LLAMA_INDEX_MAX_BATCH = 2048
 
 
 def _identity_digest(model: BaseEmbedding) -> str:
-    return hashlib.sha256(
-        json.dumps(model._identity(), sort_keys=True, default=str).encode()
-    ).hexdigest()
+    return hashlib.sha256(json.dumps(model._identity(), sort_keys=True, default=str).encode()).hexdigest()
 
 
 class EmbedstackEmbedding(LIBaseEmbedding):
@@ -91,8 +87,19 @@ class EmbedstackEmbedding(LIBaseEmbedding):
         """The wrapped embedstack model."""
         return self._model
 
+    def _refresh(self) -> None:
+        """Re-read the wrapped model's descriptor and identity (its fields may have changed)."""
+        self.embedstack_model = self._model._descriptor()
+        self.embedstack_identity = _identity_digest(self._model)
+
+    def to_dict(self, **kwargs: Any) -> dict[str, Any]:
+        """llama-index's to_dict, with the wrapped model as it is now (what the ingestion cache hashes)."""
+        self._refresh()
+        return super().to_dict(**kwargs)
+
     def to_payload(self) -> dict[str, Any]:
         """What llama-index's events show: class, model name, batch size, embedstack descriptor."""
+        self._refresh()
         return {
             "class_name": self.class_name(),
             "model_name": self.model_name,

@@ -25,69 +25,21 @@ logger = logging.getLogger("embedstack")
 
 # Name parts that mark a credential: the whole field is left out of the identity.
 _SECRET_PARTS = frozenset(
-    {
-        "key",
-        "apikey",
-        "secret",
-        "token",
-        "password",
-        "passwd",
-        "pwd",
-        "credential",
-        "credentials",
-        "auth",
-        "authorization",
-        "cookie",
-        "cookies",
-        "bearer",
-        "signature",
-        "private",
-        "jwt",
-        "sas",
-    }
+    (
+        "key apikey secret token password passwd pwd credential credentials auth authorization "
+        "cookie cookies bearer signature private jwt sas"
+    ).split()
 )
-_SECRET_SUBSTRINGS = (
-    "api_key",
-    "apikey",
-    "access_key",
-    "secret",
-    "password",
-    "credential",
-    "auth_header",
-)
+_SECRET_SUBSTRINGS = tuple("api_key apikey access_key secret password credential auth_header".split())
 # Fields of LangChain embeddings that never change a vector: clients, retries, batching, progress.
 _RUNTIME_NAMES = frozenset(
-    {
-        "client",
-        "async_client",
-        "http_client",
-        "http_async_client",
-        "session",
-        "max_retries",
-        "retry_min_seconds",
-        "retry_max_seconds",
-        "request_timeout",
-        "timeout",
-        "show_progress",
-        "show_progress_bar",
-        "chunk_size",
-        "batch_size",
-        "embed_batch_size",
-        "num_workers",
-        "max_concurrency",
-        "verbose",
-        "callbacks",
-        "cache_folder",
-        "default_headers",
-        "default_query",
-        "headers",
-        "proxy",
-        "openai_proxy",
-        "skip_empty",
-        "tiktoken_model_name",
-        "multi_process",
-        "rate_limiter",
-    }
+    (
+        "client async_client http_client http_async_client session max_retries retry_min_seconds "
+        "retry_max_seconds request_timeout timeout show_progress show_progress_bar chunk_size "
+        "batch_size embed_batch_size num_workers max_concurrency verbose callbacks cache_folder "
+        "default_headers default_query headers proxy openai_proxy skip_empty tiktoken_model_name "
+        "multi_process rate_limiter device devices"
+    ).split()
 )
 _URL_USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
 _MODEL_NAME_ATTRS = ("model_name", "model", "model_id", "deployment", "deployment_name", "repo_id")
@@ -114,7 +66,7 @@ def _plain(value: Any, depth: int = 0) -> tuple[bool, Any]:
     if isinstance(value, Mapping):
         out = {}
         for k, v in value.items():
-            if not isinstance(k, str) or _secret_looking(k):
+            if not isinstance(k, str) or k.lower() in _RUNTIME_NAMES or _secret_looking(k):
                 continue
             ok, pv = _plain(v, depth + 1)
             if ok:
@@ -178,9 +130,7 @@ class LangchainEmbedding(BatchEmbedding):
     dedupe, ordering and events. The LangChain object itself is never serialised.
     """
 
-    langchain_class: str = Field(
-        default="", description="Import path of the wrapped LangChain class."
-    )
+    langchain_class: str = Field(default="", description="Import path of the wrapped LangChain class.")
     _langchain_embedding: Any = PrivateAttr()
 
     def __init__(
@@ -191,20 +141,15 @@ class LangchainEmbedding(BatchEmbedding):
         **kwargs: Any,
     ) -> None:
         missing = [
-            m
-            for m in ("embed_documents", "embed_query")
-            if not callable(getattr(langchain_embeddings, m, None))
+            m for m in ("embed_documents", "embed_query") if not callable(getattr(langchain_embeddings, m, None))
         ]
         if missing:
             raise TypeError(
                 "LangchainEmbedding needs a LangChain Embeddings object (with embed_documents and "
-                f"embed_query); "
-                f"{type(langchain_embeddings).__name__} lacks {', '.join(missing)}"
+                f"embed_query); {type(langchain_embeddings).__name__} lacks {', '.join(missing)}"
             )
         cls = type(langchain_embeddings)
-        kwargs.pop(
-            "langchain_class", None
-        )  # always derived from the object (from_dict passes it back)
+        kwargs.pop("langchain_class", None)  # always derived from the object (from_dict passes it back)
         super().__init__(
             model_name=model_name or _guess_model_name(langchain_embeddings),
             embed_batch_size=embed_batch_size,
@@ -223,8 +168,7 @@ class LangchainEmbedding(BatchEmbedding):
         """Rebuild from to_dict(); pass the LangChain object again as `langchain_embeddings`."""
         if "langchain_embeddings" not in kwargs:
             raise TypeError(
-                "LangchainEmbedding.from_dict needs the LangChain object, which to_dict() never "
-                "stores: "
+                "LangchainEmbedding.from_dict needs the LangChain object, which to_dict() never stores: "
                 "call from_dict(data, langchain_embeddings=<your Embeddings>)"
             )
         return super().from_dict(data, **kwargs)
@@ -245,10 +189,7 @@ class LangchainEmbedding(BatchEmbedding):
             return [lc.embed_query(q) for q in items]
         if role is Role.TEXT:
             return lc.embed_documents(list(items))  # type: ignore[no-any-return]
-        raise TypeError(
-            f"LangchainEmbedding ({self.langchain_class}) does not embed images; "
-            "use a ClipEmbedding"
-        )
+        raise TypeError(f"LangchainEmbedding ({self.langchain_class}) does not embed images; use a ClipEmbedding")
 
     async def _aembed_batch(self, items: list[Any], role: Role) -> Vectors:
         lc = self._langchain_embedding
@@ -259,7 +200,5 @@ class LangchainEmbedding(BatchEmbedding):
                 return list(await asyncio.gather(*(lc.aembed_query(q) for q in items)))
             return await lc.aembed_documents(list(items))  # type: ignore[no-any-return]
         except NotImplementedError:
-            logger.debug(
-                "%s has no async embedding; running the sync one in a thread", self.langchain_class
-            )
+            logger.debug("%s has no async embedding; running the sync one in a thread", self.langchain_class)
             return await asyncio.to_thread(self._embed_batch, items, role)
