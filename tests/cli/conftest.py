@@ -49,9 +49,7 @@ def cli(tmp_path: Path) -> Run:
             env=env or cli_env(tmp_path),
             timeout=timeout,
         )
-        return subprocess.CompletedProcess(
-            proc.args, proc.returncode, proc.stdout.decode(), proc.stderr.decode()
-        )
+        return subprocess.CompletedProcess(proc.args, proc.returncode, proc.stdout.decode(), proc.stderr.decode())
 
     return run
 

@@ -30,9 +30,7 @@ def expected(texts: list[str]) -> np.ndarray:
 def write_input(fmt: str, path: Path, rows: list[dict[str, Any]]) -> Path:
     """Write rows (id, text, query) as `fmt`; returns the file (or folder)."""
     if fmt == "txt":
-        path.write_text(
-            "".join(r["text"].replace("\n", " ") + "\n" for r in rows), encoding="utf-8"
-        )
+        path.write_text("".join(r["text"].replace("\n", " ") + "\n" for r in rows), encoding="utf-8")
     elif fmt in ("jsonl", "jsonl.gz"):
         data = "".join(json.dumps(r) + "\n" for r in rows).encode()
         path.write_bytes(gzip.compress(data) if fmt.endswith(".gz") else data)
@@ -51,9 +49,7 @@ def write_input(fmt: str, path: Path, rows: list[dict[str, Any]]) -> Path:
 FORMATS = ["jsonl", "jsonl.gz", "json", "csv", "tsv", "parquet", "txt"]
 
 
-def test_every_input_format_in_one_run(
-    cli: Run, tmp_path: Path, sample_rows: list[dict[str, str]]
-) -> None:
+def test_every_input_format_in_one_run(cli: Run, tmp_path: Path, sample_rows: list[dict[str, str]]) -> None:
     """Seven files, one per format, eight records each: every record embedded, in input order."""
     parts = {fmt: sample_rows[i * 8 : i * 8 + 8] for i, fmt in enumerate(FORMATS)}
     files = [write_input(fmt, tmp_path / f"in.{fmt}", rows).name for fmt, rows in parts.items()]
@@ -90,15 +86,11 @@ def test_each_output_format_round_trips_with_model_metadata(
         assert table.schema.field("vector").type == pa.list_(pa.float32(), 16)
         assert table.column_names == ["id", "vector", "query"]
         assert table.column("id").to_pylist() == ids
-        np.testing.assert_array_equal(
-            np.array(table.column("vector").to_pylist(), dtype=np.float32), vecs
-        )
+        np.testing.assert_array_equal(np.array(table.column("vector").to_pylist(), dtype=np.float32), vecs)
         meta = json.loads(table.schema.metadata[b"embedstack"])
     elif out.endswith(".npy"):
         np.testing.assert_array_equal(np.load(path), vecs)
-        side = [
-            json.loads(line) for line in (tmp_path / "out.npy.rows.jsonl").read_text().splitlines()
-        ]
+        side = [json.loads(line) for line in (tmp_path / "out.npy.rows.jsonl").read_text().splitlines()]
         assert [s["id"] for s in side] == ids and side[0] == {
             "id": ids[0],
             "query": sample_rows[0]["query"],
@@ -107,9 +99,7 @@ def test_each_output_format_round_trips_with_model_metadata(
     else:
         lines = [json.loads(line) for line in path.read_text().splitlines()]
         assert [x["id"] for x in lines] == ids
-        np.testing.assert_array_equal(
-            np.array([x["vector"] for x in lines], dtype=np.float32), vecs
-        )
+        np.testing.assert_array_equal(np.array([x["vector"] for x in lines], dtype=np.float32), vecs)
         meta = json.loads((tmp_path / "out.jsonl.meta.json").read_text())
     assert meta["model"] == "fake:16" and meta["dim"] == 16 and meta["count"] == len(ids)
     assert meta["model_identity"] == FAKE._identity()
@@ -145,9 +135,7 @@ def test_stdin_and_folders(cli: Run, tmp_path: Path, sample_rows: list[dict[str,
     jsonl = "".join(json.dumps(r) + "\n" for r in sample_rows[:3])
     r = cli("embed", "-", "-o", "stdin2.parquet", "-m", "fake:16", "--no-cache", input=jsonl)
     assert r.returncode == 0, r.stderr
-    assert load_embeddings(tmp_path / "stdin2.parquet").ids == [
-        row["id"] for row in sample_rows[:3]
-    ]
+    assert load_embeddings(tmp_path / "stdin2.parquet").ids == [row["id"] for row in sample_rows[:3]]
 
     # Parquet on stdin (sniffed from its magic bytes): re-embed an output with another model
     parquet = (tmp_path / "stdin2.parquet").read_bytes()
@@ -186,25 +174,18 @@ def test_second_run_is_served_from_the_cache(
     )
 
 
-def test_default_cache_lives_in_the_user_cache_dir(
-    cli: Run, tmp_path: Path, sample_jsonl: Path
-) -> None:
+def test_default_cache_lives_in_the_user_cache_dir(cli: Run, tmp_path: Path, sample_jsonl: Path) -> None:
     r = cli("embed", "docs.jsonl", "-o", "a.parquet", "-m", "fake:16")
     assert r.returncode == 0, r.stderr
     cache = tmp_path / "xdg-cache" / "embedstack" / "cache.sqlite"
     assert SQLiteKVStore(cache).count_vectors("embeddings") == 60
-    assert (
-        "(0 computed, 60 from cache)"
-        in cli("embed", "docs.jsonl", "-o", "b.parquet", "-m", "fake:16").stderr
-    )
+    assert "(0 computed, 60 from cache)" in cli("embed", "docs.jsonl", "-o", "b.parquet", "-m", "fake:16").stderr
 
 
 def test_search_ranks_by_cosine_with_the_recorded_model(
     cli: Run, tmp_path: Path, sample_jsonl: Path, sample_rows: list[dict[str, str]]
 ) -> None:
-    assert (
-        cli("embed", "docs.jsonl", "-o", "a.parquet", "-m", "fake:16", "--no-cache").returncode == 0
-    )
+    assert cli("embed", "docs.jsonl", "-o", "a.parquet", "-m", "fake:16", "--no-cache").returncode == 0
     query = "library for stubbing HTTP requests"
     r = cli("search", "a.parquet", query, "-k", "3", "--json", "--no-cache")
     assert r.returncode == 0, r.stderr
@@ -226,17 +207,12 @@ def test_search_ranks_by_cosine_with_the_recorded_model(
     assert sample_rows[best[0]]["text"].split()[0] in lines[0]
 
 
-def test_search_and_append_refuse_another_model(
-    cli: Run, tmp_path: Path, sample_jsonl: Path
-) -> None:
-    assert (
-        cli("embed", "docs.jsonl", "-o", "a.parquet", "-m", "fake:16", "--no-cache").returncode == 0
-    )
+def test_search_and_append_refuse_another_model(cli: Run, tmp_path: Path, sample_jsonl: Path) -> None:
+    assert cli("embed", "docs.jsonl", "-o", "a.parquet", "-m", "fake:16", "--no-cache").returncode == 0
     r = cli("search", "a.parquet", "query", "-m", "fake:8", "--no-cache")
     assert r.returncode == 1
     assert r.stderr.startswith(
-        "embedstack: error: a.parquet was embedded with 'fake:16'; refusing to search it with a "
-        "different model"
+        "embedstack: error: a.parquet was embedded with 'fake:16'; refusing to search it with a different model"
     )
     assert "embed_dim=16 vs 8" in r.stderr and r.stderr.count("\n") == 1
 
@@ -261,11 +237,7 @@ def test_append_adds_rows_with_the_same_model(
     assert data.ids == [row["id"] for row in sample_rows[:8]]
     np.testing.assert_array_equal(data.vectors, expected([row["text"] for row in sample_rows[:8]]))
     assert data.columns["query"] == [row["query"] for row in sample_rows[:8]]
-    assert (
-        data.meta["inputs"] == ["a.jsonl", "b.csv"]
-        and data.meta["count"] == 8
-        and "updated" in data.meta
-    )
+    assert data.meta["inputs"] == ["a.jsonl", "b.csv"] and data.meta["count"] == 8 and "updated" in data.meta
 
 
 def test_models_lists_forms_extras_and_the_bundled_model(cli: Run) -> None:
@@ -285,13 +257,8 @@ def test_help_is_fast_to_import_and_entry_points_work(cli: Run, tmp_path: Path) 
     assert cli().returncode == 2
     heavy = "{'pyarrow', 'torch', 'platformdirs', 'embedstack.jobs'}"
     code = f"import sys, embedstack.cli; print(sorted({heavy} & set(sys.modules)))"
-    assert (
-        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip()
-        == "[]"
-    )
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "[]"
     script = Path(sys.executable).with_name("embedstack")
     assert script.exists(), "console script missing: pip install -e '.[cli]'"
-    r2 = subprocess.run(
-        [str(script), "--version"], capture_output=True, text=True, env=cli_env(tmp_path)
-    )
+    r2 = subprocess.run([str(script), "--version"], capture_output=True, text=True, env=cli_env(tmp_path))
     assert r2.returncode == 0 and r2.stdout.startswith("embedstack ")

@@ -98,9 +98,7 @@ def test_other_usage_errors(cli: Run, tmp_path: Path) -> None:
         cli("embed", "missing.jsonl", "-o", "o.parquet", "-m", "fake"),
         "missing.jsonl: no such file or directory",
     )
-    one_line_error(
-        cli("embed", "a.jsonl", "-o", "o.csv", "-m", "fake"), "o.csv: unknown output extension .csv"
-    )
+    one_line_error(cli("embed", "a.jsonl", "-o", "o.csv", "-m", "fake"), "o.csv: unknown output extension .csv")
     one_line_error(
         cli("embed", "a.jsonl", "-o", "o.parquet", "-m", "nosuch"),
         "unknown embed_model 'nosuch'; accepted forms:",
@@ -157,11 +155,7 @@ def test_skip_bad_skips_and_reports_each_bad_record(cli: Run, tmp_path: Path) ->
 def test_debug_shows_the_traceback(cli: Run, tmp_path: Path) -> None:
     (tmp_path / "bad.jsonl").write_text("{oops\n")
     r = cli("embed", "bad.jsonl", "-o", "o.parquet", "-m", "fake", "--debug")
-    assert (
-        r.returncode == 1
-        and "Traceback" in r.stderr
-        and "InputError: bad.jsonl:1: not valid JSON" in r.stderr
-    )
+    assert r.returncode == 1 and "Traceback" in r.stderr and "InputError: bad.jsonl:1: not valid JSON" in r.stderr
 
 
 def test_duplicate_ids_are_kept_and_warned_about(cli: Run, tmp_path: Path) -> None:

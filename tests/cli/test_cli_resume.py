@@ -30,17 +30,13 @@ TEXTS = [json.loads(line)["text"] for line in SAMPLE.read_text(encoding="utf-8")
 KEY = FakeEmbedding(embed_dim=16)._key_factory(Role.TEXT)
 
 
-def slow_cli(
-    tmp_path: Path, *args: str, delay: float, log: str, **popen: object
-) -> subprocess.Popen[bytes]:
+def slow_cli(tmp_path: Path, *args: str, delay: float, log: str, **popen: object) -> subprocess.Popen[bytes]:
     env = cli_env(tmp_path, SLOWFAKE_DELAY=str(delay), SLOWFAKE_LOG=str(tmp_path / log))
     return subprocess.Popen([sys.executable, str(SLOW_CLI), *args], cwd=tmp_path, env=env, **popen)  # type: ignore[call-overload]
 
 
 def run_slow(tmp_path: Path, *args: str, log: str) -> subprocess.CompletedProcess[str]:
-    proc = slow_cli(
-        tmp_path, *args, delay=0, log=log, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+    proc = slow_cli(tmp_path, *args, delay=0, log=log, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     out, err = proc.communicate(timeout=120)
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
@@ -54,9 +50,7 @@ def wait_for_cache(proc: subprocess.Popen[bytes], cache: Path, rows: int) -> Non
     """Block until the running embed has committed at least `rows` vectors to its cache."""
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
-        assert proc.poll() is None, (
-            "the embed finished before it could be interrupted; raise SLOWFAKE_DELAY"
-        )
+        assert proc.poll() is None, "the embed finished before it could be interrupted; raise SLOWFAKE_DELAY"
         if cache.exists() and SQLiteKVStore(cache).count_vectors("embeddings") >= rows:
             return
         time.sleep(0.02)
@@ -68,11 +62,7 @@ def temps(folder: Path) -> list[Path]:
 
 
 def logged(path: Path) -> list[str]:
-    return (
-        [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
-        if path.exists()
-        else []
-    )
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()] if path.exists() else []
 
 
 ARGS = ("embed", "docs.jsonl", "-m", "slowfake:16", "--batch-size", "10", "--chunk-size", "40")
@@ -111,9 +101,8 @@ def test_kill_9_then_resume_computes_only_the_missing_texts(tmp_path: Path) -> N
     missing = len(TEXTS) - len(done)
     assert f"embedded {len(TEXTS)} texts ({missing} computed, {len(done)} from cache)" in r.stderr
     second = logged(tmp_path / "run2.log")
-    assert sorted(second) == sorted(
-        set(TEXTS) - done
-    )  # the model saw exactly the missing texts, once each
+    # the model saw exactly the missing texts, once each
+    assert sorted(second) == sorted(set(TEXTS) - done)
     assert temps(tmp_path) == []  # the dead run's temp file was cleaned up
 
     ref = run_slow(tmp_path, *ARGS, "-o", "ref.parquet", "--cache", "fresh.sqlite", log="ref.log")
@@ -160,19 +149,14 @@ def test_a_killed_run_leaves_the_previous_output_intact(tmp_path: Path) -> None:
     wait_for_cache(proc, tmp_path / "c.sqlite", 90)
     proc.kill()
     proc.wait(timeout=30)
-    data = load_embeddings(
-        tmp_path / "out.npy"
-    )  # still the complete 20-row output, checked against its metadata
+    # still the complete 20-row output, checked against its metadata
+    data = load_embeddings(tmp_path / "out.npy")
     assert len(data) == 20 and data.meta["inputs"] == ["small.jsonl"]
     assert len(temps(tmp_path)) == 2  # the dead run's .npy and .rows.jsonl temps, hidden
 
 
-@pytest.mark.parametrize(
-    ("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 128 + signal.SIGTERM)]
-)
-def test_ctrl_c_and_sigterm_clean_up_and_keep_the_cache(
-    tmp_path: Path, sig: signal.Signals, code: int
-) -> None:
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 128 + signal.SIGTERM)])
+def test_ctrl_c_and_sigterm_clean_up_and_keep_the_cache(tmp_path: Path, sig: signal.Signals, code: int) -> None:
     shutil.copy(SAMPLE, tmp_path / "docs.jsonl")
     proc = slow_cli(
         tmp_path,
@@ -193,8 +177,7 @@ def test_ctrl_c_and_sigterm_clean_up_and_keep_the_cache(
     assert "Traceback" not in err
     if sig == signal.SIGINT:
         assert (
-            "embedstack: interrupted; what was computed is kept in the cache: re-run the same "
-            "command to resume" in err
+            "embedstack: interrupted; what was computed is kept in the cache: re-run the same command to resume" in err
         )
     assert not (tmp_path / "out.jsonl").exists() and temps(tmp_path) == []
 
@@ -207,9 +190,8 @@ def test_ctrl_c_and_sigterm_clean_up_and_keep_the_cache(
 def test_progress_bar_on_a_terminal_only(tmp_path: Path) -> None:
     shutil.copy(SAMPLE, tmp_path / "docs.jsonl")
     master, slave = pty.openpty()
-    fcntl.ioctl(
-        slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0)
-    )  # a terminal has a size
+    # a real terminal has a size (tqdm draws nothing in 0 columns)
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))
     chunks: list[bytes] = []
 
     def drain() -> None:
@@ -224,9 +206,7 @@ def test_progress_bar_on_a_terminal_only(tmp_path: Path) -> None:
 
     reader = threading.Thread(target=drain, daemon=True)
     reader.start()
-    proc = slow_cli(
-        tmp_path, *ARGS, "-o", "tty.parquet", "--no-cache", delay=0.01, log="tty.log", stderr=slave
-    )
+    proc = slow_cli(tmp_path, *ARGS, "-o", "tty.parquet", "--no-cache", delay=0.01, log="tty.log", stderr=slave)
     assert proc.wait(timeout=120) == 0
     os.close(slave)
     reader.join(timeout=10)

@@ -40,26 +40,18 @@ class Failing(FakeEmbedding):
 
 def test_embed_records_from_strings_and_mappings(tmp_path: Path) -> None:
     model = FakeEmbedding(embed_dim=8)
-    report = embed_records(
-        ["alpha", "beta", "alpha"], tmp_path / "s.parquet", model=model, cache=None
-    )
+    report = embed_records(["alpha", "beta", "alpha"], tmp_path / "s.parquet", model=model, cache=None)
     data = load_embeddings(tmp_path / "s.parquet")
     assert data.ids == ["0", "1", "2"] and data.columns == {"text": ["alpha", "beta", "alpha"]}
-    np.testing.assert_array_equal(
-        data.vectors, np.stack([model.vector_for(t) for t in ["alpha", "beta", "alpha"]])
-    )
+    np.testing.assert_array_equal(data.vectors, np.stack([model.vector_for(t) for t in ["alpha", "beta", "alpha"]]))
     assert report.computed == 2 and report.count == 3  # the duplicate was embedded once
-    assert (
-        report.summary()
-        == "embedded 3 texts (2 computed, cache off, 1 duplicates) with FakeEmbedding → "
-        + str(tmp_path / "s.parquet")
+    assert report.summary() == "embedded 3 texts (2 computed, cache off, 1 duplicates) with FakeEmbedding → " + str(
+        tmp_path / "s.parquet"
     )
     assert data.meta["model"] is None and data.meta["model_class"] == "FakeEmbedding"
 
     gen = ({"doc": i, "body": f"text {i}", "n": i} for i in range(5))
-    embed_records(
-        gen, tmp_path / "m.jsonl", model="fake:8", field="body", id_field="doc", cache=None
-    )
+    embed_records(gen, tmp_path / "m.jsonl", model="fake:8", field="body", id_field="doc", cache=None)
     data = load_embeddings(tmp_path / "m.jsonl")
     assert data.ids == ["0", "1", "2", "3", "4"] and data.columns["n"] == [0, 1, 2, 3, 4]
 
@@ -134,20 +126,15 @@ def test_chunks_stream_in_order_and_the_cache_and_batch_size_are_the_callers(
         progress=lambda total: Bar(),
     )
     assert sum(n for n in steps if n > 0) == 30 and steps[-1] == -1
-    assert [len(items) for _, items in model.calls] == [4, 3] * 4 + [
-        2
-    ]  # chunks of 7 in batches of 4
+    assert [len(items) for _, items in model.calls] == [4, 3] * 4 + [2]  # chunks of 7 in batches of 4
     assert model.embed_batch_size == 5 and model.embeddings_cache is store  # left as they were
     assert report.computed == 30 and len(store.get_all("embeddings")) == 30
     data = load_embeddings(tmp_path / "o.npy")
     assert data.ids == [f"{src}:{i}" for i in range(1, 31)]
-    np.testing.assert_array_equal(
-        data.vectors, np.stack([model.vector_for(f"line {i}") for i in range(30)])
-    )
+    np.testing.assert_array_equal(data.vectors, np.stack([model.vector_for(f"line {i}") for i in range(30)]))
 
-    again = embed_files(
-        src, tmp_path / "o2.npy", model=model
-    )  # DEFAULT_CACHE: the model's own store
+    # DEFAULT_CACHE: the model's own store
+    again = embed_files(src, tmp_path / "o2.npy", model=model)
     assert again.computed == 0 and model.embeddings_cache is store
 
 
@@ -169,9 +156,8 @@ def test_a_failing_model_leaves_no_output_and_no_temp_files(tmp_path: Path, out:
     after = load_embeddings(tmp_path / out)
     assert after.meta == before.meta and np.array_equal(after.vectors, before.vectors)
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
-    assert (
-        SQLiteKVStore(tmp_path / "c.sqlite").count_vectors("embeddings") == 10
-    )  # two batches were kept
+    # the two batches done before the crash were kept
+    assert SQLiteKVStore(tmp_path / "c.sqlite").count_vectors("embeddings") == 10
 
 
 def test_stale_temp_files_of_dead_runs_are_removed(tmp_path: Path) -> None:
@@ -192,9 +178,7 @@ def test_search_api_and_model_checks(tmp_path: Path) -> None:
     with pytest.raises(ModelMismatchError, match="embedded with a model object"):
         search(tmp_path / "o.parquet", "q", model=None, cache=None)
     hits = search(tmp_path / "o.parquet", "document number 3", k=4, model=model, cache=None)
-    scores = np.stack([model.vector_for(t) for t in texts]) @ model.vector_for(
-        "document number 3", "query"
-    )
+    scores = np.stack([model.vector_for(t) for t in texts]) @ model.vector_for("document number 3", "query")
     assert [h.id for h in hits] == [str(i) for i in np.argsort(-scores)[:4]]
     assert hits[0].text == texts[int(hits[0].id)]
     with pytest.raises(ModelMismatchError, match="embed_dim=8 vs 4"):

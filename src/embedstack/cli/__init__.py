@@ -31,9 +31,7 @@ def _version() -> str:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every command."""
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks on errors"
-    )
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks on errors")
 
     cache = argparse.ArgumentParser(add_help=False)
     group = cache.add_mutually_exclusive_group()
@@ -42,9 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="SQLite embedding cache file (default: one in the user cache directory)",
     )
-    group.add_argument(
-        "--no-cache", action="store_true", help="do not read or write the embedding cache"
-    )
+    group.add_argument("--no-cache", action="store_true", help="do not read or write the embedding cache")
 
     parser = argparse.ArgumentParser(
         prog="embedstack",
@@ -82,9 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="local",
         help="local (default), local:<name or path>, openai:<model>, default, fake:<dim>",
     )
-    embed.add_argument(
-        "--field", default="text", help="field or column holding the text (default: text)"
-    )
+    embed.add_argument("--field", default="text", help="field or column holding the text (default: text)")
     embed.add_argument(
         "--id-field",
         default=None,
@@ -114,9 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="texts read, embedded and written per step (default: 2048)",
     )
-    embed.add_argument(
-        "--append", action="store_true", help="add rows to an existing OUT (same model only)"
-    )
+    embed.add_argument("--append", action="store_true", help="add rows to an existing OUT (same model only)")
     embed.add_argument(
         "--skip-bad",
         action="store_true",
@@ -138,9 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     embed.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
 
-    search = sub.add_parser(
-        "search", parents=[common, cache], help="search an embedded output (cosine top-k)"
-    )
+    search = sub.add_parser("search", parents=[common, cache], help="search an embedded output (cosine top-k)")
     search.add_argument("output", metavar="OUT", help="a file written by `embedstack embed`")
     search.add_argument("query", help="the query text")
     search.add_argument("-k", type=_positive, default=10, help="how many results (default: 10)")

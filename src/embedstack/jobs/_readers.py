@@ -65,9 +65,7 @@ class Record:
 class Source:
     """One input: a file (format from its extension, or forced) or stdin (spooled: read twice)."""
 
-    def __init__(
-        self, name: str, fmt: str, path: Path | None = None, spool: IO[bytes] | None = None
-    ) -> None:
+    def __init__(self, name: str, fmt: str, path: Path | None = None, spool: IO[bytes] | None = None) -> None:
         self.name = name
         self.fmt = fmt
         self.path = path
@@ -144,9 +142,7 @@ def _sniff(head: bytes) -> str:
 
 def _check_format(fmt: str | None) -> None:
     if fmt is not None and fmt not in _FORMAT_NAMES:
-        raise InputError(
-            f"unknown input format {fmt!r}; expected one of {', '.join(_FORMAT_NAMES)}"
-        )
+        raise InputError(f"unknown input format {fmt!r}; expected one of {', '.join(_FORMAT_NAMES)}")
 
 
 def find_sources(
@@ -167,9 +163,7 @@ def find_sources(
             found = [
                 Source(str(p), fmt or _format_of(p) or "", p)
                 for p in sorted(path.rglob("*"))
-                if p.is_file()
-                and _format_of(p)
-                and not any(part.startswith(".") for part in p.relative_to(path).parts)
+                if p.is_file() and _format_of(p) and not any(part.startswith(".") for part in p.relative_to(path).parts)
             ]
             if not found:
                 raise InputError(f"{name}: folder has no input files ({_EXTS}, optionally .gz)")
@@ -181,8 +175,7 @@ def find_sources(
             if detected is None:
                 ext = "".join(path.suffixes[-2:]) or "(none)"
                 raise InputError(
-                    f"{name}: unknown extension {ext}; expected one of {_EXTS} (optionally .gz), "
-                    "or pass --format"
+                    f"{name}: unknown extension {ext}; expected one of {_EXTS} (optionally .gz), or pass --format"
                 )
             sources.append(Source(name, detected, path))
         else:
@@ -246,10 +239,7 @@ def _read_jsonl(src: Source, stream: BinaryIO) -> Iterator[tuple[str, str, Any]]
             yield (
                 where,
                 where,
-                InputError(
-                    f"{where}: not valid JSON ({e.msg} at column {e.pos + 1}); fix the line or "
-                    "pass --skip-bad"
-                ),
+                InputError(f"{where}: not valid JSON ({e.msg} at column {e.pos + 1}); fix the line or pass --skip-bad"),
             )
             continue
         if isinstance(value, (dict, str)):
@@ -279,9 +269,7 @@ def _read_json(src: Source, stream: BinaryIO) -> Iterator[tuple[str, str, Any]]:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as e:
-        raise InputError(
-            f"{src.name}:{e.lineno}: not valid JSON ({e.msg} at column {e.colno})"
-        ) from None
+        raise InputError(f"{src.name}:{e.lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
     if isinstance(value, dict) and len(value) == 1 and isinstance(next(iter(value.values())), list):
         value = next(iter(value.values()))  # {"data": [...]}: the one list inside
     if not isinstance(value, list):
@@ -365,8 +353,7 @@ def _read_parquet(src: Source, stream: BinaryIO, text_field: str) -> Iterator[tu
     names = pf.schema_arrow.names
     if text_field not in names:
         raise InputError(
-            f"{src.name}: no column {text_field!r} (columns: {', '.join(names)}); choose the text "
-            "column with --field"
+            f"{src.name}: no column {text_field!r} (columns: {', '.join(names)}); choose the text column with --field"
         )
     row = 0
     for batch in pf.iter_batches(batch_size=2048):
@@ -426,14 +413,11 @@ class RecordReader:
         if isinstance(keep, str) and keep in ("all", "none"):
             self.keep: str | tuple[str, ...] = keep
         else:
-            names = tuple(
-                k.strip() for k in ([keep] if isinstance(keep, str) else keep) if k.strip()
-            )
+            names = tuple(k.strip() for k in ([keep] if isinstance(keep, str) else keep) if k.strip())
             clash = [k for k in names if k in RESERVED and k != self.id_field]
             if clash:
                 raise InputError(
-                    f"--keep {clash[0]!r}: the output already has columns 'id' and 'vector'; drop "
-                    "it from --keep"
+                    f"--keep {clash[0]!r}: the output already has columns 'id' and 'vector'; drop it from --keep"
                 )
             self.keep = tuple(k for k in names if k != self.id_field)
         self.skipped: list[str] = []
@@ -451,9 +435,7 @@ class RecordReader:
                     yield (
                         f"item {i}",
                         str(i),
-                        InputError(
-                            f"item {i}: expected a str or a mapping, got {type(item).__name__}"
-                        ),
+                        InputError(f"item {i}: expected a str or a mapping, got {type(item).__name__}"),
                     )
             return
         for src in self.sources:
@@ -485,14 +467,11 @@ class RecordReader:
         if isinstance(value, str):
             text = value
             cols = (
-                {self.field: value}
-                if self.keep == "all" or (self.keep != "none" and self.field in self.keep)
-                else {}
+                {self.field: value} if self.keep == "all" or (self.keep != "none" and self.field in self.keep) else {}
             )
             if self.id_required:
                 return InputError(
-                    f"{where}: a bare text has no {self.id_field!r} field; drop --id-field or "
-                    "give objects with ids"
+                    f"{where}: a bare text has no {self.id_field!r} field; drop --id-field or give objects with ids"
                 )
         else:
             text = value.get(self.field)
@@ -500,30 +479,22 @@ class RecordReader:
                 if self.field not in value:
                     fields = ", ".join(str(k) for k in value) or "none"
                     return InputError(
-                        f"{where}: no {self.field!r} field (fields: {fields}); choose the text "
-                        "field with --field"
+                        f"{where}: no {self.field!r} field (fields: {fields}); choose the text field with --field"
                     )
                 return InputError(f"{where}: field {self.field!r} is null, expected a string")
             if not isinstance(text, str):
-                return InputError(
-                    f"{where}: field {self.field!r} is {type(text).__name__}, expected a string"
-                )
+                return InputError(f"{where}: field {self.field!r} is {type(text).__name__}, expected a string")
             raw_id = value.get(self.id_field)
             if raw_id is not None:
                 if isinstance(raw_id, (dict, list)):
                     return InputError(
-                        f"{where}: id field {self.id_field!r} is {_json_type(raw_id)}, expected a "
-                        "string or number"
+                        f"{where}: id field {self.id_field!r} is {_json_type(raw_id)}, expected a string or number"
                     )
                 ident = str(raw_id)
             elif self.id_required:
-                return InputError(
-                    f"{where}: no {self.id_field!r} field (the id field given by --id-field)"
-                )
+                return InputError(f"{where}: no {self.id_field!r} field (the id field given by --id-field)")
             if self.keep == "all":
-                cols = {
-                    str(k): v for k, v in value.items() if k not in RESERVED and k != self.id_field
-                }
+                cols = {str(k): v for k, v in value.items() if k not in RESERVED and k != self.id_field}
             elif self.keep == "none":
                 cols = {}
             else:
