@@ -25,7 +25,6 @@ import numpy.typing as npt
 from embedstack._images import check_image, image_bytes, image_label
 from embedstack.callbacks.manager import EventContext
 from embedstack.callbacks.schema import CBEventType, EventPayload
-from embedstack.instrumentation.events import EmbeddingEndEvent, EmbeddingStartEvent
 from embedstack.kvstore._codec import UNREADABLE
 from embedstack.types import EmbedResult, Role
 
@@ -230,6 +229,8 @@ class _Events:
     def start(self) -> tuple[float, EventContext | None]:
         descriptor = self.model._descriptor() if (self.dispatcher or self.callbacks) else {}
         if self.dispatcher:
+            from embedstack.instrumentation.events import EmbeddingStartEvent
+
             self.dispatcher.event(EmbeddingStartEvent(model_dict=descriptor))
         ctx = None
         if self.callbacks:
@@ -246,6 +247,8 @@ class _Events:
         if ctx:
             ctx.on_end(payload={EventPayload.CHUNKS: chunks, EventPayload.EMBEDDINGS: vectors})
         if self.dispatcher:
+            from embedstack.instrumentation.events import EmbeddingEndEvent
+
             self.dispatcher.event(
                 EmbeddingEndEvent(
                     chunks=chunks,

@@ -1,14 +1,36 @@
-"""Instrumentation: a dispatcher tree, event and span handlers, and the embedding events."""
+"""Instrumentation: a dispatcher tree, event and span handlers, and the embedding events.
+
+The pydantic event and handler classes are imported on first use (PEP 562), so `import embedstack`
+does not pay for them when nobody instruments.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from embedstack.instrumentation.dispatcher import Dispatcher, get_dispatcher
-from embedstack.instrumentation.events import BaseEvent, EmbeddingEndEvent, EmbeddingStartEvent
-from embedstack.instrumentation.handlers import (
-    BaseEventHandler,
-    BaseSpan,
-    BaseSpanHandler,
-    SimpleSpan,
-    SimpleSpanHandler,
-)
+
+if TYPE_CHECKING:
+    from embedstack.instrumentation.events import BaseEvent, EmbeddingEndEvent, EmbeddingStartEvent
+    from embedstack.instrumentation.handlers import (
+        BaseEventHandler,
+        BaseSpan,
+        BaseSpanHandler,
+        SimpleSpan,
+        SimpleSpanHandler,
+    )
+
+_LAZY = {
+    "BaseEvent": "events",
+    "EmbeddingEndEvent": "events",
+    "EmbeddingStartEvent": "events",
+    "BaseEventHandler": "handlers",
+    "BaseSpan": "handlers",
+    "BaseSpanHandler": "handlers",
+    "SimpleSpan": "handlers",
+    "SimpleSpanHandler": "handlers",
+}
 
 __all__ = [
     "BaseEvent",
@@ -22,3 +44,10 @@ __all__ = [
     "SimpleSpanHandler",
     "get_dispatcher",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'embedstack.instrumentation' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"embedstack.instrumentation.{module}"), name)

@@ -11,11 +11,13 @@ import threading
 import uuid
 from collections.abc import Callable, Generator
 from contextlib import contextmanager
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from embedstack.instrumentation._context import current_span_id
-from embedstack.instrumentation.events import BaseEvent
-from embedstack.instrumentation.handlers import BaseEventHandler, BaseSpanHandler
+
+if TYPE_CHECKING:  # the pydantic event and handler classes load only when someone uses them
+    from embedstack.instrumentation.events import BaseEvent
+    from embedstack.instrumentation.handlers import BaseEventHandler, BaseSpanHandler
 
 __all__ = ["Dispatcher", "get_dispatcher"]
 
