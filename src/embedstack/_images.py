@@ -9,7 +9,7 @@ from io import IOBase
 from pathlib import Path
 from typing import Any
 
-__all__ = ["check_image", "image_bytes", "image_label", "is_pil_image"]
+__all__ = ["check_image", "image_bytes", "image_label", "is_pil_image", "materialize"]
 
 
 def is_pil_image(item: Any) -> bool:
@@ -54,7 +54,10 @@ def image_bytes(item: Any) -> bytes:
     if isinstance(item, (bytes, bytearray, memoryview)):
         return bytes(item)
     if is_pil_image(item):
-        return f"{item.mode}:{item.size}:".encode() + bytes(item.tobytes())
+        head = f"{item.mode}:{item.size}:".encode()
+        if item.mode in ("P", "PA"):  # pixels are palette indexes: the palette is part of the image
+            head += bytes(item.getpalette() or ()) + repr(item.info.get("transparency")).encode() + b":"
+        return head + bytes(item.tobytes())
     pos = item.tell() if hasattr(item, "seekable") and item.seekable() else None
     data = item.read()
     if pos is not None:
@@ -62,6 +65,15 @@ def image_bytes(item: Any) -> bytes:
     if not isinstance(data, (bytes, bytearray)):
         raise TypeError(f"image file object returned {type(data).__name__} from read(); open it in binary mode ('rb')")
     return bytes(data)
+
+
+def materialize(item: Any) -> Any:
+    """A non-seekable binary stream as its bytes (read once), so keying and decoding both see it."""
+    if hasattr(item, "read") and not isinstance(item, (str, bytes, bytearray, memoryview, os.PathLike)):
+        seekable = getattr(item, "seekable", None)
+        if not (callable(seekable) and seekable()):
+            return image_bytes(item)
+    return item
 
 
 def image_label(item: Any) -> str:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from embedstack._images import check_image, image_bytes, image_label
+from embedstack._images import check_image, image_bytes, image_label, materialize
 from embedstack.callbacks.manager import EventContext
 from embedstack.callbacks.schema import CBEventType, EventPayload
 from embedstack.kvstore._codec import UNREADABLE
@@ -86,6 +86,7 @@ class EmbedJob:
         if role is Role.IMAGE:
             for i, item in enumerate(items):
                 check_image(item, i, label)
+            items = [materialize(x) for x in items]
         else:
             _check_texts(items, label)
         self.store = model.embeddings_cache

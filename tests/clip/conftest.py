@@ -7,9 +7,7 @@ processor resizes to 32 px, and the weights come from a seeded CLIPConfig with 2
 from __future__ import annotations
 
 import io
-import os
 import string
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,16 +18,10 @@ TINY_DIM = 24  # projection_dim: the length of text and image vectors alike
 TINY_MAX_TOKENS = 16  # max_position_embeddings: texts are truncated to this many tokens
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _offline() -> Iterator[None]:
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
     """Never reach for a model hub in these tests."""
-    old = os.environ.get("HF_HUB_OFFLINE")
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    yield
-    if old is None:
-        os.environ.pop("HF_HUB_OFFLINE", None)
-    else:
-        os.environ["HF_HUB_OFFLINE"] = old
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 
 def _tiny_tokenizer() -> Any:
@@ -61,9 +53,7 @@ def build_tiny_clip(path: Path, seed: int = 0) -> Path:
 
     tok = _tiny_tokenizer()
     processor = CLIPProcessor(
-        image_processor=CLIPImageProcessor(
-            size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
-        ),
+        image_processor=CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
         tokenizer=tok,
     )
     config = CLIPConfig(
@@ -108,9 +98,7 @@ def tiny_clip(tiny_clip_path: Path) -> Any:
     return ClipEmbedding(model_name=str(tiny_clip_path), device="cpu").load()
 
 
-def png_bytes(
-    color: tuple[int, int, int], size: tuple[int, int] = (40, 48), mode: str = "RGB"
-) -> bytes:
+def png_bytes(color: tuple[int, int, int], size: tuple[int, int] = (40, 48), mode: str = "RGB") -> bytes:
     """A PNG of a solid colour with a diagonal stripe (so images differ in more than their mean)."""
     img = Image.new("RGB", size, color)
     for i in range(min(size)):

@@ -78,9 +78,7 @@ def test_vectors_match_transformers_clip_directly(
     pixels = processor.image_processor(images=images, return_tensors="pt")["pixel_values"]
     with torch.inference_mode():
         t = torch.nn.functional.normalize(_pooled(model.get_text_features(**enc)), dim=-1).numpy()
-        i = torch.nn.functional.normalize(
-            _pooled(model.get_image_features(pixel_values=pixels)), dim=-1
-        )
+        i = torch.nn.functional.normalize(_pooled(model.get_image_features(pixel_values=pixels)), dim=-1)
     np.testing.assert_allclose(tiny_clip.embed(texts), t, atol=1e-5)
     np.testing.assert_allclose(
         tiny_clip.embed([image_dir / "red.png", image_dir / "green.png"], role="image"),
@@ -90,15 +88,11 @@ def test_vectors_match_transformers_clip_directly(
 
 
 def test_queries_and_texts_share_the_text_tower(tiny_clip: ClipEmbedding) -> None:
-    assert np.allclose(
-        tiny_clip.get_query_embedding("a dog"), tiny_clip.get_text_embedding("a dog"), atol=1e-6
-    )
+    assert np.allclose(tiny_clip.get_query_embedding("a dog"), tiny_clip.get_text_embedding("a dog"), atol=1e-6)
     assert tiny_clip._instruction(Role.QUERY) is None and tiny_clip._instruction(Role.TEXT) is None
 
 
-def test_every_image_input_kind_gives_the_same_vector(
-    tiny_clip: ClipEmbedding, image_dir: Path
-) -> None:
+def test_every_image_input_kind_gives_the_same_vector(tiny_clip: ClipEmbedding, image_dir: Path) -> None:
     path = image_dir / "green.png"
     data = path.read_bytes()
     with path.open("rb") as fh:
@@ -129,9 +123,7 @@ def test_batches_keep_input_order(tiny_clip_path: Path, image_dir: Path) -> None
     batched = ClipEmbedding(model_name=str(tiny_clip_path), device="cpu", embed_batch_size=2)
     paths = [image_dir / f"{n}.png" for n in ("blue", "red", "green", "blue", "green")]
     texts = ["dog", "a cat on a mat", "x", "cat cat cat", "dog"]
-    np.testing.assert_allclose(
-        batched.embed(paths, role="image"), one_by_one.embed(paths, role="image"), atol=1e-5
-    )
+    np.testing.assert_allclose(batched.embed(paths, role="image"), one_by_one.embed(paths, role="image"), atol=1e-5)
     np.testing.assert_allclose(batched.embed(texts), one_by_one.embed(texts), atol=1e-5)
 
 
@@ -141,9 +133,7 @@ async def test_async_equals_sync(tiny_clip: ClipEmbedding, image_dir: Path) -> N
     sync_images = tiny_clip.get_image_embedding_batch(paths)
     async_images = await tiny_clip.aget_image_embedding_batch(paths)
     np.testing.assert_allclose(async_images, sync_images, atol=1e-6)
-    np.testing.assert_allclose(
-        await tiny_clip.aget_image_embedding(paths[1]), sync_images[1], atol=1e-6
-    )
+    np.testing.assert_allclose(await tiny_clip.aget_image_embedding(paths[1]), sync_images[1], atol=1e-6)
     np.testing.assert_allclose(
         await tiny_clip.aget_text_embedding_batch(texts),
         tiny_clip.get_text_embedding_batch(texts),
@@ -187,12 +177,8 @@ def test_threads_share_one_model_safely(tiny_clip: ClipEmbedding, image_dir: Pat
         np.testing.assert_allclose(r, expected, atol=1e-6)
 
 
-def test_same_bytes_under_two_paths_are_embedded_once(
-    tiny_clip_path: Path, image_dir: Path
-) -> None:
-    model = CountingClip(
-        model_name=str(tiny_clip_path), device="cpu", embeddings_cache=SimpleKVStore()
-    )
+def test_same_bytes_under_two_paths_are_embedded_once(tiny_clip_path: Path, image_dir: Path) -> None:
+    model = CountingClip(model_name=str(tiny_clip_path), device="cpu", embeddings_cache=SimpleKVStore())
     red, copy, blue = image_dir / "red.png", image_dir / "red_copy.png", image_dir / "blue.png"
     vectors = model.embed([red, copy, blue], role="image")
     assert model.embedded == [red, blue]  # red_copy.png has red.png's bytes: one model input
@@ -206,9 +192,7 @@ def test_same_bytes_under_two_paths_are_embedded_once(
 
 
 def test_text_and_image_keys_do_not_collide(tiny_clip_path: Path, image_dir: Path) -> None:
-    model = CountingClip(
-        model_name=str(tiny_clip_path), device="cpu", embeddings_cache=SimpleKVStore()
-    )
+    model = CountingClip(model_name=str(tiny_clip_path), device="cpu", embeddings_cache=SimpleKVStore())
     path = str(image_dir / "red.png")
     as_text = model.get_text_embedding(path)
     as_image = model.get_image_embedding(path)
@@ -216,9 +200,7 @@ def test_text_and_image_keys_do_not_collide(tiny_clip_path: Path, image_dir: Pat
     assert not np.allclose(as_text, as_image)
 
 
-def test_long_texts_are_truncated_and_counted(
-    tiny_clip: ClipEmbedding, event_recorder: Any
-) -> None:
+def test_long_texts_are_truncated_and_counted(tiny_clip: ClipEmbedding, event_recorder: Any) -> None:
     long_a = "a " * (3 * TINY_MAX_TOKENS)
     long_b = "a " * (4 * TINY_MAX_TOKENS)  # the same first tokens: the same vector after truncation
     vectors = tiny_clip.embed([long_a, long_b, "a cat"])
@@ -228,18 +210,14 @@ def test_long_texts_are_truncated_and_counted(
     assert ends[-1].token_count == 2 * TINY_MAX_TOKENS + 4  # <bos> a cat <eos>
 
 
-def test_image_events_name_the_images(
-    tiny_clip: ClipEmbedding, image_dir: Path, event_recorder: Any
-) -> None:
+def test_image_events_name_the_images(tiny_clip: ClipEmbedding, image_dir: Path, event_recorder: Any) -> None:
     tiny_clip.get_image_embedding_batch([image_dir / "red.png", image_dir / "blue.png"])
     end = event_recorder.of("EmbeddingEndEvent")[-1]
     assert end.chunks == [str(image_dir / "red.png"), str(image_dir / "blue.png")]
     assert end.role == "image" and len(end.embeddings) == 2
 
 
-def test_normalize_false_returns_raw_projections(
-    tiny_clip: ClipEmbedding, tiny_clip_path: Path
-) -> None:
+def test_normalize_false_returns_raw_projections(tiny_clip: ClipEmbedding, tiny_clip_path: Path) -> None:
     raw = ClipEmbedding(model_name=str(tiny_clip_path), device="cpu", normalize=False)
     r = np.asarray(raw.get_text_embedding("a cat"))
     n = np.asarray(tiny_clip.get_text_embedding("a cat"))
@@ -279,3 +257,25 @@ def test_the_provider_module_imports_no_heavy_dependency() -> None:
         "assert embedstack.ClipEmbedding is embedstack.providers.clip.ClipEmbedding"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_pickle_and_deepcopy_reload_the_same_model(tiny_clip: ClipEmbedding, image_dir: Path) -> None:
+    import copy
+    import pickle
+
+    expected = tiny_clip.embed([image_dir / "blue.png"], role="image")
+    clone = pickle.loads(pickle.dumps(tiny_clip))
+    assert clone._loaded is None and clone.source.path == tiny_clip.source.path
+    np.testing.assert_allclose(clone.embed([image_dir / "blue.png"], role="image"), expected, atol=1e-6)
+    deep = copy.deepcopy(tiny_clip)
+    assert deep._loaded is None and deep._lock is not tiny_clip._lock
+    np.testing.assert_allclose(deep.embed([image_dir / "blue.png"], role="image"), expected, atol=1e-6)
+
+
+def test_model_copy_shares_weights_unless_the_model_changes(tiny_clip: ClipEmbedding) -> None:
+    raw = tiny_clip.model_copy(update={"normalize": False})
+    assert raw._loaded is tiny_clip._loaded  # same weights, one lock
+    assert raw._identity() != tiny_clip._identity()
+    assert abs(np.linalg.norm(raw.get_text_embedding("a cat")) - 1.0) > 1e-3
+    with pytest.raises(ValueError, match="ResNet CLIP"):
+        tiny_clip.model_copy(update={"model_name": "RN50"})

@@ -37,9 +37,7 @@ def _embed_expecting(model: ClipEmbedding, items: list[Any], exc: type[BaseExcep
 
 def test_missing_file_fails_before_the_model_loads(tiny_clip_path: Path, image_dir: Path) -> None:
     model = ClipEmbedding(model_name=str(tiny_clip_path), device="cpu")
-    msg = _embed_expecting(
-        model, [image_dir / "red.png", image_dir / "nope.png"], FileNotFoundError
-    )
+    msg = _embed_expecting(model, [image_dir / "red.png", image_dir / "nope.png"], FileNotFoundError)
     assert "img_file_paths[1]" in msg and "nope.png" in msg
     assert model._loaded is None  # checked by the pipeline before any model work
 
@@ -63,9 +61,7 @@ def test_corrupt_file_is_named_and_no_image_reaches_the_model(
     assert forward_calls == []  # the good images of that batch were not embedded either
 
 
-def test_error_names_the_callers_index_across_batches(
-    tiny_clip_path: Path, image_dir: Path, make_png: Any
-) -> None:
+def test_error_names_the_callers_index_across_batches(tiny_clip_path: Path, image_dir: Path, make_png: Any) -> None:
     model = ClipEmbedding(model_name=str(tiny_clip_path), device="cpu", embed_batch_size=2)
     truncated = make_png((10, 200, 10), size=(64, 64))[:-40]
     items: list[Any] = [image_dir / "red.png", image_dir / "blue.png", image_dir / "green.png"]
@@ -88,16 +84,12 @@ async def test_async_errors_name_the_item_too(tiny_clip: ClipEmbedding, image_di
         (lambda: Image.new("I", (40, 40), 7), "unsupported image mode 'I'"),
     ],
 )
-def test_unsupported_pil_modes_are_refused(
-    tiny_clip: ClipEmbedding, make: Any, fragment: str
-) -> None:
+def test_unsupported_pil_modes_are_refused(tiny_clip: ClipEmbedding, make: Any, fragment: str) -> None:
     msg = _embed_expecting(tiny_clip, [make()], ImageDecodeError)
     assert fragment in msg and "img_file_paths[0]" in msg and "convert" in msg
 
 
-def test_sixteen_bit_file_is_refused_with_its_path(
-    tiny_clip: ClipEmbedding, tmp_path: Path
-) -> None:
+def test_sixteen_bit_file_is_refused_with_its_path(tiny_clip: ClipEmbedding, tmp_path: Path) -> None:
     path = tmp_path / "depth.png"
     Image.new("I;16", (40, 40), 1000).save(path)
     msg = _embed_expecting(tiny_clip, [path], ImageDecodeError)
@@ -110,9 +102,7 @@ def test_decompression_bomb_guard_stays_on(
     monkeypatch: pytest.MonkeyPatch,
     forward_calls: list[int],
 ) -> None:
-    assert (
-        Image.MAX_IMAGE_PIXELS == 89478485
-    )  # importing and using the provider left Pillow's guard alone
+    assert Image.MAX_IMAGE_PIXELS == 89478485  # importing and using the provider left Pillow's guard alone
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 500)  # red.png has 40x48 = 1920 > 2 * 500 pixels
     msg = _embed_expecting(tiny_clip, [image_dir / "red.png"], ImageDecodeError)
     assert "MAX_IMAGE_PIXELS" in msg and "red.png" in msg
@@ -129,16 +119,12 @@ def test_decompression_bomb_guard_stays_on(
         (io.StringIO("text"), TypeError, "binary mode"),
     ],
 )
-def test_bad_bytes_uris_and_streams(
-    tiny_clip: ClipEmbedding, item: Any, exc: type, fragment: str
-) -> None:
+def test_bad_bytes_uris_and_streams(tiny_clip: ClipEmbedding, item: Any, exc: type, fragment: str) -> None:
     msg = _embed_expecting(tiny_clip, [item], exc)
     assert fragment in msg and "img_file_paths[0]" in msg
 
 
-def test_a_stream_already_read_to_the_end_is_reported(
-    tiny_clip: ClipEmbedding, make_png: Any
-) -> None:
+def test_a_stream_already_read_to_the_end_is_reported(tiny_clip: ClipEmbedding, make_png: Any) -> None:
     stream = io.BytesIO(make_png((1, 2, 3)))
     stream.read()
     msg = _embed_expecting(tiny_clip, [stream], ImageDecodeError)

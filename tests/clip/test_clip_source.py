@@ -1,4 +1,4 @@
-"""Where the CLIP model comes from: a path, the Hugging Face cache, never a hang; names and registry."""
+"""Where the CLIP model comes from (a path, the HF cache, never a hang); names; the registry."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def _fake_hf_cache(cache: Path, repo_id: str, model_dir: Path) -> Path:
 
 @pytest.fixture
 def hf_cache(tmp_path: Path, tiny_clip_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A private HF cache (the default one for this test) holding the tiny CLIP as the default model."""
+    """A private default HF cache for this test, holding the tiny CLIP as the default model."""
     from huggingface_hub import constants
 
     cache = tmp_path / "hub"
@@ -54,9 +54,7 @@ def test_llama_index_names_map_to_hugging_face_ids(name: str, hf_id: str) -> Non
 
 @pytest.mark.parametrize("name", ["RN50", "RN101", "RN50x4", "RN50x16", "RN50x64", "rn50"])
 def test_resnet_clips_are_refused_with_an_alternative(name: str) -> None:
-    with pytest.raises(
-        ValueError, match="ResNet CLIP.*'ViT-B/32' \\(openai/clip-vit-base-patch32\\)"
-    ):
+    with pytest.raises(ValueError, match=r"ResNet CLIP.*'ViT-B/32' \(openai/clip-vit-base-patch32\)"):
         ClipEmbedding(model_name=name)
 
 
@@ -65,10 +63,7 @@ def test_llama_index_default_name_resolves_from_the_hf_cache(hf_cache: Path) -> 
     by_hf_id = ClipEmbedding()
     assert by_openai_name.model_name == by_hf_id.model_name == DEFAULT_CLIP_MODEL
     assert by_openai_name.source.origin == "hf-cache"
-    assert (
-        by_openai_name.source.path
-        == hf_cache / f"models--openai--clip-vit-base-patch32/snapshots/{SHA}"
-    )
+    assert by_openai_name.source.path == hf_cache / f"models--openai--clip-vit-base-patch32/snapshots/{SHA}"
     assert by_openai_name._identity() == by_hf_id._identity()  # one cache entry for both spellings
     assert len(by_openai_name.get_text_embedding("a cat")) == 24  # loads from the cached snapshot
 
@@ -98,14 +93,10 @@ def test_offline_and_absent_fails_fast_naming_model_and_fix(tmp_path: Path) -> N
     msg = str(info.value)
     assert "openai/clip-vit-large-patch14" in msg and "HF_HUB_OFFLINE" in msg
     assert "local model directory" in msg and str(tmp_path / "empty-cache") in msg
-    assert (
-        time.monotonic() - start < 30
-    )  # generous; the point is that it does not wait on a network
+    assert time.monotonic() - start < 30  # generous; the point is that it does not wait on a network
 
 
-def test_unreachable_hub_fails_fast_instead_of_hanging(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_unreachable_hub_fails_fast_instead_of_hanging(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import socket
 
     with socket.socket() as s:  # a port nothing listens on
@@ -125,5 +116,5 @@ def test_missing_path_and_non_clip_directory(tmp_path: Path) -> None:
     bert.mkdir()
     (bert / "config.json").write_text(json.dumps({"model_type": "bert"}))
     (bert / "model.safetensors").write_bytes(b"")
-    with pytest.raises(ValueError, match="not a CLIP model .*'bert'"):
+    with pytest.raises(ValueError, match=r"not a CLIP model .*'bert'"):
         ClipEmbedding(model_name=str(bert))

@@ -198,6 +198,41 @@ def test_images_through_the_pipeline(tmp_path: Path) -> None:
     assert len(m.calls) == 1
 
 
+def test_non_seekable_stream_is_read_once_with_a_cache() -> None:
+    import io
+
+    from embedstack.kvstore import SimpleKVStore
+
+    class Pipe(io.RawIOBase):
+        def __init__(self, data: bytes) -> None:
+            self.buf = io.BytesIO(data)
+
+        def readable(self) -> bool:
+            return True
+
+        def seekable(self) -> bool:
+            return False
+
+        def readinto(self, b: Any) -> int:
+            return self.buf.readinto(b)
+
+    m = FakeEmbedding(embeddings_cache=SimpleKVStore())
+    assert m.get_image_embedding(Pipe(b"pixels")) == m.get_image_embedding(b"pixels")
+    assert m.embedded == [b"pixels"]
+
+
+def test_palette_images_with_different_palettes_differ() -> None:
+    Image = pytest.importorskip("PIL.Image")
+    from embedstack.kvstore import SimpleKVStore
+
+    a = Image.new("P", (2, 2))
+    a.putpalette([255, 0, 0] * 256)
+    b = Image.new("P", (2, 2))
+    b.putpalette([0, 0, 255] * 256)
+    m = FakeEmbedding(embeddings_cache=SimpleKVStore())
+    assert m.get_image_embedding(a) != m.get_image_embedding(b)
+
+
 def test_image_role_on_text_only_model() -> None:
     with pytest.raises(TypeError, match="does not embed images"):
         MockEmbedding(embed_dim=2).embed([b"x"], role="image")

@@ -9,12 +9,13 @@ from __future__ import annotations
 import contextvars
 import json
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
 import numpy.typing as npt
 from pydantic import Field, PrivateAttr, field_validator
+from typing_extensions import Self
 
 from embedstack._optional import require
 from embedstack.base import DEFAULT_EMBED_BATCH_SIZE, BatchEmbedding, MultiModalEmbedding
@@ -42,6 +43,10 @@ OPENAI_CLIP_MODELS = {
 }
 #: OpenAI's ResNet CLIPs: transformers' CLIPModel has no ResNet image tower; nothing to map to.
 _RESNET_CLIP = ("RN50", "RN101", "RN50x4", "RN50x16", "RN50x64")
+
+# Fields that change which files are used, and which change how the weights are loaded.
+_RELOCATE = frozenset({"model_name", "cache_folder", "revision"})
+_RELOAD = _RELOCATE | {"device"}
 
 # The input call's (label, {id(item): index}) while an image call runs, so decode errors can name
 # the item as the caller passed it ("img_file_paths[3]"), not by its position in a batch.
@@ -200,11 +205,33 @@ class ClipEmbedding(BatchEmbedding, MultiModalEmbedding):
         if name == "model_name" and isinstance(value, str):
             value = hf_clip_name(value)
         super().__setattr__(name, value)
-        if name in {"model_name", "cache_folder", "revision"}:
+        if name in _RELOCATE:
             self._locate()
-        if name in {"model_name", "cache_folder", "revision", "device"}:
+        if name in _RELOAD:
             with self._lock:
                 self._loaded = None
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
+        """A copy; it shares the loaded weights unless `update` changes which weights or where."""
+        copy = super().model_copy(update=update, deep=deep)
+        copy._memo = {}  # cache-key prefix and descriptor depend on the (updated) fields
+        changed = set(update or ())
+        if "model_name" in changed:  # model_copy skips validation: map an OpenAI name here
+            copy.__dict__["model_name"] = hf_clip_name(copy.model_name)
+        if changed & _RELOCATE:
+            copy._locate()
+        if changed & _RELOAD or deep:
+            copy._loaded = None
+            copy._lock = threading.RLock()
+        return copy
+
+    def __getstate__(self) -> dict[Any, Any]:
+        """Pickle the settings only: the receiver finds the files and loads the weights itself."""
+        return {**super().__getstate__(), "__pydantic_private__": {}}
+
+    def __setstate__(self, state: dict[Any, Any]) -> None:
+        super().__setstate__(state)
+        self._locate()
 
     def _locate(self) -> None:
         source = locate_model(self.model_name, self.cache_folder, self.revision)
