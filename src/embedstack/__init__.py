@@ -23,6 +23,7 @@ _LAZY = {
     "OpenAILikeEmbedding": "embedstack.providers.openai",
     "ClipEmbedding": "embedstack.providers.clip",
     "LangchainEmbedding": "embedstack.providers.langchain",
+    "EmbeddingAPIError": "embedstack.providers._retry",
 }
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "BatchEmbedding",
     "ClipEmbedding",
     "Embedding",
+    "EmbeddingAPIError",
     "FakeEmbedding",
     "HuggingFaceEmbedding",
     "ImageType",

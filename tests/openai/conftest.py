@@ -11,10 +11,10 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from openai_fake_server import FakeOpenAIServer  # noqa: E402
-from openai_testutil import FAST, KEY  # noqa: E402
+from openai_fake_server import FakeOpenAIServer
+from openai_testutil import FAST, KEY
 
-from embedstack.providers.openai import OpenAIEmbedding  # noqa: E402
+from embedstack.providers.openai import OpenAIEmbedding
 
 _ENV = (
     "OPENAI_API_KEY",
@@ -55,4 +55,3 @@ def make_model(server: FakeOpenAIServer) -> Callable[..., Any]:
 @pytest.fixture(params=["sync", "async"])
 def mode(request: pytest.FixtureRequest) -> str:
     return str(request.param)
-

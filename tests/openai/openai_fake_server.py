@@ -357,7 +357,9 @@ class _Handler(BaseHTTPRequestHandler):
         finally:
             self._finish(0)  # dropped or hung: no answer was sent
 
-    def _embeddings(self, owner: FakeOpenAIServer, raw: bytes, headers: dict[str, str], azure: bool, query: str) -> None:
+    def _embeddings(
+        self, owner: FakeOpenAIServer, raw: bytes, headers: dict[str, str], azure: bool, query: str
+    ) -> None:
         if owner.api_key is not None:  # authentication first, as OpenAI does
             given = headers.get("api-key") if azure else headers.get("authorization", "").removeprefix("Bearer ")
             if given != owner.api_key:

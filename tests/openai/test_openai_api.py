@@ -109,7 +109,9 @@ def test_dimensions_the_server_ignores_are_an_error(make_model: Any, server: Fak
         make_model(dimensions=8).embed(["x"])
 
 
-def test_empty_strings_error_names_indexes_before_any_request(make_model: Any, server: FakeOpenAIServer, mode: str) -> None:
+def test_empty_strings_error_names_indexes_before_any_request(
+    make_model: Any, server: FakeOpenAIServer, mode: str
+) -> None:
     with pytest.raises(ValueError, match=r"texts\[1\], texts\[3\] are empty strings.*empty_inputs='zeros'"):
         embed(make_model(), ["a", "", "b", ""], mode)
     assert server.records == []
@@ -252,3 +254,22 @@ def test_server_sees_json_it_can_parse(make_model: Any, server: FakeOpenAIServer
     make_model(additional_kwargs={"user": "u-1"}).embed(["x"])
     assert server.ok_records[0].body["user"] == "u-1"
     json.dumps(server.ok_records[0].body)
+
+
+def test_each_event_loop_gets_its_own_client_closed_with_the_loop(
+    make_model: Any, server: FakeOpenAIServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    import gc
+
+    model = make_model(num_workers=2, embed_batch_size=1)
+
+    async def go() -> Any:
+        await model.aembed(["x", "y", "z"])
+        return await model._async_client()
+
+    first = asyncio.run(go())
+    assert first.is_closed()  # closed by asyncio.run's shutdown of the loop, not left for the GC
+    second = asyncio.run(go())
+    assert second is not first and second.is_closed()
+    gc.collect()
+    assert not [r for r in caplog.records if r.name == "asyncio"]  # no "Event loop is closed" task errors

@@ -24,8 +24,12 @@ def test_rerun_after_a_final_failure_requests_only_the_missing(
     def model() -> OpenAIEmbedding:
         store = SQLiteKVStore(tmp_path / "cache.sqlite")
         return OpenAIEmbedding(
-            api_key=KEY, api_base=server.url, embed_batch_size=10, num_workers=workers,
-            embeddings_cache=store, **{**FAST, "max_retries": 1},
+            api_key=KEY,
+            api_base=server.url,
+            embed_batch_size=10,
+            num_workers=workers,
+            embeddings_cache=store,
+            **{**FAST, "max_retries": 1},
         )
 
     with pytest.raises(EmbeddingAPIError, match=r"texts\[50:60\]"):

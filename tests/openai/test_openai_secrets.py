@@ -23,7 +23,9 @@ class _Recorder(BaseCallbackHandler):
         super().__init__([], [])
         self.seen: list[str] = []
 
-    def on_event_start(self, event_type: Any, payload: Any = None, event_id: str = "", parent_id: str = "", **kw: Any) -> str:
+    def on_event_start(
+        self, event_type: Any, payload: Any = None, event_id: str = "", parent_id: str = "", **kw: Any
+    ) -> str:
         self.seen.append(repr(payload))
         return event_id
 
@@ -48,8 +50,15 @@ def _models(server: FakeOpenAIServer) -> list[Any]:
 def test_key_not_in_repr_dict_json_or_pickle_text(server: FakeOpenAIServer) -> None:
     for model in _models(server):
         assert model.api_key.get_secret_value() == KEY
-        for text in (repr(model), str(model), str(model.to_dict()), model.to_json(), str(model._descriptor()),
-                     str(model._identity()), repr(model.model_dump())):
+        for text in (
+            repr(model),
+            str(model),
+            str(model.to_dict()),
+            model.to_json(),
+            str(model._descriptor()),
+            str(model._identity()),
+            repr(model.model_dump()),
+        ):
             assert KEY not in text, type(model).__name__
         assert KEY.encode() not in pickle.dumps(model.to_dict())
 

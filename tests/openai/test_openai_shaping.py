@@ -25,7 +25,9 @@ from embedstack.providers.openai import OpenAILikeEmbedding
 
 
 @pytest.mark.parametrize("status", [413, 422])
-def test_tei_batch_cap_is_learned_and_remembered(make_model: Any, server: FakeOpenAIServer, status: int, mode: str) -> None:
+def test_tei_batch_cap_is_learned_and_remembered(
+    make_model: Any, server: FakeOpenAIServer, status: int, mode: str
+) -> None:
     server.faults = Faults(max_batch=5, batch_cap_status=status)
     model = make_model(cls=OpenAILikeEmbedding, model="bge", embed_batch_size=12)
     texts = [f"tei {i}" for i in range(30)]
@@ -152,7 +154,9 @@ def test_tiktoken_download_that_hangs_falls_back_to_the_estimate(monkeypatch: py
         shaping.clear_token_counters()
 
 
-def test_tiktoken_unreachable_warns_with_the_fix(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+def test_tiktoken_unreachable_warns_with_the_fix(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     import tiktoken
 
     def unreachable(name: str) -> Any:
@@ -252,7 +256,10 @@ def test_status_classification() -> None:
     assert not status_failure(400, {"error": {"message": "bad"}}, {}, []).retryable
     assert status_failure(422, {"error": "batch size 9 > maximum allowed batch size 4"}, {}, []).batch_cap == 4
     assert status_failure(500, "boom", {"x-should-retry": "false"}, []).retryable is False
-    assert status_failure(401, {"error": {"message": "key sk-SECRET-123 bad"}}, {}, ["sk-SECRET-123"]).message == "key *** bad"
+    assert (
+        status_failure(401, {"error": {"message": "key sk-SECRET-123 bad"}}, {}, ["sk-SECRET-123"]).message
+        == "key *** bad"
+    )
 
 
 def test_policy_delays() -> None:

@@ -276,7 +276,9 @@ def refine_costs(plan: UnitPlan, counter: Callable[[], TokenCounter], max_tokens
     plan.exact_costs = True
 
 
-def pack(costs: Sequence[int], max_inputs: int, max_tokens: int | None, start: int = 0, stop: int | None = None) -> list[range]:
+def pack(
+    costs: Sequence[int], max_inputs: int, max_tokens: int | None, start: int = 0, stop: int | None = None
+) -> list[range]:
     """Split units [start, stop) into consecutive requests of ≤ max_inputs units and ≤ max_tokens cost."""
     stop = len(costs) if stop is None else stop
     max_inputs = max(1, max_inputs)

@@ -264,14 +264,15 @@ class EmbeddingAPIError(RuntimeError):
         retried = "" if self.failure.retryable or self.attempts > 1 else " (not retryable)"
         where = f" from {self.endpoint}" if self.endpoint else ""
         hint = f"; {self.hint}" if self.hint else ""
-        return f"{self.provider}: embedding {self._where()} failed after {tries}{retried}: {self.failure.describe()}{where}{hint}"
+        what = self.failure.describe()
+        return f"{self.provider}: embedding {self._where()} failed after {tries}{retried}: {what}{where}{hint}"
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (_rebuild_error, (self.args[0], self.status_code, self.attempts))
 
 
 class _PickledEmbeddingAPIError(EmbeddingAPIError):
-    def __init__(self, message: str, status_code: int | None, attempts: int) -> None:  # noqa: D107
+    def __init__(self, message: str, status_code: int | None, attempts: int) -> None:
         RuntimeError.__init__(self, message)
         self.status_code = status_code
         self.attempts = attempts

@@ -18,14 +18,16 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import json
 import logging
 import os
+import sys
 import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import AsyncIterator, Callable, Generator, Sequence
 from typing import Any, ClassVar, Literal, NamedTuple, Union
 
 import numpy as np
@@ -40,7 +42,6 @@ from embedstack.providers._openai_shaping import (
     OPENAI_MAX_REQUEST_TOKENS,
     TokenCounter,
     TooLongError,
-    UnitPlan,
     combine,
     get_token_counter,
     pack,
@@ -106,32 +107,56 @@ class _OpenAIBase(BatchEmbedding):
     """What the three OpenAI-style providers share: fields, request shaping, retries, parsing."""
 
     model_name: str = Field(default=DEFAULT_OPENAI_MODEL, description="The embedding model to use.")
-    dimensions: int | None = Field(default=None, gt=0, description="Output size, for models that support it (text-embedding-3-*).")
+    dimensions: int | None = Field(
+        default=None, gt=0, description="Output size, for models that support it (text-embedding-3-*)."
+    )
     api_key: SecretStr | None = Field(default=None, description="The API key; never serialised, logged or shown.")
     api_base: str | None = Field(default=None, description="Base URL of the API (.../v1).")
-    embed_batch_size: int = Field(default=DEFAULT_EMBED_BATCH_SIZE, gt=0, le=2048, description="Inputs per pipeline batch.")
+    embed_batch_size: int = Field(
+        default=DEFAULT_EMBED_BATCH_SIZE, gt=0, le=2048, description="Inputs per pipeline batch."
+    )
     timeout: float = Field(default=60.0, gt=0, description="Seconds before one request times out (then it is retried).")
     max_retries: int = Field(default=8, ge=0, description="Retries per request after the first attempt.")
     retry_backoff: float = Field(default=0.5, ge=0, description="First backoff in seconds; doubles with each retry.")
     retry_max_backoff: float = Field(default=30.0, ge=0, description="Longest backoff between two attempts.")
-    retry_max_wait: float = Field(default=120.0, ge=0, description="Longest Retry-After honoured; a longer one ends the retries.")
-    default_headers: dict[str, str] | None = Field(default=None, description="Extra HTTP headers (auth-like values are masked when shown).")
-    additional_kwargs: dict[str, Any] = Field(default_factory=dict, description="Extra JSON fields sent with every request.")
-    encoding_format: Literal["base64", "float"] = Field(default="base64", description="How vectors travel (base64 is ~4x smaller).")
+    retry_max_wait: float = Field(
+        default=120.0, ge=0, description="Longest Retry-After honoured; a longer one ends the retries."
+    )
+    default_headers: dict[str, str] | None = Field(
+        default=None, description="Extra HTTP headers (auth-like values are masked when shown)."
+    )
+    additional_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="Extra JSON fields sent with every request."
+    )
+    encoding_format: Literal["base64", "float"] = Field(
+        default="base64", description="How vectors travel (base64 is ~4x smaller)."
+    )
     long_inputs: Literal["split", "truncate", "error"] = Field(
         default="split", description="Inputs over max_input_tokens: windows averaged by tokens, truncated, or an error."
     )
     empty_inputs: Literal["error", "zeros"] = Field(
         default="error", description="Empty strings (APIs reject them): an error before any request, or zero vectors."
     )
-    max_input_tokens: int | None = Field(default=OPENAI_MAX_INPUT_TOKENS, gt=0, description="The model's context in tokens.")
-    max_request_tokens: int | None = Field(default=OPENAI_MAX_REQUEST_TOKENS, gt=0, description="Token budget of one request.")
+    max_input_tokens: int | None = Field(
+        default=OPENAI_MAX_INPUT_TOKENS, gt=0, description="The model's context in tokens."
+    )
+    max_request_tokens: int | None = Field(
+        default=OPENAI_MAX_REQUEST_TOKENS, gt=0, description="Token budget of one request."
+    )
     max_inputs_per_request: int = Field(default=MAX_INPUTS_PER_REQUEST, gt=0, description="Most inputs in one request.")
-    token_encoding: str | None = Field(default="cl100k_base", description="tiktoken encoding for counting tokens (None: estimate).")
-    query_instruction: str | None = Field(default=None, description="Prefix for queries (for instruction-tuned models).")
+    token_encoding: str | None = Field(
+        default="cl100k_base", description="tiktoken encoding for counting tokens (None: estimate)."
+    )
+    query_instruction: str | None = Field(
+        default=None, description="Prefix for queries (for instruction-tuned models)."
+    )
     text_instruction: str | None = Field(default=None, description="Prefix for texts (for instruction-tuned models).")
-    http_client: Any = Field(default=None, exclude=True, description="An httpx client for the sync SDK client (proxies, TLS).")
-    async_http_client: Any = Field(default=None, exclude=True, description="An httpx async client for the async SDK client.")
+    http_client: Any = Field(
+        default=None, exclude=True, description="An httpx client for the sync SDK client (proxies, TLS)."
+    )
+    async_http_client: Any = Field(
+        default=None, exclude=True, description="An httpx async client for the async SDK client."
+    )
 
     _identity_exclude: ClassVar[frozenset[str]] = frozenset(
         {
@@ -149,11 +174,9 @@ class _OpenAIBase(BatchEmbedding):
         }
     )
     parallel_sync_batches: ClassVar[bool] = True
-    _provider: ClassVar[str] = "OpenAI"
 
     _client: Any = PrivateAttr(default=None)
-    _aclient: Any = PrivateAttr(default=None)
-    _aclient_loop: Any = PrivateAttr(default=None)
+    _aclients: Any = PrivateAttr(default_factory=weakref.WeakKeyDictionary)
     _server_cap: int | None = PrivateAttr(default=None)
     _cooldown_until: float = PrivateAttr(default=0.0)
     _dim: int | None = PrivateAttr(default=None)
@@ -182,7 +205,7 @@ class _OpenAIBase(BatchEmbedding):
         """Pickle without live HTTP clients (they are rebuilt on first use)."""
         state = super().__getstate__()
         private = dict(state.get("__pydantic_private__") or {})
-        private.update(_client=None, _aclient=None, _aclient_loop=None, _memo={})
+        private.update(_client=None, _aclients=None, _memo={})
         state["__pydantic_private__"] = private
         return state
 
@@ -199,7 +222,9 @@ class _OpenAIBase(BatchEmbedding):
         """Requests in flight at once on the async path: num_workers, or DEFAULT_ASYNC_WORKERS (never unbounded)."""
         return self.num_workers if self.num_workers and self.num_workers > 0 else DEFAULT_ASYNC_WORKERS
 
-    def _run(self, items: Sequence[Any], role: Role, label: str, show_progress: bool = False) -> npt.NDArray[np.float32]:
+    def _run(
+        self, items: Sequence[Any], role: Role, label: str, show_progress: bool = False
+    ) -> npt.NDArray[np.float32]:
         self._precheck(items, role, label)
         try:
             return super()._run(items, role, label, show_progress)
@@ -220,13 +245,18 @@ class _OpenAIBase(BatchEmbedding):
     def _precheck(self, items: Sequence[Any], role: Role, label: str) -> None:
         """Errors that must come before any request: images, empty strings, over-long inputs (when asked)."""
         if role is Role.IMAGE:
-            raise TypeError(f"{type(self).__name__} embeds text only; use a MultiModalEmbedding such as ClipEmbedding for images")
+            raise TypeError(
+                f"{type(self).__name__} embeds text only; use a MultiModalEmbedding such as ClipEmbedding for images"
+            )
         items = list(items) if not isinstance(items, list) else items
         if self.empty_inputs == "error" and "" in items:
             bad = [i for i, t in enumerate(items) if isinstance(t, str) and not t]
-            shown = ", ".join(f"{label}[{i}]" for i in bad[:10]) + (f" and {len(bad) - 10} more" if len(bad) > 10 else "")
+            shown = ", ".join(f"{label}[{i}]" for i in bad[:10]) + (
+                f" and {len(bad) - 10} more" if len(bad) > 10 else ""
+            )
             raise ValueError(
-                f"{shown} {'is an empty string' if len(bad) == 1 else 'are empty strings'}; embedding APIs reject empty "
+                f"{shown} {'is an empty string' if len(bad) == 1 else 'are empty strings'}; "
+                f"embedding APIs reject empty "
                 f"inputs. Remove them, or pass empty_inputs='zeros' to get zero vectors for them."
             )
         limit = self.max_input_tokens
@@ -265,7 +295,7 @@ class _OpenAIBase(BatchEmbedding):
     async def _aembed_batch(self, items: list[Any], role: Role) -> EmbedResult:
         """Embed one pipeline batch on the event loop with the async client."""
         flow = self._flow(items, role)
-        client = self._async_client()
+        client = await self._async_client()
         try:
             step = next(flow)
             while True:
@@ -295,7 +325,10 @@ class _OpenAIBase(BatchEmbedding):
         instruction = self._instruction(role) or ""
         keep = [i for i, t in enumerate(items) if t]
         if len(keep) != len(items) and self.empty_inputs == "error":
-            raise ValueError(f"{len(items) - len(keep)} empty strings in a batch; pass empty_inputs='zeros' to embed them as zero vectors")
+            raise ValueError(
+                f"{len(items) - len(keep)} empty strings in a batch; "
+                "pass empty_inputs='zeros' to embed them as zero vectors"
+            )
         texts = [instruction + items[i] for i in keep] if instruction else [items[i] for i in keep]
         try:
             plan = plan_units(texts, self._counter, self.max_input_tokens, self.long_inputs)
@@ -309,7 +342,9 @@ class _OpenAIBase(BatchEmbedding):
         while pending:
             chunk = pending.popleft()
             if len(chunk) > self._max_inputs():  # a cap was learned since this chunk was planned
-                pending.extendleft(reversed(pack(plan.costs, self._max_inputs(), self.max_request_tokens, chunk.start, chunk.stop)))
+                pending.extendleft(
+                    reversed(pack(plan.costs, self._max_inputs(), self.max_request_tokens, chunk.start, chunk.stop))
+                )
                 continue
             inputs = plan.texts[chunk.start : chunk.stop]
             attempts = 0
@@ -325,7 +360,9 @@ class _OpenAIBase(BatchEmbedding):
                 if outcome.batch_cap is not None and len(inputs) > 1:
                     cap = outcome.batch_cap if 0 < outcome.batch_cap < len(inputs) else max(1, len(inputs) // 2)
                     self._learn_cap(cap, outcome)
-                    pending.extendleft(reversed(pack(plan.costs, cap, self.max_request_tokens, chunk.start, chunk.stop)))
+                    pending.extendleft(
+                        reversed(pack(plan.costs, cap, self.max_request_tokens, chunk.start, chunk.stop))
+                    )
                     break
                 if policy.gives_up(attempts, outcome):
                     raise self._final_error(outcome, attempts, [items[keep[plan.owner[u]]] for u in chunk], policy)
@@ -347,7 +384,10 @@ class _OpenAIBase(BatchEmbedding):
             if unit_vectors is None:
                 unit_vectors = np.empty((len(plan.texts), outcome.vectors.shape[1]), dtype=np.float32)
             elif outcome.vectors.shape[1] != unit_vectors.shape[1]:
-                raise ValueError(f"the server returned {outcome.vectors.shape[1]}-dim and {unit_vectors.shape[1]}-dim vectors in one batch")
+                raise ValueError(
+                    f"the server returned {outcome.vectors.shape[1]}-dim and "
+                    f"{unit_vectors.shape[1]}-dim vectors in one batch"
+                )
             unit_vectors[chunk.start : chunk.stop] = outcome.vectors
             tokens = None if tokens is None or outcome.tokens is None else tokens + outcome.tokens
         if unit_vectors is not None:
@@ -359,9 +399,15 @@ class _OpenAIBase(BatchEmbedding):
             vectors = np.zeros((0, 0), dtype=np.float32)
         return EmbedResult(vectors, token_count=tokens if texts else 0, truncated=plan.truncated)
 
-    def _with_zeros(self, n: int, keep: list[int], vectors: npt.NDArray[np.float32] | None) -> Generator[Any, Any, npt.NDArray[np.float32]]:
-        """Zero vectors for empty inputs (empty_inputs='zeros'); learns the size with one probe if nothing else tells it."""
-        dim = vectors.shape[1] if vectors is not None else self.dimensions or self._dim or KNOWN_DIMENSIONS.get(self.model_name)
+    def _with_zeros(
+        self, n: int, keep: list[int], vectors: npt.NDArray[np.float32] | None
+    ) -> Generator[Any, Any, npt.NDArray[np.float32]]:
+        """Zero vectors for empty inputs (empty_inputs='zeros'); one probe learns the size if nothing else did."""
+        dim = (
+            vectors.shape[1]
+            if vectors is not None
+            else self.dimensions or self._dim or KNOWN_DIMENSIONS.get(self.model_name)
+        )
         if dim is None:
             outcome = None
             for attempt in range(1, self.max_retries + 2):
@@ -446,15 +492,23 @@ class _OpenAIBase(BatchEmbedding):
                 client = self._client
         return client
 
-    def _async_client(self) -> Any:
-        """The async client of the running event loop (an httpx async pool cannot move between loops)."""
+    async def _async_client(self) -> Any:
+        """The async client of the running event loop (an httpx async pool belongs to the loop that opened it).
+
+        Each loop gets its own client, closed when that loop shuts down (see `_close_with_loop`), so
+        asyncio.run() after asyncio.run() neither reuses dead connections nor leaks them.
+        """
         loop = asyncio.get_running_loop()
-        ref = self._aclient_loop
-        if self._aclient is None or ref is None or ref() is not loop:
+        if self._aclients is None:  # after unpickling
+            self._aclients = weakref.WeakKeyDictionary()
+        entry = self._aclients.get(loop)
+        if entry is None:
+            client = self._make_client(require("openai", extra="openai"), is_async=True)
+            closer = _close_with_loop(client)
+            await closer.__anext__()  # runs to its `yield` at once: this loop now tracks it
             with _client_lock:
-                self._aclient = self._make_client(require("openai", extra="openai"), is_async=True)
-                self._aclient_loop = weakref.ref(loop)
-        return self._aclient
+                entry = self._aclients.setdefault(loop, (client, closer))  # the closer must stay referenced
+        return entry[0]
 
     # The SDK's generic `post` (its documented way to call an endpoint with a raw response) rather
     # than `embeddings.create`: create() walks every input through its typed-dict transform (~30 µs
@@ -512,26 +566,19 @@ class _OpenAIBase(BatchEmbedding):
             return bad("no 'data' list")
         if len(data) != n:
             return bad(f"{len(data)} vectors for {n} inputs")
-        rows: list[npt.NDArray[np.float32] | None] = [None] * n
+        raw: list[Any] = [None] * n
         for entry in data:
             idx = entry.get("index") if isinstance(entry, dict) else None
-            if not isinstance(idx, int) or not 0 <= idx < n or rows[idx] is not None:
+            if not isinstance(idx, int) or not 0 <= idx < n or raw[idx] is not None:
                 return bad(f"missing, out-of-range or repeated index {idx!r}")
             emb = entry.get("embedding")
-            try:
-                if isinstance(emb, str):
-                    vec = np.frombuffer(base64.b64decode(emb, validate=True), dtype="<f4")
-                elif isinstance(emb, list):
-                    vec = np.asarray(emb, dtype=np.float32)
-                else:
-                    return bad(f"embedding {idx} is {type(emb).__name__}")
-            except (binascii.Error, ValueError, TypeError) as e:
-                return bad(f"embedding {idx} cannot be decoded ({e})")
-            rows[idx] = vec
-        dims = {r.shape[0] for r in rows if r is not None}
-        if len(dims) != 1 or 0 in dims:
-            return bad(f"vectors of sizes {sorted(dims)} in one answer")
-        mat = np.stack(rows)  # type: ignore[arg-type]
+            if not isinstance(emb, (str, list)):
+                return bad(f"embedding {idx} is {type(emb).__name__}")
+            raw[idx] = emb
+        try:
+            mat = _decode_vectors(raw)
+        except (binascii.Error, ValueError, TypeError) as e:
+            return bad(f"vectors cannot be decoded ({e})")
         if self.dimensions is not None and mat.shape[1] != self.dimensions:
             return Failure(
                 "status",
@@ -551,6 +598,43 @@ class _OpenAIBase(BatchEmbedding):
         client, self._client = self._client, None
         if client is not None:
             client.close()
+
+
+def _b64decode(text: str) -> bytes:
+    """Strict base64 (invalid characters are an error, not silently skipped)."""
+    if sys.version_info >= (3, 11):
+        return binascii.a2b_base64(text, strict_mode=True)
+    return base64.b64decode(text, validate=True)
+
+
+def _decode_vectors(raw: list[Any]) -> npt.NDArray[np.float32]:
+    """Vectors as sent (base64 float32 strings or float lists) → one (n, dim) float32 matrix.
+
+    Equal-length unpadded base64 strings (the usual answer) are decoded in one call: ~40% faster
+    than one decode per vector, which matters at thousands of 1,536-dim vectors per second.
+    """
+    first = raw[0]
+    if isinstance(first, str) and all(isinstance(r, str) and len(r) == len(first) for r in raw):
+        if len(first) % 4 == 0 and not any(r.endswith("=") for r in raw):
+            flat = np.frombuffer(_b64decode("".join(raw)), dtype="<f4")
+            if first and flat.size % len(raw) == 0:
+                return flat.reshape(len(raw), -1)
+    rows = [np.frombuffer(_b64decode(r), dtype="<f4") if isinstance(r, str) else np.asarray(r, np.float32) for r in raw]
+    dims = {r.shape[0] for r in rows}
+    if len(dims) != 1 or 0 in dims or any(r.ndim != 1 for r in rows):
+        raise ValueError(f"vectors of sizes {sorted(dims)} in one answer")
+    return np.stack(rows)
+
+
+async def _close_with_loop(client: Any) -> AsyncIterator[None]:
+    """Closes `client` when its event loop shuts down: asyncio.run() finalises unfinished async
+    generators (loop.shutdown_asyncgens) while the loop still runs, which is exactly when the
+    connections can still be closed properly."""
+    try:
+        yield
+    finally:
+        with contextlib.suppress(Exception):
+            await client.close()
 
 
 _RESPONSE_CLASS: list[type] = []
@@ -619,9 +703,13 @@ class OpenAILikeEmbedding(_OpenAIBase):
     sent to it: pass api_key if the server wants one.
     """
 
-    max_input_tokens: int | None = Field(default=None, gt=0, description="The model's context in tokens (None: not checked).")
+    max_input_tokens: int | None = Field(
+        default=None, gt=0, description="The model's context in tokens (None: not checked)."
+    )
     max_request_tokens: int | None = Field(default=None, gt=0, description="Token budget of one request (None: none).")
-    token_encoding: str | None = Field(default=None, description="tiktoken encoding for counting tokens (None: estimate).")
+    token_encoding: str | None = Field(
+        default=None, description="tiktoken encoding for counting tokens (None: estimate)."
+    )
 
     def __init__(
         self,
@@ -635,7 +723,9 @@ class OpenAILikeEmbedding(_OpenAIBase):
             raise ValueError("OpenAILikeEmbedding needs model=... (the name the server knows the model by)")
         base = api_base or _env("OPENAI_BASE_URL", "OPENAI_API_BASE")
         if not base:
-            raise ValueError("OpenAILikeEmbedding needs api_base=... (e.g. 'http://localhost:8080/v1') or OPENAI_BASE_URL")
+            raise ValueError(
+                "OpenAILikeEmbedding needs api_base=... (e.g. 'http://localhost:8080/v1') or OPENAI_BASE_URL"
+            )
         super().__init__(model_name=model_name, api_key=api_key or "EMPTY", api_base=base, **kwargs)
 
     @classmethod
@@ -648,7 +738,7 @@ class OpenAILikeEmbedding(_OpenAIBase):
 
 
 class AzureOpenAIEmbedding(_OpenAIBase):
-    """OpenAI models deployed on Azure: endpoint, deployment and API version; an API key or an Entra ID token provider."""
+    """OpenAI models deployed on Azure: endpoint, deployment, API version; an API key or an Entra ID token provider."""
 
     azure_endpoint: str | None = Field(default=None, description="https://<resource>.openai.azure.com")
     azure_deployment: str | None = Field(default=None, description="The deployment name (defaults to the model name).")
@@ -671,7 +761,9 @@ class AzureOpenAIEmbedding(_OpenAIBase):
         azure_deployment = azure_deployment or kwargs.pop("deployment_name", None) or model_name
         endpoint = azure_endpoint or kwargs.pop("api_base", None) or _env("AZURE_OPENAI_ENDPOINT")
         if not endpoint:
-            raise ValueError("AzureOpenAIEmbedding needs azure_endpoint=... or the AZURE_OPENAI_ENDPOINT environment variable")
+            raise ValueError(
+                "AzureOpenAIEmbedding needs azure_endpoint=... or the AZURE_OPENAI_ENDPOINT environment variable"
+            )
         version = api_version or _env("OPENAI_API_VERSION", "AZURE_OPENAI_API_VERSION")
         if not version:
             raise ValueError("AzureOpenAIEmbedding needs api_version=... (e.g. '2024-10-21') or OPENAI_API_VERSION")
