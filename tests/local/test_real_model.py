@@ -68,9 +68,7 @@ def test_loads_the_verified_bundled_model_offline(minilm: HuggingFaceEmbedding) 
 
 
 def test_reference_cosine(minilm: HuggingFaceEmbedding) -> None:
-    a, b = minilm.get_text_embedding_batch(
-        ["A man is eating food.", "A man is eating a piece of bread."]
-    )
+    a, b = minilm.get_text_embedding_batch(["A man is eating food.", "A man is eating a piece of bread."])
     assert len(a) == 384
     assert cos(a, b) == pytest.approx(0.7553, abs=0.002)
 
@@ -147,15 +145,11 @@ async def test_async_equals_sync(minilm: HuggingFaceEmbedding) -> None:
     asy = await minilm.aget_text_embedding_batch(texts)
     assert np.allclose(sync, asy, atol=1e-6)
     q = PARAPHRASES[0][0]
-    assert np.allclose(
-        minilm.get_query_embedding(q), await minilm.aget_query_embedding(q), atol=1e-6
-    )
+    assert np.allclose(minilm.get_query_embedding(q), await minilm.aget_query_embedding(q), atol=1e-6)
 
 
 async def test_async_calls_share_one_instance(minilm: HuggingFaceEmbedding) -> None:
-    texts = [
-        f"sentence number {i} about a {w}" for i, w in enumerate(["cat", "dog", "car", "tree"] * 3)
-    ]
+    texts = [f"sentence number {i} about a {w}" for i, w in enumerate(["cat", "dog", "car", "tree"] * 3)]
     expected = minilm.embed(texts)
     results = await asyncio.gather(*(minilm.aembed(texts[i::3]) for i in range(3)))
     for i, got in enumerate(results):
@@ -163,9 +157,7 @@ async def test_async_calls_share_one_instance(minilm: HuggingFaceEmbedding) -> N
 
 
 def test_threads_share_one_instance(minilm: HuggingFaceEmbedding) -> None:
-    texts = [
-        f"thread test {i}: the {w} is on the mat" for i, w in enumerate(["cat", "dog", "fox"] * 4)
-    ]
+    texts = [f"thread test {i}: the {w} is on the mat" for i, w in enumerate(["cat", "dog", "fox"] * 4)]
     expected = minilm.embed(texts)
     results: dict[int, Any] = {}
 
@@ -256,9 +248,6 @@ def test_round_trip_through_to_dict(minilm: HuggingFaceEmbedding) -> None:
     again = HuggingFaceEmbedding.from_dict(data)
     assert again._key_factory(Role.TEXT)("x") == minilm._key_factory(Role.TEXT)("x")
     # device/backend do not change vectors and stay out of the cache key; precision is in it.
-    assert HuggingFaceEmbedding(device="cpu")._key_factory(Role.TEXT)("x") == minilm._key_factory(
-        Role.TEXT
-    )("x")
-    assert HuggingFaceEmbedding(precision="bf16")._key_factory(Role.TEXT)(
-        "x"
-    ) != minilm._key_factory(Role.TEXT)("x")
+    assert HuggingFaceEmbedding(device="cpu")._key_factory(Role.TEXT)("x") == minilm._key_factory(Role.TEXT)("x")
+    assert HuggingFaceEmbedding(backend="onnx")._key_factory(Role.TEXT)("x") == minilm._key_factory(Role.TEXT)("x")
+    assert HuggingFaceEmbedding(precision="bf16")._key_factory(Role.TEXT)("x") != minilm._key_factory(Role.TEXT)("x")

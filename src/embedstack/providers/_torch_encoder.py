@@ -69,9 +69,7 @@ def _count_truncated(tokenizer: Any, texts: list[str], lengths: Any, max_length:
     full = [i for i, n in enumerate(lengths.tolist()) if n >= max_length]
     if not full:
         return 0
-    ids = tokenizer(
-        [texts[i] for i in full], add_special_tokens=True, truncation=False, verbose=False
-    )["input_ids"]
+    ids = tokenizer([texts[i] for i in full], add_special_tokens=True, truncation=False, verbose=False)["input_ids"]
     return sum(len(row) > max_length for row in ids)
 
 
@@ -141,11 +139,7 @@ class TorchEncoder:
         first = st[0]
         self.tokenizer = getattr(first, "tokenizer", None)
         auto = getattr(first, "auto_model", None) or getattr(first, "model", None)
-        positions = (
-            _config_max_positions(auto.config)
-            if auto is not None and hasattr(auto, "config")
-            else None
-        )
+        positions = _config_max_positions(auto.config) if auto is not None and hasattr(auto, "config") else None
         dim_fn = getattr(st, "get_embedding_dimension", None) or st.get_sentence_embedding_dimension
         self.dim = int(dim_fn())
         declared = st.max_seq_length
@@ -159,9 +153,7 @@ class TorchEncoder:
         self.tokenizer = transformers.AutoTokenizer.from_pretrained(
             path, trust_remote_code=trust_remote_code, local_files_only=True
         )
-        model = transformers.AutoModel.from_pretrained(
-            path, trust_remote_code=trust_remote_code, local_files_only=True
-        )
+        model = transformers.AutoModel.from_pretrained(path, trust_remote_code=trust_remote_code, local_files_only=True)
         model.to(device=self.device, dtype=self.dtype)
         model.eval()
         self.model = model
@@ -175,14 +167,10 @@ class TorchEncoder:
     def _check_max_length(self, requested: int | None, limit: int | None) -> int:
         if requested is None:
             if limit is None:
-                raise ValueError(
-                    f"{self.model_dir} declares no maximum sequence length; pass max_length="
-                )
+                raise ValueError(f"{self.model_dir} declares no maximum sequence length; pass max_length=")
             return limit
         if limit is not None and requested > limit:
-            raise ValueError(
-                f"max_length={requested} exceeds what {self.model_dir} supports ({limit} tokens)"
-            )
+            raise ValueError(f"max_length={requested} exceeds what {self.model_dir} supports ({limit} tokens)")
         return requested
 
     # -- encoding ------------------------------------------------------------------------------
@@ -194,9 +182,7 @@ class TorchEncoder:
                 prep = getattr(self.st, "preprocess", None) or self.st.tokenize
                 features = prep(texts)
                 mask = features["attention_mask"]
-                moved = {
-                    k: v.to(self.device) if hasattr(v, "to") else v for k, v in features.items()
-                }
+                moved = {k: v.to(self.device) if hasattr(v, "to") else v for k, v in features.items()}
                 pooled = self.st(moved)["sentence_embedding"]
             else:
                 enc = self.tokenizer(
@@ -220,8 +206,6 @@ class TorchEncoder:
             vectors = pooled.float().cpu().numpy().astype(np.float32, copy=False)
         lengths = mask.sum(1)
         truncated = (
-            _count_truncated(self.tokenizer, texts, lengths, self.max_length)
-            if self.tokenizer is not None
-            else 0
+            _count_truncated(self.tokenizer, texts, lengths, self.max_length) if self.tokenizer is not None else 0
         )
         return EmbedResult(vectors, token_count=int(lengths.sum()), truncated=truncated)

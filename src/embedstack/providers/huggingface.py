@@ -11,11 +11,13 @@ import json
 import logging
 import threading
 import warnings
+from collections.abc import Mapping
 from typing import Any, ClassVar, Protocol
 
 import numpy as np
 import numpy.typing as npt
 from pydantic import Field, PrivateAttr, field_validator
+from typing_extensions import Self
 
 from embedstack.base import BatchEmbedding
 from embedstack.pooling import Pooling
@@ -38,9 +40,10 @@ __all__ = [
 
 logger = logging.getLogger("embedstack")
 
-#: Texts per model call; on CPU, length-sorted batches of 32 are as fast as larger ones
-#: (bench/local_models.py --batch-sizes).
-DEFAULT_LOCAL_BATCH_SIZE = 32
+#: Texts per model call. On this 2-core CPU (bench/local_models.py --sweep) 16 was fastest for long
+#: texts (52/s vs 45/s at 32, 30/s at 128) and as fast as larger batches for short ones; on a GPU
+#: larger batches pay off: raise embed_batch_size there.
+DEFAULT_LOCAL_BATCH_SIZE = 16
 BACKENDS = ("torch", "onnx")
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 
@@ -83,42 +86,22 @@ class HuggingFaceEmbedding(BatchEmbedding):
     """
 
     model_name: str = Field(
-        default=DEFAULT_MODEL, description="Hugging Face model id or local directory path."
+        default=DEFAULT_MODEL, min_length=1, description="Hugging Face model id or local directory path."
     )
-    embed_batch_size: int = Field(
-        default=DEFAULT_LOCAL_BATCH_SIZE, gt=0, le=2048, description="Texts per model call."
-    )
-    device: str | None = Field(
-        default=None, description="torch device; None picks cuda, mps or cpu."
-    )
+    embed_batch_size: int = Field(default=DEFAULT_LOCAL_BATCH_SIZE, gt=0, le=2048, description="Texts per model call.")
+    device: str | None = Field(default=None, description="torch device; None picks cuda, mps or cpu.")
     normalize: bool = Field(default=True, description="L2-normalise the vectors.")
-    query_instruction: str | None = Field(
-        default=None, description="Prefix for queries (None: the model's default)."
-    )
-    text_instruction: str | None = Field(
-        default=None, description="Prefix for texts (None: the model's default)."
-    )
-    max_length: int | None = Field(
-        default=None, gt=0, description="Token limit; None uses the model's maximum."
-    )
+    query_instruction: str | None = Field(default=None, description="Prefix for queries (None: the model's default).")
+    text_instruction: str | None = Field(default=None, description="Prefix for texts (None: the model's default).")
+    max_length: int | None = Field(default=None, gt=0, description="Token limit; None uses the model's maximum.")
     pooling: Pooling | None = Field(
         default=None, description="Pooling for plain transformers checkpoints (default mean)."
     )
-    dimensions: int | None = Field(
-        default=None, gt=0, description="Keep the first N dimensions (Matryoshka)."
-    )
-    cache_folder: str | None = Field(
-        default=None, description="Hugging Face cache directory to look in / download to."
-    )
-    trust_remote_code: bool = Field(
-        default=False, description="Allow model code from the repository to run."
-    )
-    backend: str = Field(
-        default="torch", description="'torch' (sentence-transformers/transformers) or 'onnx'."
-    )
-    precision: str = Field(
-        default="fp32", description="fp32, fp16 or bf16 (torch); the onnx backend adds int8."
-    )
+    dimensions: int | None = Field(default=None, gt=0, description="Keep the first N dimensions (Matryoshka).")
+    cache_folder: str | None = Field(default=None, description="Hugging Face cache directory to look in / download to.")
+    trust_remote_code: bool = Field(default=False, description="Allow model code from the repository to run.")
+    backend: str = Field(default="torch", description="'torch' (sentence-transformers/transformers) or 'onnx'.")
+    precision: str = Field(default="fp32", description="fp32, fp16 or bf16 (torch); the onnx backend adds int8.")
     revision: str | None = Field(default=None, description="Hub revision (branch, tag or commit).")
 
     _identity_exclude: ClassVar[frozenset[str]] = frozenset(
@@ -152,9 +135,7 @@ class HuggingFaceEmbedding(BatchEmbedding):
     @classmethod
     def _check_backend(cls, v: str) -> str:
         if v not in BACKENDS:
-            raise ValueError(
-                f"unknown backend {v!r}; use 'torch' or 'onnx' (pip install 'embedstack[onnx]')"
-            )
+            raise ValueError(f"unknown backend {v!r}; use 'torch' or 'onnx' (pip install 'embedstack[onnx]')")
         return v
 
     @field_validator("precision")
@@ -170,16 +151,47 @@ class HuggingFaceEmbedding(BatchEmbedding):
         self._locate()
 
     def __setattr__(self, name: str, value: Any) -> None:
+        source = None
+        if name in _RELOCATE:  # find the new files first: a bad value raises and changes nothing
+            where = {"model_name": self.model_name, "cache_folder": self.cache_folder}
+            where["revision"] = self.revision
+            where[name] = value
+            source = locate_model(str(where["model_name"]), where["cache_folder"], where["revision"])
         super().__setattr__(name, value)
-        if name in _RELOCATE:
-            self._locate()
+        if source is not None:
+            self._use(source)
         if name in _RELOAD:
             with self._lock:
                 self._encoder = None
 
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
+        """A copy; it shares the loaded weights unless `update` changes how they load."""
+        copy = super().model_copy(update=update, deep=deep)
+        copy._memo = {}  # cache-key prefix and descriptor depend on the (updated) fields
+        changed = set(update or ())
+        if changed & _RELOCATE:
+            copy._locate()
+        if changed & _RELOAD or deep:
+            copy._encoder = None
+            copy._lock = threading.RLock()
+            copy._warned_truncation = False
+        return copy
+
+    def __getstate__(self) -> dict[Any, Any]:
+        """Pickle the settings only: the receiver finds the files and loads the weights itself."""
+        state = super().__getstate__()
+        private = {k: v for k, v in (state.get("__pydantic_private__") or {}).items() if k in ("_warned_truncation",)}
+        return {**state, "__pydantic_private__": private}
+
+    def __setstate__(self, state: dict[Any, Any]) -> None:
+        super().__setstate__(state)
+        self._locate()
+
     # -- files and defaults ------------------------------------------------------------------
     def _locate(self) -> None:
-        source = locate_model(self.model_name, self.cache_folder, self.revision)
+        self._use(locate_model(self.model_name, self.cache_folder, self.revision))
+
+    def _use(self, source: ModelSource) -> None:
         self._source = source
         self._prompts = self._default_prompts(source)
 
@@ -190,9 +202,7 @@ class HuggingFaceEmbedding(BatchEmbedding):
         if config.is_file():
             try:
                 data = json.loads(config.read_text(encoding="utf-8"))
-                declared = {
-                    k: v for k, v in (data.get("prompts") or {}).items() if isinstance(v, str) and v
-                }
+                declared = {k: v for k, v in (data.get("prompts") or {}).items() if isinstance(v, str) and v}
                 default = data.get("default_prompt_name")
             except (ValueError, AttributeError):
                 declared, default = {}, None
@@ -202,9 +212,7 @@ class HuggingFaceEmbedding(BatchEmbedding):
                     declared.get(default or ""),
                 )
                 return {Role.QUERY: declared.get("query"), Role.TEXT: text}
-        family = instructions_for(source.repo_id or self.model_name) or instructions_for(
-            str(source.path)
-        )
+        family = instructions_for(source.repo_id or self.model_name) or instructions_for(str(source.path))
         return {
             Role.QUERY: family.query if family else None,
             Role.TEXT: family.text if family else None,
@@ -245,9 +253,7 @@ class HuggingFaceEmbedding(BatchEmbedding):
             except ModuleNotFoundError as e:
                 if e.name != "embedstack.providers._onnx":
                     raise
-                raise ValueError(
-                    "backend='onnx' is not in this embedstack version; use backend='torch'"
-                ) from e
+                raise ValueError("backend='onnx' is not in this embedstack version; use backend='torch'") from e
             return OnnxEncoder(  # type: ignore[no-any-return]
                 path,
                 precision=self.precision,
@@ -263,8 +269,7 @@ class HuggingFaceEmbedding(BatchEmbedding):
                 encoder = self._make_encoder()
                 if self.dimensions is not None and self.dimensions > encoder.dim:
                     raise ValueError(
-                        f"dimensions={self.dimensions} exceeds {self.model_name!r}'s "
-                        f"{encoder.dim} dimensions"
+                        f"dimensions={self.dimensions} exceeds {self.model_name!r}'s {encoder.dim} dimensions"
                     )
                 self._encoder = encoder
             return self._encoder
