@@ -1,0 +1,314 @@
+"""The ONNX Runtime backend: pooled, un-normalised sentence vectors from a local model directory.
+
+Texts are tokenised with the Rust `tokenizers` library (the model's tokenizer.json), sorted by
+length and cut into batches by a token budget, so padding stays small; the graph (see
+_onnx_export) is fed only the inputs it declares. Normalisation and Matryoshka truncation belong
+to the provider.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from embedstack._optional import require
+from embedstack.pooling import Pooling
+from embedstack.providers._onnx_export import (
+    ONNX_PRECISIONS,
+    Feeds,
+    discard,
+    pick_output,
+    prepare_graph,
+)
+from embedstack.types import EmbedResult
+
+__all__ = ["DEFAULT_TOKEN_BUDGET", "ONNX_PRECISIONS", "OnnxEncoder", "physical_cores"]
+
+logger = logging.getLogger("embedstack")
+
+#: Tokens (padded batch rows x length) per graph run: big enough to keep the matrix multiplies
+#: efficient, small enough that attention scores for long texts stay in cache-friendly sizes.
+DEFAULT_TOKEN_BUDGET = 8192
+_MAX_ROWS = 256
+_PROBE = ["embedstack probes the export with two sentences.", "a short one"]
+_ROBERTA_LIKE = {"roberta", "xlm-roberta", "camembert"}
+_KNOWN_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "position_ids")
+
+
+def physical_cores() -> int:
+    """Physical cores this process may run on (hyper-thread siblings counted once)."""
+    try:
+        cpus = sorted(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - macOS/Windows
+        return max(1, (os.cpu_count() or 2) // 2)
+    cores = set()
+    for cpu in cpus:
+        topo = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
+        try:
+            package = (topo / "physical_package_id").read_text().strip()
+            core = (topo / "core_id").read_text().strip()
+        except OSError:
+            return max(1, len(cpus))
+        cores.add((package, core))
+    return max(1, len(cores))
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except ValueError as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); restore the model's files") from e
+    return data if isinstance(data, dict) else {}
+
+
+class _Layout:
+    """Where a sentence-transformers or transformers directory keeps its parts, and its settings."""
+
+    def __init__(self, model_dir: Path) -> None:
+        self.root = model_dir
+        self.transformer = model_dir
+        self.pooling: Pooling | None = None
+        self.pooling_problem: str | None = None
+        modules = model_dir / "modules.json"
+        entries = json.loads(modules.read_text()) if modules.is_file() else []
+        for entry in entries:
+            kind = str(entry.get("type", "")).rsplit(".", 1)[-1]
+            path = model_dir / str(entry.get("path", ""))
+            if kind == "Transformer":
+                self.transformer = path
+            elif kind == "Pooling":
+                self.pooling, self.pooling_problem = self._pooling(path / "config.json")
+            elif kind != "Normalize":
+                raise ValueError(
+                    f"{model_dir} has a sentence-transformers {kind} module, which "
+                    f"backend='onnx' does not run; use backend='torch' for this model"
+                )
+        self.st_config = _read_json(self.transformer / "sentence_bert_config.json") or _read_json(
+            model_dir / "sentence_bert_config.json"
+        )
+        self.config = _read_json(self.transformer / "config.json")
+        self.tokenizer_config = _read_json(self.transformer / "tokenizer_config.json")
+
+    @staticmethod
+    def _pooling(path: Path) -> tuple[Pooling | None, str | None]:
+        cfg = _read_json(path)
+        if cfg.get("pooling_mode_cls_token"):
+            chosen = Pooling.CLS
+        elif cfg.get("pooling_mode_mean_tokens") or not cfg:
+            chosen = Pooling.MEAN
+        else:
+            chosen = None
+        others = [
+            k
+            for k, v in cfg.items()
+            if k.startswith("pooling_mode_") and v and k not in ("pooling_mode_cls_token", "pooling_mode_mean_tokens")
+        ]
+        both = cfg.get("pooling_mode_cls_token") and cfg.get("pooling_mode_mean_tokens")
+        if others or both:
+            return None, f"{path} asks for {others or 'cls+mean'} pooling"
+        return chosen, None
+
+    def position_limit(self) -> int | None:
+        """Longest input the position embeddings allow (RoBERTa reserves two positions)."""
+        value = self.config.get("max_position_embeddings") or self.config.get("n_positions")
+        if not value:
+            return None
+        if self.config.get("model_type") in _ROBERTA_LIKE:
+            value -= 2
+        return int(value)
+
+    def declared_max_length(self) -> int | None:
+        """max_seq_length from sentence_bert_config.json, else the tokenizer's model_max_length."""
+        value = self.st_config.get("max_seq_length")
+        if not value:
+            value = self.tokenizer_config.get("model_max_length")
+            if value and value >= 1_000_000:  # transformers' "unset"
+                value = None
+        return int(value) if value else None
+
+
+class OnnxEncoder:
+    """A model directory run by ONNX Runtime: texts → pooled float32 vectors (not normalised)."""
+
+    dim: int
+    max_length: int
+
+    def __init__(
+        self,
+        model_dir: Path,
+        precision: str = "fp32",
+        max_length: int | None = None,
+        pooling: Pooling | None = None,
+        threads: int | None = None,
+        *,
+        cache_dir: Path | None = None,
+        token_budget: int = DEFAULT_TOKEN_BUDGET,
+    ) -> None:
+        self.ort = require("onnxruntime", extra="onnx")
+        tokenizers = require("tokenizers", extra="onnx")
+        if precision not in ONNX_PRECISIONS:
+            raise ValueError(
+                f"precision {precision!r} is not available with backend='onnx'; use one of "
+                f"{list(ONNX_PRECISIONS)} (ONNX Runtime has no bf16 kernels on CPU; "
+                f"backend='torch' runs fp16/bf16)"
+            )
+        if token_budget < 1:
+            raise ValueError(f"token_budget={token_budget} must be a positive number of tokens")
+        self.model_dir = Path(model_dir)
+        if not self.model_dir.is_dir():
+            raise FileNotFoundError(f"model directory {self.model_dir} does not exist")
+        self.precision = precision
+        self.token_budget = token_budget
+        self.threads = threads or physical_cores()
+        layout = _Layout(self.model_dir)
+        self.layout = layout
+        if pooling is None and layout.pooling_problem:
+            raise ValueError(
+                f"{layout.pooling_problem}, which backend='onnx' does not run; pass "
+                f"pooling='mean' or 'cls', or use backend='torch'"
+            )
+        self.pooling = pooling or layout.pooling or Pooling.MEAN
+        self.lowercase = bool(layout.st_config.get("do_lower_case"))
+        self.max_length = self._max_length(max_length)
+        self.tokenizer = self._load_tokenizer(tokenizers)
+        self.pad_id = self._pad_id()
+        self.graph_path = prepare_graph(layout.transformer, precision, self._probe_feeds, cache_dir=cache_dir)
+        try:
+            self.session = self._session(self.graph_path)
+        except Exception as e:  # a cached graph that will not load is rebuilt once
+            logger.warning("onnx: cached graph %s failed to load (%s); rebuilding", self.graph_path, e)
+            discard(self.graph_path)
+            self.graph_path = prepare_graph(layout.transformer, precision, self._probe_feeds, cache_dir=cache_dir)
+            self.session = self._session(self.graph_path)
+        self.inputs = [i.name for i in self.session.get_inputs()]
+        unknown = [n for n in self.inputs if n not in _KNOWN_INPUTS]
+        if unknown:
+            raise ValueError(
+                f"{self.graph_path} declares inputs {unknown} that a text encoder cannot provide "
+                f"(known: {list(_KNOWN_INPUTS)}); use backend='torch'"
+            )
+        self.output = pick_output(self.session.get_outputs())
+        self.dim = self._dim()
+
+    # -- setup -----------------------------------------------------------------------------------
+    def _max_length(self, requested: int | None) -> int:
+        limit = self.layout.position_limit()
+        declared = self.layout.declared_max_length()
+        default = min(x for x in (declared, limit) if x) if (declared or limit) else None
+        if requested is None:
+            if default is None:
+                raise ValueError(f"{self.model_dir} declares no maximum sequence length; pass max_length=")
+            return default
+        if requested < 2:
+            raise ValueError(f"max_length={requested} is too small; it counts special tokens too")
+        if limit is not None and requested > limit:
+            raise ValueError(f"max_length={requested} exceeds what {self.model_dir} supports ({limit} tokens)")
+        return requested
+
+    def _load_tokenizer(self, tokenizers: Any) -> Any:
+        path = self.layout.transformer / "tokenizer.json"
+        if path.is_file():
+            tokenizer = tokenizers.Tokenizer.from_file(str(path))
+        else:  # only a slow tokenizer's files: let transformers convert them once
+            transformers = require("transformers", extra="local")
+            fast = transformers.AutoTokenizer.from_pretrained(
+                str(self.layout.transformer), use_fast=True, local_files_only=True
+            )
+            tokenizer = getattr(fast, "backend_tokenizer", None)
+            if tokenizer is None:
+                raise ValueError(
+                    f"{self.layout.transformer} has no tokenizer.json and its tokenizer has no "
+                    f"fast version; use backend='torch'"
+                )
+        tokenizer.no_padding()
+        tokenizer.enable_truncation(self.max_length)
+        return tokenizer
+
+    def _pad_id(self) -> int:
+        value = self.layout.config.get("pad_token_id")
+        if isinstance(value, int):
+            return value
+        for token in ("[PAD]", "<pad>"):
+            found = self.tokenizer.token_to_id(token)
+            if found is not None:
+                return int(found)
+        return 0
+
+    def _session(self, path: Path) -> Any:
+        ort = self.ort
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = self.threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.log_severity_level = 3
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def _probe_feeds(self) -> Feeds:
+        encodings = self.tokenizer.encode_batch(_PROBE)
+        return self._feeds(encodings, list(range(len(encodings))))
+
+    def _dim(self) -> int:
+        hidden = self.layout.config.get("hidden_size") or self.layout.config.get("dim")
+        if isinstance(hidden, int) and hidden > 0:
+            return hidden
+        return int(self.encode([""]).vectors.shape[1])  # type: ignore[union-attr]
+
+    # -- encoding --------------------------------------------------------------------------------
+    def _feeds(self, encodings: list[Any], rows: list[int]) -> Feeds:
+        """Right-padded int64 arrays for `rows` of `encodings` (all four known input names)."""
+        length = max(len(encodings[i].ids) for i in rows)
+        ids = np.full((len(rows), length), self.pad_id, dtype=np.int64)
+        mask = np.zeros((len(rows), length), dtype=np.int64)
+        for r, i in enumerate(rows):
+            row = encodings[i].ids
+            ids[r, : len(row)] = row
+            mask[r, : len(row)] = 1
+        positions = np.broadcast_to(np.arange(length, dtype=np.int64), ids.shape)
+        return {
+            "input_ids": ids,
+            "attention_mask": mask,
+            "token_type_ids": np.zeros_like(ids),
+            "position_ids": np.ascontiguousarray(positions),
+        }
+
+    def _batches(self, lengths: npt.NDArray[np.int64]) -> list[list[int]]:
+        """Indices longest first, cut so rows x longest length stays within the token budget."""
+        order = np.argsort(-lengths, kind="stable").tolist()
+        batches: list[list[int]] = []
+        start = 0
+        while start < len(order):
+            longest = int(lengths[order[start]])
+            rows = max(1, min(_MAX_ROWS, self.token_budget // max(longest, 1)))
+            batches.append(order[start : start + rows])
+            start += rows
+        return batches
+
+    def _pool(self, hidden: npt.NDArray[np.float32], mask: npt.NDArray[np.int64]) -> Any:
+        if self.pooling is Pooling.CLS:
+            return hidden[:, 0]
+        return Pooling.masked_mean(hidden, mask)
+
+    def encode(self, texts: list[str]) -> EmbedResult:
+        """Pooled float32 vectors (not normalised) for `texts`, with token and truncation counts."""
+        if not texts:
+            return EmbedResult(np.zeros((0, self.dim), dtype=np.float32), token_count=0)
+        if self.lowercase:
+            texts = [t.lower() for t in texts]
+        encodings = self.tokenizer.encode_batch(texts)
+        lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(texts))
+        truncated = sum(1 for e in encodings if e.overflowing)
+        vectors = np.empty((len(texts), self.dim), dtype=np.float32)
+        for rows in self._batches(lengths):
+            feeds = self._feeds(encodings, rows)
+            hidden = self.session.run([self.output], {k: feeds[k] for k in self.inputs})[0]
+            vectors[rows] = self._pool(hidden, feeds["attention_mask"])
+        return EmbedResult(vectors, token_count=int(lengths.sum()), truncated=truncated)

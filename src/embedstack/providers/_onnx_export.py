@@ -1,0 +1,489 @@
+"""Building the ONNX graph for a local text model, once, and keeping it in an on-disk cache.
+
+The fp32 graph comes from the model's own ONNX file when it ships one, else from
+`torch.onnx.export` of a wrapper that returns `last_hidden_state`; ONNX Runtime's transformer
+fusions (attention, GELU, LayerNorm) are applied when they keep the output unchanged; the int8
+graph is dynamically quantised from it. Cached files are keyed by the model files' sha256 and the
+library versions, written atomically (temp file + os.replace) and checked against a sha256 sidecar
+on every load, so a half-written or corrupt file is rebuilt rather than used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.metadata
+import inspect
+import json
+import logging
+import os
+import re
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from embedstack._optional import require
+
+__all__ = [
+    "EXPORT_FORMAT",
+    "ONNX_PRECISIONS",
+    "ExportError",
+    "Feeds",
+    "cache_key",
+    "default_cache_dir",
+    "discard",
+    "model_fingerprint",
+    "pick_output",
+    "prepare_graph",
+    "shipped_onnx",
+]
+
+logger = logging.getLogger("embedstack")
+
+#: Bump when the export recipe changes so that older cached graphs are not reused.
+EXPORT_FORMAT = 1
+OPSET = 17
+#: What the ONNX backend runs: fp32, or int8 (dynamic, per-channel, sensitive layers in fp32).
+ONNX_PRECISIONS = ("fp32", "int8")
+#: Pooled outputs of a rebuilt graph must match the reference at least this closely.
+_EXPORT_MIN_COSINE = 0.99999
+_VERSIONED = ("torch", "transformers", "onnx", "onnxruntime")
+_WEIGHT_GLOBS = ("*.safetensors", "pytorch_model*.bin", "*.pt")
+_SHIPPED = ("onnx/model.onnx", "model.onnx")
+
+#: A batch the graph is fed: input name → int64 array (batch, seq).
+Feeds = dict[str, npt.NDArray[np.int64]]
+
+
+class ExportError(RuntimeError):
+    """The model could not be turned into an ONNX graph that reproduces it."""
+
+
+# -- cache location and keys ---------------------------------------------------------------------
+def default_cache_dir() -> Path:
+    """$EMBEDSTACK_CACHE_DIR/onnx, else the user cache directory's embedstack/onnx."""
+    env = os.environ.get("EMBEDSTACK_CACHE_DIR")
+    if env:
+        return Path(env).expanduser() / "onnx"
+    try:
+        import platformdirs
+
+        return Path(platformdirs.user_cache_dir("embedstack")) / "onnx"
+    except ImportError:
+        base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+        return Path(base) / "embedstack" / "onnx"
+
+
+def shipped_onnx(model_dir: Path) -> Path | None:
+    """The fp32 ONNX file the model directory already ships (onnx/model.onnx), if any."""
+    for rel in _SHIPPED:
+        path = model_dir / rel
+        if path.is_file():
+            return path
+    return None
+
+
+def _graph_files(model_dir: Path) -> list[Path]:
+    """The files an exported graph depends on: config and weights (or a shipped ONNX file)."""
+    onnx_file = shipped_onnx(model_dir)
+    if onnx_file is not None:
+        extra = sorted(onnx_file.parent.glob(onnx_file.name + "_data"))
+        return [onnx_file, *extra]
+    files = {p for g in _WEIGHT_GLOBS for p in model_dir.glob(g) if p.is_file()}
+    if not files:
+        raise ExportError(
+            f"no weights found in {model_dir} (looked for {', '.join(_WEIGHT_GLOBS)} and "
+            f"{', '.join(_SHIPPED)}); pass the directory of a saved transformers model"
+        )
+    config = model_dir / "config.json"
+    return sorted(files | ({config} if config.is_file() else set()))
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def model_fingerprint(model_dir: Path, cache_dir: Path) -> str:
+    """sha256 over the graph's source files, memoised by (path, size, mtime) to skip rehashing."""
+    digest = hashlib.sha256()
+    for path in _graph_files(model_dir):
+        stat = path.stat()
+        stamp = f"{path.resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}"
+        memo = cache_dir / "hashes" / hashlib.sha1(stamp.encode()).hexdigest()
+        try:
+            file_hash = memo.read_text().strip()
+        except OSError:
+            file_hash = ""
+        if not re.fullmatch(r"[0-9a-f]{64}", file_hash):
+            file_hash = _sha256_file(path)
+            with contextlib.suppress(OSError):
+                _atomic_write(memo, file_hash.encode())
+        digest.update(f"{path.name}\0{file_hash}\n".encode())
+    return digest.hexdigest()
+
+
+def _version(dist: str) -> str:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "none"
+
+
+def cache_key(fingerprint: str, precision: str) -> str:
+    """Key of one cached graph: model files, exporter/runtime versions, recipe and precision."""
+    parts = {
+        "format": EXPORT_FORMAT,
+        "opset": OPSET,
+        "model": fingerprint,
+        "precision": precision,
+        "versions": {name: _version(name) for name in _VERSIONED},
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+# -- atomic files and checksums --------------------------------------------------------------------
+def _atomic_write(path: Path, data: bytes) -> None:
+    """Write `data` to `path` through a temp file in the same folder and os.replace."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _publish(tmp: Path, final: Path) -> None:
+    """Move a finished graph into place, then write its sha256 sidecar (the commit mark)."""
+    sidecar = final.with_name(final.name + ".sha256")
+    with contextlib.suppress(FileNotFoundError):
+        sidecar.unlink()  # a graph without its sidecar is never trusted
+    size = tmp.stat().st_size
+    checksum = _sha256_file(tmp)
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a shared cache is readable
+    os.replace(tmp, final)
+    _atomic_write(sidecar, json.dumps({"sha256": checksum, "size": size}).encode())
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _verified(path: Path) -> bool:
+    """True when `path` exists and matches the size and sha256 its sidecar recorded."""
+    sidecar = path.with_name(path.name + ".sha256")
+    try:
+        meta = json.loads(sidecar.read_text())
+        if path.stat().st_size != int(meta["size"]):
+            return False
+        return bool(_sha256_file(path) == meta["sha256"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def discard(path: Path) -> None:
+    """Remove a cached graph and its sidecar (after it failed to load)."""
+    for p in (path.with_name(path.name + ".sha256"), path):
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
+
+
+@contextlib.contextmanager
+def _build_lock(folder: Path) -> Iterator[None]:
+    """An advisory lock so concurrent processes build one graph once (no-op without fcntl)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: atomic replace alone keeps files whole
+        yield
+        return
+    with open(folder / ".lock", "a+b") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def _tmp_path(final: Path) -> Path:
+    fd, name = tempfile.mkstemp(dir=final.parent, prefix=f".{final.stem}.", suffix=".onnx.tmp")
+    os.close(fd)
+    return Path(name)
+
+
+# -- building graphs -------------------------------------------------------------------------------
+def _cosines(a: npt.NDArray[Any], b: npt.NDArray[Any]) -> npt.NDArray[np.float64]:
+    a = a.astype(np.float64)
+    b = b.astype(np.float64)
+    num = (a * b).sum(1)
+    den = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    return np.asarray(num / np.maximum(den, 1e-30))
+
+
+def _worst_token_cosine(got: npt.NDArray[Any], reference: npt.NDArray[Any], mask: npt.NDArray[Any]) -> float:
+    """The lowest cosine between matching token vectors (padding excluded): pooling-agnostic."""
+    keep = mask.astype(bool)
+    if got.shape != reference.shape:
+        return float("-inf")
+    return float(_cosines(got[keep], reference[keep]).min())
+
+
+def pick_output(outputs: list[Any]) -> str:
+    """The graph output holding token vectors: last_hidden_state, token_embeddings or rank 3."""
+    names = [o.name for o in outputs]
+    for wanted in ("last_hidden_state", "token_embeddings"):
+        if wanted in names:
+            return wanted
+    for o in outputs:
+        if len(getattr(o, "shape", []) or []) == 3:
+            return str(o.name)
+    raise ExportError(f"the ONNX graph has no token-vector output (outputs: {names})")
+
+
+def _run_graph(path: Path, feeds: Feeds, output: str | None = None) -> npt.NDArray[Any]:
+    ort = require("onnxruntime", extra="onnx")
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    declared = [i.name for i in session.get_inputs()]
+    missing = [n for n in declared if n not in feeds]
+    if missing:
+        raise ExportError(f"{path} needs inputs {missing} that a text encoder does not provide")
+    name = output or pick_output(session.get_outputs())
+    return np.asarray(session.run([name], {k: feeds[k] for k in declared})[0])
+
+
+def _export_torch(model_dir: Path, out: Path, feeds: Feeds) -> npt.NDArray[Any]:
+    """torch.onnx.export of AutoModel's last_hidden_state; returns torch's output for `feeds`."""
+    torch = require("torch", extra="local")
+    transformers = require("transformers", extra="local")
+    tlog = transformers.utils.logging
+    was_on = tlog.is_progress_bar_enabled()
+    tlog.disable_progress_bar()
+    try:
+        try:  # eager attention exports the pattern ONNX Runtime fuses into one Attention op
+            model = transformers.AutoModel.from_pretrained(
+                str(model_dir), local_files_only=True, attn_implementation="eager"
+            )
+        except (ValueError, TypeError):
+            model = transformers.AutoModel.from_pretrained(str(model_dir), local_files_only=True)
+    finally:
+        if was_on:
+            tlog.enable_progress_bar()
+    model.eval()
+    accepted = set(inspect.signature(model.forward).parameters)
+    names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in accepted]
+
+    class _LastHidden(torch.nn.Module):  # type: ignore[misc,name-defined]
+        """Calls the model with keyword tensors (transformers 5 rejects positional ones)."""
+
+        def __init__(self, inner: Any) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, *tensors: Any) -> Any:
+            return self.inner(**dict(zip(names, tensors))).last_hidden_state
+
+    args = tuple(torch.from_numpy(feeds[n]) for n in names)
+    with torch.inference_mode():
+        reference = model(**dict(zip(names, args))).last_hidden_state.float().numpy()
+    axes = {n: {0: "batch", 1: "sequence"} for n in [*names, "last_hidden_state"]}
+    with torch.no_grad(), _quiet_export():
+        torch.onnx.export(
+            _LastHidden(model),
+            args,
+            str(out),
+            dynamo=False,
+            input_names=names,
+            output_names=["last_hidden_state"],
+            dynamic_axes=axes,
+            opset_version=OPSET,
+            do_constant_folding=True,
+        )
+    return np.asarray(reference)
+
+
+@contextlib.contextmanager
+def _quiet_loggers(*names: str) -> Iterator[None]:
+    """ONNX Runtime's optimiser logs every step at INFO; keep that out of the user's logs."""
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+@contextlib.contextmanager
+def _quiet_export() -> Iterator[None]:
+    """The legacy exporter warns about tracing; those warnings are expected here."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+def _attention_shape(model_dir: Path) -> tuple[int, int]:
+    """(num_heads, hidden_size) from config.json; 0 lets the optimiser detect them."""
+    try:
+        cfg = json.loads((model_dir / "config.json").read_text())
+    except (OSError, ValueError):
+        return 0, 0
+    heads = cfg.get("num_attention_heads") or cfg.get("n_heads") or 0
+    hidden = cfg.get("hidden_size") or cfg.get("dim") or 0
+    return int(heads), int(hidden)
+
+
+def _optimise(src: Path, dst: Path, model_dir: Path) -> dict[str, int]:
+    """ONNX Runtime's BERT fusions (Attention, SkipLayerNorm, BiasGelu, EmbedLayerNorm)."""
+    optimizer = require("onnxruntime.transformers.optimizer", extra="onnx", package="onnxruntime")
+    heads, hidden = _attention_shape(model_dir)
+    with _quiet_loggers("onnx_model", "onnx_model_bert", "fusion_base", "fusion_utils"):
+        model = optimizer.optimize_model(str(src), model_type="bert", num_heads=heads, hidden_size=hidden, opt_level=0)
+        model.save_model_to_file(str(dst))
+    stats = model.get_fused_operator_statistics()
+    return {k: int(v) for k, v in stats.items() if v}
+
+
+def _sensitive_nodes(model: Any) -> list[str]:
+    """MatMuls kept in fp32 under int8: each layer's FFN output projection (post-GELU outliers)."""
+    gelu_outputs = {
+        out
+        for node in model.graph.node
+        if node.op_type in ("BiasGelu", "Gelu", "FastGelu", "QuickGelu")
+        for out in node.output
+    }
+    return [
+        node.name
+        for node in model.graph.node
+        if node.op_type == "MatMul" and node.input and node.input[0] in gelu_outputs
+    ]
+
+
+def _quantise_int8(src: Path, dst: Path) -> None:
+    """Dynamic int8, per-channel weights (VNNI-friendly s8), sensitive MatMuls kept in fp32."""
+    onnx = require("onnx", extra="onnx")
+    quant = require("onnxruntime.quantization", extra="onnx", package="onnxruntime")
+    keep = _sensitive_nodes(onnx.load(str(src)))
+    with _quiet_loggers("", "onnxruntime.quantization"):  # it logs every tensor at INFO on root
+        quant.quantize_dynamic(
+            str(src),
+            str(dst),
+            per_channel=True,
+            weight_type=quant.QuantType.QInt8,
+            op_types_to_quantize=["MatMul", "Attention"],
+            nodes_to_exclude=keep,
+            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT, "MatMulConstBOnly": True},
+        )
+
+
+def _build_fp32(model_dir: Path, final: Path, feeds: Feeds) -> None:
+    """Export (or take the shipped graph), check it, fuse, check again, publish."""
+    shipped = shipped_onnx(model_dir)
+    mask = feeds["attention_mask"]
+    raw = _tmp_path(final)
+    fused = _tmp_path(final)
+    try:
+        if shipped is None:
+            reference = _export_torch(model_dir, raw, feeds)
+            worst = _worst_token_cosine(_run_graph(raw, feeds), reference, mask)
+            if not worst >= _EXPORT_MIN_COSINE:
+                raise ExportError(
+                    f"the ONNX export of {model_dir} does not reproduce the torch model (worst "
+                    f"cosine {worst:.6f}); use backend='torch' for this model"
+                )
+            source = raw
+        else:
+            source = shipped
+        reference = _run_graph(source, feeds)
+        try:
+            stats = _optimise(source, fused, model_dir)
+            worst = _worst_token_cosine(_run_graph(fused, feeds), reference, mask)
+            ok = worst >= _EXPORT_MIN_COSINE
+        except Exception as e:  # any optimiser failure leaves the plain graph
+            logger.info("onnx: transformer fusions skipped for %s: %s", model_dir, e)
+            ok, stats, worst = False, {}, float("nan")
+        if ok:
+            logger.info("onnx: fused %s for %s", stats, model_dir)
+            _publish(fused, final)
+        else:
+            if stats:
+                logger.info("onnx: fusions changed the output (cos %.6f); kept plain", worst)
+            if source is shipped:  # re-save: folds any external-data file into one graph
+                onnx = require("onnx", extra="onnx")
+                onnx.save(onnx.load(str(shipped)), str(raw))
+            _publish(raw, final)
+    finally:
+        for tmp in (raw, fused):
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+
+
+def prepare_graph(
+    model_dir: Path,
+    precision: str,
+    feeds: Callable[[], Feeds],
+    cache_dir: Path | None = None,
+) -> Path:
+    """The cached ONNX graph for `model_dir` at `precision`, built (and verified) when missing.
+
+    `feeds` makes a small padded probe batch: the export traces it, and every rebuilt fp32 graph
+    must reproduce the reference model's pooled output on it.
+    """
+    if precision not in ONNX_PRECISIONS:
+        raise ValueError(
+            f"precision {precision!r} is not available with backend='onnx'; use one of "
+            f"{list(ONNX_PRECISIONS)} (ONNX Runtime has no bf16 kernels on CPU; "
+            f"backend='torch' runs fp16/bf16)"
+        )
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    fingerprint = model_fingerprint(model_dir, root)
+    folder = root / f"{_slug(model_dir)}-{fingerprint[:16]}"
+    final = folder / f"model-{precision}-{cache_key(fingerprint, precision)[:16]}.onnx"
+    if _verified(final):
+        return final
+    base = None if precision == "fp32" else prepare_graph(model_dir, "fp32", feeds, root)
+    with _build_lock(folder):
+        if _verified(final):  # another process built it while we waited
+            return final
+        discard(final)
+        if base is None:
+            _build_fp32(model_dir, final, feeds())
+        else:
+            tmp = _tmp_path(final)
+            try:
+                _quantise_int8(base, tmp)
+                _publish(tmp, final)
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    tmp.unlink()
+    return final
+
+
+def _slug(model_dir: Path) -> str:
+    name = model_dir.resolve().name or "model"
+    if name == "model" and model_dir.resolve().parent.name:
+        name = model_dir.resolve().parent.name
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)[:48]

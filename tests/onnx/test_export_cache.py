@@ -1,0 +1,253 @@
+"""Export, cache and load of the ONNX backend on tiny random checkpoints made by the fixtures."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import onnx
+from embedstack.pooling import Pooling
+from embedstack.providers import _onnx_export
+from embedstack.providers._onnx import OnnxEncoder, physical_cores
+from embedstack.providers._onnx_export import cache_key, model_fingerprint
+
+
+def _cos(a: Any, b: Any) -> np.ndarray:
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+@pytest.fixture
+def count_exports(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """Records each torch export (the expensive step a cache hit must skip)."""
+    calls: list[Path] = []
+    real = _onnx_export._export_torch
+
+    def counting(model_dir: Path, out: Path, feeds: Any) -> Any:
+        calls.append(model_dir)
+        return real(model_dir, out, feeds)
+
+    monkeypatch.setattr(_onnx_export, "_export_torch", counting)
+    return calls
+
+
+def _graphs(folder: Path) -> list[Path]:
+    return sorted(folder.rglob("*.onnx"))
+
+
+def test_export_matches_torch_and_is_cached(
+    tiny_bert: Path, tmp_path: Path, count_exports: list[Path], sentences: list[str], torch_reference: Any
+) -> None:
+    enc = OnnxEncoder(tiny_bert, cache_dir=tmp_path)
+    assert (enc.dim, enc.max_length) == (32, 64)
+    result = enc.encode(sentences)
+    ref = torch_reference(tiny_bert, sentences, max_length=64)
+    assert np.asarray(result.vectors).shape == (len(sentences), 32)
+    assert _cos(result.vectors, ref).min() >= 0.9999
+    assert len(count_exports) == 1
+    graph = enc.graph_path
+    assert graph.parent.parent == tmp_path and graph.with_name(graph.name + ".sha256").is_file()
+    assert not [p for p in tmp_path.rglob("*.tmp")], "temp files left behind"
+
+    again = OnnxEncoder(tiny_bert, cache_dir=tmp_path)  # a cache hit: no second export
+    assert len(count_exports) == 1 and again.graph_path == graph
+    np.testing.assert_array_equal(again.encode(sentences).vectors, result.vectors)
+
+
+def test_fused_graph_and_declared_inputs_only(tiny_bert: Path, shared_cache: Path) -> None:
+    enc = OnnxEncoder(tiny_bert, cache_dir=shared_cache)
+    ops = {n.op_type for n in onnx.load(str(enc.graph_path)).graph.node}
+    assert {"Attention", "SkipLayerNormalization"} <= ops, ops  # ORT's transformer fusions
+    assert enc.inputs == ["input_ids", "attention_mask", "token_type_ids"]
+    assert enc.threads == physical_cores() >= 1
+
+
+def test_graph_without_token_type_ids(
+    tiny_distilbert: Path, shared_cache: Path, sentences: list[str], torch_reference: Any
+) -> None:
+    enc = OnnxEncoder(tiny_distilbert, cache_dir=shared_cache)
+    assert "token_type_ids" not in enc.inputs  # fed only what the graph declares
+    ref = torch_reference(tiny_distilbert, sentences, max_length=64)
+    assert _cos(enc.encode(sentences).vectors, ref).min() >= 0.9999
+
+
+def test_sentence_transformers_layout(
+    tiny_st: Path, shared_cache: Path, sentences: list[str], torch_reference: Any
+) -> None:
+    """CLS pooling and max_seq_length come from the sentence-transformers config files."""
+    enc = OnnxEncoder(tiny_st, cache_dir=shared_cache)
+    assert (enc.pooling, enc.max_length) == (Pooling.CLS, 16)
+    ref = torch_reference(tiny_st, sentences, max_length=16, pooling="cls")
+    assert _cos(enc.encode(sentences).vectors, ref).min() >= 0.9999
+    mean = OnnxEncoder(tiny_st, cache_dir=shared_cache, pooling=Pooling.MEAN)
+    ref_mean = torch_reference(tiny_st, sentences, max_length=16)
+    assert _cos(mean.encode(sentences).vectors, ref_mean).min() >= 0.9999
+
+
+def test_token_count_truncation_and_empty(tiny_st: Path, shared_cache: Path) -> None:
+    enc = OnnxEncoder(tiny_st, cache_dir=shared_cache)
+    texts = ["a", "", "data " * 40, "the cat sat on the mat"]
+    result = enc.encode(texts)
+    # [CLS] a [SEP]=3, [CLS][SEP]=2, cut to 16, [CLS] 6 words [SEP]=8
+    assert result.token_count == 3 + 2 + 16 + 8
+    assert result.truncated == 1
+    empty = enc.encode([])
+    assert np.asarray(empty.vectors).shape == (0, 32) and empty.token_count == 0
+
+
+@pytest.mark.parametrize("budget", [1, 7, 40])
+def test_token_budget_batches_keep_order(
+    tiny_bert: Path, shared_cache: Path, budget: int, sentences: list[str]
+) -> None:
+    whole = OnnxEncoder(tiny_bert, cache_dir=shared_cache)
+    small = OnnxEncoder(tiny_bert, cache_dir=shared_cache, token_budget=budget)
+    texts = [" ".join(["fox"] * n) for n in (3, 0, 9, 1, 5, 5, 12, 2)] + sentences
+    np.testing.assert_allclose(small.encode(texts).vectors, whole.encode(texts).vectors, rtol=1e-4, atol=1e-5)
+    lengths = np.array([len(e.ids) for e in small.tokenizer.encode_batch(texts)])
+    batches = small._batches(lengths)
+    assert sorted(i for b in batches for i in b) == list(range(len(texts)))
+    for rows in batches:
+        assert len(rows) == 1 or len(rows) * lengths[rows].max() <= budget
+
+
+def test_corrupt_cache_is_rebuilt(
+    tiny_bert: Path, tmp_path: Path, count_exports: list[Path], sentences: list[str]
+) -> None:
+    first = OnnxEncoder(tiny_bert, cache_dir=tmp_path)
+    expected = first.encode(sentences).vectors
+    graph = first.graph_path
+    data = bytearray(graph.read_bytes())
+    data[len(data) // 2 : len(data) // 2 + 64] = b"\0" * 64  # same size, different bytes
+    graph.write_bytes(bytes(data))
+
+    second = OnnxEncoder(tiny_bert, cache_dir=tmp_path)
+    assert len(count_exports) == 2, "a corrupt graph must be rebuilt, not used"
+    np.testing.assert_allclose(second.encode(sentences).vectors, expected, rtol=1e-5, atol=1e-6)
+
+    graph.write_bytes(graph.read_bytes()[:100])  # truncated by a crash
+    OnnxEncoder(tiny_bert, cache_dir=tmp_path)
+    assert len(count_exports) == 3
+
+    graph.with_name(graph.name + ".sha256").unlink()  # died before the sidecar was written
+    OnnxEncoder(tiny_bert, cache_dir=tmp_path)
+    assert len(count_exports) == 4
+
+
+def test_graph_that_fails_to_load_is_rebuilt(tiny_bert: Path, tmp_path: Path, count_exports: list[Path]) -> None:
+    """A file whose checksum matches but that ONNX Runtime rejects is rebuilt once."""
+    graph = OnnxEncoder(tiny_bert, cache_dir=tmp_path).graph_path
+    junk = b"not an onnx graph"
+    graph.write_bytes(junk)
+    sidecar = graph.with_name(graph.name + ".sha256")
+    import hashlib
+
+    sidecar.write_text(json.dumps({"sha256": hashlib.sha256(junk).hexdigest(), "size": len(junk)}))
+    enc = OnnxEncoder(tiny_bert, cache_dir=tmp_path)
+    assert len(count_exports) == 2
+    assert enc.graph_path.stat().st_size > 1000
+
+
+def test_crash_mid_export_leaves_no_file(tiny_bert: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def dies(src: Path, dst: Path, model_dir: Path) -> dict[str, int]:
+        dst.write_bytes(b"half a graph")
+        raise KeyboardInterrupt  # not an optimiser error: it must propagate
+
+    monkeypatch.setattr(_onnx_export, "_optimise", dies)
+    with pytest.raises(KeyboardInterrupt):
+        OnnxEncoder(tiny_bert, cache_dir=tmp_path)
+    assert _graphs(tmp_path) == []
+    assert [p.name for p in tmp_path.rglob("*") if p.suffix == ".tmp"] == []
+
+
+def test_failed_fusion_falls_back_to_plain_graph(
+    tiny_bert: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sentences: list[str], torch_reference: Any
+) -> None:
+    def broken(src: Path, dst: Path, model_dir: Path) -> dict[str, int]:
+        raise RuntimeError("fusion crashed")
+
+    monkeypatch.setattr(_onnx_export, "_optimise", broken)
+    enc = OnnxEncoder(tiny_bert, cache_dir=tmp_path)
+    ops = {n.op_type for n in onnx.load(str(enc.graph_path)).graph.node}
+    assert "Attention" not in ops
+    ref = torch_reference(tiny_bert, sentences, max_length=64)
+    assert _cos(enc.encode(sentences).vectors, ref).min() >= 0.9999
+
+
+def test_cache_key_tracks_weights_versions_and_precision(
+    tiny_bert: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_bert, copy)
+    fp = model_fingerprint(copy, tmp_path / "c")
+    assert model_fingerprint(copy, tmp_path / "c") == fp  # memoised, same answer
+    weights = copy / "model.safetensors"
+    blob = bytearray(weights.read_bytes())
+    blob[-1] ^= 1
+    weights.write_bytes(bytes(blob))
+    assert model_fingerprint(copy, tmp_path / "c") != fp
+    assert cache_key(fp, "fp32") != cache_key(fp, "int8")
+    before = cache_key(fp, "fp32")
+    monkeypatch.setattr(_onnx_export, "_version", lambda dist: "0.0-other")
+    assert cache_key(fp, "fp32") != before
+
+
+def test_shipped_onnx_is_used_without_torch_export(
+    tiny_bert: Path, shared_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sentences: list[str]
+) -> None:
+    exported = OnnxEncoder(tiny_bert, cache_dir=shared_cache)
+    model = tmp_path / "shipped"
+    shutil.copytree(tiny_bert, model, ignore=shutil.ignore_patterns("*.safetensors"))
+    (model / "onnx").mkdir()
+    shutil.copy(exported.graph_path, model / "onnx" / "model.onnx")
+
+    def no_torch(*args: Any) -> Any:
+        raise AssertionError("the shipped graph should have been used")
+
+    monkeypatch.setattr(_onnx_export, "_export_torch", no_torch)
+    enc = OnnxEncoder(model, cache_dir=tmp_path / "cache")
+    np.testing.assert_allclose(enc.encode(sentences).vectors, exported.encode(sentences).vectors, rtol=1e-4, atol=1e-5)
+
+
+def test_int8_path(tiny_bert: Path, shared_cache: Path, sentences: list[str]) -> None:
+    fp32 = OnnxEncoder(tiny_bert, cache_dir=shared_cache)
+    int8 = OnnxEncoder(tiny_bert, precision="int8", cache_dir=shared_cache)
+    assert int8.graph_path != fp32.graph_path
+    graph = onnx.load(str(int8.graph_path)).graph
+    ops = {n.op_type for n in graph.node}
+    assert ops & {"DynamicQuantizeMatMul", "MatInteger", "MatMulInteger", "QAttention"}, ops
+    assert "MatMul" in ops  # the FFN output projections stay fp32
+    vectors = np.asarray(int8.encode(sentences).vectors)
+    assert np.isfinite(vectors).all() and vectors.shape == (len(sentences), 32)
+    assert _cos(vectors, fp32.encode(sentences).vectors).mean() >= 0.95
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16", "int4"])
+def test_unsupported_precision_names_the_options(tiny_bert: Path, precision: str) -> None:
+    with pytest.raises(ValueError, match="int8"):
+        OnnxEncoder(tiny_bert, precision=precision)
+
+
+def test_bad_inputs(tiny_bert: Path, tiny_st: Path, tmp_path: Path, shared_cache: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        OnnxEncoder(tmp_path / "nowhere")
+    with pytest.raises(ValueError, match="max_length=65"):
+        OnnxEncoder(tiny_bert, max_length=65, cache_dir=shared_cache)
+    dense = tmp_path / "dense"
+    shutil.copytree(tiny_st, dense)
+    modules = json.loads((dense / "modules.json").read_text())
+    modules.insert(2, {"idx": 2, "name": "2", "path": "2_Dense", "type": "x.models.Dense"})
+    (dense / "modules.json").write_text(json.dumps(modules))
+    with pytest.raises(ValueError, match="Dense module"):
+        OnnxEncoder(dense, cache_dir=shared_cache)
+    maxpool = tmp_path / "maxpool"
+    shutil.copytree(tiny_st, maxpool)
+    (maxpool / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_max_tokens": True}))
+    with pytest.raises(ValueError, match="pooling_mode_max_tokens"):
+        OnnxEncoder(maxpool, cache_dir=shared_cache)
+    assert OnnxEncoder(maxpool, cache_dir=shared_cache, pooling=Pooling.MEAN).dim == 32
