@@ -162,4 +162,3 @@ def test_real_model_cache_and_events_through_both_adapters(
         assert int(np.argmax(np.asarray(docs) @ np.asarray(query))) == 2
     finally:
         model.embeddings_cache = saved
-

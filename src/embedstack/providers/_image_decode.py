@@ -22,9 +22,7 @@ __all__ = ["SUPPORTED_MODES", "ImageDecodeError", "decode_image", "decode_images
 
 #: Pillow modes that convert to RGB faithfully. 16/32-bit ("I", "I;16", "F") would be clipped to
 #: white and "LAB" has no colour conversion in Pillow, so those are refused with a fix instead.
-SUPPORTED_MODES = frozenset(
-    {"1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "RGBa", "CMYK", "YCbCr", "HSV"}
-)
+SUPPORTED_MODES = frozenset({"1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "RGBa", "CMYK", "YCbCr", "HSV"})
 
 
 class ImageDecodeError(ValueError):
@@ -47,9 +45,7 @@ def _source(item: Any, where: str, label: str) -> Any:
     if isinstance(item, os.PathLike) or (isinstance(item, str) and not item.startswith("data:")):
         path = Path(item)
         if not path.is_file():
-            raise FileNotFoundError(
-                f"{where}: image file {str(path)!r} does not exist (or is not a file)"
-            )
+            raise FileNotFoundError(f"{where}: image file {str(path)!r} does not exist (or is not a file)")
         return path
     if isinstance(item, str):
         try:
@@ -65,8 +61,7 @@ def _source(item: Any, where: str, label: str) -> Any:
             item.seek(pos)
         if not isinstance(raw, (bytes, bytearray)):
             raise TypeError(
-                f"{where}: the file object returned {type(raw).__name__} from read(); "
-                "open it in binary mode ('rb')"
+                f"{where}: the file object returned {type(raw).__name__} from read(); open it in binary mode ('rb')"
             )
         data = bytes(raw)
         if not data:
@@ -129,15 +124,11 @@ def decode_image(item: Any, *, min_side: int, where: str = "image", resample: An
             "Image.MAX_IMAGE_PIXELS only if you trust its source",
         ) from e
     except Image.UnidentifiedImageError as e:
-        raise ImageDecodeError(
-            where, label, "not a readable image (Pillow cannot identify its format)"
-        ) from e
+        raise ImageDecodeError(where, label, "not a readable image (Pillow cannot identify its format)") from e
     except (ImageDecodeError, FileNotFoundError, TypeError):
         raise
     except (OSError, ValueError, SyntaxError, EOFError) as e:  # truncated or corrupt data
-        raise ImageDecodeError(
-            where, label, f"corrupt or truncated image ({type(e).__name__}: {e})"
-        ) from e
+        raise ImageDecodeError(where, label, f"corrupt or truncated image ({type(e).__name__}: {e})") from e
 
 
 def _finish(ImageOps: Any, img: Any, min_side: int, resample: Any, where: str, label: str) -> Any:

@@ -94,21 +94,13 @@ class _Loaded:
         self.torch = torch
         self.device = _pick_device(torch, device)
         path = str(source.path)
-        self.model = (
-            transformers.CLIPModel.from_pretrained(path, local_files_only=True)
-            .to(self.device)
-            .eval()
-        )
+        self.model = transformers.CLIPModel.from_pretrained(path, local_files_only=True).to(self.device).eval()
         processor = transformers.CLIPProcessor.from_pretrained(path, local_files_only=True)
         self.tokenizer = processor.tokenizer
         self.image_processor = processor.image_processor
         text_max = int(self.model.config.text_config.max_position_embeddings)
         tok_max = getattr(self.tokenizer, "model_max_length", None)
-        self.max_length = (
-            min(text_max, tok_max)
-            if isinstance(tok_max, int) and 0 < tok_max < 1_000_000
-            else text_max
-        )
+        self.max_length = min(text_max, tok_max) if isinstance(tok_max, int) and 0 < tok_max < 1_000_000 else text_max
         self.dim = int(self.model.config.projection_dim)
         self.min_side = self._input_side()
         self.resample = getattr(self.image_processor, "resample", None)
@@ -124,9 +116,7 @@ class _Loaded:
         return int(sides[0] if get("shortest_edge") else min(sides)) if sides else 224
 
     def encode_texts(self, texts: list[str]) -> tuple[Any, int, int]:
-        enc = self.tokenizer(
-            texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
-        )
+        enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
         encodings = getattr(enc, "encodings", None) or []
         truncated = sum(1 for e in encodings if getattr(e, "overflowing", None))
         token_count = int(enc["attention_mask"].sum())
@@ -142,11 +132,7 @@ class _Loaded:
     def encode_images(self, images: list[Any]) -> Any:
         pixels = self.image_processor(images=images, return_tensors="pt")["pixel_values"]
         with self.torch.inference_mode():
-            return _features(
-                self.model.get_image_features(
-                    pixel_values=pixels.to(self.device, dtype=self.model.dtype)
-                )
-            )
+            return _features(self.model.get_image_features(pixel_values=pixels.to(self.device, dtype=self.model.dtype)))
 
 
 class ClipEmbedding(BatchEmbedding, MultiModalEmbedding):
@@ -162,18 +148,10 @@ class ClipEmbedding(BatchEmbedding, MultiModalEmbedding):
         default=DEFAULT_CLIP_MODEL,
         description="Hugging Face CLIP id, OpenAI name ('ViT-B/32', 'ViT-L/14', ...) or directory.",
     )
-    embed_batch_size: int = Field(
-        default=DEFAULT_EMBED_BATCH_SIZE, gt=0, le=2048, description="Items per model call."
-    )
-    device: str | None = Field(
-        default=None, description="torch device; None picks cuda, mps or cpu."
-    )
-    normalize: bool = Field(
-        default=True, description="L2-normalise the vectors (cosine = dot product)."
-    )
-    cache_folder: str | None = Field(
-        default=None, description="Hugging Face cache directory to look in / download to."
-    )
+    embed_batch_size: int = Field(default=DEFAULT_EMBED_BATCH_SIZE, gt=0, le=2048, description="Items per model call.")
+    device: str | None = Field(default=None, description="torch device; None picks cuda, mps or cpu.")
+    normalize: bool = Field(default=True, description="L2-normalise the vectors (cosine = dot product).")
+    cache_folder: str | None = Field(default=None, description="Hugging Face cache directory to look in / download to.")
     revision: str | None = Field(default=None, description="Hub revision (branch, tag or commit).")
 
     _identity_exclude: ClassVar[frozenset[str]] = frozenset({"device", "cache_folder"})
@@ -332,9 +310,7 @@ def _where(items: list[Any]) -> tuple[list[str], list[int | None]]:
         return [f"image {i} of the batch" for i in range(len(items))], [None] * len(items)
     label, index = call
     found = [index.get(id(item)) for item in items]
-    return [
-        f"{label}[{n}]" if n is not None else f"image {i} of the batch" for i, n in enumerate(found)
-    ], found
+    return [f"{label}[{n}]" if n is not None else f"image {i} of the batch" for i, n in enumerate(found)], found
 
 
 def from_spec(arg: str | None) -> ClipEmbedding:
