@@ -172,6 +172,7 @@ def test_unreachable_hub_is_detected_without_offline_flag(monkeypatch: pytest.Mo
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)  # another suite's conftest may set it
     monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
     with pytest.raises(ModelNotFoundError, match=r"Hub \(http://127.0.0.1:\d+\) is not reachable"):
         locate_model("some-org/not-downloaded", cache_dir=str(tmp_path))
