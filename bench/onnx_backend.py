@@ -217,9 +217,7 @@ def report(
     )
     print("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
     for name, r in results.items():
-        ratio = {
-            f: f"{r[f'{f}_per_s'] / base[f'{f}_per_s']:.2f}x" if base else "-" for f in FIELDS
-        }
+        ratio = {f: f"{r[f'{f}_per_s'] / base[f'{f}_per_s']:.2f}x" if base else "-" for f in FIELDS}
         if ref is not None:
             cos = np.concatenate([(unit(vecs[name][f]) * unit(ref[f])).sum(1) for f in FIELDS])
             fid = f"{cos.min():.5f} / {cos.mean():.5f}"
@@ -250,9 +248,11 @@ def report(
             f"onnx fp32 vs sentence-transformers: {below} of {cos.size} texts below cosine 0.9999 "
             f"(min {cos.min():.6f})."
         )
-    print(f"One-time graph build (export + fusions; then quantise): fp32 {build['fp32']:.1f} s, "
-          f"int8 {build['int8']:.1f} s. Load from cache: " + ", ".join(
-              f"{n} {r['load_s']:.2f} s" for n, r in results.items()))
+    print(
+        f"One-time graph build (export + fusions; then quantise): fp32 {build['fp32']:.1f} s, "
+        f"int8 {build['int8']:.1f} s. Load from cache: "
+        + ", ".join(f"{n} {r['load_s']:.2f} s" for n, r in results.items())
+    )
 
 
 def parse() -> argparse.Namespace:

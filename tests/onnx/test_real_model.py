@@ -78,3 +78,13 @@ def test_huggingface_embedding_onnx_end_to_end(
     vec = np.asarray(small.get_query_embedding("A man is eating food."))
     assert vec.shape == (64,) and abs(np.linalg.norm(vec) - 1) < 1e-5
     assert float(vec @ got[0, :64] / np.linalg.norm(got[0, :64])) > 0.98
+
+
+def test_local_default_uses_onnx_when_installed(env_cache: Path, st_vectors: np.ndarray) -> None:
+    """resolve_embed_model("local") picks the ONNX backend (it meets the fp32 fidelity bar)."""
+    from embedstack import resolve_embed_model
+
+    model = resolve_embed_model("local")
+    assert model.backend == "onnx" and model.precision == "fp32"  # type: ignore[attr-defined]
+    vec = np.asarray(model.get_text_embedding(REAL[2]))
+    assert float(vec @ st_vectors[2]) >= 0.9999

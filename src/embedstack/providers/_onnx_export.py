@@ -322,12 +322,12 @@ def _export_torch(model_dir: Path, out: Path, feeds: Feeds) -> npt.NDArray[Any]:
 
 
 @contextlib.contextmanager
-def _quiet_loggers(*names: str) -> Iterator[None]:
+def _quiet_loggers(*names: str, level: int = logging.WARNING) -> Iterator[None]:
     """ONNX Runtime's optimiser logs every step at INFO; keep that out of the user's logs."""
     loggers = [logging.getLogger(n) for n in names]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
-        lg.setLevel(logging.WARNING)
+        lg.setLevel(level)
     try:
         yield
     finally:
@@ -387,7 +387,8 @@ def _quantise_int8(src: Path, dst: Path) -> None:
     onnx = require("onnx", extra="onnx")
     quant = require("onnxruntime.quantization", extra="onnx", package="onnxruntime")
     keep = _sensitive_nodes(onnx.load(str(src)))
-    with _quiet_loggers("", "onnxruntime.quantization"):  # it logs every tensor at INFO on root
+    # It logs every tensor at INFO on the root logger, and a pre-processing hint at WARNING.
+    with _quiet_loggers("", "onnxruntime.quantization", level=logging.ERROR):
         quant.quantize_dynamic(
             str(src),
             str(dst),
