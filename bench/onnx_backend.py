@@ -1,15 +1,18 @@
 """ONNX Runtime backend vs torch: throughput, latency, memory and fidelity on the default model.
 
 One run, same texts, same threads: sentence-transformers' encode, embedstack with backend="torch",
-backend="onnx" fp32 and the fast mode (int8). Each backend runs in its own subprocess (so peak
-RSS is its own and no backend warms another's caches), on the "query" and the "text" fields of the
-first N records of ../shared/data/packages-retrieval.jsonl; throughput is the best of --rounds
-passes (the machine is shared), latency is one short query at a time through the public API.
+backend="onnx" fp32 and the fast mode (int8). Each backend lives in its own process (so peak RSS
+is its own and no backend warms another's caches), loaded once; the parent runs them one at a time,
+interleaved: each round embeds the "query" and then the "text" field of the first N records of
+../shared/data/packages-retrieval.jsonl with every backend in turn. The machine is shared and its
+speed drifts by +-30% over minutes, so a ratio is the median over rounds of the per-round ratio
+(same minute, same load); texts/s is each backend's best round. Latency is one short query at a
+time through the public API.
 Fidelity: cosine of every vector to sentence-transformers' (the fast mode also to onnx fp32),
 recall@1/@10 of query→text retrieval.
 
     flock /tmp/embedstack-cpu.lock .venv/bin/python bench/onnx_backend.py
-    flock /tmp/embedstack-cpu.lock .venv/bin/python bench/onnx_backend.py --n 500 --rounds 1  # quick
+    flock /tmp/embedstack-cpu.lock .venv/bin/python bench/onnx_backend.py --n 500 --rounds 2  # quick
 
 The ONNX graphs are built (and timed) first, in their own subprocess, into --cache-dir (default:
 a fresh temporary folder, so the export cost is measured too).
@@ -103,37 +106,69 @@ def model_role(name: str) -> Any:
 
 
 def worker(args: argparse.Namespace) -> None:
+    """Load one backend, then serve the parent's commands (one JSON line each) until "quit"."""
+    reply = os.fdopen(os.dup(sys.stdout.fileno()), "w")
+    sys.stdout = sys.stderr  # libraries' chatter must not corrupt the replies
     base_rss = rss_mb()
     t0 = time.perf_counter()
     bulk, one = make_backend(args.worker, args.threads, args.batch_size)
     load_s = time.perf_counter() - t0
-    loaded_rss = rss_mb()
     data = load(args.data, args.n)
-    result: dict[str, Any] = {"load_s": load_s, "rss_loaded_mb": loaded_rss, "rss_start_mb": base_rss}
-    vectors = {}
     for field in FIELDS:
-        items = data[field]
-        bulk(items[:32], field)  # warm-up: first-call allocations, thread pools
-        best = float("inf")
-        for _ in range(args.rounds):
+        bulk(data[field][:32], field)  # warm-up: first-call allocations, thread pools
+    vectors: dict[str, Any] = {}
+    info: dict[str, Any] = {"load_s": load_s, "rss_loaded_mb": rss_mb(), "rss_start_mb": base_rss}
+    reply.write(json.dumps(info) + "\n")
+    reply.flush()
+    for line in sys.stdin:
+        cmd, _, field = line.strip().partition(" ")
+        if cmd == "run":
             t = time.perf_counter()
-            out = bulk(items, field)
-            best = min(best, time.perf_counter() - t)
-        vectors[field] = np.asarray(out, dtype=np.float32)
-        result[f"{field}_per_s"] = len(items) / best
-    queries = data["query"][: args.latency]
-    for q in queries[:10]:
-        one(q)
-    times = []
-    for q in queries:
-        t = time.perf_counter()
-        one(q)
-        times.append(time.perf_counter() - t)
-    result["p50_ms"] = 1000 * statistics.median(times)
-    result["p99_ms"] = 1000 * float(np.percentile(times, 99))
-    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    np.savez(args.out.with_suffix(".npz"), **vectors)
-    args.out.write_text(json.dumps(result))
+            vectors[field] = np.asarray(bulk(data[field], field), dtype=np.float32)
+            answer: dict[str, Any] = {"seconds": time.perf_counter() - t}
+        elif cmd == "latency":
+            queries = data["query"][: args.latency]
+            for q in queries[:10]:
+                one(q)
+            times = []
+            for q in queries:
+                t = time.perf_counter()
+                one(q)
+                times.append(time.perf_counter() - t)
+            answer = {"p50_ms": 1000 * statistics.median(times), "p99_ms": 1000 * float(np.percentile(times, 99))}
+        else:  # quit
+            np.savez(args.out.with_suffix(".npz"), **vectors)
+            answer = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+        reply.write(json.dumps(answer) + "\n")
+        reply.flush()
+        if cmd == "quit":
+            return
+
+
+class Worker:
+    """The parent's handle on one backend's process: one command at a time, answers as dicts."""
+
+    def __init__(self, name: str, args: argparse.Namespace, out: Path, env: dict[str, str]) -> None:
+        self.name = name
+        self.proc = subprocess.Popen(
+            _command("worker", name, args, out), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
+        )
+        self.info = self._answer()
+
+    def _answer(self) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"backend {self.name} exited (code {self.proc.wait()}); see its stderr above")
+        return dict(json.loads(line))
+
+    def ask(self, command: str) -> dict[str, Any]:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+        answer = self._answer()
+        time.sleep(0.3)  # let this process's idle threads stop spinning before the next one runs
+        return answer
 
 
 def prepare(args: argparse.Namespace) -> None:
@@ -162,13 +197,13 @@ def recall(q: np.ndarray, t: np.ndarray, k: int) -> float:
     return 100.0 * float((rank < k).mean())
 
 
-def spawn(mode: str, name: str, args: argparse.Namespace, out: Path, env: dict[str, str]) -> None:
+def _command(mode: str, name: str, args: argparse.Namespace, out: Path) -> list[str]:
     cmd = [sys.executable, __file__, f"--{mode}", name, "--out", str(out), "--n", str(args.n)]
     cmd += ["--threads", str(args.threads), "--rounds", str(args.rounds), "--latency", str(args.latency)]
     cmd += ["--data", str(args.data)]
     if args.batch_size:
         cmd += ["--batch-size", str(args.batch_size)]
-    subprocess.run(cmd, check=True, env=env)
+    return cmd
 
 
 def main(args: argparse.Namespace) -> None:
@@ -181,23 +216,41 @@ def main(args: argparse.Namespace) -> None:
     env.setdefault("TOKENIZERS_PARALLELISM", "true")
     work = Path(tempfile.mkdtemp(prefix="onnx-bench-out-"))
     print(
-        f"{args.n} records, {args.threads} threads, best of {args.rounds} round(s), "
+        f"{args.n} records, {args.threads} threads, {args.rounds} interleaved round(s), "
         f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}, cache {cache}",
         flush=True,
     )
-    spawn("prepare", "graphs", args, work / "prepare.json", env)
+    subprocess.run(_command("prepare", "graphs", args, work / "prepare.json"), check=True, env=env)
     build = json.loads((work / "prepare.json").read_text())
+    names = args.backends.split(",")
+    workers = {name: Worker(name, args, work / f"{name}.json", env) for name in names}
+    times: dict[str, dict[str, list[float]]] = {name: {f: [] for f in FIELDS} for name in names}
+    for r in range(args.rounds):  # every backend runs each field once per round, in rotating order
+        for field in FIELDS:
+            for name in names[r % len(names) :] + names[: r % len(names)]:
+                times[name][field].append(workers[name].ask(f"run {field}")["seconds"])
+        speeds = ", ".join(f"{n} {args.n / times[n]['text'][-1]:.1f} text/s" for n in names)
+        print(f"  round {r + 1}: {speeds}", flush=True)
     results: dict[str, dict[str, Any]] = {}
     vecs: dict[str, dict[str, np.ndarray]] = {}
-    for name in args.backends.split(","):
-        out = work / f"{name}.json"
-        spawn("worker", name, args, out, env)
-        results[name] = json.loads(out.read_text())
-        with np.load(out.with_suffix(".npz")) as z:
+    for name, w in workers.items():
+        results[name] = {**w.info, **w.ask("latency"), "times": times[name]}
+        for field in FIELDS:
+            results[name][f"{field}_per_s"] = args.n / min(times[name][field])
+        results[name].update(w.ask("quit"))
+        w.proc.wait()
+        with np.load((work / f"{name}.json").with_suffix(".npz")) as z:
             vecs[name] = {f: z[f] for f in FIELDS}
-        r = results[name]
-        print(f"  {name}: query {r['query_per_s']:.0f}/s text {r['text_per_s']:.1f}/s", flush=True)
     report(args, build, results, vecs)
+
+
+def ratio(results: dict[str, dict[str, Any]], name: str, field: str) -> str:
+    """Median over rounds of (ST's time / this backend's time) in the same round: noise-robust."""
+    base = results.get("st")
+    if base is None:
+        return "-"
+    pairs = zip(base["times"][field], results[name]["times"][field])
+    return f"{statistics.median(b / t for b, t in pairs):.2f}x"
 
 
 def report(
@@ -207,7 +260,6 @@ def report(
     vecs: dict[str, dict[str, np.ndarray]],
 ) -> None:
     ref = vecs.get("st")
-    base = results.get("st")
     print()
     print(f"### ONNX backend, {args.n} records, {args.threads} threads (all-MiniLM-L6-v2)")
     print()
@@ -217,7 +269,7 @@ def report(
     )
     print("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
     for name, r in results.items():
-        ratio = {f: f"{r[f'{f}_per_s'] / base[f'{f}_per_s']:.2f}x" if base else "-" for f in FIELDS}
+        ratios = {f: ratio(results, name, f) for f in FIELDS}
         if ref is not None:
             cos = np.concatenate([(unit(vecs[name][f]) * unit(ref[f])).sum(1) for f in FIELDS])
             fid = f"{cos.min():.5f} / {cos.mean():.5f}"
@@ -225,8 +277,8 @@ def report(
             fid = "-"
         q, t = vecs[name]["query"], vecs[name]["text"]
         print(
-            f"| {BACKENDS[name]} | {r['query_per_s']:.0f} | {ratio['query']} | {r['text_per_s']:.1f} | "
-            f"{ratio['text']} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['peak_rss_mb']:.0f} | {fid} | "
+            f"| {BACKENDS[name]} | {r['query_per_s']:.0f} | {ratios['query']} | {r['text_per_s']:.1f} | "
+            f"{ratios['text']} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['peak_rss_mb']:.0f} | {fid} | "
             f"{recall(q, t, 1):.2f} | {recall(q, t, 10):.2f} |"
         )
     if "onnx-fp32" in vecs and "onnx-int8" in vecs:
@@ -259,7 +311,7 @@ def parse() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n", type=int, default=2000, help="records of the benchmark file (default 2000)")
     p.add_argument("--threads", type=int, default=0, help="threads for every backend (default: physical cores)")
-    p.add_argument("--rounds", type=int, default=2, help="passes per field; the fastest counts")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds; ratios are medians over rounds")
     p.add_argument("--latency", type=int, default=200, help="single queries timed for p50/p99")
     p.add_argument("--batch-size", type=int, default=0, help="override every backend's batch size")
     p.add_argument("--backends", default=",".join(BACKENDS), help="comma-separated subset of " + ",".join(BACKENDS))

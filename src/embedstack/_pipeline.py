@@ -26,7 +26,7 @@ from embedstack._images import check_image, image_bytes, image_label, materializ
 from embedstack.callbacks.manager import EventContext
 from embedstack.callbacks.schema import CBEventType, EventPayload
 from embedstack.kvstore._codec import UNREADABLE
-from embedstack.types import EmbedResult, Role
+from embedstack.types import EmbedResult, PartialResult, Role
 
 if TYPE_CHECKING:
     from embedstack.base import BaseEmbedding
@@ -185,6 +185,19 @@ class EmbedJob:
                 self._events.fail(token, e)
             raise
 
+    def salvage(self, batch: Batch, exc: BaseException) -> Write | None:
+        """The cache write for what a failed batch did obtain (`exc.partial`), if anything."""
+        part = getattr(exc, "partial", None)
+        if not isinstance(part, PartialResult) or not part.positions or not self.keys:
+            return None
+        try:
+            mat = as_matrix(part.vectors, len(part.positions))
+            keys = [self.keys[batch.slots[p]] for p in part.positions]
+        except (ValueError, IndexError) as e:  # a provider bug must not hide the real failure
+            logger.warning("ignored a malformed partial result from %s: %s", type(self.model).__name__, e)
+            return None
+        return keys, mat
+
     # -- result ------------------------------------------------------------------------------
     def result(self) -> Matrix:
         """All vectors in input order, as an (n, dim) float32 matrix."""
@@ -286,6 +299,9 @@ def run_sync(job: EmbedJob) -> Matrix:
                     store.put_vectors(*write, CACHE_COLLECTION)
             except Exception as e:
                 failed.append(e)
+                salvaged = job.salvage(batch, e) if store is not None else None
+                if salvaged:
+                    store.put_vectors(*salvaged, CACHE_COLLECTION)  # type: ignore[union-attr]
 
         batches = job.batches()
         workers = model._sync_workers()
@@ -323,6 +339,9 @@ async def run_async(job: EmbedJob) -> Matrix:
                         await store.aput_vectors(*write, CACHE_COLLECTION)
                 except Exception as e:
                     failed.append(e)
+                    salvaged = job.salvage(batch, e) if store is not None else None
+                    if salvaged:
+                        await store.aput_vectors(*salvaged, CACHE_COLLECTION)  # type: ignore[union-attr]
 
         await asyncio.gather(*(one(b) for b in job.batches()))
         if failed:

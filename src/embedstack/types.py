@@ -10,7 +10,7 @@ from typing import Any, NamedTuple, Union
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["EmbedResult", "Embedding", "ImageType", "Role", "Vectors"]
+__all__ = ["EmbedResult", "Embedding", "ImageType", "PartialResult", "Role", "Vectors"]
 
 #: One embedding as LlamaIndex returns it.
 Embedding = list[float]
@@ -36,3 +36,14 @@ class EmbedResult(NamedTuple):
     vectors: Vectors
     token_count: int | None = None
     truncated: int = 0
+
+
+class PartialResult(NamedTuple):
+    """What a failed batch did obtain: its positions in the batch and their vectors.
+
+    A provider that sends one batch as several requests sets it as `exc.partial` on the error it
+    raises, so the pipeline caches those vectors and a rerun asks only for the rest.
+    """
+
+    positions: list[int]
+    vectors: Vectors

@@ -297,3 +297,36 @@ def test_pickle_round_trip_reloads(tiny: Any) -> None:
     assert clone._encoder is None and clone.source == model.source
     assert clone._key_factory(Role.TEXT)("x") == model._key_factory(Role.TEXT)("x")
     assert np.allclose(clone.embed(TEXTS), model.embed(TEXTS), atol=1e-6)
+
+
+def test_rewritten_local_directory_does_not_serve_stale_cached_vectors(tiny: Any, tmp_path: Path) -> None:
+    """The cache key carries a stamp of a local directory's files: a new fine-tune saved over the
+    old one is a cache miss; the same, untouched directory is a hit."""
+    import shutil
+
+    import transformers
+
+    from embedstack.kvstore.sqlite import SQLiteKVStore
+
+    model_dir = tmp_path / "my-finetune"
+    shutil.copytree(tiny.plain, model_dir)
+    texts = ["the cat sat on the mat", "a dog"]
+
+    def model() -> HuggingFaceEmbedding:
+        return HuggingFaceEmbedding(str(model_dir), backend="torch", embeddings_cache=SQLiteKVStore(tmp_path / "c.db"))
+
+    first = model().embed(texts)
+    hit = model()
+    np.testing.assert_array_equal(hit.embed(texts), first)
+    assert hit._encoder is None  # served from the cache: the weights were never loaded
+    before = hit._identity()["files"]
+
+    retrained = transformers.BertModel.from_pretrained(str(model_dir))
+    for p in retrained.parameters():
+        p.data.mul_(-1.5)  # different weights, same shapes and file names
+    retrained.save_pretrained(str(model_dir))
+    fresh = model()
+    assert fresh._identity()["files"] != before
+    again = fresh.embed(texts)
+    assert fresh._encoder is not None  # recomputed with the new weights
+    assert not np.allclose(again, first, atol=1e-3)

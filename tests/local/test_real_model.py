@@ -46,6 +46,9 @@ class CountingEncoder:
         self.texts.extend(texts)
         return self.inner.encode(texts)
 
+    def token_counts(self, texts: list[str]) -> list[int]:
+        return list(self.inner.token_counts(texts))
+
 
 def spy(model: HuggingFaceEmbedding) -> CountingEncoder:
     counter = CountingEncoder(model._loaded())

@@ -214,17 +214,40 @@ def test_shipped_onnx_is_used_without_torch_export(
     np.testing.assert_allclose(enc.encode(sentences).vectors, exported.encode(sentences).vectors, rtol=1e-4, atol=1e-5)
 
 
-def test_int8_path(tiny_bert: Path, shared_cache: Path, sentences: list[str]) -> None:
+@pytest.mark.parametrize("gate", ["passes", "fails"])
+def test_int8_quantises_all_or_keeps_ffn_outputs_by_calibration(
+    tiny_bert: Path, shared_cache: Path, sentences: list[str], monkeypatch: pytest.MonkeyPatch, gate: str
+) -> None:
+    # The thresholds are part of the int8 cache key, so each setting builds its own graph.
+    monkeypatch.setattr(_onnx_export, "INT8_MIN_MEAN_COSINE", -1.0 if gate == "passes" else 1.01)
     fp32 = OnnxEncoder(tiny_bert, cache_dir=shared_cache)
     int8 = OnnxEncoder(tiny_bert, precision="int8", cache_dir=shared_cache)
     assert int8.graph_path != fp32.graph_path
     graph = onnx.load(str(int8.graph_path)).graph
-    ops = {n.op_type for n in graph.node}
-    assert ops & {"DynamicQuantizeMatMul", "MatInteger", "MatMulInteger", "QAttention"}, ops
-    assert "MatMul" in ops  # the FFN output projections stay fp32
+    ops = [n.op_type for n in graph.node]
+    assert set(ops) & {"DynamicQuantizeMatMul", "MatMulInteger", "QAttention"}, ops
+    layers = onnx.load(str(fp32.graph_path)).graph
+    ffn_outputs = len(_onnx_export._sensitive_nodes(onnx.load(str(fp32.graph_path))))
+    assert ffn_outputs == sum(n.op_type == "Attention" for n in layers.node) > 0  # one per layer
+    # Passing the gate leaves no fp32 MatMul; failing it keeps exactly the FFN output projections.
+    assert ops.count("MatMul") == (0 if gate == "passes" else ffn_outputs), ops
     vectors = np.asarray(int8.encode(sentences).vectors)
     assert np.isfinite(vectors).all() and vectors.shape == (len(sentences), 32)
     assert _cos(vectors, fp32.encode(sentences).vectors).mean() >= 0.95
+
+
+def test_int8_fidelity_sees_mean_and_cls_pooling() -> None:
+    rng = np.random.default_rng(0)
+    ref = rng.normal(size=(3, 5, 8))
+    mask = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]])
+    assert _onnx_export.int8_fidelity(ref.copy(), ref, mask) == pytest.approx((1.0, 1.0))
+    padded = ref.copy()
+    padded[0, 3:] = 1e6  # padding positions do not count
+    assert _onnx_export.int8_fidelity(padded, ref, mask)[1] == pytest.approx(1.0)
+    flipped = ref.copy()
+    flipped[1, 0] *= -1  # only the first token changes: CLS pooling would see it
+    mean, worst = _onnx_export.int8_fidelity(flipped, ref, mask)
+    assert worst == pytest.approx(-1.0) and mean < 1.0
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16", "int4"])

@@ -88,3 +88,39 @@ def test_local_default_uses_onnx_when_installed(env_cache: Path, st_vectors: np.
     assert model.backend == "onnx" and model.precision == "fp32"  # type: ignore[attr-defined]
     vec = np.asarray(model.get_text_embedding(REAL[2]))
     assert float(vec @ st_vectors[2]) >= 0.9999
+
+
+@pytest.mark.parametrize("backend", ["onnx", "torch"])
+def test_batches_are_ordered_by_tokens_not_characters(env_cache: Path, backend: str) -> None:
+    """Sorting by characters padded query batches by ~50%; the order key is the token count."""
+    from embedstack.providers.huggingface import HuggingFaceEmbedding
+
+    model = HuggingFaceEmbedding(backend=backend, device="cpu")
+    items = ["internationalization!!", "a b c d e f g h i j", "x", "y z"]
+    counts = model._loaded().token_counts(items)
+    assert counts[1] > counts[0] and len(items[1]) < len(items[0])  # the case characters get wrong
+    assert model._batch_order(items) == [1, 0, 3, 2]
+    assert model._loaded().token_counts(["word " * 400]) == [256]  # truncated, as the batch will be
+
+
+def test_accelerator_gets_larger_default_batches(env_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A model that lands on a GPU batches 128 texts per call unless embed_batch_size was given."""
+    from embedstack.providers import huggingface
+    from embedstack.providers.huggingface import HuggingFaceEmbedding
+
+    real = HuggingFaceEmbedding._make_encoder
+
+    def on_gpu(self: HuggingFaceEmbedding) -> Any:  # no GPU here: label the real CPU encoder
+        encoder = real(self)
+        encoder.device = "cuda:0"
+        return encoder
+
+    cpu = HuggingFaceEmbedding(backend="onnx").load()
+    assert cpu.embed_batch_size == huggingface.DEFAULT_LOCAL_BATCH_SIZE
+    monkeypatch.setattr(HuggingFaceEmbedding, "_make_encoder", on_gpu)
+    gpu = HuggingFaceEmbedding(backend="onnx")
+    assert gpu.embed_batch_size == huggingface.DEFAULT_LOCAL_BATCH_SIZE  # decided at load
+    gpu.get_text_embedding_batch(["a", "b"])
+    assert gpu.embed_batch_size == huggingface.DEFAULT_ACCELERATOR_BATCH_SIZE
+    chosen = HuggingFaceEmbedding(backend="onnx", embed_batch_size=8).load()
+    assert chosen.embed_batch_size == 8

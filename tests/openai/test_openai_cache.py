@@ -47,3 +47,39 @@ def test_rerun_after_a_final_failure_requests_only_the_missing(
     server.records.clear()
     np.testing.assert_array_equal(embed(model(), texts, mode), server.vectors(texts))
     assert server.records == []  # all cached now
+
+
+def test_a_batch_split_into_requests_keeps_the_requests_that_succeeded(
+    server: FakeOpenAIServer, tmp_path: Path, mode: str
+) -> None:
+    """One pipeline batch goes out as requests of 3 inputs; the second fails for good. The item whose
+    every request landed is cached; the long item whose windows straddle the failure is not."""
+    long_text = "long " * 40  # ~40 tokens: three windows of at most 16
+    texts = ["part a", long_text, "part b", "part c"]  # units: a, w0, w1 | w2, b, c
+    server.faults.poison = {"part b"}
+
+    def model() -> OpenAIEmbedding:
+        return OpenAIEmbedding(
+            api_key=KEY,
+            api_base=server.url,
+            embed_batch_size=len(texts),
+            max_inputs_per_request=3,
+            max_input_tokens=16,
+            embeddings_cache=SQLiteKVStore(tmp_path / "cache.sqlite"),
+            **{**FAST, "max_retries": 0},
+        )
+
+    with pytest.raises(EmbeddingAPIError, match=r"texts\[1:4\]"):  # the long item, b and c
+        embed(model(), texts, mode)
+    first = server.embedded_inputs()
+    assert "part a" in first and len(first) == 3  # one request landed: "part a" and two windows
+
+    server.records.clear()
+    server.faults.poison = set()
+    out = embed(model(), texts, mode)
+    again = server.embedded_inputs()
+    assert "part a" not in again  # salvaged from the failed batch, served from the cache
+    assert {"part b", "part c"} <= set(again) and len(again) == 5  # the long item's three windows again
+    np.testing.assert_array_equal(out[0], server.vectors(["part a"])[0])
+    full = embed(model(), texts, mode)  # all cached now, same vectors
+    np.testing.assert_array_equal(full, out)

@@ -15,6 +15,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "ModelSource",
     "hub_offline",
     "locate_model",
+    "stamp_identity",
     "verify_bundled",
 ]
 
@@ -54,6 +56,10 @@ _WEIGHTS = ("*.safetensors", "pytorch_model*.bin", "model.onnx", "*.pt")
 _REPO_ID = re.compile(r"[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?")
 
 
+#: Files whose change changes a local model's vectors (weights, configs, tokenizer, ONNX graphs).
+_STAMPED = ("*.safetensors", "*.bin", "*.pt", "*.onnx", "*.json", "*.txt", "*.model")
+
+
 class ModelNotFoundError(FileNotFoundError):
     """No usable copy of the model was found; the message lists the places looked in and the fix."""
 
@@ -70,6 +76,30 @@ class ModelSource:
     def is_sentence_transformers(self) -> bool:
         """Whether the directory is a sentence-transformers model (has modules.json)."""
         return (self.path / "modules.json").is_file()
+
+    def files_stamp(self) -> str | None:
+        """For a plain local directory, a digest of its weight/config files' names, sizes and mtimes.
+
+        Part of the cache key, so vectors cached from a directory that was since rewritten (a new
+        fine-tune saved over the old one) are not served. Hub snapshots are addressed by commit and
+        the bundled model is checksummed, so they need none.
+        """
+        if self.origin != "path":
+            return None
+        digest = hashlib.sha256()
+        found = {p for g in _STAMPED for pattern in (g, f"*/{g}") for p in self.path.glob(pattern)}
+        for file in sorted(p for p in found if p.is_file()):  # two levels: ST modules live in subfolders
+            stat = file.stat()
+            digest.update(f"{file.relative_to(self.path)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        return digest.hexdigest()
+
+
+def stamp_identity(identity: dict[str, Any], source: ModelSource) -> dict[str, Any]:
+    """A provider's cache identity plus its local directory's files stamp (when it has one)."""
+    stamp = source.files_stamp()
+    if stamp is not None:
+        identity["files"] = stamp
+    return identity
 
 
 def hub_offline() -> bool:

@@ -17,6 +17,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from embedstack.types import PartialResult
+
 __all__ = [
     "EmbeddingAPIError",
     "Failure",
@@ -231,6 +233,8 @@ class EmbeddingAPIError(RuntimeError):
     ) -> None:
         self.provider = provider
         self.failure = failure
+        #: What the failed batch did obtain (earlier requests of it); the pipeline caches it.
+        self.partial: PartialResult | None = None
         self.status_code = failure.status
         self.attempts = attempts
         self.endpoint = endpoint

@@ -174,6 +174,13 @@ class TorchEncoder:
         return requested
 
     # -- encoding ------------------------------------------------------------------------------
+    def token_counts(self, texts: list[str]) -> list[int]:
+        """Tokens each text becomes (special tokens included, after truncation): the batch order key."""
+        if self.tokenizer is None:
+            return [len(t) for t in texts]
+        ids = self.tokenizer(texts, add_special_tokens=True, truncation=True, max_length=self.max_length, verbose=False)
+        return [len(row) for row in ids["input_ids"]]
+
     def encode(self, texts: list[str]) -> EmbedResult:
         """Pooled float32 vectors (not normalised) for `texts`, with token and truncation counts."""
         torch = self.torch

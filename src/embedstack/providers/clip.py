@@ -19,7 +19,7 @@ from typing_extensions import Self
 
 from embedstack._optional import require
 from embedstack.base import DEFAULT_EMBED_BATCH_SIZE, BatchEmbedding, MultiModalEmbedding
-from embedstack.providers._hf_source import ModelSource, locate_model
+from embedstack.providers._hf_source import ModelSource, locate_model, stamp_identity
 from embedstack.providers._image_decode import ImageDecodeError, decode_images
 from embedstack.types import EmbedResult, Role
 
@@ -225,6 +225,10 @@ class ClipEmbedding(BatchEmbedding, MultiModalEmbedding):
                 f"{DEFAULT_CLIP_MODEL!r}, or HuggingFaceEmbedding for text-only models"
             )
         self._source = source
+
+    def _identity(self) -> dict[str, Any]:
+        """The fields that change vectors, plus a stamp of a local directory's files (see files_stamp)."""
+        return stamp_identity(super()._identity(), self.source)
 
     @property
     def source(self) -> ModelSource:

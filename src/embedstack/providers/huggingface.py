@@ -26,11 +26,13 @@ from embedstack.providers._hf_source import (
     ModelNotFoundError,
     ModelSource,
     locate_model,
+    stamp_identity,
 )
 from embedstack.providers._instructions import instructions_for
 from embedstack.types import EmbedResult, Role
 
 __all__ = [
+    "DEFAULT_ACCELERATOR_BATCH_SIZE",
     "DEFAULT_LOCAL_BATCH_SIZE",
     "DEFAULT_MODEL",
     "HuggingFaceEmbedding",
@@ -42,8 +44,10 @@ logger = logging.getLogger("embedstack")
 
 #: Texts per model call. On this 2-core CPU (bench/local_models.py --sweep) 16 was fastest for long
 #: texts (52/s vs 45/s at 32, 30/s at 128) and as fast as larger batches for short ones; on a GPU
-#: larger batches pay off: raise embed_batch_size there.
+#: larger batches pay off, so a model that lands on an accelerator uses DEFAULT_ACCELERATOR_BATCH_SIZE
+#: unless embed_batch_size was given (H100, bench/cuda_local.py: 13.7k queries/s at 128 vs 5.5k at 32).
 DEFAULT_LOCAL_BATCH_SIZE = 16
+DEFAULT_ACCELERATOR_BATCH_SIZE = 128
 BACKENDS = ("torch", "onnx")
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 
@@ -68,6 +72,10 @@ class Encoder(Protocol):
 
     def encode(self, texts: list[str]) -> EmbedResult:
         """Vectors for `texts`, with token_count and the number of truncated texts."""
+        ...
+
+    def token_counts(self, texts: list[str]) -> list[int]:
+        """How many tokens each text becomes (after truncation): what a batch pads to."""
         ...
 
 
@@ -228,6 +236,10 @@ class HuggingFaceEmbedding(BatchEmbedding):
             raise RuntimeError("HuggingFaceEmbedding is not initialised")
         return self._source
 
+    def _identity(self) -> dict[str, Any]:
+        """The fields that change vectors, plus a stamp of a local directory's files (see files_stamp)."""
+        return stamp_identity(super()._identity(), self.source)
+
     def _instruction(self, role: Role) -> str | None:
         """The prefix for `role` items: the explicit field, else the model's (in the cache key)."""
         explicit = {Role.QUERY: self.query_instruction, Role.TEXT: self.text_instruction}.get(role)
@@ -275,6 +287,9 @@ class HuggingFaceEmbedding(BatchEmbedding):
                         f"dimensions={self.dimensions} exceeds {self.model_name!r}'s {encoder.dim} dimensions"
                     )
                 self._encoder = encoder
+                device = str(getattr(encoder, "device", "cpu"))
+                if device != "cpu" and "embed_batch_size" not in self.model_fields_set:
+                    self.embed_batch_size = DEFAULT_ACCELERATOR_BATCH_SIZE
             return self._encoder
 
     def load(self) -> HuggingFaceEmbedding:
@@ -288,8 +303,18 @@ class HuggingFaceEmbedding(BatchEmbedding):
         return self.dimensions or self._loaded().dim
 
     def _batch_order(self, items: list[Any]) -> list[int] | None:
-        """Longest first, so each batch pads little and the slowest batch runs first."""
-        return sorted(range(len(items)), key=lambda i: -len(items[i]))
+        """Most tokens first, so each batch pads little and the slowest batch runs first.
+
+        Token counts, not characters: sorting queries by characters padded batches by ~50%.
+        """
+        if len(items) <= 1:
+            return None
+        texts = [t if isinstance(t, str) else str(t) for t in items]
+        with self._lock:  # a transformers tokenizer is not safe to call from two threads at once
+            counter = getattr(self._loaded(), "token_counts", None)
+            counts = np.asarray(counter(texts) if counter else [len(t) for t in texts], dtype=np.int64)
+        order: list[int] = np.argsort(-counts, kind="stable").tolist()
+        return order
 
     def _embed_batch(self, items: list[Any], role: Role) -> EmbedResult:
         if role is Role.IMAGE:

@@ -42,6 +42,7 @@ from embedstack.providers._openai_shaping import (
     OPENAI_MAX_REQUEST_TOKENS,
     TokenCounter,
     TooLongError,
+    UnitPlan,
     combine,
     get_token_counter,
     pack,
@@ -50,7 +51,7 @@ from embedstack.providers._openai_shaping import (
     utf8_len,
 )
 from embedstack.providers._retry import EmbeddingAPIError, Failure, RetryPolicy, scrub, status_failure
-from embedstack.types import EmbedResult, Role
+from embedstack.types import EmbedResult, PartialResult, Role
 
 __all__ = [
     "DEFAULT_OPENAI_MODEL",
@@ -338,6 +339,7 @@ class _OpenAIBase(BatchEmbedding):
         policy = self._policy()
         unit_vectors: npt.NDArray[np.float32] | None = None
         tokens: int | None = 0
+        unit_done = np.zeros(len(plan.texts), dtype=bool)
         pending = deque(pack(plan.costs, self._max_inputs(), self.max_request_tokens))
         while pending:
             chunk = pending.popleft()
@@ -365,7 +367,9 @@ class _OpenAIBase(BatchEmbedding):
                     )
                     break
                 if policy.gives_up(attempts, outcome):
-                    raise self._final_error(outcome, attempts, [items[keep[plan.owner[u]]] for u in chunk], policy)
+                    error = self._final_error(outcome, attempts, [items[keep[plan.owner[u]]] for u in chunk], policy)
+                    error.partial = _obtained(plan, keep, unit_vectors, unit_done)
+                    raise error
                 delay = policy.delay(attempts, outcome.retry_after)
                 if outcome.status == 429:  # the limit is shared: pause every worker of this model
                     self._cooldown_until = max(self._cooldown_until, time.monotonic() + delay)
@@ -389,6 +393,7 @@ class _OpenAIBase(BatchEmbedding):
                     f"{unit_vectors.shape[1]}-dim vectors in one batch"
                 )
             unit_vectors[chunk.start : chunk.stop] = outcome.vectors
+            unit_done[chunk.start : chunk.stop] = True
             tokens = None if tokens is None or outcome.tokens is None else tokens + outcome.tokens
         if unit_vectors is not None:
             self._dim = unit_vectors.shape[1]
@@ -598,6 +603,20 @@ class _OpenAIBase(BatchEmbedding):
         client, self._client = self._client, None
         if client is not None:
             client.close()
+
+
+def _obtained(
+    plan: UnitPlan, keep: list[int], unit_vectors: npt.NDArray[np.float32] | None, unit_done: npt.NDArray[np.bool_]
+) -> PartialResult | None:
+    """The items of a failing batch whose every request succeeded (windows included), for the cache."""
+    if unit_vectors is None or not unit_done.any():
+        return None
+    owner = np.asarray(plan.owner)
+    complete = np.ones(len(keep), dtype=bool)
+    np.logical_and.at(complete, owner, unit_done)
+    safe = np.where(unit_done[:, None], unit_vectors, np.float32(0))  # unsent units hold garbage
+    rows = np.flatnonzero(complete)
+    return PartialResult([keep[t] for t in rows], combine(len(keep), plan, safe)[rows])
 
 
 def _b64decode(text: str) -> bytes:
