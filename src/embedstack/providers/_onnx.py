@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ from embedstack.providers._onnx_export import (
 )
 from embedstack.types import EmbedResult
 
-__all__ = ["DEFAULT_TOKEN_BUDGET", "ONNX_PRECISIONS", "OnnxEncoder", "physical_cores"]
+__all__ = ["DEFAULT_TOKEN_BUDGET", "ONNX_PRECISIONS", "RUNTIMES", "OnnxEncoder", "physical_cores"]
 
 logger = logging.getLogger("embedstack")
 
@@ -165,8 +166,44 @@ class _Layout:
         return int(value) if value else None
 
 
+#: Which cached graph each runtime runs for a precision (see _onnx_export.GRAPH_KINDS).
+RUNTIMES = {
+    "onnxruntime": {"fp32": "fp32", "int8": "int8"},
+    "openvino": {"fp32": "plain", "int8": "nncf-int8"},
+}
+
+
+class _Port:
+    """An OpenVINO input/output as onnxruntime describes one: a name and a shape."""
+
+    def __init__(self, port: Any) -> None:
+        self.name = port.get_any_name()
+        self.shape = list(port.get_partial_shape())
+
+
+class _OpenVinoSession:
+    """An OpenVINO compiled model behind the slice of onnxruntime's InferenceSession the encoder uses."""
+
+    def __init__(self, ov: Any, path: Path, threads: int) -> None:
+        config = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"}
+        self.compiled = ov.Core().compile_model(str(path), "CPU", config)
+        self.request = self.compiled.create_infer_request()
+        self._lock = threading.Lock()  # one infer request: calls from several threads take turns
+
+    def get_inputs(self) -> list[_Port]:
+        return [_Port(p) for p in self.compiled.inputs]
+
+    def get_outputs(self) -> list[_Port]:
+        return [_Port(p) for p in self.compiled.outputs]
+
+    def run(self, outputs: list[str], feeds: dict[str, Any]) -> list[Any]:
+        with self._lock:
+            result = self.request.infer(feeds)
+            return [np.array(result[self.compiled.output(name)]) for name in outputs]
+
+
 class OnnxEncoder:
-    """A model directory run by ONNX Runtime: texts → pooled float32 vectors (not normalised)."""
+    """A model directory run by ONNX Runtime (or OpenVINO): texts → pooled float32 vectors (not normalised)."""
 
     dim: int
     max_length: int
@@ -181,7 +218,12 @@ class OnnxEncoder:
         *,
         cache_dir: Path | None = None,
         token_budget: int = DEFAULT_TOKEN_BUDGET,
+        runtime: str = "onnxruntime",
     ) -> None:
+        if runtime not in RUNTIMES:
+            raise ValueError(f"unknown runtime {runtime!r}; use one of {list(RUNTIMES)}")
+        self.runtime = runtime
+        self.ov = require("openvino", extra="openvino") if runtime == "openvino" else None
         self.ort = require("onnxruntime", extra="onnx")
         tokenizers = require("tokenizers", extra="onnx")
         if precision not in ONNX_PRECISIONS:
@@ -273,6 +315,8 @@ class OnnxEncoder:
         return 0
 
     def _session(self, path: Path) -> Any:
+        if self.ov is not None:
+            return _OpenVinoSession(self.ov, path, self.threads)
         ort = self.ort
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -283,13 +327,21 @@ class OnnxEncoder:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
     def _prepare(self, cache_dir: Path | None) -> Path:
+        kind = RUNTIMES[self.runtime][self.precision]
         return prepare_graph(
             self.layout.transformer,
-            self.precision,
+            kind,
             self._probe_feeds,
             cache_dir=cache_dir,
-            calibration=self._calibration_feeds,
+            calibration=self._nncf_calibration_feeds if kind == "nncf-int8" else self._calibration_feeds,
         )
+
+    def _nncf_calibration_feeds(self) -> Feeds:
+        """The 18 built-in texts plus 200 shipped ones (calibration.txt): NNCF's ranges need more samples."""
+        shipped = (Path(__file__).with_name("calibration.txt")).read_text(encoding="utf-8").splitlines()
+        texts = [t.lower() if self.lowercase else t for t in [*_CALIBRATION, *filter(None, shipped)]]
+        encodings = self._encode_batch(texts)
+        return self._feeds(encodings, list(range(len(encodings))))
 
     def _calibration_feeds(self) -> Feeds:
         encodings = self._encode_batch([t.lower() if self.lowercase else t for t in _CALIBRATION])

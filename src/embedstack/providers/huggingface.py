@@ -48,7 +48,7 @@ logger = logging.getLogger("embedstack")
 #: unless embed_batch_size was given (H100, bench/cuda_local.py: 13.7k queries/s at 128 vs 5.5k at 32).
 DEFAULT_LOCAL_BATCH_SIZE = 16
 DEFAULT_ACCELERATOR_BATCH_SIZE = 128
-BACKENDS = ("torch", "onnx")
+BACKENDS = ("torch", "onnx", "openvino")
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 
 # Fields that decide where the files come from, and fields that decide how they are loaded.
@@ -111,8 +111,13 @@ class HuggingFaceEmbedding(BatchEmbedding):
     dimensions: int | None = Field(default=None, gt=0, description="Keep the first N dimensions (Matryoshka).")
     cache_folder: str | None = Field(default=None, description="Hugging Face cache directory to look in / download to.")
     trust_remote_code: bool = Field(default=False, description="Allow model code from the repository to run.")
-    backend: str = Field(default="torch", description="'torch' (sentence-transformers/transformers) or 'onnx'.")
-    precision: str = Field(default="fp32", description="fp32, fp16 or bf16 (torch); the onnx backend adds int8.")
+    backend: str = Field(
+        default="torch",
+        description="'torch' (sentence-transformers), 'onnx' (ONNX Runtime) or 'openvino'.",
+    )
+    precision: str = Field(
+        default="fp32", description="fp32, fp16 or bf16 (torch); the onnx and openvino backends: fp32 or int8."
+    )
     revision: str | None = Field(default=None, description="Hub revision (branch, tag or commit).")
 
     _identity_exclude: ClassVar[frozenset[str]] = frozenset(
@@ -146,7 +151,10 @@ class HuggingFaceEmbedding(BatchEmbedding):
     @classmethod
     def _check_backend(cls, v: str) -> str:
         if v not in BACKENDS:
-            raise ValueError(f"unknown backend {v!r}; use 'torch' or 'onnx' (pip install 'embedstack[onnx]')")
+            raise ValueError(
+                f"unknown backend {v!r}; use 'torch', 'onnx' (pip install 'embedstack[onnx]') or "
+                f"'openvino' (pip install 'embedstack[openvino]')"
+            )
         return v
 
     @field_validator("precision")
@@ -238,7 +246,10 @@ class HuggingFaceEmbedding(BatchEmbedding):
 
     def _identity(self) -> dict[str, Any]:
         """The fields that change vectors, plus a stamp of a local directory's files (see files_stamp)."""
-        return stamp_identity(super()._identity(), self.source)
+        data = stamp_identity(super()._identity(), self.source)
+        if self.precision == "int8":  # the int8 graphs of ONNX Runtime and OpenVINO differ
+            data["int8_runtime"] = self.backend
+        return data
 
     def _instruction(self, role: Role) -> str | None:
         """The prefix for `role` items: the explicit field, else the model's (in the cache key)."""
@@ -262,7 +273,7 @@ class HuggingFaceEmbedding(BatchEmbedding):
                 precision=self.precision,
                 trust_remote_code=self.trust_remote_code,
             )
-        if self.backend == "onnx":
+        if self.backend in ("onnx", "openvino"):
             try:
                 from embedstack.providers._onnx import OnnxEncoder  # type: ignore[import-not-found]
             except ModuleNotFoundError as e:
@@ -275,8 +286,9 @@ class HuggingFaceEmbedding(BatchEmbedding):
                 max_length=self.max_length,
                 pooling=self.pooling,
                 threads=None,
+                runtime="openvino" if self.backend == "openvino" else "onnxruntime",
             )
-        raise ValueError(f"unknown backend {self.backend!r}; use 'torch' or 'onnx'")
+        raise ValueError(f"unknown backend {self.backend!r}; use 'torch', 'onnx' or 'openvino'")
 
     def _loaded(self) -> Encoder:
         with self._lock:

@@ -1,0 +1,73 @@
+"""backend="openvino": the plain export and its NNCF int8 graph, cached like ONNX Runtime's, run by OpenVINO."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import onnx
+from embedstack.providers import _onnx_export
+from embedstack.providers._onnx import OnnxEncoder
+
+
+def _cos(a: Any, b: Any) -> np.ndarray:
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return np.asarray((a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)))
+
+
+def test_openvino_fp32_runs_the_plain_graph_and_matches_onnxruntime(
+    tiny_bert: Path, shared_cache: Path, sentences: list[str]
+) -> None:
+    ort = OnnxEncoder(tiny_bert, cache_dir=shared_cache)
+    ov = OnnxEncoder(tiny_bert, cache_dir=shared_cache, runtime="openvino")
+    assert ov.graph_path != ort.graph_path and ov.graph_path.parent == ort.graph_path.parent
+    domains = {n.domain for n in onnx.load(str(ov.graph_path)).graph.node}
+    assert "com.microsoft" not in domains  # standard ops only: OpenVINO cannot read ORT's fused ones
+    assert ov.inputs == ort.inputs and ov.output == ort.output
+    np.testing.assert_allclose(ov.encode(sentences).vectors, ort.encode(sentences).vectors, rtol=1e-4, atol=1e-5)
+
+
+def test_openvino_int8_is_nncf_qdq_cached_and_close(
+    tiny_bert: Path, tmp_path: Path, sentences: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fp32 = OnnxEncoder(tiny_bert, cache_dir=tmp_path, runtime="openvino")
+    int8 = OnnxEncoder(tiny_bert, precision="int8", cache_dir=tmp_path, runtime="openvino")
+    ops = [n.op_type for n in onnx.load(str(int8.graph_path)).graph.node]
+    assert ops.count("QuantizeLinear") >= 6 and "DequantizeLinear" in ops  # every layer's MatMuls
+    vectors = np.asarray(int8.encode(sentences).vectors)
+    assert np.isfinite(vectors).all() and vectors.shape == (len(sentences), 32)
+    assert _cos(vectors, fp32.encode(sentences).vectors).mean() >= 0.95
+
+    def no_nncf(*args: Any) -> Any:
+        raise AssertionError("the cached int8 graph should have been used")
+
+    monkeypatch.setattr(_onnx_export, "_build_nncf", no_nncf)
+    again = OnnxEncoder(tiny_bert, precision="int8", cache_dir=tmp_path, runtime="openvino")
+    assert again.graph_path == int8.graph_path
+    np.testing.assert_array_equal(again.encode(sentences).vectors, vectors)
+
+
+def test_unknown_runtime_names_the_choices(tiny_bert: Path) -> None:
+    with pytest.raises(ValueError, match="openvino"):
+        OnnxEncoder(tiny_bert, runtime="tensorrt")
+
+
+def test_huggingface_embedding_openvino_int8_real_model(env_cache: Path, bundled_model: Path) -> None:
+    """The fast mode on the real model: close to fp32, and its own cache entries (not ORT int8's)."""
+    from embedstack.providers.huggingface import HuggingFaceEmbedding
+
+    texts = [
+        "A man is eating food.",
+        "A man is eating a piece of bread.",
+        "python3-numpy: fast array computing for Python",
+        "How do I parse JSON in a shell script?",
+    ]
+    fp32 = HuggingFaceEmbedding(backend="onnx").embed(texts)
+    fast = HuggingFaceEmbedding(backend="openvino", precision="int8")
+    cos = (fast.embed(texts) * fp32).sum(1)
+    assert cos.mean() >= 0.99 and cos.min() >= 0.97, cos
+    ort_int8 = HuggingFaceEmbedding(backend="onnx", precision="int8")
+    assert fast._identity() != ort_int8._identity()  # different approximations never share cache entries
