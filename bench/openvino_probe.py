@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from onnx_backend import recall, unit  # bench/ is on sys.path when run as a script
+
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "packages-retrieval.jsonl"
 FIELDS = ("query", "text")
 
@@ -37,17 +39,6 @@ class OpenVinoSession:
     def run(self, outputs: Any, feeds: dict[str, Any]) -> list[Any]:
         result = self.request.infer({n: feeds[n] for n in self.names})
         return [next(iter(result.values()))]
-
-
-def unit(m: np.ndarray) -> np.ndarray:
-    m = np.asarray(m, dtype=np.float64)
-    return m / np.maximum(np.linalg.norm(m, axis=1, keepdims=True), 1e-12)
-
-
-def recall(q: np.ndarray, t: np.ndarray, k: int) -> float:
-    scores = unit(q) @ unit(t).T
-    own = scores[np.arange(len(q)), np.arange(len(q))]
-    return 100.0 * float(((scores > own[:, None]).sum(axis=1) < k).mean())
 
 
 def main(args: argparse.Namespace) -> None:

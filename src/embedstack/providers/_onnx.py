@@ -338,17 +338,17 @@ class OnnxEncoder:
 
     def _nncf_calibration_feeds(self) -> Feeds:
         """The 18 built-in texts plus 200 shipped ones (calibration.txt): NNCF's ranges need more samples."""
-        shipped = (Path(__file__).with_name("calibration.txt")).read_text(encoding="utf-8").splitlines()
-        texts = [t.lower() if self.lowercase else t for t in [*_CALIBRATION, *filter(None, shipped)]]
-        encodings = self._encode_batch(texts)
-        return self._feeds(encodings, list(range(len(encodings))))
+        shipped = Path(__file__).with_name("calibration.txt").read_text(encoding="utf-8").splitlines()
+        return self._padded([*_CALIBRATION, *filter(None, shipped)])
 
     def _calibration_feeds(self) -> Feeds:
-        encodings = self._encode_batch([t.lower() if self.lowercase else t for t in _CALIBRATION])
-        return self._feeds(encodings, list(range(len(encodings))))
+        return self._padded(_CALIBRATION)
 
     def _probe_feeds(self) -> Feeds:
-        encodings = self.tokenizer.encode_batch(_PROBE)
+        return self._padded(_PROBE)
+
+    def _padded(self, texts: list[str]) -> Feeds:
+        encodings = self._encode_batch(texts)
         return self._feeds(encodings, list(range(len(encodings))))
 
     def _dim(self) -> int:
@@ -394,11 +394,12 @@ class OnnxEncoder:
 
     def token_counts(self, texts: list[str]) -> list[int]:
         """Tokens each text becomes (special tokens included, after truncation): the batch order key."""
-        if self.lowercase:
-            texts = [t.lower() for t in texts]
         return [len(e.ids) for e in self._encode_batch(texts)]
 
     def _encode_batch(self, texts: list[str]) -> list[Any]:
+        """Token encodings (lower-cased first when the model says so), unpadded, truncated."""
+        if self.lowercase:
+            texts = [t.lower() for t in texts]
         fast = getattr(self.tokenizer, "encode_batch_fast", None)  # no offsets: tokenizers >= 0.20
         return list(fast(texts) if fast is not None else self.tokenizer.encode_batch(texts))
 
@@ -406,8 +407,6 @@ class OnnxEncoder:
         """Pooled float32 vectors (not normalised) for `texts`, with token and truncation counts."""
         if not texts:
             return EmbedResult(np.zeros((0, self.dim), dtype=np.float32), token_count=0)
-        if self.lowercase:
-            texts = [t.lower() for t in texts]
         encodings = self._encode_batch(texts)
         lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(texts))
         truncated = sum(1 for e in encodings if e.overflowing)

@@ -453,10 +453,6 @@ def _build_int8(base: Path, dst: Path, calibration: Feeds) -> None:
     )
 
 
-class _Unfused(Exception):
-    """The plain graph was asked for (OpenVINO reads standard ops, not ONNX Runtime's fused ones)."""
-
-
 def _build_nncf(base: Path, dst: Path, calibration: Feeds) -> None:
     """NNCF post-training int8 (SmoothQuant, bias correction) of the plain graph: one QDQ .onnx file.
 
@@ -477,16 +473,33 @@ def _build_nncf(base: Path, dst: Path, calibration: Feeds) -> None:
     onnx.save(quantised, str(dst))
 
 
+def _fuse(source: Path, fused: Path, model_dir: Path, feeds: Feeds, reference: npt.NDArray[Any]) -> bool:
+    """Write ONNX Runtime's fused graph to `fused`; True when it still reproduces `reference`."""
+    try:
+        stats = _optimise(source, fused, model_dir)
+        worst = _worst_token_cosine(_run_graph(fused, feeds), reference, feeds["attention_mask"])
+    except Exception as e:  # any optimiser failure leaves the plain graph
+        logger.info("onnx: transformer fusions skipped for %s: %s", model_dir, e)
+        return False
+    if worst >= _EXPORT_MIN_COSINE:
+        logger.info("onnx: fused %s for %s", stats, model_dir)
+        return True
+    if stats:
+        logger.info("onnx: fusions changed the output (cos %.6f); kept plain", worst)
+    return False
+
+
 def _build_fp32(model_dir: Path, final: Path, feeds: Feeds, fuse: bool = True) -> None:
-    """Export (or take the shipped graph), check it, fuse (unless `fuse` is off), check again, publish."""
+    """Export (or take the shipped graph), check it, fuse (unless `fuse` is off: OpenVINO reads only
+    standard ops), check again, publish."""
     shipped = shipped_onnx(model_dir)
-    mask = feeds["attention_mask"]
     raw = _tmp_path(final)
     fused = _tmp_path(final)
     try:
         if shipped is None:
-            reference = _export_torch(model_dir, raw, feeds)
-            worst = _worst_token_cosine(_run_graph(raw, feeds), reference, mask)
+            expected = _export_torch(model_dir, raw, feeds)
+            reference = _run_graph(raw, feeds)
+            worst = _worst_token_cosine(reference, expected, feeds["attention_mask"])
             if not worst >= _EXPORT_MIN_COSINE:
                 raise ExportError(
                     f"the ONNX export of {model_dir} does not reproduce the torch model (worst "
@@ -495,28 +508,14 @@ def _build_fp32(model_dir: Path, final: Path, feeds: Feeds, fuse: bool = True) -
             source = raw
         else:
             source = shipped
-        reference = _run_graph(source, feeds)
-        try:
-            if not fuse:
-                raise _Unfused
-            stats = _optimise(source, fused, model_dir)
-            worst = _worst_token_cosine(_run_graph(fused, feeds), reference, mask)
-            ok = worst >= _EXPORT_MIN_COSINE
-        except _Unfused:
-            ok, stats, worst = False, {}, float("nan")
-        except Exception as e:  # any optimiser failure leaves the plain graph
-            logger.info("onnx: transformer fusions skipped for %s: %s", model_dir, e)
-            ok, stats, worst = False, {}, float("nan")
-        if ok:
-            logger.info("onnx: fused %s for %s", stats, model_dir)
+            reference = _run_graph(source, feeds)
+        if fuse and _fuse(source, fused, model_dir, feeds, reference):
             _publish(fused, final)
-        else:
-            if stats:
-                logger.info("onnx: fusions changed the output (cos %.6f); kept plain", worst)
-            if source is shipped:  # re-save: folds any external-data file into one graph
-                onnx = require("onnx", extra="onnx")
-                onnx.save(onnx.load(str(shipped)), str(raw))
-            _publish(raw, final)
+            return
+        if source is shipped:  # re-save: folds any external-data file into one graph
+            onnx = require("onnx", extra="onnx")
+            onnx.save(onnx.load(str(shipped)), str(raw))
+        _publish(raw, final)
     finally:
         for tmp in (raw, fused):
             with contextlib.suppress(FileNotFoundError):
