@@ -1,14 +1,15 @@
 """ONNX Runtime backend vs torch: throughput, latency, memory and fidelity on the default model.
 
 One run, same texts, same threads: sentence-transformers' encode, embedstack with backend="torch",
-backend="onnx" fp32 and the fast mode (int8). Each backend lives in its own process (so peak RSS
+backend="onnx" fp32 and int8, backend="openvino" fp32, bf16 (on CPUs with native bf16) and int8 (the
+fast mode). Each backend lives in its own process (so peak RSS
 is its own and no backend warms another's caches), loaded once; the parent runs them one at a time,
 interleaved: each round embeds the "query" and then the "text" field of the first N records of
 ../shared/data/packages-retrieval.jsonl with every backend in turn. The machine is shared and its
 speed drifts by +-30% over minutes, so a ratio is the median over rounds of the per-round ratio
 (same minute, same load); texts/s is each backend's best round. Latency is one short query at a
 time through the public API.
-Fidelity: cosine of every vector to sentence-transformers' (the fast mode also to onnx fp32),
+Fidelity: cosine of every vector to sentence-transformers' (bf16 and int8 also to onnx fp32),
 recall@1/@10 of query→text retrieval.
 
     flock /tmp/embedstack-cpu.lock .venv/bin/python bench/onnx_backend.py
@@ -44,6 +45,8 @@ BACKENDS = {
     "torch": "embedstack torch",
     "onnx-fp32": "embedstack onnx fp32",
     "onnx-int8": "embedstack onnx int8",
+    "openvino-fp32": "embedstack openvino fp32",
+    "openvino-bf16": "embedstack openvino bf16",
     "openvino-int8": "embedstack openvino int8 (fast)",
 }
 FIELDS = ("query", "text")
@@ -178,11 +181,44 @@ def prepare(args: argparse.Namespace) -> None:
     from embedstack.providers._onnx import OnnxEncoder
 
     times = {}
-    for runtime, precision in (("onnxruntime", "fp32"), ("onnxruntime", "int8"), ("openvino", "int8")):
+    builds = (("onnxruntime", "fp32"), ("onnxruntime", "int8"), ("openvino", "fp32"), ("openvino", "int8"))
+    for runtime, precision in builds:
         t = time.perf_counter()
         OnnxEncoder(model_dir(), precision=precision, runtime=runtime)
         times[f"{runtime} {precision}"] = time.perf_counter() - t
-    args.out.write_text(json.dumps(times))
+    args.out.write_text(json.dumps({"build": times, "peak": matmul_peak(args.threads)}))
+
+
+def matmul_peak(threads: int) -> dict[str, float]:
+    """GFLOP/s of one (1024x384)@(384x1536) matmul in fp32 and bf16 (torch, same threads): the ceiling."""
+    import torch
+
+    torch.set_num_threads(threads)
+    peak = {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        a, b = torch.randn(1024, 384, dtype=dtype), torch.randn(384, 1536, dtype=dtype)
+        for _ in range(10):
+            a @ b
+        t, n = time.perf_counter(), 200
+        for _ in range(n):
+            a @ b
+        peak[name] = 2 * 1024 * 384 * 1536 * n / (time.perf_counter() - t) / 1e9
+    return peak
+
+
+def field_gflop(texts: list[str]) -> float:
+    """The model's arithmetic for `texts` (linear layers plus attention over each text's own length)."""
+    from tokenizers import Tokenizer
+
+    cfg = json.loads((model_dir() / "config.json").read_text())
+    layers, hidden, inner = cfg["num_hidden_layers"], cfg["hidden_size"], cfg["intermediate_size"]
+    tok = Tokenizer.from_file(str(model_dir() / "tokenizer.json"))
+    tok.no_padding()
+    tok.enable_truncation(256)
+    n = np.array([len(e.ids) for e in tok.encode_batch(texts)], dtype=np.float64)
+    linear = 2 * layers * (4 * hidden * hidden + 2 * hidden * inner) * n.sum()
+    attention = 4 * layers * hidden * (n * n).sum()  # scores and weighted sum
+    return float(linear + attention) / 1e9
 
 
 # -- parent side -----------------------------------------------------------------------------------
@@ -223,8 +259,12 @@ def main(args: argparse.Namespace) -> None:
         flush=True,
     )
     subprocess.run(_command("prepare", "graphs", args, work / "prepare.json"), check=True, env=env)
-    build = json.loads((work / "prepare.json").read_text())
+    prepared = json.loads((work / "prepare.json").read_text())
+    build, peak = prepared["build"], prepared["peak"]
     names = args.backends.split(",")
+    if "openvino-bf16" in names and not _native_bf16():
+        names.remove("openvino-bf16")
+        print("  (openvino-bf16 skipped: this CPU has no native bfloat16)", flush=True)
     workers = {name: Worker(name, args, work / f"{name}.json", env) for name in names}
     times: dict[str, dict[str, list[float]]] = {name: {f: [] for f in FIELDS} for name in names}
     for r in range(args.rounds):  # every backend runs each field once per round, in rotating order
@@ -244,6 +284,23 @@ def main(args: argparse.Namespace) -> None:
         with np.load((work / f"{name}.json").with_suffix(".npz")) as z:
             vecs[name] = {f: z[f] for f in FIELDS}
     report(args, build, results, vecs)
+    data = load(args.data, args.n)
+    gflop = {f: field_gflop(data[f]) for f in FIELDS}
+    print(
+        f"Arithmetic rate (model FLOPs / time, best round) against the measured matmul ceiling "
+        f"(fp32 {peak['fp32']:.0f}, bf16 {peak['bf16']:.0f} GFLOP/s):"
+    )
+    for name in results:
+        rates = [gflop[f] / min(times[name][f]) for f in FIELDS]
+        print(f"  {BACKENDS[name]}: queries {rates[0]:.0f}, texts {rates[1]:.0f} GFLOP/s")
+
+
+def _native_bf16() -> bool:
+    try:
+        import openvino as ov
+    except ImportError:
+        return False
+    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 
 def ratio(results: dict[str, dict[str, Any]], name: str, field: str) -> str:
@@ -283,7 +340,7 @@ def report(
             f"{ratios['text']} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['peak_rss_mb']:.0f} | {fid} | "
             f"{recall(q, t, 1):.2f} | {recall(q, t, 10):.2f} |"
         )
-    for fast in ("onnx-int8", "openvino-int8"):
+    for fast in ("onnx-int8", "openvino-bf16", "openvino-int8"):
         if "onnx-fp32" not in vecs or fast not in vecs:
             continue
         a, b = vecs["onnx-fp32"], vecs[fast]
@@ -297,11 +354,13 @@ def report(
             f"p1 {np.percentile(cos, 1):.5f}; recall@10 {d10:+.2f} points, recall@1 {d1:+.2f} points "
             f"({verdict} the bar: mean cosine >= 0.99, |recall@10 change| <= 0.5)."
         )
-    if ref is not None and "onnx-fp32" in vecs:
-        cos = np.concatenate([(unit(vecs["onnx-fp32"][f]) * unit(ref[f])).sum(1) for f in FIELDS])
+    for exact in ("onnx-fp32", "openvino-fp32", "openvino-bf16"):
+        if ref is None or exact not in vecs:
+            continue
+        cos = np.concatenate([(unit(vecs[exact][f]) * unit(ref[f])).sum(1) for f in FIELDS])
         below = int((cos < 0.9999).sum())
         print(
-            f"onnx fp32 vs sentence-transformers: {below} of {cos.size} texts below cosine 0.9999 "
+            f"{BACKENDS[exact]} vs sentence-transformers: {below} of {cos.size} texts below cosine 0.9999 "
             f"(min {cos.min():.6f})."
         )
     print(

@@ -237,7 +237,7 @@ def test_resolve_local_default_and_path(minilm: HuggingFaceEmbedding) -> None:
     cm = CallbackManager([])
     model = resolve_embed_model("local", callback_manager=cm)
     assert isinstance(model, HuggingFaceEmbedding)
-    assert model.model_name == DEFAULT_MODEL and model.backend in ("torch", "onnx")
+    assert model.model_name == DEFAULT_MODEL and model.backend in ("torch", "onnx", "openvino")
     assert model.callback_manager is cm
     by_path = resolve_embed_model(f"local:{minilm.source.path}")
     assert isinstance(by_path, HuggingFaceEmbedding) and by_path.source.origin == "path"

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import onnx
-from embedstack.providers import _onnx_export
+from embedstack.providers import _onnx, _onnx_export
 from embedstack.providers._onnx import OnnxEncoder
 
 
@@ -71,3 +71,60 @@ def test_huggingface_embedding_openvino_int8_real_model(env_cache: Path, bundled
     assert cos.mean() >= 0.99 and cos.min() >= 0.97, cos
     ort_int8 = HuggingFaceEmbedding(backend="onnx", precision="int8")
     assert fast._identity() != ort_int8._identity()  # different approximations never share cache entries
+
+
+def test_openvino_fp32_and_int8_ask_for_f32_explicitly(tiny_bert: Path, shared_cache: Path) -> None:
+    """On a CPU with native bf16 OpenVINO's default is bf16: fp32 must not silently become it."""
+    ov = OnnxEncoder(tiny_bert, cache_dir=shared_cache, runtime="openvino")
+    assert str(ov.session.compiled.get_property("INFERENCE_PRECISION_HINT")) in ("f32", "<Type: 'float32'>")
+
+
+def test_openvino_bf16_is_rounded_and_close_where_the_cpu_has_bf16(
+    tiny_bert: Path, shared_cache: Path, sentences: list[str]
+) -> None:
+    import openvino
+
+    if not _onnx.native_bf16(openvino):  # the refusal is tested below for every CPU
+        with pytest.raises(ValueError, match="native bfloat16"):
+            OnnxEncoder(tiny_bert, precision="bf16", cache_dir=shared_cache, runtime="openvino")
+        return
+    fp32 = OnnxEncoder(tiny_bert, cache_dir=shared_cache, runtime="openvino")
+    bf16 = OnnxEncoder(tiny_bert, precision="bf16", cache_dir=shared_cache, runtime="openvino")
+    assert bf16.graph_path == fp32.graph_path  # one plain graph; the precision is OpenVINO's setting
+    a, b = np.asarray(bf16.encode(sentences).vectors), np.asarray(fp32.encode(sentences).vectors)
+    assert not np.array_equal(a, b)  # really computed in bf16
+    assert _cos(a, b).min() >= 0.999
+
+
+def test_openvino_bf16_without_native_support_is_refused_before_any_build(
+    tiny_bert: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_onnx, "native_bf16", lambda ov: False)  # a CPU without AVX512_BF16 / AMX
+    with pytest.raises(ValueError, match=r"native bfloat16.*precision='fp32' or 'int8'"):
+        OnnxEncoder(tiny_bert, precision="bf16", cache_dir=tmp_path, runtime="openvino")
+    assert not list(tmp_path.rglob("*.onnx"))  # nothing exported for a model that cannot run
+
+
+def test_onnxruntime_bf16_points_to_openvino(tiny_bert: Path) -> None:
+    with pytest.raises(ValueError, match="backend='openvino' runs bf16"):
+        OnnxEncoder(tiny_bert, precision="bf16")
+
+
+def test_huggingface_embedding_openvino_bf16_real_model(env_cache: Path, bundled_model: Path) -> None:
+    """bf16 on the real model: within the fp32 fidelity bar, with cache entries of its own."""
+    import openvino
+
+    from embedstack.providers.huggingface import HuggingFaceEmbedding
+
+    if not _onnx.native_bf16(openvino):
+        with pytest.raises(ValueError, match="native bfloat16"):
+            HuggingFaceEmbedding(backend="openvino", precision="bf16").load()
+        return
+    texts = ["A man is eating food.", "python3-numpy: fast array computing for Python", "a"]
+    fp32 = HuggingFaceEmbedding(backend="onnx").embed(texts)
+    bf16 = HuggingFaceEmbedding(backend="openvino", precision="bf16")
+    cos = (bf16.embed(texts) * fp32).sum(1)
+    assert cos.min() >= 0.9999, cos
+    torch_bf16 = HuggingFaceEmbedding(backend="torch", precision="bf16")
+    assert bf16._identity() != torch_bf16._identity()
+    assert bf16._identity() != HuggingFaceEmbedding(backend="openvino")._identity()

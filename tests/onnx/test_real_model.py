@@ -80,14 +80,26 @@ def test_huggingface_embedding_onnx_end_to_end(
     assert float(vec @ got[0, :64] / np.linalg.norm(got[0, :64])) > 0.98
 
 
-def test_local_default_uses_onnx_when_installed(env_cache: Path, st_vectors: np.ndarray) -> None:
-    """resolve_embed_model("local") picks the ONNX backend (it meets the fp32 fidelity bar)."""
+def test_local_default_is_the_fastest_pair_that_meets_the_fp32_bar(
+    env_cache: Path, st_vectors: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """resolve_embed_model("local"): OpenVINO bf16 where the CPU has native bf16, else ONNX fp32."""
+    import openvino
+
     from embedstack import resolve_embed_model
+    from embedstack.providers import _onnx
 
     model = resolve_embed_model("local")
-    assert model.backend == "onnx" and model.precision == "fp32"  # type: ignore[attr-defined]
-    vec = np.asarray(model.get_text_embedding(REAL[2]))
-    assert float(vec @ st_vectors[2]) >= 0.9999
+    want = ("openvino", "bf16") if _onnx.native_bf16(openvino) else ("onnx", "fp32")
+    assert (model.backend, model.precision) == want  # type: ignore[attr-defined]
+    vectors = np.asarray(model.get_text_embedding_batch(REAL))
+    assert float((vectors * st_vectors).sum(1).min()) >= 0.9999
+    other = resolve_embed_model(f"local:{model.source.path}")  # type: ignore[attr-defined]
+    assert other.precision == "fp32"  # bf16 was verified for the default model only
+
+    monkeypatch.setattr(_onnx, "native_bf16", lambda ov: False)  # a CPU without AVX512_BF16 / AMX
+    plain = resolve_embed_model("local")
+    assert (plain.backend, plain.precision) == ("onnx", "fp32")  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize("backend", ["onnx", "torch"])

@@ -29,7 +29,7 @@ from embedstack.providers._onnx_export import (
 )
 from embedstack.types import EmbedResult
 
-__all__ = ["DEFAULT_TOKEN_BUDGET", "ONNX_PRECISIONS", "RUNTIMES", "OnnxEncoder", "physical_cores"]
+__all__ = ["DEFAULT_TOKEN_BUDGET", "ONNX_PRECISIONS", "RUNTIMES", "OnnxEncoder", "native_bf16", "physical_cores"]
 
 logger = logging.getLogger("embedstack")
 
@@ -169,8 +169,16 @@ class _Layout:
 #: Which cached graph each runtime runs for a precision (see _onnx_export.GRAPH_KINDS).
 RUNTIMES = {
     "onnxruntime": {"fp32": "fp32", "int8": "int8"},
-    "openvino": {"fp32": "plain", "int8": "nncf-int8"},
+    "openvino": {"fp32": "plain", "bf16": "plain", "int8": "nncf-int8"},
 }
+#: OpenVINO's INFERENCE_PRECISION_HINT per precision. Always explicit: on a CPU with native bf16 its
+#: default is bf16, which would make "fp32" silently approximate (and int8's other ops with it).
+_OPENVINO_HINTS = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
+
+
+def native_bf16(ov: Any) -> bool:
+    """Whether OpenVINO can run bf16 natively on this CPU (AVX512_BF16 or AMX)."""
+    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 
 class _Port:
@@ -184,11 +192,25 @@ class _Port:
 class _OpenVinoSession:
     """An OpenVINO compiled model behind the slice of onnxruntime's InferenceSession the encoder uses."""
 
-    def __init__(self, ov: Any, path: Path, threads: int) -> None:
-        config = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"}
-        self.compiled = ov.Core().compile_model(str(path), "CPU", config)
+    def __init__(self, ov: Any, path: Path, threads: int, precision: str) -> None:
+        core = ov.Core()
+        config = {
+            "INFERENCE_NUM_THREADS": threads,
+            "PERFORMANCE_HINT": "LATENCY",
+            "INFERENCE_PRECISION_HINT": _OPENVINO_HINTS[precision],
+        }
+        self.compiled = core.compile_model(str(path), "CPU", config)
         self.request = self.compiled.create_infer_request()
         self._lock = threading.Lock()  # one infer request: calls from several threads take turns
+
+    @staticmethod
+    def check(ov: Any, precision: str) -> None:
+        """Refuse bf16 where the CPU has no native bfloat16 (OpenVINO would quietly run fp32)."""
+        if precision == "bf16" and not native_bf16(ov):
+            raise ValueError(
+                "precision='bf16' needs a CPU with native bfloat16 (AVX512_BF16 or AMX) and this one has "
+                "none; use precision='fp32' or 'int8' (the fast mode)"
+            )
 
     def get_inputs(self) -> list[_Port]:
         return [_Port(p) for p in self.compiled.inputs]
@@ -226,12 +248,15 @@ class OnnxEncoder:
         self.ov = require("openvino", extra="openvino") if runtime == "openvino" else None
         self.ort = require("onnxruntime", extra="onnx")
         tokenizers = require("tokenizers", extra="onnx")
-        if precision not in ONNX_PRECISIONS:
+        if precision not in RUNTIMES[runtime]:
+            backend = "openvino" if runtime == "openvino" else "onnx"
             raise ValueError(
-                f"precision {precision!r} is not available with backend='onnx'; use one of "
-                f"{list(ONNX_PRECISIONS)} (ONNX Runtime has no bf16 kernels on CPU; "
-                f"backend='torch' runs fp16/bf16)"
+                f"precision {precision!r} is not available with backend={backend!r}; use one of "
+                f"{list(RUNTIMES[runtime])} (ONNX Runtime has no bf16 kernels on CPU: backend='openvino' "
+                f"runs bf16 on CPUs with native bfloat16; backend='torch' runs fp16/bf16)"
             )
+        if self.ov is not None:
+            _OpenVinoSession.check(self.ov, precision)
         if token_budget < 1:
             raise ValueError(f"token_budget={token_budget} must be a positive number of tokens")
         self.model_dir = Path(model_dir)
@@ -316,7 +341,7 @@ class OnnxEncoder:
 
     def _session(self, path: Path) -> Any:
         if self.ov is not None:
-            return _OpenVinoSession(self.ov, path, self.threads)
+            return _OpenVinoSession(self.ov, path, self.threads, self.precision)
         ort = self.ort
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

