@@ -187,6 +187,27 @@ def test_search_api_and_model_checks(tmp_path: Path) -> None:
         search(tmp_path / "o.parquet", "q", k=0, model=model, cache=None)
 
 
+class _Precise(FakeEmbedding):
+    """A fake with a precision field, like HuggingFaceEmbedding's (part of its identity)."""
+
+    precision: str = "fp32"
+
+
+def test_the_same_model_at_another_precision_may_search_and_append(tmp_path: Path) -> None:
+    """ "local" is OpenVINO bf16 on one CPU and ONNX fp32 on another: the output stays usable."""
+    out = tmp_path / "o.parquet"
+    texts = [f"document number {i}" for i in range(6)]
+    bf16 = _Precise(embed_dim=8, precision="bf16")
+    assert bf16._identity() != _Precise(embed_dim=8)._identity()  # the cache still keeps them apart
+    embed_records(texts, out, model=bf16, cache=None)
+    hits = search(out, "document number 3", k=2, model=_Precise(embed_dim=8), cache=None)
+    assert len(hits) == 2
+    embed_records(["one more"], out, model=_Precise(embed_dim=8, precision="int8"), cache=None, append=True)
+    assert load_embeddings(out).vectors.shape == (7, 8)
+    with pytest.raises(ModelMismatchError, match="embed_dim=8 vs 4"):  # other fields still refuse
+        search(out, "q", model=_Precise(embed_dim=4, precision="bf16"), cache=None)
+
+
 def test_output_must_be_a_file_with_a_known_extension(tmp_path: Path) -> None:
     with pytest.raises(OutputError, match=r"unknown output extension \.txt"):
         embed_records(["a"], tmp_path / "o.txt", model="fake", cache=None)

@@ -128,3 +128,27 @@ def test_huggingface_embedding_openvino_bf16_real_model(env_cache: Path, bundled
     torch_bf16 = HuggingFaceEmbedding(backend="torch", precision="bf16")
     assert bf16._identity() != torch_bf16._identity()
     assert bf16._identity() != HuggingFaceEmbedding(backend="openvino")._identity()
+
+
+def test_shape_buckets_bound_padding_and_the_number_of_shapes() -> None:
+    lengths = range(1, 4097)
+    buckets = {n: _onnx.shape_bucket(n) for n in lengths}
+    assert all(buckets[n] == n for n in range(1, 17))  # short queries are not padded at all
+    assert all(n <= b < n + max(1, n / 8) for n, b in buckets.items())  # under 12.5% padding
+    assert len({buckets[n] for n in range(1, 257)}) == 48  # a 256-token model: 48 shapes, not 256
+
+
+def test_openvino_pads_batches_to_buckets_without_changing_vectors(
+    tiny_bert: Path, shared_cache: Path, sentences: list[str]
+) -> None:
+    ov = OnnxEncoder(tiny_bert, cache_dir=shared_cache, runtime="openvino")
+    ort = OnnxEncoder(tiny_bert, cache_dir=shared_cache)
+    text = " ".join(["data"] * 15)  # 17 tokens with [CLS] and [SEP]
+    encodings = ov._encode_batch([text])
+    assert len(encodings[0].ids) == 17
+    assert ov._feeds(encodings, [0])["input_ids"].shape == (1, 18)
+    assert ort._feeds(ort._encode_batch([text]), [0])["input_ids"].shape == (1, 17)  # exact: no per-shape cost
+    short = OnnxEncoder(tiny_bert, max_length=50, cache_dir=shared_cache, runtime="openvino")
+    assert _onnx.shape_bucket(49) == 52 and short._padded_length(49) == 50  # never past max_length
+    got = np.asarray(ov.encode([text, *sentences]).vectors)
+    np.testing.assert_allclose(got, ort.encode([text, *sentences]).vectors, rtol=1e-4, atol=1e-5)

@@ -95,11 +95,17 @@ def _identity_diff(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
     return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
 
 
+#: Identity fields that change only the arithmetic, not the model: "local" runs OpenVINO bf16 on a CPU
+#: with native bf16 and ONNX Runtime fp32 elsewhere (cosine >= 0.9999 apart), and an int8 corpus is
+#: searchable with fp32 queries, so an output may be searched or extended at another precision.
+NUMERIC_FIELDS = frozenset({"precision", "int8_runtime", "bf16_runtime"})
+
+
 def check_model(model: BaseEmbedding, meta: Mapping[str, Any], out: Path, action: str) -> None:
     """Refuse to `action` an output with a model other than the one it was embedded with."""
     ident = model_identity(model)
     recorded = meta.get("model_identity") or {}
-    diff = _identity_diff(ident, recorded)
+    diff = [k for k in _identity_diff(ident, recorded) if k not in NUMERIC_FIELDS]
     if diff:
         was = meta.get("model") or recorded.get("class_name", "?")
         shown = ", ".join(f"{k}={recorded.get(k)!r} vs {ident.get(k)!r}" for k in diff[:3])
