@@ -40,3 +40,6 @@ def test_embed_and_search_with_the_default_local_model(
     assert data.meta["model"] == "local" and data.meta["model_name"] == "sentence-transformers/all-MiniLM-L6-v2"
     assert data.vectors.shape == (40, 384)
     np.testing.assert_allclose(np.linalg.norm(data.vectors, axis=1), 1.0, atol=1e-4)
+    precision = data.meta["model_identity"]["precision"]  # bf16 where "local" runs OpenVINO bf16
+    info = cli("info", "docs.parquet")
+    assert f"(HuggingFaceEmbedding, sentence-transformers/all-MiniLM-L6-v2, {precision})" in info.stdout

@@ -185,7 +185,9 @@ def cmd_info(args: argparse.Namespace) -> int:
         )
         return 0
     model = meta.get("model") or "(a model object)"
-    detail = ", ".join(str(x) for x in (meta.get("model_class"), meta.get("model_name")) if x)
+    identity = meta.get("model_identity") or {}
+    parts = (meta.get("model_class"), meta.get("model_name"), identity.get("precision"))
+    detail = ", ".join(str(x) for x in parts if x)
     rows = [
         ("file", f"{path} ({fmt}, {_size(size)})"),
         ("model", f"{model} ({detail})" if detail else model),
