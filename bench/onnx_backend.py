@@ -300,7 +300,9 @@ def _native_bf16() -> bool:
         import openvino as ov
     except ImportError:
         return False
-    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    from embedstack.providers._onnx import native_bf16
+
+    return native_bf16(ov)
 
 
 def ratio(results: dict[str, dict[str, Any]], name: str, field: str) -> str:

@@ -101,6 +101,12 @@ def test_local_default_is_the_fastest_pair_that_meets_the_fp32_bar(
     plain = resolve_embed_model("local")
     assert (plain.backend, plain.precision) == ("onnx", "fp32")  # type: ignore[attr-defined]
 
+    def broken(ov: object) -> bool:
+        raise RuntimeError("OpenVINO CPU plugin failed to load")
+
+    monkeypatch.setattr(_onnx, "native_bf16", broken)  # a broken OpenVINO install falls back, not fails
+    assert resolve_embed_model("local").backend == "onnx"  # type: ignore[attr-defined]
+
 
 @pytest.mark.parametrize("backend", ["onnx", "torch"])
 def test_batches_are_ordered_by_tokens_not_characters(env_cache: Path, backend: str) -> None:

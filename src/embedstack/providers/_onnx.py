@@ -210,13 +210,12 @@ class _OpenVinoSession:
     """An OpenVINO compiled model behind the slice of onnxruntime's InferenceSession the encoder uses."""
 
     def __init__(self, ov: Any, path: Path, threads: int, precision: str) -> None:
-        core = ov.Core()
         config = {
             "INFERENCE_NUM_THREADS": threads,
             "PERFORMANCE_HINT": "LATENCY",
             "INFERENCE_PRECISION_HINT": _OPENVINO_HINTS[precision],
         }
-        self.compiled = core.compile_model(str(path), "CPU", config)
+        self.compiled = ov.Core().compile_model(str(path), "CPU", config)
         self.request = self.compiled.create_infer_request()
         self._lock = threading.Lock()  # one infer request: calls from several threads take turns
 

@@ -83,7 +83,7 @@ def _default_runtime(model_name: str) -> tuple[str, str]:
     """(backend, precision) for resolve_embed_model("local"): the fastest installed pair that meets the
     fp32 fidelity bar (cosine >= 0.9999 to sentence-transformers on every text of the benchmark file).
 
-    OpenVINO bf16 met it for the default model (min 0.99997 over 4,000 texts, 2.7-3.0x
+    OpenVINO bf16 met it for the default model (min 0.99997 over all 6,000 texts, 2.6-3.0x
     sentence-transformers on a CPU with native bf16; bench/onnx_backend.py), so it is chosen for that
     model there; other models get ONNX Runtime fp32 (verified per model at export), else torch.
     """
