@@ -10,8 +10,10 @@ import asyncio
 import contextvars
 import hashlib
 import logging
+import threading
 import time
 import warnings
+import weakref
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -25,16 +27,19 @@ import numpy.typing as npt
 from embedstack._images import check_image, image_bytes, image_label, materialize
 from embedstack.callbacks.manager import EventContext
 from embedstack.callbacks.schema import CBEventType, EventPayload
-from embedstack.kvstore._codec import UNREADABLE
+from embedstack.errors import BadVectorsError, InvalidInputError
 from embedstack.types import EmbedResult, PartialResult, Role
 
 if TYPE_CHECKING:
     from embedstack.base import BaseEmbedding
+    from embedstack.kvstore.base import BaseKVStore
 
-__all__ = ["CACHE_COLLECTION", "EmbedJob", "run_async", "run_sync"]
+__all__ = ["CACHE_COLLECTION", "DIM_COLLECTION", "EmbedJob", "as_matrix", "run_async", "run_sync"]
 
 logger = logging.getLogger("embedstack")
 CACHE_COLLECTION = "embeddings"
+#: Per model identity, the length of its vectors (a 1-value vector), so a truncated entry is caught.
+DIM_COLLECTION = "embedding_dims"
 Matrix = npt.NDArray[np.float32]
 Write = tuple[list[str], Matrix]
 
@@ -48,47 +53,110 @@ class Batch:
 
 
 def _check_texts(items: Sequence[Any], label: str) -> None:
+    if isinstance(items, (str, bytes, bytearray)):
+        raise TypeError(
+            f"{label} must be a list of texts, not a single {type(items).__name__} "
+            f"(it would be embedded one character at a time); wrap it in a list: [text]"
+        )
     for i, item in enumerate(items):
         if not isinstance(item, str):
             raise TypeError(f"{label}[{i}] is {type(item).__name__}, expected str")
+        if not item.isascii():
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError as e:
+                raise InvalidInputError(
+                    f"{label}[{i}] contains a lone surrogate ({item[e.start]!r}) at character {e.start}, which is not "
+                    "valid Unicode and cannot be embedded; fix the source text, or decode it with errors='replace'",
+                    label,
+                    i,
+                ) from None
+
+
+_NOT_NUMBERS = (bool, np.bool_, str, bytes, type(None))
+
+
+def _non_numeric(raw: Any) -> str | None:
+    """The name of a non-numeric value type among a list of vectors (booleans, strings, None), if any."""
+    types: set[type] = set()
+    try:
+        for row in raw:
+            if isinstance(row, np.ndarray):
+                if row.dtype.kind not in "fiu":
+                    return str(row.dtype)
+            else:
+                types.update(map(type, row))
+    except TypeError:
+        return None  # not a list of rows: the shape check reports it
+    bad = sorted(t.__name__ for t in types if issubclass(t, _NOT_NUMBERS))
+    return ", ".join(bad) or None
 
 
 def as_matrix(raw: Any, n: int) -> Matrix:
-    """A hook's output as an (n, dim) float32 matrix; ValueError if it is not one."""
+    """A hook's output as an (n, dim) float32 matrix of finite numbers; BadVectorsError if it is not one.
+
+    Non-finite rows are reported by their row numbers in `BadVectorsError.positions`.
+    """
     if isinstance(raw, np.ndarray):
-        mat = raw.astype(np.float32, copy=False)
+        if raw.dtype.kind not in "fiu":
+            raise BadVectorsError(f"the model returned an array of dtype {raw.dtype}, expected numbers")
+        with np.errstate(over="ignore"):
+            mat = raw.astype(np.float32, copy=False)
     else:
+        bad_type = _non_numeric(raw)
+        if bad_type:
+            raise BadVectorsError(f"the model returned {bad_type} values in its vectors, expected numbers")
         try:
-            mat = np.asarray(raw, dtype=np.float32)
+            with np.errstate(over="ignore"):
+                mat = np.asarray(raw, dtype=np.float32)
         except (ValueError, TypeError):
             lengths = sorted({len(r) for r in raw if hasattr(r, "__len__")})
             if len(lengths) > 1:
-                raise ValueError(f"the model returned vectors of inconsistent length {lengths} in one batch") from None
-            raise ValueError(
+                raise BadVectorsError(
+                    f"the model returned vectors of inconsistent length {lengths} in one batch"
+                ) from None
+            raise BadVectorsError(
                 f"the model returned {type(raw).__name__}, expected a list of vectors or a 2-D array"
             ) from None
     if mat.ndim != 2 or mat.shape[0] != n:
-        raise ValueError(f"the model returned an array of shape {mat.shape} for {n} items, expected ({n}, dim)")
+        raise BadVectorsError(f"the model returned an array of shape {mat.shape} for {n} items, expected ({n}, dim)")
+    if mat.shape[1] == 0:
+        raise BadVectorsError(f"the model returned empty vectors for {n} items")
+    finite = np.isfinite(mat).all(axis=1)
+    if not finite.all():
+        rows = np.flatnonzero(~finite).tolist()
+        raise BadVectorsError(
+            f"the model returned non-finite values (NaN or infinity, or beyond float32's range) for {len(rows)} of "
+            f"{n} items",
+            rows,
+        )
     return mat
 
 
 class EmbedJob:
-    """The plan and state of one embedding call; pure logic, no I/O.
+    """The plan and state of one embedding call; no store or model I/O (image inputs are read to key them).
 
     Vectors land in one (unique items × dim) matrix as cache hits and batches arrive; duplicates
     in the input share a slot, and the result is gathered back into input order at the end.
+    The vector length is checked against what the model declared or returned before; a cached
+    entry of another length is a miss.
     """
 
     def __init__(self, model: BaseEmbedding, items: Sequence[Any], role: Role, label: str, show_progress: bool = False):
         self.model = model
         self.role = role
-        self.n = len(items)
+        self.label = label
         if role is Role.IMAGE:
+            if isinstance(items, (str, bytes, bytearray)):
+                raise TypeError(
+                    f"{label} must be a list of images, not a single {type(items).__name__}; wrap it in a list"
+                )
             for i, item in enumerate(items):
                 check_image(item, i, label)
             items = [materialize(x) for x in items]
         else:
             _check_texts(items, label)
+        self.n = len(items)
         self.store = model.embeddings_cache
         self.keys: list[str] = []
         key_of = model._key_factory(role) if self.store is not None else None
@@ -101,26 +169,40 @@ class EmbedJob:
             self.keys = list(seen)
         self.have = np.zeros(len(seen), dtype=bool)
         self.out: Matrix | None = None
+        #: The model's vector length, when it declared one or returned vectors before (trusted).
+        self.expected_dim, self._dim_source = model._known_dim()
+        self._cached: list[int] = []  # slots filled from the cache while the length was only assumed
+        self._cached_dim: int | None = None  # the length assumed for them
+        self._recorded_dim: int | None = None  # the length the cache records for this model
+        self._lock = threading.Lock()  # batches may finish together in worker threads
         self._events = _Events(model) if seen else None
         self._bar = _progress_bar(self.n, show_progress)
         self._counts: npt.NDArray[np.intp] | None = None
 
     @property
     def dim(self) -> int | None:
-        """Vector dimension, once the first vector has arrived."""
-        return None if self.out is None else int(self.out.shape[1])
+        """Vector dimension, once known."""
+        return self.expected_dim if self.out is None else int(self.out.shape[1])
+
+    def positions(self, slots: Sequence[int]) -> list[int]:
+        """The input position (first occurrence) of each slot."""
+        if not self.dups:
+            return list(slots)
+        first = _first_positions(self.slot_of, len(self.have))
+        return [first[s] for s in slots]
+
+    def _names(self, slots: Sequence[int]) -> str:
+        shown = ", ".join(f"{self.label}[{p}]" for p in self.positions(slots[:5]))
+        return shown + (f" and {len(slots) - 5} more" if len(slots) > 5 else "")
 
     def _fill(self, slots: Sequence[int] | npt.NDArray[np.intp], mat: Matrix) -> None:
         if self.out is None and len(slots) == len(self.have) and not self._bar:
-            self.out = mat[np.argsort(slots)] if list(slots) != sorted(slots) else mat  # whole job in one go
+            whole = mat[np.argsort(slots)] if list(slots) != sorted(slots) else mat  # whole job in one go
+            self.out = whole if whole.flags.writeable else whole.copy()
             self.have[:] = True
             return
         if self.out is None:
             self.out = np.empty((len(self.have), mat.shape[1]), dtype=np.float32)
-        elif mat.shape[1] != self.out.shape[1]:
-            raise ValueError(
-                f"the model returned vectors of inconsistent length ({self.out.shape[1]} and {mat.shape[1]})"
-            )
         self.out[slots] = mat
         self.have[slots] = True
         if self._bar is not None:
@@ -128,33 +210,76 @@ class EmbedJob:
                 self._counts = np.bincount(self.slot_of, minlength=len(self.have))
             self._bar.update(int(self._counts[slots].sum()))
 
+    def _check_dim(self, slots: Sequence[int], mat: Matrix) -> None:
+        """Hold the model to one vector length: what it declared, returned before, or in this call."""
+        dim = int(mat.shape[1])
+        if self.expected_dim is None:
+            self.expected_dim, self._dim_source = dim, "returned earlier in this call"
+            self.model._learn_dim(dim)
+        elif dim != self.expected_dim:
+            raise BadVectorsError(
+                f"the model returned {dim}-dim vectors for {self._names(slots)}, but its vectors have "
+                f"{self.expected_dim} dimensions ({self._dim_source}); a model must always return one length",
+                self.positions(slots),
+            )
+        if self._cached and self._cached_dim != dim:  # what the cache claimed was wrong: recompute those
+            self.have[self._cached] = False
+            _warn(
+                f"{len(self._cached)} cache entries in {self.store!r} had {self._cached_dim}-dim vectors but "
+                f"{type(self.model).__name__} returns {dim}-dim ones; they were treated as misses and will be rewritten"
+            )
+            if self.out is not None and self.out.shape[1] != dim:
+                self.out = None
+        self._cached = []
+
     # -- cache -------------------------------------------------------------------------------
-    def accept_cached(self, blobs: Sequence[Any]) -> None:
-        """Take the float32 blobs a cache read found; unreadable ones become misses (and are rewritten)."""
+    def accept_cached(self, blobs: Sequence[Any], dim_blob: Any = None) -> None:
+        """Take the float32 blobs a cache read found; unreadable, non-finite or wrong-length ones become misses.
+
+        The length is the model's own when known, else the one the cache recorded for this model
+        (`dim_blob`), else the most common; an assumed length is checked again when the model runs.
+        """
+        recorded = self._recorded_dim = _decode_dim(dim_blob)
         sizes = Counter(len(b) for b in blobs if isinstance(b, (bytes, bytearray)) and b)
+        present = sum(b is not None for b in blobs)
         if not sizes:
-            bad = sum(b is not None for b in blobs)
+            bad = present
         else:
-            width = 4 * self.dim if self.dim else sizes.most_common(1)[0][0]
-            slots = [s for s, b in enumerate(blobs) if b is not None and b is not UNREADABLE and len(b) == width]
-            bad = sum(b is not None for b in blobs) - len(slots)
-            if slots and width % 4 == 0:
-                mat = np.frombuffer(b"".join(blobs[s] for s in slots), dtype="<f4").reshape(len(slots), width // 4)
+            dim = self.expected_dim or recorded or sizes.most_common(1)[0][0] // 4
+            width = 4 * dim
+            slots = [s for s, b in enumerate(blobs) if isinstance(b, (bytes, bytearray)) and len(b) == width]
+            bad = present - len(slots)
+            if slots:
+                mat = np.frombuffer(b"".join(blobs[s] for s in slots), dtype="<f4").reshape(len(slots), dim)
                 finite = np.isfinite(mat).all(axis=1)
                 if not finite.all():
                     bad += int((~finite).sum())
                     mat, slots = mat[finite], [s for s, ok in zip(slots, finite) if ok]
-                self._fill(slots, mat)
-            else:
-                bad += len(slots)
+                if slots:
+                    with self._lock:
+                        self._fill(slots, mat)
+                    if self.expected_dim is None:
+                        self._cached, self._cached_dim = slots, dim
         if bad:
-            msg = f"{bad} unreadable cache entries in {self.store!r} were treated as misses and will be rewritten"
-            logger.warning(msg)
-            warnings.warn(msg, RuntimeWarning, stacklevel=4)
+            expect = f" (this model's vectors have {self.dim} values)" if self.dim else ""
+            _warn(
+                f"{bad} unreadable or wrong-length cache entries in {self.store!r}{expect} were treated as misses "
+                "and will be rewritten"
+            )
+
+    def dim_record(self) -> Write | None:
+        """The cache write that records this model's vector length, when the cache lacks it or has it wrong."""
+        dim = self.expected_dim
+        if dim is None or self._recorded_dim == dim or not self.keys:
+            return None
+        self._recorded_dim = dim
+        return [self.model._dim_key()], np.array([[dim]], dtype=np.float32)
 
     # -- batches -----------------------------------------------------------------------------
     def batches(self) -> list[Batch]:
         """The missing items, in the model's preferred order, in batches of embed_batch_size."""
+        if self.have.all():
+            return []
         misses = np.flatnonzero(~self.have).tolist() if self.have.any() else list(range(len(self.have)))
         order = self.model._batch_order([self.uniques[s] for s in misses])
         if order is not None:
@@ -172,8 +297,19 @@ class EmbedJob:
 
         def finish(raw: Any) -> Write | None:
             meta = raw if isinstance(raw, EmbedResult) else None
-            mat = as_matrix(meta.vectors if meta else raw, len(batch.items))
-            self._fill(batch.slots, mat)
+            try:
+                mat = as_matrix(meta.vectors if meta else raw, len(batch.items))
+            except BadVectorsError as e:
+                if e.positions:
+                    slots = [batch.slots[r] for r in e.positions]
+                    raise BadVectorsError(
+                        f"{e}: {self._names(slots)}; nothing was cached for them",
+                        self.positions(slots),
+                    ) from None
+                raise BadVectorsError(f"{e} (for {self._names(batch.slots)})") from None
+            with self._lock:
+                self._check_dim(batch.slots, mat)
+                self._fill(batch.slots, mat)
             if self._events:
                 self._events.end(token, self.role, batch.items, mat, meta)
             return ([self.keys[s] for s in batch.slots], mat) if self.keys else None
@@ -192,6 +328,8 @@ class EmbedJob:
             return None
         try:
             mat = as_matrix(part.vectors, len(part.positions))
+            if self.expected_dim is not None and mat.shape[1] != self.expected_dim:
+                raise ValueError(f"{mat.shape[1]}-dim vectors, expected {self.expected_dim}")
             keys = [self.keys[batch.slots[p]] for p in part.positions]
         except (ValueError, IndexError) as e:  # a provider bug must not hide the real failure
             logger.warning("ignored a malformed partial result from %s: %s", type(self.model).__name__, e)
@@ -200,17 +338,33 @@ class EmbedJob:
 
     # -- result ------------------------------------------------------------------------------
     def result(self) -> Matrix:
-        """All vectors in input order, as an (n, dim) float32 matrix."""
+        """All vectors in input order, as a writeable (n, dim) float32 matrix."""
         self.close()
         if self.out is None:
-            return np.zeros((0, 0), dtype=np.float32)
-        return self.out[self.slot_of] if self.dups else self.out
+            return np.zeros((0, self.expected_dim or 0), dtype=np.float32)
+        if not self.have.all():  # never hand out uninitialised memory
+            missing = np.flatnonzero(~self.have).tolist()
+            raise RuntimeError(f"internal error: no vector for {self._names(missing)}; please report this")
+        out = self.out[self.slot_of] if self.dups else self.out
+        return out if out.flags.writeable else out.copy()
 
     def close(self) -> None:
         """Close the progress bar."""
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+
+
+def _decode_dim(blob: Any) -> int | None:
+    if not isinstance(blob, (bytes, bytearray)) or len(blob) != 4:
+        return None
+    value = float(np.frombuffer(blob, dtype="<f4")[0])
+    return int(value) if value.is_integer() and 0 < value < 1 << 20 else None
+
+
+def _warn(msg: str) -> None:
+    logger.warning(msg)
+    warnings.warn(msg, RuntimeWarning, stacklevel=5)
 
 
 def _first_positions(slot_of: list[int], n_unique: int) -> list[int]:
@@ -281,12 +435,107 @@ class _Events:
             ctx.on_end()
 
 
+class CacheIO:
+    """A job's reads and writes of its store: a failing cache never fails an embedding.
+
+    Any error of the store (read-only file, disk full, corrupt page, a store bug) becomes one
+    warning per store and operation, naming the store and the fix; reads then count as misses
+    and writes are dropped, and every vector is still returned.
+    """
+
+    def __init__(self, job: EmbedJob) -> None:
+        assert job.store is not None
+        self.job = job
+        self.store: BaseKVStore = job.store
+        # The recorded vector length matters only while the model's own is unknown (not declared, not seen).
+        self.record_key = job.model._dim_key() if job.expected_dim is None else None
+
+    def _failed(self, op: str, exc: Exception) -> None:
+        if _first_failure(self.store, op):
+            _warn(
+                f"the embedding cache {self.store!r} could not be {op} ({type(exc).__name__}: {exc}); vectors are "
+                "still returned but "
+                + ("cache entries count as misses" if op == "read" else "new ones are not cached")
+                + ". Fix: check the cache file's permissions and free disk space, delete it if it is corrupt, "
+                "or turn the cache off (--no-cache, embeddings_cache=None)"
+            )
+
+    def read(self) -> None:
+        """Fill the job from the store (its vectors and the model's recorded length)."""
+        try:
+            blobs = self.store.get_vector_blobs(self.job.keys, CACHE_COLLECTION)
+            dim = self.store.get_vector_blobs([self.record_key], DIM_COLLECTION)[0] if self.record_key else None
+        except Exception as e:
+            self._failed("read", e)
+            return
+        self.job.accept_cached(blobs, dim)
+
+    async def aread(self) -> None:
+        """Async read()."""
+        try:
+            blobs = await self.store.aget_vector_blobs(self.job.keys, CACHE_COLLECTION)
+            if self.record_key:
+                dim = (await self.store.aget_vector_blobs([self.record_key], DIM_COLLECTION))[0]
+            else:
+                dim = None
+        except Exception as e:
+            self._failed("read", e)
+            return
+        self.job.accept_cached(blobs, dim)
+
+    def write(self, write: Write | None, collection: str = CACHE_COLLECTION) -> None:
+        """Store vectors (and, once, the model's vector length)."""
+        for keys, mat, coll in self._writes(write, collection):
+            try:
+                self.store.put_vectors(keys, mat, coll)
+            except Exception as e:
+                self._failed("written", e)
+                return
+
+    async def awrite(self, write: Write | None, collection: str = CACHE_COLLECTION) -> None:
+        """Async write()."""
+        for keys, mat, coll in self._writes(write, collection):
+            try:
+                await self.store.aput_vectors(keys, mat, coll)
+            except Exception as e:
+                self._failed("written", e)
+                return
+
+    def _writes(self, write: Write | None, collection: str) -> list[tuple[list[str], Matrix, str]]:
+        if not write:
+            return []
+        writes = [(*write, collection)]
+        with self.job._lock:
+            record = self.job.dim_record() if self.record_key else None
+        if record:
+            writes.append((*record, DIM_COLLECTION))
+        return writes
+
+
+_warned: weakref.WeakKeyDictionary[Any, set[str]] = weakref.WeakKeyDictionary()
+_warned_lock = threading.Lock()
+
+
+def _first_failure(store: Any, op: str) -> bool:
+    """Whether this is the first failure of `op` on `store` (so it is warned about once)."""
+    with _warned_lock:
+        try:
+            ops = _warned.setdefault(store, set())
+        except TypeError:  # a store that cannot be weakly referenced: warn every time
+            return True
+        if op in ops:
+            return False
+        ops.add(op)
+        return True
+
+
 def run_sync(job: EmbedJob) -> Matrix:
     """Drive a job with blocking calls; batches run in a thread pool when the model allows it."""
-    model, role, store = job.model, job.role, job.store
+    model, role = job.model, job.role
+    cache = CacheIO(job) if job.store is not None and job.keys else None
     try:
-        if store is not None and job.keys:
-            job.accept_cached(store.get_vector_blobs(job.keys, CACHE_COLLECTION))
+        if cache:
+            cache.read()
         failed: list[BaseException] = []
 
         def one(batch: Batch) -> None:
@@ -295,22 +544,24 @@ def run_sync(job: EmbedJob) -> Matrix:
             try:
                 with job.observe(batch) as finish:
                     write = finish(model._embed_batch_sync(batch.items, role))
-                if write and store is not None:
-                    store.put_vectors(*write, CACHE_COLLECTION)
+                if cache:
+                    cache.write(write)
             except Exception as e:
                 failed.append(e)
-                salvaged = job.salvage(batch, e) if store is not None else None
-                if salvaged:
-                    store.put_vectors(*salvaged, CACHE_COLLECTION)  # type: ignore[union-attr]
+                if cache:
+                    cache.write(job.salvage(batch, e))
 
-        batches = job.batches()
         workers = model._sync_workers()
-        if workers > 1 and len(batches) > 1:
-            with ThreadPoolExecutor(workers) as pool:
-                list(pool.map(lambda b: contextvars.copy_context().run(one, b), batches))
-        else:
-            for batch in batches:
-                one(batch)
+        for _ in range(_MAX_ROUNDS):
+            batches = job.batches()
+            if failed or not batches:
+                break
+            if workers > 1 and len(batches) > 1:
+                with ThreadPoolExecutor(workers) as pool:
+                    list(pool.map(lambda b: contextvars.copy_context().run(one, b), batches))
+            else:
+                for batch in batches:
+                    one(batch)
         if failed:
             raise failed[0]
         return job.result()
@@ -320,10 +571,11 @@ def run_sync(job: EmbedJob) -> Matrix:
 
 async def run_async(job: EmbedJob) -> Matrix:
     """Drive a job on the event loop; batches run concurrently up to the model's worker limit."""
-    model, role, store = job.model, job.role, job.store
+    model, role = job.model, job.role
+    cache = CacheIO(job) if job.store is not None and job.keys else None
     try:
-        if store is not None and job.keys:
-            job.accept_cached(await store.aget_vector_blobs(job.keys, CACHE_COLLECTION))
+        if cache:
+            await cache.aread()
         limit = model._async_workers()
         gate = asyncio.Semaphore(limit) if limit else None
         failed: list[BaseException] = []
@@ -335,20 +587,27 @@ async def run_async(job: EmbedJob) -> Matrix:
                 try:
                     with job.observe(batch) as finish:
                         write = finish(await model._embed_batch_async(batch.items, role))
-                    if write and store is not None:
-                        await store.aput_vectors(*write, CACHE_COLLECTION)
+                    if cache:
+                        await cache.awrite(write)
                 except Exception as e:
                     failed.append(e)
-                    salvaged = job.salvage(batch, e) if store is not None else None
-                    if salvaged:
-                        await store.aput_vectors(*salvaged, CACHE_COLLECTION)  # type: ignore[union-attr]
+                    if cache:
+                        await cache.awrite(job.salvage(batch, e))
 
-        await asyncio.gather(*(one(b) for b in job.batches()))
+        for _ in range(_MAX_ROUNDS):
+            batches = job.batches()
+            if failed or not batches:
+                break
+            await asyncio.gather(*(one(b) for b in batches))
         if failed:
             raise failed[0]
         return job.result()
     finally:
         job.close()
+
+
+#: Rounds of batches per call: the second embeds cache hits found to have a wrong length.
+_MAX_ROUNDS = 3
 
 
 class _NoGate:

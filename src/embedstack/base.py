@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import hashlib
 import json
 import threading
 from abc import abstractmethod
@@ -15,6 +16,7 @@ import numpy.typing as npt
 from pydantic import Field, PrivateAttr, field_validator
 from typing_extensions import Self
 
+from embedstack._async_hooks import call_hook, gather_hook
 from embedstack._pipeline import EmbedJob, make_key_factory, run_async, run_sync
 from embedstack.callbacks.manager import CallbackManager
 from embedstack.instrumentation import get_dispatcher
@@ -144,7 +146,7 @@ class BaseEmbedding(TransformComponent):
     async def _aget_text_embeddings(self, texts: list[str]) -> Vectors:
         """Embed a batch asynchronously: the native async hook if there is one, else the sync batch in a thread."""
         if type(self)._aget_text_embedding is not BaseEmbedding._aget_text_embedding:
-            return list(await asyncio.gather(*(self._aget_text_embedding(t) for t in texts)))
+            return await gather_hook(self._aget_text_embedding, texts)
         return await asyncio.to_thread(self._get_text_embeddings, texts)
 
     def _get_query_embeddings(self, queries: list[str]) -> Vectors:
@@ -152,8 +154,8 @@ class BaseEmbedding(TransformComponent):
         return [self._get_query_embedding(q) for q in queries]
 
     async def _aget_query_embeddings(self, queries: list[str]) -> Vectors:
-        """Embed a batch of queries asynchronously."""
-        return list(await asyncio.gather(*(self._aget_query_embedding(q) for q in queries)))
+        """Embed a batch of queries asynchronously (a sync-bodied async hook runs in a worker thread)."""
+        return await gather_hook(self._aget_query_embedding, queries)
 
     # -- what the pipeline asks of a model -----------------------------------------------------
     def _embed_batch_sync(self, items: list[Any], role: Role) -> Any:
@@ -165,9 +167,9 @@ class BaseEmbedding(TransformComponent):
 
     async def _embed_batch_async(self, items: list[Any], role: Role) -> Any:
         if role is Role.QUERY:
-            return await self._aget_query_embeddings(items)
+            return await call_hook(self._aget_query_embeddings, items)
         if role is Role.TEXT:
-            return await self._aget_text_embeddings(items)
+            return await call_hook(self._aget_text_embeddings, items)
         return await self._image_batch_async(items)
 
     def _image_batch_sync(self, items: list[Any]) -> Any:
@@ -194,6 +196,35 @@ class BaseEmbedding(TransformComponent):
         if self.max_concurrency is not None:
             limit = min(limit or self.max_concurrency, self.max_concurrency)
         return limit
+
+    def _declared_dim(self) -> int | None:
+        """The vector length this model promises without running (a `dimensions` or `embed_dim` field)."""
+        fields = type(self).model_fields
+        for name in ("dimensions", "embed_dim"):
+            value = getattr(self, name) if name in fields else None
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                return value
+        return None
+
+    def _known_dim(self) -> tuple[int | None, str]:
+        """The vector length every result must have, and where it comes from (for error messages)."""
+        learned = self._memo.get("dim")
+        if learned is not None:
+            return learned, "returned by its earlier calls"
+        declared = self._declared_dim()
+        return declared, ("declared by the model" if declared is not None else "")
+
+    def _learn_dim(self, dim: int) -> None:
+        """Remember the length of the vectors this model returned (until an identity field changes)."""
+        self._memo.setdefault("dim", dim)
+
+    def _dim_key(self) -> str:
+        """Cache key under which the length of this model's vectors is recorded."""
+        key = self._memo.get("dim_key")
+        if key is None:
+            self._key_factory(Role.TEXT)  # computes the identity prefix
+            key = self._memo["dim_key"] = hashlib.sha256(self._memo["prefix"] + b"\0dim").hexdigest()
+        return key  # type: ignore[no-any-return]
 
     def _identity(self) -> dict[str, Any]:
         """What makes this model's vectors what they are: class and every output-changing field."""
@@ -344,14 +375,14 @@ class MultiModalEmbedding(BaseEmbedding):
         return [self._get_image_embedding(p) for p in img_file_paths]
 
     async def _aget_image_embeddings(self, img_file_paths: list[ImageType]) -> Vectors:
-        """Embed a batch of images asynchronously."""
-        return list(await asyncio.gather(*(self._aget_image_embedding(p) for p in img_file_paths)))
+        """Embed a batch of images asynchronously (a sync-bodied async hook runs in a worker thread)."""
+        return await gather_hook(self._aget_image_embedding, img_file_paths)
 
     def _image_batch_sync(self, items: list[Any]) -> Any:
         return self._get_image_embeddings(items)
 
     async def _image_batch_async(self, items: list[Any]) -> Any:
-        return await self._aget_image_embeddings(items)
+        return await call_hook(self._aget_image_embeddings, items)
 
     @dispatcher.span
     def get_image_embedding(self, img_file_path: ImageType) -> Embedding:
@@ -397,7 +428,7 @@ class BatchEmbedding(BaseEmbedding):
         return self._embed_batch(items, role)
 
     async def _embed_batch_async(self, items: list[Any], role: Role) -> Any:
-        return await self._aembed_batch(items, role)
+        return await call_hook(self._aembed_batch, items, role)
 
     def _one(self, item: Any, role: Role) -> Embedding:
         from embedstack._pipeline import as_matrix

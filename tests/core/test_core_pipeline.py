@@ -76,8 +76,10 @@ def test_inconsistent_vector_lengths_raise() -> None:
     m = RaggedModel(embed_batch_size=2)
     with pytest.raises(ValueError, match="inconsistent length"):
         m.get_text_embedding_batch(["a", "odd"])  # within one batch
-    with pytest.raises(ValueError, match="inconsistent length"):
+    with pytest.raises(ValueError, match=r"2-dim vectors for texts\[2\].* 3 dimensions"):
         m.get_text_embedding_batch(["a", "b", "odd"])  # across batches
+    with pytest.raises(ValueError, match=r"2-dim vectors for texts\[0\].*earlier calls"):
+        m.get_text_embedding_batch(["odd"])  # across calls
 
 
 def test_batches_and_dedupe() -> None:
@@ -230,7 +232,7 @@ def test_unreadable_entry_is_a_miss_and_rewritten() -> None:
     m.get_text_embedding_batch(["a", "b"])
     key = m._key_factory(Role.TEXT)("a")
     store.put(key, {"dim": 4, "f32": "not base64!!"}, collection="embeddings")
-    with pytest.warns(RuntimeWarning, match="1 unreadable cache entries"):
+    with pytest.warns(RuntimeWarning, match="1 unreadable or wrong-length cache entries"):
         out = m.get_text_embedding_batch(["a", "b"])
     assert out == expected(m, ["a", "b"])
     assert m.calls[-1] == ("text", ["a"])

@@ -49,6 +49,8 @@ class SQLiteKVStore(BaseKVStore):
         self._local = threading.local()
         self._mem: dict[str, dict[str, bytes]] = {}
         self._mem_lock = threading.Lock()
+        #: True when the file could only be opened read-only: reads work, writes raise.
+        self.read_only = False
         self._conn()  # create the file and schema now, so a bad path fails here
 
     def __repr__(self) -> str:
@@ -65,11 +67,9 @@ class SQLiteKVStore(BaseKVStore):
         if conn is not None and self._local.pid == os.getpid():
             return conn
         try:
-            conn = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False)
-            conn.execute(f"PRAGMA busy_timeout={int(self.timeout * 1000)}")
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.executescript(_SCHEMA)
+            conn = self._open_rw()
+        except sqlite3.OperationalError as e:
+            conn = self._open_ro(e)  # a read-only file or folder: serve what it holds, writes will fail
         except sqlite3.DatabaseError as e:
             raise sqlite3.DatabaseError(
                 f"cannot open SQLite cache {self.path}: {e}; delete the file to start a fresh cache"
@@ -78,17 +78,52 @@ class SQLiteKVStore(BaseKVStore):
         self._local.pid = os.getpid()
         return conn
 
+    def _open_rw(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False)
+        try:
+            conn.execute(f"PRAGMA busy_timeout={int(self.timeout * 1000)}")
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.executescript(_SCHEMA)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _open_ro(self, cause: sqlite3.OperationalError) -> sqlite3.Connection:
+        """Open the file read-only (immutable when its folder cannot hold WAL files); re-raise `cause` if absent."""
+        if not self.path.is_file():
+            raise sqlite3.OperationalError(
+                f"cannot create SQLite cache {self.path}: {cause}; pick a writable path or turn the cache off"
+            ) from cause
+        uri = self.path.resolve().as_uri()
+        last: sqlite3.Error = cause
+        for query in ("mode=ro", "mode=ro&immutable=1"):
+            try:
+                conn = sqlite3.connect(
+                    f"{uri}?{query}", uri=True, timeout=self.timeout, isolation_level=None, check_same_thread=False
+                )
+                conn.execute("SELECT 1 FROM vectors LIMIT 1").fetchall()
+                self.read_only = True
+                return conn
+            except sqlite3.Error as e:
+                last = e
+        raise sqlite3.OperationalError(f"cannot open SQLite cache {self.path}: {last}") from cause
+
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         """One IMMEDIATE transaction: committed whole, or rolled back whole."""
         conn = self._conn()
+        if self.read_only:
+            raise sqlite3.OperationalError(f"SQLite cache {self.path} is read-only (no write permission on it or its folder)")
         conn.execute("BEGIN IMMEDIATE")
         try:
             yield conn
+            conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:  # SQLite may already have rolled back (disk full, I/O error)
+                conn.execute("ROLLBACK")
             raise
-        conn.execute("COMMIT")
 
     def close(self) -> None:
         """Close this thread's connection."""
