@@ -137,6 +137,24 @@ def test_stdin_and_folders(cli: Run, tmp_path: Path, sample_rows: list[dict[str,
     assert r.returncode == 0, r.stderr
     assert load_embeddings(tmp_path / "stdin2.parquet").ids == [row["id"] for row in sample_rows[:3]]
 
+    # CSV and TSV on stdin: sniffed from a header naming the text field, read as for a .csv/.tsv file
+    for fmt in ("csv", "tsv"):
+        table = write_input(fmt, tmp_path / f"rows.{fmt}", sample_rows[3:6]).read_text(encoding="utf-8")
+        r = cli("embed", "-", "-o", f"stdin-{fmt}.jsonl", "-m", "fake:16", "--no-cache", input=table)
+        assert r.returncode == 0, r.stderr
+        data = load_embeddings(tmp_path / f"stdin-{fmt}.jsonl")
+        assert data.ids == [row["id"] for row in sample_rows[3:6]], fmt
+        assert data.columns["query"] == [row["query"] for row in sample_rows[3:6]], fmt
+        np.testing.assert_array_equal(data.vectors, expected([row["text"] for row in sample_rows[3:6]]))
+    # a header naming other columns (--field picks the text) is CSV too; prose with commas stays text
+    r = cli("embed", "-", "-o", "body.jsonl", "-m", "fake:16", "--no-cache", "--field", "body", input="n,body\n1,x y\n")
+    assert r.returncode == 0, r.stderr
+    assert load_embeddings(tmp_path / "body.jsonl").columns == {"n": ["1"], "body": ["x y"]}
+    prose = "Hello, world\nid,text are two words, here\n"
+    r = cli("embed", "-", "-o", "prose.jsonl", "-m", "fake:16", "--no-cache", input=prose)
+    assert r.returncode == 0, r.stderr
+    assert load_embeddings(tmp_path / "prose.jsonl").columns["text"] == prose.splitlines()
+
     # Parquet on stdin (sniffed from its magic bytes): re-embed an output with another model
     parquet = (tmp_path / "stdin2.parquet").read_bytes()
     r = cli("embed", "-", "-o", "stdin3.jsonl", "-m", "fake:8", "--no-cache", input=parquet)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 from pathlib import Path
 
@@ -11,6 +12,12 @@ from tests.cli.conftest import Run
 from embedstack.jobs import load_embeddings
 
 GOOD = '{"id": "a", "text": "first"}\n'
+
+
+def cut_gzip(data: bytes) -> bytes:
+    """`data` gzipped, then cut in half: the compressed stream ends early."""
+    packed = gzip.compress(data)
+    return packed[: len(packed) // 2]
 
 
 def one_line_error(r: object, *needles: str) -> str:
@@ -80,6 +87,46 @@ def one_line_error(r: object, *needles: str) -> str:
         ("header-only.csv", "id,text\n", ["header-only.csv: no texts to embed"]),
         ("notes.xml", "<a/>", ["notes.xml: unknown extension .xml", "--format"]),
         ("fake.parquet", "not parquet", ["fake.parquet: not a readable Parquet file"]),
+        # a JSON escape of half a surrogate pair: a str that is not Unicode, which no model can take
+        (
+            "surrogate.jsonl",
+            GOOD + '{"id": "b", "text": "bad \\ud800 half"}\n',
+            ["surrogate.jsonl:2: field 'text' has a lone surrogate (\\ud800) at character 5", "--skip-bad"],
+        ),
+        (
+            "surrogate-str.jsonl",
+            '"ok"\n"\\udfff"\n',
+            ["surrogate-str.jsonl:2: the text has a lone surrogate (\\udfff)"],
+        ),
+        ("surrogate-id.jsonl", '{"id": "\\udc80", "text": "x"}\n', ["surrogate-id.jsonl:1: id field 'id' has a lone"]),
+        (
+            "surrogate-col.jsonl",
+            '{"id": "a", "text": "x", "meta": {"k": ["\\ud83d"]}}\n',
+            ["surrogate-col.jsonl:1: field 'meta' has a lone surrogate (\\ud83d)"],
+        ),
+        (
+            "surrogate.json",
+            '[{"text": "a"}, {"text": "\\ud800"}]',
+            ["surrogate.json item 2: field 'text' has a lone surrogate"],
+        ),
+        # an unclosed quote would swallow every later line into one text
+        (
+            "unclosed.csv",
+            'id,text\n1,fine\n2,"never closed\n3,swallowed\n4,too\n',
+            ["unclosed.csv:3: a quoted field that starts in this record is never closed", '""'],
+        ),
+        ("unclosed-header.csv", '"id,text\n1,fine\n', ["unclosed-header.csv:1: a quoted field"]),
+        ("plain.jsonl.gz", GOOD, ["plain.jsonl.gz: not gzip data", "without .gz"]),
+        (
+            "cut.jsonl.gz",
+            cut_gzip("".join(f'{{"text": "line {i}"}}\n' for i in range(3000)).encode()),
+            ["cut.jsonl.gz: truncated gzip file"],
+        ),
+        (
+            "cut.csv.gz",
+            cut_gzip(b"id,text\n" + b"".join(b"%d,text %d\n" % (i, i) for i in range(3000))),
+            ["cut.csv.gz: truncated gzip file"],
+        ),
     ],
 )
 def test_bad_input_is_one_line_naming_file_and_line(
@@ -135,14 +182,16 @@ def test_skip_bad_skips_and_reports_each_bad_record(cli: Run, tmp_path: Path) ->
         "not json\n",
         '{"id": "c", "body": "no text"}\n',
         '{"id": "d", "text": "fourth"}\n',
+        '{"id": "e", "text": "half a pair \\ud83d"}\n',
     ]
     (tmp_path / "mixed.jsonl").write_bytes("".join(lines).encode() + b'{"text": "\xff"}\n')
-    r = cli("embed", "mixed.jsonl", "-o", "out.jsonl", "-m", "fake:16", "--no-cache", "--skip-bad")
+    r = cli("embed", "mixed.jsonl", "-o", "out.jsonl", "-m", "fake:16", "--cache", "c.sqlite", "--skip-bad")
     assert r.returncode == 0, r.stderr
     assert "embedstack: skipped mixed.jsonl:2: not valid JSON" in r.stderr
     assert "embedstack: skipped mixed.jsonl:3: no 'text' field" in r.stderr
-    assert "embedstack: skipped mixed.jsonl:5: bytes that are not UTF-8" in r.stderr
-    assert "embedded 2 texts" in r.stderr
+    assert "embedstack: skipped mixed.jsonl:5: field 'text' has a lone surrogate (\\ud83d)" in r.stderr
+    assert "embedstack: skipped mixed.jsonl:6: bytes that are not UTF-8" in r.stderr
+    assert "embedded 2 texts (2 computed, 0 from cache)" in r.stderr
     assert load_embeddings(tmp_path / "out.jsonl").ids == ["a", "d"]
 
     (tmp_path / "allbad.jsonl").write_text("nope\nnope\n")

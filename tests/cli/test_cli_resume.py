@@ -152,7 +152,14 @@ def test_a_killed_run_leaves_the_previous_output_intact(tmp_path: Path) -> None:
     # still the complete 20-row output, checked against its metadata
     data = load_embeddings(tmp_path / "out.npy")
     assert len(data) == 20 and data.meta["inputs"] == ["small.jsonl"]
-    assert len(temps(tmp_path)) == 2  # the dead run's .npy and .rows.jsonl temps, hidden
+    left = temps(tmp_path)  # the dead run's .npy and .rows.jsonl temps, hidden
+    assert len(left) == 2 and sum(p.name.startswith(".out.npy.rows.jsonl.") for p in left) == 1, left
+
+    # the re-run removes both (the .rows.jsonl one too) and replaces the output
+    r = run_slow(tmp_path, *ARGS, "-o", "out.npy", "--cache", "c.sqlite", log="c.log")
+    assert r.returncode == 0, r.stderr
+    assert temps(tmp_path) == []
+    assert len(load_embeddings(tmp_path / "out.npy")) == len(TEXTS)
 
 
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 128 + signal.SIGTERM)])

@@ -160,15 +160,20 @@ def test_a_failing_model_leaves_no_output_and_no_temp_files(tmp_path: Path, out:
     assert SQLiteKVStore(tmp_path / "c.sqlite").count_vectors("embeddings") == 10
 
 
-def test_stale_temp_files_of_dead_runs_are_removed(tmp_path: Path) -> None:
+@pytest.mark.parametrize("out", ["o.parquet", "o.npy", "o.jsonl"])
+def test_stale_temp_files_of_dead_runs_are_removed(tmp_path: Path, out: str) -> None:
     host = socket.gethostname().replace(".", "_")
-    dead = tmp_path / f".o.parquet.{host}.999999999.deadbeef.tmp"
-    live = tmp_path / f".o.parquet.{host}.{os.getpid()}.cafecafe.tmp"
-    other = tmp_path / ".o.parquet.otherhost.1.abcd.tmp"
-    for p in (dead, live, other):
+    # every file a writer makes: the output and, for .npy/.jsonl, its .rows.jsonl and .meta.json sidecars
+    names = [out, f"{out}.rows.jsonl", f"{out}.meta.json"]
+    dead = [tmp_path / f".{name}.{host}.999999999.deadbeef.tmp" for name in names]
+    live = tmp_path / f".{out}.{host}.{os.getpid()}.cafecafe.tmp"
+    other = tmp_path / f".{out}.otherhost.1.abcd.tmp"
+    unrelated = tmp_path / f".{out}.notes.{host}.999999999.deadbeef.tmp"
+    for p in [*dead, live, other, unrelated]:
         p.write_bytes(b"partial")
-    embed_records(["a"], tmp_path / "o.parquet", model="fake:4", cache=None)
-    assert not dead.exists() and live.exists() and other.exists()
+    embed_records(["a"], tmp_path / out, model="fake:4", cache=None)
+    assert [p.name for p in dead if p.exists()] == []
+    assert live.exists() and other.exists() and unrelated.exists()
 
 
 def test_search_api_and_model_checks(tmp_path: Path) -> None:
@@ -200,8 +205,11 @@ def test_the_same_model_at_another_precision_may_search_and_append(tmp_path: Pat
     bf16 = _Precise(embed_dim=8, precision="bf16")
     assert bf16._identity() != _Precise(embed_dim=8)._identity()  # the cache still keeps them apart
     embed_records(texts, out, model=bf16, cache=None)
-    hits = search(out, "document number 3", k=2, model=_Precise(embed_dim=8), cache=None)
-    assert len(hits) == 2
+    fp32 = _Precise(embed_dim=8)
+    hits = search(out, "document number 3", k=2, model=fp32, cache=None)
+    scores = np.stack([bf16.vector_for(t) for t in texts]) @ fp32.vector_for("document number 3", "query")
+    assert [h.id for h in hits] == [str(i) for i in np.argsort(-scores)[:2]]
+    np.testing.assert_allclose([h.score for h in hits], np.sort(scores)[::-1][:2], rtol=1e-5)
     embed_records(["one more"], out, model=_Precise(embed_dim=8, precision="int8"), cache=None, append=True)
     assert load_embeddings(out).vectors.shape == (7, 8)
     with pytest.raises(ModelMismatchError, match="embed_dim=8 vs 4"):  # other fields still refuse
@@ -214,3 +222,98 @@ def test_output_must_be_a_file_with_a_known_extension(tmp_path: Path) -> None:
     (tmp_path / "dir.parquet").mkdir()
     with pytest.raises(InputError, match="is a folder"):
         embed_records(["a"], tmp_path / "dir.parquet", model="fake", cache=None)
+
+
+def test_a_lone_surrogate_names_the_item_and_can_be_skipped(tmp_path: Path) -> None:
+    """ "\\ud800" is a str but not Unicode: refused before the model, or skipped with skip_bad."""
+    model = FakeEmbedding(embed_dim=4)
+    items = ["fine", "half \ud800 a pair", {"text": "ok", "tag": "\udfff"}, "last"]
+    with pytest.raises(InputError, match=r"item 1: the text has a lone surrogate \(\\ud800\) at character 6"):
+        embed_records(items, tmp_path / "o.parquet", model=model, cache=None)
+    assert model.calls == [] and not (tmp_path / "o.parquet").exists()
+    report = embed_records(items, tmp_path / "o.parquet", model=model, cache=None, skip_bad=True)
+    assert load_embeddings(tmp_path / "o.parquet").ids == ["0", "3"]
+    assert [m.split(":")[0] for m in report.skipped] == ["item 1", "item 2"]
+    assert "field 'tag' has a lone surrogate (\\udfff)" in report.skipped[1]
+    assert model.embedded == ["fine", "last"]
+
+
+class _Watched(FakeEmbedding):
+    """Counts how often its description is built (what building an event for it costs)."""
+
+    described: int = 0
+
+    def _descriptor(self) -> dict[str, Any]:
+        self.described += 1
+        return super()._descriptor()
+
+
+class _CallsAnother(FakeEmbedding):
+    """The job's model; each batch, another model in the same process embeds a text too."""
+
+    other: Any = None
+
+    def _embed_batch(self, items: list[Any], role: Role) -> Any:
+        self.other.embed([f"unrelated {len(self.calls)}"])
+        return super()._embed_batch(items, role)
+
+
+@pytest.mark.parametrize("cache", ["sqlite", None])
+def test_a_job_builds_no_events_for_other_models(tmp_path: Path, cache: str | None) -> None:
+    """Progress is counted without a process-wide event handler: other models' calls stay free."""
+    other = _Watched(embed_dim=4)
+    model = _CallsAnother(embed_dim=4, embed_batch_size=3, other=other)
+    texts = [f"text {i}" for i in range(10)] + ["text 0"]
+    steps: list[int] = []
+
+    class Bar:
+        def update(self, n: int) -> None:
+            steps.append(n)
+
+    store = tmp_path / "c.sqlite" if cache else None
+    report = embed_records(texts, tmp_path / "o.npy", model=model, cache=store, chunk_size=5, progress=lambda n: Bar())
+    # without a cache the repeated "text 0" (in another chunk) is embedded again
+    batches, computed = (4, 10) if store else (5, 11)
+    assert len(other.calls) == batches and other.described == 0  # the other model ran, and built no event
+    assert report.computed == computed and sum(steps) == 11
+    if store:  # a second run: all from the cache, the bar still reaches the total
+        steps.clear()
+        again = embed_records(texts, tmp_path / "o.npy", model=model, cache=store, progress=lambda n: Bar())
+        assert again.computed == 0 and sum(steps) == 11 and len(other.calls) == 4
+
+
+def test_search_leaves_the_callers_model_as_it_was(tmp_path: Path) -> None:
+    model = FakeEmbedding(embed_dim=8)
+    embed_records([f"doc {i}" for i in range(5)], tmp_path / "o.parquet", model=model, cache=None)
+    search(tmp_path / "o.parquet", "doc 1", k=2, model=model, cache=tmp_path / "c.sqlite")
+    assert model.embeddings_cache is None
+    assert SQLiteKVStore(tmp_path / "c.sqlite").count_vectors("embeddings") == 1  # the query went through it
+    own = SimpleKVStore()
+    model.embeddings_cache = own
+    search(tmp_path / "o.parquet", "doc 2", k=2, model=model, cache=None)
+    assert model.embeddings_cache is own and own.get_all("embeddings") == {}
+    search(tmp_path / "o.parquet", "doc 2", k=2, model=model)  # DEFAULT_CACHE: the model's own store
+    assert model.embeddings_cache is own and len(own.get_all("embeddings")) == 1
+
+
+@pytest.mark.parametrize(
+    ("content", "needle"),
+    [
+        (b"SQLite format 3\x00\xff\xfe\x00", "bytes that are not UTF-8"),
+        (b"", "not JSON"),
+        (b"[1, 2]", "top level is a list"),
+        (b'{"embeddings": [1, 2]}', "collection 'embeddings' is a list"),
+        (b'{"embeddings": {"k": 5}}', "entry 'k' of collection 'embeddings' is a number"),
+    ],
+)
+def test_simple_kvstore_refuses_a_file_it_did_not_write(tmp_path: Path, content: bytes, needle: str) -> None:
+    path = tmp_path / "store.json"
+    path.write_bytes(content)
+    with pytest.raises(ValueError) as info:
+        SimpleKVStore.from_persist_path(path)
+    msg = str(info.value)
+    assert msg.startswith(f"{path}: not a SimpleKVStore file") and needle in msg, msg
+    assert "persist()" in msg
+    good = SimpleKVStore({"embeddings": {"k": {"v": [1.0]}}})
+    good.persist(path)
+    assert SimpleKVStore.from_persist_path(path).get("k", "embeddings") == {"v": [1.0]}

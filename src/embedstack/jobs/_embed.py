@@ -6,7 +6,6 @@ import datetime as _dt
 import os
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -14,10 +13,8 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from embedstack._pipeline import CACHE_COLLECTION
 from embedstack.base import BaseEmbedding
-from embedstack.instrumentation import BaseEvent, BaseEventHandler, get_dispatcher
-from embedstack.instrumentation._context import current_span_id
-from embedstack.instrumentation.events import EmbeddingEndEvent
 from embedstack.jobs._output import (
     FORMAT_TAG,
     load_embeddings,
@@ -26,7 +23,7 @@ from embedstack.jobs._output import (
     read_meta,
 )
 from embedstack.jobs._readers import InputError, RecordReader, ScanResult, find_sources, iter_chunks
-from embedstack.kvstore.base import BaseKVStore
+from embedstack.kvstore.base import DEFAULT_COLLECTION, BaseKVStore
 from embedstack.types import Role
 
 __all__ = [
@@ -145,21 +142,67 @@ class EmbedReport(BaseModel):
         return f"embedded {self.count} {texts} ({how}) with {self.model} → {self.out}"
 
 
-class _Progress(BaseEventHandler):
-    """Counts the texts the model computed in this job (events with its span id); moves the bar."""
+class _CountingStore(BaseKVStore):
+    """The job's cache (or, with none, a store that keeps nothing), counting what the model computed.
 
-    model_config = ConfigDict(arbitrary_types_allowed=True)
-    span: str
-    bar: Any = None
-    computed: int = 0
-    lock: Any = Field(default_factory=threading.Lock)
+    The pipeline writes every vector the model computes to the cache collection once, in one
+    write per batch: counting those writes counts the job's model work and moves the bar per
+    batch, with no event handler (which would make every model in the process build events).
+    """
 
-    def handle(self, event: BaseEvent, **kwargs: Any) -> None:
-        if isinstance(event, EmbeddingEndEvent) and event.span_id == self.span:
-            with self.lock:
-                self.computed += len(event.chunks)
-                if self.bar is not None:
-                    self.bar.update(len(event.chunks))
+    def __init__(self, inner: BaseKVStore | None, bar: Any) -> None:
+        self.inner = inner
+        self.bar = bar
+        self.computed = 0
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return repr(self.inner)
+
+    def _count(self, n: int, collection: str) -> None:
+        if collection != CACHE_COLLECTION:
+            return
+        with self._lock:
+            self.computed += n
+            if self.bar is not None:
+                self.bar.update(n)
+
+    def get_vector_blobs(self, keys: Sequence[str], collection: str) -> list[Any]:
+        """The inner store's blobs (none without one)."""
+        return [None] * len(keys) if self.inner is None else self.inner.get_vector_blobs(keys, collection)
+
+    def put_vectors(self, keys: Sequence[str], vectors: Any, collection: str) -> None:
+        """Count the computed vectors, then store them (if there is a store)."""
+        self._count(len(keys), collection)
+        if self.inner is not None:
+            self.inner.put_vectors(keys, vectors, collection)
+
+    async def aget_vector_blobs(self, keys: Sequence[str], collection: str) -> list[Any]:
+        """Async get_vector_blobs."""
+        return [None] * len(keys) if self.inner is None else await self.inner.aget_vector_blobs(keys, collection)
+
+    async def aput_vectors(self, keys: Sequence[str], vectors: Any, collection: str) -> None:
+        """Async put_vectors."""
+        self._count(len(keys), collection)
+        if self.inner is not None:
+            await self.inner.aput_vectors(keys, vectors, collection)
+
+    def put(self, key: str, val: dict[str, Any], collection: str = DEFAULT_COLLECTION) -> None:
+        """Delegated."""
+        if self.inner is not None:
+            self.inner.put(key, val, collection)
+
+    def get(self, key: str, collection: str = DEFAULT_COLLECTION) -> dict[str, Any] | None:
+        """Delegated."""
+        return None if self.inner is None else self.inner.get(key, collection)
+
+    def get_all(self, collection: str = DEFAULT_COLLECTION) -> dict[str, dict[str, Any]]:
+        """Delegated."""
+        return {} if self.inner is None else self.inner.get_all(collection)
+
+    def delete(self, key: str, collection: str = DEFAULT_COLLECTION) -> bool:
+        """Delegated."""
+        return False if self.inner is None else self.inner.delete(key, collection)
 
 
 def _progress_bar(total: int, show: bool | Callable[[int], Any]) -> Any:
@@ -248,11 +291,9 @@ def _embed(
         meta["updated"] = _now()
         meta["columns"] += [c for c in scan.columns if c not in meta["columns"]]
     writer = open_writer(target, meta, scan.columns, existing=existing is not None)
-    span = f"embedstack.jobs.embed-{uuid.uuid4()}"
-    counter = _Progress(span=span, bar=_progress_bar(scan.count, progress))
-    root = get_dispatcher()
-    root.add_event_handler(counter)
-    token = current_span_id.set(span)
+    store = emb.embeddings_cache
+    counter = _CountingStore(store, _progress_bar(scan.count, progress))
+    emb.embeddings_cache = counter  # the caller's own store is put back by _run
     done = 0
     try:
         for chunk in iter_chunks(reader, chunk_size):
@@ -260,7 +301,7 @@ def _embed(
             vectors = emb.embed([r.text for r in chunk], role=Role.TEXT)
             writer.write(chunk, vectors)
             done += len(chunk)
-            if counter.bar is not None:
+            if counter.bar is not None:  # texts from the cache, or duplicates
                 counter.bar.update(len(chunk) - (counter.computed - before))
         if done != scan.count:
             raise InputError(f"the input changed while it was read ({scan.count} texts, then {done}); re-run")
@@ -269,8 +310,7 @@ def _embed(
         writer.abort()
         raise
     finally:
-        current_span_id.reset(token)
-        root.event_handlers.remove(counter)
+        emb.embeddings_cache = store
         if counter.bar is not None and hasattr(counter.bar, "close"):
             counter.bar.close()
     return EmbedReport(
@@ -278,7 +318,7 @@ def _embed(
         count=done,
         total_rows=writer.written,
         computed=counter.computed,
-        cached=emb.embeddings_cache is not None,
+        cached=store is not None,
         model=name,
         dim=int(meta["dim"]),
         skipped=scan.skipped,
@@ -318,7 +358,7 @@ def embed_files(
     """
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
-    sources = find_sources(list(inputs), input_format)
+    sources = find_sources(list(inputs), input_format, field=field)
     target = Path(out).resolve()
     for src in sources:
         if src.path is not None and src.path.resolve() == target:
@@ -404,10 +444,15 @@ def search(
                 f"{path} was embedded with a model object ({meta.get('model_class')}); pass the same model to search it"
             )
         model = meta["model"]
-    emb, _ = _resolve(model)
+    emb, spec = _resolve(model)
     check_model(emb, meta, path, "search it")
-    _open_cache(emb, cache)
-    q = emb.embed([query], role=Role.QUERY)[0]
+    saved = emb.embeddings_cache  # a caller's model object is left as it was
+    try:
+        _open_cache(emb, cache)
+        q = emb.embed([query], role=Role.QUERY)[0]
+    finally:
+        if spec is None:
+            emb.embeddings_cache = saved
     if q.shape[0] != data.vectors.shape[1]:
         raise ModelMismatchError(
             f"the query vector has {q.shape[0]} dims, {path} holds {data.vectors.shape[1]}-dim vectors"

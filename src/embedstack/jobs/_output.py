@@ -8,6 +8,7 @@ a sidecar `<OUT>.meta.json`, which is removed first and written last: it marks a
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import socket
@@ -83,15 +84,17 @@ def _temp_for(target: Path) -> Path:
 
 
 def remove_stale_temps(target: Path) -> None:
-    """Delete temp files a killed run on this host left next to `target` (their process is gone)."""
+    """Delete temp files a killed run on this host left for `target` and its sidecars (.rows.jsonl,
+    .meta.json) when their process is gone."""
     if os.name == "nt":  # os.kill(pid, 0) would terminate the process there
         return
-    for p in target.parent.glob(f".{target.name}.*.tmp"):
-        parts = p.name[len(target.name) + 2 : -4].split(".")
-        if len(parts) != 3 or parts[0] != _HOST or not parts[1].isdigit():
-            continue
-        if not _alive(int(parts[1])):
-            p.unlink(missing_ok=True)
+    for name in (target.name, rows_path(target).name, meta_path(target).name):
+        for p in target.parent.glob(f".{glob.escape(name)}.*.tmp"):
+            parts = p.name[len(name) + 2 : -4].split(".")
+            if len(parts) != 3 or parts[0] != _HOST or not parts[1].isdigit():
+                continue
+            if not _alive(int(parts[1])):
+                p.unlink(missing_ok=True)
 
 
 def _alive(pid: int) -> bool:

@@ -12,9 +12,11 @@ import gzip
 import io
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
+import zlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,10 +84,11 @@ class Source:
             return _Unclosable(self._spool)  # type: ignore[return-value]
         assert self.path is not None
         try:
-            raw: BinaryIO = open(self.path, "rb")
+            if self.gzipped:  # owns its file: closing it closes both
+                return gzip.GzipFile(filename=self.path, mode="rb")  # type: ignore[return-value]
+            return open(self.path, "rb")
         except OSError as e:
             raise InputError(f"{self.name}: cannot open ({e.strerror})") from None
-        return gzip.GzipFile(fileobj=raw, mode="rb") if self.gzipped else raw  # type: ignore[return-value]
 
 
 class _Unclosable(io.BufferedIOBase):
@@ -129,7 +132,13 @@ def _format_of(path: Path) -> str | None:
     return FORMATS.get(os.path.splitext(name)[1])
 
 
-def _sniff(head: bytes) -> str:
+#: How much of stdin is looked at to tell its format.
+_SNIFF_BYTES = 65536
+#: A CSV header cell that names a column (no spaces: prose with commas is not a header).
+_HEADER_CELL = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*\Z")
+
+
+def _sniff(head: bytes, field: str = "text") -> str:
     stripped = head.lstrip(b"\xef\xbb\xbf \t\r\n")
     if head.startswith(b"PAR1"):
         return "parquet"
@@ -137,7 +146,28 @@ def _sniff(head: bytes) -> str:
         return "jsonl"
     if stripped.startswith(b"["):
         return "json"
-    return "txt"
+    return _sniff_table(head, field) or "txt"
+
+
+def _sniff_table(head: bytes, field: str) -> str | None:
+    """ "tsv" or "csv" when the first line is a header: it names `field`, or is all column names
+    with the next rows as wide; else None (plain text, one text per line)."""
+    text = head.decode("utf-8", "replace").lstrip("\ufeff")
+    if len(head) >= _SNIFF_BYTES:  # the last line may be cut
+        text = text[: text.rfind("\n") + 1]
+    for fmt, delimiter in (("tsv", "\t"), ("csv", ",")):
+        try:
+            rows = [row for row in csv.reader(io.StringIO(text), delimiter=delimiter) if row][:6]
+        except csv.Error:
+            continue
+        if not rows or len(rows[0]) < 2:
+            continue
+        header = rows[0]
+        if field in (h.strip() for h in header):
+            return fmt
+        if len(rows) > 1 and all(_HEADER_CELL.match(h) for h in header) and all(len(r) == len(header) for r in rows):
+            return fmt
+    return None
 
 
 def _check_format(fmt: str | None) -> None:
@@ -146,9 +176,16 @@ def _check_format(fmt: str | None) -> None:
 
 
 def find_sources(
-    inputs: Sequence[str | os.PathLike[str]], fmt: str | None = None, stdin: BinaryIO | None = None
+    inputs: Sequence[str | os.PathLike[str]],
+    fmt: str | None = None,
+    stdin: BinaryIO | None = None,
+    field: str = "text",
 ) -> list[Source]:
-    """Expand inputs (files, folders, "-": stdin) into sources; bad ones raise InputError."""
+    """Expand inputs (files, folders, "-": stdin) into sources; bad ones raise InputError.
+
+    The format of stdin is sniffed: Parquet, JSON Lines, JSON, CSV/TSV (a header line naming
+    `field`, or column names over rows as wide), else text.
+    """
     _check_format(fmt)
     if not inputs:
         raise InputError("no input given; pass files, folders or - for stdin")
@@ -156,7 +193,7 @@ def find_sources(
     for given in inputs:
         name = os.fspath(given)
         if name == "-":
-            sources.append(_stdin_source(fmt, stdin))
+            sources.append(_stdin_source(fmt, stdin, field))
             continue
         path = Path(name)
         if path.is_dir():
@@ -183,12 +220,12 @@ def find_sources(
     return sources
 
 
-def _stdin_source(fmt: str | None, stdin: BinaryIO | None) -> Source:
+def _stdin_source(fmt: str | None, stdin: BinaryIO | None, field: str) -> Source:
     stream = stdin if stdin is not None else sys.stdin.buffer
     spool = tempfile.TemporaryFile()
     shutil.copyfileobj(stream, spool)
     spool.seek(0)
-    detected = fmt or _sniff(spool.read(64))
+    detected = fmt or _sniff(spool.read(_SNIFF_BYTES), field)
     return Source("<stdin>", detected, spool=spool)
 
 
@@ -291,7 +328,7 @@ def _read_json(src: Source, stream: BinaryIO) -> Iterator[tuple[str, str, Any]]:
 
 def _read_csv(src: Source, stream: BinaryIO) -> Iterator[tuple[str, str, Any]]:
     bad: list[tuple[int, InputError]] = []
-    state = {"line": 0}
+    state = {"line": 0, "eof": False}
 
     def lines() -> Iterator[str]:
         for lineno, line in _lines(src, stream):
@@ -301,6 +338,15 @@ def _read_csv(src: Source, stream: BinaryIO) -> Iterator[tuple[str, str, Any]]:
                 yield "\n"
             else:
                 yield line
+        state["eof"] = True
+
+    def unclosed(first: int) -> InputError:
+        # csv asks for another line only inside a quoted field; a row that ends at EOF never closed it
+        return InputError(
+            f"{src.name}:{first}: a quoted field that starts in this record is never closed, so lines "
+            f"{first}-{state['line']} would be read as one field; close the quote, or write a quote "
+            'inside a field as "" (not skippable: where the record ends is unknown)'
+        )
 
     reader = csv.reader(lines(), delimiter="\t" if src.fmt == "tsv" else ",")
     try:
@@ -311,6 +357,8 @@ def _read_csv(src: Source, stream: BinaryIO) -> Iterator[tuple[str, str, Any]]:
             raise bad[0][1]
         if header is None:
             return
+        if state["eof"]:
+            raise unclosed(1)
         header = [h.strip() for h in header]
         prev = reader.line_num
         for row in reader:
@@ -319,8 +367,12 @@ def _read_csv(src: Source, stream: BinaryIO) -> Iterator[tuple[str, str, Any]]:
             where = f"{src.name}:{first}"
             if bad:
                 errors, bad[:] = list(bad), []
+                if state["eof"]:  # the bad line was inside a quoted field: the rest of the file is lost
+                    raise errors[0][1]
                 yield (where if row else f"{src.name}:{errors[0][0]}"), where, errors[0][1]
                 continue
+            if state["eof"]:
+                raise unclosed(first)
             if not row:
                 continue
             if len(row) > len(header):
@@ -360,6 +412,50 @@ def _read_parquet(src: Source, stream: BinaryIO, text_field: str) -> Iterator[tu
         for item in batch.to_pylist():
             row += 1
             yield f"{src.name} row {row}", f"{src.name}:{row}", item
+
+
+def _gzip_error(src: Source, e: BaseException) -> InputError:
+    if isinstance(e, EOFError):
+        return InputError(
+            f"{src.name}: truncated gzip file (the compressed data ends early: an interrupted download or "
+            "copy?); re-create or re-download it, and check it with: gzip -t"
+        )
+    return InputError(
+        f"{src.name}: not gzip data ({_one_line(e)}); rename the file without .gz if it is not "
+        "compressed, or re-create it with gzip"
+    )
+
+
+def _surrogate_at(text: str) -> int | None:
+    """Index of the first lone surrogate in `text` (not Unicode: no model or file can take it)."""
+    if text.isascii():
+        return None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        return e.start
+    return None
+
+
+def _surrogate_in(value: Any) -> str | None:
+    """The first lone surrogate in a string, or in the keys and strings of nested lists and dicts."""
+    if isinstance(value, str):
+        at = _surrogate_at(value)
+        return None if at is None else value[at]
+    if isinstance(value, dict):
+        return next((s for k, v in value.items() for s in (_surrogate_in(k), _surrogate_in(v)) if s), None)
+    if isinstance(value, (list, tuple)):
+        return next((s for s in map(_surrogate_in, value) if s), None)
+    return None
+
+
+def _surrogate_error(where: str, what: str, char: str, at: int | None = None) -> InputError:
+    pos = "" if at is None else f" at character {at + 1}"
+    return InputError(
+        f"{where}: {what} has a lone surrogate ({char.encode('unicode_escape').decode()}){pos}: half of a "
+        "UTF-16 pair (in JSON an unpaired \\ud800-\\udfff escape), which is not Unicode; fix the "
+        "source, or pass --skip-bad"
+    )
 
 
 def _json_type(value: Any) -> str:
@@ -439,17 +535,22 @@ class RecordReader:
                     )
             return
         for src in self.sources:
-            with src.open() as stream:
-                if src.fmt == "txt":
-                    yield from _read_txt(src, stream)
-                elif src.fmt == "jsonl":
-                    yield from _read_jsonl(src, stream)
-                elif src.fmt == "json":
-                    yield from _read_json(src, stream)
-                elif src.fmt in ("csv", "tsv"):
-                    yield from _read_csv(src, stream)
-                else:
-                    yield from _read_parquet(src, stream, self.field)
+            try:
+                with src.open() as stream:
+                    if src.fmt == "txt":
+                        yield from _read_txt(src, stream)
+                    elif src.fmt == "jsonl":
+                        yield from _read_jsonl(src, stream)
+                    elif src.fmt == "json":
+                        yield from _read_json(src, stream)
+                    elif src.fmt in ("csv", "tsv"):
+                        yield from _read_csv(src, stream)
+                    else:
+                        yield from _read_parquet(src, stream, self.field)
+            except (EOFError, gzip.BadGzipFile, zlib.error) as e:
+                if not src.gzipped:
+                    raise
+                raise _gzip_error(src, e) from None
 
     def __iter__(self) -> Iterator[Record]:
         """Records in order; bad ones raise InputError, or are skipped and listed (skip_bad)."""
@@ -501,7 +602,22 @@ class RecordReader:
                 cols = {k: value.get(k) for k in self.keep}
         if not text.strip():
             return InputError(f"{where}: the text is empty; remove the record or pass --skip-bad")
-        return Record(ident, text, cols, where)
+        return self._check_unicode(where, value, text, ident, cols) or Record(ident, text, cols, where)
+
+    def _check_unicode(self, where: str, value: Any, text: str, ident: str, cols: dict[str, Any]) -> InputError | None:
+        """An error for a lone surrogate in the text, the id or a kept field (none can be written)."""
+        at = _surrogate_at(text)
+        if at is not None:
+            what = "the text" if isinstance(value, str) else f"field {self.field!r}"
+            return _surrogate_error(where, what, text[at], at)
+        at = _surrogate_at(ident)
+        if at is not None:
+            return _surrogate_error(where, f"id field {self.id_field!r}", ident[at], at)
+        for name, col in cols.items():
+            char = None if col is text else _surrogate_in(name) or _surrogate_in(col)
+            if char:
+                return _surrogate_error(where, f"field {name!r}", char)
+        return None
 
     def scan(self) -> ScanResult:
         """Read everything once, embedding nothing: count, column types, bad records, dup ids."""

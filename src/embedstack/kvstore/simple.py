@@ -33,6 +33,31 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
         raise
 
 
+def _not_ours(path: Path, why: str) -> ValueError:
+    return ValueError(
+        f"{path}: not a SimpleKVStore file ({why}); pass a file written by SimpleKVStore.persist() "
+        '(JSON: {"collection": {"key": {...}}}), or delete it to start empty'
+    )
+
+
+def _shape_problem(data: Any) -> str | None:
+    """What keeps `data` from being {collection: {key: dict}}, or None."""
+    if not isinstance(data, dict):
+        return f"top level is {_kind(data)}, expected an object"
+    for name, coll in data.items():
+        if not isinstance(coll, dict):
+            return f"collection {name!r} is {_kind(coll)}, expected an object"
+        for key, val in coll.items():
+            if not isinstance(val, dict):
+                return f"entry {key!r} of collection {name!r} is {_kind(val)}, expected an object"
+    return None
+
+
+def _kind(value: Any) -> str:
+    kinds = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}
+    return kinds.get(type(value), "a number" if isinstance(value, (int, float)) else type(value).__name__)
+
+
 class SimpleKVStore(BaseKVStore):
     """Collections of dicts in memory; persist(path) / from_persist_path(path) as JSON."""
 
@@ -137,14 +162,16 @@ class SimpleKVStore(BaseKVStore):
         path = Path(persist_path)
         if not path.exists():
             raise FileNotFoundError(f"no SimpleKVStore file at {path}; call persist() first or pass an existing path")
+        raw = path.read_bytes()
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError as e:
+            raise _not_ours(path, f"bytes that are not UTF-8 (0x{raw[e.start]:02x} at byte {e.start + 1})") from None
         except json.JSONDecodeError as e:
-            raise ValueError(f"{path} is not a SimpleKVStore JSON file: {e}") from e
-        if not isinstance(data, dict):
-            raise ValueError(
-                f"{path} is not a SimpleKVStore JSON file: top level is {type(data).__name__}, expected object"
-            )
+            raise _not_ours(path, f"not JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+        problem = _shape_problem(data)
+        if problem:
+            raise _not_ours(path, problem)
         return cls(data)
 
     def to_dict(self) -> dict[str, Any]:
