@@ -20,6 +20,7 @@ from embedstack.providers.clip import (
     from_spec,
     hf_clip_name,
 )
+from embedstack.types import Role
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
 
@@ -118,3 +119,19 @@ def test_missing_path_and_non_clip_directory(tmp_path: Path) -> None:
     (bert / "model.safetensors").write_bytes(b"")
     with pytest.raises(ValueError, match=r"not a CLIP model .*'bert'"):
         ClipEmbedding(model_name=str(bert))
+
+
+def test_hub_snapshot_commit_is_in_the_cache_key(hf_hub_cache: Path, build_clip: Any) -> None:
+    """An updated CLIP (a new snapshot, refs/main moved to it) gets its own cache keys."""
+    old_sha, new_sha = "a" * 40, "b" * 40
+    repo = hf_hub_cache / "models--tiny-org--moving-clip"
+    build_clip(repo / "snapshots" / old_sha, seed=0)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(old_sha)
+    old = ClipEmbedding(model_name="tiny-org/moving-clip", device="cpu")
+    build_clip(repo / "snapshots" / new_sha, seed=1)
+    (repo / "refs" / "main").write_text(new_sha)
+    new = ClipEmbedding(model_name="tiny-org/moving-clip", device="cpu")
+    assert (old.source.path.name, new.source.path.name) == (old_sha, new_sha)
+    assert old._key_factory(Role.TEXT)("a cat") != new._key_factory(Role.TEXT)("a cat")
+    assert old._identity()["snapshot"] == old_sha and new._identity()["snapshot"] == new_sha

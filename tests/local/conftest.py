@@ -24,6 +24,23 @@ def _offline() -> Iterator[None]:
         yield
 
 
+@pytest.fixture(scope="session", autouse=True)
+def hf_hub_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """An empty Hugging Face home for the session (HF_HOME, HF_HUB_CACHE and huggingface_hub's
+    constants, read at import), so no test depends on what this machine's own cache holds."""
+    from huggingface_hub import constants
+
+    home = tmp_path_factory.mktemp("hf-home")
+    hub = home / "hub"
+    hub.mkdir()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_HOME", str(home))
+        mp.setenv("HF_HUB_CACHE", str(hub))
+        mp.setattr(constants, "HF_HOME", str(home))
+        mp.setattr(constants, "HF_HUB_CACHE", str(hub))
+        yield hub
+
+
 @pytest.fixture(scope="session")
 def minilm() -> object:
     """The real default model (bundled all-MiniLM-L6-v2), loaded once per session."""
@@ -85,12 +102,13 @@ def _make_hf_cache(cache: Path, repo_id: str, files_from: Path, commit: str = "0
     repo_dir = cache / ("models--" + repo_id.replace("/", "--"))
     snapshot = repo_dir / "snapshots" / commit
     shutil.copytree(files_from, snapshot)
-    (repo_dir / "refs").mkdir(parents=True)
-    (repo_dir / "refs" / "main").write_text(commit)
+    (repo_dir / "refs").mkdir(parents=True, exist_ok=True)
+    (repo_dir / "refs" / "main").write_text(commit)  # the newest snapshot is "main"
     return snapshot
 
 
 @pytest.fixture
 def make_hf_cache() -> Callable[..., Path]:
-    """make_hf_cache(cache_dir, repo_id, files_from): lay files out as the HF cache does."""
+    """make_hf_cache(cache_dir, repo_id, files_from, commit="0"*40): lay files out as the HF cache does
+    (a snapshot folder per commit; refs/main names the last one made)."""
     return _make_hf_cache

@@ -330,3 +330,155 @@ def test_rewritten_local_directory_does_not_serve_stale_cached_vectors(tiny: Any
     again = fresh.embed(texts)
     assert fresh._encoder is not None  # recomputed with the new weights
     assert not np.allclose(again, first, atol=1e-3)
+
+
+def test_hub_snapshot_commit_is_in_the_cache_key(tiny: Any, hf_hub_cache: Path, make_hf_cache: Any) -> None:
+    """A model updated on the Hub (a new snapshot, refs/main moved to it) must not be served the old
+    model's cached vectors: Hub snapshots are keyed by their commit."""
+    import transformers
+
+    from embedstack.kvstore import SimpleKVStore
+
+    store = SimpleKVStore()
+    texts = ["the cat sat on the mat", "a dog"]
+    old_snapshot = make_hf_cache(hf_hub_cache, "tiny-org/moving", tiny.st_mean, commit="a" * 40)
+    old = HuggingFaceEmbedding("tiny-org/moving", embeddings_cache=store)
+    assert (old.source.origin, old.source.path) == ("hf-cache", old_snapshot)
+    first = old.embed(texts)
+
+    new_snapshot = make_hf_cache(hf_hub_cache, "tiny-org/moving", tiny.st_mean, commit="b" * 40)
+    retrained = transformers.BertModel.from_pretrained(str(new_snapshot))
+    for p in retrained.parameters():
+        p.data.mul_(-1.5)  # the update: other weights, same files and names
+    retrained.save_pretrained(str(new_snapshot))
+    new = HuggingFaceEmbedding("tiny-org/moving", embeddings_cache=store)
+    assert new.source.path == new_snapshot
+    assert new._key_factory(Role.TEXT)("x") != old._key_factory(Role.TEXT)("x")
+    again = new.embed(texts)
+    assert new._encoder is not None  # computed, not served from the cache
+    assert not np.allclose(again, first, atol=1e-3)
+    assert new._identity()["snapshot"] == "b" * 40 and old._identity()["snapshot"] == "a" * 40
+    # The same snapshot found again is a hit: the key is stable.
+    assert HuggingFaceEmbedding("tiny-org/moving")._key_factory(Role.TEXT)("x") == new._key_factory(Role.TEXT)("x")
+
+
+def test_sessions_hf_cache_is_private(hf_hub_cache: Path) -> None:
+    """The machine's own Hugging Face cache is never looked in (tests would depend on what it holds)."""
+    from embedstack.providers._hf_source import _cache_location
+
+    assert _cache_location(None) == str(hf_hub_cache)
+    assert HuggingFaceEmbedding().source.origin == "bundled"  # not a copy in the machine's cache
+
+
+@pytest.fixture(scope="module")
+def st_dense(tiny: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny BERT as a sentence-transformers model with a Dense layer after pooling (like LaBSE)."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Dense, Normalize, Pooling, Transformer
+
+    torch.manual_seed(2)
+    folder = tmp_path_factory.mktemp("st-dense") / "model"
+    SentenceTransformer(
+        modules=[Transformer(str(tiny.plain)), Pooling(32, pooling_mode="cls"), Dense(32, 8), Normalize()],
+        device="cpu",
+    ).save(str(folder))
+    return folder
+
+
+def test_local_spec_runs_a_model_with_a_dense_module_on_torch(tiny: Any, st_dense: Path) -> None:
+    """`local:<model>` picks ONNX Runtime when installed, but not for modules its export does not run."""
+    pytest.importorskip("onnxruntime")
+    from sentence_transformers import SentenceTransformer
+
+    from embedstack import resolve_embed_model
+
+    model = resolve_embed_model(f"local:{st_dense}")
+    got = model.embed(TEXTS)  # the ONNX path would refuse here: "has a sentence-transformers Dense module"
+    reference = SentenceTransformer(str(st_dense), device="cpu").encode(TEXTS, normalize_embeddings=True)
+    assert got.shape == (len(TEXTS), 8)
+    np.testing.assert_allclose(got, reference, atol=1e-5)
+    assert isinstance(model, HuggingFaceEmbedding) and model.backend == "torch"
+    from embedstack.providers._onnx import onnx_problem
+
+    assert "Dense" in str(onnx_problem(st_dense)) and onnx_problem(tiny.st_mean) is None
+
+
+class TokenizerSpy:
+    """Counts the texts that reach the Rust tokenizers behind a loaded model (observation only)."""
+
+    def __init__(self, model: HuggingFaceEmbedding) -> None:
+        encoder: Any = model._loaded()
+        found = [encoder.tokenizer]
+        st = getattr(encoder, "st", None)
+        if st is not None:
+            found.append(getattr(st[0], "tokenizer", None))
+        self.texts = 0
+        seen: set[int] = set()
+        for tok in found:
+            rust = getattr(tok, "backend_tokenizer", tok)
+            if rust is None or id(rust) in seen:
+                continue
+            seen.add(id(rust))
+            for name in ("encode_batch", "encode_batch_fast", "encode"):
+                if hasattr(rust, name):
+                    setattr(rust, name, self._counting(getattr(rust, name), name == "encode"))
+
+    def _counting(self, real: Any, single: bool) -> Any:
+        def call(batch: Any, *args: Any, **kwargs: Any) -> Any:
+            self.texts += 1 if single else len(batch)
+            return real(batch, *args, **kwargs)
+
+        return call
+
+
+BACKENDS = [
+    pytest.param("torch", "st_mean", id="torch-sentence-transformers"),
+    pytest.param("torch", "plain", id="torch-plain"),
+    pytest.param("onnx", "st_mean", id="onnx"),
+]
+
+
+@pytest.mark.parametrize(("backend", "layout"), BACKENDS)
+def test_each_text_is_tokenised_once_per_call(
+    tiny: Any, backend: str, layout: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if backend == "onnx":
+        pytest.importorskip("onnxruntime")
+    monkeypatch.setenv("EMBEDSTACK_CACHE_DIR", str(tmp_path))
+    texts = [" ".join(["the cat sat on the mat"] * (i % 4 + 1)) + f" {w}" for i, w in enumerate(WORDS10)]
+    model = HuggingFaceEmbedding(str(getattr(tiny, layout)), backend=backend, embed_batch_size=4).load()
+    spy = TokenizerSpy(model)
+    got = model.embed(texts)  # ordered by token count, then 3 batches
+    assert spy.texts == len(texts)
+    one_by_one = np.stack([model.embed([t])[0] for t in texts])
+    np.testing.assert_allclose(got, one_by_one, atol=1e-5)
+
+
+def test_reused_tokens_carry_the_instruction(tiny: Any) -> None:
+    """Tokens made for ordering are of the prefixed text the model sees (query: / passage:)."""
+    model = HuggingFaceEmbedding(str(tiny.st_cls_prompts), embed_batch_size=2).load()
+    spy = TokenizerSpy(model)
+    texts = ["the cat sat on the mat", "a dog", "the quick brown fox jumps over the lazy dog", "red car"]
+    for role in ("query", "text"):
+        got = model.embed(texts, role=role)
+        plain = HuggingFaceEmbedding(str(tiny.st_cls_prompts), query_instruction="", text_instruction="")
+        prefix = "query: " if role == "query" else "passage: "
+        np.testing.assert_allclose(got, plain.embed([prefix + t for t in texts]), atol=1e-5)
+    assert spy.texts == 2 * len(texts)
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_batch_order_reads_the_tokenizer_not_the_weights(
+    tiny: Any, backend: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if backend == "onnx":
+        pytest.importorskip("onnxruntime")
+    monkeypatch.setenv("EMBEDSTACK_CACHE_DIR", str(tmp_path))
+    model = HuggingFaceEmbedding(str(tiny.st_mean), backend=backend)
+    assert model._batch_order(["a", "the quick brown fox jumps", "a cat sat"]) == [1, 2, 0]
+    assert model._encoder is None  # no weights loaded (and no ONNX graph built) to order texts
+    assert not list(tmp_path.rglob("*.onnx"))
+
+
+WORDS10 = ["red", "blue", "green", "house", "car", "tree", "river", "city", "music", "book"]

@@ -40,14 +40,12 @@ class CountingEncoder:
         self.inner = inner
         self.dim = inner.dim
         self.max_length = inner.max_length
+        self.text_tokenizer = inner.text_tokenizer
         self.texts: list[str] = []
 
-    def encode(self, texts: list[str]) -> Any:
+    def encode(self, texts: list[str], tokens: Any = None) -> Any:
         self.texts.extend(texts)
-        return self.inner.encode(texts)
-
-    def token_counts(self, texts: list[str]) -> list[int]:
-        return list(self.inner.token_counts(texts))
+        return self.inner.encode(texts, tokens)
 
 
 def spy(model: HuggingFaceEmbedding) -> CountingEncoder:

@@ -197,20 +197,78 @@ def test_cache_key_tracks_weights_versions_and_precision(
     assert cache_key(fp, "fp32") != before
 
 
-def test_shipped_onnx_is_used_without_torch_export(
+def _shipping(model_dir: Path, folder: Path, graph: Path, weights: bool = True) -> Path:
+    """A copy of `model_dir` that ships `graph` as onnx/model.onnx (with or without its torch weights)."""
+    shutil.copytree(model_dir, folder, ignore=None if weights else shutil.ignore_patterns("*.safetensors"))
+    (folder / "onnx").mkdir()
+    shutil.copy(graph, folder / "onnx" / "model.onnx")
+    return folder
+
+
+def test_shipped_onnx_that_reproduces_torch_is_used_without_an_export(
     tiny_bert: Path, shared_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sentences: list[str]
 ) -> None:
     exported = OnnxEncoder(tiny_bert, cache_dir=shared_cache)
-    model = tmp_path / "shipped"
-    shutil.copytree(tiny_bert, model, ignore=shutil.ignore_patterns("*.safetensors"))
-    (model / "onnx").mkdir()
-    shutil.copy(exported.graph_path, model / "onnx" / "model.onnx")
+    model = _shipping(tiny_bert, tmp_path / "shipped", exported.graph_path)
+    checked: list[Path] = []
+    real = _onnx_export._torch_hidden
 
-    def no_torch(*args: Any) -> Any:
+    def no_torch_export(*args: Any) -> Any:
         raise AssertionError("the shipped graph should have been used")
 
-    monkeypatch.setattr(_onnx_export, "_export_torch", no_torch)
+    def hidden(model_dir: Path, feeds: Any) -> Any:
+        checked.append(model_dir)
+        return real(model_dir, feeds)
+
+    monkeypatch.setattr(_onnx_export, "_export_torch", no_torch_export)
+    monkeypatch.setattr(_onnx_export, "_torch_hidden", hidden)
     enc = OnnxEncoder(model, cache_dir=tmp_path / "cache")
+    assert checked == [model]  # compared with the torch weights it ships with, once
+    np.testing.assert_allclose(enc.encode(sentences).vectors, exported.encode(sentences).vectors, rtol=1e-4, atol=1e-5)
+
+
+def test_shipped_onnx_that_drifts_from_torch_is_replaced_by_an_export(
+    tiny_bert: Path,
+    tmp_path: Path,
+    count_exports: list[Path],
+    sentences: list[str],
+    torch_reference: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A model directory whose onnx/model.onnx is another model's graph (same inputs and shapes, other
+    weights): its vectors would be wrong, so the weights are exported instead, with a warning."""
+    import torch
+    import transformers
+
+    other = tmp_path / "other"
+    shutil.copytree(tiny_bert, other)
+    torch.manual_seed(7)
+    transformers.BertModel(transformers.BertConfig.from_pretrained(str(other))).eval().save_pretrained(str(other))
+    wrong_graph = OnnxEncoder(other, cache_dir=tmp_path / "c1").graph_path
+    assert len(count_exports) == 1
+    model = _shipping(tiny_bert, tmp_path / "shipped", wrong_graph)
+
+    with caplog.at_level("WARNING", logger="embedstack"):
+        enc = OnnxEncoder(model, cache_dir=tmp_path / "c2")
+    assert len(count_exports) == 2  # the shipped graph was refused and the weights exported
+    assert "does not reproduce" in caplog.text and "model.onnx" in caplog.text
+    ref = torch_reference(tiny_bert, sentences, max_length=64)
+    assert _cos(enc.encode(sentences).vectors, ref).min() >= 0.9999
+
+
+def test_shipped_onnx_without_weights_is_used_with_a_warning(
+    tiny_bert: Path,
+    shared_cache: Path,
+    tmp_path: Path,
+    count_exports: list[Path],
+    sentences: list[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    exported = OnnxEncoder(tiny_bert, cache_dir=shared_cache)
+    model = _shipping(tiny_bert, tmp_path / "onnx-only", exported.graph_path, weights=False)
+    with caplog.at_level("WARNING", logger="embedstack"):
+        enc = OnnxEncoder(model, cache_dir=tmp_path / "cache")
+    assert count_exports == [] and "cannot be checked" in caplog.text
     np.testing.assert_allclose(enc.encode(sentences).vectors, exported.encode(sentences).vectors, rtol=1e-4, atol=1e-5)
 
 

@@ -79,15 +79,17 @@ def test_openvino_fp32_and_int8_ask_for_f32_explicitly(tiny_bert: Path, shared_c
     assert str(ov.session.compiled.get_property("INFERENCE_PRECISION_HINT")) in ("f32", "<Type: 'float32'>")
 
 
+def _needs_native_bf16() -> None:
+    import openvino
+
+    if not _onnx.native_bf16(openvino):
+        pytest.skip("this CPU has no native bfloat16 (AVX512_BF16 or AMX); the refusal is tested separately")
+
+
 def test_openvino_bf16_is_rounded_and_close_where_the_cpu_has_bf16(
     tiny_bert: Path, shared_cache: Path, sentences: list[str]
 ) -> None:
-    import openvino
-
-    if not _onnx.native_bf16(openvino):  # the refusal is tested below for every CPU
-        with pytest.raises(ValueError, match="native bfloat16"):
-            OnnxEncoder(tiny_bert, precision="bf16", cache_dir=shared_cache, runtime="openvino")
-        return
+    _needs_native_bf16()
     fp32 = OnnxEncoder(tiny_bert, cache_dir=shared_cache, runtime="openvino")
     bf16 = OnnxEncoder(tiny_bert, precision="bf16", cache_dir=shared_cache, runtime="openvino")
     assert bf16.graph_path == fp32.graph_path  # one plain graph; the precision is OpenVINO's setting
@@ -112,14 +114,9 @@ def test_onnxruntime_bf16_points_to_openvino(tiny_bert: Path) -> None:
 
 def test_huggingface_embedding_openvino_bf16_real_model(env_cache: Path, bundled_model: Path) -> None:
     """bf16 on the real model: within the fp32 fidelity bar, with cache entries of its own."""
-    import openvino
-
     from embedstack.providers.huggingface import HuggingFaceEmbedding
 
-    if not _onnx.native_bf16(openvino):
-        with pytest.raises(ValueError, match="native bfloat16"):
-            HuggingFaceEmbedding(backend="openvino", precision="bf16").load()
-        return
+    _needs_native_bf16()
     texts = ["A man is eating food.", "python3-numpy: fast array computing for Python", "a"]
     fp32 = HuggingFaceEmbedding(backend="onnx").embed(texts)
     bf16 = HuggingFaceEmbedding(backend="openvino", precision="bf16")
@@ -144,11 +141,79 @@ def test_openvino_pads_batches_to_buckets_without_changing_vectors(
     ov = OnnxEncoder(tiny_bert, cache_dir=shared_cache, runtime="openvino")
     ort = OnnxEncoder(tiny_bert, cache_dir=shared_cache)
     text = " ".join(["data"] * 15)  # 17 tokens with [CLS] and [SEP]
-    encodings = ov._encode_batch([text])
-    assert len(encodings[0].ids) == 17
-    assert ov._feeds(encodings, [0])["input_ids"].shape == (1, 18)
-    assert ort._feeds(ort._encode_batch([text]), [0])["input_ids"].shape == (1, 17)  # exact: no per-shape cost
+    tokens = ov.text_tokenizer.tokenize([text])
+    assert len(tokens[0].ids) == 17
+    assert ov._feeds(tokens, [0])["input_ids"].shape == (1, 18)
+    exact = ort.text_tokenizer.tokenize([text])
+    assert ort._feeds(exact, [0])["input_ids"].shape == (1, 17)  # exact for ORT: no per-shape cost
     short = OnnxEncoder(tiny_bert, max_length=50, cache_dir=shared_cache, runtime="openvino")
     assert _onnx.shape_bucket(49) == 52 and short._padded_length(49) == 50  # never past max_length
     got = np.asarray(ov.encode([text, *sentences]).vectors)
     np.testing.assert_allclose(got, ort.encode([text, *sentences]).vectors, rtol=1e-4, atol=1e-5)
+
+
+def test_huggingface_embedding_bf16_is_refused_without_native_bf16(
+    env_cache: Path, tiny_bert: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from embedstack.providers.huggingface import HuggingFaceEmbedding
+
+    monkeypatch.setattr(_onnx, "native_bf16", lambda ov: False)  # a CPU without AVX512_BF16 / AMX
+    model = HuggingFaceEmbedding(str(tiny_bert), backend="openvino", precision="bf16")
+    with pytest.raises(ValueError, match=r"native bfloat16.*precision='fp32' or 'int8'"):
+        model.embed(["a text"])
+
+
+def test_one_openvino_core_per_process(
+    tiny_bert: Path, shared_cache: Path, sentences: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every capability query and compiled model goes through one Core: a second Core loads the CPU plugin
+    again, and creating and querying several has crashed processes."""
+    import openvino
+
+    made: list[Any] = []
+    real_core = openvino.Core
+
+    def counting_core(*args: Any) -> Any:
+        made.append(real_core(*args))
+        return made[-1]
+
+    monkeypatch.setattr(_onnx, "_core", None, raising=False)  # as in a fresh process
+    monkeypatch.setattr(openvino, "Core", counting_core)
+    if _onnx.native_bf16(openvino):  # what resolve_embed_model("local") asks, then bf16 asks again
+        OnnxEncoder(tiny_bert, precision="bf16", cache_dir=shared_cache, runtime="openvino")
+    else:
+        with pytest.raises(ValueError, match="native bfloat16"):
+            OnnxEncoder(tiny_bert, precision="bf16", cache_dir=shared_cache, runtime="openvino")
+    a = OnnxEncoder(tiny_bert, cache_dir=shared_cache, runtime="openvino")
+    b = OnnxEncoder(tiny_bert, precision="int8", cache_dir=shared_cache, runtime="openvino")
+    assert len(made) == 1
+    assert np.isfinite(a.encode(sentences).vectors).all() and np.isfinite(b.encode(sentences).vectors).all()
+
+
+def test_openvino_models_are_released_before_interpreter_teardown(
+    tiny_bert: Path, shared_cache: Path, tmp_path: Path
+) -> None:
+    """At exit, each infer request and compiled model is freed, then the Core, from an atexit hook (while
+    the interpreter is whole), not in whatever order module teardown reaches them."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "exit.py"
+    script.write_text(
+        "import atexit, sys\n"
+        "state = {}\n"
+        "def check():\n"  # registered first, so it runs after embedstack's hook
+        "    s = state['enc'].session\n"
+        "    from embedstack.providers import _onnx\n"
+        "    print('released', s.request is None and s.compiled is None and _onnx._core is None, flush=True)\n"
+        "atexit.register(check)\n"
+        "from pathlib import Path\n"
+        "from embedstack.providers._onnx import OnnxEncoder\n"
+        f"state['enc'] = OnnxEncoder(Path({str(tiny_bert)!r}), cache_dir=Path({str(shared_cache)!r}), "
+        "runtime='openvino')\n"
+        "print(state['enc'].encode(['a cat', 'the dog']).vectors.shape, flush=True)\n"
+    )
+    OnnxEncoder(tiny_bert, cache_dir=shared_cache, runtime="openvino")  # the graph exists: the child only loads it
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split("\n")[:2] == ["(2, 32)", "released True"], done.stdout

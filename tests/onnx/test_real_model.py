@@ -88,6 +88,7 @@ def test_local_default_is_the_fastest_pair_that_meets_the_fp32_bar(
 
     from embedstack import resolve_embed_model
     from embedstack.providers import _onnx
+    from embedstack.providers.huggingface import DEFAULT_MODEL, _default_runtime
 
     model = resolve_embed_model("local")
     want = ("openvino", "bf16") if _onnx.native_bf16(openvino) else ("onnx", "fp32")
@@ -97,6 +98,9 @@ def test_local_default_is_the_fastest_pair_that_meets_the_fp32_bar(
     other = resolve_embed_model(f"local:{model.source.path}")  # type: ignore[attr-defined]
     assert other.precision == "fp32"  # bf16 was verified for the default model only
 
+    monkeypatch.setattr(_onnx, "native_bf16", lambda ov: True)  # a CPU with AVX512_BF16 / AMX: the choice only
+    assert _default_runtime(DEFAULT_MODEL) == ("openvino", "bf16")
+    assert _default_runtime("other/model") == ("onnx", "fp32")
     monkeypatch.setattr(_onnx, "native_bf16", lambda ov: False)  # a CPU without AVX512_BF16 / AMX
     plain = resolve_embed_model("local")
     assert (plain.backend, plain.precision) == ("onnx", "fp32")  # type: ignore[attr-defined]
@@ -115,10 +119,13 @@ def test_batches_are_ordered_by_tokens_not_characters(env_cache: Path, backend: 
 
     model = HuggingFaceEmbedding(backend=backend, device="cpu")
     items = ["internationalization!!", "a b c d e f g h i j", "x", "y z"]
-    counts = model._loaded().token_counts(items)
+    tokenizer = model._text_tokenizer()
+    assert tokenizer is not None
+    counts = [len(t.ids) for t in tokenizer.tokenize(items)]
     assert counts[1] > counts[0] and len(items[1]) < len(items[0])  # the case characters get wrong
     assert model._batch_order(items) == [1, 0, 3, 2]
-    assert model._loaded().token_counts(["word " * 400]) == [256]  # truncated, as the batch will be
+    long = tokenizer.tokenize(["word " * 400])[0]
+    assert (len(long.ids), long.truncated) == (256, True)  # truncated, as the batch will be
 
 
 def test_accelerator_gets_larger_default_batches(env_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:

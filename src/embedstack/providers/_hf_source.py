@@ -77,14 +77,21 @@ class ModelSource:
         """Whether the directory is a sentence-transformers model (has modules.json)."""
         return (self.path / "modules.json").is_file()
 
+    @property
+    def snapshot(self) -> str | None:
+        """The commit hash of a Hugging Face cache snapshot (…/snapshots/<commit>), else None."""
+        if self.origin in ("hf-cache", "hub") and self.path.parent.name == "snapshots":
+            return self.path.name
+        return None
+
     def files_stamp(self) -> str | None:
         """For a plain local directory, a digest of its weight/config files' names, sizes and mtimes.
 
         Part of the cache key, so vectors cached from a directory that was since rewritten (a new
-        fine-tune saved over the old one) are not served. Hub snapshots are addressed by commit and
-        the bundled model is checksummed, so they need none.
+        fine-tune saved over the old one) are not served. Hub snapshots are keyed by their commit
+        (see `snapshot`) and the bundled model is checksummed, so they need none.
         """
-        if self.origin != "path":
+        if self.origin == "bundled" or self.snapshot is not None:
             return None
         digest = hashlib.sha256()
         found = {p for g in _STAMPED for pattern in (g, f"*/{g}") for p in self.path.glob(pattern)}
@@ -95,10 +102,14 @@ class ModelSource:
 
 
 def stamp_identity(identity: dict[str, Any], source: ModelSource) -> dict[str, Any]:
-    """A provider's cache identity plus its local directory's files stamp (when it has one)."""
-    stamp = source.files_stamp()
-    if stamp is not None:
-        identity["files"] = stamp
+    """A provider's cache identity plus what pins its files: a Hub snapshot's commit (so a model updated
+    on the Hub is a cache miss), or a local directory's files stamp."""
+    if source.snapshot is not None:
+        identity["snapshot"] = source.snapshot
+    else:
+        stamp = source.files_stamp()
+        if stamp is not None:
+            identity["files"] = stamp
     return identity
 
 

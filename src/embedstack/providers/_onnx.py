@@ -1,17 +1,25 @@
 """The ONNX Runtime backend: pooled, un-normalised sentence vectors from a local model directory.
 
-Texts are tokenised with the Rust `tokenizers` library (the model's tokenizer.json), sorted by
-length and cut into batches by a token budget, so padding stays small; the graph (see
-_onnx_export) is fed only the inputs it declares. Normalisation and Matryoshka truncation belong
-to the provider.
+Texts are tokenised with the Rust `tokenizers` library (the model's tokenizer.json) by an
+OnnxTokenizer, which needs no graph (the provider orders a call's texts with it and hands the same
+tokens to `encode`), sorted by length and cut into batches by a token budget, so padding stays
+small; the graph (see _onnx_export) is fed only the inputs it declares. Normalisation and
+Matryoshka truncation belong to the provider.
+
+OpenVINO: one Core per process (a second Core loads the CPU plugin again; creating and querying
+several has crashed processes), one infer request per compiled model behind a lock, and every
+compiled model released at interpreter exit, before module teardown.
 """
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
 import threading
+import weakref
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +35,7 @@ from embedstack.providers._onnx_export import (
     pick_output,
     prepare_graph,
 )
+from embedstack.providers.huggingface import Tokens
 from embedstack.types import EmbedResult
 
 __all__ = [
@@ -34,7 +43,10 @@ __all__ = [
     "ONNX_PRECISIONS",
     "RUNTIMES",
     "OnnxEncoder",
+    "OnnxTokenizer",
     "native_bf16",
+    "onnx_problem",
+    "openvino_core",
     "physical_cores",
     "shape_bucket",
 ]
@@ -174,144 +186,30 @@ class _Layout:
         return int(value) if value else None
 
 
-#: Which cached graph each runtime runs for a precision (see _onnx_export.GRAPH_KINDS).
-RUNTIMES = {
-    "onnxruntime": {"fp32": "fp32", "int8": "int8"},
-    "openvino": {"fp32": "plain", "bf16": "plain", "int8": "nncf-int8"},
-}
-#: OpenVINO's INFERENCE_PRECISION_HINT per precision. Always explicit: on a CPU with native bf16 its
-#: default is bf16, which would make "fp32" silently approximate (and int8's other ops with it).
-_OPENVINO_HINTS = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
+def onnx_problem(model_dir: Path) -> str | None:
+    """Why backend='onnx' cannot run `model_dir` as sentence-transformers does (a module it does not run,
+    such as a Dense layer after pooling, or a pooling mode it lacks), or None when it can."""
+    try:
+        layout = _Layout(Path(model_dir))
+    except (ValueError, OSError) as e:
+        return str(e)
+    return layout.pooling_problem
 
 
-def shape_bucket(length: int) -> int:
-    """`length` rounded up to a step of 1/8 to 1/16 of it (a power of two): exact up to 16 tokens, then
-    at most ~12% padding, so a corpus runs through a few dozen shapes instead of one per length."""
-    if length <= 16:
-        return length
-    step = 1 << ((length - 1).bit_length() - 4)
-    return -(-length // step) * step
+class OnnxTokenizer:
+    """A model directory's fast tokenizer, truncating to the model's limit: texts → Tokens, no graph needed."""
 
-
-def native_bf16(ov: Any) -> bool:
-    """Whether OpenVINO can run bf16 natively on this CPU (AVX512_BF16 or AMX)."""
-    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
-
-
-class _Port:
-    """An OpenVINO input/output as onnxruntime describes one: a name and a shape."""
-
-    def __init__(self, port: Any) -> None:
-        self.name = port.get_any_name()
-        self.shape = list(port.get_partial_shape())
-
-
-class _OpenVinoSession:
-    """An OpenVINO compiled model behind the slice of onnxruntime's InferenceSession the encoder uses."""
-
-    def __init__(self, ov: Any, path: Path, threads: int, precision: str) -> None:
-        config = {
-            "INFERENCE_NUM_THREADS": threads,
-            "PERFORMANCE_HINT": "LATENCY",
-            "INFERENCE_PRECISION_HINT": _OPENVINO_HINTS[precision],
-        }
-        self.compiled = ov.Core().compile_model(str(path), "CPU", config)
-        self.request = self.compiled.create_infer_request()
-        self._lock = threading.Lock()  # one infer request: calls from several threads take turns
-
-    @staticmethod
-    def check(ov: Any, precision: str) -> None:
-        """Refuse bf16 where the CPU has no native bfloat16 (OpenVINO would quietly run fp32)."""
-        if precision == "bf16" and not native_bf16(ov):
-            raise ValueError(
-                "precision='bf16' needs a CPU with native bfloat16 (AVX512_BF16 or AMX) and this one has "
-                "none; use precision='fp32' or 'int8' (the fast mode)"
-            )
-
-    def get_inputs(self) -> list[_Port]:
-        return [_Port(p) for p in self.compiled.inputs]
-
-    def get_outputs(self) -> list[_Port]:
-        return [_Port(p) for p in self.compiled.outputs]
-
-    def run(self, outputs: list[str], feeds: dict[str, Any]) -> list[Any]:
-        with self._lock:
-            result = self.request.infer(feeds)
-            return [np.array(result[self.compiled.output(name)]) for name in outputs]
-
-
-class OnnxEncoder:
-    """A model directory run by ONNX Runtime (or OpenVINO): texts → pooled float32 vectors (not normalised)."""
-
-    dim: int
-    max_length: int
-
-    def __init__(
-        self,
-        model_dir: Path,
-        precision: str = "fp32",
-        max_length: int | None = None,
-        pooling: Pooling | None = None,
-        threads: int | None = None,
-        *,
-        cache_dir: Path | None = None,
-        token_budget: int = DEFAULT_TOKEN_BUDGET,
-        runtime: str = "onnxruntime",
-    ) -> None:
-        if runtime not in RUNTIMES:
-            raise ValueError(f"unknown runtime {runtime!r}; use one of {list(RUNTIMES)}")
-        self.runtime = runtime
-        self.ov = require("openvino", extra="openvino") if runtime == "openvino" else None
-        self.ort = require("onnxruntime", extra="onnx")
+    def __init__(self, model_dir: Path, max_length: int | None = None) -> None:
         tokenizers = require("tokenizers", extra="onnx")
-        if precision not in RUNTIMES[runtime]:
-            backend = "openvino" if runtime == "openvino" else "onnx"
-            raise ValueError(
-                f"precision {precision!r} is not available with backend={backend!r}; use one of "
-                f"{list(RUNTIMES[runtime])} (ONNX Runtime has no bf16 kernels on CPU: backend='openvino' "
-                f"runs bf16 on CPUs with native bfloat16; backend='torch' runs fp16/bf16)"
-            )
-        if self.ov is not None:
-            _OpenVinoSession.check(self.ov, precision)
-        if token_budget < 1:
-            raise ValueError(f"token_budget={token_budget} must be a positive number of tokens")
         self.model_dir = Path(model_dir)
         if not self.model_dir.is_dir():
             raise FileNotFoundError(f"model directory {self.model_dir} does not exist")
-        self.precision = precision
-        self.token_budget = token_budget
-        self.threads = threads or physical_cores()
-        layout = _Layout(self.model_dir)
-        self.layout = layout
-        if pooling is None and layout.pooling_problem:
-            raise ValueError(
-                f"{layout.pooling_problem}, which backend='onnx' does not run; pass "
-                f"pooling='mean' or 'cls', or use backend='torch'"
-            )
-        self.pooling = pooling or layout.pooling or Pooling.MEAN
-        self.lowercase = bool(layout.st_config.get("do_lower_case"))
+        self.layout = _Layout(self.model_dir)
+        self.lowercase = bool(self.layout.st_config.get("do_lower_case"))
         self.max_length = self._max_length(max_length)
-        self.tokenizer = self._load_tokenizer(tokenizers)
+        self.backend_tokenizer = self._load(tokenizers)
         self.pad_id = self._pad_id()
-        self.graph_path = self._prepare(cache_dir)
-        try:
-            self.session = self._session(self.graph_path)
-        except Exception as e:  # a cached graph that will not load is rebuilt once
-            logger.warning("onnx: cached graph %s failed to load (%s); rebuilding", self.graph_path, e)
-            discard(self.graph_path)
-            self.graph_path = self._prepare(cache_dir)
-            self.session = self._session(self.graph_path)
-        self.inputs = [i.name for i in self.session.get_inputs()]
-        unknown = [n for n in self.inputs if n not in _KNOWN_INPUTS]
-        if unknown:
-            raise ValueError(
-                f"{self.graph_path} declares inputs {unknown} that a text encoder cannot provide "
-                f"(known: {list(_KNOWN_INPUTS)}); use backend='torch'"
-            )
-        self.output = pick_output(self.session.get_outputs())
-        self.dim = self._dim()
 
-    # -- setup -----------------------------------------------------------------------------------
     def _max_length(self, requested: int | None) -> int:
         limit = self.layout.position_limit()
         declared = self.layout.declared_max_length()
@@ -326,7 +224,7 @@ class OnnxEncoder:
             raise ValueError(f"max_length={requested} exceeds what {self.model_dir} supports ({limit} tokens)")
         return requested
 
-    def _load_tokenizer(self, tokenizers: Any) -> Any:
+    def _load(self, tokenizers: Any) -> Any:
         path = self.layout.transformer / "tokenizer.json"
         if path.is_file():
             tokenizer = tokenizers.Tokenizer.from_file(str(path))
@@ -350,15 +248,205 @@ class OnnxEncoder:
         if isinstance(value, int):
             return value
         for token in ("[PAD]", "<pad>"):
-            found = self.tokenizer.token_to_id(token)
+            found = self.backend_tokenizer.token_to_id(token)
             if found is not None:
                 return int(found)
         return 0
 
+    def tokenize(self, texts: list[str]) -> list[Tokens]:
+        """Token ids (special tokens included, truncated; lower-cased first when the model says so)."""
+        if self.lowercase:
+            texts = [t.lower() for t in texts]
+        fast = getattr(self.backend_tokenizer, "encode_batch_fast", None)  # no offsets: tokenizers >= 0.20
+        encodings = fast(texts) if fast is not None else self.backend_tokenizer.encode_batch(texts)
+        return [Tokens(np.asarray(e.ids, dtype=np.int64), bool(e.overflowing)) for e in encodings]
+
+
+#: Which cached graph each runtime runs for a precision (see _onnx_export.GRAPH_KINDS).
+RUNTIMES = {
+    "onnxruntime": {"fp32": "fp32", "int8": "int8"},
+    "openvino": {"fp32": "plain", "bf16": "plain", "int8": "nncf-int8"},
+}
+#: OpenVINO's INFERENCE_PRECISION_HINT per precision. Always explicit: on a CPU with native bf16 its
+#: default is bf16, which would make "fp32" silently approximate (and int8's other ops with it).
+_OPENVINO_HINTS = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
+
+
+def shape_bucket(length: int) -> int:
+    """`length` rounded up to a step of 1/8 to 1/16 of it (a power of two): exact up to 16 tokens, then
+    at most ~12% padding, so a corpus runs through a few dozen shapes instead of one per length."""
+    if length <= 16:
+        return length
+    step = 1 << ((length - 1).bit_length() - 4)
+    return -(-length // step) * step
+
+
+_core: Any = None
+_core_lock = threading.Lock()
+_sessions: weakref.WeakSet[_OpenVinoSession] = weakref.WeakSet()
+
+
+def openvino_core(ov: Any) -> Any:
+    """This process's one OpenVINO Core (made on first use, kept until exit)."""
+    global _core
+    with _core_lock:
+        if _core is None:
+            _core = ov.Core()
+        return _core
+
+
+def native_bf16(ov: Any) -> bool:
+    """Whether OpenVINO can run bf16 natively on this CPU (AVX512_BF16 or AMX)."""
+    return "BF16" in openvino_core(ov).get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+@atexit.register
+def _release_openvino() -> None:
+    """Free every compiled model, then the Core, while the interpreter is whole (not during teardown)."""
+    global _core
+    for session in list(_sessions):
+        session.close()
+    with _core_lock:
+        _core = None
+
+
+class _Port:
+    """An OpenVINO input/output as onnxruntime describes one: a name and a shape."""
+
+    def __init__(self, port: Any) -> None:
+        self.name = port.get_any_name()
+        self.shape = list(port.get_partial_shape())
+
+
+class _OpenVinoSession:
+    """An OpenVINO compiled model behind the slice of onnxruntime's InferenceSession the encoder uses."""
+
+    def __init__(self, ov: Any, path: Path, threads: int, precision: str) -> None:
+        config = {
+            "INFERENCE_NUM_THREADS": threads,
+            "PERFORMANCE_HINT": "LATENCY",
+            "INFERENCE_PRECISION_HINT": _OPENVINO_HINTS[precision],
+        }
+        self.compiled: Any = openvino_core(ov).compile_model(str(path), "CPU", config)
+        self.request: Any = self.compiled.create_infer_request()
+        self.inputs = [_Port(p) for p in self.compiled.inputs]
+        self.outputs = [_Port(p) for p in self.compiled.outputs]
+        self._lock = threading.Lock()  # one infer request: calls from several threads take turns
+        _sessions.add(self)
+
+    @staticmethod
+    def check(ov: Any, precision: str) -> None:
+        """Refuse bf16 where the CPU has no native bfloat16 (OpenVINO would quietly run fp32)."""
+        if precision == "bf16" and not native_bf16(ov):
+            raise ValueError(
+                "precision='bf16' needs a CPU with native bfloat16 (AVX512_BF16 or AMX) and this one has "
+                "none; use precision='fp32' or 'int8' (the fast mode)"
+            )
+
+    def get_inputs(self) -> list[_Port]:
+        return self.inputs
+
+    def get_outputs(self) -> list[_Port]:
+        return self.outputs
+
+    def run(self, outputs: list[str], feeds: dict[str, Any]) -> list[Any]:
+        with self._lock:
+            if self.request is None:
+                raise RuntimeError("the OpenVINO model was released (the interpreter is exiting)")
+            result = self.request.infer(feeds)
+            return [np.array(result[self.compiled.output(name)]) for name in outputs]
+
+    def close(self) -> None:
+        """Release the infer request, then the compiled model (waits for a running inference)."""
+        with self._lock:
+            self.request = None
+            self.compiled = None
+
+
+class OnnxEncoder:
+    """A model directory run by ONNX Runtime (or OpenVINO): texts → pooled float32 vectors (not normalised)."""
+
+    dim: int
+    max_length: int
+
+    def __init__(
+        self,
+        model_dir: Path,
+        precision: str = "fp32",
+        max_length: int | None = None,
+        pooling: Pooling | None = None,
+        threads: int | None = None,
+        *,
+        cache_dir: Path | None = None,
+        token_budget: int = DEFAULT_TOKEN_BUDGET,
+        runtime: str = "onnxruntime",
+        tokenizer: OnnxTokenizer | None = None,
+    ) -> None:
+        """`tokenizer` (made for the same directory and max_length) is shared with the caller; one is
+        made when not given."""
+        if runtime not in RUNTIMES:
+            raise ValueError(f"unknown runtime {runtime!r}; use one of {list(RUNTIMES)}")
+        self.runtime = runtime
+        self.ov = require("openvino", extra="openvino") if runtime == "openvino" else None
+        if self.ov is None:
+            require("onnxruntime", extra="onnx")
+        if precision not in RUNTIMES[runtime]:
+            backend = "openvino" if runtime == "openvino" else "onnx"
+            raise ValueError(
+                f"precision {precision!r} is not available with backend={backend!r}; use one of "
+                f"{list(RUNTIMES[runtime])} (ONNX Runtime has no bf16 kernels on CPU: backend='openvino' "
+                f"runs bf16 on CPUs with native bfloat16; backend='torch' runs fp16/bf16)"
+            )
+        if self.ov is not None:
+            _OpenVinoSession.check(self.ov, precision)
+        if token_budget < 1:
+            raise ValueError(f"token_budget={token_budget} must be a positive number of tokens")
+        self.model_dir = Path(model_dir)
+        if tokenizer is None:
+            tokenizer = OnnxTokenizer(self.model_dir, max_length)
+        elif tokenizer.model_dir != self.model_dir:
+            raise ValueError(f"the tokenizer of {tokenizer.model_dir} cannot feed {self.model_dir}")
+        self.text_tokenizer = tokenizer
+        self.precision = precision
+        self.token_budget = token_budget
+        self.threads = threads or physical_cores()
+        layout = self.layout = tokenizer.layout
+        if pooling is None and layout.pooling_problem:
+            raise ValueError(
+                f"{layout.pooling_problem}, which backend='onnx' does not run; pass "
+                f"pooling='mean' or 'cls', or use backend='torch'"
+            )
+        self.pooling = pooling or layout.pooling or Pooling.MEAN
+        self.max_length = tokenizer.max_length
+        self.pad_id = tokenizer.pad_id
+        self.graph_path = self._prepare(cache_dir)
+        try:
+            self.session = self._session(self.graph_path)
+        except Exception as e:  # a cached graph that will not load is rebuilt once
+            logger.warning("onnx: cached graph %s failed to load (%s); rebuilding", self.graph_path, e)
+            discard(self.graph_path)
+            self.graph_path = self._prepare(cache_dir)
+            self.session = self._session(self.graph_path)
+        self.inputs = [i.name for i in self.session.get_inputs()]
+        unknown = [n for n in self.inputs if n not in _KNOWN_INPUTS]
+        if unknown:
+            raise ValueError(
+                f"{self.graph_path} declares inputs {unknown} that a text encoder cannot provide "
+                f"(known: {list(_KNOWN_INPUTS)}); use backend='torch'"
+            )
+        self.output = pick_output(self.session.get_outputs())
+        self.dim = self._dim()
+
+    @property
+    def tokenizer(self) -> Any:
+        """The underlying `tokenizers` object."""
+        return self.text_tokenizer.backend_tokenizer
+
+    # -- setup -----------------------------------------------------------------------------------
     def _session(self, path: Path) -> Any:
         if self.ov is not None:
             return _OpenVinoSession(self.ov, path, self.threads, self.precision)
-        ort = self.ort
+        ort = require("onnxruntime", extra="onnx")
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = self.threads
@@ -389,8 +477,8 @@ class OnnxEncoder:
         return self._padded(_PROBE)
 
     def _padded(self, texts: list[str]) -> Feeds:
-        encodings = self._encode_batch(texts)
-        return self._feeds(encodings, list(range(len(encodings))))
+        tokens = self.text_tokenizer.tokenize(texts)
+        return self._feeds(tokens, list(range(len(tokens))))
 
     def _dim(self) -> int:
         hidden = self.layout.config.get("hidden_size") or self.layout.config.get("dim")
@@ -399,13 +487,13 @@ class OnnxEncoder:
         return int(self.encode([""]).vectors.shape[1])  # type: ignore[union-attr]
 
     # -- encoding --------------------------------------------------------------------------------
-    def _feeds(self, encodings: list[Any], rows: list[int]) -> Feeds:
-        """Right-padded int64 arrays for `rows` of `encodings` (all four known input names)."""
-        length = self._padded_length(max(len(encodings[i].ids) for i in rows))
+    def _feeds(self, tokens: Sequence[Tokens], rows: list[int]) -> Feeds:
+        """Right-padded int64 arrays for `rows` of `tokens` (all four known input names)."""
+        length = self._padded_length(max(len(tokens[i].ids) for i in rows))
         ids = np.full((len(rows), length), self.pad_id, dtype=np.int64)
         mask = np.zeros((len(rows), length), dtype=np.int64)
         for r, i in enumerate(rows):
-            row = encodings[i].ids
+            row = tokens[i].ids
             ids[r, : len(row)] = row
             mask[r, : len(row)] = 1
         positions = np.broadcast_to(np.arange(length, dtype=np.int64), ids.shape)
@@ -440,27 +528,22 @@ class OnnxEncoder:
             return hidden[:, 0]
         return Pooling.masked_mean(hidden, mask)
 
-    def token_counts(self, texts: list[str]) -> list[int]:
-        """Tokens each text becomes (special tokens included, after truncation): the batch order key."""
-        return [len(e.ids) for e in self._encode_batch(texts)]
+    def encode(self, texts: list[str], tokens: Sequence[Tokens] | None = None) -> EmbedResult:
+        """Pooled float32 vectors (not normalised) for `texts`, with token and truncation counts.
 
-    def _encode_batch(self, texts: list[str]) -> list[Any]:
-        """Token encodings (lower-cased first when the model says so), unpadded, truncated."""
-        if self.lowercase:
-            texts = [t.lower() for t in texts]
-        fast = getattr(self.tokenizer, "encode_batch_fast", None)  # no offsets: tokenizers >= 0.20
-        return list(fast(texts) if fast is not None else self.tokenizer.encode_batch(texts))
-
-    def encode(self, texts: list[str]) -> EmbedResult:
-        """Pooled float32 vectors (not normalised) for `texts`, with token and truncation counts."""
+        `tokens`: `text_tokenizer`'s tokens for `texts`, when the caller has them already.
+        """
         if not texts:
             return EmbedResult(np.zeros((0, self.dim), dtype=np.float32), token_count=0)
-        encodings = self._encode_batch(texts)
-        lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(texts))
-        truncated = sum(1 for e in encodings if e.overflowing)
+        if tokens is None:
+            tokens = self.text_tokenizer.tokenize(texts)
+        elif len(tokens) != len(texts):
+            raise ValueError(f"{len(tokens)} token rows for {len(texts)} texts")
+        lengths = np.fromiter((len(t.ids) for t in tokens), dtype=np.int64, count=len(texts))
+        truncated = sum(1 for t in tokens if t.truncated)
         vectors = np.empty((len(texts), self.dim), dtype=np.float32)
         for rows in self._batches(lengths):
-            feeds = self._feeds(encodings, rows)
+            feeds = self._feeds(tokens, rows)
             hidden = self.session.run([self.output], {k: feeds[k] for k in self.inputs})[0]
             vectors[rows] = self._pool(hidden, feeds["attention_mask"])
         return EmbedResult(vectors, token_count=int(lengths.sum()), truncated=truncated)

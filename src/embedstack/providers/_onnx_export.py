@@ -1,11 +1,12 @@
 """Building the ONNX graph for a local text model, once, and keeping it in an on-disk cache.
 
-The fp32 graph comes from the model's own ONNX file when it ships one, else from
-`torch.onnx.export` of a wrapper that returns `last_hidden_state`; ONNX Runtime's transformer
-fusions (attention, GELU, LayerNorm) are applied when they keep the output unchanged; the int8
-graph is dynamically quantised from it. Cached files are keyed by the model files' sha256 and the
-library versions, written atomically (temp file + os.replace) and checked against a sha256 sidecar
-on every load, so a half-written or corrupt file is rebuilt rather than used.
+The fp32 graph comes from the model's own ONNX file when it ships one and that file reproduces the
+model's torch weights, else from `torch.onnx.export` of a wrapper that returns `last_hidden_state`;
+every graph is checked against torch on probe texts, token vector by token vector (so any pooling of
+them agrees); ONNX Runtime's transformer fusions (attention, GELU, LayerNorm) are applied when they
+pass the same check; the int8 graph is dynamically quantised from it. Cached files are keyed by the
+model files' sha256 and the library versions, written atomically (temp file + os.replace) and
+checked against a sha256 sidecar on every load, so a half-written or corrupt file is rebuilt rather than used.
 """
 
 from __future__ import annotations
@@ -67,7 +68,8 @@ INT8_MIN_MEAN_COSINE = 0.99
 INT8_MIN_COSINE = 0.98
 #: Version of the NNCF recipe (calibration texts, options); part of nncf-int8 cache keys.
 NNCF_RECIPE = 2
-#: Pooled outputs of a rebuilt graph must match the reference at least this closely.
+#: Every (unpadded) token vector of a built fp32 graph must match torch's at least this closely: a check per
+#: token, stricter than comparing pooled vectors, and the same for mean, CLS or any other pooling.
 _EXPORT_MIN_COSINE = 0.99999
 _VERSIONED = ("torch", "transformers", "onnx", "onnxruntime")
 _WEIGHT_GLOBS = ("*.safetensors", "pytorch_model*.bin", "*.pt")
@@ -105,20 +107,24 @@ def shipped_onnx(model_dir: Path) -> Path | None:
     return None
 
 
+def _weight_files(model_dir: Path) -> list[Path]:
+    return sorted({p for g in _WEIGHT_GLOBS for p in model_dir.glob(g) if p.is_file()})
+
+
 def _graph_files(model_dir: Path) -> list[Path]:
-    """The files an exported graph depends on: config and weights (or a shipped ONNX file)."""
+    """The files a cached graph depends on: config and weights, and a shipped ONNX file (checked
+    against those weights)."""
+    files = _weight_files(model_dir)
     onnx_file = shipped_onnx(model_dir)
     if onnx_file is not None:
-        extra = sorted(onnx_file.parent.glob(onnx_file.name + "_data"))
-        return [onnx_file, *extra]
-    files = {p for g in _WEIGHT_GLOBS for p in model_dir.glob(g) if p.is_file()}
+        files += [onnx_file, *sorted(onnx_file.parent.glob(onnx_file.name + "_data"))]
     if not files:
         raise ExportError(
             f"no weights found in {model_dir} (looked for {', '.join(_WEIGHT_GLOBS)} and "
             f"{', '.join(_SHIPPED)}); pass the directory of a saved transformers model"
         )
     config = model_dir / "config.json"
-    return sorted(files | ({config} if config.is_file() else set()))
+    return [*files, config] if config.is_file() else files
 
 
 def _sha256_file(path: Path) -> str:
@@ -293,9 +299,8 @@ def _run_graph(path: Path, feeds: Feeds, output: str | None = None) -> npt.NDArr
     return np.asarray(session.run([name], {k: feeds[k] for k in declared})[0])
 
 
-def _export_torch(model_dir: Path, out: Path, feeds: Feeds) -> npt.NDArray[Any]:
-    """torch.onnx.export of AutoModel's last_hidden_state; returns torch's output for `feeds`."""
-    torch = require("torch", extra="local")
+def _torch_model(model_dir: Path) -> tuple[Any, list[str]]:
+    """AutoModel of `model_dir` (eager attention where it can) and the text inputs its forward takes."""
     transformers = require("transformers", extra="local")
     tlog = transformers.utils.logging
     was_on = tlog.is_progress_bar_enabled()
@@ -312,7 +317,22 @@ def _export_torch(model_dir: Path, out: Path, feeds: Feeds) -> npt.NDArray[Any]:
             tlog.enable_progress_bar()
     model.eval()
     accepted = set(inspect.signature(model.forward).parameters)
-    names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in accepted]
+    return model, [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in accepted]
+
+
+def _torch_hidden(model_dir: Path, feeds: Feeds) -> npt.NDArray[Any]:
+    """torch's last_hidden_state for `feeds`: the reference a shipped ONNX file must reproduce."""
+    torch = require("torch", extra="local")
+    model, names = _torch_model(model_dir)
+    with torch.inference_mode():
+        hidden = model(**{n: torch.from_numpy(feeds[n]) for n in names}).last_hidden_state
+    return np.asarray(hidden.float().numpy())
+
+
+def _export_torch(model_dir: Path, out: Path, feeds: Feeds) -> npt.NDArray[Any]:
+    """torch.onnx.export of AutoModel's last_hidden_state; returns torch's output for `feeds`."""
+    torch = require("torch", extra="local")
+    model, names = _torch_model(model_dir)
 
     class _LastHidden(torch.nn.Module):  # type: ignore[misc,name-defined]
         """Calls the model with keyword tensors (transformers 5 rejects positional ones)."""
@@ -489,26 +509,56 @@ def _fuse(source: Path, fused: Path, model_dir: Path, feeds: Feeds, reference: n
     return False
 
 
+def _exported(model_dir: Path, raw: Path, feeds: Feeds) -> npt.NDArray[Any]:
+    """Export torch's graph to `raw`; its output for `feeds`, once checked against torch's own."""
+    expected = _export_torch(model_dir, raw, feeds)
+    got = _run_graph(raw, feeds)
+    worst = _worst_token_cosine(got, expected, feeds["attention_mask"])
+    if not worst >= _EXPORT_MIN_COSINE:
+        raise ExportError(
+            f"the ONNX export of {model_dir} does not reproduce the torch model (worst token "
+            f"cosine {worst:.6f}); use backend='torch' for this model"
+        )
+    return got
+
+
+def _checked_shipped(model_dir: Path, shipped: Path, feeds: Feeds) -> npt.NDArray[Any] | None:
+    """The shipped graph's output for `feeds` when it reproduces the model's torch weights (or there are
+    none to compare with), else None."""
+    got = _run_graph(shipped, feeds)
+    if not _weight_files(model_dir):
+        logger.warning(
+            "onnx: %s has no torch weights, so its ONNX file %s cannot be checked; using it as shipped",
+            model_dir,
+            shipped,
+        )
+        return got
+    worst = _worst_token_cosine(got, _torch_hidden(model_dir, feeds), feeds["attention_mask"])
+    if worst >= _EXPORT_MIN_COSINE:
+        return got
+    logger.warning(
+        "onnx: the ONNX file %s does not reproduce %s's torch weights (worst token cosine %.6f); "
+        "exporting the weights instead",
+        shipped,
+        model_dir,
+        worst,
+    )
+    return None
+
+
 def _build_fp32(model_dir: Path, final: Path, feeds: Feeds, fuse: bool = True) -> None:
-    """Export (or take the shipped graph), check it, fuse (unless `fuse` is off: OpenVINO reads only
-    standard ops), check again, publish."""
+    """Take the shipped graph if it reproduces torch, else export (and check) one; fuse (unless `fuse`
+    is off: OpenVINO reads only standard ops), check again, publish."""
     shipped = shipped_onnx(model_dir)
     raw = _tmp_path(final)
     fused = _tmp_path(final)
     try:
-        if shipped is None:
-            expected = _export_torch(model_dir, raw, feeds)
-            reference = _run_graph(raw, feeds)
-            worst = _worst_token_cosine(reference, expected, feeds["attention_mask"])
-            if not worst >= _EXPORT_MIN_COSINE:
-                raise ExportError(
-                    f"the ONNX export of {model_dir} does not reproduce the torch model (worst "
-                    f"cosine {worst:.6f}); use backend='torch' for this model"
-                )
+        reference = None if shipped is None else _checked_shipped(model_dir, shipped, feeds)
+        if reference is None:
+            reference = _exported(model_dir, raw, feeds)
             source = raw
         else:
-            source = shipped
-            reference = _run_graph(source, feeds)
+            source = shipped  # type: ignore[assignment]
         if fuse and _fuse(source, fused, model_dir, feeds, reference):
             _publish(fused, final)
             return
@@ -531,9 +581,9 @@ def prepare_graph(
 ) -> Path:
     """The cached ONNX graph for `model_dir` at `precision`, built (and verified) when missing.
 
-    `feeds` makes a small padded probe batch: the export traces it, and every rebuilt fp32 graph
-    must reproduce the reference model's pooled output on it. `calibration` (default: `feeds`)
-    makes the varied batch that decides how much of the int8 graph is quantised.
+    `feeds` makes a small padded probe batch: the export traces it, and every fp32 graph (exported,
+    shipped, fused) must reproduce torch's token vectors on it (each unpadded token to cosine 0.99999).
+    `calibration` (default: `feeds`) makes the varied batch that decides how much of the int8 graph is quantised.
     """
     if precision not in GRAPH_KINDS:
         raise ValueError(

@@ -3,11 +3,17 @@
 A directory with modules.json runs through sentence-transformers (its own pooling and dense
 layers, without its Normalize module); a plain transformers checkpoint runs AutoModel with
 embedstack's Pooling. Normalisation and Matryoshka truncation belong to the provider.
+
+Texts are tokenised by a TorchTokenizer, which reads only the tokenizer and config files (no
+weights), so the provider can order a call's texts by token count and hand the same tokens to
+`encode`: each text is tokenised once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import json
+import logging
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -16,9 +22,12 @@ import numpy as np
 
 from embedstack._optional import require
 from embedstack.pooling import Pooling
+from embedstack.providers.huggingface import Tokens
 from embedstack.types import EmbedResult
 
-__all__ = ["TORCH_PRECISIONS", "TorchEncoder", "pick_device"]
+__all__ = ["TORCH_PRECISIONS", "TorchEncoder", "TorchTokenizer", "pick_device"]
+
+logger = logging.getLogger("embedstack")
 
 #: precision name → torch dtype name
 TORCH_PRECISIONS = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
@@ -73,10 +82,137 @@ def _count_truncated(tokenizer: Any, texts: list[str], lengths: Any, max_length:
     return sum(len(row) > max_length for row in ids)
 
 
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+#: Texts that show whether the provider's tokenizer feeds a sentence-transformers model exactly as its
+#: own preprocessing does (case, spacing, accents, padding, truncation).
+_PROBE = ["  The Quick BROWN fox, déjà vu!  ", "a", "word " * 600]
+
+
+class TorchTokenizer:
+    """A model directory's transformers tokenizer and token limit, read without loading its weights."""
+
+    def __init__(self, model_dir: Path, *, max_length: int | None = None, trust_remote_code: bool = False) -> None:
+        transformers = require("transformers", extra="local")
+        self.model_dir = Path(model_dir)
+        self.sentence_transformers = (self.model_dir / "modules.json").is_file()
+        folder, st_config = self._transformer_module()
+        with _quiet_loading():
+            self.hf = transformers.AutoTokenizer.from_pretrained(
+                str(folder), trust_remote_code=trust_remote_code, local_files_only=True
+            )
+            config = transformers.AutoConfig.from_pretrained(
+                str(folder), trust_remote_code=trust_remote_code, local_files_only=True
+            )
+        self.lowercase = bool(st_config.get("do_lower_case"))
+        positions = _config_max_positions(config)
+        declared = getattr(self.hf, "model_max_length", None)
+        declared = int(declared) if declared and declared < 1_000_000 else None  # transformers uses ~1e30 for "unset"
+        if self.sentence_transformers and st_config.get("max_seq_length"):
+            declared = int(st_config["max_seq_length"])
+        limit = min(declared, positions) if declared and positions else (declared or positions)
+        self.max_length = _check_max_length(self.model_dir, max_length, limit)
+
+    @classmethod
+    def for_model(
+        cls, model_dir: Path, *, max_length: int | None = None, trust_remote_code: bool = False
+    ) -> TorchTokenizer | None:
+        """The tokenizer, or None for a sentence-transformers model whose first module is no Transformer."""
+        try:
+            return cls(model_dir, max_length=max_length, trust_remote_code=trust_remote_code)
+        except _NoTextTokenizer:
+            return None
+
+    def _transformer_module(self) -> tuple[Path, dict[str, Any]]:
+        """The folder of the (first) Transformer module and its sentence-transformers config."""
+        if not self.sentence_transformers:
+            return self.model_dir, {}
+        try:
+            modules = json.loads((self.model_dir / "modules.json").read_text(encoding="utf-8"))
+            first = modules[0]
+        except (OSError, ValueError, IndexError, KeyError, TypeError) as e:
+            raise _NoTextTokenizer(str(e)) from e
+        if not isinstance(first, dict) or not str(first.get("type", "")).endswith("Transformer"):
+            raise _NoTextTokenizer(f"{self.model_dir} starts with a {first!r} module")
+        folder = self.model_dir / str(first.get("path", ""))
+        return folder, _read_json(folder / "sentence_bert_config.json")
+
+    @property
+    def backend_tokenizer(self) -> Any:
+        """The underlying `tokenizers` object of a fast tokenizer (None for a slow one)."""
+        return getattr(self.hf, "backend_tokenizer", None)
+
+    def tokenize(self, texts: list[str]) -> list[Tokens]:
+        """Token ids (special tokens included, truncated to max_length) and whether each text was cut."""
+        if self.lowercase:
+            texts = [t.lower() for t in texts]
+        enc = self.hf(texts, add_special_tokens=True, truncation=True, max_length=self.max_length, verbose=False)
+        ids = enc["input_ids"]
+        types = enc.get("token_type_ids")
+        encodings = getattr(enc, "encodings", None)
+        if encodings:
+            cut = [bool(e.overflowing) for e in encodings]
+        else:  # a slow tokenizer: re-tokenise only the rows that filled max_length
+            cut = [False] * len(texts)
+            full = [i for i, row in enumerate(ids) if len(row) >= self.max_length]
+            if full:
+                whole = self.hf([texts[i] for i in full], add_special_tokens=True, truncation=False, verbose=False)
+                for i, row in zip(full, whole["input_ids"]):
+                    cut[i] = len(row) > self.max_length
+        return [
+            Tokens(
+                np.asarray(row, dtype=np.int64),
+                cut[i],
+                None if types is None else np.asarray(types[i], dtype=np.int64),
+            )
+            for i, row in enumerate(ids)
+        ]
+
+    def pad(self, tokens: Sequence[Tokens]) -> dict[str, Any]:
+        """input_ids, attention_mask (and token_type_ids when the tokenizer makes them) as padded tensors."""
+        torch = require("torch", extra="local")
+        length = max(len(t.ids) for t in tokens)
+        left = getattr(self.hf, "padding_side", "right") == "left"
+        pad_id = self.hf.pad_token_id if self.hf.pad_token_id is not None else 0
+        ids = np.full((len(tokens), length), pad_id, dtype=np.int64)
+        mask = np.zeros((len(tokens), length), dtype=np.int64)
+        with_types = all(t.type_ids is not None for t in tokens)
+        types = np.full((len(tokens), length), getattr(self.hf, "pad_token_type_id", 0) or 0, dtype=np.int64)
+        for r, t in enumerate(tokens):
+            cols = slice(length - len(t.ids), length) if left else slice(0, len(t.ids))
+            ids[r, cols] = t.ids
+            mask[r, cols] = 1
+            if with_types and t.type_ids is not None:
+                types[r, cols] = t.type_ids
+        out = {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask)}
+        if with_types:
+            out["token_type_ids"] = torch.from_numpy(types)
+        return out
+
+
+class _NoTextTokenizer(ValueError):
+    """The directory's first sentence-transformers module is not a Transformer (no text tokenizer to read)."""
+
+
+def _check_max_length(model_dir: Path, requested: int | None, limit: int | None) -> int:
+    if requested is None:
+        if limit is None:
+            raise ValueError(f"{model_dir} declares no maximum sequence length; pass max_length=")
+        return limit
+    if limit is not None and requested > limit:
+        raise ValueError(f"max_length={requested} exceeds what {model_dir} supports ({limit} tokens)")
+    return requested
+
+
 class TorchEncoder:
     """A model directory loaded with torch: texts → pooled float32 vectors (not normalised)."""
 
-    tokenizer: Any
     st: Any  # a SentenceTransformer, for directories with modules.json
     model: Any  # a transformers PreTrainedModel, for plain checkpoints
     dim: int
@@ -86,12 +222,15 @@ class TorchEncoder:
         self,
         model_dir: Path,
         *,
+        tokenizer: TorchTokenizer | None = None,
         device: str | None = None,
         max_length: int | None = None,
         pooling: Pooling | None = None,
         precision: str = "fp32",
         trust_remote_code: bool = False,
     ) -> None:
+        """`tokenizer` (made for the same directory and max_length) is shared with the caller; one is
+        made when not given. `max_length` is that tokenizer's when one is passed."""
         if precision not in TORCH_PRECISIONS:
             raise ValueError(
                 f"precision {precision!r} is not available with backend='torch'; use one of "
@@ -101,7 +240,7 @@ class TorchEncoder:
         self.device = pick_device(device)
         self.dtype = getattr(self.torch, TORCH_PRECISIONS[precision])
         self.model_dir = Path(model_dir)
-        self.tokenizer = self.st = self.model = None
+        self.st = self.model = None
         self.sentence_transformers = (self.model_dir / "modules.json").is_file()
         if self.sentence_transformers and pooling is not None:
             raise ValueError(
@@ -109,15 +248,36 @@ class TorchEncoder:
                 f"{self.model_dir} is a sentence-transformers model with its own pooling "
                 f"(see its modules.json): leave pooling unset"
             )
+        if tokenizer is None:
+            tokenizer = TorchTokenizer.for_model(
+                self.model_dir, max_length=max_length, trust_remote_code=trust_remote_code
+            )
+        self.text_tokenizer = tokenizer
+        self.pooling = pooling or Pooling.MEAN
+        #: Whether `encode` feeds the shared tokenizer's tokens (else sentence-transformers tokenises).
+        self.reuses_tokens = False
+        self._extras: dict[str, Any] = {}
         with _quiet_loading():
             if self.sentence_transformers:
                 limit = self._load_sentence_transformers(trust_remote_code)
             else:
                 limit = self._load_transformers(trust_remote_code)
-        self.pooling = pooling or Pooling.MEAN
-        self.max_length = self._check_max_length(max_length, limit)
+        if tokenizer is not None and (max_length is not None or limit is None or limit == tokenizer.max_length):
+            self.max_length = tokenizer.max_length
+        else:  # sentence-transformers settled on another limit than the files say: its own wins
+            self.max_length = _check_max_length(self.model_dir, max_length, limit)
         if self.sentence_transformers:
             self.st.max_seq_length = self.max_length
+            self.reuses_tokens = self._tokens_match_sentence_transformers()
+        else:
+            self.reuses_tokens = tokenizer is not None
+
+    @property
+    def tokenizer(self) -> Any:
+        """The transformers tokenizer texts go through (sentence-transformers' own when it tokenises)."""
+        if self.st is not None and not self.reuses_tokens:
+            return getattr(self.st[0], "tokenizer", None)
+        return self.text_tokenizer.hf if self.text_tokenizer is not None else None
 
     # -- loading -------------------------------------------------------------------------------
     def _load_sentence_transformers(self, trust_remote_code: bool) -> int | None:
@@ -137,7 +297,6 @@ class TorchEncoder:
         st.eval()
         self.st = st
         first = st[0]
-        self.tokenizer = getattr(first, "tokenizer", None)
         auto = getattr(first, "auto_model", None) or getattr(first, "model", None)
         positions = _config_max_positions(auto.config) if auto is not None and hasattr(auto, "config") else None
         dim_fn = getattr(st, "get_embedding_dimension", None) or st.get_sentence_embedding_dimension
@@ -150,61 +309,61 @@ class TorchEncoder:
     def _load_transformers(self, trust_remote_code: bool) -> int | None:
         transformers = require("transformers", extra="local")
         path = str(self.model_dir)
-        self.tokenizer = transformers.AutoTokenizer.from_pretrained(
-            path, trust_remote_code=trust_remote_code, local_files_only=True
-        )
         model = transformers.AutoModel.from_pretrained(path, trust_remote_code=trust_remote_code, local_files_only=True)
         model.to(device=self.device, dtype=self.dtype)
         model.eval()
         self.model = model
         self.dim = int(model.config.hidden_size)
-        positions = _config_max_positions(model.config)
-        declared = getattr(self.tokenizer, "model_max_length", None)
-        if declared and declared < 1_000_000 and positions:  # transformers uses ~1e30 for "unset"
-            return min(int(declared), positions)
-        return positions or (int(declared) if declared and declared < 1_000_000 else None)
+        return None  # the tokenizer read the limit from the same config
 
-    def _check_max_length(self, requested: int | None, limit: int | None) -> int:
-        if requested is None:
-            if limit is None:
-                raise ValueError(f"{self.model_dir} declares no maximum sequence length; pass max_length=")
-            return limit
-        if limit is not None and requested > limit:
-            raise ValueError(f"max_length={requested} exceeds what {self.model_dir} supports ({limit} tokens)")
-        return requested
+    def _st_features(self, texts: list[str]) -> dict[str, Any]:
+        prep = getattr(self.st, "preprocess", None) or self.st.tokenize
+        return dict(prep(texts))
+
+    def _tokens_match_sentence_transformers(self) -> bool:
+        """Whether the shared tokenizer's tokens, padded, are exactly what sentence-transformers' own
+        preprocessing makes of the probe texts (then `encode` reuses them instead of tokenising again)."""
+        tokenizer = self.text_tokenizer
+        if tokenizer is None or tokenizer.max_length != self.max_length:
+            return False
+        try:
+            expected = self._st_features(list(_PROBE))
+            ours = tokenizer.pad(tokenizer.tokenize(list(_PROBE)))
+        except Exception as e:  # a model whose preprocessing this cannot imitate
+            logger.info("torch: %s tokenises its own way (%s); texts are tokenised twice", self.model_dir, e)
+            return False
+        tensors = {k for k, v in expected.items() if hasattr(v, "shape")}
+        same = tensors == set(ours) and all(self.torch.equal(expected[k].cpu(), ours[k]) for k in tensors)
+        if same:
+            self._extras = {k: v for k, v in expected.items() if k not in tensors}  # e.g. modality="text"
+        else:
+            logger.info("torch: %s preprocesses texts differently; texts are tokenised twice", self.model_dir)
+        return same
 
     # -- encoding ------------------------------------------------------------------------------
-    def token_counts(self, texts: list[str]) -> list[int]:
-        """Tokens each text becomes (special tokens included, after truncation): the batch order key."""
-        if self.tokenizer is None:
-            return [len(t) for t in texts]
-        ids = self.tokenizer(texts, add_special_tokens=True, truncation=True, max_length=self.max_length, verbose=False)
-        return [len(row) for row in ids["input_ids"]]
+    def encode(self, texts: list[str], tokens: Sequence[Tokens] | None = None) -> EmbedResult:
+        """Pooled float32 vectors (not normalised) for `texts`, with token and truncation counts.
 
-    def encode(self, texts: list[str]) -> EmbedResult:
-        """Pooled float32 vectors (not normalised) for `texts`, with token and truncation counts."""
+        `tokens`: the shared tokenizer's tokens for `texts`, when the caller has them already.
+        """
         torch = self.torch
+        if self.reuses_tokens and self.text_tokenizer is not None:
+            if tokens is None:
+                tokens = self.text_tokenizer.tokenize(texts)
+            elif len(tokens) != len(texts):
+                raise ValueError(f"{len(tokens)} token rows for {len(texts)} texts")
+            features = {**self.text_tokenizer.pad(tokens), **self._extras}
+            truncated: int | None = sum(t.truncated for t in tokens)
+        else:
+            features = self._st_features(texts)
+            truncated = None
+        mask = features["attention_mask"]
         with torch.inference_mode():
+            moved = {k: v.to(self.device) if hasattr(v, "to") else v for k, v in features.items()}
             if self.sentence_transformers:
-                prep = getattr(self.st, "preprocess", None) or self.st.tokenize
-                features = prep(texts)
-                mask = features["attention_mask"]
-                moved = {k: v.to(self.device) if hasattr(v, "to") else v for k, v in features.items()}
                 pooled = self.st(moved)["sentence_embedding"]
             else:
-                enc = self.tokenizer(
-                    texts,
-                    padding=True,
-                    truncation=True,
-                    max_length=self.max_length,
-                    return_tensors="pt",
-                )
-                mask = enc["attention_mask"]
-                inputs = {
-                    k: v.to(self.device)
-                    for k, v in enc.items()
-                    if k in ("input_ids", "attention_mask", "token_type_ids")
-                }
+                inputs = {k: v for k, v in moved.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
                 hidden = self.model(**inputs).last_hidden_state
                 if self.pooling is Pooling.CLS:
                     pooled = hidden[:, 0]
@@ -212,7 +371,7 @@ class TorchEncoder:
                     pooled = Pooling.masked_mean(hidden, inputs["attention_mask"])
             vectors = pooled.float().cpu().numpy().astype(np.float32, copy=False)
         lengths = mask.sum(1)
-        truncated = (
-            _count_truncated(self.tokenizer, texts, lengths, self.max_length) if self.tokenizer is not None else 0
-        )
+        if truncated is None:
+            hf = getattr(self.st[0], "tokenizer", None) if self.st is not None else None
+            truncated = _count_truncated(hf, texts, lengths, self.max_length) if hf is not None else 0
         return EmbedResult(vectors, token_count=int(lengths.sum()), truncated=truncated)

