@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from embedstack.kvstore._codec import UNREADABLE
 from embedstack.kvstore.base import DEFAULT_COLLECTION, BaseKVStore
 
 __all__ = ["SQLiteKVStore"]
@@ -115,15 +116,24 @@ class SQLiteKVStore(BaseKVStore):
         """One IMMEDIATE transaction: committed whole, or rolled back whole."""
         conn = self._conn()
         if self.read_only:
-            raise sqlite3.OperationalError(f"SQLite cache {self.path} is read-only (no write permission on it or its folder)")
-        conn.execute("BEGIN IMMEDIATE")
+            raise sqlite3.OperationalError(self._read_only_message())
         try:
-            yield conn
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:  # SQLite may already have rolled back (disk full, I/O error)
-                conn.execute("ROLLBACK")
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:  # SQLite may already have rolled back (disk full, I/O error)
+                    conn.execute("ROLLBACK")
+                raise
+        except sqlite3.OperationalError as e:
+            if "readonly" in str(e):  # a read-only file opened read-write falls back to read-only
+                self.read_only = True
+                raise sqlite3.OperationalError(self._read_only_message()) from e
             raise
+
+    def _read_only_message(self) -> str:
+        return f"SQLite cache {self.path} is read-only (no write permission on the file or its folder)"
 
     def close(self) -> None:
         """Close this thread's connection."""
@@ -189,11 +199,37 @@ class SQLiteKVStore(BaseKVStore):
         out: list[Any] = [mem.get(k) for k in keys]
         missing = [k for k, b in zip(keys, out) if b is None]
         if missing:
-            found = dict(self._select("SELECT key, data FROM vectors", missing, collection))
-            if found:
-                out = [b if b is not None else found.get(k) for k, b in zip(keys, out)]
+            found, unreadable = self._select_tolerant("SELECT key, data FROM vectors", missing, collection)
+            if found or unreadable:
+                out = [
+                    b if b is not None else (UNREADABLE if k in unreadable else found.get(k)) for k, b in zip(keys, out)
+                ]
                 self._remember(collection, found)
         return out
+
+    def _select_tolerant(self, head: str, keys: Sequence[str], collection: str) -> tuple[dict[str, Any], set[str]]:
+        """Rows for `keys`; where a damaged page makes a query fail, key by key, so what is readable is kept.
+
+        Raises only when nothing at all could be read (the caller's error handling then takes over).
+        """
+        try:
+            return dict(self._select(head, keys, collection)), set()
+        except sqlite3.DatabaseError as e:
+            first_error = e
+        found: dict[str, Any] = {}
+        unreadable: set[str] = set()
+        conn = self._conn()
+        for key in keys:
+            try:
+                row = conn.execute(f"{head} WHERE collection = ? AND key = ?", (collection, key)).fetchone()
+            except sqlite3.DatabaseError:
+                unreadable.add(key)
+                continue
+            if row is not None:
+                found[row[0]] = row[1]
+        if len(unreadable) == len(keys):
+            raise first_error
+        return found, unreadable
 
     def _remember(self, collection: str, items: Mapping[str, bytes]) -> None:
         if self.memory_entries <= 0:
