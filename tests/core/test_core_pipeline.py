@@ -306,7 +306,7 @@ class Recorder(BaseCallbackHandler):
 @pytest.mark.parametrize("mode", ["sync", "async"])
 def test_events_per_batch(mode: str, event_recorder: Any) -> None:
     rec = Recorder()
-    m = FakeEmbedding(embed_batch_size=4, embed_dim=4, callback_manager=CallbackManager([rec]))
+    m = FakeEmbedding(embed_batch_size=4, embed_dim=4, delay_s=0.01, callback_manager=CallbackManager([rec]))
     texts = [f"t{i}" for i in range(10)]
     if mode == "sync":
         out = m.get_text_embedding_batch(texts)
@@ -319,7 +319,7 @@ def test_events_per_batch(mode: str, event_recorder: Any) -> None:
     assert sorted(c for e in ends for c in e.chunks) == sorted(texts)
     by_chunk = {c: v for e in ends for c, v in zip(e.chunks, e.embeddings)}
     assert [by_chunk[t] for t in texts] == out
-    assert all(e.role == "text" and e.duration_s >= 0 for e in ends)
+    assert all(e.role == "text" and 0.01 <= e.duration_s < 60 for e in ends)  # each batch sleeps 10 ms
     assert len(rec.starts) == len(rec.ends) == 3
     assert all(t == CBEventType.EMBEDDING for t, _ in rec.ends)
     assert sum(len(p[EventPayload.CHUNKS]) for _, p in rec.ends) == 10
@@ -403,39 +403,40 @@ async def test_async_concurrency_bounded(workers: int | None, limit: int) -> Non
 
 
 class SlowSyncModel(BaseEmbedding):
-    """A sync-only model (as a local model is): its hook blocks the calling thread."""
+    """A sync-only model (as a local model is): its text hook blocks until the event loop has run."""
 
     def _get_query_embedding(self, query: str) -> list[float]:
-        time.sleep(0.2)
         return [1.0]
 
     async def _aget_query_embedding(self, query: str) -> list[float]:
         return await asyncio.to_thread(self._get_query_embedding, query)
 
     def _get_text_embedding(self, text: str) -> list[float]:
-        time.sleep(0.05)
+        started = LOOP_PROBE["started"]
+        started.set()
+        # On the loop this would wait forever: the ticker that sets "ticked" could never run.
+        if not LOOP_PROBE["ticked"].wait(timeout=20):
+            raise AssertionError("the event loop was blocked by a sync model")
         return [1.0]
+
+
+LOOP_PROBE = {"started": threading.Event(), "ticked": threading.Event()}
 
 
 async def test_sync_model_never_blocks_the_loop() -> None:
     m = SlowSyncModel(embed_batch_size=2)
-    ticks = 0
-    stop = asyncio.Event()
+    for event in LOOP_PROBE.values():
+        event.clear()
 
     async def ticker() -> None:
-        nonlocal ticks
-        while not stop.is_set():
-            ticks += 1
-            await asyncio.sleep(0.01)
+        while not LOOP_PROBE["started"].is_set():
+            await asyncio.sleep(0.001)
+        LOOP_PROBE["ticked"].set()
 
     t = asyncio.create_task(ticker())
-    await m.aget_text_embedding_batch(["a", "b", "c", "d"])
-    await m.aget_text_embedding("e")
-    stop.set()
+    assert await m.aget_text_embedding_batch(["a", "b", "c", "d"]) == [[1.0]] * 4
+    assert await m.aget_text_embedding("e") == [1.0]
     await t
-    # ~0.25 s of blocking work ran in threads: the loop kept ticking all along
-    assert ticks >= 10
-    assert threading.main_thread().is_alive()
 
 
 def test_sync_thread_pool_when_allowed() -> None:
