@@ -3,8 +3,15 @@
 Used by the tests and by bench/openai_client.py. Vectors are deterministic per input (seeded from
 a sha256 of the text), so a client's output can be compared with `vector_for`. Faults: random or
 scripted HTTP errors (429 with Retry-After / retry-after-ms, 500, 401, ...), timeouts, dropped
-connections, malformed bodies, out-of-order `index`, TEI-style batch caps (413/422), and a
-per-request delay. The server records every request and the highest concurrency it saw.
+connections, out-of-order `index`, TEI-style batch caps (413/422), a per-request delay, and 200
+answers that are wrong in one of the ways listed in `ANSWER_FAULTS` (NaN/Infinity in JSON, NaN/inf
+in base64, 1e39, booleans, numeric strings, wrong lengths, wrong counts, bad indexes, garbage).
+The server records every request and the highest concurrency it saw.
+
+Driving faults: `server.faults.script` is a queue, one action consumed per request, e.g.
+`script.extend(["nan_json", {"fault": "wrong_length", "row": 2}, 500, "ok"])`; `faults.always`
+is the action for every request the script does not cover; `faults.corrupt = {"t3": "inf_b64"}`
+corrupts the vector of input "t3" in every answer that contains it.
 
 Run standalone (the benchmark does): `python tests/openai/openai_fake_server.py --delay 0.05`;
 it prints its base URL on the first line of stdout and serves until killed.
@@ -29,7 +36,59 @@ from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 
-__all__ = ["FakeOpenAIServer", "Faults", "RequestRecord", "count_tokens", "vector_for"]
+__all__ = ["ANSWER_FAULTS", "FakeOpenAIServer", "Faults", "RequestRecord", "count_tokens", "vector_for"]
+
+#: Faults in a 200 answer, by name. Row faults hit one vector (the last input's, or the one a
+#: {"fault": ..., "row": i} / {"fault": ..., "input": text} action names); the others hit the answer.
+ANSWER_FAULTS: dict[str, str] = {
+    "nan_json": "a JSON NaN literal in the vector (all vectors sent as float lists)",
+    "inf_json": "a JSON Infinity literal in the vector (float lists)",
+    "overflow": "1e39 in the vector: finite in JSON, inf as float32 (float lists)",
+    "nan_b64": "a float32 NaN in the vector (all vectors sent as base64)",
+    "inf_b64": "a float32 +inf in the vector (base64)",
+    "bool": "a JSON true among the vector's numbers (float lists)",
+    "numeric_string": 'a numeric string ("0.125") among the vector\'s numbers (float lists)',
+    "null": "the vector is JSON null",
+    "wrong_length": "the vector has one value too few",
+    "empty_vector": "the vector has no values",
+    "missing": "the vector is left out of the answer (one vector too few)",
+    "duplicate_index": "the vector carries the index of another input",
+    "bad_index": "the vector's index is out of range",
+    "short": "answer-wide: the last vector is left out (same as 'missing' on the last row)",
+    "extra": "answer-wide: one vector too many (a copy of the last, with index n)",
+    "other_dim": "answer-wide: every vector has one value more than the server's dimension",
+    "ignore_dimensions": "answer-wide: the request's `dimensions` is ignored (full-size vectors)",
+    "no_data": "answer-wide: a JSON object without 'data'",
+    "garbage": "answer-wide: an HTML page with status 200",
+    "malformed": "answer-wide: JSON cut off in the middle",
+}
+_ROW_FAULTS = frozenset(
+    {
+        "nan_json",
+        "inf_json",
+        "overflow",
+        "nan_b64",
+        "inf_b64",
+        "bool",
+        "numeric_string",
+        "null",
+        "wrong_length",
+        "empty_vector",
+        "missing",
+        "duplicate_index",
+        "bad_index",
+    }
+)
+_FLOAT_FAULTS = frozenset({"nan_json", "inf_json", "overflow", "bool", "numeric_string"})
+_B64_FAULTS = frozenset({"nan_b64", "inf_b64"})
+#: The JSON text that replaces one value of a vector, per float-list fault.
+_BAD_VALUES = {
+    "nan_json": "NaN",
+    "inf_json": "Infinity",
+    "overflow": "1e39",
+    "bool": "true",
+    "numeric_string": '"0.125"',
+}
 
 _VEC_CACHE: dict[tuple[str, int], np.ndarray] = {}
 _VEC_LOCK = threading.Lock()
@@ -77,9 +136,14 @@ class Faults:
     drop_rate: float = 0.0
     hang_s: float = 1.0
     #: Actions for the next requests, consumed one per request: an HTTP status (int), "drop",
-    #: "hang", "malformed", "short" (one vector too few), "ok", or a dict
+    #: "hang", "ok", a name from ANSWER_FAULTS, a dict {"fault": name, "row": i} or
+    #: {"fault": name, "input": text} (a row fault aimed at one vector), or a dict
     #: {"status": 429, "headers": {...}, "body": {...}} for full control.
     script: deque[Any] = field(default_factory=deque)
+    #: The action for every request the script does not cover (None: answer correctly).
+    always: Any = None
+    #: Input text -> row fault applied to that input's vector in every answer containing it.
+    corrupt: dict[str, str] = field(default_factory=dict)
     #: Inputs that always fail with `poison_status` while present in a request.
     poison: set[str] = field(default_factory=set)
     poison_status: int = 500
@@ -109,6 +173,8 @@ class RequestRecord:
     action: str
     body: dict[str, Any]
     headers: dict[str, str]
+    #: The raw query string of the request URL ("" when none).
+    query: str = ""
 
 
 class FakeOpenAIServer:
@@ -224,7 +290,7 @@ class FakeOpenAIServer:
             r -= f.timeout_rate
             if r < f.drop_rate:
                 return "drop"
-        return "ok"
+            return "ok" if f.always is None else f.always
 
     def _enter(self) -> None:
         with self._lock:
@@ -241,7 +307,7 @@ def _shorten(vec: np.ndarray, dimensions: int | None) -> np.ndarray:
     if dimensions is None or dimensions >= vec.shape[0]:
         return vec
     cut = vec[:dimensions]
-    return cut / np.linalg.norm(cut)
+    return np.asarray(cut / np.linalg.norm(cut), dtype=np.float32)
 
 
 def _error_body(status: int, message: str, type_: str, code: str | None = None) -> dict[str, Any]:
@@ -297,6 +363,7 @@ class _Handler(BaseHTTPRequestHandler):
                     action=rec["action"],
                     body=rec["body"],
                     headers=rec["headers"],
+                    query=rec["query"],
                 )
             )
 
@@ -351,6 +418,7 @@ class _Handler(BaseHTTPRequestHandler):
             "body": {},
             "headers": headers,
             "action": "ok",
+            "query": parts.query,
         }
         try:
             self._embeddings(owner, raw, headers, azure, parts.query)
@@ -394,7 +462,9 @@ class _Handler(BaseHTTPRequestHandler):
         if owner.delay_s:
             time.sleep(owner.delay_s)
         action = owner._choose(inputs)
-        if isinstance(action, dict):
+        if isinstance(action, dict) and "fault" in action:
+            self._ok(owner, inputs, body, action)
+        elif isinstance(action, dict):
             st = int(action.get("status", 500))
             self._note(action="scripted")
             default = _error_body(st, _STATUS_TEXT.get(st, ("error", "error"))[1], "error")
@@ -416,12 +486,12 @@ class _Handler(BaseHTTPRequestHandler):
                 self.connection.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
-        elif action == "malformed":
-            self._note(action="malformed")
-            self._send(200, b'{"object": "list", "data": [{"object": "embedding", "index": 0, "embed')
+        elif action == "ok":
+            self._ok(owner, inputs, body, None)
+        elif isinstance(action, str) and action in ANSWER_FAULTS:
+            self._ok(owner, inputs, body, {"fault": action})
         else:
-            self._note(action=action)
-            self._ok(owner, inputs, body, short=(action == "short"))
+            raise ValueError(f"unknown fault action {action!r}")
 
     def _fail(self, owner: FakeOpenAIServer, status: int) -> None:
         message = _STATUS_TEXT.get(status, ("error", f"HTTP {status}"))[1]
@@ -434,27 +504,80 @@ class _Handler(BaseHTTPRequestHandler):
         self._note(action="fault")
         self._error(status, message, headers=headers)
 
-    def _ok(self, owner: FakeOpenAIServer, inputs: list[Any], body: dict[str, Any], short: bool) -> None:
-        dims = body.get("dimensions")
+    def _ok(self, owner: FakeOpenAIServer, inputs: list[Any], body: dict[str, Any], fault: Any) -> None:
+        """A 200 answer: the right vectors, or with `fault` ({"fault": name, "row"/"input": ...}) applied."""
+        name = fault["fault"] if fault else None
+        if name is not None and name not in ANSWER_FAULTS:
+            raise ValueError(f"unknown answer fault {name!r}")
+        rows: dict[int, str] = {}  # row -> row fault
+        for i, text in enumerate(inputs):
+            if isinstance(text, str) and text in owner.faults.corrupt:
+                rows[i] = owner.faults.corrupt[text]
+        if name in _ROW_FAULTS:
+            row = inputs.index(fault["input"]) if "input" in fault else int(fault.get("row", -1)) % len(inputs)
+            rows[row] = name
+        actions = sorted(set(rows.values()) | ({name} if name else set()))
+        self._note(action="+".join(actions) if actions else "ok")
+        if name == "garbage":
+            self._send(200, b"<html><body><h1>502 Bad Gateway</h1></body></html>", {"Content-Type": "text/html"})
+            return
+        if name == "malformed":
+            self._send(200, b'{"object": "list", "data": [{"object": "embedding", "index": 0, "embed')
+            return
+        if name == "no_data":
+            self._json(200, {"object": "list", "model": body.get("model", "")})
+            return
+        n = len(inputs)
+        dims = None if name == "ignore_dimensions" else body.get("dimensions")
         b64 = body.get("encoding_format") == "base64" and not owner.faults.force_float
-        order = list(range(len(inputs)))
+        if any(f in _FLOAT_FAULTS for f in rows.values()):
+            b64 = False
+        if any(f in _B64_FAULTS for f in rows.values()):
+            b64 = True
+        order = list(range(n))
         if owner.faults.out_of_order:
             order.reverse()
-        if short:
-            order = order[:-1]
+        if name == "short":
+            order = [i for i in order if i != n - 1]
         parts = []
         for i in order:
+            f = rows.get(i)
+            if f == "missing":
+                continue
             vec = owner.vector(inputs[i], dims)
-            if b64:
-                emb = '"' + base64.b64encode(vec.astype("<f4").tobytes()).decode() + '"'
-            else:
-                emb = json.dumps(vec.tolist())
-            parts.append(f'{{"object":"embedding","index":{i},"embedding":{emb}}}')
+            if name == "other_dim":
+                vec = np.append(vec, np.float32(0.5))
+            index = {"duplicate_index": (i + 1) % n if n > 1 else i, "bad_index": n}.get(f or "", i)
+            parts.append(f'{{"object":"embedding","index":{index},"embedding":{_encode(vec, f, b64)}}}')
+        if name == "extra":
+            vec = owner.vector(inputs[-1], dims)
+            parts.append(f'{{"object":"embedding","index":{n},"embedding":{_encode(vec, None, b64)}}}')
         tokens = sum(count_tokens(i) for i in inputs)
         usage = f'{{"prompt_tokens":{tokens},"total_tokens":{tokens}}}'
         model = json.dumps(body.get("model", ""))
         text = f'{{"object":"list","data":[{",".join(parts)}],"model":{model},"usage":{usage}}}'
         self._send(200, text.encode())
+
+
+def _encode(vec: np.ndarray, fault: str | None, b64: bool) -> str:
+    """One vector as JSON text (a base64 string or a float list), with a row fault applied."""
+    if fault == "null":
+        return "null"
+    if fault == "empty_vector":
+        vec = vec[:0]
+    elif fault == "wrong_length":
+        vec = vec[:-1]
+    elif fault in ("nan_b64", "inf_b64"):
+        vec = vec.copy()
+        vec[len(vec) // 2] = np.nan if fault == "nan_b64" else np.inf
+    if b64:
+        return '"' + base64.b64encode(vec.astype("<f4").tobytes()).decode() + '"'
+    bad = _BAD_VALUES.get(fault or "")
+    if bad is None or not len(vec):
+        return json.dumps(vec.tolist())
+    values = [json.dumps(v) for v in vec.tolist()]
+    values[len(values) // 2] = bad
+    return "[" + ",".join(values) + "]"
 
 
 def main(argv: list[str] | None = None) -> None:

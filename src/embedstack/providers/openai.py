@@ -6,7 +6,12 @@ malformed answers with jittered exponential backoff honouring Retry-After and re
 never 400/401/403/404/422. Requests are shaped (embedstack.providers._openai_shaping): at most
 2,048 inputs and the per-request token budget, a server's own batch cap learned from its 413/422,
 over-long inputs split into windows (or truncated, or rejected). Vectors are mapped by the
-response's `index`.
+response's `index`; an answer whose vectors are not all there, finite and of the model's length is
+malformed (retried, then named item by item in the final error).
+
+Credentials: a key HTTP cannot carry in a header (a trailing newline, a non-ASCII character) is a
+ValueError at construction, before any request; the key, a password in the base URL and credential
+query parameters (`?api-key=`) are scrubbed from every error and log record (`_retry.scrub`).
 
 One batch of the pipeline is one `_flow`: a generator holding all the logic, which yields the
 requests and sleeps it needs and is driven by a ten-line sync loop (`_embed_batch`) or async loop
@@ -18,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import collections
 import contextlib
 import json
 import logging
@@ -25,10 +31,12 @@ import os
 import sys
 import threading
 import time
+import unicodedata
 import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Generator, Sequence
 from typing import Any, ClassVar, Literal, NamedTuple, Union
+from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
 import numpy as np
 import numpy.typing as npt
@@ -50,7 +58,15 @@ from embedstack.providers._openai_shaping import (
     refine_costs,
     utf8_len,
 )
-from embedstack.providers._retry import EmbeddingAPIError, Failure, RetryPolicy, scrub, status_failure
+from embedstack.providers._retry import (
+    EmbeddingAPIError,
+    Failure,
+    RetryPolicy,
+    is_sensitive_name,
+    protect_logs,
+    scrub,
+    status_failure,
+)
 from embedstack.types import EmbedResult, PartialResult, Role
 
 __all__ = [
@@ -74,7 +90,8 @@ DEFAULT_ASYNC_WORKERS = 8
 #: Output sizes of OpenAI's models (used only to shape zero vectors for empty inputs).
 KNOWN_DIMENSIONS = {"text-embedding-3-small": 1536, "text-embedding-3-large": 3072, "text-embedding-ada-002": 1536}
 
-_SENSITIVE_HEADER_PARTS = ("auth", "key", "token", "secret", "cookie", "password")
+#: OpenAILikeEmbedding's stand-in key for servers that want none (not a secret).
+_PLACEHOLDER_KEY = "EMPTY"
 _client_lock = threading.Lock()
 
 
@@ -95,13 +112,71 @@ _Outcome = Union[_Success, Failure]
 _Flow = Generator[Union[_Call, _Sleep], Union[_Outcome, None], EmbedResult]
 
 
-def _mask_url(url: str | None) -> str | None:
-    """A URL without any user:password part (never serialised or logged)."""
-    if not url or "@" not in url.split("/", 3)[2 if "://" in url else 0]:
-        return url
-    scheme, _, rest = url.partition("://")
-    host_part, slash, path = rest.partition("/")
-    return f"{scheme}://***@{host_part.rsplit('@', 1)[1]}{slash}{path}"
+def _split_query(url: str | None) -> tuple[str | None, dict[str, str]]:
+    """A base URL without its query string, and the query's parameters (sent with every request)."""
+    if not url or "?" not in url:
+        return url, {}
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(query="", fragment="")), dict(parse_qsl(parts.query, keep_blank_values=True))
+
+
+def _url_secrets(url: str | None) -> list[str]:
+    """The credentials in a URL: the password, and the values of credential query parameters."""
+    if not url:
+        return []
+    parts = urlsplit(url)
+    found = [parts.password, unquote(parts.password)] if parts.password else []
+    found += [v for k, v in parse_qsl(parts.query, keep_blank_values=True) if v and is_sensitive_name(k)]
+    return found
+
+
+_WHITESPACE_NAMES = {"\n": "a newline", "\r": "a newline", "\t": "a tab", " ": "a space"}
+_CONTROL_NAMES = {"\x00": "NUL", "\t": "TAB", "\n": "LINE FEED", "\r": "CARRIAGE RETURN", "\x7f": "DELETE"}
+
+
+def _char(ch: str) -> str:
+    """'U+00E9 LATIN SMALL LETTER E WITH ACUTE': a character named without printing it."""
+    name = _CONTROL_NAMES.get(ch) or unicodedata.name(ch, "")
+    return f"U+{ord(ch):04X} {name}".strip()
+
+
+def _check_header_value(value: Any, what: str, fix: str) -> None:
+    """Raise if HTTP cannot send `value` in a header; the message says what is wrong, never the value.
+
+    httpx refuses non-ASCII and h11 refuses control characters and surrounding whitespace; the
+    request would fail only after the retries, quoting the value in its error and DEBUG logs.
+    """
+    if isinstance(value, SecretStr):
+        value = value.get_secret_value()
+    if isinstance(value, (bytes, bytearray)):
+        raise TypeError(f"{what} is bytes; decode it: {what}=value.decode().strip()")
+    if not isinstance(value, str):
+        raise TypeError(f"{what} must be a str, not {type(value).__name__}")
+    if value != value.strip():
+        at_end = value[-1] != value[-1].strip()
+        ch = value[-1] if at_end else value[0]
+        kind = _WHITESPACE_NAMES.get(ch) or f"whitespace ({_char(ch)})"
+        raise ValueError(
+            f"{what} {'ends' if at_end else 'starts'} with {kind} (as a key read from a file or pasted often does); "
+            f"strip it: {fix}"
+        )
+    for i, ch in enumerate(value):
+        if not " " <= ch <= "~":
+            kind = "a non-ASCII character" if ord(ch) > 0x7F else "a control character"
+            raise ValueError(
+                f"{what} contains {kind} ({_char(ch)}) at position {i}, which an HTTP header cannot carry; "
+                "copy the key again from its source"
+            )
+
+
+def _check_credentials(api_key: Any, what: str, headers: Any = None) -> None:
+    """The api_key (when set) and every default header value must be sendable as HTTP headers."""
+    if api_key is not None:
+        fix = "api_key=key.strip()" if what == "api_key" else f"remove it from the value of {what}"
+        _check_header_value(api_key, what, fix)
+    if isinstance(headers, dict):
+        for name, value in headers.items():
+            _check_header_value(value, f"default_headers[{name!r}]", "pass the value .strip()ped")
 
 
 class _OpenAIBase(BatchEmbedding):
@@ -180,7 +255,11 @@ class _OpenAIBase(BatchEmbedding):
     _aclients: Any = PrivateAttr(default_factory=weakref.WeakKeyDictionary)
     _server_cap: int | None = PrivateAttr(default=None)
     _cooldown_until: float = PrivateAttr(default=0.0)
-    _dim: int | None = PrivateAttr(default=None)
+
+    def __init__(self, **data: Any) -> None:
+        # before pydantic: its ValidationError would quote the key (input_value=...)
+        _check_credentials(data.get("api_key"), "api_key", data.get("default_headers"))
+        super().__init__(**data)
 
     def model_post_init(self, __context: Any) -> None:
         """Fail now, with the install hint, if the openai package is missing."""
@@ -196,11 +275,12 @@ class _OpenAIBase(BatchEmbedding):
     def _mask_headers(self, headers: dict[str, str] | None) -> dict[str, str] | None:
         if headers is None:
             return None
-        return {k: ("***" if any(p in k.lower() for p in _SENSITIVE_HEADER_PARTS) else v) for k, v in headers.items()}
+        return {k: ("***" if is_sensitive_name(k) else v) for k, v in headers.items()}
 
     @field_serializer("api_base")
     def _mask_base(self, url: str | None) -> str | None:
-        return _mask_url(url)
+        """The base URL as shown: user:password and credential query values (api-key=...) masked."""
+        return self._scrub(url) if url else url
 
     def __getstate__(self) -> dict[Any, Any]:
         """Pickle without live HTTP clients (they are rebuilt on first use)."""
@@ -367,7 +447,9 @@ class _OpenAIBase(BatchEmbedding):
                     )
                     break
                 if policy.gives_up(attempts, outcome):
-                    error = self._final_error(outcome, attempts, [items[keep[plan.owner[u]]] for u in chunk], policy)
+                    units = chunk if outcome.rows is None else [chunk.start + r for r in outcome.rows]
+                    failed = list(dict.fromkeys(items[keep[plan.owner[u]]] for u in units))
+                    error = self._final_error(outcome, attempts, failed, policy)
                     error.partial = _obtained(plan, keep, unit_vectors, unit_done)
                     raise error
                 delay = policy.delay(attempts, outcome.retry_after)
@@ -385,18 +467,11 @@ class _OpenAIBase(BatchEmbedding):
                 yield _Sleep(delay)
             if not isinstance(outcome, _Success):
                 continue  # re-split after a batch-cap answer
-            if unit_vectors is None:
+            if unit_vectors is None:  # every answer has the model's one length (checked by _parse)
                 unit_vectors = np.empty((len(plan.texts), outcome.vectors.shape[1]), dtype=np.float32)
-            elif outcome.vectors.shape[1] != unit_vectors.shape[1]:
-                raise ValueError(
-                    f"the server returned {outcome.vectors.shape[1]}-dim and "
-                    f"{unit_vectors.shape[1]}-dim vectors in one batch"
-                )
             unit_vectors[chunk.start : chunk.stop] = outcome.vectors
             unit_done[chunk.start : chunk.stop] = True
             tokens = None if tokens is None or outcome.tokens is None else tokens + outcome.tokens
-        if unit_vectors is not None:
-            self._dim = unit_vectors.shape[1]
         vectors = combine(len(texts), plan, unit_vectors) if unit_vectors is not None else None
         if len(keep) != len(items):
             vectors = yield from self._with_zeros(len(items), keep, vectors)
@@ -411,14 +486,14 @@ class _OpenAIBase(BatchEmbedding):
         dim = (
             vectors.shape[1]
             if vectors is not None
-            else self.dimensions or self._dim or KNOWN_DIMENSIONS.get(self.model_name)
+            else self.dimensions or self._known_dim()[0] or KNOWN_DIMENSIONS.get(self.model_name)
         )
         if dim is None:
             outcome = None
             for attempt in range(1, self.max_retries + 2):
                 outcome = yield _Call([" "])
                 if isinstance(outcome, _Success):
-                    dim = self._dim = outcome.vectors.shape[1]
+                    dim = outcome.vectors.shape[1]
                     break
                 if self._policy().gives_up(attempt, outcome):
                     break
@@ -451,17 +526,30 @@ class _OpenAIBase(BatchEmbedding):
             hint = f"check the model name {self.model_name!r} and the endpoint"
         elif failure.retry_after is not None and failure.retry_after > policy.max_wait:
             hint = f"the server asked to wait {failure.retry_after:.0f}s, more than retry_max_wait={policy.max_wait:g}s"
-        return EmbeddingAPIError(type(self).__name__, failure, attempts, items, endpoint=self._endpoint(), hint=hint)
+        return EmbeddingAPIError(
+            type(self).__name__, failure, attempts, items, endpoint=self._endpoint(), hint=self._scrub(hint)
+        )
 
     def _auth_hint(self) -> str:
         return "check the API key (api_key=... or OPENAI_API_KEY)"
 
     def _endpoint(self) -> str:
-        return _mask_url(self.api_base) or ""
+        return self._scrub(self.api_base or "")
 
     # -- I/O: the SDK calls -----------------------------------------------------------------------------
     def _secrets(self) -> list[str | None]:
-        return [self.api_key.get_secret_value() if self.api_key else None]
+        """Every credential this model holds: the key, URL passwords and query keys, auth-like header values."""
+        key = self.api_key.get_secret_value() if self.api_key else None
+        found: list[str | None] = [None if key == _PLACEHOLDER_KEY else key]
+        found += _url_secrets(self.api_base) + _url_secrets(getattr(self, "azure_endpoint", None))
+        for name, value in (self.default_headers or {}).items():
+            if is_sensitive_name(name):
+                found += [value, value.partition(" ")[2]]  # "Bearer <token>": the token alone too
+        return found
+
+    def _scrub(self, text: str) -> str:
+        """`text` without this model's credentials (see `_retry.scrub`)."""
+        return scrub(text, self._secrets())
 
     def _body(self, inputs: list[str]) -> dict[str, Any]:
         """The JSON body of one request."""
@@ -473,13 +561,21 @@ class _OpenAIBase(BatchEmbedding):
         return body
 
     def _client_kwargs(self) -> dict[str, Any]:
-        return {
+        """The SDK client's arguments; checks the credentials (they may have been assigned since
+        construction) and has every logger that could print them scrub its records."""
+        _check_credentials(self.api_key, "api_key", self.default_headers)
+        protect_logs(self._secrets())
+        base, query = _split_query(self.api_base)  # the SDK would glue the path onto a query string
+        kw: dict[str, Any] = {
             "api_key": self.api_key.get_secret_value() if self.api_key else None,
-            "base_url": self.api_base,
+            "base_url": base,
             "timeout": self.timeout,
             "max_retries": 0,
             "default_headers": self.default_headers,
         }
+        if query:
+            kw["default_query"] = query
+        return kw
 
     def _make_client(self, openai: Any, is_async: bool) -> Any:
         kw = self._client_kwargs()
@@ -537,7 +633,7 @@ class _OpenAIBase(BatchEmbedding):
         return self._parse(content, len(inputs))
 
     def _failure(self, openai: Any, e: Exception) -> Failure:
-        """Classify an SDK exception (status, timeout, connection)."""
+        """Classify an SDK exception (status, timeout, connection); every message is scrubbed."""
         secrets = self._secrets()
         if isinstance(e, openai.APIStatusError):
             response = e.response
@@ -556,46 +652,27 @@ class _OpenAIBase(BatchEmbedding):
             return Failure("connection", scrub(detail, secrets)[:300], True)
         return Failure("error", scrub(f"{type(e).__name__}: {e}", secrets)[:300], False)
 
-    def _parse(self, content: bytes, n: int) -> _Outcome:
-        """The vectors of a 200 answer, placed by their `index`; a retryable failure if the body is unusable."""
-
-        def bad(why: str) -> Failure:
-            return Failure("malformed", f"malformed response body: {why}", True)
-
-        try:
-            body = json.loads(content)
-        except ValueError:
-            return bad(f"not JSON ({len(content)} bytes)")
-        data = body.get("data") if isinstance(body, dict) else None
-        if not isinstance(data, list):
-            return bad("no 'data' list")
-        if len(data) != n:
-            return bad(f"{len(data)} vectors for {n} inputs")
-        raw: list[Any] = [None] * n
-        for entry in data:
-            idx = entry.get("index") if isinstance(entry, dict) else None
-            if not isinstance(idx, int) or not 0 <= idx < n or raw[idx] is not None:
-                return bad(f"missing, out-of-range or repeated index {idx!r}")
-            emb = entry.get("embedding")
-            if not isinstance(emb, (str, list)):
-                return bad(f"embedding {idx} is {type(emb).__name__}")
-            raw[idx] = emb
-        try:
-            mat = _decode_vectors(raw)
-        except (binascii.Error, ValueError, TypeError) as e:
-            return bad(f"vectors cannot be decoded ({e})")
-        if self.dimensions is not None and mat.shape[1] != self.dimensions:
-            return Failure(
-                "status",
-                f"the server returned {mat.shape[1]}-dim vectors though dimensions={self.dimensions} was asked; "
-                f"this model or server may not support `dimensions`",
-                False,
+    def _expected_length(self) -> tuple[int, str] | None:
+        """The length every vector of an answer must have, and why; None before the first answer."""
+        if self.dimensions is not None:
+            return self.dimensions, (
+                f"though dimensions={self.dimensions} was asked (this model or server may not support `dimensions`)"
             )
-        usage = body.get("usage")
-        tokens = None
-        if isinstance(usage, dict):
-            total = usage.get("total_tokens", usage.get("prompt_tokens"))
-            tokens = total if isinstance(total, int) else None
+        known = self._known_dim()[0]  # what this model answered before (the pipeline's record)
+        return None if known is None else (known, f"where this model's earlier answers had {known}")
+
+    def _parse(self, content: bytes, n: int) -> _Outcome:
+        """The vectors of a 200 answer, placed by their `index`; a retryable failure if the answer is
+        unusable: not JSON, vectors missing, extra or repeated, non-numbers, NaN/inf as float32, or a
+        length other than the requested `dimensions`, the other vectors' or this model's earlier answers'."""
+        try:
+            mat, tokens = _decode_answer(content, n, self._expected_length())
+            self._learn_dim(mat.shape[1])  # the first answer's length stays (dict.setdefault)
+            known = self._known_dim()[0]
+            if known != mat.shape[1]:  # another worker's first answer came first
+                raise _Malformed({f"{mat.shape[1]} values where this model's earlier answers had {known}": range(n)})
+        except _Malformed as bad:
+            return Failure("malformed", f"malformed response body: {bad.why(n)}", True, rows=bad.rows)
         return _Success(mat, tokens)
 
     def close(self) -> None:
@@ -626,23 +703,145 @@ def _b64decode(text: str) -> bytes:
     return base64.b64decode(text, validate=True)
 
 
-def _decode_vectors(raw: list[Any]) -> npt.NDArray[np.float32]:
-    """Vectors as sent (base64 float32 strings or float lists) → one (n, dim) float32 matrix.
+class _Malformed(Exception):
+    """An unusable answer: what is wrong, with the request positions each problem hits (None: all)."""
+
+    def __init__(self, problems: dict[str, Any], whole: bool = False) -> None:
+        super().__init__()
+        self.problems = {why: sorted(set(rows)) for why, rows in problems.items()}
+        hit = {r for rows in self.problems.values() for r in rows}
+        self.rows: tuple[int, ...] | None = None if whole else tuple(sorted(hit))
+
+    def why(self, n: int) -> str:
+        if self.rows is None:
+            return "; ".join(self.problems)
+        return "; ".join(f"{why}: {len(rows)} of {n} inputs" for why, rows in self.problems.items())
+
+
+_JSON_KINDS = {bool: "true/false", str: "strings", type(None): "null", list: "nested lists", dict: "objects"}
+
+
+def _decode_answer(content: bytes, n: int, want: tuple[int, str] | None) -> tuple[npt.NDArray[np.float32], int | None]:
+    """An answer's (n, dim) float32 vectors in input order, and its token count; raises _Malformed.
+
+    `want`: the length every vector must have and why (the requested `dimensions`, or the model's
+    earlier answers); without it the vectors must agree with each other.
+    """
+    try:
+        body = json.loads(content)
+    except (ValueError, RecursionError):
+        raise _Malformed({f"not JSON ({len(content)} bytes)": ()}, whole=True) from None
+    data = body.get("data") if isinstance(body, dict) else None
+    if not isinstance(data, list):
+        raise _Malformed({"no 'data' list": ()}, whole=True)
+    raw: list[Any] = [_ABSENT] * n
+    whole: dict[str, Any] = {f"{len(data)} vectors for {n} inputs": ()} if len(data) > n else {}
+    repeated: list[int] = []
+    for pos, entry in enumerate(data):
+        idx = entry.get("index") if isinstance(entry, dict) else None
+        if type(idx) is not int or not 0 <= idx < n:
+            whole.setdefault(f"vector {pos} has index {idx!r}, not one of 0..{n - 1}", ())
+        elif raw[idx] is not _ABSENT:
+            repeated.append(idx)
+        else:
+            raw[idx] = entry.get("embedding", _NO_FIELD)
+    if whole:
+        raise _Malformed(whole, whole=True)
+    problems: dict[str, list[int]] = {}
+    if repeated:
+        problems["the same index on two vectors"] = repeated
+    missing = [i for i, r in enumerate(raw) if r is _ABSENT]
+    if missing:
+        problems["no vector in the answer"] = missing
+    if problems:
+        raise _Malformed(problems)
+    mat = _decode_vectors(raw, want, problems)
+    if mat is None:
+        raise _Malformed(problems)
+    usage = body.get("usage")
+    tokens = None
+    if isinstance(usage, dict):
+        total = usage.get("total_tokens", usage.get("prompt_tokens"))
+        tokens = total if type(total) is int else None
+    return mat, tokens
+
+
+_ABSENT = object()
+_NON_FINITE = "NaN or infinite values (as float32)"
+_NO_FIELD = object()
+
+
+def _decode_vectors(
+    raw: list[Any], want: tuple[int, str] | None, problems: dict[str, list[int]]
+) -> npt.NDArray[np.float32] | None:
+    """Vectors as sent (base64 float32 strings or number lists) → one (n, dim) float32 matrix, or None
+    with `problems` filled in (what is wrong → rows).
 
     Equal-length unpadded base64 strings (the usual answer) are decoded in one call: ~40% faster
     than one decode per vector, which matters at thousands of 1,536-dim vectors per second.
     """
     first = raw[0]
-    if isinstance(first, str) and all(isinstance(r, str) and len(r) == len(first) for r in raw):
-        if len(first) % 4 == 0 and not any(r.endswith("=") for r in raw):
-            flat = np.frombuffer(_b64decode("".join(raw)), dtype="<f4")
-            if first and flat.size % len(raw) == 0:
-                return flat.reshape(len(raw), -1)
-    rows = [np.frombuffer(_b64decode(r), dtype="<f4") if isinstance(r, str) else np.asarray(r, np.float32) for r in raw]
-    dims = {r.shape[0] for r in rows}
-    if len(dims) != 1 or 0 in dims or any(r.ndim != 1 for r in rows):
-        raise ValueError(f"vectors of sizes {sorted(dims)} in one answer")
-    return np.stack(rows)
+    if isinstance(first, str) and all(type(r) is str and len(r) == len(first) for r in raw):
+        if first and len(first) % 4 == 0 and not any(r.endswith("=") for r in raw):
+            try:
+                flat = np.frombuffer(_b64decode("".join(raw)), dtype="<f4")
+            except (binascii.Error, ValueError):
+                flat = None  # find the bad ones below
+            if flat is not None and flat.size % len(raw) == 0:
+                mat = flat.reshape(len(raw), -1)
+                if (want is None or mat.shape[1] == want[0]) and np.isfinite(mat).all():
+                    return mat
+    rows: list[npt.NDArray[np.float32] | None] = []
+    for i, r in enumerate(raw):
+        vec, why = _decode_one(r)
+        rows.append(vec)
+        if why:
+            problems.setdefault(why, []).append(i)
+    sizes = [len(v) for v in rows if v is not None]
+    if not sizes:
+        return None
+    if want is not None:
+        size, reason = want
+    else:
+        counts = collections.Counter(sizes)
+        size = max(counts, key=lambda k: (counts[k], -sizes.index(k)))  # the most common; ties: the first
+        reason = f"where the other vectors have {size}"
+    for i, v in enumerate(rows):
+        if v is not None and len(v) != size:
+            problems.setdefault(f"{len(v)} values {reason}", []).append(i)
+        elif v is not None and not np.isfinite(v).all():
+            problems.setdefault(_NON_FINITE, []).append(i)
+    if size == 0:
+        problems.setdefault("empty vectors", []).extend(i for i, v in enumerate(rows) if v is not None and not len(v))
+    if problems:
+        return None
+    return np.stack([v for v in rows if v is not None])
+
+
+def _decode_one(r: Any) -> tuple[npt.NDArray[np.float32] | None, str | None]:
+    """One vector: a base64 float32 string or a list of JSON numbers (never true/false or numeric strings)."""
+    if type(r) is str:
+        try:
+            data = _b64decode(r)
+        except (binascii.Error, ValueError):
+            return None, "not valid base64"
+        if len(data) % 4:
+            return None, "base64 that is not a whole number of float32 values"
+        return np.frombuffer(data, dtype="<f4"), None
+    if type(r) is list:
+        kinds = set(map(type, r)) - {float, int}
+        if kinds:
+            shown = ", ".join(sorted(_JSON_KINDS.get(k, k.__name__) for k in kinds))
+            return None, f"values that are not numbers ({shown})"
+        try:
+            with np.errstate(over="ignore", invalid="ignore"):
+                return np.asarray(r, dtype=np.float32), None
+        except OverflowError:  # an integer beyond float64
+            return None, _NON_FINITE
+    if r is _NO_FIELD:
+        return None, "no 'embedding' field"
+    kind = "null" if r is None else _JSON_KINDS.get(type(r), "a number" if type(r) in (int, float) else "an object")
+    return None, f"the embedding is {kind}"
 
 
 async def _close_with_loop(client: Any) -> AsyncIterator[None]:
@@ -705,6 +904,7 @@ class OpenAIEmbedding(_OpenAIBase):
                 "No OpenAI API key: set the OPENAI_API_KEY environment variable or pass api_key=...; "
                 "or use a local model instead: embed_model='local' (pip install 'embedstack[local]')."
             )
+        _check_credentials(key, "api_key" if api_key is not None else "OPENAI_API_KEY")
         base = api_base or _env("OPENAI_BASE_URL", "OPENAI_API_BASE") or DEFAULT_OPENAI_BASE
         super().__init__(model_name=model_name, dimensions=dimensions, api_key=key, api_base=base, **kwargs)
 
@@ -792,6 +992,8 @@ class AzureOpenAIEmbedding(_OpenAIBase):
                 "AzureOpenAIEmbedding needs api_key=..., the AZURE_OPENAI_API_KEY environment variable, "
                 "or azure_ad_token_provider=..."
             )
+        if key:
+            _check_credentials(key, "api_key" if api_key is not None else "AZURE_OPENAI_API_KEY")
         super().__init__(
             model_name=model_name,
             azure_endpoint=endpoint.rstrip("/"),
@@ -810,22 +1012,33 @@ class AzureOpenAIEmbedding(_OpenAIBase):
     def _client_kwargs(self) -> dict[str, Any]:
         kw = super()._client_kwargs()
         del kw["base_url"]
+        endpoint, query = _split_query(self.azure_endpoint)
+        if query:
+            kw["default_query"] = {**kw.get("default_query", {}), **query}
         kw.update(
-            azure_endpoint=self.azure_endpoint,
+            azure_endpoint=endpoint,
             azure_deployment=self.azure_deployment,
             api_version=self.api_version,
         )
         if self.azure_ad_token_provider is not None:
-            kw["azure_ad_token_provider"] = self.azure_ad_token_provider
+            provider = self.azure_ad_token_provider
+
+            def checked_token() -> str:
+                """The provider's token, refused (never shown) if HTTP cannot carry it."""
+                token = provider()
+                _check_header_value(token, "the token from azure_ad_token_provider", "return token.strip()")
+                return token
+
+            kw["azure_ad_token_provider"] = checked_token
         return kw
 
     def _make_client(self, openai: Any, is_async: bool) -> Any:
         kw = self._client_kwargs()
         if is_async and self.azure_ad_token_provider is not None:
-            provider = self.azure_ad_token_provider
+            checked = kw["azure_ad_token_provider"]
 
             async def token() -> str:
-                return await asyncio.to_thread(provider)
+                return await asyncio.to_thread(checked)  # type: ignore[no-any-return]
 
             kw["azure_ad_token_provider"] = token
         http = self.async_http_client if is_async else self.http_client
@@ -837,7 +1050,12 @@ class AzureOpenAIEmbedding(_OpenAIBase):
         return "check api_key / AZURE_OPENAI_API_KEY or the token provider, and that the deployment exists"
 
     def _endpoint(self) -> str:
-        return f"{_mask_url(self.azure_endpoint)} (deployment {self.azure_deployment!r})"
+        return self._scrub(f"{self.azure_endpoint} (deployment {self.azure_deployment!r})")
+
+    @field_serializer("azure_endpoint")
+    def _mask_endpoint(self, url: str | None) -> str | None:
+        """The endpoint as shown: credentials masked, as for api_base."""
+        return self._scrub(url) if url else url
 
 
 def from_spec(arg: str | None) -> BaseEmbedding:
