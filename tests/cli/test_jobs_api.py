@@ -227,7 +227,7 @@ def test_output_must_be_a_file_with_a_known_extension(tmp_path: Path) -> None:
 def test_a_lone_surrogate_names_the_item_and_can_be_skipped(tmp_path: Path) -> None:
     """ "\\ud800" is a str but not Unicode: refused before the model, or skipped with skip_bad."""
     model = FakeEmbedding(embed_dim=4)
-    items = ["fine", "half \ud800 a pair", {"text": "ok", "tag": "\udfff"}, "last"]
+    items: list[str | dict[str, str]] = ["fine", "half \ud800 a pair", {"text": "ok", "tag": "\udfff"}, "last"]
     with pytest.raises(InputError, match=r"item 1: the text has a lone surrogate \(\\ud800\) at character 6"):
         embed_records(items, tmp_path / "o.parquet", model=model, cache=None)
     assert model.calls == [] and not (tmp_path / "o.parquet").exists()
