@@ -80,35 +80,25 @@ def test_huggingface_embedding_onnx_end_to_end(
     assert float(vec @ got[0, :64] / np.linalg.norm(got[0, :64])) > 0.98
 
 
-def test_local_default_is_the_fastest_pair_that_meets_the_fp32_bar(
+def test_local_default_is_onnx_fp32_even_where_openvino_bf16_could_run(
     env_cache: Path, st_vectors: np.ndarray, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """resolve_embed_model("local"): OpenVINO bf16 where the CPU has native bf16, else ONNX fp32."""
-    import openvino
-
+    """resolve_embed_model("local"): ONNX Runtime fp32 (meets the fp32 bar), also on a CPU with native bf16,
+    where OpenVINO bf16 would be faster but crashed a process in ~250 (issue 13; opt-in until shown fixed)."""
     from embedstack import resolve_embed_model
     from embedstack.providers import _onnx
-    from embedstack.providers.huggingface import DEFAULT_MODEL, _default_runtime
 
     model = resolve_embed_model("local")
-    want = ("openvino", "bf16") if _onnx.native_bf16(openvino) else ("onnx", "fp32")
-    assert (model.backend, model.precision) == want  # type: ignore[attr-defined]
+    assert (model.backend, model.precision) == ("onnx", "fp32")  # type: ignore[attr-defined]
     vectors = np.asarray(model.get_text_embedding_batch(REAL))
     assert float((vectors * st_vectors).sum(1).min()) >= 0.9999
     other = resolve_embed_model(f"local:{model.source.path}")  # type: ignore[attr-defined]
-    assert other.precision == "fp32"  # bf16 was verified for the default model only
+    assert (other.backend, other.precision) == ("onnx", "fp32")  # type: ignore[attr-defined]
 
-    monkeypatch.setattr(_onnx, "native_bf16", lambda ov: True)  # a CPU with AVX512_BF16 / AMX: the choice only
-    assert _default_runtime(DEFAULT_MODEL) == ("openvino", "bf16")
-    assert _default_runtime("other/model") == ("onnx", "fp32")
-    monkeypatch.setattr(_onnx, "native_bf16", lambda ov: False)  # a CPU without AVX512_BF16 / AMX
-    plain = resolve_embed_model("local")
-    assert (plain.backend, plain.precision) == ("onnx", "fp32")  # type: ignore[attr-defined]
+    def asked(ov: object) -> bool:
+        raise AssertionError("the default must not depend on (or load) OpenVINO")
 
-    def broken(ov: object) -> bool:
-        raise RuntimeError("OpenVINO CPU plugin failed to load")
-
-    monkeypatch.setattr(_onnx, "native_bf16", broken)  # a broken OpenVINO install falls back, not fails
+    monkeypatch.setattr(_onnx, "native_bf16", asked)  # e.g. a CPU with AVX512_BF16 / AMX
     assert resolve_embed_model("local").backend == "onnx"  # type: ignore[attr-defined]
 
 

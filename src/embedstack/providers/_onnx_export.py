@@ -124,7 +124,7 @@ def _graph_files(model_dir: Path) -> list[Path]:
             f"{', '.join(_SHIPPED)}); pass the directory of a saved transformers model"
         )
     config = model_dir / "config.json"
-    return [*files, config] if config.is_file() else files
+    return sorted({*files, config} if config.is_file() else set(files))  # sorted: keys stay as before
 
 
 def _sha256_file(path: Path) -> str:

@@ -116,14 +116,15 @@ _CALL: contextvars.ContextVar[_Call | None] = contextvars.ContextVar("embedstack
 
 
 def _default_runtime(model_name: str, model_dir: Path | None = None) -> tuple[str, str]:
-    """(backend, precision) for resolve_embed_model("local"): the fastest installed pair that meets the
-    fp32 fidelity bar (cosine >= 0.9999 to sentence-transformers on every text of the benchmark file).
+    """(backend, precision) for resolve_embed_model("local[:<model>]"): ONNX Runtime fp32 when installed
+    (cosine >= 0.9999 to sentence-transformers on every text of the benchmark file; each graph is checked
+    against torch when it is built), else torch. A model with modules the ONNX path does not run (a Dense
+    layer after pooling, max pooling, ...; see `model_dir`'s modules.json) gets torch.
 
-    OpenVINO bf16 met it for the default model (min 0.99997 over all 6,000 texts, 2.6-3.0x
-    sentence-transformers on a CPU with native bf16; bench/onnx_backend.py), so it is chosen for that
-    model there; other models get ONNX Runtime fp32 (verified per model at export), else torch. A model
-    with modules the ONNX path does not run (a Dense layer after pooling, max pooling, ...; see
-    `model_dir`'s modules.json) gets torch.
+    OpenVINO bf16 is faster on CPUs with native bf16 (2.6-3.0x sentence-transformers against 1.5-1.6x) and
+    met the same bar for the default model, but a process running it died once in ~250 runs with SIGSEGV
+    inside OpenVINO's CPU plugin, which could not be reproduced on a CPU without bf16 (issue 13). Until a
+    crash loop on a bf16 CPU shows it fixed, it is opt-in: backend="openvino", precision="bf16".
     """
     import importlib.util
 
@@ -139,16 +140,6 @@ def _default_runtime(model_name: str, model_dir: Path | None = None) -> tuple[st
         if problem is not None:
             logger.info("%s runs on torch: %s", model_name, problem)
             return "torch", "fp32"
-    if model_name == DEFAULT_MODEL and have("openvino"):
-        try:
-            import openvino
-
-            from embedstack.providers._onnx import native_bf16
-
-            if native_bf16(openvino):
-                return "openvino", "bf16"
-        except Exception as e:  # a broken OpenVINO install must not break the default
-            logger.info("openvino unavailable for the default model (%s); using onnxruntime", e)
     return "onnx", "fp32"
 
 
