@@ -123,8 +123,10 @@ def _default_runtime(model_name: str, model_dir: Path | None = None) -> tuple[st
 
     OpenVINO bf16 is faster on CPUs with native bf16 (2.6-3.0x sentence-transformers against 1.5-1.6x) and
     met the same bar for the default model, but a process running it died once in ~250 runs with SIGSEGV
-    inside OpenVINO's CPU plugin, which could not be reproduced on a CPU without bf16 (issue 13). Until a
-    crash loop on a bf16 CPU shows it fixed, it is opt-in: backend="openvino", precision="bf16".
+    inside OpenVINO's CPU plugin, which could not be reproduced on a CPU without bf16 (issue 13), and
+    OpenVINO 2026.4's bf16 GEMM on AVX512_BF16 CPUs without AMX has an open corruption bug
+    (openvinotoolkit/openvino#38256). Until a crash loop on a bf16 CPU shows it fixed, it is opt-in:
+    backend="openvino", precision="bf16".
     """
     import importlib.util
 
