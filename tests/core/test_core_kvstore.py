@@ -90,7 +90,7 @@ def test_simple_bad_persist_paths(tmp_path: Path) -> None:
         SimpleKVStore.from_persist_path(tmp_path / "nope.json")
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
-    with pytest.raises(ValueError, match="not a SimpleKVStore JSON file"):
+    with pytest.raises(ValueError, match=r"bad.json: not a SimpleKVStore file \(not JSON"):
         SimpleKVStore.from_persist_path(bad)
 
 
