@@ -93,7 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--format",
         dest="input_format",
         choices=["txt", "jsonl", "json", "csv", "tsv", "parquet"],
-        help="input format (default: from the extension; sniffed for stdin)",
+        help=(
+            "input format (default: from the extension; for stdin sniffed: Parquet, JSON Lines, JSON, "
+            "CSV/TSV with a header line naming --field, else a text per line)"
+        ),
     )
     embed.add_argument(
         "--batch-size",
