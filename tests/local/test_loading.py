@@ -482,3 +482,19 @@ def test_batch_order_reads_the_tokenizer_not_the_weights(
 
 
 WORDS10 = ["red", "blue", "green", "house", "car", "tree", "river", "city", "music", "book"]
+
+
+def test_model_without_a_transformer_module_is_ordered_by_characters(tiny: Any, tmp_path: Path) -> None:
+    """A sentence-transformers model that does not start with a Transformer has no tokenizer of ours to
+    read: its texts are ordered by length in characters, and loading it is left to sentence-transformers."""
+    import shutil
+
+    from embedstack.providers._torch_encoder import TorchTokenizer
+
+    odd = tmp_path / "odd"
+    shutil.copytree(tiny.st_mean, odd)
+    (odd / "modules.json").write_text(json.dumps([{"idx": 0, "name": "0", "path": "", "type": "x.StaticEmbedding"}]))
+    assert TorchTokenizer.for_model(odd) is None
+    model = HuggingFaceEmbedding(str(odd))
+    assert model._batch_order(["ab", "a", "abcd"]) == [2, 0, 1]
+    assert model._encoder is None

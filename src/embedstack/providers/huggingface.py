@@ -460,11 +460,11 @@ class HuggingFaceEmbedding(BatchEmbedding):
         call = self._call(role)
         with self._lock:
             encoder = self._loaded()
-            tokens = None
+            tokens: list[Tokens] | None = None
             if call is not None and call.tokens and call.tokenizer is getattr(encoder, "text_tokenizer", None):
-                kept = [call.tokens.pop(item, None) for item in items]
-                tokens = kept if all(t is not None for t in kept) else None
-            raw = encoder.encode(texts, tokens)  # type: ignore[arg-type]
+                kept = [t for t in (call.tokens.pop(item, None) for item in items) if t is not None]
+                tokens = kept if len(kept) == len(items) else None
+            raw = encoder.encode(texts, tokens)
         vectors = self._postprocess(np.asarray(raw.vectors, dtype=np.float32))
         if raw.truncated:
             self._warn_truncated(raw.truncated, encoder.max_length)
