@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import hashlib
 import logging
 import threading
 import time
@@ -24,32 +23,35 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from embedstack._images import check_image, image_bytes, image_label, materialize
+from embedstack._images import check_image, image_label, materialize
+from embedstack.cache_key import CACHE_COLLECTION, DIM_COLLECTION
 from embedstack.callbacks.manager import EventContext
 from embedstack.callbacks.schema import CBEventType, EventPayload
 from embedstack.errors import BadVectorsError, InvalidInputError
-from embedstack.types import EmbedResult, PartialResult, Role
+from embedstack.types import Batch, EmbedResult, PartialResult, Role
 
 if TYPE_CHECKING:
-    from embedstack.base import BaseEmbedding
+    from embedstack.contract import PipelineModel
     from embedstack.kvstore.base import BaseKVStore
 
 __all__ = ["CACHE_COLLECTION", "DIM_COLLECTION", "EmbedJob", "as_matrix", "run_async", "run_sync"]
 
 logger = logging.getLogger("embedstack")
-CACHE_COLLECTION = "embeddings"
-#: Per model identity, the length of its vectors (a 1-value vector), so a truncated entry is caught.
-DIM_COLLECTION = "embedding_dims"
 Matrix = npt.NDArray[np.float32]
 Write = tuple[list[str], Matrix]
 
 
 @dataclass
-class Batch:
-    """Unique items embedded by one hook call, and the slots their vectors fill."""
+class Planned:
+    """One hook call as planned: the batch the model sees, and the slots its vectors fill."""
 
     slots: list[int]
-    items: list[Any]
+    batch: Batch
+
+    @property
+    def items(self) -> list[Any]:
+        """The batch's items."""
+        return self.batch.items
 
 
 def _check_texts(items: Sequence[Any], label: str) -> None:
@@ -142,7 +144,7 @@ class EmbedJob:
     entry of another length is a miss.
     """
 
-    def __init__(self, model: BaseEmbedding, items: Sequence[Any], role: Role, label: str, show_progress: bool = False):
+    def __init__(self, model: PipelineModel, items: Sequence[Any], role: Role, label: str, show_progress: bool = False):
         self.model = model
         self.role = role
         self.label = label
@@ -156,6 +158,7 @@ class EmbedJob:
             items = [materialize(x) for x in items]
         else:
             _check_texts(items, label)
+        model._check_items(items, role, label)
         self.n = len(items)
         self.store = model.embeddings_cache
         self.keys: list[str] = []
@@ -178,6 +181,7 @@ class EmbedJob:
         self._events = _Events(model) if seen else None
         self._bar = _progress_bar(self.n, show_progress)
         self._counts: npt.NDArray[np.intp] | None = None
+        self._repeats: dict[int, list[int]] | None = None  # slot → later positions of a repeated item
 
     @property
     def dim(self) -> int | None:
@@ -276,7 +280,7 @@ class EmbedJob:
         return [self.model._dim_key()], np.array([[dim]], dtype=np.float32)
 
     # -- batches -----------------------------------------------------------------------------
-    def batches(self) -> list[Batch]:
+    def batches(self) -> list[Planned]:
         """The missing items, in the model's preferred order, in batches of embed_batch_size."""
         if self.have.all():
             return []
@@ -286,12 +290,24 @@ class EmbedJob:
             misses = [misses[i] for i in order]
         size = self.model.embed_batch_size
         return [
-            Batch(chunk, [self.uniques[s] for s in chunk])
-            for chunk in (misses[i : i + size] for i in range(0, len(misses), size))
+            Planned(chunk, self._batch(chunk)) for chunk in (misses[i : i + size] for i in range(0, len(misses), size))
         ]
 
+    def _batch(self, slots: list[int]) -> Batch:
+        items = [self.uniques[s] for s in slots]
+        if not self.dups:
+            return Batch(items, self.role, self.label, list(slots))
+        if self._repeats is None:
+            self._repeats = {}
+            first = _first_positions(self.slot_of, len(self.have))
+            for pos, slot in enumerate(self.slot_of):
+                if pos != first[slot]:
+                    self._repeats.setdefault(slot, []).append(pos)
+        repeats = {i: self._repeats[s] for i, s in enumerate(slots) if s in self._repeats}
+        return Batch(items, self.role, self.label, self.positions(slots), repeats)
+
     @contextmanager
-    def observe(self, batch: Batch) -> Iterator[Callable[[Any], Write | None]]:
+    def observe(self, batch: Planned) -> Iterator[Callable[[Any], Write | None]]:
         """Events around one hook call; yields `finish(raw)`, which stores the result and says what to write."""
         token = self._events.start() if self._events else None
 
@@ -321,7 +337,7 @@ class EmbedJob:
                 self._events.fail(token, e)
             raise
 
-    def salvage(self, batch: Batch, exc: BaseException) -> Write | None:
+    def salvage(self, batch: Planned, exc: BaseException) -> Write | None:
         """The cache write for what a failed batch did obtain (`exc.partial`), if anything."""
         part = getattr(exc, "partial", None)
         if not isinstance(part, PartialResult) or not part.positions or not self.keys:
@@ -387,7 +403,7 @@ def _progress_bar(total: int, show: bool) -> Any:
 class _Events:
     """Start/end events and legacy callbacks for one call; does nothing when nobody listens."""
 
-    def __init__(self, model: BaseEmbedding) -> None:
+    def __init__(self, model: PipelineModel) -> None:
         from embedstack.base import dispatcher
 
         self.model = model
@@ -531,19 +547,19 @@ def _first_failure(store: Any, op: str) -> bool:
 
 def run_sync(job: EmbedJob) -> Matrix:
     """Drive a job with blocking calls; batches run in a thread pool when the model allows it."""
-    model, role = job.model, job.role
+    model = job.model
     cache = CacheIO(job) if job.store is not None and job.keys else None
     try:
         if cache:
             cache.read()
         failed: list[BaseException] = []
 
-        def one(batch: Batch) -> None:
+        def one(batch: Planned) -> None:
             if failed:  # a batch already failed: start nothing new
                 return
             try:
                 with job.observe(batch) as finish:
-                    write = finish(model._embed_batch_sync(batch.items, role))
+                    write = finish(model._embed(batch.batch))
                 if cache:
                     cache.write(write)
             except Exception as e:
@@ -571,7 +587,7 @@ def run_sync(job: EmbedJob) -> Matrix:
 
 async def run_async(job: EmbedJob) -> Matrix:
     """Drive a job on the event loop; batches run concurrently up to the model's worker limit."""
-    model, role = job.model, job.role
+    model = job.model
     cache = CacheIO(job) if job.store is not None and job.keys else None
     try:
         if cache:
@@ -580,13 +596,13 @@ async def run_async(job: EmbedJob) -> Matrix:
         gate = asyncio.Semaphore(limit) if limit else None
         failed: list[BaseException] = []
 
-        async def one(batch: Batch) -> None:
+        async def one(batch: Planned) -> None:
             async with gate or _NO_GATE:
                 if failed:  # a batch already failed: start nothing new, let running ones finish
                     return
                 try:
                     with job.observe(batch) as finish:
-                        write = finish(await model._embed_batch_async(batch.items, role))
+                        write = finish(await model._aembed(batch.batch))
                     if cache:
                         await cache.awrite(write)
                 except Exception as e:
@@ -619,19 +635,3 @@ class _NoGate:
 
 
 _NO_GATE = _NoGate()
-
-
-def make_key_factory(prefix: bytes, role: Role, instruction: str | None) -> Callable[[Any], str]:
-    """A function item → cache key: sha256 over prefix (schema + model identity), role, instruction, item."""
-    base = hashlib.sha256(prefix)
-    base.update(b"\0role=" + role.value.encode() + b"\0instruction=" + (instruction or "").encode("utf-8") + b"\0item=")
-    to_bytes: Callable[[Any], bytes] = (
-        image_bytes if role is Role.IMAGE else (lambda s: s.encode("utf-8", "surrogatepass"))
-    )
-
-    def key(item: Any) -> str:
-        h = base.copy()
-        h.update(to_bytes(item))
-        return h.hexdigest()
-
-    return key

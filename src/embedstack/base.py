@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import hashlib
-import json
 import threading
 from abc import abstractmethod
 from collections.abc import Callable, Sequence
@@ -17,19 +15,19 @@ from pydantic import Field, PrivateAttr, field_validator
 from typing_extensions import Self
 
 from embedstack._async_hooks import call_hook, gather_hook
-from embedstack._pipeline import EmbedJob, make_key_factory, run_async, run_sync
+from embedstack._pipeline import EmbedJob, run_async, run_sync
+from embedstack.cache_key import dim_key, identity_prefix, make_key_factory
 from embedstack.callbacks.manager import CallbackManager
 from embedstack.instrumentation import get_dispatcher
 from embedstack.kvstore.base import BaseKVStore
 from embedstack.schema import BaseNode, MetadataMode, TransformComponent
 from embedstack.similarity import SimilarityMode, mean_agg
 from embedstack.similarity import similarity as _similarity
-from embedstack.types import Embedding, ImageType, Role, Vectors
+from embedstack.types import Batch, Embedding, ImageType, Role, Vectors
 
 __all__ = ["DEFAULT_EMBED_BATCH_SIZE", "BaseEmbedding", "BatchEmbedding", "MultiModalEmbedding"]
 
 DEFAULT_EMBED_BATCH_SIZE = 10
-CACHE_SCHEMA = b"embedstack-cache-v1"
 dispatcher = get_dispatcher(__name__)
 
 _UNPICKLABLE = (type(threading.Lock()), type(threading.RLock()))
@@ -157,7 +155,18 @@ class BaseEmbedding(TransformComponent):
         """Embed a batch of queries asynchronously (a sync-bodied async hook runs in a worker thread)."""
         return await gather_hook(self._aget_query_embedding, queries)
 
-    # -- what the pipeline asks of a model -----------------------------------------------------
+    # -- what the pipeline asks of a model (the whole contract: embedstack.contract) -----------------
+    def _check_items(self, items: Sequence[Any], role: Role, label: str) -> None:
+        """Refuse a call before any work (cache, model): e.g. empty strings an API rejects. Nothing by default."""
+
+    def _embed(self, batch: Batch) -> Any:
+        """Embed one batch (its items, role and the caller's positions); by default the role's sync hook."""
+        return self._embed_batch_sync(batch.items, batch.role)
+
+    async def _aembed(self, batch: Batch) -> Any:
+        """Async _embed; by default the role's async hook."""
+        return await self._embed_batch_async(batch.items, batch.role)
+
     def _embed_batch_sync(self, items: list[Any], role: Role) -> Any:
         if role is Role.QUERY:
             return self._get_query_embeddings(items)
@@ -223,7 +232,7 @@ class BaseEmbedding(TransformComponent):
         key = self._memo.get("dim_key")
         if key is None:
             self._key_factory(Role.TEXT)  # computes the identity prefix
-            key = self._memo["dim_key"] = hashlib.sha256(self._memo["prefix"] + b"\0dim").hexdigest()
+            key = self._memo["dim_key"] = dim_key(self._memo["prefix"])
         return key  # type: ignore[no-any-return]
 
     def _identity(self) -> dict[str, Any]:
@@ -239,9 +248,7 @@ class BaseEmbedding(TransformComponent):
         if factory is None:
             prefix = self._memo.get("prefix")
             if prefix is None:
-                prefix = self._memo["prefix"] = (
-                    CACHE_SCHEMA + b"\0" + json.dumps(self._identity(), sort_keys=True).encode()
-                )
+                prefix = self._memo["prefix"] = identity_prefix(self._identity())
             factory = self._memo[memo_key] = make_key_factory(prefix, role, self._instruction(role))
         return factory  # type: ignore[no-any-return]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
 from enum import Enum
 from io import IOBase
 from typing import Any, NamedTuple, Union
@@ -10,7 +11,7 @@ from typing import Any, NamedTuple, Union
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["EmbedResult", "Embedding", "ImageType", "PartialResult", "Role", "Vectors"]
+__all__ = ["Batch", "EmbedResult", "Embedding", "ImageType", "PartialResult", "Role", "Vectors"]
 
 #: One embedding as LlamaIndex returns it.
 Embedding = list[float]
@@ -47,3 +48,27 @@ class PartialResult(NamedTuple):
 
     positions: list[int]
     vectors: Vectors
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One hook call's work: unique items of one role, and where each stands in the caller's input.
+
+    `positions[i]` is the caller's index of `items[i]` (its first occurrence), so a provider can
+    name an item in an error as `label[position]` without knowing the rest of the call.
+    """
+
+    items: list[Any]
+    role: Role
+    label: str
+    positions: list[int]
+    #: Later positions of items the caller passed more than once (batch index → positions).
+    repeats: dict[int, list[int]] = field(default_factory=dict)
+
+    def name(self, i: int) -> str:
+        """How the caller knows batch item `i`: e.g. `texts[12]`."""
+        return f"{self.label}[{self.positions[i]}]"
+
+    def where(self, i: int) -> list[int]:
+        """Every position of batch item `i` in the caller's input."""
+        return [self.positions[i], *self.repeats.get(i, ())]

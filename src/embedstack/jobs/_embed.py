@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from embedstack._pipeline import CACHE_COLLECTION
 from embedstack.base import BaseEmbedding
+from embedstack.cache_key import CACHE_COLLECTION
 from embedstack.jobs._output import (
     FORMAT_TAG,
     load_embeddings,

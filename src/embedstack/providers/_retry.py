@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, unquote
 
-from embedstack.types import PartialResult
+from embedstack.types import Batch, PartialResult
 
 __all__ = [
     "EmbeddingAPIError",
@@ -343,10 +343,13 @@ class EmbeddingAPIError(RuntimeError):
         self.indexes: list[int] | None = None
         super().__init__(self._message())
 
-    def locate(self, inputs: Sequence[Any], label: str) -> None:
-        """Name the failed items by their positions in the caller's `inputs` (called by the model's public path)."""
+    def locate(self, batch: Batch) -> None:
+        """Name the failed items by every place they have in the caller's input."""
         wanted = set(self.items)
-        found = [i for i, x in enumerate(inputs) if isinstance(x, str) and x in wanted]
+        found = sorted(
+            p for i, x in enumerate(batch.items) if isinstance(x, str) and x in wanted for p in batch.where(i)
+        )
+        label = batch.label
         if found:
             self.indexes = found
             self.label = label

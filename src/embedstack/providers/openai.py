@@ -67,7 +67,7 @@ from embedstack.providers._retry import (
     scrub,
     status_failure,
 )
-from embedstack.types import EmbedResult, PartialResult, Role
+from embedstack.types import Batch, EmbedResult, PartialResult, Role
 
 __all__ = [
     "DEFAULT_OPENAI_MODEL",
@@ -303,24 +303,22 @@ class _OpenAIBase(BatchEmbedding):
         """Requests in flight at once on the async path: num_workers, or DEFAULT_ASYNC_WORKERS (never unbounded)."""
         return self.num_workers if self.num_workers and self.num_workers > 0 else DEFAULT_ASYNC_WORKERS
 
-    def _run(
-        self, items: Sequence[Any], role: Role, label: str, show_progress: bool = False
-    ) -> npt.NDArray[np.float32]:
+    def _check_items(self, items: Sequence[Any], role: Role, label: str) -> None:
+        """Errors that must come before any request (see _precheck)."""
         self._precheck(items, role, label)
+
+    def _embed(self, batch: Batch) -> Any:
         try:
-            return super()._run(items, role, label, show_progress)
+            return super()._embed(batch)
         except EmbeddingAPIError as e:
-            e.locate(items, label)
+            e.locate(batch)
             raise
 
-    async def _arun(
-        self, items: Sequence[Any], role: Role, label: str, show_progress: bool = False
-    ) -> npt.NDArray[np.float32]:
-        self._precheck(items, role, label)
+    async def _aembed(self, batch: Batch) -> Any:
         try:
-            return await super()._arun(items, role, label, show_progress)
+            return await super()._aembed(batch)
         except EmbeddingAPIError as e:
-            e.locate(items, label)
+            e.locate(batch)
             raise
 
     def _precheck(self, items: Sequence[Any], role: Role, label: str) -> None:
