@@ -17,6 +17,7 @@ from typing import Any
 
 from embedstack._images import image_label, is_pil_image
 from embedstack._optional import require
+from embedstack.errors import EmbedstackError
 
 __all__ = ["SUPPORTED_MODES", "ImageDecodeError", "decode_image", "decode_images"]
 
@@ -25,7 +26,7 @@ __all__ = ["SUPPORTED_MODES", "ImageDecodeError", "decode_image", "decode_images
 SUPPORTED_MODES = frozenset({"1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "RGBa", "CMYK", "YCbCr", "HSV"})
 
 
-class ImageDecodeError(ValueError):
+class ImageDecodeError(EmbedstackError, ValueError):
     """An image input could not be decoded.
 
     `where` names it in the call ("img_file_paths[3]"), `index` is that position (None when
@@ -163,7 +164,9 @@ def decode_images(
         where = wheres[i] if wheres else f"image {i} of the batch"
         try:
             out.append(decode_image(item, min_side=min_side, where=where, resample=resample))
-        except ImageDecodeError as e:
-            e.index = indexes[i] if indexes else None
+        except (TypeError, ValueError, OSError) as e:
+            if isinstance(e, ImageDecodeError):
+                e.index = indexes[i] if indexes else None
+            setattr(e, "batch_index", i)  # noqa: B010  # so a caller that knows the batch can name the item its own way
             raise
     return out

@@ -6,14 +6,12 @@ models (a directory, the Hugging Face cache, the Hub only when online) and loade
 
 from __future__ import annotations
 
-import contextvars
 import json
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import numpy as np
-import numpy.typing as npt
 from pydantic import Field, PrivateAttr, field_validator
 from typing_extensions import Self
 
@@ -21,7 +19,7 @@ from embedstack._optional import require
 from embedstack.base import DEFAULT_EMBED_BATCH_SIZE, BatchEmbedding, MultiModalEmbedding
 from embedstack.providers._hf_source import ModelSource, locate_model, stamp_identity
 from embedstack.providers._image_decode import ImageDecodeError, decode_images
-from embedstack.types import EmbedResult, Role
+from embedstack.types import Batch, EmbedResult, Role
 
 __all__ = [
     "DEFAULT_CLIP_MODEL",
@@ -47,12 +45,6 @@ _RESNET_CLIP = ("RN50", "RN101", "RN50x4", "RN50x16", "RN50x64")
 # Fields that change which files are used, and which change how the weights are loaded.
 _RELOCATE = frozenset({"model_name", "cache_folder", "revision"})
 _RELOAD = _RELOCATE | {"device"}
-
-# The input call's (label, {id(item): index}) while an image call runs, so decode errors can name
-# the item as the caller passed it ("img_file_paths[3]"), not by its position in a batch.
-_CALL_ITEMS: contextvars.ContextVar[tuple[str, dict[int, int]] | None] = contextvars.ContextVar(
-    "embedstack_clip_call_items", default=None
-)
 
 
 def hf_clip_name(name: str) -> str:
@@ -254,33 +246,23 @@ class ClipEmbedding(BatchEmbedding, MultiModalEmbedding):
         return self._model().dim
 
     # -- the pipeline's hooks ------------------------------------------------------------------
-    def _run(
-        self, items: Sequence[Any], role: Role, label: str, show_progress: bool = False
-    ) -> npt.NDArray[np.float32]:
-        if role is not Role.IMAGE:
-            return super()._run(items, role, label, show_progress)
-        token = _CALL_ITEMS.set((label, _first_index(items)))
+    def _embed(self, batch: Batch) -> Any:
         try:
-            return super()._run(items, role, label, show_progress)
-        finally:
-            _CALL_ITEMS.reset(token)
+            return self._embed_batch(batch.items, batch.role)
+        except (TypeError, ValueError, OSError) as e:
+            raise _named(e, batch) from None
 
-    async def _arun(
-        self, items: Sequence[Any], role: Role, label: str, show_progress: bool = False
-    ) -> npt.NDArray[np.float32]:
-        if role is not Role.IMAGE:
-            return await super()._arun(items, role, label, show_progress)
-        token = _CALL_ITEMS.set((label, _first_index(items)))
+    async def _aembed(self, batch: Batch) -> Any:
         try:
-            return await super()._arun(items, role, label, show_progress)
-        finally:
-            _CALL_ITEMS.reset(token)
+            return await super()._aembed(batch)
+        except (TypeError, ValueError, OSError) as e:
+            raise _named(e, batch) from None
 
     def _embed_batch(self, items: list[Any], role: Role) -> EmbedResult:
         """Texts and queries through the text tower; images (all decoded first) the image tower."""
         model = self._model()
         if role is Role.IMAGE:
-            wheres, indexes = _where(items)
+            wheres, indexes = [f"image {i} of the batch" for i in range(len(items))], [None] * len(items)
             images = decode_images(
                 items,
                 min_side=model.min_side,
@@ -300,21 +282,17 @@ class ClipEmbedding(BatchEmbedding, MultiModalEmbedding):
         return EmbedResult(vectors, token_count=token_count, truncated=truncated)
 
 
-def _first_index(items: Sequence[Any]) -> dict[int, int]:
-    index: dict[int, int] = {}
-    for i, item in enumerate(items):
-        index.setdefault(id(item), i)
-    return index
-
-
-def _where(items: list[Any]) -> tuple[list[str], list[int | None]]:
-    """How to name each batch item in errors: its place in the caller's list when known."""
-    call = _CALL_ITEMS.get()
-    if call is None:
-        return [f"image {i} of the batch" for i in range(len(items))], [None] * len(items)
-    label, index = call
-    found = [index.get(id(item)) for item in items]
-    return [f"{label}[{n}]" if n is not None else f"image {i} of the batch" for i, n in enumerate(found)], found
+def _named(e: Exception, batch: Batch) -> Exception:
+    """A bad image's error naming it as the caller passed it ("img_file_paths[3]"), not by its batch place."""
+    i = getattr(e, "batch_index", None)
+    if i is None:
+        return e
+    if isinstance(e, ImageDecodeError):
+        return ImageDecodeError(batch.name(i), e.image, e.reason, batch.positions[i])
+    try:
+        return type(e)(str(e).replace(f"image {i} of the batch", batch.name(i), 1))
+    except TypeError:  # an exception type with another signature: keep it as it is
+        return e
 
 
 def from_spec(arg: str | None) -> ClipEmbedding:
