@@ -39,3 +39,22 @@ def span_recorder() -> Iterator[SimpleSpanHandler]:
     root.add_span_handler(handler)
     yield handler
     root.span_handlers.remove(handler)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_hf_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Every test (and the CLI processes tests start) sees an empty Hugging Face home, never this machine's."""
+    home = tmp_path_factory.mktemp("hf-home-session")
+    hub = home / "hub"
+    hub.mkdir()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_HOME", str(home))
+        mp.setenv("HF_HUB_CACHE", str(hub))
+        try:
+            from huggingface_hub import constants
+        except ImportError:
+            pass
+        else:
+            mp.setattr(constants, "HF_HOME", str(home))
+            mp.setattr(constants, "HF_HUB_CACHE", str(hub))
+        yield
