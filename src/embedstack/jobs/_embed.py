@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from embedstack.base import BaseEmbedding
 from embedstack.cache_key import CACHE_COLLECTION
+from embedstack.errors import EmbedstackError
 from embedstack.jobs._output import (
     FORMAT_TAG,
     load_embeddings,
@@ -49,7 +50,7 @@ DEFAULT_CACHE: Any = _DefaultCache()
 CacheArg = Any  # DEFAULT_CACHE | None | str | os.PathLike[str] | BaseKVStore
 
 
-class ModelMismatchError(ValueError):
+class ModelMismatchError(EmbedstackError, ValueError):
     """The model asked for is not the one an output was embedded with."""
 
 

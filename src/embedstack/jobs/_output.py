@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from embedstack._atomic import atomic_write_text, publish
+from embedstack.errors import EmbedstackError
 from embedstack.jobs._readers import Record
 
 __all__ = [
@@ -50,7 +52,7 @@ META_KEY = b"embedstack"
 FORMAT_TAG = "embedstack-embeddings"
 
 
-class OutputError(ValueError):
+class OutputError(EmbedstackError, ValueError):
     """An output that cannot be written or read (wrong extension, incomplete, not ours)."""
 
 
@@ -107,24 +109,14 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _publish(tmp: Path, target: Path) -> None:
     """Flush `tmp` to disk and rename it over `target` (atomic on one filesystem)."""
-    _fsync(tmp)
-    os.replace(tmp, target)
+    publish(tmp, target)
 
 
 def _write_json_atomic(target: Path, data: dict[str, Any]) -> None:
-    tmp = _temp_for(target)
-    tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    _publish(tmp, target)
+    text = json.dumps(data, indent=1, ensure_ascii=False) + "\n"
+    atomic_write_text(target, text, tmp=_temp_for(target))
 
 
 # -- metadata ------------------------------------------------------------------------------------

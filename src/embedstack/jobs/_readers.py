@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, BinaryIO
 
+from embedstack.errors import EmbedstackError
+
 __all__ = [
     "FORMATS",
     "InputError",
@@ -50,7 +52,7 @@ _EXTS = ", ".join(sorted(set(FORMATS)))
 RESERVED = frozenset({"id", "vector"})
 
 
-class InputError(ValueError):
+class InputError(EmbedstackError, ValueError):
     """Bad input; the message names the file and line (or row) and the fix."""
 
 

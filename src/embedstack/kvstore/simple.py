@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -12,25 +11,10 @@ from typing import Any
 
 from typing_extensions import Self
 
+from embedstack._atomic import atomic_write_text
 from embedstack.kvstore.base import DEFAULT_BATCH_SIZE, DEFAULT_COLLECTION, BaseKVStore
 
 __all__ = ["SimpleKVStore", "atomic_write_text"]
-
-
-def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
-    """Write `text` to `path` through a temporary file and a rename: never a half-written file."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _not_ours(path: Path, why: str) -> ValueError:

@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from embedstack.errors import EmbedstackError
+
 __all__ = [
     "BUNDLED_MODEL",
     "BUNDLED_SHA256",
@@ -60,7 +62,7 @@ _REPO_ID = re.compile(r"[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?")
 _STAMPED = ("*.safetensors", "*.bin", "*.pt", "*.onnx", "*.json", "*.txt", "*.model")
 
 
-class ModelNotFoundError(FileNotFoundError):
+class ModelNotFoundError(EmbedstackError, FileNotFoundError):
     """No usable copy of the model was found; the message lists the places looked in and the fix."""
 
 

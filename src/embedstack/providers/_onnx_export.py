@@ -27,7 +27,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from embedstack._atomic import atomic_write_bytes, publish
 from embedstack._optional import require
+from embedstack.errors import EmbedstackError
 
 __all__ = [
     "EXPORT_FORMAT",
@@ -79,7 +81,7 @@ _SHIPPED = ("onnx/model.onnx", "model.onnx")
 Feeds = dict[str, npt.NDArray[np.int64]]
 
 
-class ExportError(RuntimeError):
+class ExportError(EmbedstackError, RuntimeError):
     """The model could not be turned into an ONNX graph that reproduces it."""
 
 
@@ -180,18 +182,7 @@ def cache_key(fingerprint: str, precision: str) -> str:
 # -- atomic files and checksums --------------------------------------------------------------------
 def _atomic_write(path: Path, data: bytes) -> None:
     """Write `data` to `path` through a temp file in the same folder and os.replace."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    atomic_write_bytes(path, data)
 
 
 def _publish(tmp: Path, final: Path) -> None:
@@ -201,10 +192,7 @@ def _publish(tmp: Path, final: Path) -> None:
         sidecar.unlink()  # a graph without its sidecar is never trusted
     size = tmp.stat().st_size
     checksum = _sha256_file(tmp)
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a shared cache is readable
-    os.replace(tmp, final)
+    publish(tmp, final, mode=0o666 & ~_umask())  # mkstemp makes 0600; a shared cache is readable
     _atomic_write(sidecar, json.dumps({"sha256": checksum, "size": size}).encode())
 
 

@@ -22,6 +22,8 @@ from typing import Any, Literal, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from embedstack.errors import EmbedstackError
+
 __all__ = [
     "MAX_INPUTS_PER_REQUEST",
     "OPENAI_MAX_INPUT_TOKENS",
@@ -234,7 +236,7 @@ class UnitPlan:
         return len(self.owner) == 0 or self.owner[-1] == len(self.owner) - 1
 
 
-class TooLongError(ValueError):
+class TooLongError(EmbedstackError, ValueError):
     """An input is over the model's context and long_inputs='error'."""
 
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, unquote
 
+from embedstack.errors import EmbedstackError
 from embedstack.types import Batch, PartialResult
 
 __all__ = [
@@ -314,7 +315,7 @@ class RetryPolicy:
         return failure.retry_after is not None and failure.retry_after > self.max_wait
 
 
-class EmbeddingAPIError(RuntimeError):
+class EmbeddingAPIError(EmbedstackError, RuntimeError):
     """A request failed for good: which items, after how many attempts, and what the server said.
 
     `first` and `last` index the failed items in the caller's input when known (`label[first:last+1]`);
