@@ -27,15 +27,7 @@ ADAPTER_HOOKS = {
 # Lazy back-edges that still close a cycle and are NOT adapter hooks: outstanding work for issue 14,
 # each to be removed from this list when its module is restructured (a test below fails once an
 # edge listed here no longer exists, so the list can only shrink).
-KNOWN_CYCLE_EDGES = {
-    # _Events.__init__ imports `dispatcher` from base, which imports _pipeline at the top.
-    ("embedstack._pipeline", "embedstack.base"),
-    # resolve_embed_model() imports Settings; Settings.embed_model imports resolve_embed_model.
-    ("embedstack.registry", "embedstack.settings"),
-    # huggingface lazily imports its encoders, which import `Tokens` from huggingface at the top.
-    ("embedstack.providers.huggingface", "embedstack.providers._onnx"),
-    ("embedstack.providers.huggingface", "embedstack.providers._torch_encoder"),
-}
+KNOWN_CYCLE_EDGES: set[tuple[str, str]] = set()  # none left: keep it that way
 
 
 def _run(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:

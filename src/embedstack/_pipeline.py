@@ -28,6 +28,7 @@ from embedstack.cache_key import CACHE_COLLECTION, DIM_COLLECTION
 from embedstack.callbacks.manager import EventContext
 from embedstack.callbacks.schema import CBEventType, EventPayload
 from embedstack.errors import BadVectorsError, InvalidInputError
+from embedstack.instrumentation import get_dispatcher
 from embedstack.types import Batch, EmbedResult, PartialResult, Role
 
 if TYPE_CHECKING:
@@ -404,7 +405,7 @@ class _Events:
     """Start/end events and legacy callbacks for one call; does nothing when nobody listens."""
 
     def __init__(self, model: PipelineModel) -> None:
-        from embedstack.base import dispatcher
+        dispatcher = get_dispatcher("embedstack.base")  # the one BaseEmbedding's spans report to
 
         self.model = model
         self.dispatcher = dispatcher if dispatcher.has_event_handlers() else None

@@ -15,7 +15,13 @@ from typing import Any
 from embedstack.base import BaseEmbedding
 from embedstack.callbacks.manager import CallbackManager
 
-__all__ = ["ProviderSpec", "register_object_adapter", "register_provider", "resolve_embed_model"]
+__all__ = [
+    "ProviderSpec",
+    "register_object_adapter",
+    "register_provider",
+    "resolve_embed_model",
+    "set_default_callback_manager",
+]
 
 
 @dataclass(frozen=True)
@@ -104,8 +110,6 @@ def _from_string(spec: str) -> BaseEmbedding:
 
 def resolve_embed_model(embed_model: Any = None, callback_manager: CallbackManager | None = None) -> BaseEmbedding:
     """Turn None, a spec string, a LangChain Embeddings or a model into a BaseEmbedding."""
-    from embedstack.settings import Settings
-
     if embed_model is None:
         from embedstack.providers.mock import MockEmbedding
 
@@ -130,5 +134,22 @@ def resolve_embed_model(embed_model: Any = None, callback_manager: CallbackManag
         else:
             forms = "; ".join(accepted_forms())
             raise ValueError(f"cannot use {type(embed_model).__name__} as an embed model; accepted forms: {forms}")
-    model.callback_manager = callback_manager or Settings.callback_manager
+    model.callback_manager = callback_manager or _default_callback_manager()
     return model
+
+
+def _no_callbacks() -> CallbackManager:
+    return CallbackManager([])
+
+
+_default_callback_manager: Callable[[], CallbackManager] = _no_callbacks
+
+
+def set_default_callback_manager(factory: Callable[[], CallbackManager]) -> None:
+    """Where resolve_embed_model takes the callback manager it attaches when none is passed.
+
+    `embedstack.settings` points it at `Settings.callback_manager` (LlamaIndex's behaviour), so the
+    registry never reads Settings itself.
+    """
+    global _default_callback_manager
+    _default_callback_manager = factory

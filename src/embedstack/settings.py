@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from embedstack.callbacks.manager import CallbackManager
+from embedstack.registry import resolve_embed_model, set_default_callback_manager
 
 if TYPE_CHECKING:
     from embedstack.base import BaseEmbedding
@@ -23,15 +24,11 @@ class _Settings:
     def embed_model(self) -> BaseEmbedding:
         """The default embed model (resolved from "default" on first read)."""
         if self._embed_model is None:
-            from embedstack.registry import resolve_embed_model
-
             self._embed_model = resolve_embed_model("default")
         return self._embed_model
 
     @embed_model.setter
     def embed_model(self, embed_model: Any) -> None:
-        from embedstack.registry import resolve_embed_model
-
         self._embed_model = resolve_embed_model(embed_model)
 
     @property
@@ -47,3 +44,4 @@ class _Settings:
 
 
 Settings = _Settings()
+set_default_callback_manager(lambda: Settings.callback_manager)  # resolve_embed_model attaches it, as LlamaIndex does

@@ -35,7 +35,7 @@ from embedstack.providers._onnx_export import (
     pick_output,
     prepare_graph,
 )
-from embedstack.providers.huggingface import Tokens
+from embedstack.providers._tokens import Tokens
 from embedstack.types import EmbedResult
 
 __all__ = [

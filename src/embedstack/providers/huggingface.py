@@ -16,7 +16,7 @@ import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, NamedTuple, Protocol
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -33,6 +33,7 @@ from embedstack.providers._hf_source import (
     stamp_identity,
 )
 from embedstack.providers._instructions import instructions_for
+from embedstack.providers._tokens import Tokens
 from embedstack.types import EmbedResult, Role
 
 __all__ = [
@@ -67,15 +68,6 @@ _RELOAD = _RELOCATE | {
     "trust_remote_code",
 }
 _TEXT_PROMPT_NAMES = ("document", "passage", "corpus", "text")
-
-
-class Tokens(NamedTuple):
-    """One text as a backend's tokenizer made it: ids (special tokens included, truncated), whether it was
-    cut, and token type ids where the tokenizer makes them."""
-
-    ids: npt.NDArray[np.int64]
-    truncated: bool
-    type_ids: npt.NDArray[np.int64] | None = None
 
 
 class TextTokenizer(Protocol):
