@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -42,8 +43,9 @@ def span_recorder() -> Iterator[SimpleSpanHandler]:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def private_hf_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """Every test (and the CLI processes tests start) sees an empty Hugging Face home, never this machine's."""
+def hf_hub_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Every test (and the CLI processes tests start) sees an empty Hugging Face home, never this machine's:
+    HF_HOME, HF_HUB_CACHE and huggingface_hub's constants (read at its import). Yields the hub folder."""
     home = tmp_path_factory.mktemp("hf-home-session")
     hub = home / "hub"
     hub.mkdir()
@@ -57,4 +59,4 @@ def private_hf_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
         else:
             mp.setattr(constants, "HF_HOME", str(home))
             mp.setattr(constants, "HF_HUB_CACHE", str(hub))
-        yield
+        yield hub

