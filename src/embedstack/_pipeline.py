@@ -125,9 +125,8 @@ def as_matrix(raw: Any, n: int) -> Matrix:
         raise BadVectorsError(f"the model returned an array of shape {mat.shape} for {n} items, expected ({n}, dim)")
     if mat.shape[1] == 0:
         raise BadVectorsError(f"the model returned empty vectors for {n} items")
-    finite = np.isfinite(mat).all(axis=1)
-    if not finite.all():
-        rows = np.flatnonzero(~finite).tolist()
+    if not np.isfinite(mat).all():
+        rows = np.flatnonzero(~np.isfinite(mat).all(axis=1)).tolist()
         raise BadVectorsError(
             f"the model returned non-finite values (NaN or infinity, or beyond float32's range) for {len(rows)} of "
             f"{n} items",
@@ -183,6 +182,9 @@ class EmbedJob:
         self._bar = _progress_bar(self.n, show_progress)
         self._counts: npt.NDArray[np.intp] | None = None
         self._repeats: dict[int, list[int]] | None = None  # slot → later positions of a repeated item
+        self._planned = False  # batches() has planned the first round
+        self.redo = False  # cache hits were found wrong after planning: plan another round
+        self._none_cached = True  # no slot was filled from the cache
 
     @property
     def dim(self) -> int | None:
@@ -229,6 +231,7 @@ class EmbedJob:
             )
         if self._cached and self._cached_dim != dim:  # what the cache claimed was wrong: recompute those
             self.have[self._cached] = False
+            self.redo = True
             _warn(
                 f"{len(self._cached)} cache entries in {self.store!r} had {self._cached_dim}-dim vectors but "
                 f"{type(self.model).__name__} returns {dim}-dim ones; they were treated as misses and will be rewritten"
@@ -261,6 +264,7 @@ class EmbedJob:
                     bad += int((~finite).sum())
                     mat, slots = mat[finite], [s for s, ok in zip(slots, finite) if ok]
                 if slots:
+                    self._none_cached = False
                     with self._lock:
                         self._fill(slots, mat)
                     if self.expected_dim is None:
@@ -282,10 +286,20 @@ class EmbedJob:
 
     # -- batches -----------------------------------------------------------------------------
     def batches(self) -> list[Planned]:
-        """The missing items, in the model's preferred order, in batches of embed_batch_size."""
-        if self.have.all():
+        """The missing items, in the model's preferred order, in batches of embed_batch_size.
+
+        Called once per round: the first plans every miss; a later round exists only when cache hits
+        turned out to have the wrong length (`redo`).
+        """
+        if self._planned and not self.redo:
             return []
-        misses = np.flatnonzero(~self.have).tolist() if self.have.any() else list(range(len(self.have)))
+        self._planned, self.redo = True, False
+        if self._none_cached:
+            misses = list(range(len(self.have)))
+        else:
+            misses = np.flatnonzero(~self.have).tolist()
+            if not misses:
+                return []
         order = self.model._batch_order([self.uniques[s] for s in misses])
         if order is not None:
             misses = [misses[i] for i in order]

@@ -208,7 +208,7 @@ class BaseEmbedding(TransformComponent):
 
     def _declared_dim(self) -> int | None:
         """The vector length this model promises without running (a `dimensions` or `embed_dim` field)."""
-        fields = type(self).model_fields
+        fields = type(self).__pydantic_fields__
         for name in ("dimensions", "embed_dim"):
             value = getattr(self, name) if name in fields else None
             if isinstance(value, int) and not isinstance(value, bool) and value > 0:
@@ -220,7 +220,9 @@ class BaseEmbedding(TransformComponent):
         learned = self._memo.get("dim")
         if learned is not None:
             return learned, "returned by its earlier calls"
-        declared = self._declared_dim()
+        if "declared_dim" not in self._memo:
+            self._memo["declared_dim"] = self._declared_dim()
+        declared = self._memo["declared_dim"]
         return declared, ("declared by the model" if declared is not None else "")
 
     def _learn_dim(self, dim: int) -> None:
