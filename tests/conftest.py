@@ -60,3 +60,14 @@ def hf_hub_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
             mp.setattr(constants, "HF_HOME", str(home))
             mp.setattr(constants, "HF_HUB_CACHE", str(hub))
         yield hub
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_cache_dirs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """embedstack's own caches (ONNX graphs, the CLI's vector cache) in a session folder, never the user's:
+    a run never depends on what an earlier run left, and two runs at once never share files."""
+    root = tmp_path_factory.mktemp("cache-home")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("EMBEDSTACK_CACHE_DIR", str(root / "embedstack"))
+        mp.setenv("XDG_CACHE_HOME", str(root))
+        yield root

@@ -141,8 +141,10 @@ def test_ruff(args: tuple[str, ...]) -> None:
     assert proc.returncode == 0, _report(proc)
 
 
-def test_mypy() -> None:
-    """mypy --strict over src/embedstack (the files and options are in pyproject.toml)."""
-    cache = ROOT / ".mypy_cache"  # gitignored; a warm cache takes the check from ~a minute to seconds
-    proc = _run("-m", "mypy", "--cache-dir", str(cache))
+def test_mypy(tmp_path: Path) -> None:
+    """mypy --strict over src/embedstack (the files and options are in pyproject.toml).
+
+    Its cache is this test's own: a cache shared between runs can be half-written by a concurrent one.
+    """
+    proc = _run("-m", "mypy", "--cache-dir", str(tmp_path / "mypy-cache"))
     assert proc.returncode == 0, _report(proc)
