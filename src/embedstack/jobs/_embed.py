@@ -93,9 +93,10 @@ def _identity_diff(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
     return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
 
 
-#: Identity fields that change only the arithmetic, not the model: "local" runs OpenVINO bf16 on a CPU
-#: with native bf16 and ONNX Runtime fp32 elsewhere (cosine >= 0.9999 apart), and an int8 corpus is
-#: searchable with fp32 queries, so an output may be searched or extended at another precision.
+#: Identity fields that change only the arithmetic, not the model: outputs made with "local" on another
+#: backend or precision (torch, ONNX Runtime fp32, OpenVINO bf16 when asked for: cosine >= 0.9999 apart),
+#: and an int8 corpus is searchable with fp32 queries, so an output may be searched or extended at another
+#: precision.
 NUMERIC_FIELDS = frozenset({"precision", "int8_runtime", "bf16_runtime"})
 
 
