@@ -103,8 +103,11 @@ def as_matrix(raw: Any, n: int) -> Matrix:
     if isinstance(raw, np.ndarray):
         if raw.dtype.kind not in "fiu":
             raise BadVectorsError(f"the model returned an array of dtype {raw.dtype}, expected numbers")
-        with np.errstate(over="ignore"):
-            mat = raw.astype(np.float32, copy=False)
+        if raw.dtype == np.float32:
+            mat = raw
+        else:
+            with np.errstate(over="ignore"):
+                mat = raw.astype(np.float32)
     else:
         bad_type = _non_numeric(raw)
         if bad_type:

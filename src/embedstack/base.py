@@ -217,12 +217,13 @@ class BaseEmbedding(TransformComponent):
 
     def _known_dim(self) -> tuple[int | None, str]:
         """The vector length every result must have, and where it comes from (for error messages)."""
-        learned = self._memo.get("dim")
+        memo = self._memo
+        learned = memo.get("dim")
         if learned is not None:
             return learned, "returned by its earlier calls"
-        if "declared_dim" not in self._memo:
-            self._memo["declared_dim"] = self._declared_dim()
-        declared = self._memo["declared_dim"]
+        if "declared_dim" not in memo:
+            memo["declared_dim"] = self._declared_dim()
+        declared = memo["declared_dim"]
         return declared, ("declared by the model" if declared is not None else "")
 
     def _learn_dim(self, dim: int) -> None:
