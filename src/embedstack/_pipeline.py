@@ -170,7 +170,9 @@ class EmbedJob:
         seen: dict[Any, int] = {}
         self.slot_of = [seen.setdefault(ident, len(seen)) for ident in idents]
         self.dups = len(seen) != self.n
-        self.uniques = [items[i] for i in _first_positions(self.slot_of, len(seen))] if self.dups else list(items)
+        #: Input position of each slot's first occurrence (computed once; identity when nothing repeats).
+        self._first = _first_positions(self.slot_of, len(seen)) if self.dups else []
+        self.uniques = [items[i] for i in self._first] if self.dups else list(items)
         if key_of:
             self.keys = list(seen)
         self.have = np.zeros(len(seen), dtype=bool)
@@ -198,8 +200,7 @@ class EmbedJob:
         """The input position (first occurrence) of each slot."""
         if not self.dups:
             return list(slots)
-        first = _first_positions(self.slot_of, len(self.have))
-        return [first[s] for s in slots]
+        return [self._first[s] for s in slots]
 
     def _names(self, slots: Sequence[int]) -> str:
         shown = ", ".join(f"{self.label}[{p}]" for p in self.positions(slots[:5]))
@@ -317,9 +318,8 @@ class EmbedJob:
             return Batch(items, self.role, self.label, list(slots))
         if self._repeats is None:
             self._repeats = {}
-            first = _first_positions(self.slot_of, len(self.have))
             for pos, slot in enumerate(self.slot_of):
-                if pos != first[slot]:
+                if pos != self._first[slot]:
                     self._repeats.setdefault(slot, []).append(pos)
         repeats = {i: self._repeats[s] for i, s in enumerate(slots) if s in self._repeats}
         return Batch(items, self.role, self.label, self.positions(slots), repeats)

@@ -214,6 +214,8 @@ class SQLiteKVStore(BaseKVStore):
         """
         try:
             return dict(self._select(head, keys, collection)), set()
+        except sqlite3.OperationalError:
+            raise  # busy, locked, I/O: not a damaged page, so key-by-key reads would only wait again
         except sqlite3.DatabaseError as e:
             first_error = e
         found: dict[str, Any] = {}
@@ -222,6 +224,8 @@ class SQLiteKVStore(BaseKVStore):
         for key in keys:
             try:
                 row = conn.execute(f"{head} WHERE collection = ? AND key = ?", (collection, key)).fetchone()
+            except sqlite3.OperationalError:
+                raise
             except sqlite3.DatabaseError:
                 unreadable.add(key)
                 continue
