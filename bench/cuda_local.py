@@ -306,7 +306,7 @@ def section_env(run: Run, sec: dict[str, Any]) -> None:
     import sentence_transformers  # imported here so that no backend's load time includes it
 
     import embedstack
-    from embedstack.providers import _onnx
+    from embedstack.providers.huggingface import onnx_encoder as _onnx
 
     info["sentence_transformers_path"] = str(Path(sentence_transformers.__file__).parent)
     info["embedstack"] = getattr(embedstack, "__version__", "?")
@@ -701,8 +701,8 @@ def section_clip(run: Run, sec: dict[str, Any]) -> None:
 
 # -- g. ONNX on CPU -----------------------------------------------------------------------------------------
 def section_onnx(run: Run, sec: dict[str, Any]) -> None:
-    from embedstack.providers import _onnx
     from embedstack.providers.huggingface import HuggingFaceEmbedding
+    from embedstack.providers.huggingface import onnx_encoder as _onnx
 
     rep, args, torch = run.rep, run.args, run.torch
     threads = args.cpu_threads

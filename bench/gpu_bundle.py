@@ -40,7 +40,7 @@ def main() -> None:
     import torch
     from safetensors.torch import load_file, save_file
 
-    from embedstack.providers._hf_source import DEFAULT_MODEL, locate_model
+    from embedstack.providers.hub import DEFAULT_MODEL, locate_model
 
     src = locate_model(DEFAULT_MODEL).path
     shutil.copytree(src, out / "model", ignore=shutil.ignore_patterns("*.safetensors"))

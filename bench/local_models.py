@@ -117,7 +117,7 @@ def main() -> None:
 
     import torch
 
-    from embedstack.providers._hf_source import locate_model
+    from embedstack.providers.hub import locate_model
 
     queries, texts = load(args.data, args.n)
     model_dir = locate_model("sentence-transformers/all-MiniLM-L6-v2").path

@@ -63,7 +63,7 @@ def load(path: Path, n: int) -> dict[str, list[str]]:
 
 
 def model_dir() -> Path:
-    from embedstack.providers._hf_source import DEFAULT_MODEL, locate_model
+    from embedstack.providers.hub import DEFAULT_MODEL, locate_model
 
     return locate_model(DEFAULT_MODEL).path
 
@@ -84,8 +84,8 @@ def make_backend(name: str, threads: int, batch_size: int | None) -> Any:
         st = SentenceTransformer(str(model_dir()), device="cpu", local_files_only=True)
         bs = batch_size or 32
         return (lambda items, role: st.encode(items, batch_size=bs)), (lambda text: st.encode(text))
-    from embedstack.providers import _onnx
     from embedstack.providers.huggingface import HuggingFaceEmbedding
+    from embedstack.providers.huggingface import onnx_encoder as _onnx
 
     _onnx.physical_cores = lambda: threads  # the provider passes threads=None → physical cores
     kwargs: dict[str, Any] = {"device": "cpu"} if name == "torch" else {}
@@ -178,7 +178,7 @@ class Worker:
 
 def prepare(args: argparse.Namespace) -> None:
     """Build the fp32 and int8 graphs into the cache (timed), so workers only load them."""
-    from embedstack.providers._onnx import OnnxEncoder
+    from embedstack.providers.huggingface.onnx_encoder import OnnxEncoder
 
     times = {}
     builds = (("onnxruntime", "fp32"), ("onnxruntime", "int8"), ("openvino", "fp32"), ("openvino", "int8"))
@@ -245,7 +245,7 @@ def _command(mode: str, name: str, args: argparse.Namespace, out: Path) -> list[
 
 
 def main(args: argparse.Namespace) -> None:
-    from embedstack.providers._onnx import physical_cores
+    from embedstack.providers.huggingface.onnx_encoder import physical_cores
 
     args.threads = args.threads or physical_cores()
     env = dict(os.environ)
@@ -300,7 +300,7 @@ def _native_bf16() -> bool:
         import openvino as ov
     except ImportError:
         return False
-    from embedstack.providers._onnx import native_bf16
+    from embedstack.providers.huggingface.onnx_encoder import native_bf16
 
     return native_bf16(ov)
 

@@ -23,7 +23,7 @@ _LAZY = {
     "OpenAILikeEmbedding": "embedstack.providers.openai",
     "ClipEmbedding": "embedstack.providers.clip",
     "LangchainEmbedding": "embedstack.providers.langchain",
-    "EmbeddingAPIError": "embedstack.providers._retry",
+    "EmbeddingAPIError": "embedstack.providers.openai.retry",
 }
 
 __all__ = [

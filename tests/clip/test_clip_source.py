@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 
 from embedstack import resolve_embed_model
-from embedstack.providers._hf_source import ModelNotFoundError
 from embedstack.providers.clip import (
     DEFAULT_CLIP_MODEL,
     OPENAI_CLIP_MODELS,
@@ -19,6 +18,7 @@ from embedstack.providers.clip import (
     from_spec,
     hf_clip_name,
 )
+from embedstack.providers.hub import ModelNotFoundError
 from embedstack.types import Role
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
@@ -87,7 +87,7 @@ def test_resolve_embed_model_clip_with_a_path(tiny_clip_path: Path, image_dir: P
 
 
 def test_offline_and_absent_fails_fast_naming_model_and_fix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from embedstack.providers import _hf_source
+    from embedstack.providers import hub as _hf_source
 
     def network(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError("offline mode must not touch the network")

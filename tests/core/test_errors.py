@@ -85,7 +85,7 @@ def test_every_error_keeps_its_former_builtin(qualname: str) -> None:
 def test_public_import_paths_still_work() -> None:
     from embedstack.jobs._readers import InputError
     from embedstack.providers._image_decode import ImageDecodeError
-    from embedstack.providers._retry import EmbeddingAPIError
+    from embedstack.providers.openai.retry import EmbeddingAPIError
 
     assert embedstack.EmbeddingAPIError is EmbeddingAPIError
     for cls in (InputError, ImageDecodeError, EmbeddingAPIError, InvalidInputError, BadVectorsError):
@@ -102,7 +102,7 @@ def test_except_builtin_still_catches() -> None:
 
 
 def test_embedding_api_error_pickles() -> None:
-    from embedstack.providers._retry import EmbeddingAPIError, Failure
+    from embedstack.providers.openai.retry import EmbeddingAPIError, Failure
 
     failure = Failure("status", "service unavailable", True, status=503)
     err = EmbeddingAPIError("openai", failure, attempts=3, items=["a", "b"], endpoint="https://x/v1")

@@ -14,10 +14,10 @@ import pytest
 from pydantic import ValidationError
 
 from embedstack import Pooling
-from embedstack.providers import _hf_source
-from embedstack.providers._hf_source import ModelNotFoundError, locate_model
-from embedstack.providers._instructions import instructions_for
+from embedstack.providers import hub as _hf_source
+from embedstack.providers.hub import ModelNotFoundError, locate_model
 from embedstack.providers.huggingface import HuggingFaceEmbedding
+from embedstack.providers.huggingface.instructions import instructions_for
 from embedstack.types import Role
 
 TEXTS = [
@@ -364,7 +364,7 @@ def test_hub_snapshot_commit_is_in_the_cache_key(tiny: Any, hf_hub_cache: Path, 
 
 def test_sessions_hf_cache_is_private(hf_hub_cache: Path) -> None:
     """The machine's own Hugging Face cache is never looked in (tests would depend on what it holds)."""
-    from embedstack.providers._hf_source import _cache_location
+    from embedstack.providers.hub import _cache_location
 
     assert _cache_location(None) == str(hf_hub_cache)
     assert HuggingFaceEmbedding().source.origin == "bundled"  # not a copy in the machine's cache
@@ -399,7 +399,7 @@ def test_local_spec_runs_a_model_with_a_dense_module_on_torch(tiny: Any, st_dens
     assert got.shape == (len(TEXTS), 8)
     np.testing.assert_allclose(got, reference, atol=1e-5)
     assert isinstance(model, HuggingFaceEmbedding) and model.backend == "torch"
-    from embedstack.providers._onnx import onnx_problem
+    from embedstack.providers.huggingface.onnx_encoder import onnx_problem
 
     assert "Dense" in str(onnx_problem(st_dense)) and onnx_problem(tiny.st_mean) is None
 
@@ -489,7 +489,7 @@ def test_model_without_a_transformer_module_is_ordered_by_characters(tiny: Any, 
     read: its texts are ordered by length in characters, and loading it is left to sentence-transformers."""
     import shutil
 
-    from embedstack.providers._torch_encoder import TorchTokenizer
+    from embedstack.providers.huggingface.torch_encoder import TorchTokenizer
 
     odd = tmp_path / "odd"
     shutil.copytree(tiny.st_mean, odd)

@@ -12,7 +12,7 @@ import pytest
 
 from embedstack import resolve_embed_model
 from embedstack.kvstore import SimpleKVStore
-from embedstack.providers._hf_source import BUNDLED_SHA256
+from embedstack.providers.hub import BUNDLED_SHA256
 from embedstack.providers.huggingface import DEFAULT_MODEL, HuggingFaceEmbedding
 from embedstack.types import Role
 

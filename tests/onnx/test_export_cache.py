@@ -12,9 +12,9 @@ import pytest
 
 import onnx
 from embedstack.pooling import Pooling
-from embedstack.providers import _onnx_export
-from embedstack.providers._onnx import OnnxEncoder, physical_cores
-from embedstack.providers._onnx_export import cache_key, model_fingerprint
+from embedstack.providers.huggingface import onnx_export as _onnx_export
+from embedstack.providers.huggingface.onnx_encoder import OnnxEncoder, physical_cores
+from embedstack.providers.huggingface.onnx_export import cache_key, model_fingerprint
 
 
 def _cos(a: Any, b: Any) -> np.ndarray:

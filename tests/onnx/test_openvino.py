@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 import onnx
-from embedstack.providers import _onnx, _onnx_export
-from embedstack.providers._onnx import OnnxEncoder
+from embedstack.providers.huggingface import onnx_encoder as _onnx
+from embedstack.providers.huggingface import onnx_export as _onnx_export
+from embedstack.providers.huggingface.onnx_encoder import OnnxEncoder
 
 
 def _cos(a: Any, b: Any) -> np.ndarray:
@@ -204,11 +205,11 @@ def test_openvino_models_are_released_before_interpreter_teardown(
         "state = {}\n"
         "def check():\n"  # registered first, so it runs after embedstack's hook
         "    s = state['enc'].session\n"
-        "    from embedstack.providers import _onnx\n"
+        "    from embedstack.providers.huggingface import onnx_encoder as _onnx\n"
         "    print('released', s.request is None and s.compiled is None and _onnx._core is None, flush=True)\n"
         "atexit.register(check)\n"
         "from pathlib import Path\n"
-        "from embedstack.providers._onnx import OnnxEncoder\n"
+        "from embedstack.providers.huggingface.onnx_encoder import OnnxEncoder\n"
         f"state['enc'] = OnnxEncoder(Path({str(tiny_bert)!r}), cache_dir=Path({str(shared_cache)!r}), "
         "runtime='openvino')\n"
         "print(state['enc'].encode(['a cat', 'the dog']).vectors.shape, flush=True)\n"

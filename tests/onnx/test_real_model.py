@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from embedstack.providers._onnx import OnnxEncoder
+from embedstack.providers.huggingface.onnx_encoder import OnnxEncoder
 
 REAL = [
     "A man is eating food.",
@@ -86,7 +86,7 @@ def test_local_default_is_onnx_fp32_even_where_openvino_bf16_could_run(
     """resolve_embed_model("local"): ONNX Runtime fp32 (meets the fp32 bar), also on a CPU with native bf16,
     where OpenVINO bf16 would be faster but crashed a process in ~250 (issue 13; opt-in until shown fixed)."""
     from embedstack import resolve_embed_model
-    from embedstack.providers import _onnx
+    from embedstack.providers.huggingface import onnx_encoder as _onnx
 
     model = resolve_embed_model("local")
     assert (model.backend, model.precision) == ("onnx", "fp32")  # type: ignore[attr-defined]

@@ -20,8 +20,8 @@ from pydantic import SecretStr
 from embedstack import AzureOpenAIEmbedding, OpenAIEmbedding, OpenAILikeEmbedding
 from embedstack.callbacks.base_handler import BaseCallbackHandler
 from embedstack.callbacks.manager import CallbackManager
-from embedstack.providers._retry import scrub
 from embedstack.providers.openai import EmbeddingAPIError
+from embedstack.providers.openai.retry import scrub
 
 
 class _Recorder(BaseCallbackHandler):

@@ -11,9 +11,8 @@ import pytest
 from openai_fake_server import FakeOpenAIServer, Faults
 from openai_testutil import embed
 
-from embedstack.providers import _openai_shaping as shaping
-from embedstack.providers._openai_shaping import EstimateCounter, UnitPlan, combine, pack, plan_units
-from embedstack.providers._retry import (
+from embedstack.providers.openai import OpenAILikeEmbedding, shaping
+from embedstack.providers.openai.retry import (
     Failure,
     RetryPolicy,
     parse_batch_cap,
@@ -21,7 +20,7 @@ from embedstack.providers._retry import (
     server_message,
     status_failure,
 )
-from embedstack.providers.openai import OpenAILikeEmbedding
+from embedstack.providers.openai.shaping import EstimateCounter, UnitPlan, combine, pack, plan_units
 
 
 @pytest.mark.parametrize("status", [413, 422])

@@ -17,8 +17,8 @@ from typing_extensions import Self
 
 from embedstack._optional import require
 from embedstack.base import DEFAULT_EMBED_BATCH_SIZE, BatchEmbedding, MultiModalEmbedding
-from embedstack.providers._hf_source import ModelSource, locate_model, stamp_identity
 from embedstack.providers._image_decode import ImageDecodeError, decode_images
+from embedstack.providers.hub import ModelSource, locate_model, stamp_identity
 from embedstack.types import Batch, EmbedResult, Role
 
 __all__ = [

@@ -22,7 +22,7 @@ import numpy as np
 
 from embedstack._optional import require
 from embedstack.pooling import Pooling
-from embedstack.providers._tokens import Tokens
+from embedstack.providers.huggingface.tokens import Tokens
 from embedstack.types import EmbedResult
 
 __all__ = ["TORCH_PRECISIONS", "TorchEncoder", "TorchTokenizer", "pick_device"]

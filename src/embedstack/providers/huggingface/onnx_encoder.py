@@ -28,14 +28,14 @@ import numpy.typing as npt
 
 from embedstack._optional import require
 from embedstack.pooling import Pooling
-from embedstack.providers._onnx_export import (
+from embedstack.providers.huggingface.onnx_export import (
     ONNX_PRECISIONS,
     Feeds,
     discard,
     pick_output,
     prepare_graph,
 )
-from embedstack.providers._tokens import Tokens
+from embedstack.providers.huggingface.tokens import Tokens
 from embedstack.types import EmbedResult
 
 __all__ = [

@@ -25,15 +25,15 @@ from typing_extensions import Self
 
 from embedstack.base import BatchEmbedding
 from embedstack.pooling import Pooling
-from embedstack.providers._hf_source import (
+from embedstack.providers.hub import (
     DEFAULT_MODEL,
     ModelNotFoundError,
     ModelSource,
     locate_model,
     stamp_identity,
 )
-from embedstack.providers._instructions import instructions_for
-from embedstack.providers._tokens import Tokens
+from embedstack.providers.huggingface.instructions import instructions_for
+from embedstack.providers.huggingface.tokens import Tokens
 from embedstack.types import EmbedResult, Role
 
 __all__ = [
@@ -128,7 +128,7 @@ def _default_runtime(model_name: str, model_dir: Path | None = None) -> tuple[st
     if not have("onnxruntime", "tokenizers", "onnx"):
         return "torch", "fp32"
     if model_dir is not None:
-        from embedstack.providers._onnx import onnx_problem
+        from embedstack.providers.huggingface.onnx_encoder import onnx_problem
 
         problem = onnx_problem(model_dir)
         if problem is not None:
@@ -319,12 +319,12 @@ class HuggingFaceEmbedding(BatchEmbedding):
     def _make_tokenizer(self) -> TextTokenizer | None:
         """The backend's tokenizer for this model's directory (its files only, no weights)."""
         if self.backend == "torch":
-            from embedstack.providers._torch_encoder import TorchTokenizer
+            from embedstack.providers.huggingface.torch_encoder import TorchTokenizer
 
             return TorchTokenizer.for_model(
                 self.source.path, max_length=self.max_length, trust_remote_code=self.trust_remote_code
             )
-        from embedstack.providers._onnx import OnnxTokenizer
+        from embedstack.providers.huggingface.onnx_encoder import OnnxTokenizer
 
         return OnnxTokenizer(self.source.path, max_length=self.max_length)
 
@@ -341,7 +341,7 @@ class HuggingFaceEmbedding(BatchEmbedding):
         path = self.source.path
         tokenizer = self._text_tokenizer()
         if self.backend == "torch":
-            from embedstack.providers._torch_encoder import TorchEncoder, TorchTokenizer
+            from embedstack.providers.huggingface.torch_encoder import TorchEncoder, TorchTokenizer
 
             return TorchEncoder(
                 path,
@@ -352,7 +352,7 @@ class HuggingFaceEmbedding(BatchEmbedding):
                 precision=self.precision,
                 trust_remote_code=self.trust_remote_code,
             )
-        from embedstack.providers._onnx import OnnxEncoder, OnnxTokenizer
+        from embedstack.providers.huggingface.onnx_encoder import OnnxEncoder, OnnxTokenizer
 
         return OnnxEncoder(
             path,

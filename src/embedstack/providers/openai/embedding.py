@@ -1,9 +1,9 @@
 """OpenAIEmbedding, AzureOpenAIEmbedding and OpenAILikeEmbedding: remote models behind /v1/embeddings.
 
 Built on the official `openai` package (extra `openai`) with its own retries turned off: the retry
-policy here (embedstack.providers._retry) retries 408/409/429/5xx, timeouts, dropped connections and
+policy here (embedstack.providers.openai.retry) retries 408/409/429/5xx, timeouts, dropped connections and
 malformed answers with jittered exponential backoff honouring Retry-After and retry-after-ms, and
-never 400/401/403/404/422. Requests are shaped (embedstack.providers._openai_shaping): at most
+never 400/401/403/404/422. Requests are shaped (embedstack.providers.openai.shaping): at most
 2,048 inputs and the per-request token budget, a server's own batch cap learned from its 413/422,
 over-long inputs split into windows (or truncated, or rejected). Vectors are mapped by the
 response's `index`; an answer whose vectors are not all there, finite and of the model's length is
@@ -44,7 +44,16 @@ from pydantic import Field, PrivateAttr, SecretStr, field_serializer, field_vali
 
 from embedstack._optional import require
 from embedstack.base import BaseEmbedding, BatchEmbedding
-from embedstack.providers._openai_shaping import (
+from embedstack.providers.openai.retry import (
+    EmbeddingAPIError,
+    Failure,
+    RetryPolicy,
+    is_sensitive_name,
+    protect_logs,
+    scrub,
+    status_failure,
+)
+from embedstack.providers.openai.shaping import (
     MAX_INPUTS_PER_REQUEST,
     OPENAI_MAX_INPUT_TOKENS,
     OPENAI_MAX_REQUEST_TOKENS,
@@ -57,15 +66,6 @@ from embedstack.providers._openai_shaping import (
     plan_units,
     refine_costs,
     utf8_len,
-)
-from embedstack.providers._retry import (
-    EmbeddingAPIError,
-    Failure,
-    RetryPolicy,
-    is_sensitive_name,
-    protect_logs,
-    scrub,
-    status_failure,
 )
 from embedstack.types import Batch, EmbedResult, PartialResult, Role
 
