@@ -17,6 +17,7 @@ from typing_extensions import Self
 
 from embedstack._optional import require
 from embedstack.base import DEFAULT_EMBED_BATCH_SIZE, BatchEmbedding, MultiModalEmbedding
+from embedstack.providers._device import pick_device
 from embedstack.providers._image_decode import ImageDecodeError, decode_images
 from embedstack.providers.hub import ModelSource, locate_model, stamp_identity
 from embedstack.types import Batch, EmbedResult, Role
@@ -62,15 +63,6 @@ def hf_clip_name(name: str) -> str:
     return key
 
 
-def _pick_device(torch: Any, device: str | None) -> str:
-    if device:
-        return device
-    if torch.cuda.is_available():
-        return "cuda"
-    mps = getattr(torch.backends, "mps", None)
-    return "mps" if mps is not None and mps.is_available() else "cpu"
-
-
 def _features(out: Any) -> Any:
     """get_*_features' result as a tensor (transformers 5 wraps it in an output's pooler_output)."""
     return out if hasattr(out, "shape") else out.pooler_output
@@ -84,7 +76,7 @@ class _Loaded:
         transformers = require("transformers", extra="clip")
         require("PIL.Image", extra="clip", package="pillow")
         self.torch = torch
-        self.device = _pick_device(torch, device)
+        self.device = pick_device(device, extra="clip")
         path = str(source.path)
         self.model = transformers.CLIPModel.from_pretrained(path, local_files_only=True).to(self.device).eval()
         processor = transformers.CLIPProcessor.from_pretrained(path, local_files_only=True)

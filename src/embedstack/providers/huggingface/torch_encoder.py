@@ -22,6 +22,7 @@ import numpy as np
 
 from embedstack._optional import require
 from embedstack.pooling import Pooling
+from embedstack.providers._device import pick_device
 from embedstack.providers.huggingface.tokens import Tokens
 from embedstack.types import EmbedResult
 
@@ -31,19 +32,6 @@ logger = logging.getLogger("embedstack")
 
 #: precision name → torch dtype name
 TORCH_PRECISIONS = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
-
-
-def pick_device(device: str | None) -> str:
-    """`device` if given, else cuda, then mps, then cpu: whichever this machine has."""
-    if device:
-        return device
-    torch = require("torch", extra="local")
-    if torch.cuda.is_available():
-        return "cuda"
-    mps = getattr(torch.backends, "mps", None)
-    if mps is not None and mps.is_available():
-        return "mps"
-    return "cpu"
 
 
 @contextmanager
