@@ -304,25 +304,38 @@ class EmbedJob:
             misses = np.flatnonzero(~self.have).tolist()
             if not misses:
                 return []
-        order = self.model._batch_order([self.uniques[s] for s in misses])
-        if order is not None:
+        plan = self.model._plan([self.uniques[s] for s in misses], self.role)
+        prepared = plan.prepared
+        if prepared is not None and len(prepared) != len(misses):
+            raise ValueError(
+                f"{type(self.model).__name__}._plan returned {len(prepared)} prepared values for {len(misses)} items"
+            )
+        if plan.order is not None:
+            order = plan.order
+            if sorted(order) != list(range(len(misses))):
+                raise ValueError(f"{type(self.model).__name__}._plan returned an order that is not a permutation")
             misses = [misses[i] for i in order]
+            if prepared is not None:
+                prepared = [prepared[i] for i in order]
         size = self.model.embed_batch_size
         return [
-            Planned(chunk, self._batch(chunk)) for chunk in (misses[i : i + size] for i in range(0, len(misses), size))
+            Planned(
+                misses[i : i + size], self._batch(misses[i : i + size], prepared[i : i + size] if prepared else None)
+            )
+            for i in range(0, len(misses), size)
         ]
 
-    def _batch(self, slots: list[int]) -> Batch:
+    def _batch(self, slots: list[int], prepared: list[Any] | None = None) -> Batch:
         items = [self.uniques[s] for s in slots]
         if not self.dups:
-            return Batch(items, self.role, self.label, list(slots))
+            return Batch(items, self.role, self.label, list(slots), prepared=prepared)
         if self._repeats is None:
             self._repeats = {}
             for pos, slot in enumerate(self.slot_of):
                 if pos != self._first[slot]:
                     self._repeats.setdefault(slot, []).append(pos)
         repeats = {i: self._repeats[s] for i, s in enumerate(slots) if s in self._repeats}
-        return Batch(items, self.role, self.label, self.positions(slots), repeats)
+        return Batch(items, self.role, self.label, self.positions(slots), repeats, prepared)
 
     @contextmanager
     def observe(self, batch: Planned) -> Iterator[Callable[[Any], Write | None]]:

@@ -6,7 +6,7 @@ import asyncio
 import copy
 import threading
 from abc import abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -23,7 +23,7 @@ from embedstack.kvstore.base import BaseKVStore
 from embedstack.schema import BaseNode, MetadataMode, TransformComponent
 from embedstack.similarity import SimilarityMode, mean_agg
 from embedstack.similarity import similarity as _similarity
-from embedstack.types import Batch, Embedding, ImageType, Role, Vectors
+from embedstack.types import Batch, Embedding, ImageType, Plan, Role, Vectors
 
 __all__ = ["DEFAULT_EMBED_BATCH_SIZE", "BaseEmbedding", "BatchEmbedding", "MultiModalEmbedding"]
 
@@ -78,15 +78,50 @@ class BaseEmbedding(TransformComponent):
             )
         return v
 
+    # -- derived state: one hook ------------------------------------------------------------------
+    #: Private attributes rebuilt from the fields (loaded weights, clients, located files): never pickled;
+    #: unpickling and deep copies re-create them from their defaults, then `_refresh` rebuilds them.
+    _derived: ClassVar[frozenset[str]] = frozenset()
+
+    def _refresh(self, changed: frozenset[str], fresh: bool) -> None:
+        """Rebuild derived state after the fields in `changed` changed; `fresh`: none exists yet
+        (construction, unpickling, deep copy). Raising undoes an assignment. Nothing by default."""
+
+    def model_post_init(self, context: Any, /) -> None:
+        """Build the derived state of a new model (`_refresh` with every field)."""
+        super().model_post_init(context)
+        self._refresh(frozenset(type(self).model_fields), True)
+
     def __setattr__(self, name: str, value: Any) -> None:
+        if name not in type(self).model_fields:
+            super().__setattr__(name, value)
+            return
+        missing = object()
+        old, was_set = self.__dict__.get(name, missing), name in self.__pydantic_fields_set__
         super().__setattr__(name, value)
-        if name in type(self).model_fields:
+        self._memo.clear()
+        try:
+            self._refresh(frozenset((name,)), False)
+        except BaseException:
+            if old is not missing:  # a value the model cannot use changes nothing
+                self.__dict__[name] = old
+            if not was_set:
+                self.__pydantic_fields_set__.discard(name)
             self._memo.clear()
+            raise
 
     def __copy__(self) -> Self:
         new = super().__copy__()
         new._memo = {}  # model_copy(update=...) may change identity fields: never share memoised keys
         return new
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
+        """A copy; a shallow one shares derived state (loaded weights) until `_refresh` rebuilds what changed."""
+        copy_ = super().model_copy(update=update, deep=deep)
+        copy_._memo = {}
+        if update:
+            copy_._refresh(frozenset(update) & frozenset(type(self).model_fields), False)
+        return copy_
 
     def __deepcopy__(self, memo: dict[int, Any] | None = None) -> Self:
         new = type(self).__new__(type(self))
@@ -94,10 +129,11 @@ class BaseEmbedding(TransformComponent):
         return new
 
     def __getstate__(self) -> dict[Any, Any]:
-        """Pickle without memoised closures and locks; __setstate__ recreates them from defaults."""
+        """Pickle the fields without memo, locks or derived state; __setstate__ rebuilds them."""
         state = super().__getstate__()
         private = state.get("__pydantic_private__") or {}
-        keep = {k: v for k, v in private.items() if k != "_memo" and not isinstance(v, _UNPICKLABLE)}
+        drop = self._derived
+        keep = {k: v for k, v in private.items() if k != "_memo" and k not in drop and not isinstance(v, _UNPICKLABLE)}
         return {**state, "__pydantic_private__": keep}
 
     def __setstate__(self, state: dict[Any, Any]) -> None:
@@ -108,6 +144,7 @@ class BaseEmbedding(TransformComponent):
                 factory = attr.default_factory
                 private[name] = factory() if factory is not None else attr.default  # type: ignore[call-arg]
         object.__setattr__(self, "__pydantic_private__", private)
+        self._refresh(frozenset(type(self).model_fields), True)
 
     def __repr__(self) -> str:
         fields = ", ".join(f"{k}={v!r}" for k, v in self._descriptor().items() if k != "class_name")
@@ -194,6 +231,10 @@ class BaseEmbedding(TransformComponent):
     def _batch_order(self, items: list[Any]) -> list[int] | None:
         """The order to embed `items` in (e.g. by length); None keeps input order."""
         return None
+
+    def _plan(self, items: list[Any], role: Role) -> Plan:
+        """The order of one round's missing items and per-item work done for them (`Plan`); `_batch_order`."""
+        return Plan(order=self._batch_order(items))
 
     def _sync_workers(self) -> int:
         if self.parallel_sync_batches and self.num_workers and self.num_workers > 1:

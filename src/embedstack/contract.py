@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
-from embedstack.types import Batch, Role
+from embedstack.types import Batch, Plan, Role
 
 __all__ = ["PipelineModel", "ProviderDeclarations"]
 
@@ -40,8 +40,9 @@ class PipelineModel(Protocol):
     def _learn_dim(self, dim: int) -> None:
         """Remember the vector length the model returned."""
 
-    def _batch_order(self, items: list[Any]) -> list[int] | None:
-        """The order to embed `items` in; None keeps input order."""
+    def _plan(self, items: list[Any], role: Role) -> Plan:
+        """The order to embed one round's missing `items` in, and any per-item work already done
+        (`Plan.prepared`, handed to each batch as `Batch.prepared`)."""
 
     def _sync_workers(self) -> int:
         """Batches of one sync call that may run at once."""
@@ -65,12 +66,16 @@ class ProviderDeclarations(Protocol):
     Identity (what the cache key holds): `_identity()` (class path + every output-changing field;
     fields in `_identity_exclude` are left out). Instructions: `_instruction(role)`. Vector length:
     `_declared_dim()` (a `dimensions` or `embed_dim` field by default). Batch order:
-    `_batch_order(items)`. Concurrency: `max_concurrency`, `parallel_sync_batches`. Input checks:
+    `_batch_order(items)`, or `_plan(items, role)` to also hand each batch per-item work done while
+    ordering (`Batch.prepared`, e.g. tokens). Derived state (loaded weights, clients, located files):
+    `_derived` names the private attributes rebuilt from the fields, `_refresh(changed, fresh)` rebuilds them.
+    Concurrency: `max_concurrency`, `parallel_sync_batches`. Input checks:
     `_check_items`. Work: `_embed_batch(items, role)` (BatchEmbedding) or the LlamaIndex hooks, or
     `_embed(batch)` when positions are needed.
     """
 
     _identity_exclude: ClassVar[frozenset[str]]
+    _derived: ClassVar[frozenset[str]]
     max_concurrency: ClassVar[int | None]
     parallel_sync_batches: ClassVar[bool]
 
@@ -82,3 +87,9 @@ class ProviderDeclarations(Protocol):
 
     def _declared_dim(self) -> int | None:
         """The vector length promised without running."""
+
+    def _batch_order(self, items: list[Any]) -> list[int] | None:
+        """The order to embed `items` in (e.g. longest first); None keeps input order."""
+
+    def _refresh(self, changed: frozenset[str], fresh: bool) -> None:
+        """Rebuild derived state after the fields in `changed` changed (fresh: none exists yet)."""

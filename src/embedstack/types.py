@@ -11,7 +11,7 @@ from typing import Any, NamedTuple, Union
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["Batch", "EmbedResult", "Embedding", "ImageType", "PartialResult", "Role", "Vectors"]
+__all__ = ["Batch", "EmbedResult", "Embedding", "ImageType", "PartialResult", "Plan", "Role", "Vectors"]
 
 #: One embedding as LlamaIndex returns it.
 Embedding = list[float]
@@ -51,6 +51,19 @@ class PartialResult(NamedTuple):
 
 
 @dataclass(frozen=True)
+class Plan:
+    """A model's plan for one call's missing items: the order to embed them in, and per-item work done already.
+
+    `prepared[i]` belongs to `items[i]` (e.g. its tokens, made while ordering by token count); the
+    pipeline hands each batch the prepared values of its own items (`Batch.prepared`), so a provider
+    never recomputes them and needs no side channel.
+    """
+
+    order: list[int] | None = None
+    prepared: list[Any] | None = None
+
+
+@dataclass(frozen=True)
 class Batch:
     """One hook call's work: unique items of one role, and where each stands in the caller's input.
 
@@ -64,6 +77,8 @@ class Batch:
     positions: list[int]
     #: Later positions of items the caller passed more than once (batch index → positions).
     repeats: dict[int, list[int]] = field(default_factory=dict)
+    #: The model's prepared value for each item (`Plan.prepared`), or None.
+    prepared: list[Any] | None = None
 
     def name(self, i: int) -> str:
         """How the caller knows batch item `i`: e.g. `texts[12]`."""
