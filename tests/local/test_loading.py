@@ -498,3 +498,37 @@ def test_model_without_a_transformer_module_is_ordered_by_characters(tiny: Any, 
     model = HuggingFaceEmbedding(str(odd))
     assert model._batch_order(["ab", "a", "abcd"]) == [2, 0, 1]
     assert model._encoder is None
+
+
+#: What the provider reads of a backend: the members of the `Encoder` Protocol.
+ENCODER_MEMBERS = frozenset({"dim", "max_length", "device", "text_tokenizer", "encode"})
+
+
+@pytest.mark.parametrize(("backend", "layout"), [*BACKENDS, pytest.param("openvino", "st_mean", id="openvino")])
+def test_every_backend_satisfies_the_encoder_protocol(
+    tiny: Any, backend: str, layout: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each backend class has every member the provider uses (an isinstance check on the runtime-checkable
+    Protocol fails when one is missing), with values of the declared types."""
+    from typing_extensions import get_protocol_members
+
+    from embedstack.providers.huggingface.encoder import Encoder, TextTokenizer
+    from embedstack.providers.huggingface.onnx_encoder import OnnxEncoder
+    from embedstack.providers.huggingface.torch_encoder import TorchEncoder
+
+    if backend != "torch":
+        pytest.importorskip("onnxruntime" if backend == "onnx" else "openvino")
+    monkeypatch.setenv("EMBEDSTACK_CACHE_DIR", str(tmp_path))
+    assert get_protocol_members(Encoder) == ENCODER_MEMBERS
+    model = HuggingFaceEmbedding(str(getattr(tiny, layout)), backend=backend)
+    encoder = model._loaded()
+    assert type(encoder) is (TorchEncoder if backend == "torch" else OnnxEncoder)
+    assert isinstance(encoder, Encoder)
+    assert isinstance(encoder.dim, int) and isinstance(encoder.max_length, int) and isinstance(encoder.device, str)
+    assert isinstance(encoder.text_tokenizer, TextTokenizer)
+    assert encoder.text_tokenizer is model._text_tokenizer()  # the tokens the provider makes fit this encoder
+    if backend != "torch":
+        assert encoder.device == "cpu"
+    for lost in ENCODER_MEMBERS:  # the check sees any member a backend would lose
+        kept = {k: getattr(encoder, k) for k in ENCODER_MEMBERS - {lost}}
+        assert not isinstance(type("Stripped", (), kept)(), Encoder), lost

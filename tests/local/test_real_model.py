@@ -41,6 +41,7 @@ class CountingEncoder:
         self.dim = inner.dim
         self.max_length = inner.max_length
         self.text_tokenizer = inner.text_tokenizer
+        self.device = inner.device
         self.texts: list[str] = []
 
     def encode(self, texts: list[str], tokens: Any = None) -> Any:

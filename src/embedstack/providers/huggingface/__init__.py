@@ -1,6 +1,7 @@
 """Local Hugging Face models: `HuggingFaceEmbedding` and the backends it runs on.
 
-Modules: `embedding` (the model class and its defaults), `torch_encoder` (sentence-transformers /
+Modules: `embedding` (the model class and its defaults), `encoder` (the `Encoder` / `TextTokenizer`
+interface every backend implements), `torch_encoder` (sentence-transformers /
 transformers on torch), `onnx_encoder` (ONNX Runtime and OpenVINO), `onnx_export` (building and
 checking the graphs), `instructions` (query/text prefixes per model family), `tokens`.
 """

@@ -16,7 +16,7 @@ import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar
 
 import numpy as np
 import numpy.typing as npt
@@ -32,6 +32,7 @@ from embedstack.providers.hub import (
     locate_model,
     stamp_identity,
 )
+from embedstack.providers.huggingface.encoder import Encoder, TextTokenizer
 from embedstack.providers.huggingface.instructions import instructions_for
 from embedstack.providers.huggingface.tokens import Tokens
 from embedstack.types import EmbedResult, Role
@@ -70,37 +71,13 @@ _RELOAD = _RELOCATE | {
 _TEXT_PROMPT_NAMES = ("document", "passage", "corpus", "text")
 
 
-class TextTokenizer(Protocol):
-    """A backend's tokenizer, usable before (and without) the weights: what orders a call's texts."""
-
-    max_length: int
-
-    def tokenize(self, texts: list[str]) -> list[Tokens]:
-        """Tokens of each text, as the encoder will feed them."""
-        ...
-
-
-class Encoder(Protocol):
-    """What a backend provides: pooled, un-normalised float32 vectors for a list of texts."""
-
-    dim: int
-    max_length: int
-    #: The tokenizer whose tokens `encode` accepts (None: it tokenises itself).
-    text_tokenizer: Any
-
-    def encode(self, texts: list[str], tokens: Sequence[Tokens] | None = None) -> EmbedResult:
-        """Vectors for `texts` (from `tokens`, their text_tokenizer's tokens, when given), with
-        token_count and the number of truncated texts."""
-        ...
-
-
 @dataclass
 class _Call:
     """One pipeline call on one model: the tokens `_batch_order` made, which `_embed_batch` takes."""
 
     model: HuggingFaceEmbedding
     role: Role
-    tokenizer: Any = None
+    tokenizer: TextTokenizer | None = None
     tokens: dict[str, Tokens] = field(default_factory=dict)
 
 
@@ -373,8 +350,7 @@ class HuggingFaceEmbedding(BatchEmbedding):
                         f"dimensions={self.dimensions} exceeds {self.model_name!r}'s {encoder.dim} dimensions"
                     )
                 self._encoder = encoder
-                device = str(getattr(encoder, "device", "cpu"))
-                if device != "cpu" and "embed_batch_size" not in self.model_fields_set:
+                if encoder.device != "cpu" and "embed_batch_size" not in self.model_fields_set:
                     self.embed_batch_size = DEFAULT_ACCELERATOR_BATCH_SIZE
             return self._encoder
 
@@ -453,7 +429,7 @@ class HuggingFaceEmbedding(BatchEmbedding):
         with self._lock:
             encoder = self._loaded()
             tokens: list[Tokens] | None = None
-            if call is not None and call.tokens and call.tokenizer is getattr(encoder, "text_tokenizer", None):
+            if call is not None and call.tokens and call.tokenizer is encoder.text_tokenizer:
                 kept = [t for t in (call.tokens.pop(item, None) for item in items) if t is not None]
                 tokens = kept if len(kept) == len(items) else None
             raw = encoder.encode(texts, tokens)

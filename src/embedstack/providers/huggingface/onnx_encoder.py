@@ -364,10 +364,15 @@ class _OpenVinoSession:
 
 
 class OnnxEncoder:
-    """A model directory run by ONNX Runtime (or OpenVINO): texts → pooled float32 vectors (not normalised)."""
+    """A model directory run by ONNX Runtime (or OpenVINO): texts → pooled float32 vectors (not normalised).
+
+    Implements `embedstack.providers.huggingface.encoder.Encoder`; both runtimes run on the CPU.
+    """
 
     dim: int
     max_length: int
+    device: str
+    text_tokenizer: OnnxTokenizer
 
     def __init__(
         self,
@@ -387,6 +392,7 @@ class OnnxEncoder:
         if runtime not in RUNTIMES:
             raise ValueError(f"unknown runtime {runtime!r}; use one of {list(RUNTIMES)}")
         self.runtime = runtime
+        self.device = "cpu"
         self.ov = require("openvino", extra="openvino") if runtime == "openvino" else None
         if self.ov is None:
             require("onnxruntime", extra="onnx")

@@ -26,7 +26,7 @@ from embedstack.providers._device import pick_device
 from embedstack.providers.huggingface.tokens import Tokens
 from embedstack.types import EmbedResult
 
-__all__ = ["TORCH_PRECISIONS", "TorchEncoder", "TorchTokenizer", "pick_device"]
+__all__ = ["TORCH_PRECISIONS", "TorchEncoder", "TorchTokenizer"]
 
 logger = logging.getLogger("embedstack")
 
@@ -199,12 +199,18 @@ def _check_max_length(model_dir: Path, requested: int | None, limit: int | None)
 
 
 class TorchEncoder:
-    """A model directory loaded with torch: texts → pooled float32 vectors (not normalised)."""
+    """A model directory loaded with torch: texts → pooled float32 vectors (not normalised).
+
+    Implements `embedstack.providers.huggingface.encoder.Encoder`.
+    """
 
     st: Any  # a SentenceTransformer, for directories with modules.json
     model: Any  # a transformers PreTrainedModel, for plain checkpoints
     dim: int
     max_length: int
+    device: str
+    #: The shared tokenizer (None for a model whose first module is no Transformer).
+    text_tokenizer: TorchTokenizer | None
 
     def __init__(
         self,
