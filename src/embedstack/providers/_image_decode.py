@@ -7,15 +7,12 @@ decoding, so a batch never holds full-size pixels and no image loads beyond Pill
 
 from __future__ import annotations
 
-import base64
-import binascii
-import os
 from collections.abc import Sequence
 from io import BytesIO
 from pathlib import Path
 from typing import Any
 
-from embedstack._images import image_label, is_pil_image
+from embedstack._images import image_label, is_pil_image, read_image
 from embedstack._optional import require
 from embedstack.errors import EmbedstackError
 
@@ -41,44 +38,22 @@ class ImageDecodeError(EmbedstackError, ValueError):
         self.index = index
 
 
-def _source(item: Any, where: str, label: str) -> Any:
-    """What Image.open should read: a path, or a BytesIO over the item's bytes."""
-    if isinstance(item, os.PathLike) or (isinstance(item, str) and not item.startswith("data:")):
-        path = Path(item)
-        if not path.is_file():
-            raise FileNotFoundError(f"{where}: image file {str(path)!r} does not exist (or is not a file)")
-        return path
-    if isinstance(item, str):
-        try:
-            data = base64.b64decode(item.split(";base64,", 1)[1], validate=False)
-        except (IndexError, binascii.Error, ValueError) as e:
-            raise ImageDecodeError(where, label, f"not a valid base64 data URI ({e})") from e
-    elif isinstance(item, (bytes, bytearray, memoryview)):
-        data = bytes(item)
-    elif hasattr(item, "read"):
-        pos = item.tell() if getattr(item, "seekable", lambda: False)() else None
-        raw = item.read()
-        if pos is not None:
-            item.seek(pos)
-        if not isinstance(raw, (bytes, bytearray)):
-            raise TypeError(
-                f"{where}: the file object returned {type(raw).__name__} from read(); open it in binary mode ('rb')"
-            )
-        data = bytes(raw)
-        if not data:
-            raise ImageDecodeError(
-                where,
-                label,
-                "the file object is empty or was already read to the end; pass its bytes instead",
-            )
-    else:
-        raise TypeError(
-            f"{where} is {type(item).__name__}, expected an image: a path, bytes, a binary file, "
-            "a PIL image or a data: URI"
+def _open_arg(item: Any, where: str, label: str) -> Path | BytesIO:
+    """What Image.open should read: the item's path, or a BytesIO over its bytes (read by read_image)."""
+    try:
+        source = read_image(item, where)
+    except ValueError as e:  # a data: URI that is not base64
+        raise ImageDecodeError(where, label, str(e)) from e
+    if isinstance(source, Path):
+        return source
+    if not source:
+        reason = (
+            "the file object is empty or was already read to the end; pass its bytes instead"
+            if hasattr(item, "read")
+            else "the image data is empty"
         )
-    if not data:
-        raise ImageDecodeError(where, label, "the image data is empty")
-    return BytesIO(data)
+        raise ImageDecodeError(where, label, reason)
+    return BytesIO(source)
 
 
 def _shrink(img: Any, min_side: int, resample: Any) -> Any:
@@ -107,7 +82,7 @@ def decode_image(item: Any, *, min_side: int, where: str = "image", resample: An
     try:
         if is_pil_image(item):
             return _finish(ImageOps, item, min_side, resample, where, label)
-        with Image.open(_source(item, where, label)) as img:
+        with Image.open(_open_arg(item, where, label)) as img:
             if img.format == "JPEG" and min(img.size) > 2 * min_side:
                 # DCT-domain downscale while decoding: the full-size pixels are never allocated.
                 w, h = img.size
