@@ -6,6 +6,7 @@ import importlib
 from typing import Any
 
 from embedstack.base import BaseEmbedding, BatchEmbedding, MultiModalEmbedding
+from embedstack.errors import EmbeddingAPIError
 from embedstack.pooling import Pooling
 from embedstack.providers.mock import FakeEmbedding, MockEmbedding, MockMultiModalEmbedding
 from embedstack.registry import resolve_embed_model
@@ -23,7 +24,6 @@ _LAZY = {
     "OpenAILikeEmbedding": "embedstack.providers.openai",
     "ClipEmbedding": "embedstack.providers.clip",
     "LangchainEmbedding": "embedstack.providers.langchain",
-    "EmbeddingAPIError": "embedstack.providers.openai.retry",
 }
 
 __all__ = [

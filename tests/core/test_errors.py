@@ -12,7 +12,7 @@ from types import ModuleType
 import pytest
 
 import embedstack
-from embedstack.errors import BadVectorsError, EmbedstackError, InvalidInputError
+from embedstack.errors import BadVectorsError, EmbeddingAPIError, EmbedstackError, InvalidInputError
 
 # The builtin each class derived from before the hierarchy, so `except ValueError` etc. keep working.
 FORMER_BUILTIN: dict[str, type[BaseException]] = {
@@ -85,9 +85,10 @@ def test_every_error_keeps_its_former_builtin(qualname: str) -> None:
 def test_public_import_paths_still_work() -> None:
     from embedstack.jobs._readers import InputError
     from embedstack.providers._image_decode import ImageDecodeError
-    from embedstack.providers.openai.retry import EmbeddingAPIError
+    from embedstack.providers.openai import EmbeddingAPIError as from_provider
+    from embedstack.providers.openai.retry import EmbeddingAPIError as from_retry
 
-    assert embedstack.EmbeddingAPIError is EmbeddingAPIError
+    assert embedstack.EmbeddingAPIError is EmbeddingAPIError is from_provider is from_retry
     for cls in (InputError, ImageDecodeError, EmbeddingAPIError, InvalidInputError, BadVectorsError):
         assert issubclass(cls, EmbedstackError)
 
@@ -102,7 +103,7 @@ def test_except_builtin_still_catches() -> None:
 
 
 def test_embedding_api_error_pickles() -> None:
-    from embedstack.providers.openai.retry import EmbeddingAPIError, Failure
+    from embedstack.providers.openai.retry import Failure
 
     failure = Failure("status", "service unavailable", True, status=503)
     err = EmbeddingAPIError("openai", failure, attempts=3, items=["a", "b"], endpoint="https://x/v1")

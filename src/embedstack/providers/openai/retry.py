@@ -1,46 +1,55 @@
-"""Retry policy for remote embedding APIs: what to retry, how long to wait, and the final error.
+"""Retries for remote embedding APIs: classify a failed attempt, the policy, and the one retry loop.
 
-Pure logic, no I/O: a failed attempt is classified into a `Failure`, `RetryPolicy.delay` says how
-long to wait before the next one, and `EmbeddingAPIError` is what the caller finally sees. Retried:
-408, 409, 429, 5xx, timeouts, dropped connections and malformed answers; never 400, 401, 403, 404,
-422 (a 413/422 that says the batch is too big is split by the caller instead, not retried as is).
-
-Secrets: `scrub` is the one function that removes them from text (every form a key takes in a
-message, and credentials in any URL); `protect_logs` registers a model's secrets and puts
-`ScrubFilter` on the loggers of embedstack, the openai SDK and the HTTP stack (httpx logs full
-URLs at INFO), so no record they emit carries one.
+A failed attempt is classified into a `Failure`; `RetryPolicy` says how long to wait and when to
+stop; `request` is the one place that decides, for one request, whether to retry, wait, split or
+give up. Retried: 408, 409, 429, 5xx, timeouts, dropped connections and malformed answers; never
+400, 401, 403, 404, 422 (a 413/422 that says the batch is too big is split instead, not retried as
+is). The logic is a generator of `Call`s and `Sleep`s (no I/O), driven by `run_sync` (blocking
+calls) or `run_async` (the event loop), the way httpx drives its auth flows.
 """
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import json
 import logging
 import random
 import re
-import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
-from urllib.parse import quote, unquote
+from typing import Any, NamedTuple, TypeVar, Union, cast
 
-from embedstack.errors import EmbedstackError
-from embedstack.types import Batch, PartialResult
+import numpy as np
+import numpy.typing as npt
+
+from embedstack.errors import EmbeddingAPIError
+from embedstack.providers.openai.redact import scrub
 
 __all__ = [
+    "Call",
+    "Cooldown",
     "EmbeddingAPIError",
     "Failure",
+    "Flow",
+    "GiveUp",
+    "Outcome",
     "RetryPolicy",
-    "ScrubFilter",
+    "Sleep",
+    "Split",
+    "Success",
     "is_retryable_status",
-    "is_sensitive_name",
     "parse_batch_cap",
     "parse_retry_after",
-    "protect_logs",
-    "scrub",
+    "request",
+    "run_async",
+    "run_sync",
     "server_message",
+    "status_failure",
 ]
+
+logger = logging.getLogger("embedstack.openai")
 
 #: Statuses worth another try: the request may succeed unchanged.
 RETRYABLE_STATUSES = frozenset({408, 409, 429})
@@ -137,99 +146,6 @@ def parse_batch_cap(message: str) -> int | None:
     return None
 
 
-#: Parts of a header or query-parameter name that mark its value as a credential.
-_SENSITIVE_PARTS = ("key", "token", "secret", "passw", "auth", "cookie", "credential", "session")
-#: Short names that are credentials only as a whole word (Azure SAS `sig`, Azure Functions `code`).
-_SENSITIVE_WORD = re.compile(r"(?:^|[-_.])(?:sig|signature|code|pwd)(?:$|[-_.])")
-_USERINFO = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://)[^/\s@'\"<>?#]+@")
-_QUERY_PARAM = re.compile(r"([?&;])([^=&;\s#?'\"<>]+)=([^&;\s#'\"<>]*)")
-
-
-def is_sensitive_name(name: str) -> bool:
-    """Whether a header or query parameter called `name` carries a credential (api-key, token, sig, ...)."""
-    lower = name.lower()
-    return any(p in lower for p in _SENSITIVE_PARTS) or _SENSITIVE_WORD.search(lower) is not None
-
-
-def _mask_param(m: re.Match[str]) -> str:
-    return f"{m.group(1)}{m.group(2)}=***" if m.group(3) and is_sensitive_name(unquote(m.group(2))) else m.group(0)
-
-
-def _forms(secret: str) -> set[str]:
-    """The ways `secret` shows up in text: as is, stripped, escaped by repr (str or bytes), percent-encoded."""
-    forms = {secret, secret.strip(), repr(secret)[1:-1], quote(secret, safe=""), quote(secret), unquote(secret)}
-    forms.add(repr(secret.encode("utf-8", "surrogatepass"))[2:-1])
-    return forms
-
-
-def scrub(text: str, secrets: Iterable[str | None]) -> str:
-    """`text` with every form of every secret, and credentials in any URL, replaced by '***'.
-
-    The one scrubbing function: errors, log lines and URLs shown to users all go through it.
-    Servers sometimes echo keys back, and HTTP libraries quote them escaped (b'Bearer sk-...\\n').
-    Secrets shorter than 4 characters are left alone (replacing them would garble the text).
-    """
-    forms = {f for s in secrets if s for f in _forms(s) if len(f) >= 4}
-    for form in sorted(forms, key=len, reverse=True):
-        text = text.replace(form, "***")
-    if "://" in text:
-        text = _USERINFO.sub(r"\1***@", text)
-    if "=" in text:
-        text = _QUERY_PARAM.sub(_mask_param, text)
-    return text
-
-
-_LOG_SECRETS: set[str] = set()
-_LOG_SECRETS_LOCK = threading.Lock()
-#: Loggers whose records can carry a URL or a header: ours, the openai SDK's, the HTTP stack's.
-_PROTECTED_PREFIXES = ("embedstack", "openai", "httpx", "httpx2", "httpcore", "httpcore2")
-_KNOWN_CHILDREN = ("connection", "http11", "http2", "proxy", "socks")
-
-
-class ScrubFilter(logging.Filter):
-    """Rewrites a log record whose message or traceback holds a registered secret or a URL credential."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        """Scrub the record in place; never drops it."""
-        secrets = tuple(_LOG_SECRETS)
-        try:
-            message = record.getMessage()
-        except Exception:  # a malformed record is the logging module's to report
-            return True
-        clean = scrub(message, secrets)
-        if clean != message:
-            record.msg, record.args = clean, None
-        if record.exc_info and record.exc_info[1] is not None and not record.exc_text:
-            rendered = logging.Formatter().formatException(record.exc_info)
-            clean = scrub(rendered, secrets)
-            if clean != rendered:
-                record.exc_text = clean
-        return True
-
-
-_FILTER = ScrubFilter()
-
-
-def protect_logs(secrets: Iterable[str | None]) -> None:
-    """Register `secrets` and make sure every logger that might print them scrubs its records.
-
-    A logger's filters see only the records logged on it (not its children's), so the filter goes
-    on every existing logger under the protected names, and on the HTTP stack's known ones.
-    """
-    with _LOG_SECRETS_LOCK:
-        _LOG_SECRETS.update(s for s in secrets if s)
-        names = set(_PROTECTED_PREFIXES)
-        names.update(f"{p}.{c}" for p in ("httpcore", "httpcore2") for c in _KNOWN_CHILDREN)
-        names.add("openai._base_client")
-        for name, obj in list(logging.root.manager.loggerDict.items()):
-            if isinstance(obj, logging.Logger) and name.split(".", 1)[0] in _PROTECTED_PREFIXES:
-                names.add(name)
-        for name in names:
-            logger = logging.getLogger(name)
-            if _FILTER not in logger.filters:
-                logger.addFilter(_FILTER)
-
-
 @dataclass(frozen=True)
 class Failure:
     """One failed attempt, classified.
@@ -315,77 +231,123 @@ class RetryPolicy:
         return failure.retry_after is not None and failure.retry_after > self.max_wait
 
 
-class EmbeddingAPIError(EmbedstackError, RuntimeError):
-    """A request failed for good: which items, after how many attempts, and what the server said.
+class Cooldown:
+    """A pause every worker of one model observes: a 429 means the limit they share is reached."""
 
-    `first` and `last` index the failed items in the caller's input when known (`label[first:last+1]`);
-    the message never contains the API key.
+    def __init__(self) -> None:
+        self.until = 0.0  # time.monotonic(): meaningful in this process only
+
+    def remaining(self) -> float:
+        """Seconds left to wait (0 or less: none)."""
+        return self.until - time.monotonic()
+
+    def extend(self, seconds: float) -> None:
+        """Make every worker wait at least `seconds` from now."""
+        self.until = max(self.until, time.monotonic() + seconds)
+
+
+# -- the steps of a flow, and what a request comes to -------------------------------------------------
+class Sleep(NamedTuple):
+    """Wait this long (the driver sends back None)."""
+
+    seconds: float
+
+
+class Call(NamedTuple):
+    """Send one request with these inputs (the driver sends back its `Outcome`)."""
+
+    inputs: list[str]
+
+
+class Success(NamedTuple):
+    """A usable answer: one vector per input, in input order, and the tokens the server counted."""
+
+    vectors: npt.NDArray[np.float32]
+    tokens: int | None
+
+
+class Split(NamedTuple):
+    """The server refused the request as too big: send its inputs again in requests of at most `cap`."""
+
+    cap: int
+    failure: Failure
+    attempts: int
+
+
+class GiveUp(NamedTuple):
+    """The request failed for good (not retryable, or out of retries)."""
+
+    failure: Failure
+    attempts: int
+
+
+Outcome = Union[Success, Failure]
+_T = TypeVar("_T")
+#: A flow yields calls and sleeps, is sent each call's outcome (None after a sleep) and returns its result.
+Flow = Generator[Union[Call, Sleep], Union[Outcome, None], _T]
+
+
+def request(
+    inputs: list[str], policy: RetryPolicy, cooldown: Cooldown, who: str
+) -> Flow[Union[Success, Split, GiveUp]]:
+    """Send `inputs` until they succeed, the server asks for smaller requests, or the policy gives up.
+
+    The one place that decides retry, backoff and failure (use it with `yield from`): waits out the
+    model's cooldown before each attempt, backs off per `policy` (a 429 pauses every worker of the
+    model), and logs each retry under `who`.
     """
-
-    def __init__(
-        self,
-        provider: str,
-        failure: Failure,
-        attempts: int,
-        items: Sequence[Any],
-        endpoint: str = "",
-        hint: str = "",
-    ) -> None:
-        self.provider = provider
-        self.failure = failure
-        #: What the failed batch did obtain (earlier requests of it); the pipeline caches it.
-        self.partial: PartialResult | None = None
-        self.status_code = failure.status
-        self.attempts = attempts
-        self.endpoint = endpoint
-        self.hint = hint
-        self.items = list(items)
-        self.label = "items"
-        self.indexes: list[int] | None = None
-        super().__init__(self._message())
-
-    def locate(self, batch: Batch) -> None:
-        """Name the failed items by every place they have in the caller's input."""
-        wanted = set(self.items)
-        found = sorted(
-            p for i, x in enumerate(batch.items) if isinstance(x, str) and x in wanted for p in batch.where(i)
+    attempts = 0
+    while True:
+        wait = cooldown.remaining()
+        if wait > 0:
+            yield Sleep(wait)
+        attempts += 1
+        outcome = cast(Outcome, (yield Call(inputs)))
+        if isinstance(outcome, Success):
+            return outcome
+        if outcome.batch_cap is not None and len(inputs) > 1:
+            cap = outcome.batch_cap if 0 < outcome.batch_cap < len(inputs) else max(1, len(inputs) // 2)
+            return Split(cap, outcome, attempts)
+        if policy.gives_up(attempts, outcome):
+            return GiveUp(outcome, attempts)
+        delay = policy.delay(attempts, outcome.retry_after)
+        if outcome.status == 429:  # the limit is shared: pause every worker of this model
+            cooldown.extend(delay)
+        logger.info(
+            "%s: %s; retry %d/%d in %.2fs (%d inputs)",
+            who,
+            outcome.describe(),
+            attempts,
+            policy.max_retries,
+            delay,
+            len(inputs),
         )
-        label = batch.label
-        if found:
-            self.indexes = found
-            self.label = label
-            self.args = (self._message(),)
-
-    def _where(self) -> str:
-        n = len(self.items)
-        if self.indexes is None:
-            return f"{n} item{'s' if n != 1 else ''} of one batch"
-        idx = self.indexes
-        if idx == list(range(idx[0], idx[-1] + 1)):
-            return f"{self.label}[{idx[0]}:{idx[-1] + 1}] ({len(idx)} item{'s' if len(idx) != 1 else ''})"
-        shown = ", ".join(map(str, idx[:8])) + (", ..." if len(idx) > 8 else "")
-        return f"{self.label}[{shown}] ({len(idx)} items, indexes {idx[0]}..{idx[-1]})"
-
-    def _message(self) -> str:
-        tries = f"{self.attempts} attempt{'s' if self.attempts != 1 else ''}"
-        retried = "" if self.failure.retryable or self.attempts > 1 else " (not retryable)"
-        where = f" from {self.endpoint}" if self.endpoint else ""
-        hint = f"; {self.hint}" if self.hint else ""
-        what = self.failure.describe()
-        return f"{self.provider}: embedding {self._where()} failed after {tries}{retried}: {what}{where}{hint}"
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (_rebuild_error, (self.args[0], self.status_code, self.attempts))
+        yield Sleep(delay)
 
 
-class _PickledEmbeddingAPIError(EmbeddingAPIError):
-    def __init__(self, message: str, status_code: int | None, attempts: int) -> None:
-        RuntimeError.__init__(self, message)
-        self.status_code = status_code
-        self.attempts = attempts
-        self.items = []
-        self.indexes = None
+def run_sync(flow: Flow[_T], send: Callable[[list[str]], Outcome]) -> _T:
+    """Drive `flow` with blocking requests (`send`) and time.sleep."""
+    try:
+        step = next(flow)
+        while True:
+            if isinstance(step, Sleep):
+                time.sleep(step.seconds)
+                step = flow.send(None)
+            else:
+                step = flow.send(send(step.inputs))
+    except StopIteration as stop:
+        return cast(_T, stop.value)
 
 
-def _rebuild_error(message: str, status_code: int | None, attempts: int) -> EmbeddingAPIError:
-    return _PickledEmbeddingAPIError(message, status_code, attempts)
+async def run_async(flow: Flow[_T], send: Callable[[list[str]], Awaitable[Outcome]]) -> _T:
+    """Drive `flow` on the event loop with async requests (`send`) and asyncio.sleep."""
+    try:
+        step = next(flow)
+        while True:
+            if isinstance(step, Sleep):
+                await asyncio.sleep(step.seconds)
+                step = flow.send(None)
+            else:
+                step = flow.send(await send(step.inputs))
+    except StopIteration as stop:
+        return cast(_T, stop.value)

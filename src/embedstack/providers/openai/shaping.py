@@ -23,6 +23,7 @@ import numpy as np
 import numpy.typing as npt
 
 from embedstack.errors import EmbedstackError
+from embedstack.types import PartialResult
 
 __all__ = [
     "MAX_INPUTS_PER_REQUEST",
@@ -34,6 +35,7 @@ __all__ = [
     "UnitPlan",
     "combine",
     "get_token_counter",
+    "obtained",
     "pack",
     "plan_units",
 ]
@@ -312,3 +314,20 @@ def combine(n_items: int, plan: UnitPlan, unit_vectors: npt.NDArray[np.float32])
     firsts = np.searchsorted(owner, np.arange(n_items))
     out[single] = unit_vectors[firsts[single]]
     return out.astype(np.float32)
+
+
+def obtained(
+    plan: UnitPlan, keep: list[int], unit_vectors: npt.NDArray[np.float32] | None, unit_done: npt.NDArray[np.bool_]
+) -> PartialResult | None:
+    """The items of a failing batch whose every request succeeded (windows included), for the cache.
+
+    `keep[t]` is the batch position of text `t` of the plan; `unit_done` marks the units answered.
+    """
+    if unit_vectors is None or not unit_done.any():
+        return None
+    owner = np.asarray(plan.owner)
+    complete = np.ones(len(keep), dtype=bool)
+    np.logical_and.at(complete, owner, unit_done)
+    safe = np.where(unit_done[:, None], unit_vectors, np.float32(0))  # unsent units hold garbage
+    rows = np.flatnonzero(complete)
+    return PartialResult([keep[t] for t in rows], combine(len(keep), plan, safe)[rows])
