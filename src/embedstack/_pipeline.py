@@ -29,6 +29,7 @@ from embedstack.callbacks.manager import EventContext
 from embedstack.callbacks.schema import CBEventType, EventPayload
 from embedstack.errors import BadVectorsError, InvalidInputError
 from embedstack.instrumentation import get_dispatcher
+from embedstack.progress import Progress, ProgressArg
 from embedstack.types import Batch, EmbedResult, PartialResult, Role
 
 if TYPE_CHECKING:
@@ -55,13 +56,13 @@ class Planned:
         return self.batch.items
 
 
-def _check_texts(items: Sequence[Any], label: str) -> None:
+def _check_texts(items: Sequence[Any], label: str, offset: int = 0) -> None:
     if isinstance(items, (str, bytes, bytearray)):
         raise TypeError(
             f"{label} must be a list of texts, not a single {type(items).__name__} "
             f"(it would be embedded one character at a time); wrap it in a list: [text]"
         )
-    for i, item in enumerate(items):
+    for i, item in enumerate(items, offset):
         if not isinstance(item, str):
             raise TypeError(f"{label}[{i}] is {type(item).__name__}, expected str")
         if not item.isascii():
@@ -147,20 +148,30 @@ class EmbedJob:
     entry of another length is a miss.
     """
 
-    def __init__(self, model: PipelineModel, items: Sequence[Any], role: Role, label: str, show_progress: bool = False):
+    def __init__(
+        self,
+        model: PipelineModel,
+        items: Sequence[Any],
+        role: Role,
+        label: str,
+        show_progress: ProgressArg = False,
+        offset: int = 0,
+    ):
         self.model = model
         self.role = role
         self.label = label
+        #: Position of items[0] in the caller's input (embed_iter's chunks): errors name `label[offset + i]`.
+        self.offset = offset
         if role is Role.IMAGE:
             if isinstance(items, (str, bytes, bytearray)):
                 raise TypeError(
                     f"{label} must be a list of images, not a single {type(items).__name__}; wrap it in a list"
                 )
-            for i, item in enumerate(items):
+            for i, item in enumerate(items, offset):
                 check_image(item, i, label)
             items = [materialize(x) for x in items]
         else:
-            _check_texts(items, label)
+            _check_texts(items, label, offset)
         model._check_items(items, role, label)
         self.n = len(items)
         self.store = model.embeddings_cache
@@ -184,7 +195,7 @@ class EmbedJob:
         self._recorded_dim: int | None = None  # the length the cache records for this model
         self._lock = threading.Lock()  # batches may finish together in worker threads
         self._events = _Events(model) if seen else None
-        self._bar = _progress_bar(self.n, show_progress)
+        self._progress, self._own_progress = _progress(self.n, show_progress)
         self._counts: npt.NDArray[np.intp] | None = None
         self._repeats: dict[int, list[int]] | None = None  # slot → later positions of a repeated item
         self._planned = False  # batches() has planned the first round
@@ -198,16 +209,15 @@ class EmbedJob:
 
     def positions(self, slots: Sequence[int]) -> list[int]:
         """The input position (first occurrence) of each slot."""
-        if not self.dups:
-            return list(slots)
-        return [self._first[s] for s in slots]
+        first = slots if not self.dups else [self._first[s] for s in slots]
+        return [p + self.offset for p in first] if self.offset else list(first)
 
     def _names(self, slots: Sequence[int]) -> str:
         shown = ", ".join(f"{self.label}[{p}]" for p in self.positions(slots[:5]))
         return shown + (f" and {len(slots) - 5} more" if len(slots) > 5 else "")
 
-    def _fill(self, slots: Sequence[int] | npt.NDArray[np.intp], mat: Matrix) -> None:
-        if self.out is None and len(slots) == len(self.have) and not self._bar:
+    def _fill(self, slots: Sequence[int] | npt.NDArray[np.intp], mat: Matrix, computed: bool) -> None:
+        if self.out is None and len(slots) == len(self.have) and self._progress is None:
             whole = mat[np.argsort(slots)] if list(slots) != sorted(slots) else mat  # whole job in one go
             self.out = whole if whole.flags.writeable else whole.copy()
             self.have[:] = True
@@ -216,10 +226,19 @@ class EmbedJob:
             self.out = np.empty((len(self.have), mat.shape[1]), dtype=np.float32)
         self.out[slots] = mat
         self.have[slots] = True
-        if self._bar is not None:
+        if self._progress is not None:
+            self._advance(slots, computed)
+
+    def _advance(self, slots: Sequence[int] | npt.NDArray[np.intp], computed: bool, sign: int = 1) -> None:
+        """Report `slots` done (sign -1: undone) to the progress reporter, counting repeated items."""
+        assert self._progress is not None
+        if not self.dups:
+            items = len(slots)
+        else:
             if self._counts is None:
                 self._counts = np.bincount(self.slot_of, minlength=len(self.have))
-            self._bar.update(int(self._counts[slots].sum()))
+            items = int(self._counts[slots].sum())
+        self._progress.advance(sign * items, sign * len(slots) if computed else 0)
 
     def _check_dim(self, slots: Sequence[int], mat: Matrix) -> None:
         """Hold the model to one vector length: what it declared, returned before, or in this call."""
@@ -235,6 +254,8 @@ class EmbedJob:
             )
         if self._cached and self._cached_dim != dim:  # what the cache claimed was wrong: recompute those
             self.have[self._cached] = False
+            if self._progress is not None:
+                self._advance(self._cached, False, -1)
             self.redo = True
             _warn(
                 f"{len(self._cached)} cache entries in {self.store!r} had {self._cached_dim}-dim vectors but "
@@ -270,7 +291,7 @@ class EmbedJob:
                 if slots:
                     self._none_cached = False
                     with self._lock:
-                        self._fill(slots, mat)
+                        self._fill(slots, mat, False)
                     if self.expected_dim is None:
                         self._cached, self._cached_dim = slots, dim
         if bad:
@@ -356,7 +377,7 @@ class EmbedJob:
                 raise BadVectorsError(f"{e} (for {self._names(batch.slots)})") from None
             with self._lock:
                 self._check_dim(batch.slots, mat)
-                self._fill(batch.slots, mat)
+                self._fill(batch.slots, mat, True)
             if self._events:
                 self._events.end(token, self.role, batch.items, mat, meta)
             return ([self.keys[s] for s in batch.slots], mat) if self.keys else None
@@ -396,10 +417,9 @@ class EmbedJob:
         return out if out.flags.writeable else out.copy()
 
     def close(self) -> None:
-        """Close the progress bar."""
-        if self._bar is not None:
-            self._bar.close()
-            self._bar = None
+        """Close this call's own progress bar (a shared Progress is its owner's to close)."""
+        if self._own_progress and self._progress is not None:
+            self._progress.close()
 
 
 def _decode_dim(blob: Any) -> int | None:
@@ -423,12 +443,13 @@ def _first_positions(slot_of: list[int], n_unique: int) -> list[int]:
     return first
 
 
-def _progress_bar(total: int, show: bool) -> Any:
+def _progress(total: int, show: ProgressArg) -> tuple[Progress | None, bool]:
+    """The job's progress reporter and whether the job owns it (a bool makes one; a Progress is shared)."""
+    if isinstance(show, Progress):
+        return show, False
     if not show or total == 0:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc="Generating embeddings", unit="item")
+        return None, False
+    return Progress(total), True
 
 
 class _Events:

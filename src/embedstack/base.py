@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import itertools
 import threading
 from abc import abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence, Sized
 from typing import Any, ClassVar
 
 import numpy as np
@@ -20,14 +21,17 @@ from embedstack.cache_key import dim_key, identity_prefix, make_key_factory
 from embedstack.callbacks.manager import CallbackManager
 from embedstack.instrumentation import get_dispatcher
 from embedstack.kvstore.base import BaseKVStore
+from embedstack.progress import Progress, ProgressArg
 from embedstack.schema import BaseNode, MetadataMode, TransformComponent
 from embedstack.similarity import SimilarityMode, mean_agg
 from embedstack.similarity import similarity as _similarity
 from embedstack.types import Batch, Embedding, ImageType, Plan, Role, Vectors
 
-__all__ = ["DEFAULT_EMBED_BATCH_SIZE", "BaseEmbedding", "BatchEmbedding", "MultiModalEmbedding"]
+__all__ = ["DEFAULT_CHUNK_SIZE", "DEFAULT_EMBED_BATCH_SIZE", "BaseEmbedding", "BatchEmbedding", "MultiModalEmbedding"]
 
 DEFAULT_EMBED_BATCH_SIZE = 10
+#: Items per embed_iter chunk: large enough to batch well, small enough to keep memory flat.
+DEFAULT_CHUNK_SIZE = 2048
 dispatcher = get_dispatcher(__name__)
 
 _UNPICKLABLE = (type(threading.Lock()), type(threading.RLock()))
@@ -305,14 +309,14 @@ class BaseEmbedding(TransformComponent):
 
     # -- public API --------------------------------------------------------------------------
     def _run(
-        self, items: Sequence[Any], role: Role, label: str, show_progress: bool = False
+        self, items: Sequence[Any], role: Role, label: str, show_progress: ProgressArg = False, offset: int = 0
     ) -> npt.NDArray[np.float32]:
-        return run_sync(EmbedJob(self, items, role, label, show_progress))
+        return run_sync(EmbedJob(self, items, role, label, show_progress, offset))
 
     async def _arun(
-        self, items: Sequence[Any], role: Role, label: str, show_progress: bool = False
+        self, items: Sequence[Any], role: Role, label: str, show_progress: ProgressArg = False, offset: int = 0
     ) -> npt.NDArray[np.float32]:
-        return await run_async(EmbedJob(self, items, role, label, show_progress))
+        return await run_async(EmbedJob(self, items, role, label, show_progress, offset))
 
     @dispatcher.span
     def get_query_embedding(self, query: str) -> Embedding:
@@ -359,18 +363,70 @@ class BaseEmbedding(TransformComponent):
         return (agg_fn or mean_agg)((await self._arun(queries, Role.QUERY, "queries")).tolist())
 
     def embed(
-        self, items: Sequence[Any], role: Role | str = Role.TEXT, show_progress: bool = False
+        self, items: Sequence[Any], role: Role | str = Role.TEXT, show_progress: ProgressArg = False
     ) -> npt.NDArray[np.float32]:
-        """Bulk fast path: an (n, dim) float32 array, through the same pipeline (cache, events, batching)."""
+        """Bulk fast path: an (n, dim) float32 array, through the same pipeline (cache, events, batching).
+
+        `show_progress`: True for a bar, or an `embedstack.progress.Progress` shared with other calls.
+        """
         role = Role(role)
-        return self._run(items, role, "images" if role is Role.IMAGE else "texts", show_progress)
+        return self._run(items, role, _label(role), show_progress)
 
     async def aembed(
-        self, items: Sequence[Any], role: Role | str = Role.TEXT, show_progress: bool = False
+        self, items: Sequence[Any], role: Role | str = Role.TEXT, show_progress: ProgressArg = False
     ) -> npt.NDArray[np.float32]:
         """Async embed()."""
         role = Role(role)
-        return await self._arun(items, role, "images" if role is Role.IMAGE else "texts", show_progress)
+        return await self._arun(items, role, _label(role), show_progress)
+
+    def embed_iter(
+        self,
+        items: Iterable[Any],
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        role: Role | str = Role.TEXT,
+        show_progress: ProgressArg = False,
+        total: int | None = None,
+    ) -> Iterator[npt.NDArray[np.float32]]:
+        """Embed a stream: one (len(chunk), dim) matrix per `chunk_size` items, read lazily.
+
+        Memory stays bounded by the chunk; each chunk goes through the cached pipeline as a whole, so
+        an interrupted run keeps what it computed and a rerun embeds only the rest. Errors name items by
+        their position in the stream (`texts[12345]`). `total` sizes the progress bar when known.
+        """
+        role = Role(role)
+        if chunk_size <= 0:
+            raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+        progress, owned = _stream_progress(items, show_progress, total)
+        try:
+            offset = 0
+            for chunk in _chunks(items, chunk_size):
+                yield self._run(chunk, role, _label(role), progress or False, offset)
+                offset += len(chunk)
+        finally:
+            if owned and progress is not None:
+                progress.close()
+
+    async def aembed_iter(
+        self,
+        items: Iterable[Any],
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        role: Role | str = Role.TEXT,
+        show_progress: ProgressArg = False,
+        total: int | None = None,
+    ) -> AsyncIterator[npt.NDArray[np.float32]]:
+        """Async embed_iter (the items are read on the loop: pass a list or a cheap iterator)."""
+        role = Role(role)
+        if chunk_size <= 0:
+            raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+        progress, owned = _stream_progress(items, show_progress, total)
+        try:
+            offset = 0
+            for chunk in _chunks(items, chunk_size):
+                yield await self._arun(chunk, role, _label(role), progress or False, offset)
+                offset += len(chunk)
+        finally:
+            if owned and progress is not None:
+                progress.close()
 
     def as_langchain(self) -> Any:
         """This model as a langchain_core Embeddings (sync and async), for LangChain vector stores."""
@@ -403,6 +459,31 @@ class BaseEmbedding(TransformComponent):
         for node, vec in zip(nodes, await self.aget_text_embedding_batch(texts, **kwargs)):
             node.embedding = vec
         return nodes
+
+
+def _label(role: Role) -> str:
+    return "images" if role is Role.IMAGE else "texts"
+
+
+def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    if isinstance(items, (str, bytes, bytearray)):
+        raise TypeError(
+            f"embed_iter takes an iterable of items, not a single {type(items).__name__}; wrap it in a list"
+        )
+    it = iter(items)
+    while chunk := list(itertools.islice(it, size)):
+        yield chunk
+
+
+def _stream_progress(items: Iterable[Any], show: ProgressArg, total: int | None) -> tuple[Progress | None, bool]:
+    """embed_iter's progress: a shared Progress as given, or one for the whole stream (sized when it can be)."""
+    if isinstance(show, Progress):
+        return show, False
+    if not show:
+        return None, False
+    if total is None and isinstance(items, Sized):
+        total = len(items)
+    return Progress(total), True
 
 
 class MultiModalEmbedding(BaseEmbedding):

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
-import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +14,6 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from embedstack.base import BaseEmbedding
-from embedstack.cache_key import CACHE_COLLECTION
 from embedstack.errors import EmbedstackError
 from embedstack.jobs._output import (
     FORMAT_TAG,
@@ -23,8 +22,9 @@ from embedstack.jobs._output import (
     output_format,
     read_meta,
 )
-from embedstack.jobs._readers import InputError, RecordReader, ScanResult, find_sources, iter_chunks
-from embedstack.kvstore.base import DEFAULT_COLLECTION, BaseKVStore
+from embedstack.jobs._readers import InputError, Record, RecordReader, ScanResult, find_sources
+from embedstack.kvstore.base import BaseKVStore
+from embedstack.progress import Progress
 from embedstack.types import Role
 
 __all__ = [
@@ -144,79 +144,6 @@ class EmbedReport(BaseModel):
         return f"embedded {self.count} {texts} ({how}) with {self.model} → {self.out}"
 
 
-class _CountingStore(BaseKVStore):
-    """The job's cache (or, with none, a store that keeps nothing), counting what the model computed.
-
-    The pipeline writes every vector the model computes to the cache collection once, in one
-    write per batch: counting those writes counts the job's model work and moves the bar per
-    batch, with no event handler (which would make every model in the process build events).
-    """
-
-    def __init__(self, inner: BaseKVStore | None, bar: Any) -> None:
-        self.inner = inner
-        self.bar = bar
-        self.computed = 0
-        self._lock = threading.Lock()
-
-    def __repr__(self) -> str:
-        return repr(self.inner)
-
-    def _count(self, n: int, collection: str) -> None:
-        if collection != CACHE_COLLECTION:
-            return
-        with self._lock:
-            self.computed += n
-            if self.bar is not None:
-                self.bar.update(n)
-
-    def get_vector_blobs(self, keys: Sequence[str], collection: str) -> list[Any]:
-        """The inner store's blobs (none without one)."""
-        return [None] * len(keys) if self.inner is None else self.inner.get_vector_blobs(keys, collection)
-
-    def put_vectors(self, keys: Sequence[str], vectors: Any, collection: str) -> None:
-        """Count the computed vectors, then store them (if there is a store)."""
-        self._count(len(keys), collection)
-        if self.inner is not None:
-            self.inner.put_vectors(keys, vectors, collection)
-
-    async def aget_vector_blobs(self, keys: Sequence[str], collection: str) -> list[Any]:
-        """Async get_vector_blobs."""
-        return [None] * len(keys) if self.inner is None else await self.inner.aget_vector_blobs(keys, collection)
-
-    async def aput_vectors(self, keys: Sequence[str], vectors: Any, collection: str) -> None:
-        """Async put_vectors."""
-        self._count(len(keys), collection)
-        if self.inner is not None:
-            await self.inner.aput_vectors(keys, vectors, collection)
-
-    def put(self, key: str, val: dict[str, Any], collection: str = DEFAULT_COLLECTION) -> None:
-        """Delegated."""
-        if self.inner is not None:
-            self.inner.put(key, val, collection)
-
-    def get(self, key: str, collection: str = DEFAULT_COLLECTION) -> dict[str, Any] | None:
-        """Delegated."""
-        return None if self.inner is None else self.inner.get(key, collection)
-
-    def get_all(self, collection: str = DEFAULT_COLLECTION) -> dict[str, dict[str, Any]]:
-        """Delegated."""
-        return {} if self.inner is None else self.inner.get_all(collection)
-
-    def delete(self, key: str, collection: str = DEFAULT_COLLECTION) -> bool:
-        """Delegated."""
-        return False if self.inner is None else self.inner.delete(key, collection)
-
-
-def _progress_bar(total: int, show: bool | Callable[[int], Any]) -> Any:
-    if show is True:
-        from tqdm.auto import tqdm
-
-        return tqdm(total=total, unit="text", desc="embedding", dynamic_ncols=True, smoothing=0.1)
-    if callable(show):
-        return show(total)
-    return None
-
-
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
@@ -268,7 +195,7 @@ def _embed(
     spec: str | None,
     existing: dict[str, Any] | None,
     chunk_size: int,
-    progress: bool | Callable[[int], Any],
+    progress_arg: bool | Callable[[int], Any],
     t0: float,
 ) -> EmbedReport:
     name = spec or emb.class_name()
@@ -293,18 +220,20 @@ def _embed(
         meta["updated"] = _now()
         meta["columns"] += [c for c in scan.columns if c not in meta["columns"]]
     writer = open_writer(target, meta, scan.columns, existing=existing is not None)
-    store = emb.embeddings_cache
-    counter = _CountingStore(store, _progress_bar(scan.count, progress))
-    emb.embeddings_cache = counter  # the caller's own store is put back by _run
+    progress = Progress(scan.count, progress_arg, desc="embedding", unit="text")
+    pending: deque[Record] = deque()
+
+    def texts() -> Iterator[str]:
+        for record in reader:
+            pending.append(record)
+            yield record.text
+
     done = 0
     try:
-        for chunk in iter_chunks(reader, chunk_size):
-            before = counter.computed
-            vectors = emb.embed([r.text for r in chunk], role=Role.TEXT)
+        for vectors in emb.embed_iter(texts(), chunk_size, Role.TEXT, show_progress=progress):
+            chunk = [pending.popleft() for _ in range(len(vectors))]
             writer.write(chunk, vectors)
             done += len(chunk)
-            if counter.bar is not None:  # texts from the cache, or duplicates
-                counter.bar.update(len(chunk) - (counter.computed - before))
         if done != scan.count:
             raise InputError(f"the input changed while it was read ({scan.count} texts, then {done}); re-run")
         writer.commit()
@@ -312,15 +241,13 @@ def _embed(
         writer.abort()
         raise
     finally:
-        emb.embeddings_cache = store
-        if counter.bar is not None and hasattr(counter.bar, "close"):
-            counter.bar.close()
+        progress.close()
     return EmbedReport(
         out=target,
         count=done,
         total_rows=writer.written,
-        computed=counter.computed,
-        cached=store is not None,
+        computed=progress.computed,
+        cached=emb.embeddings_cache is not None,
         model=name,
         dim=int(meta["dim"]),
         skipped=scan.skipped,

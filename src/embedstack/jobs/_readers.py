@@ -17,7 +17,7 @@ import shutil
 import sys
 import tempfile
 import zlib
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, BinaryIO
@@ -638,15 +638,3 @@ class RecordReader:
             result.columns = {k: result.columns.get(k, {type(None)}) for k in self.keep}
         result.skipped = list(self.skipped)
         return result
-
-
-def iter_chunks(records: Iterable[Record], size: int) -> Iterator[list[Record]]:
-    """Records in lists of at most `size`."""
-    chunk: list[Record] = []
-    for rec in records:
-        chunk.append(rec)
-        if len(chunk) >= size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
