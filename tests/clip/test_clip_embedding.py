@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import pickle
 import threading
 from pathlib import Path
 from typing import Any
@@ -279,3 +280,33 @@ def test_model_copy_shares_weights_unless_the_model_changes(tiny_clip: ClipEmbed
     assert abs(np.linalg.norm(raw.get_text_embedding("a cat")) - 1.0) > 1e-3
     with pytest.raises(ValueError, match="ResNet CLIP"):
         tiny_clip.model_copy(update={"model_name": "RN50"})
+
+
+def test_assignment_drops_weights_only_when_name_files_or_device_change(tiny_clip_path: Path, tmp_path: Path) -> None:
+    model = ClipEmbedding(model_name=str(tiny_clip_path), device="cpu").load()
+    weights, lock = model._loaded, model._lock
+    model.normalize = False  # changes the vectors, not the weights
+    assert model._loaded is weights and model._lock is lock
+    model.device = "cpu"
+    assert model._loaded is None and model._lock is not lock
+    model.load()
+    weights, source = model._loaded, model.source
+    for bad, error in [("RN50", "ResNet CLIP"), (str(tmp_path / "nowhere"), "does not exist")]:
+        with pytest.raises((ValueError, FileNotFoundError), match=error):
+            model.model_name = bad
+        assert model.model_name == str(tiny_clip_path)  # a name that cannot be used changes nothing
+        assert model.source is source and model._loaded is weights
+
+
+def test_model_copy_with_another_device_loads_its_own_weights(tiny_clip: ClipEmbedding) -> None:
+    moved = tiny_clip.model_copy(update={"device": "cpu"})
+    assert moved._loaded is None and moved._lock is not tiny_clip._lock
+    assert tiny_clip._loaded is not None  # the original keeps its weights
+    assert moved.source is tiny_clip.source  # same files: not located again
+    np.testing.assert_allclose(moved.get_text_embedding("a cat"), tiny_clip.get_text_embedding("a cat"), atol=1e-6)
+
+
+def test_pickle_carries_the_fields_only(tiny_clip: ClipEmbedding) -> None:
+    private = tiny_clip.__getstate__()["__pydantic_private__"]
+    assert not {"_source", "_loaded", "_lock"} & set(private)
+    assert len(pickle.dumps(tiny_clip)) < 5_000  # no weights, processor or located files travel

@@ -68,6 +68,16 @@ def test_llama_index_default_name_resolves_from_the_hf_cache(hf_cache: Path) -> 
     assert len(by_openai_name.get_text_embedding("a cat")) == 24  # loads from the cached snapshot
 
 
+def test_openai_names_map_on_assignment_and_copy_too(hf_cache: Path, tiny_clip_path: Path) -> None:
+    model = ClipEmbedding(model_name=str(tiny_clip_path))
+    copied = model.model_copy(update={"model_name": "vit-b/32"})  # model_copy skips validation: mapped anyway
+    assert copied.model_name == DEFAULT_CLIP_MODEL and copied.source.origin == "hf-cache"
+    assert model.model_name == str(tiny_clip_path) and model.source.origin != "hf-cache"
+    model.model_name = "ViT-B/32"
+    assert model.model_name == DEFAULT_CLIP_MODEL and model.source.path == copied.source.path
+    assert model._identity() == ClipEmbedding()._identity()
+
+
 def test_resolve_embed_model_clip_uses_the_default_model(hf_cache: Path, make_png: Any) -> None:
     model = resolve_embed_model("clip")
     assert isinstance(model, ClipEmbedding) and model.model_name == DEFAULT_CLIP_MODEL

@@ -8,17 +8,16 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import numpy as np
 from pydantic import Field, PrivateAttr, field_validator
-from typing_extensions import Self
 
 from embedstack._optional import require
 from embedstack.base import DEFAULT_EMBED_BATCH_SIZE, BatchEmbedding, MultiModalEmbedding
 from embedstack.providers._device import pick_device
 from embedstack.providers._image_decode import ImageDecodeError, decode_images
+from embedstack.providers.catalog import MODELS
 from embedstack.providers.hub import ModelSource, locate_model, stamp_identity
 from embedstack.types import Batch, EmbedResult, Role
 
@@ -33,13 +32,9 @@ __all__ = [
 
 DEFAULT_CLIP_MODEL = "openai/clip-vit-base-patch32"
 
-#: LlamaIndex's OpenAI-CLIP names (the `clip` package's) → Hugging Face copies of those weights.
-OPENAI_CLIP_MODELS = {
-    "ViT-B/32": "openai/clip-vit-base-patch32",
-    "ViT-B/16": "openai/clip-vit-base-patch16",
-    "ViT-L/14": "openai/clip-vit-large-patch14",
-    "ViT-L/14@336px": "openai/clip-vit-large-patch14-336",
-}
+#: LlamaIndex's OpenAI-CLIP names (the `clip` package's) → Hugging Face copies of those weights (from the
+#: model facts table, `providers.catalog`, where each CLIP lists its OpenAI name as an alias).
+OPENAI_CLIP_MODELS = {alias: m.name for m in MODELS if m.provider == "clip" for alias in m.aliases}
 #: OpenAI's ResNet CLIPs: transformers' CLIPModel has no ResNet image tower; nothing to map to.
 _RESNET_CLIP = ("RN50", "RN101", "RN50x4", "RN50x16", "RN50x64")
 
@@ -141,6 +136,7 @@ class ClipEmbedding(BatchEmbedding, MultiModalEmbedding):
     _identity_exclude: ClassVar[frozenset[str]] = frozenset({"device", "cache_folder"})
     max_concurrency: ClassVar[int | None] = 1
 
+    _derived: ClassVar[frozenset[str]] = frozenset({"_source", "_loaded", "_lock"})
     _source: ModelSource | None = PrivateAttr(default=None)
     _loaded: _Loaded | None = PrivateAttr(default=None)
     _lock: threading.RLock = PrivateAttr(default_factory=threading.RLock)
@@ -158,42 +154,17 @@ class ClipEmbedding(BatchEmbedding, MultiModalEmbedding):
     def _map_model_name(cls, v: Any) -> Any:
         return hf_clip_name(v) if isinstance(v, str) else v
 
-    def model_post_init(self, context: Any, /) -> None:
-        """Find the model's files now (offline first, cheap) so a bad name fails at construction."""
-        super().model_post_init(context)
-        self._locate()
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name == "model_name" and isinstance(value, str):
-            value = hf_clip_name(value)
-        super().__setattr__(name, value)
-        if name in _RELOCATE:
+    def _refresh(self, changed: frozenset[str], fresh: bool) -> None:
+        """Map an OpenAI CLIP name, find the files (a bad name fails here, undoing an assignment) and
+        drop loaded weights whose name, files or device changed; they load again on first use."""
+        if "model_name" in changed and isinstance(self.model_name, str):  # assignment and model_copy skip validation
+            self.__dict__["model_name"] = hf_clip_name(self.model_name)
+        if fresh or changed & _RELOCATE:
             self._locate()
-        if name in _RELOAD:
+        if not fresh and changed & _RELOAD:
             with self._lock:
                 self._loaded = None
-
-    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
-        """A copy; it shares the loaded weights unless `update` changes which weights or where."""
-        copy = super().model_copy(update=update, deep=deep)
-        copy._memo = {}  # cache-key prefix and descriptor depend on the (updated) fields
-        changed = set(update or ())
-        if "model_name" in changed:  # model_copy skips validation: map an OpenAI name here
-            copy.__dict__["model_name"] = hf_clip_name(copy.model_name)
-        if changed & _RELOCATE:
-            copy._locate()
-        if changed & _RELOAD or deep:
-            copy._loaded = None
-            copy._lock = threading.RLock()
-        return copy
-
-    def __getstate__(self) -> dict[Any, Any]:
-        """Pickle the settings only: the receiver finds the files and loads the weights itself."""
-        return {**super().__getstate__(), "__pydantic_private__": {}}
-
-    def __setstate__(self, state: dict[Any, Any]) -> None:
-        super().__setstate__(state)
-        self._locate()
+            self._lock = threading.RLock()  # a shallow copy stops sharing the old weights' lock too
 
     def _locate(self) -> None:
         source = locate_model(self.model_name, self.cache_folder, self.revision)
