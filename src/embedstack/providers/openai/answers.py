@@ -118,7 +118,7 @@ def _decode_vectors(
     with `problems` filled in (what is wrong → rows).
 
     Equal-length unpadded base64 strings (the usual answer) are decoded in one call, much faster than
-    one decode per vector (figures: docs/providers/openai.md, "Answer decoding").
+    one decode per vector (figures: docs/providers/openai.md, "Request path figures").
     """
     first = raw[0]
     if isinstance(first, str) and all(type(r) is str and len(r) == len(first) for r in raw):

@@ -201,7 +201,8 @@ def _classify(openai: Any, e: Exception, secrets: Sequence[str | None], timeout:
 
 # The SDK's generic `post` (its documented way to call an endpoint with a raw response) rather
 # than `embeddings.create`, whose typed-dict transform of every input and parsing of the answer
-# into models cost more than the request itself at 2,048 inputs (figures: docs/providers/openai.md).
+# into models we would only unpack again add client-side time to every request (figures:
+# docs/providers/openai.md, "Request path figures").
 def post(
     client: Any, body: dict[str, Any], secrets: Callable[[], Sequence[str | None]], timeout: float
 ) -> bytes | Failure:
