@@ -152,7 +152,12 @@ def build_parser() -> argparse.ArgumentParser:
     models = sub.add_parser(
         "models",
         parents=[common],
-        help="list model forms, installed extras and models available offline",
+        help="list model forms, installed extras, models available offline and known models' facts",
+    )
+    models.add_argument(
+        "--provider",
+        choices=["local", "openai", "clip"],
+        help="list only this provider's known models (dims, max tokens, pooling, verified backends)",
     )
     models.add_argument("--json", action="store_true", help="print as JSON")
     return parser

