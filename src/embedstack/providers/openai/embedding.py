@@ -95,7 +95,7 @@ _PLACEHOLDER_KEY = "EMPTY"
 
 
 class _OpenAIBase(BatchEmbedding):
-    """What the three OpenAI-style providers share: fields, request shaping, retries, parsing."""
+    """What the three OpenAI-style providers share: fields, the pipeline hooks, one batch's flow of requests."""
 
     model_name: str = Field(default=DEFAULT_OPENAI_MODEL, description="The embedding model to use.")
     dimensions: int | None = Field(
