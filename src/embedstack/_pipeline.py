@@ -172,7 +172,7 @@ class EmbedJob:
             items = [materialize(x) for x in items]
         else:
             _check_texts(items, label, offset)
-        model._check_items(items, role, label)
+        model._check_items(items, role, label, offset)
         self.n = len(items)
         self.store = model.embeddings_cache
         self.keys: list[str] = []

@@ -197,8 +197,9 @@ class BaseEmbedding(TransformComponent):
         return await gather_hook(self._aget_query_embedding, queries)
 
     # -- what the pipeline asks of a model (the whole contract: embedstack.contract) -----------------
-    def _check_items(self, items: Sequence[Any], role: Role, label: str) -> None:
-        """Refuse a call before any work (cache, model): e.g. empty strings an API rejects. Nothing by default."""
+    def _check_items(self, items: Sequence[Any], role: Role, label: str, offset: int = 0) -> None:
+        """Refuse a call before any work (cache, model): e.g. empty strings an API rejects; name item i as
+        `label[offset + i]` (offset: where items[0] stands in a stream). Nothing by default."""
 
     def _embed(self, batch: Batch) -> Any:
         """Embed one batch (its items, role and the caller's positions); by default the role's sync hook."""

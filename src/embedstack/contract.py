@@ -25,8 +25,8 @@ class PipelineModel(Protocol):
     embeddings_cache: Any  # a BaseKVStore or None
     callback_manager: Any  # a CallbackManager (legacy LlamaIndex events)
 
-    def _check_items(self, items: Sequence[Any], role: Role, label: str) -> None:
-        """Refuse a call before any work."""
+    def _check_items(self, items: Sequence[Any], role: Role, label: str, offset: int) -> None:
+        """Refuse a call before any work; item i is `label[offset + i]` in the caller's input."""
 
     def _key_factory(self, role: Role) -> Callable[[Any], str]:
         """item → cache key for `role` (embedstack.cache_key, over the identity and the instruction)."""

@@ -95,3 +95,12 @@ def test_a_learned_cap_is_forgotten_when_the_server_changes(make_model: Any, ser
         assert model._max_inputs() == model.max_inputs_per_request
         model.embed(["x", "y", "z"])
         assert [len(r.inputs) for r in other.ok_records] == [3]
+
+
+def test_precheck_names_items_by_their_stream_position_in_embed_iter(make_model: Any) -> None:
+    """embed_iter's chunks: an empty string deep in the stream is named where the caller has it."""
+    texts = [f"t{i}" for i in range(30)]
+    texts[27] = ""
+    model = make_model()
+    with pytest.raises(ValueError, match=r"texts\[27\] is an empty string"):
+        list(model.embed_iter(texts, chunk_size=10))

@@ -231,9 +231,9 @@ class _OpenAIBase(BatchEmbedding):
         """Requests in flight at once on the async path: num_workers, or DEFAULT_ASYNC_WORKERS (never unbounded)."""
         return self.num_workers if self.num_workers and self.num_workers > 0 else DEFAULT_ASYNC_WORKERS
 
-    def _check_items(self, items: Sequence[Any], role: Role, label: str) -> None:
+    def _check_items(self, items: Sequence[Any], role: Role, label: str, offset: int = 0) -> None:
         """Errors that must come before any request (see _precheck)."""
-        self._precheck(items, role, label)
+        self._precheck(items, role, label, offset)
 
     def _embed(self, batch: Batch) -> Any:
         try:
@@ -249,7 +249,7 @@ class _OpenAIBase(BatchEmbedding):
             e.locate(batch)
             raise
 
-    def _precheck(self, items: Sequence[Any], role: Role, label: str) -> None:
+    def _precheck(self, items: Sequence[Any], role: Role, label: str, offset: int = 0) -> None:
         """Errors that must come before any request: images, empty strings, over-long inputs (when asked)."""
         if role is Role.IMAGE:
             raise TypeError(
@@ -257,7 +257,7 @@ class _OpenAIBase(BatchEmbedding):
             )
         items = list(items) if not isinstance(items, list) else items
         if self.empty_inputs == "error" and "" in items:
-            bad = [i for i, t in enumerate(items) if isinstance(t, str) and not t]
+            bad = [i for i, t in enumerate(items, offset) if isinstance(t, str) and not t]
             shown = ", ".join(f"{label}[{i}]" for i in bad[:10]) + (
                 f" and {len(bad) - 10} more" if len(bad) > 10 else ""
             )
@@ -270,7 +270,7 @@ class _OpenAIBase(BatchEmbedding):
         if self.long_inputs == "error" and limit is not None:
             prefix = len(self._instruction(role) or "")
             over = []
-            for i, t in enumerate(items):
+            for i, t in enumerate(items, offset):
                 if isinstance(t, str) and (len(t) + prefix) * 4 > limit:
                     text = (self._instruction(role) or "") + t
                     if utf8_len(text) > limit:
