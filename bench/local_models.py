@@ -6,6 +6,7 @@ cosine agreement with sentence-transformers, and recall@1/@10 of query→text re
 
     flock /tmp/embedstack-cpu.lock .venv/bin/python bench/local_models.py
     flock /tmp/embedstack-cpu.lock .venv/bin/python bench/local_models.py --sweep   # batch sizes
+    .venv/bin/python bench/local_models.py --padding   # padding when sorted by characters vs tokens
 
 llama-index's HuggingFaceEmbedding (package llama-index-embeddings-huggingface, bench-only) runs
 at its defaults (embed_batch_size=10) when installed.
@@ -106,6 +107,26 @@ def sweep(queries: list[str], texts: list[str], repeats: int) -> None:
         print(f"| {bs} | {best[bs, 0]:.0f} | {best[bs, 1]:.1f} |")
 
 
+def padding(queries: list[str], texts: list[str], batch_size: int = 16) -> None:
+    """Padding (padded tokens / real tokens - 1) of batches of `batch_size` when the texts are sorted,
+    longest first, by characters or by token count (what HuggingFaceEmbedding._plan sorts by)."""
+    from embedstack import HuggingFaceEmbedding
+
+    tokenizer = HuggingFaceEmbedding(device="cpu")._text_tokenizer()
+    assert tokenizer is not None
+    print(f"\n| field (batches of {batch_size}) | sorted by characters | sorted by tokens |")
+    print("|---|---:|---:|")
+    for field, items in (("query", queries), ("text", texts)):
+        lengths = np.array([len(t.ids) for t in tokenizer.tokenize(items)])
+        cells = []
+        for key in (np.array([len(t) for t in items]), lengths):
+            order = np.argsort(-key, kind="stable")
+            chunks = [lengths[order[i : i + batch_size]] for i in range(0, len(order), batch_size)]
+            padded = sum(int(c.max()) * len(c) for c in chunks)
+            cells.append(f"{padded / lengths.sum() - 1:.1%}")
+        print(f"| {field} | {cells[0]} | {cells[1]} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DATA)
@@ -113,6 +134,7 @@ def main() -> None:
     parser.add_argument("--no-llama-index", action="store_true", help="skip llama-index's HuggingFaceEmbedding")
     parser.add_argument("--repeats", type=int, default=2, help="interleaved rounds; best kept")
     parser.add_argument("--sweep", action="store_true", help="only time embedstack at several batch sizes")
+    parser.add_argument("--padding", action="store_true", help="only measure padding: texts sorted by chars vs tokens")
     args = parser.parse_args()
 
     import torch
@@ -125,6 +147,9 @@ def main() -> None:
     print(f"{len(queries)} records from {args.data}; torch {torch.__version__}, {threads} threads")
     if args.sweep:
         sweep(queries, texts[:500], args.repeats)
+        return
+    if args.padding:
+        padding(queries, texts)
         return
 
     found = runners(model_dir, not args.no_llama_index)

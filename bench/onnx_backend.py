@@ -74,7 +74,7 @@ def rss_mb() -> float:
 
 
 # -- worker side (one backend per process) ---------------------------------------------------------
-def make_backend(name: str, threads: int, batch_size: int | None) -> Any:
+def make_backend(name: str, threads: int, batch_size: int | None, token_budget: int = 0) -> Any:
     """(bulk(texts, role) -> array, one(text) -> vector) for a backend."""
     if name == "st":
         import torch
@@ -100,6 +100,8 @@ def make_backend(name: str, threads: int, batch_size: int | None) -> Any:
         runtime, precision = name.split("-")
         model = HuggingFaceEmbedding(backend=runtime, precision=precision, **kwargs)
     model.load()
+    if token_budget and name != "torch":  # padded tokens per graph run (OnnxEncoder's DEFAULT_TOKEN_BUDGET)
+        model._loaded().token_budget = token_budget  # type: ignore[attr-defined]
     assert model._instruction(model_role("query")) in (None, ""), "benchmark assumes no instruction"
     return (lambda items, role: model.embed(items, role)), model.get_query_embedding
 
@@ -116,7 +118,7 @@ def worker(args: argparse.Namespace) -> None:
     sys.stdout = sys.stderr  # libraries' chatter must not corrupt the replies
     base_rss = rss_mb()
     t0 = time.perf_counter()
-    bulk, one = make_backend(args.worker, args.threads, args.batch_size)
+    bulk, one = make_backend(args.worker, args.threads, args.batch_size, args.token_budget)
     load_s = time.perf_counter() - t0
     data = load(args.data, args.n)
     for field in FIELDS:
@@ -241,6 +243,8 @@ def _command(mode: str, name: str, args: argparse.Namespace, out: Path) -> list[
     cmd += ["--data", str(args.data)]
     if args.batch_size:
         cmd += ["--batch-size", str(args.batch_size)]
+    if args.token_budget:
+        cmd += ["--token-budget", str(args.token_budget)]
     return cmd
 
 
@@ -380,6 +384,9 @@ def parse() -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds; ratios are medians over rounds")
     p.add_argument("--latency", type=int, default=200, help="single queries timed for p50/p99")
     p.add_argument("--batch-size", type=int, default=0, help="override every backend's batch size")
+    p.add_argument(
+        "--token-budget", type=int, default=0, help="padded tokens per ONNX/OpenVINO graph run (default 1024)"
+    )
     p.add_argument("--backends", default=",".join(BACKENDS), help="comma-separated subset of " + ",".join(BACKENDS))
     p.add_argument("--cache-dir", default="", help="ONNX graph cache (default: a fresh temp folder)")
     p.add_argument("--data", type=Path, default=DATA)

@@ -105,7 +105,7 @@ def test_local_default_is_onnx_fp32_even_where_openvino_bf16_could_run(
 
 @pytest.mark.parametrize("backend", ["onnx", "torch"])
 def test_batches_are_ordered_by_tokens_not_characters(env_cache: Path, backend: str) -> None:
-    """Sorting by characters padded query batches by ~50%; the order key is the token count."""
+    """Characters mispredict how much a batch pads; the order key is the token count."""
     from embedstack.providers.huggingface import HuggingFaceEmbedding
 
     model = HuggingFaceEmbedding(backend=backend, device="cpu")

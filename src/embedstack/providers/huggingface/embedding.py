@@ -47,10 +47,8 @@ __all__ = [
 
 logger = logging.getLogger("embedstack")
 
-#: Texts per model call. On this 2-core CPU (bench/local_models.py --sweep) 16 was fastest for long
-#: texts (52/s vs 45/s at 32, 30/s at 128) and as fast as larger batches for short ones; on a GPU
-#: larger batches pay off, so a model that lands on an accelerator uses DEFAULT_ACCELERATOR_BATCH_SIZE
-#: unless embed_batch_size was given (H100, bench/cuda_local.py: 13.7k queries/s at 128 vs 5.5k at 32).
+#: Texts per model call: the fastest on a CPU, and larger on an accelerator, where larger batches pay off
+#: (unless embed_batch_size was given). Figures and how to measure them: docs/providers/local.md#why-these-defaults.
 DEFAULT_LOCAL_BATCH_SIZE = 16
 DEFAULT_ACCELERATOR_BATCH_SIZE = 128
 BACKENDS = ("torch", "onnx", "openvino")
@@ -79,17 +77,12 @@ class _Prepared(NamedTuple):
 
 
 def _default_runtime(model_name: str, model_dir: Path | None = None) -> tuple[str, str]:
-    """(backend, precision) for resolve_embed_model("local[:<model>]"): ONNX Runtime fp32 when installed
-    (cosine >= 0.9999 to sentence-transformers on every text of the benchmark file; each graph is checked
-    against torch when it is built), else torch. A model with modules the ONNX path does not run (a Dense
-    layer after pooling, max pooling, ...; see `model_dir`'s modules.json) gets torch.
-
-    OpenVINO bf16 is faster on CPUs with native bf16 (2.6-3.0x sentence-transformers against 1.5-1.6x) and
-    met the same bar for the default model, but a process running it died once in ~250 runs with SIGSEGV
-    inside OpenVINO's CPU plugin, which could not be reproduced on a CPU without bf16 (issue 13), and
-    OpenVINO 2026.4's bf16 GEMM on AVX512_BF16 CPUs without AMX has an open corruption bug
-    (openvinotoolkit/openvino#38256). Until a crash loop on a bf16 CPU shows it fixed, it is opt-in:
-    backend="openvino", precision="bf16".
+    """(backend, precision) for resolve_embed_model("local[:<model>]"): ONNX Runtime fp32 when installed (it
+    meets the fp32 fidelity bar, and each graph is checked against torch when it is built), else torch. A model
+    with modules the ONNX path does not run (a Dense layer after pooling, max pooling, ...; see `model_dir`'s
+    modules.json) gets torch. OpenVINO bf16 is faster where the CPU has native bf16 but stays opt-in
+    (backend="openvino", precision="bf16") until its crash on such CPUs is shown fixed.
+    Figures and reasons: docs/providers/local.md#why-these-defaults.
     """
     import importlib.util
 
@@ -341,8 +334,8 @@ class HuggingFaceEmbedding(BatchEmbedding):
         """Most tokens first, so each batch pads little and the slowest batch runs first; each item's
         tokens go to its batch (`Batch.prepared`), so each text is tokenised once per call.
 
-        Token counts, not characters: sorting queries by characters padded batches by ~50%. Only the
-        tokenizer is loaded for this (no weights); a model without one is ordered by characters.
+        Token counts, not characters, which mispredict padding (docs/providers/local.md#why-these-defaults).
+        Only the tokenizer is loaded for this (no weights); a model without one is ordered by characters.
         """
         if len(items) <= 1 or role is Role.IMAGE:
             return Plan()

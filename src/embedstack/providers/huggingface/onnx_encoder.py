@@ -53,8 +53,8 @@ __all__ = [
 
 logger = logging.getLogger("embedstack")
 
-#: Tokens (padded rows x length) per graph run; measured here, 1k beat 2k (by ~8%), 8k and 32k
-#: (activations and attention scores stay cache-sized); see bench/onnx_backend.py.
+#: Tokens (padded rows x length) per graph run: small, so activations and attention scores stay cache-sized.
+#: Figures and how to measure them: docs/providers/local.md#why-these-defaults.
 DEFAULT_TOKEN_BUDGET = 1024
 _MAX_ROWS = 256
 _PROBE = ["embedstack probes the export with two sentences.", "a short one"]
@@ -511,8 +511,9 @@ class OnnxEncoder:
         }
 
     def _padded_length(self, longest: int) -> int:
-        """The length a batch is padded to: exact for ONNX Runtime; for OpenVINO, which compiles and
-        keeps kernels per input shape (~10 ms and, for int8, ~0.4 MB each), one of ~48 lengths up to 256."""
+        """The length a batch is padded to: exact for ONNX Runtime; for OpenVINO, which compiles and keeps
+        kernels per input shape (time and memory each: docs/providers/local.md#why-these-defaults), one of
+        ~48 lengths up to 256."""
         if self.ov is None:
             return longest
         return min(shape_bucket(longest), max(longest, self.max_length))

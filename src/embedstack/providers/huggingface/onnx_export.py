@@ -64,8 +64,8 @@ GRAPH_KINDS = (*ONNX_PRECISIONS, "plain", "nncf-int8")
 _BASE_OF = {"int8": "fp32", "nncf-int8": "plain"}
 #: Version of the int8 recipe (part of int8 cache keys only, so fp32 graphs stay valid).
 INT8_RECIPE = 2
-#: int8 quantises every MatMul when the calibration texts keep these cosines to fp32 (mean: the
-#: issue's quality bar for the fast mode; on the benchmark file the default model then gets 0.994).
+#: int8 quantises every MatMul when the calibration texts keep these cosines to fp32 (mean: the issue's
+#: quality bar for the fast mode; what models get: docs/providers/local.md#why-these-defaults).
 INT8_MIN_MEAN_COSINE = 0.99
 INT8_MIN_COSINE = 0.98
 #: Version of the NNCF recipe (calibration texts, options); part of nncf-int8 cache keys.
