@@ -187,8 +187,8 @@ class HuggingFaceEmbedding(BatchEmbedding):
 
     def _refresh(self, changed: frozenset[str], fresh: bool) -> None:
         """Find the model's files when where they come from changed (at construction too, so a bad name
-        fails there, and an assignment that names no model raises before anything changes); drop the
-        loaded weights and tokenizer when a field that decides how they load changed."""
+        fails there; a failed lookup changes no derived state and the base undoes the assignment); drop
+        the loaded weights and tokenizer when a field that decides how they load changed."""
         if fresh or changed & _RELOCATE:
             self._use(locate_model(self.model_name, self.cache_folder, self.revision))
         if not fresh and changed & _RELOAD:
