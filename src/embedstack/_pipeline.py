@@ -663,7 +663,7 @@ async def run_async(job: EmbedJob) -> Matrix:
                         await cache.awrite(job.salvage(batch, e))
 
         for _ in range(_MAX_ROUNDS):
-            batches = job.batches()
+            batches = await asyncio.to_thread(job.batches) if model.plan_in_thread else job.batches()
             if failed or not batches:
                 break
             await asyncio.gather(*(one(b) for b in batches))

@@ -64,6 +64,9 @@ class BaseEmbedding(TransformComponent):
     max_concurrency: ClassVar[int | None] = None
     #: Whether the sync path may run batches in threads when num_workers > 1 (remote APIs: yes).
     parallel_sync_batches: ClassVar[bool] = False
+    #: Whether `_plan` does real work (loading a tokenizer, tokenising): the async driver then runs it in a
+    #: worker thread, so the event loop is never blocked by it.
+    plan_in_thread: ClassVar[bool] = False
 
     _memo: dict[str, Any] = PrivateAttr(default_factory=dict)
 

@@ -23,6 +23,7 @@ class PipelineModel(Protocol):
 
     embed_batch_size: int
     embeddings_cache: Any  # a BaseKVStore or None
+    plan_in_thread: bool  # run _plan off the event loop (it tokenises, loads files)
     callback_manager: Any  # a CallbackManager (legacy LlamaIndex events)
 
     def _check_items(self, items: Sequence[Any], role: Role, label: str, offset: int) -> None:
@@ -69,7 +70,7 @@ class ProviderDeclarations(Protocol):
     `_batch_order(items)`, or `_plan(items, role)` to also hand each batch per-item work done while
     ordering (`Batch.prepared`, e.g. tokens). Derived state (loaded weights, clients, located files):
     `_derived` names the private attributes rebuilt from the fields, `_refresh(changed, fresh)` rebuilds them.
-    Concurrency: `max_concurrency`, `parallel_sync_batches`. Input checks:
+    Concurrency: `max_concurrency`, `parallel_sync_batches`, `plan_in_thread`. Input checks:
     `_check_items`. Work: `_embed_batch(items, role)` (BatchEmbedding) or the LlamaIndex hooks, or
     `_embed(batch)` when positions are needed.
     """
@@ -78,6 +79,7 @@ class ProviderDeclarations(Protocol):
     _derived: ClassVar[frozenset[str]]
     max_concurrency: ClassVar[int | None]
     parallel_sync_batches: ClassVar[bool]
+    plan_in_thread: ClassVar[bool]
 
     def _identity(self) -> dict[str, Any]:
         """Class path and every field that changes the vectors."""

@@ -448,6 +448,7 @@ class TokenizerSpy:
         if st is not None:
             found.append(getattr(st[0], "tokenizer", None))
         self.texts = 0
+        self.threads: set[int] = set()  # threads the tokenizer ran on
         seen: set[int] = set()
         for tok in found:
             rust = getattr(tok, "backend_tokenizer", tok)
@@ -460,6 +461,7 @@ class TokenizerSpy:
 
     def _counting(self, real: Any, single: bool) -> Any:
         def call(batch: Any, *args: Any, **kwargs: Any) -> Any:
+            self.threads.add(threading.get_ident())
             self.texts += 1 if single else len(batch)
             return real(batch, *args, **kwargs)
 
@@ -523,6 +525,7 @@ def test_async_call_tokenises_once_and_runs_the_model_off_the_loop(
     assert spy.texts == len(texts)
     assert len(recorder.calls) == 3 and all(handed for _, handed in recorder.calls)  # the plan's tokens
     assert all(thread != loop_thread for thread, _ in recorder.calls)  # never on the event loop
+    assert spy.threads and loop_thread not in spy.threads  # tokenising (the plan) is off the loop too
     np.testing.assert_allclose(got, model.embed(texts), atol=1e-5)
 
 

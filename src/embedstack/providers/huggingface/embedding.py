@@ -147,6 +147,7 @@ class HuggingFaceEmbedding(BatchEmbedding):
         }
     )
     max_concurrency: ClassVar[int | None] = 1
+    plan_in_thread: ClassVar[bool] = True  # _plan loads the tokenizer and tokenises: never on the event loop
     #: Rebuilt from the fields by `_refresh`; never pickled (a receiver finds the files and loads itself).
     _derived: ClassVar[frozenset[str]] = frozenset(
         {"_source", "_prompts", "_encoder", "_tokenizer", "_tokenizer_made", "_lock"}
