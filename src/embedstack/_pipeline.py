@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from embedstack.contract import PipelineModel
     from embedstack.kvstore.base import BaseKVStore
 
-__all__ = ["CACHE_COLLECTION", "DIM_COLLECTION", "EmbedJob", "as_matrix", "run_async", "run_sync"]
+__all__ = ["CACHE_COLLECTION", "DIM_COLLECTION", "EmbedJob", "as_matrix", "cached_rows", "run_async", "run_sync"]
 
 logger = logging.getLogger("embedstack")
 Matrix = npt.NDArray[np.float32]
@@ -670,6 +670,34 @@ async def run_async(job: EmbedJob) -> Matrix:
         if failed:
             raise failed[0]
         return job.result()
+    finally:
+        job.close()
+
+
+def cached_rows(
+    model: PipelineModel, items: Sequence[Any], role: Role, label: str = "input"
+) -> tuple[Matrix | None, npt.NDArray[np.bool_]]:
+    """What the model's cache already holds for `items`, without calling the model (read-only).
+
+    The items are checked as `embed` checks them (errors name `label[i]`). Returns the (n, dim)
+    vectors, zero rows where nothing was found, or None when nothing was; and which items were
+    found. Entries are trusted only once the model's vector length is known (declared, or returned
+    by an earlier call), so a stale entry of another length is a miss here too. A server uses it so
+    that cache hits never wait in its queue.
+    """
+    job = EmbedJob(model, items, role, label)
+    found = np.zeros(job.n, dtype=bool)
+    try:
+        if job.store is None or not job.keys or job.expected_dim is None:
+            return None, found
+        CacheIO(job).read()
+        if job.out is None or not job.have.any():
+            return None, found
+        slot_of = np.asarray(job.slot_of, dtype=np.intp)
+        found = job.have[slot_of]
+        rows = job.out[slot_of]  # a fancy index: a new array, safe to change
+        rows[~found] = 0.0
+        return rows, found
     finally:
         job.close()
 

@@ -19,6 +19,7 @@ examples:
   embedstack search packages.parquet "mock HTTP requests in tests" -k 5
   embedstack info packages.parquet
   cat notes.txt | embedstack embed - -o notes.npy --model local
+  embedstack serve --model minilm=local --port 8000
 """
 
 
@@ -160,6 +161,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="list only this provider's known models (dims, max tokens, pooling, verified backends)",
     )
     models.add_argument("--json", action="store_true", help="print as JSON")
+
+    from embedstack.cli._serve import add_serve_parser  # argparse only: the server loads when it runs
+
+    add_serve_parser(sub, [common, cache])
     return parser
 
 

@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     debug = getattr(args, "debug", False)
     _quiet_libraries(debug)
     signal.signal(signal.SIGTERM, _terminate)  # so temp files are removed as on Ctrl-C
-    commands = {"embed": cmd_embed, "search": cmd_search, "info": cmd_info, "models": cmd_models}
+    commands = {"embed": cmd_embed, "search": cmd_search, "info": cmd_info, "models": cmd_models, "serve": _cmd_serve}
     try:
         return commands[args.command](args)
     except KeyboardInterrupt:
@@ -80,6 +80,12 @@ def run(args: argparse.Namespace) -> int:
             raise
         _err(f"{type(e).__name__}: {e} (re-run with --debug for the traceback)")
         return 1
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from embedstack.cli._serve import cmd_serve
+
+    return cmd_serve(args)
 
 
 def _cache_arg(args: argparse.Namespace) -> Any:

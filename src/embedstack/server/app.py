@@ -1,0 +1,569 @@
+"""The FastAPI app: routes, the gate every request passes (size, key, metrics, server header) and the lifespan.
+
+`POST /v1/embeddings` answers cache hits at once (`embedstack._pipeline.cached_rows`), hands the
+misses to the model's `Batcher`, and writes the answer as bytes (orjson). Models load in the
+background after start: `/health` says 503 until they are ready and again while draining.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hmac
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from embedstack import __version__
+from embedstack._pipeline import cached_rows
+from embedstack.base import BaseEmbedding, MultiModalEmbedding
+from embedstack.errors import InvalidInputError
+from embedstack.server.batcher import Batcher, QueueFull
+from embedstack.server.errors import APIError, error_body, install_handlers
+from embedstack.server.limits import (
+    DEFAULT_MAX_BATCH_TOKENS,
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_QUEUE,
+    DEFAULT_MAX_WAIT_MS,
+    MAX_INPUTS,
+    SERVER_HEADER,
+)
+from embedstack.server.metrics import CONTENT_TYPE, Metrics
+from embedstack.server.schemas import EmbeddingRequest, EmbeddingResponse, ErrorBody, ModelCard, ModelList
+from embedstack.server.tokens import TokenCounter, counter_for
+from embedstack.types import Batch, Role
+
+__all__ = ["ServerState", "create_app"]
+
+logger = logging.getLogger("embedstack.server")
+
+#: Requests this small are counted and looked up on the loop; larger ones in a worker thread.
+_INLINE_INPUTS = 16
+_ROUTES = frozenset({"/v1/embeddings", "/v1/models", "/health", "/metrics", "/docs", "/openapi.json"})
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody, "description": text}
+    for code, text in {
+        400: "Invalid request",
+        401: "Missing or wrong API key",
+        404: "Unknown model",
+        413: "Body too large, or more than 2,048 inputs",
+        429: "Queue full (see Retry-After)",
+        503: "Loading or draining (see Retry-After)",
+    }.items()
+}
+
+Matrix = npt.NDArray[np.float32]
+
+
+@dataclass
+class _Served:
+    """One served model: the model, its batcher and token counter, and whether it is ready."""
+
+    name: str
+    model: BaseEmbedding
+    batcher: Batcher
+    counter: TokenCounter
+    created: int = field(default_factory=lambda: int(time.time()))
+    ready: bool = False
+    error: str | None = None
+    dim: int | None = None
+
+
+@dataclass
+class ServerState:
+    """What the routes share: the served models, the key, limits, metrics, and loading/draining."""
+
+    models: dict[str, _Served]
+    metrics: Metrics
+    api_key: str | None
+    max_body_bytes: int
+    warm_up: bool = True
+    draining: bool = False
+    loaded: asyncio.Event | None = None
+
+    @property
+    def ready(self) -> bool:
+        """Every model loaded and not draining."""
+        return not self.draining and all(m.ready for m in self.models.values())
+
+
+def _named(models: Mapping[str, Any] | Sequence[Any] | BaseEmbedding | str) -> dict[str, BaseEmbedding]:
+    from embedstack.registry import resolve_embed_model
+
+    if isinstance(models, (BaseEmbedding, str)):
+        models = [models]
+    if isinstance(models, Mapping):
+        pairs = [(str(k), resolve_embed_model(v)) for k, v in models.items()]
+    else:
+        resolved = [resolve_embed_model(m) for m in models]
+        pairs = [(m.model_name, m) for m in resolved]
+    named: dict[str, BaseEmbedding] = {}
+    for name, model in pairs:
+        if name in named:
+            raise ValueError(f"two models are served as {name!r}; name them: --model NAME=SPEC")
+        named[name] = model
+    if not named:
+        raise ValueError("no model to serve")
+    return named
+
+
+def create_app(
+    models: Mapping[str, Any] | Sequence[Any] | BaseEmbedding | str,
+    *,
+    api_key: str | None = None,
+    max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
+    max_wait_ms: float = DEFAULT_MAX_WAIT_MS,
+    max_queue: int = DEFAULT_MAX_QUEUE,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    warm_up: bool = True,
+) -> FastAPI:
+    """The ASGI app serving `models` ({name: model or spec}, a list named by model_name, or one model).
+
+    `api_key`: the bearer key /v1/* requires (None: none). Batching: at most `max_batch_tokens` tokens
+    per model call, the first input to an idle model waits `max_wait_ms` for others, at most `max_queue`
+    inputs wait per model (then 429). `warm_up`: load each model and run it once before /health says ready.
+    """
+    for name, value in (("max_batch_tokens", max_batch_tokens), ("max_queue", max_queue)):
+        if value < 1:
+            raise ValueError(f"{name} must be at least 1, got {value}")
+    if max_wait_ms < 0:
+        raise ValueError(f"max_wait_ms must be >= 0, got {max_wait_ms}")
+    if max_body_bytes < 1024:
+        raise ValueError(f"max_body_bytes must be at least 1024, got {max_body_bytes}")
+    metrics = Metrics()
+    served = {
+        name: _Served(
+            name,
+            model,
+            Batcher(
+                model,
+                name,
+                metrics,
+                max_batch_tokens=max_batch_tokens,
+                max_wait=max_wait_ms / 1000,
+                max_queue=max_queue,
+            ),
+            counter_for(model),
+        )
+        for name, model in _named(models).items()
+    }
+    state = ServerState(served, metrics, api_key or None, max_body_bytes, warm_up)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state.loaded = asyncio.Event()
+        for m in state.models.values():
+            m.batcher.start()
+        loader = asyncio.create_task(_load_all(state), name="embedstack-load-models")
+        try:
+            yield
+        finally:
+            state.draining = True
+            loader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await loader
+            for m in state.models.values():
+                await m.batcher.stop(APIError(503, "the server is shutting down", code="server_shutting_down"))
+
+    app = FastAPI(
+        title="embedstack",
+        version=__version__,
+        summary="OpenAI-compatible embeddings from embedstack models, with dynamic batching.",
+        lifespan=lifespan,
+    )
+    app.state.embedstack = state
+    install_handlers(app)
+    _routes(app, state)
+    app.add_middleware(_Gate, state=state)
+    return app
+
+
+# -- loading -------------------------------------------------------------------------------------------
+async def _load_all(state: ServerState) -> None:
+    for served in state.models.values():
+        if not state.warm_up:
+            served.ready = True
+            continue
+        try:
+            served.dim = await asyncio.to_thread(_warm_up, served.model)
+        except Exception as e:
+            served.error = f"{type(e).__name__}: {e}"
+            logger.error("model %r failed to load: %s", served.name, served.error)
+            continue
+        served.ready = True
+        logger.info("model %r ready (%s dimensions)", served.name, served.dim)
+    assert state.loaded is not None
+    state.loaded.set()
+
+
+def _warm_up(model: BaseEmbedding) -> int | None:
+    """Load the weights and run the model once (outside the cache), so the first request pays neither;
+    returns the vector length, which the model then knows (cache hits are trusted from then on)."""
+    from embedstack._pipeline import as_matrix
+
+    load = getattr(model, "load", None)
+    if callable(load):
+        load()
+    if type(model).__module__.startswith("embedstack.providers.openai"):
+        return model._known_dim()[0]  # a remote model: no request before a client asks
+    raw = model._embed(Batch(["warm-up"], Role.TEXT, "warm-up", [0]))
+    mat = as_matrix(getattr(raw, "vectors", raw), 1)
+    model._learn_dim(int(mat.shape[1]))
+    return int(mat.shape[1])
+
+
+# -- the gate: body size, key, metrics, server header ---------------------------------------------------
+class _TooLarge(StarletteHTTPException):
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"the request body is over the server's limit of {limit} bytes (--max-body-bytes)")
+
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+
+class _Gate:
+    """Pure ASGI middleware: 413 on a body over the limit, 401 without the key on /v1/*, the server header
+    and route/status/latency metrics on every answer."""
+
+    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]], state: ServerState) -> None:
+        self.app = app
+        self.state = state
+        self.header = (SERVER_HEADER.encode(), __version__.encode())
+        self.key = state.api_key.encode() if state.api_key else None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        t0 = time.perf_counter()
+        path = scope["path"]
+        route = path if path in _ROUTES else ("/v1/models/{id}" if path.startswith("/v1/models/") else "other")
+        status = 500
+        header = self.header
+
+        async def send_with_header(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", ()), header]
+            await send(message)
+
+        try:
+            refusal = self._refusal(scope, path)
+            if refusal is not None:
+                await _send_json(send_with_header, refusal)
+                return
+            await self.app(scope, self._limited(receive), send_with_header)
+        finally:
+            metrics = self.state.metrics
+            metrics.requests.labels(route, str(status)).inc()
+            metrics.latency.labels(route).observe(time.perf_counter() - t0)
+
+    def _refusal(self, scope: Scope, path: str) -> APIError | None:
+        headers = dict(scope.get("headers") or ())
+        length = headers.get(b"content-length")
+        limit = self.state.max_body_bytes
+        if length is not None and length.isdigit() and int(length) > limit:
+            return APIError(413, f"the request body is over the server's limit of {limit} bytes (--max-body-bytes)")
+        if self.key is not None and path.startswith("/v1/"):
+            auth = headers.get(b"authorization", b"")
+            scheme, _, given = auth.partition(b" ")
+            if scheme.lower() != b"bearer" or not hmac.compare_digest(given.strip(), self.key):
+                return APIError(
+                    401,
+                    "missing or wrong API key: send 'Authorization: Bearer <key>'",
+                    code="invalid_api_key",
+                    headers={"www-authenticate": "Bearer"},
+                )
+        return None
+
+    def _limited(self, receive: Receive) -> Receive:
+        limit = self.state.max_body_bytes
+        seen = 0
+
+        async def receive_limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise _TooLarge(limit)
+            return message
+
+        return receive_limited
+
+
+async def _send_json(send: Send, error: APIError) -> None:
+    body = orjson.dumps(error_body(error.status, error.message, error.param, error.code))
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers += [(k.encode(), v.encode()) for k, v in error.headers.items()]
+    await send({"type": "http.response.start", "status": error.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+# -- routes ----------------------------------------------------------------------------------------------
+def _routes(app: FastAPI, state: ServerState) -> None:
+    @app.post(
+        "/v1/embeddings",
+        response_model=EmbeddingResponse,
+        responses=_ERRORS,
+        summary="Create embeddings (OpenAI's API, plus input_type and truncate)",
+    )
+    async def embeddings(body: EmbeddingRequest, request: Request) -> Response:
+        return await _embeddings(state, body, request)
+
+    @app.get("/v1/models", response_model=ModelList, summary="The served models")
+    async def list_models() -> ModelList:
+        return ModelList(data=[ModelCard(id=m.name, created=m.created) for m in state.models.values()])
+
+    @app.get("/v1/models/{model_id:path}", response_model=ModelCard, responses={404: _ERRORS[404]})
+    async def get_model(model_id: str) -> ModelCard:
+        served = state.models.get(model_id)
+        if served is None:
+            raise _unknown_model(state, model_id)
+        return ModelCard(id=served.name, created=served.created)
+
+    @app.get(
+        "/health",
+        summary="200 when every model is ready; 503 while loading, after a model failed to load, or while draining",
+    )
+    async def health() -> JSONResponse:
+        models = {
+            m.name: ("ready" if m.ready else "failed: " + m.error if m.error else "loading")
+            for m in state.models.values()
+        }
+        if state.draining:
+            status = "draining"
+        elif any(m.error for m in state.models.values()):
+            status = "failed"
+        else:
+            status = "ok" if state.ready else "loading"
+        code = 200 if status == "ok" else 503
+        headers = {"retry-after": "1"} if status == "loading" else None
+        return JSONResponse({"status": status, "models": models}, status_code=code, headers=headers)
+
+    @app.get("/metrics", summary="Prometheus metrics", response_class=Response)
+    async def metrics() -> Response:
+        for m in state.models.values():
+            state.metrics.queue_depth.labels(m.name).set(m.batcher.depth)
+        return Response(state.metrics.render(), media_type=CONTENT_TYPE)
+
+
+def _unknown_model(state: ServerState, name: str) -> APIError:
+    served = ", ".join(repr(n) for n in state.models)
+    return APIError(
+        404,
+        f"the model {name!r} does not exist on this server; it serves {served}",
+        param="model",
+        code="model_not_found",
+    )
+
+
+def _inputs(body: EmbeddingRequest) -> list[str]:
+    raw = body.input
+    if isinstance(raw, str):
+        raw = [raw]
+    if not raw:
+        raise APIError(400, "'input' is an empty array; send at least one text", param="input", code="invalid_value")
+    if not isinstance(raw[0], str):
+        raise APIError(
+            400,
+            "token-id arrays are not supported: send texts (LangChain: OpenAIEmbeddings(..., "
+            "check_embedding_ctx_length=False))",
+            param="input",
+            code="unsupported_input",
+        )
+    texts: list[str] = raw  # type: ignore[assignment]
+    if len(texts) > MAX_INPUTS:
+        raise APIError(
+            413,
+            f"'input' has {len(texts)} items; at most {MAX_INPUTS} per request",
+            param="input",
+            code="too_many_inputs",
+        )
+    for i, t in enumerate(texts):
+        if not t:
+            raise APIError(400, f"'input[{i}]' is an empty string", param=f"input[{i}]", code="invalid_value")
+    return texts
+
+
+_ROLES = {"query": Role.QUERY, "document": Role.TEXT, "image": Role.IMAGE}
+
+
+def _check_images(texts: list[str], served: _Served) -> None:
+    if not isinstance(served.model, MultiModalEmbedding):
+        raise APIError(
+            400, f"the model {served.name!r} does not embed images", param="input_type", code="unsupported_input"
+        )
+    for i, t in enumerate(texts):
+        head = t[:256].lower()
+        if not head.startswith("data:image/") or ";base64," not in head:
+            raise APIError(
+                400,
+                f"'input[{i}]' is not a data:image/...;base64, URI; images travel inline (URLs are never fetched)",
+                param=f"input[{i}]",
+                code="invalid_value",
+            )
+
+
+def _prepare(served: _Served, texts: list[str], role: Role, truncate: bool) -> tuple[list[int], Matrix | None, Any]:
+    """Token counts (with truncation checked) and the cache's hits: the request's CPU work before the queue."""
+    counts, truncated = served.counter.count(texts, role)
+    if not truncate and any(truncated):
+        over = [i for i, t in enumerate(truncated) if t]
+        shown = ", ".join(f"input[{i}]" for i in over[:5]) + (f" and {len(over) - 5} more" if len(over) > 5 else "")
+        raise APIError(
+            400,
+            f'{shown} {"is" if len(over) == 1 else "are"} over the model\'s token limit and "truncate" is false',
+            param=f"input[{over[0]}]",
+            code="context_length_exceeded",
+        )
+    try:
+        rows, found = cached_rows(served.model, texts, role, "input")
+    except (InvalidInputError, TypeError, ValueError) as e:
+        index = getattr(e, "index", None)
+        raise APIError(
+            400, str(e), param=f"input[{index}]" if index is not None else "input", code="invalid_value"
+        ) from None
+    return counts, rows, (found, sum(truncated))
+
+
+async def _embeddings(state: ServerState, body: EmbeddingRequest, request: Request) -> Response:
+    if state.draining:
+        raise APIError(503, "the server is shutting down", code="server_shutting_down", headers={"retry-after": "1"})
+    served = state.models.get(body.model)
+    if served is None:
+        raise _unknown_model(state, body.model)
+    if not served.ready:
+        if served.error:
+            raise APIError(503, f"the model {served.name!r} failed to load: {served.error}", code="model_failed")
+        raise APIError(503, f"the model {served.name!r} is loading", code="model_loading", headers={"retry-after": "1"})
+    texts = _inputs(body)
+    role = _ROLES[body.input_type]
+    if role is Role.IMAGE:
+        _check_images(texts, served)
+    if body.dimensions is not None and (body.dimensions < 1 or (served.dim and body.dimensions > served.dim)):
+        raise APIError(
+            400,
+            f"'dimensions' must be between 1 and {served.dim or 'the model dimension'}, got {body.dimensions}",
+            param="dimensions",
+            code="invalid_value",
+        )
+    if len(texts) <= _INLINE_INPUTS:
+        counts, rows, (found, truncated) = _prepare(served, texts, role, body.truncate)
+    else:
+        counts, rows, (found, truncated) = await asyncio.to_thread(_prepare, served, texts, role, body.truncate)
+    metrics = state.metrics
+    hits = int(found.sum())
+    if hits:
+        metrics.cache_hits.labels(served.name).inc(hits)
+    if hits < len(texts):
+        misses = np.flatnonzero(~found)
+        computed = await _compute(served, request, [texts[i] for i in misses], role, [counts[i] for i in misses])
+        if rows is None:
+            rows = computed if len(misses) == len(texts) else np.zeros((len(texts), computed.shape[1]), np.float32)
+        if rows is not computed:
+            rows[misses] = computed
+    assert rows is not None
+    if body.dimensions is not None:
+        rows = _shorten(rows, body.dimensions)
+    tokens = int(sum(counts)) if role is not Role.IMAGE else 0
+    metrics.tokens.labels(served.name).inc(tokens)
+    if truncated:
+        metrics.truncated.labels(served.name).inc(truncated)
+    return Response(_encode(rows, served.name, tokens, body.encoding_format), media_type="application/json")
+
+
+async def _compute(served: _Served, request: Request, values: list[str], role: Role, costs: list[int]) -> Matrix:
+    """The model's vectors for the misses, through the batcher; the request is cancelled if its client goes."""
+    try:
+        ticket = served.batcher.submit(values, role, costs)
+    except QueueFull as e:
+        raise APIError(
+            429,
+            f"the queue of {served.name!r} is full ({e.depth} inputs waiting); retry after {e.retry_after}s",
+            code="queue_full",
+            headers={"retry-after": str(e.retry_after)},
+        ) from None
+    gone = asyncio.ensure_future(_disconnected(request.receive))
+    try:
+        await asyncio.wait({ticket.future, gone}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        served.batcher.cancel(ticket)
+        raise
+    finally:
+        gone.cancel()
+    if not ticket.future.done():
+        served.batcher.cancel(ticket)
+        raise APIError(499, "the client closed the request", code="client_closed_request")
+    error = ticket.future.exception()
+    if error is not None:
+        if isinstance(error, APIError):
+            raise error
+        if isinstance(error, (InvalidInputError, TypeError, ValueError)):
+            raise APIError(400, str(error), param="input", code="invalid_value") from error
+        logger.error("model %r failed: %s: %s", served.name, type(error).__name__, error)
+        raise APIError(500, f"the model failed: {type(error).__name__}: {error}", code="model_error") from error
+    return ticket.rows()
+
+
+async def _disconnected(receive: Receive) -> None:
+    """Returns when the client disconnects (the body was read already, so nothing else arrives)."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+def _shorten(rows: Matrix, dimensions: int) -> Matrix:
+    """The first `dimensions` values of each vector, re-normalised to unit length."""
+    if dimensions > rows.shape[1]:
+        raise APIError(
+            400,
+            f"'dimensions' must be between 1 and {rows.shape[1]}, got {dimensions}",
+            param="dimensions",
+            code="invalid_value",
+        )
+    cut = rows[:, :dimensions]
+    norms = np.linalg.norm(cut, axis=1, keepdims=True)
+    return np.ascontiguousarray(cut / np.maximum(norms, np.float32(1e-12)), dtype=np.float32)
+
+
+def _encode(rows: Matrix, model: str, tokens: int, encoding_format: str) -> bytes:
+    """The response body: OpenAI's shape, floats as float32's shortest form, or base64 of little-endian float32."""
+    rows = np.ascontiguousarray(rows, dtype=np.float32)
+    if encoding_format == "base64":
+        raw = rows.astype("<f4", copy=False).tobytes()
+        width = rows.shape[1] * 4
+        data: list[dict[str, Any]] = [
+            {
+                "object": "embedding",
+                "index": i,
+                "embedding": base64.b64encode(raw[i * width : (i + 1) * width]).decode(),
+            }
+            for i in range(rows.shape[0])
+        ]
+    else:
+        data = [{"object": "embedding", "index": i, "embedding": rows[i]} for i in range(rows.shape[0])]
+    return orjson.dumps(
+        {
+            "object": "list",
+            "data": data,
+            "model": model,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        },
+        option=orjson.OPT_SERIALIZE_NUMPY,
+    )
