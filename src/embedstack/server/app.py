@@ -277,7 +277,11 @@ class _Gate:
         length = headers.get(b"content-length")
         limit = self.state.max_body_bytes
         if length is not None and length.isdigit() and int(length) > limit:
-            return APIError(413, f"the request body is over the server's limit of {limit} bytes (--max-body-bytes)")
+            return APIError(
+                413,
+                f"the request body is over the server's limit of {limit} bytes (--max-body-bytes)",
+                code="request_too_large",
+            )
         if self.key is not None and path.startswith("/v1/"):
             auth = headers.get(b"authorization", b"")
             scheme, _, given = auth.partition(b" ")

@@ -118,10 +118,11 @@ def install_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         message = str(exc.detail) if exc.detail else "error"
+        code = "request_too_large" if exc.status_code == 413 else None
         if exc.status_code == 404:
             message = f"no route {request.method} {request.url.path}; see /docs"
         return JSONResponse(
-            error_body(exc.status_code, message, None, None), status_code=exc.status_code, headers=exc.headers
+            error_body(exc.status_code, message, None, code), status_code=exc.status_code, headers=exc.headers
         )
 
     @app.exception_handler(Exception)
