@@ -8,6 +8,7 @@ import itertools
 import threading
 from abc import abstractmethod
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence, Sized
+from contextlib import contextmanager
 from typing import Any, ClassVar
 
 import numpy as np
@@ -398,17 +399,9 @@ class BaseEmbedding(TransformComponent):
         their position in the stream (`texts[12345]`). `total` sizes the progress bar when known.
         """
         role = Role(role)
-        if chunk_size <= 0:
-            raise ValueError(f"chunk_size must be positive, got {chunk_size}")
-        progress, owned = _stream_progress(items, show_progress, total)
-        try:
-            offset = 0
-            for chunk in _chunks(items, chunk_size):
-                yield self._run(chunk, role, _label(role), progress or False, offset)
-                offset += len(chunk)
-        finally:
-            if owned and progress is not None:
-                progress.close()
+        with _streaming(items, chunk_size, show_progress, total) as (chunks, progress):
+            for chunk, offset in chunks:
+                yield self._run(chunk, role, _label(role), progress, offset)
 
     async def aembed_iter(
         self,
@@ -420,17 +413,9 @@ class BaseEmbedding(TransformComponent):
     ) -> AsyncIterator[npt.NDArray[np.float32]]:
         """Async embed_iter (the items are read on the loop: pass a list or a cheap iterator)."""
         role = Role(role)
-        if chunk_size <= 0:
-            raise ValueError(f"chunk_size must be positive, got {chunk_size}")
-        progress, owned = _stream_progress(items, show_progress, total)
-        try:
-            offset = 0
-            for chunk in _chunks(items, chunk_size):
-                yield await self._arun(chunk, role, _label(role), progress or False, offset)
-                offset += len(chunk)
-        finally:
-            if owned and progress is not None:
-                progress.close()
+        with _streaming(items, chunk_size, show_progress, total) as (chunks, progress):
+            for chunk, offset in chunks:
+                yield await self._arun(chunk, role, _label(role), progress, offset)
 
     def as_langchain(self) -> Any:
         """This model as a langchain_core Embeddings (sync and async), for LangChain vector stores."""
@@ -469,14 +454,29 @@ def _label(role: Role) -> str:
     return "images" if role is Role.IMAGE else "texts"
 
 
-def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+def _chunks(items: Iterable[Any], size: int) -> Iterator[tuple[list[Any], int]]:
+    """(chunk, position of its first item) for each `size` items of a stream."""
     if isinstance(items, (str, bytes, bytearray)):
-        raise TypeError(
-            f"embed_iter takes an iterable of items, not a single {type(items).__name__}; wrap it in a list"
-        )
-    it = iter(items)
+        raise TypeError(f"embed_iter takes an iterable of items, not one {type(items).__name__}; wrap it in a list")
+    it, offset = iter(items), 0
     while chunk := list(itertools.islice(it, size)):
-        yield chunk
+        yield chunk, offset
+        offset += len(chunk)
+
+
+@contextmanager
+def _streaming(
+    items: Iterable[Any], chunk_size: int, show: ProgressArg, total: int | None
+) -> Iterator[tuple[Iterator[tuple[list[Any], int]], ProgressArg]]:
+    """embed_iter's chunks and its progress reporter (a bar of its own is closed at the end)."""
+    if chunk_size <= 0:
+        raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+    progress, owned = _stream_progress(items, show, total)
+    try:
+        yield _chunks(items, chunk_size), progress or False
+    finally:
+        if owned and progress is not None:
+            progress.close()
 
 
 def _stream_progress(items: Iterable[Any], show: ProgressArg, total: int | None) -> tuple[Progress | None, bool]:

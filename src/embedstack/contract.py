@@ -23,7 +23,7 @@ class PipelineModel(Protocol):
 
     embed_batch_size: int
     embeddings_cache: Any  # a BaseKVStore or None
-    plan_in_thread: bool  # run _plan off the event loop (it tokenises, loads files)
+    plan_in_thread: ClassVar[bool]  # run _plan off the event loop (it tokenises, loads files)
     callback_manager: Any  # a CallbackManager (legacy LlamaIndex events)
 
     def _check_items(self, items: Sequence[Any], role: Role, label: str, offset: int) -> None:
