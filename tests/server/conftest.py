@@ -179,7 +179,19 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         modules=[Transformer(str(plain), max_seq_length=16), Pooling(32, pooling_mode="mean"), Normalize()],
         device="cpu",
     ).save(str(st))
+    prompts = root / "st-prompts"
+    SentenceTransformer(
+        modules=[Transformer(str(plain), max_seq_length=16), Pooling(32, pooling_mode="mean"), Normalize()],
+        device="cpu",
+        prompts={"query": "red car ", "document": "blue house "},  # words of the vocabulary: they change vectors
+    ).save(str(prompts))
     return st
+
+
+@pytest.fixture(scope="session")
+def tiny_prompts_dir(tiny_model_dir: Path) -> Path:
+    """The tiny BERT with query and document prompts, so a query's vector differs from a document's."""
+    return tiny_model_dir.parent / "st-prompts"
 
 
 @pytest.fixture(scope="session")

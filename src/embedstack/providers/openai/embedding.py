@@ -33,6 +33,7 @@ from embedstack.providers.catalog import find
 from embedstack.providers.openai.answers import malformed, read_answer
 from embedstack.providers.openai.client import (
     Clients,
+    _response_class,
     apost,
     check_credentials,
     check_header_value,
@@ -92,6 +93,10 @@ DEFAULT_ASYNC_WORKERS = 8
 
 #: OpenAILikeEmbedding's stand-in key for servers that want none (not a secret).
 _PLACEHOLDER_KEY = "EMPTY"
+#: The header `embedstack serve` puts on every answer (embedstack.server.limits.SERVER_HEADER; providers
+#: never import the server), and the field it reads to apply a model's query instruction.
+_EMBEDSTACK_HEADER = "x-embedstack-server"
+_QUERY_FIELDS: dict[str, Any] = {"input_type": "query"}
 
 
 class _OpenAIBase(BatchEmbedding):
@@ -427,11 +432,13 @@ class _OpenAIBase(BatchEmbedding):
         """`text` without this model's credentials (see `redact.scrub`)."""
         return scrub(text, self._secrets())
 
-    def _body(self, inputs: list[str]) -> dict[str, Any]:
-        """The JSON body of one request."""
+    def _body(self, inputs: list[str], extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The JSON body of one request (`extra`: fields for this server only, e.g. embedstack's input_type)."""
         body: dict[str, Any] = {"input": inputs, "model": self.model_name, "encoding_format": self.encoding_format}
         if self.dimensions is not None:
             body["dimensions"] = self.dimensions
+        if extra:
+            body.update(extra)
         if self.additional_kwargs:
             body.update(self.additional_kwargs)
         return body
@@ -470,13 +477,15 @@ class _OpenAIBase(BatchEmbedding):
             lambda: self._make_client(require("openai", extra="openai"), is_async=True)
         )
 
-    def _send_sync(self, inputs: list[str]) -> Outcome:
+    def _send_sync(self, inputs: list[str], extra: dict[str, Any] | None = None) -> Outcome:
         """One request with the sync client, and its outcome."""
-        return self._read(post(self._sync_client(), self._body(inputs), self._secrets, self.timeout), len(inputs))
+        body = self._body(inputs, extra)
+        return self._read(post(self._sync_client(), body, self._secrets, self.timeout), len(inputs))
 
-    async def _send_async(self, client: Any, inputs: list[str]) -> Outcome:
+    async def _send_async(self, client: Any, inputs: list[str], extra: dict[str, Any] | None = None) -> Outcome:
         """One request with the async client of the running loop, and its outcome."""
-        return self._read(await apost(client, self._body(inputs), self._secrets, self.timeout), len(inputs))
+        body = self._body(inputs, extra)
+        return self._read(await apost(client, body, self._secrets, self.timeout), len(inputs))
 
     def _expected_length(self) -> tuple[int, str] | None:
         """The length every vector of an answer must have, and why; None before the first answer."""
@@ -570,6 +579,10 @@ class OpenAILikeEmbedding(_OpenAIBase):
             )
         super().__init__(model_name=model_name, api_key=api_key or "EMPTY", api_base=base, **kwargs)
 
+    #: Whether the server is `embedstack serve` (learned once, from GET /models; None: not known yet).
+    _derived: ClassVar[frozenset[str]] = _OpenAIBase._derived | {"_embedstack_server"}
+    _embedstack_server: bool | None = PrivateAttr(default=None)
+
     @classmethod
     def class_name(cls) -> str:
         """Name stored in to_dict()."""
@@ -577,6 +590,59 @@ class OpenAILikeEmbedding(_OpenAIBase):
 
     def _auth_hint(self) -> str:
         return "check the api_key this server expects"
+
+    def _refresh(self, changed: frozenset[str], fresh: bool) -> None:
+        """As the base, and another server (or key) may be another kind of server."""
+        super()._refresh(changed, fresh)
+        if not fresh and changed & self._server_fields:
+            self._embedstack_server = None
+
+    # -- embedstack serve: queries as queries -------------------------------------------------------------
+    # An embedstack server applies the model's query instruction when a request says input_type="query",
+    # so a query round-trips to the vector it has in-process. Other servers never see the field: the
+    # server is recognised first by its header on GET /models (one request, with the client's timeout).
+    def _embed_batch(self, items: list[Any], role: Role) -> EmbedResult:
+        if role is Role.QUERY and self._is_embedstack(lambda: self._probe(self._sync_client().get)):
+            return run_sync(self._flow(items, role), functools.partial(self._send_sync, extra=_QUERY_FIELDS))
+        return super()._embed_batch(items, role)
+
+    async def _aembed_batch(self, items: list[Any], role: Role) -> EmbedResult:
+        if role is Role.QUERY:
+            client = await self._async_client()
+            if self._embedstack_server is None:
+                self._embedstack_server = await self._aprobe(client)
+            if self._embedstack_server:
+                send = functools.partial(self._send_async, client, extra=_QUERY_FIELDS)
+                return await run_async(self._flow(items, role), send)
+        return await super()._aembed_batch(items, role)
+
+    def _is_embedstack(self, probe: Callable[[], bool | None]) -> bool:
+        if self._embedstack_server is None:
+            self._embedstack_server = probe()
+        return bool(self._embedstack_server)
+
+    def _probe(self, get: Callable[..., Any]) -> bool | None:
+        """GET /models with the sync client: True for an embedstack server, False for another; None (ask again
+        next time) when the server could not be reached."""
+        openai = require("openai", extra="openai")
+        try:
+            response = get("/models", cast_to=_response_class(openai))
+        except openai.APIStatusError:
+            return False  # it answered, and it is not an embedstack server (those answer /models)
+        except openai.APIError:
+            return None
+        return _EMBEDSTACK_HEADER in response.headers
+
+    async def _aprobe(self, client: Any) -> bool | None:
+        """`_probe` with the async client."""
+        openai = require("openai", extra="openai")
+        try:
+            response = await client.get("/models", cast_to=_response_class(openai))
+        except openai.APIStatusError:
+            return False
+        except openai.APIError:
+            return None
+        return _EMBEDSTACK_HEADER in response.headers
 
 
 class AzureOpenAIEmbedding(_OpenAIBase):
