@@ -16,6 +16,7 @@ from embedstack.jobs._embed import (
     search,
 )
 from embedstack.jobs._output import Embeddings, OutputError, load_embeddings, read_meta
+from embedstack.jobs._ray import embed_dataset
 from embedstack.jobs._readers import InputError, Record, RecordReader, find_sources
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "Record",
     "RecordReader",
     "default_cache_path",
+    "embed_dataset",
     "embed_files",
     "embed_records",
     "find_sources",

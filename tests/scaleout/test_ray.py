@@ -1,0 +1,129 @@
+"""embed_dataset on Ray Data: the real default model through an actor pool, bad rows, a shared Redis cache,
+an actor killed mid-job (kill -9). Ray starts once per session."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections import Counter
+from typing import Any
+
+import numpy as np
+import pytest
+
+from embedstack.jobs import embed_dataset
+from embedstack.jobs._readers import InputError
+from embedstack.providers.mock import FakeEmbedding
+
+from .conftest import RedisServer
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+_ACTOR_TITLE = b"ray::MapWorker(MapBatches(_Embedder))"
+
+
+def _rows(ds: Any) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+        out += batch.to_pylist()
+    return out
+
+
+def _items(n: int, prefix: str = "text") -> list[dict[str, Any]]:
+    return [{"id": f"r{i}", "text": f"{prefix} number {i} about packages", "n": i} for i in range(n)]
+
+
+def test_default_model_on_two_actors(ray_session: Any) -> None:
+    from embedstack.registry import resolve_embed_model
+
+    ray = ray_session
+    items = _items(300)
+    ds = ray.data.from_items(items, override_num_blocks=6)
+    out = embed_dataset(ds, "local", concurrency=2, batch_size=50)
+    tables = list(out.iter_batches(batch_format="pyarrow", batch_size=None))  # one run (schema() would run another)
+    typ = tables[0].schema.field("embedding").type
+    assert str(typ.value_type) == "float" and typ.list_size == 384
+    rows = [r for t in tables for r in t.to_pylist()]
+    assert sorted(r["id"] for r in rows) == sorted(i["id"] for i in items)  # complete, none doubled
+    expected = resolve_embed_model("local").embed([i["text"] for i in items])
+    by_id = {r["id"]: r for r in rows}
+    for i, item in enumerate(items):
+        row = by_id[item["id"]]
+        assert row["n"] == item["n"] and row["text"] == item["text"]  # other columns kept, row-aligned
+        np.testing.assert_allclose(np.asarray(row["embedding"], np.float32), expected[i], atol=1e-5)
+
+
+def test_bad_rows_fail_or_are_skipped(ray_session: Any) -> None:
+    ray = ray_session
+    items = _items(40)
+    items[7]["text"] = None
+    items[9]["text"] = 12
+    ds = ray.data.from_items(items, override_num_blocks=2)
+    with pytest.raises(Exception, match=r"id='r7'.*'text' is missing.*on_bad='skip'"):
+        _rows(embed_dataset(ds, "fake:8", concurrency=1, batch_size=20))
+    rows = _rows(embed_dataset(ds, "fake:8", concurrency=1, batch_size=20, on_bad="skip"))
+    assert sorted(r["id"] for r in rows) == sorted(f"r{i}" for i in range(40) if i not in (7, 9))
+    with pytest.raises(ValueError, match="on_bad"):
+        embed_dataset(ds, "fake:8", on_bad="ignore")
+    with pytest.raises(TypeError, match="spec string"):
+        embed_dataset(ds, object())
+    with pytest.raises(Exception, match="no column 'body'"):
+        _rows(embed_dataset(ds, "fake:8", column="body"))
+    assert issubclass(InputError, ValueError)
+
+
+def test_model_object_and_shared_redis_cache(ray_session: Any, redis_server: RedisServer) -> None:
+    import redis
+
+    ray = ray_session
+    items = _items(120, prefix="cached")
+    ds = ray.data.from_items(items, override_num_blocks=4)
+    model = FakeEmbedding(embed_dim=12)  # travels as its class and to_dict(), rebuilt on each actor
+    rows = _rows(embed_dataset(ds, model, concurrency=2, batch_size=30, cache=redis_server.url))
+    for r in rows:
+        np.testing.assert_array_equal(np.asarray(r["embedding"], np.float32), model.vector_for(r["text"]))
+    raw = redis.Redis.from_url(redis_server.url)
+    assert len(list(raw.scan_iter(match="embedstack:v:embeddings:*"))) == 120
+    raw.config_resetstat()
+    again = _rows(embed_dataset(ds, model, concurrency=2, batch_size=30, cache=redis_server.url))
+    assert sorted(r["id"] for r in again) == sorted(r["id"] for r in rows)
+    stats = raw.info("commandstats")
+    assert "cmdstat_set" not in stats  # every vector came from the shared cache: nothing computed, nothing written
+    assert stats["cmdstat_mget"]["calls"] >= 4
+
+
+def _actor_pids() -> list[int]:
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    if f.read().startswith(_ACTOR_TITLE):
+                        pids.append(int(entry))
+            except OSError:
+                continue
+    return pids
+
+
+def test_actor_killed_mid_job(ray_session: Any) -> None:
+    ray = ray_session
+    items = _items(400)
+    ds = ray.data.from_items(items, override_num_blocks=20)
+    out = embed_dataset(ds, "fake:16", model_kwargs={"delay_s": 0.15}, concurrency=2, batch_size=20)
+    rows: list[dict[str, Any]] = []
+    killed = None
+    for batch in out.iter_batches(batch_format="pyarrow", batch_size=None):
+        rows += batch.to_pylist()
+        if killed is None:
+            pids = _actor_pids()
+            assert pids, "no actor process found"
+            killed = pids[0]
+            os.kill(killed, signal.SIGKILL)  # mid-job: most batches are still to come
+            done_at_kill = len(rows)
+    assert killed is not None and done_at_kill < len(items)
+    counts = Counter(r["id"] for r in rows)
+    assert set(counts) == {i["id"] for i in items}  # no row missing
+    assert max(counts.values()) == 1  # none doubled
+    model = FakeEmbedding(embed_dim=16)
+    for r in rows[::37]:
+        np.testing.assert_array_equal(np.asarray(r["embedding"], np.float32), model.vector_for(r["text"]))
