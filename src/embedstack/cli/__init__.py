@@ -38,8 +38,11 @@ def build_parser() -> argparse.ArgumentParser:
     group = cache.add_mutually_exclusive_group()
     group.add_argument(
         "--cache",
-        metavar="PATH",
-        help="SQLite embedding cache file (default: one in the user cache directory)",
+        metavar="PATH|URL",
+        help=(
+            "embedding cache: a SQLite file, or redis://[:PASSWORD@]HOST[:PORT][/DB] to share it between "
+            "processes and machines (default: a SQLite file in the user cache directory)"
+        ),
     )
     group.add_argument("--no-cache", action="store_true", help="do not read or write the embedding cache")
 
@@ -133,6 +136,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="never show the progress bar (default: only on a terminal)",
     )
     embed.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
+    embed.add_argument(
+        "--ray",
+        nargs="?",
+        const="auto",
+        default=None,
+        metavar="ADDRESS",
+        help=(
+            "embed on Ray Data (extra 'ray'): auto (default: RAY_ADDRESS or a running cluster, else a local one), "
+            "local, or a cluster ADDRESS; OUT is then a Parquet dataset directory"
+        ),
+    )
+    embed.add_argument(
+        "--concurrency",
+        type=_positive,
+        default=2,
+        metavar="N",
+        help="with --ray: model actors (default: 2)",
+    )
 
     search = sub.add_parser("search", parents=[common, cache], help="search an embedded output (cosine top-k)")
     search.add_argument("output", metavar="OUT", help="a file written by `embedstack embed`")

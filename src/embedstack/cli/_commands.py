@@ -93,6 +93,8 @@ def _cache_arg(args: argparse.Namespace) -> Any:
 
     if args.no_cache:
         return None
+    if args.cache and args.cache.startswith(("redis://", "rediss://", "unix://")):
+        return args.cache
     return Path(args.cache) if args.cache else DEFAULT_CACHE
 
 
@@ -102,6 +104,8 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
     keep: Any = args.keep if args.keep in ("all", "none") else [k for k in args.keep.split(",") if k.strip()]
     show = args.progress if args.progress is not None else (sys.stderr.isatty() and not args.quiet)
+    if getattr(args, "ray", None) is not None:
+        return _embed_on_ray(args, keep, bool(show))
     report = embed_files(
         args.inputs,
         args.output,
@@ -128,6 +132,39 @@ def cmd_embed(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
         print(report.summary(), file=sys.stderr)
+    return 0
+
+
+def _embed_on_ray(args: argparse.Namespace, keep: Any, show: bool) -> int:
+    """embedstack embed --ray: the same job on Ray Data, into a Parquet dataset directory."""
+    from embedstack.jobs import DEFAULT_CACHE, default_cache_path
+    from embedstack.jobs._ray import embed_files_ray
+
+    if args.append:
+        raise ValueError("--append cannot be used with --ray; embed into a new OUT directory")
+    cache = _cache_arg(args)
+    report = embed_files_ray(
+        args.inputs,
+        args.output,
+        model=args.model,
+        field=args.field,
+        id_field=args.id_field,
+        keep=keep,
+        input_format=args.input_format,
+        batch_size=args.batch_size,
+        cache=str(default_cache_path()) if cache is DEFAULT_CACHE else cache,
+        skip_bad=args.skip_bad,
+        address=args.ray,
+        concurrency=args.concurrency,
+        progress=show,
+    )
+    if not args.quiet:
+        for msg in report.skipped:
+            print(f"embedstack: skipped {msg}", file=sys.stderr)
+        print(
+            f"embedded {report.count} texts on Ray ({args.concurrency} actors) with {report.model} → {report.out}",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -170,6 +207,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     meta = read_meta(path)
     fmt = output_format(path)
     files = [path] + ([rows_path(path)] if fmt == "npy" else []) + ([meta_path(path)] if fmt != "parquet" else [])
+    if path.is_dir():  # a Parquet dataset directory (embed --ray)
+        files = [f for f in path.rglob("*") if f.is_file()]
     size = sum(f.stat().st_size for f in files if f.exists())
     if args.json:
         print(

@@ -62,16 +62,28 @@ def default_cache_path() -> Path:
     return Path(platformdirs.user_cache_dir("embedstack")) / "cache.sqlite"
 
 
+def open_store(cache: Any) -> BaseKVStore | None:
+    """A cache argument → a store: None, a store, "redis://..." (RedisKVStore) or a SQLite file path."""
+    if cache is None or isinstance(cache, BaseKVStore):
+        return cache
+    text = os.fspath(cache)
+    if text.startswith(("redis://", "rediss://", "unix://")):
+        from embedstack.kvstore.redis import RedisKVStore
+
+        return RedisKVStore(text)
+    from embedstack.kvstore.sqlite import SQLiteKVStore
+
+    return SQLiteKVStore(text)
+
+
 def _open_cache(model: BaseEmbedding, cache: CacheArg) -> None:
     from embedstack.kvstore.sqlite import SQLiteKVStore
 
     if cache is DEFAULT_CACHE:
         if model.embeddings_cache is None:
             model.embeddings_cache = SQLiteKVStore(default_cache_path())
-    elif cache is None or isinstance(cache, BaseKVStore):
-        model.embeddings_cache = cache
     else:
-        model.embeddings_cache = SQLiteKVStore(cache)
+        model.embeddings_cache = open_store(cache)
 
 
 def _resolve(model: Any) -> tuple[BaseEmbedding, str | None]:

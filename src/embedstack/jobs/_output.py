@@ -26,6 +26,7 @@ from embedstack.errors import EmbedstackError
 from embedstack.jobs._readers import Record
 
 __all__ = [
+    "DATASET_META",
     "META_KEY",
     "OUTPUT_FORMATS",
     "Embeddings",
@@ -50,6 +51,10 @@ OUTPUT_FORMATS = {
 #: Key of the embedstack metadata in a Parquet schema.
 META_KEY = b"embedstack"
 FORMAT_TAG = "embedstack-embeddings"
+#: The metadata file of a Parquet dataset directory (`embedstack embed --ray`); Parquet readers skip "_" files.
+DATASET_META = "_embedstack.json"
+#: The format name of such a directory.
+DATASET_FORMAT = "parquet-dataset"
 
 
 class OutputError(EmbedstackError, ValueError):
@@ -57,7 +62,9 @@ class OutputError(EmbedstackError, ValueError):
 
 
 def output_format(path: str | os.PathLike[str]) -> str:
-    """The output format of a path, from its extension."""
+    """The output format of a path, from its extension (an existing directory: a Parquet dataset)."""
+    if os.path.isdir(path) and os.path.isfile(os.path.join(path, DATASET_META)):
+        return DATASET_FORMAT
     ext = os.path.splitext(os.fspath(path))[1].lower()
     fmt = OUTPUT_FORMATS.get(ext)
     if fmt is None:
@@ -126,7 +133,13 @@ def read_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
     fmt = output_format(path)
     if not path.exists():
         raise OutputError(f"{path}: no such file; create it with: embedstack embed INPUT -o {path}")
-    if fmt == "parquet":
+    meta: dict[str, Any]
+    if fmt == DATASET_FORMAT:
+        try:
+            meta = json.loads((path / DATASET_META).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise OutputError(f"{path / DATASET_META}: unreadable metadata ({e}); re-run the embed command") from None
+    elif fmt == "parquet":
         pq = _pq()
         try:
             schema = pq.read_schema(path)
@@ -135,7 +148,7 @@ def read_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
         raw = (schema.metadata or {}).get(META_KEY)
         if raw is None:
             raise OutputError(f"{path}: has no embedstack metadata; it was not written by `embedstack embed`")
-        meta: dict[str, Any] = json.loads(raw)
+        meta = json.loads(raw)
     else:
         side = meta_path(path)
         if not side.exists():
@@ -171,7 +184,7 @@ def load_embeddings(path: str | os.PathLike[str], columns: bool = True) -> Embed
     fmt = output_format(path)
     dim, count = int(meta["dim"]), int(meta["count"])
     cols: dict[str, list[Any]] = {}
-    if fmt == "parquet":
+    if fmt in ("parquet", DATASET_FORMAT):
         table = _pq().read_table(path, columns=None if columns else ["id", "vector"])
         ids = [str(i) for i in table.column("id").to_pylist()]
         vec = table.column("vector").combine_chunks()

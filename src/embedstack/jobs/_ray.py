@@ -17,11 +17,20 @@ from typing import Any
 import numpy as np
 
 from embedstack.base import BaseEmbedding
+from embedstack.jobs._embed import open_store
 from embedstack.jobs._readers import InputError
 from embedstack.kvstore.base import BaseKVStore
 from embedstack.types import Role
 
-__all__ = ["DEFAULT_RAY_BATCH_SIZE", "default_num_cpus", "embed_dataset", "open_store"]
+__all__ = [
+    "DEFAULT_RAY_BATCH_SIZE",
+    "default_num_cpus",
+    "embed_dataset",
+    "embed_files_ray",
+    "init_ray",
+    "open_store",
+    "read_inputs",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -30,20 +39,6 @@ DEFAULT_RAY_BATCH_SIZE = 256
 #: Rows per actor call on GPU actors (the device wants bigger batches).
 DEFAULT_RAY_GPU_BATCH_SIZE = 1024
 _ON_BAD = ("fail", "skip")
-
-
-def open_store(cache: Any) -> BaseKVStore | None:
-    """A cache argument → a store: None, a store, "redis://..." (RedisKVStore) or a SQLite file path."""
-    if cache is None or isinstance(cache, BaseKVStore):
-        return cache
-    text = os.fspath(cache)
-    if text.startswith(("redis://", "rediss://", "unix://")):
-        from embedstack.kvstore.redis import RedisKVStore
-
-        return RedisKVStore(text)
-    from embedstack.kvstore.sqlite import SQLiteKVStore
-
-    return SQLiteKVStore(text)
 
 
 def _model_recipe(model: Any, model_kwargs: Mapping[str, Any] | None) -> tuple[Any, ...]:
@@ -208,3 +203,209 @@ def embed_dataset(
         num_gpus=num_gpus,
         resources=dict(resources) if resources else None,
     )  # Ray's actor pools restart killed actors and retry their batches by default (max_restarts=-1)
+
+
+# -- the CLI's --ray path: files in, a Parquet dataset directory out ------------------------------------
+_READERS = {
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".jsonl": "json",
+    ".ndjson": "json",
+    ".json": "json",
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".txt": "text",
+}
+
+
+def init_ray(address: str | None = "auto") -> Any:
+    """Connect to Ray: "auto" (RAY_ADDRESS or a running cluster, else a new local one), "local", or an address."""
+    from embedstack._optional import require
+
+    ray = require("ray", extra="ray")
+    if not ray.is_initialized():
+        if address in (None, "auto"):
+            ray.init(configure_logging=False)
+        else:
+            ray.init(address=address, configure_logging=False)
+    return ray
+
+
+def _reader_format(inputs: list[str], input_format: str | None) -> str:
+    if input_format:
+        return {"jsonl": "json", "txt": "text"}.get(input_format, input_format)
+    first = inputs[0].removesuffix(".gz")
+    fmt = _READERS.get(os.path.splitext(first)[1].lower())
+    if fmt is None:
+        raise InputError(f"{inputs[0]}: cannot tell the format with --ray; pass --format parquet|jsonl|csv|tsv|txt")
+    return fmt
+
+
+def read_inputs(inputs: list[str], input_format: str | None = None) -> Any:
+    """A Ray dataset over files or folders (local paths or any filesystem pyarrow supports)."""
+    from embedstack._optional import require
+
+    ray_data = require("ray.data", extra="ray", package="ray")
+    if "-" in inputs:
+        raise InputError("stdin (-) cannot be read with --ray; give files or folders")
+    fmt = _reader_format(inputs, input_format)
+    paths = [os.fspath(p) for p in inputs]
+    if fmt == "parquet":
+        return ray_data.read_parquet(paths)
+    if fmt == "json":
+        return ray_data.read_json(paths)
+    if fmt == "csv":
+        return ray_data.read_csv(paths)
+    if fmt == "tsv":
+        import pyarrow.csv as pacsv
+
+        return ray_data.read_csv(paths, parse_options=pacsv.ParseOptions(delimiter="\t"))
+    if fmt == "text":
+        return ray_data.read_text(paths, include_paths=True)
+    raise InputError(f"--format {input_format} is not supported with --ray")
+
+
+class _Shape:
+    """Output rows as `embed_files` writes them: id (string), vector, kept columns; runs as a Ray task."""
+
+    def __init__(self, field: str, id_field: str | None, keep: Any) -> None:
+        self.field, self.id_field, self.keep = field, id_field, keep
+
+    def __call__(self, table: Any) -> Any:
+        import pyarrow as pa
+
+        names = table.column_names
+        id_col = self.id_field or ("id" if "id" in names else None)
+        if id_col is not None and id_col not in names:
+            raise InputError(f"no {id_col!r} column (columns: {', '.join(names)}); drop --id-field or fix the data")
+        if id_col is not None:
+            ids = [None if v is None else str(v) for v in table.column(id_col).to_pylist()]
+        else:  # Ray keeps no line numbers: FILE:HASH of the text (identical texts of one file share an id)
+            paths = table.column("path").to_pylist() if "path" in names else [""] * table.num_rows
+            texts = table.column(self.field).to_pylist() if self.field in names else [""] * table.num_rows
+            ids = [f"{os.path.basename(p or '')}:{_digest(t)}" for p, t in zip(paths, texts)]
+        drop = {"id", "vector", "path"} if id_col is None else {"id", "vector", id_col}
+        if self.keep == "all":
+            kept = [n for n in names if n not in drop]
+        elif self.keep == "none":
+            kept = []
+        else:
+            kept = [n for n in self.keep if n in names and n not in drop]
+        arrays = [pa.array(ids, type=pa.string()), table.column("vector")] + [table.column(n) for n in kept]
+        return pa.Table.from_arrays(arrays, names=["id", "vector", *kept])
+
+
+def _digest(text: Any) -> str:
+    import hashlib
+
+    return hashlib.sha256(str(text).encode("utf-8", "surrogatepass")).hexdigest()[:16]
+
+
+def embed_files_ray(
+    inputs: str | os.PathLike[str] | list[str | os.PathLike[str]],
+    out: str | os.PathLike[str],
+    *,
+    model: str = "local",
+    field: str = "text",
+    id_field: str | None = None,
+    keep: Any = "all",
+    input_format: str | None = None,
+    batch_size: int | None = None,
+    cache: Any = None,
+    skip_bad: bool = False,
+    address: str | None = "auto",
+    concurrency: int = 2,
+    num_gpus: float = 0,
+    progress: bool = False,
+) -> Any:
+    """Embed files on Ray into OUT, a Parquet dataset directory with embedstack's metadata (`_embedstack.json`).
+
+    The same rows and metadata as `embed_files` writes to a .parquet file; `embedstack search/info` and
+    `load_embeddings` read the directory. OUT appears complete or not at all (written beside it, renamed).
+    Returns an EmbedReport (`computed` counts every row: the actors' cache hits are not tallied).
+    """
+    import json
+    import shutil
+    import time
+    import uuid
+    from pathlib import Path
+
+    from embedstack.jobs._embed import EmbedReport, _now, _resolve, _version, model_identity
+    from embedstack.jobs._output import DATASET_META, FORMAT_TAG, OutputError, _pq
+
+    t0 = time.perf_counter()
+    paths = [os.fspath(p) for p in ([inputs] if isinstance(inputs, (str, os.PathLike)) else inputs)]
+    target = Path(out)
+    if target.exists() and not (target / DATASET_META).is_file():
+        raise OutputError(f"{target}: exists and is not an embedstack dataset directory; choose a new OUT")
+    ray = init_ray(address)
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = bool(progress)
+    ctx.print_on_execution_start = bool(progress)
+    emb, _ = _resolve(model)
+    ds = read_inputs(paths, input_format)
+    total = ds.count() if skip_bad else None
+    embedded = embed_dataset(
+        ds,
+        model,
+        column=field,
+        output_column="vector",
+        batch_size=batch_size,
+        concurrency=concurrency,
+        num_gpus=num_gpus,
+        cache=cache,
+        on_bad="skip" if skip_bad else "fail",
+        id_column=id_field or "id",
+    )
+    shaped = embedded.map_batches(_Shape(field, id_field, keep), batch_format="pyarrow", batch_size=None)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        shaped.write_parquet(os.fspath(tmp))
+        files = sorted(p for p in tmp.rglob("*.parquet"))
+        pq = _pq()
+        count = sum(pq.read_metadata(f).num_rows for f in files)
+        if count == 0:
+            raise InputError(f"{', '.join(paths)}: no texts to embed")
+        schema = pq.read_schema(files[0])
+        dim = int(schema.field("vector").type.list_size)
+        meta: dict[str, Any] = {
+            "format": FORMAT_TAG,
+            "version": 1,
+            "embedstack": _version(),
+            "model": model,
+            "model_class": emb.class_name(),
+            "model_name": getattr(emb, "model_name", None),
+            "model_identity": model_identity(emb),
+            "dim": dim,
+            "count": count,
+            "text_field": field,
+            "id_field": id_field,
+            "columns": [n for n in schema.names if n not in ("id", "vector")],
+            "inputs": paths,
+            "created": _now(),
+            "ray": {"concurrency": concurrency, "num_gpus": num_gpus},
+        }
+        (tmp / DATASET_META).write_text(json.dumps(meta, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+        if target.exists():
+            old = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.old")
+            target.rename(old)
+            tmp.rename(target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    skipped = [] if total is None or total == count else [f"{total - count} rows whose {field!r} is not a string"]
+    return EmbedReport(
+        out=target,
+        count=count,
+        total_rows=count,
+        computed=count,
+        cached=cache is not None,
+        model=model,
+        dim=dim,
+        skipped=skipped,
+        seconds=time.perf_counter() - t0,
+    )
