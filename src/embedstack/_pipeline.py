@@ -524,8 +524,7 @@ class CacheIO:
                 f"the embedding cache {self.store!r} could not be {op} ({type(exc).__name__}: {exc}); vectors are "
                 "still returned but "
                 + ("cache entries count as misses" if op == "read" else "new ones are not cached")
-                + ". Fix: check the cache file's permissions and free disk space, delete it if it is corrupt, "
-                "or turn the cache off (--no-cache, embeddings_cache=None)"
+                + f". Fix: {self.store.failure_hint}"
             )
 
     def read(self) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import numpy.typing as npt
@@ -24,6 +24,9 @@ class BaseKVStore(ABC):
     Subclasses implement put/get/get_all/delete; the batched and vector methods have defaults built
     on those, which stores with a faster native path (SQLite) override.
     """
+
+    #: What to do when the store fails (shown in the pipeline's one warning per store and operation).
+    failure_hint: ClassVar[str] = "check the store, or turn the cache off (--no-cache, embeddings_cache=None)"
 
     @abstractmethod
     def put(self, key: str, val: dict[str, Any], collection: str = DEFAULT_COLLECTION) -> None:

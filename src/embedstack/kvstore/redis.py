@@ -21,7 +21,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import numpy as np
@@ -68,6 +68,11 @@ class RedisKVStore(BaseKVStore):
     `ttl` (seconds) makes entries expire (SETEX); `socket_timeout` bounds each call;
     `retry_after` is how long the breaker stays open after a connection failure.
     """
+
+    failure_hint: ClassVar[str] = (
+        "check that the Redis server is up and reachable (it is tried again after retry_after seconds), "
+        "or turn the cache off (--no-cache, embeddings_cache=None)"
+    )
 
     def __init__(
         self,

@@ -14,7 +14,7 @@ import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import numpy.typing as npt
@@ -37,6 +37,11 @@ _CHUNK = 500  # keys per IN (...) query, well under SQLite's variable limit
 
 class SQLiteKVStore(BaseKVStore):
     """A key-value store in one SQLite file."""
+
+    failure_hint: ClassVar[str] = (
+        "check the cache file's permissions and free disk space, delete it if it is corrupt, "
+        "or turn the cache off (--no-cache, embeddings_cache=None)"
+    )
 
     def __init__(self, path: str | os.PathLike[str], timeout: float = 30.0, memory_entries: int = 100_000) -> None:
         self.path = Path(path)
