@@ -78,7 +78,7 @@ def _add(
         type=float,
         default=max_wait_ms,
         metavar="M",
-        help=f"how long the first input to an idle model waits for others (default: {max_wait_ms:g})",
+        help=f"how long an idle model waits for requests already arriving (default: {max_wait_ms:g})",
     )
     serve.add_argument(
         "--max-queue",

@@ -28,7 +28,7 @@ from embedstack import __version__
 from embedstack._pipeline import cached_rows
 from embedstack.base import BaseEmbedding, MultiModalEmbedding
 from embedstack.errors import InvalidInputError
-from embedstack.server.batcher import Batcher, QueueFull
+from embedstack.server.batcher import Batcher, QueueFull, Ticket
 from embedstack.server.errors import APIError, error_body, install_handlers
 from embedstack.server.limits import (
     DEFAULT_MAX_BATCH_TOKENS,
@@ -130,8 +130,8 @@ def create_app(
     """The ASGI app serving `models` ({name: model or spec}, a list named by model_name, or one model).
 
     `api_key`: the bearer key /v1/* requires (None: none). Batching: at most `max_batch_tokens` tokens
-    per model call, the first input to an idle model waits `max_wait_ms` for others, at most `max_queue`
-    inputs wait per model (then 429). `warm_up`: load each model and run it once before /health says ready.
+    per model call, an idle model waits up to `max_wait_ms` for requests already arriving, at most
+    `max_queue` inputs wait per model (then 429). `warm_up`: load each model and run it once before /health says ready.
     """
     for name, value in (("max_batch_tokens", max_batch_tokens), ("max_queue", max_queue)):
         if value < 1:
@@ -466,17 +466,20 @@ async def _embeddings(state: ServerState, body: EmbeddingRequest, request: Reque
             param="dimensions",
             code="invalid_value",
         )
-    if len(texts) <= _INLINE_INPUTS:
-        counts, rows, (found, truncated) = _prepare(served, texts, role, body.truncate)
-    else:
-        counts, rows, (found, truncated) = await asyncio.to_thread(_prepare, served, texts, role, body.truncate)
+    batcher = served.batcher
+    with batcher.arriving():  # an idle model waits (at most --max-wait-ms) for this request's inputs
+        if len(texts) <= _INLINE_INPUTS:
+            counts, rows, (found, truncated) = _prepare(served, texts, role, body.truncate)
+        else:
+            counts, rows, (found, truncated) = await asyncio.to_thread(_prepare, served, texts, role, body.truncate)
+        hits = int(found.sum())
+        misses = np.flatnonzero(~found)
+        ticket = _submit(served, [texts[i] for i in misses], role, [counts[i] for i in misses]) if len(misses) else None
     metrics = state.metrics
-    hits = int(found.sum())
     if hits:
         metrics.cache_hits.labels(served.name).inc(hits)
-    if hits < len(texts):
-        misses = np.flatnonzero(~found)
-        computed = await _compute(served, request, [texts[i] for i in misses], role, [counts[i] for i in misses])
+    if ticket is not None:
+        computed = await _wait(served, request, ticket)
         if rows is None:
             rows = computed if len(misses) == len(texts) else np.zeros((len(texts), computed.shape[1]), np.float32)
         if rows is not computed:
@@ -491,10 +494,10 @@ async def _embeddings(state: ServerState, body: EmbeddingRequest, request: Reque
     return Response(_encode(rows, served.name, tokens, body.encoding_format), media_type="application/json")
 
 
-async def _compute(served: _Served, request: Request, values: list[str], role: Role, costs: list[int]) -> Matrix:
-    """The model's vectors for the misses, through the batcher; the request is cancelled if its client goes."""
+def _submit(served: _Served, values: list[str], role: Role, costs: list[int]) -> Ticket:
+    """Queue the misses; 429 when the model's queue is full."""
     try:
-        ticket = served.batcher.submit(values, role, costs)
+        return served.batcher.submit(values, role, costs)
     except QueueFull as e:
         raise APIError(
             429,
@@ -502,6 +505,10 @@ async def _compute(served: _Served, request: Request, values: list[str], role: R
             code="queue_full",
             headers={"retry-after": str(e.retry_after)},
         ) from None
+
+
+async def _wait(served: _Served, request: Request, ticket: Ticket) -> Matrix:
+    """The model's vectors for the misses; the request is cancelled if its client goes away first."""
     gone = asyncio.ensure_future(_disconnected(request.receive))
     try:
         await asyncio.wait({ticket.future, gone}, return_when=asyncio.FIRST_COMPLETED)

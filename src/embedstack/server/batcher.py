@@ -7,8 +7,10 @@ token budget is spent, so one request of 2,048 texts goes out a budget at a time
 requests behind it ride along in every batch, and runs `model.embed` (cache, dedupe, events) in one
 worker thread, so the event loop never blocks. A request whose client went away is cancelled: its
 queued items are dropped before they reach the model unless another request still wants them.
-When the worker is idle, the first input waits `max_wait` seconds for company; when it is busy,
-inputs gather on their own. A full queue refuses new work (`QueueFull`, a 429) instead of growing.
+When the worker is idle and other requests are on their way (announced with `arriving()`: counting
+tokens, reading the cache), the first input waits up to `max_wait` seconds for them; a lone request
+never waits, and when the worker is busy, inputs gather on their own. A full queue refuses new work
+(`QueueFull`, a 429) instead of growing.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -100,6 +102,8 @@ class Batcher:
         self._depth = 0  # queued items (not yet taken)
         self._queued_tokens = 0
         self._wake: asyncio.Event | None = None
+        self._arriving = 0  # requests between arrival and submit (or failure)
+        self._settled: asyncio.Event | None = None  # set while no request is arriving
         self._task: asyncio.Task[None] | None = None
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"embedstack-serve-{name}")
         self._seconds_per_token = 0.0  # running estimate, for Retry-After
@@ -109,6 +113,8 @@ class Batcher:
     def start(self) -> None:
         """Start the batching task on the running loop."""
         self._wake = asyncio.Event()
+        self._settled = asyncio.Event()
+        self._settled.set()
         self._task = asyncio.get_running_loop().create_task(self._run(), name=f"embedstack-batcher-{self.name}")
 
     async def stop(self, error: BaseException) -> None:
@@ -133,6 +139,19 @@ class Batcher:
         return self._depth
 
     # -- requests -------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def arriving(self) -> Iterator[None]:
+        """Around a request's work before `submit`: an idle worker waits (up to max_wait) for it to join."""
+        assert self._settled is not None, "Batcher.start() was not called"
+        self._arriving += 1
+        self._settled.clear()
+        try:
+            yield
+        finally:
+            self._arriving -= 1
+            if not self._arriving:
+                self._settled.set()
+
     def submit(self, values: Sequence[Any], role: Role, costs: Sequence[int]) -> Ticket:
         """Queue a request's inputs (each with its token cost); identical inputs already queued or running
         are joined, not queued again. Raises QueueFull when the queue cannot take the new ones."""
@@ -248,8 +267,10 @@ class Batcher:
             if not self._depth:
                 self._wake.clear()
                 await self._wake.wait()
-                if self.max_wait > 0 and self._queued_tokens < self.max_batch_tokens:
-                    await asyncio.sleep(self.max_wait)  # an idle worker: let concurrent inputs join
+                if self.max_wait > 0 and self._arriving and self._queued_tokens < self.max_batch_tokens:
+                    assert self._settled is not None
+                    with contextlib.suppress(asyncio.TimeoutError):  # let requests on their way join
+                        await asyncio.wait_for(self._settled.wait(), self.max_wait)
             batch = self._take()
             self._metrics.queue_depth.labels(self.name).set(self._depth)
             if not batch:

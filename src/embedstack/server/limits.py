@@ -15,7 +15,7 @@ __all__ = [
 SERVER_HEADER = "x-embedstack-server"
 #: Tokens per model call: small enough that a single-text request never waits long behind a big one on a CPU.
 DEFAULT_MAX_BATCH_TOKENS = 2048
-#: How long the first input to an idle model waits for others to join its batch.
+#: How long the first input to an idle model waits for requests already arriving to join its batch (a lone one: 0).
 DEFAULT_MAX_WAIT_MS = 2.0
 #: Inputs waiting per model before new requests get 429.
 DEFAULT_MAX_QUEUE = 16384
