@@ -140,3 +140,12 @@ async def test_many_single_text_requests_few_model_calls(tiny_model: Any) -> Non
     assert calls <= 8, calls
     for i, a in enumerate(answers):
         np.testing.assert_allclose(a.json()["data"][0]["embedding"], tiny_model.embed([f"text {i}"])[0], atol=1e-5)
+
+
+async def test_a_lone_request_never_waits_for_company(gated: GatedEmbedding) -> None:
+    app = create_app({"g": gated}, max_wait_ms=60_000, warm_up=False)  # a wait would be seen at once
+    async with serving(app) as c:
+        t0 = time.perf_counter()
+        r = await c.post("/v1/embeddings", json=body("alone"))
+        assert r.status_code == 200
+        assert time.perf_counter() - t0 < 10
