@@ -11,6 +11,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from embedstack.cli._args import positive_int
+
 __all__ = ["build_parser", "main"]
 
 EPILOG = """\
@@ -104,13 +106,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     embed.add_argument(
         "--batch-size",
-        type=_positive,
+        type=positive_int,
         metavar="N",
         help="texts per model call (default: the model's)",
     )
     embed.add_argument(
         "--chunk-size",
-        type=_positive,
+        type=positive_int,
         default=2048,
         metavar="N",
         help="texts read, embedded and written per step (default: 2048)",
@@ -149,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     embed.add_argument(
         "--concurrency",
-        type=_positive,
+        type=positive_int,
         default=2,
         metavar="N",
         help="with --ray: model actors (default: 2)",
@@ -158,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     search = sub.add_parser("search", parents=[common, cache], help="search an embedded output (cosine top-k)")
     search.add_argument("output", metavar="OUT", help="a file written by `embedstack embed`")
     search.add_argument("query", help="the query text")
-    search.add_argument("-k", type=_positive, default=10, help="how many results (default: 10)")
+    search.add_argument("-k", type=positive_int, default=10, help="how many results (default: 10)")
     search.add_argument("--json", action="store_true", help="print the results as JSON")
     search.add_argument(
         "-m",
@@ -187,16 +189,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_serve_parser(sub, [common, cache])
     return parser
-
-
-def _positive(value: str) -> int:
-    try:
-        n = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}") from None
-    if n <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {n}")
-    return n
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -98,6 +98,21 @@ def _cache_arg(args: argparse.Namespace) -> Any:
     return Path(args.cache) if args.cache else DEFAULT_CACHE
 
 
+def _job_args(args: argparse.Namespace, keep: Any) -> dict[str, Any]:
+    """The embed job's arguments that a file run and a Ray run share."""
+    return {
+        "inputs": args.inputs,
+        "out": args.output,
+        "model": args.model,
+        "field": args.field,
+        "id_field": args.id_field,
+        "keep": keep,
+        "input_format": args.input_format,
+        "batch_size": args.batch_size,
+        "skip_bad": args.skip_bad,
+    }
+
+
 def cmd_embed(args: argparse.Namespace) -> int:
     """embedstack embed INPUT... -o OUT."""
     from embedstack.jobs import embed_files
@@ -107,17 +122,9 @@ def cmd_embed(args: argparse.Namespace) -> int:
     if getattr(args, "ray", None) is not None:
         return _embed_on_ray(args, keep, bool(show))
     report = embed_files(
-        args.inputs,
-        args.output,
-        model=args.model,
-        field=args.field,
-        id_field=args.id_field,
-        keep=keep,
-        input_format=args.input_format,
-        batch_size=args.batch_size,
+        **_job_args(args, keep),
         cache=_cache_arg(args),
         append=args.append,
-        skip_bad=args.skip_bad,
         chunk_size=args.chunk_size,
         progress=bool(show),
     )
@@ -144,16 +151,8 @@ def _embed_on_ray(args: argparse.Namespace, keep: Any, show: bool) -> int:
         raise ValueError("--append cannot be used with --ray; embed into a new OUT directory")
     cache = _cache_arg(args)
     report = embed_files_ray(
-        args.inputs,
-        args.output,
-        model=args.model,
-        field=args.field,
-        id_field=args.id_field,
-        keep=keep,
-        input_format=args.input_format,
-        batch_size=args.batch_size,
+        **_job_args(args, keep),
         cache=str(default_cache_path()) if cache is DEFAULT_CACHE else cache,
-        skip_bad=args.skip_bad,
         address=args.ray,
         concurrency=args.concurrency,
         progress=show,

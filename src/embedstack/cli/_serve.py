@@ -16,6 +16,8 @@ import sys
 from types import FrameType
 from typing import Any
 
+from embedstack.cli._args import positive_int
+
 __all__ = ["add_serve_parser", "cmd_serve", "parse_models"]
 
 DEFAULT_PORT = 8000
@@ -68,7 +70,7 @@ def _add(
     )
     serve.add_argument(
         "--max-batch-tokens",
-        type=_positive,
+        type=positive_int,
         default=max_batch_tokens,
         metavar="N",
         help=f"tokens per model call (default: {max_batch_tokens})",
@@ -82,14 +84,14 @@ def _add(
     )
     serve.add_argument(
         "--max-queue",
-        type=_positive,
+        type=positive_int,
         default=max_queue,
         metavar="N",
         help=f"inputs waiting per model before requests get 429 (default: {max_queue})",
     )
     serve.add_argument(
         "--max-body-bytes",
-        type=_positive,
+        type=positive_int,
         default=max_body_bytes,
         metavar="B",
         help=f"largest request body; larger ones get 413 (default: {max_body_bytes})",
@@ -104,16 +106,6 @@ def _add(
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     assert isinstance(serve, argparse.ArgumentParser)
     return serve
-
-
-def _positive(value: str) -> int:
-    try:
-        n = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}") from None
-    if n <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {n}")
-    return n
 
 
 def parse_models(values: list[str] | None) -> list[tuple[str | None, str]]:
