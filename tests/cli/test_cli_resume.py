@@ -32,7 +32,14 @@ KEY = FakeEmbedding(embed_dim=16)._key_factory(Role.TEXT)
 
 def slow_cli(tmp_path: Path, *args: str, delay: float, log: str, **popen: object) -> subprocess.Popen[bytes]:
     env = cli_env(tmp_path, SLOWFAKE_DELAY=str(delay), SLOWFAKE_LOG=str(tmp_path / log))
+    # Ctrl-C as in a terminal: a test run started in the background (`cmd &` in a script) hands its children
+    # SIGINT ignored, and Python then never raises KeyboardInterrupt
+    popen.setdefault("preexec_fn", _default_sigint)
     return subprocess.Popen([sys.executable, str(SLOW_CLI), *args], cwd=tmp_path, env=env, **popen)  # type: ignore[call-overload]
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def run_slow(tmp_path: Path, *args: str, log: str) -> subprocess.CompletedProcess[str]:
