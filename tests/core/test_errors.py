@@ -26,6 +26,10 @@ FORMER_BUILTIN: dict[str, type[BaseException]] = {
     "ModelNotFoundError": FileNotFoundError,
     "ExportError": RuntimeError,
     "ImageDecodeError": ValueError,
+    # added since the hierarchy: the builtin each one also is
+    "RedisCacheError": ConnectionError,
+    "QueueFull": RuntimeError,
+    "APIError": RuntimeError,
 }
 
 

@@ -27,6 +27,7 @@ import numpy as np
 import numpy.typing as npt
 
 from embedstack.base import BaseEmbedding
+from embedstack.errors import EmbedstackError
 from embedstack.server.metrics import Metrics
 from embedstack.types import Role
 
@@ -37,7 +38,7 @@ Matrix = npt.NDArray[np.float32]
 _QUEUED, _RUNNING, _DONE, _DROPPED = range(4)
 
 
-class QueueFull(Exception):
+class QueueFull(EmbedstackError, RuntimeError):
     """The model's queue holds `max_queue` inputs already: come back after `retry_after` seconds."""
 
     def __init__(self, depth: int, retry_after: int) -> None:

@@ -15,6 +15,8 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
 
+from embedstack.errors import EmbedstackError
+
 __all__ = ["APIError", "error_body", "error_response", "install_handlers"]
 
 logger = logging.getLogger("embedstack.server")
@@ -32,7 +34,7 @@ _TYPES = {
 }
 
 
-class APIError(Exception):
+class APIError(EmbedstackError, RuntimeError):
     """A request the server refuses or cannot serve: status, message, the request field at fault, a code."""
 
     def __init__(
