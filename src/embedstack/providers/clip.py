@@ -162,9 +162,8 @@ class ClipEmbedding(BatchEmbedding, MultiModalEmbedding):
         if fresh or changed & _RELOCATE:
             self._locate()
         if not fresh and changed & _RELOAD:
-            with self._lock:
+            with self._lock:  # kept, never swapped: a call in flight holds it (a shallow copy shares it: serialised)
                 self._loaded = None
-            self._lock = threading.RLock()  # a shallow copy stops sharing the old weights' lock too
 
     def _locate(self) -> None:
         source = locate_model(self.model_name, self.cache_folder, self.revision)
