@@ -71,3 +71,34 @@ def private_cache_dirs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pat
         mp.setenv("EMBEDSTACK_CACHE_DIR", str(root / "embedstack"))
         mp.setenv("XDG_CACHE_HOME", str(root))
         yield root
+
+
+#: The vocabulary of the tiny random BERT below (tests embed texts made of these words).
+TINY_WORDS = (
+    "the a an man woman is are eating food bread piece of cat dog sat on mat quick brown fox jumps "
+    "over lazy red blue green house car tree river city music book".split()
+)
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random BERT (32 hidden, 2 layers, 64 positions, seed 0) saved once per session as a plain
+    transformers checkpoint with its tokenizer: the base of every tiny local model the tests build. Read-only."""
+    import torch
+    import transformers
+
+    plain = tmp_path_factory.mktemp("tiny-bert") / "plain"
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *TINY_WORDS, "##s", "##ing"]
+    tokenizer = transformers.BertTokenizer(vocab={w: i for i, w in enumerate(vocab)}, model_max_length=64)
+    tokenizer.save_pretrained(plain)
+    torch.manual_seed(0)
+    config = transformers.BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=37,
+        max_position_embeddings=64,
+    )
+    transformers.BertModel(config).eval().save_pretrained(plain)
+    return plain

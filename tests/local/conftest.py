@@ -43,29 +43,13 @@ class TinyModels:
 
 
 @pytest.fixture(scope="session")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> TinyModels:
-    """A tiny random BERT saved as a plain checkpoint and as two sentence-transformers dirs."""
-    import torch
-    import transformers
+def tiny(tmp_path_factory: pytest.TempPathFactory, tiny_bert_checkpoint: Path) -> TinyModels:
+    """The shared tiny random BERT as a plain checkpoint and as two sentence-transformers dirs."""
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
 
-    root = tmp_path_factory.mktemp("tiny-bert")
-    plain = root / "plain"
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, "##s", "##ing"]
-    tokenizer = transformers.BertTokenizer(vocab={w: i for i, w in enumerate(vocab)}, model_max_length=64)
-    tokenizer.save_pretrained(plain)
-    torch.manual_seed(0)
-    config = transformers.BertConfig(
-        vocab_size=len(vocab),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=37,
-        max_position_embeddings=64,
-    )
-    transformers.BertModel(config).eval().save_pretrained(plain)
-
+    root = tmp_path_factory.mktemp("tiny-bert-st")
+    plain = tiny_bert_checkpoint
     st_mean = root / "st-mean"
     SentenceTransformer(
         modules=[Transformer(str(plain)), Pooling(32, pooling_mode="mean"), Normalize()],

@@ -152,28 +152,13 @@ class GatedEmbedding(BatchEmbedding):
 
 
 @pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny random BERT as a sentence-transformers directory (mean pooling, normalised, 64 tokens)."""
-    import torch
-    import transformers
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, tiny_bert_checkpoint: Path) -> Path:
+    """The shared tiny random BERT as a sentence-transformers directory (mean pooling, normalised, 16 tokens)."""
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
 
     root = tmp_path_factory.mktemp("tiny-bert-server")
-    plain = root / "plain"
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, "##s", "##ing"]
-    slow = transformers.BertTokenizer(vocab={w: i for i, w in enumerate(vocab)}, model_max_length=64)
-    slow.save_pretrained(plain)
-    torch.manual_seed(0)
-    config = transformers.BertConfig(
-        vocab_size=len(vocab),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=37,
-        max_position_embeddings=64,
-    )
-    transformers.BertModel(config).eval().save_pretrained(plain)
+    plain = tiny_bert_checkpoint
     st = root / "st-mean"
     SentenceTransformer(
         modules=[Transformer(str(plain), max_seq_length=16), Pooling(32, pooling_mode="mean"), Normalize()],
