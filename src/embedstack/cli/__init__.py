@@ -188,6 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
     from embedstack.cli._serve import add_serve_parser  # argparse only: the server loads when it runs
 
     add_serve_parser(sub, [common, cache])
+    from embedstack.cli._map import add_map_parser
+
+    add_map_parser(sub, [common])
     return parser
 
 

@@ -59,7 +59,14 @@ def run(args: argparse.Namespace) -> int:
     debug = getattr(args, "debug", False)
     _quiet_libraries(debug)
     signal.signal(signal.SIGTERM, _terminate)  # so temp files are removed as on Ctrl-C
-    commands = {"embed": cmd_embed, "search": cmd_search, "info": cmd_info, "models": cmd_models, "serve": _cmd_serve}
+    commands = {
+        "embed": cmd_embed,
+        "search": cmd_search,
+        "info": cmd_info,
+        "models": cmd_models,
+        "serve": _cmd_serve,
+        "map": _cmd_map,
+    }
     try:
         return commands[args.command](args)
     except KeyboardInterrupt:
@@ -86,6 +93,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from embedstack.cli._serve import cmd_serve
 
     return cmd_serve(args)
+
+
+def _cmd_map(args: argparse.Namespace) -> int:
+    from embedstack.cli._map import cmd_map
+
+    return cmd_map(args)
 
 
 def _cache_arg(args: argparse.Namespace) -> Any:
