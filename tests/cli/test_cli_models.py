@@ -22,7 +22,7 @@ def test_the_table_lists_every_known_model_in_aligned_columns(cli: Run) -> None:
     assert r.returncode == 0, r.stderr
     assert "cli          installed" in r.stdout  # the other sections are still there
     header, *rows = _table(r.stdout)
-    assert header.split() == ["provider", "name", "dims", "max", "tokens", "pooling", "verified"]
+    assert header.split() == ["provider", "name", "dims", "max", "tokens", "pooling", "matryoshka", "verified"]
     assert len(rows) == len(MODELS)
     dims_end = header.index("dims") + len("dims")
     for row, facts in zip(rows, MODELS):
@@ -32,6 +32,8 @@ def test_the_table_lists_every_known_model_in_aligned_columns(cli: Run) -> None:
     assert "all-MiniLM-L6-v2 *" in default and default.split()[3:6] == ["384", "256", "mean"]
     assert "onnx fp32" in default and "openvino bf16 (opt-in)" in default
     assert "text-embedding-3-large " in r.stdout and "text-embedding-3-large *" not in r.stdout
+    flags = {row.split()[1]: row[header.index("matryoshka") :].split()[0] for row in rows}
+    assert flags["nomic-ai/nomic-embed-text-v1.5"] == "yes" and flags["BAAI/bge-small-en-v1.5"] == "-"
 
 
 def test_provider_filter_and_json(cli: Run) -> None:

@@ -88,3 +88,16 @@ def test_the_default_local_entry_matches_the_bundled_model() -> None:
     modes = [k for k in ("cls_token", "mean_tokens", "max_tokens") if pooling.get(f"pooling_mode_{k}")]
     assert modes == [{"mean": "mean_tokens", "cls": "cls_token"}[facts.pooling or ""]]
     assert "onnx fp32" in facts.verified and "openvino bf16 (opt-in)" in facts.verified
+
+
+def test_matryoshka_models_are_flagged() -> None:
+    """The models trained for truncation; `dimensions=` on the others warns (jobs._compact)."""
+    flagged = {m.name for m in MODELS if m.matryoshka}
+    assert flagged == {
+        "nomic-ai/nomic-embed-text-v1.5",
+        "mixedbread-ai/mxbai-embed-large-v1",
+        "text-embedding-3-small",
+        "text-embedding-3-large",
+    }
+    default = find("local", DEFAULT_MODEL)
+    assert default is not None and not default.matryoshka

@@ -117,7 +117,30 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="texts read, embedded and written per step (default: 2048)",
     )
-    embed.add_argument("--append", action="store_true", help="add rows to an existing OUT (same model only)")
+    embed.add_argument(
+        "--dimensions",
+        type=positive_int,
+        metavar="N",
+        help="keep each vector's first N values, re-normalised (Matryoshka truncation; default: all)",
+    )
+    embed.add_argument(
+        "--precision",
+        choices=["float32", "float16", "int8", "uint8", "binary", "ubinary"],
+        help=(
+            "how vectors are stored (default: float32); int8/uint8 ranges come from the first 2048 vectors; "
+            "binary/ubinary keep int8 rescoring vectors beside the bits"
+        ),
+    )
+    embed.add_argument(
+        "--no-rescore-vectors",
+        dest="rescore_vectors",
+        action="store_false",
+        default=None,
+        help="with --precision binary/ubinary: keep only the bits (smallest output, lower recall)",
+    )
+    embed.add_argument(
+        "--append", action="store_true", help="add rows to an existing OUT (same model, dimensions and precision)"
+    )
     embed.add_argument(
         "--skip-bad",
         action="store_true",
@@ -161,7 +184,29 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("output", metavar="OUT", help="a file written by `embedstack embed`")
     search.add_argument("query", help="the query text")
     search.add_argument("-k", type=positive_int, default=10, help="how many results (default: 10)")
-    search.add_argument("--json", action="store_true", help="print the results as JSON")
+    search.add_argument("--json", action="store_true", help="print the results as a JSON list")
+    search.add_argument(
+        "--timings",
+        action="store_true",
+        help='with --json: print {"hits": [...], "timings": {...}, "method": ...} instead of the bare list',
+    )
+    search.add_argument(
+        "--rescore",
+        type=positive_int,
+        default=10,
+        metavar="N",
+        help="binary outputs and --index: rescore the best k*N candidates with the float query (default: 10)",
+    )
+    use_index = search.add_mutually_exclusive_group()
+    use_index.add_argument(
+        "--index",
+        dest="index",
+        action="store_true",
+        default=None,
+        help="build (extra 'index') and use an HNSW index stored beside OUT (default: use one when present)",
+    )
+    use_index.add_argument("--no-index", dest="index", action="store_false", help="search exactly, ignoring any index")
+    search.add_argument("-q", "--quiet", action="store_true", help="no timing line on stderr")
     search.add_argument(
         "-m",
         "--model",

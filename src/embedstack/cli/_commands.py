@@ -140,6 +140,9 @@ def cmd_embed(args: argparse.Namespace) -> int:
         append=args.append,
         chunk_size=args.chunk_size,
         progress=bool(show),
+        dimensions=args.dimensions,
+        precision=args.precision,
+        rescore=args.rescore_vectors,
     )
     if not args.quiet:
         for msg in report.skipped[:5]:
@@ -162,6 +165,12 @@ def _embed_on_ray(args: argparse.Namespace, keep: Any, show: bool) -> int:
 
     if args.append:
         raise ValueError("--append cannot be used with --ray; embed into a new OUT directory")
+    compact = [f"--{name}" for name in ("dimensions", "precision") if getattr(args, name, None) is not None]
+    if compact or getattr(args, "rescore_vectors", None) is not None:
+        raise ValueError(
+            f"{' and '.join(compact) or '--no-rescore-vectors'} cannot be used with --ray yet; embed without --ray "
+            "for compact vectors (int8 ranges are calibrated once, in one process)"
+        )
     cache = _cache_arg(args)
     report = embed_files_ray(
         **_job_args(args, keep),
@@ -189,9 +198,21 @@ def cmd_search(args: argparse.Namespace) -> int:
     """embedstack search OUT QUERY."""
     from embedstack.jobs import search
 
-    hits = search(args.output, args.query, args.k, model=args.model, cache=_cache_arg(args))
+    hits = search(
+        args.output,
+        args.query,
+        args.k,
+        model=args.model,
+        cache=_cache_arg(args),
+        rescore=args.rescore,
+        index=args.index,
+    )
+    if not args.quiet:
+        print(hits.timing_line(), file=sys.stderr)
     if args.json:
-        print(json.dumps([h.model_dump() for h in hits], ensure_ascii=False, indent=1, default=str))
+        listed = [h.model_dump() for h in hits]
+        doc: Any = {"hits": listed, "timings": hits.timings, "method": hits.method} if args.timings else listed
+        print(json.dumps(doc, ensure_ascii=False, indent=1, default=str))
         return 0
     id_width = min(max((len(h.id) for h in hits), default=2), 40)
     columns = shutil.get_terminal_size((120, 24)).columns if sys.stdout.isatty() else 120
@@ -212,20 +233,23 @@ def _size(n: int) -> str:
 
 def cmd_info(args: argparse.Namespace) -> int:
     """embedstack info OUT."""
-    from embedstack.jobs import read_meta
-    from embedstack.jobs._output import meta_path, output_format, rows_path
+    from embedstack.jobs import VectorFormat, read_meta
+    from embedstack.jobs._output import meta_path, output_format, rescore_path, rows_path
 
     path = Path(args.output)
     meta = read_meta(path)
     fmt = output_format(path)
+    vf = VectorFormat.from_meta(meta)
     files = [path] + ([rows_path(path)] if fmt == "npy" else []) + ([meta_path(path)] if fmt != "parquet" else [])
+    if fmt == "npy" and vf.rescore:
+        files.append(rescore_path(path))
     if path.is_dir():  # a Parquet dataset directory (embed --ray)
         files = [f for f in path.rglob("*") if f.is_file()]
     size = sum(f.stat().st_size for f in files if f.exists())
     if args.json:
         print(
             json.dumps(
-                {"file": str(path), "format": fmt, "bytes": size, **meta},
+                {"file": str(path), "format": fmt, "bytes": size, **meta, **vf.to_meta()},
                 ensure_ascii=False,
                 indent=1,
             )
@@ -238,7 +262,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     rows = [
         ("file", f"{path} ({fmt}, {_size(size)})"),
         ("model", f"{model} ({detail})" if detail else model),
-        ("dims", str(meta.get("dim"))),
+        ("dims", f"{vf.dim} (of the model's {vf.source_dim})" if vf.truncated else str(vf.dim)),
+        ("vectors", vf.describe()),
         ("count", str(meta.get("count"))),
         ("text", f"{meta.get('text_field')} (id field: {meta.get('id_field')})"),
         ("columns", ", ".join(meta.get("columns") or []) or "(none)"),
@@ -247,6 +272,17 @@ def cmd_info(args: argparse.Namespace) -> int:
     ]
     if meta.get("updated"):
         rows.append(("updated", str(meta["updated"])))
+    if vf.ranges is not None:
+        low, high = vf.ranges
+        where = meta.get("ranges_from") or "the corpus"
+        rows.insert(
+            4,
+            (
+                "ranges",
+                f"min {low.min():.4f}..{low.max():.4f}, max {high.min():.4f}..{high.max():.4f} per dimension "
+                f"(from {where}; --json lists them)",
+            ),
+        )
     for key, value in rows:
         print(f"{key:<8} {value}")
     return 0

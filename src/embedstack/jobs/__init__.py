@@ -5,22 +5,23 @@ report = embed_files("examples/packages.jsonl", "packages.parquet", model="local
 hits = search("packages.parquet", "HTTP mocking for Ruby", k=5)
 """
 
+from embedstack.jobs._compact import VectorFormat
 from embedstack.jobs._embed import (
     DEFAULT_CACHE,
     EmbedReport,
-    Hit,
     ModelMismatchError,
     default_cache_path,
     embed_files,
     embed_records,
-    search,
 )
 from embedstack.jobs._output import Embeddings, OutputError, load_embeddings, read_meta
 from embedstack.jobs._ray import embed_dataset
 from embedstack.jobs._readers import InputError, Record, RecordReader, find_sources
+from embedstack.jobs._search import DEFAULT_RESCORE, Hit, SearchResult, search
 
 __all__ = [
     "DEFAULT_CACHE",
+    "DEFAULT_RESCORE",
     "EmbedReport",
     "Embeddings",
     "Hit",
@@ -29,6 +30,8 @@ __all__ = [
     "OutputError",
     "Record",
     "RecordReader",
+    "SearchResult",
+    "VectorFormat",
     "default_cache_path",
     "embed_dataset",
     "embed_files",

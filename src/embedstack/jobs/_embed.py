@@ -1,4 +1,5 @@
-"""The embed job (read, embed in chunks through the cached pipeline, write atomically); search."""
+"""The embed job: read, embed in chunks through the cached pipeline, shape (dimensions, precision), write
+atomically. Search lives in jobs._search (re-exported here for older imports)."""
 
 from __future__ import annotations
 
@@ -7,17 +8,28 @@ import os
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field
 
 from embedstack.base import BaseEmbedding
 from embedstack.errors import EmbedstackError
+from embedstack.jobs._compact import (
+    BINARY,
+    CALIBRATION_ROWS,
+    RESCORE_PRECISION,
+    VectorFormat,
+    check_compact_args,
+    matryoshka_warning,
+)
 from embedstack.jobs._output import (
     FORMAT_TAG,
-    load_embeddings,
+    OutputError,
+    Writer,
     open_writer,
     output_format,
     read_meta,
@@ -29,13 +41,15 @@ from embedstack.types import Role
 
 __all__ = [
     "DEFAULT_CACHE",
+    "Compact",
     "EmbedReport",
-    "Hit",
     "ModelMismatchError",
+    "check_model",
     "default_cache_path",
     "embed_files",
     "embed_records",
-    "search",
+    "model_identity",
+    "open_store",
 ]
 
 
@@ -139,6 +153,7 @@ class EmbedReport(BaseModel):
     cached: bool = Field(description="Whether a cache was used.")
     model: str
     dim: int
+    precision: str = Field(default="float32", description="How the vectors are stored (float32, int8, binary, ...).")
     skipped: list[str] = Field(default_factory=list, description="Bad records skipped (skip_bad), one message each.")
     duplicate_ids: int = 0
     first_duplicate: str | None = None
@@ -153,11 +168,70 @@ class EmbedReport(BaseModel):
         if not self.cached and reused:
             how += f", {reused} duplicates"
         texts = "text" if self.count == 1 else "texts"
-        return f"embedded {self.count} {texts} ({how}) with {self.model} → {self.out}"
+        stored = f" ({self.precision}, {self.dim} dims)" if self.precision != "float32" else ""
+        return f"embedded {self.count} {texts} ({how}) with {self.model} → {self.out}{stored}"
 
 
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class Compact:
+    """The vector shape a caller asked for: dimensions, precision, int8 ranges, rescoring vectors (None: the
+    default, or on append what the output already has)."""
+
+    dimensions: int | None = None
+    precision: str | None = None
+    ranges: Any = None
+    rescore: bool | None = None
+
+    def check(self) -> None:
+        """Refuse bad values before any work."""
+        check_compact_args(self.dimensions, self.precision)
+        if self.ranges is not None and np.asarray(self.ranges).ndim != 2:
+            raise ValueError("ranges must be a (2, dimensions) array, e.g. from embedstack.quantize.calibration_ranges")
+
+    def against(self, stored: VectorFormat, out: Path) -> None:
+        """Refuse to append vectors of another shape than `stored`'s, naming both and the fix."""
+        asked = []
+        if self.dimensions is not None and self.dimensions != stored.dim:
+            asked.append(f"{self.dimensions} dims")
+        if self.precision is not None and self.precision != stored.precision:
+            asked.append(self.precision)
+        if self.rescore is not None and stored.binary and self.rescore != (stored.rescore is not None):
+            asked.append("rescoring vectors" if self.rescore else "no rescoring vectors")
+        if self.ranges is not None:
+            asked.append("other ranges")
+        if asked:
+            has = f"{stored.precision} vectors of {stored.dim} dims"
+            if stored.binary:
+                has += " with rescoring vectors" if stored.rescore else " without rescoring vectors"
+            fix = f"--precision {stored.precision}" + (f" --dimensions {stored.dim}" if stored.truncated else "")
+            raise OutputError(
+                f"{out} holds {has}; refusing to append {', '.join(asked)} to it "
+                f"(its codes and ranges must stay one set); use {fix} (or leave them out), or embed into a new output"
+            )
+
+    def new_format(self, source_dim: int) -> VectorFormat:
+        """The format of a new output whose model gives `source_dim`-dim vectors (ranges not yet set)."""
+        dim = self.dimensions or source_dim
+        if dim > source_dim:
+            raise ValueError(f"dimensions={dim} exceeds the model's {source_dim} dimensions")
+        precision = self.precision or "float32"
+        keep = precision in BINARY and self.rescore is not False
+        fmt = VectorFormat(precision, dim, source_dim, None, RESCORE_PRECISION if keep else None)
+        if self.ranges is not None:
+            ranges = np.asarray(self.ranges, dtype=np.float32)
+            if ranges.shape != (2, dim):
+                raise ValueError(
+                    f"ranges must have shape (2, {dim}) (minimum and maximum per dimension), got {ranges.shape}"
+                )
+            fmt = VectorFormat(precision, dim, source_dim, ranges, fmt.rescore)
+        return fmt
+
+
+_PROVIDERS = {"HuggingFaceEmbedding": "local", "OpenAIEmbedding": "openai", "ClipEmbedding": "clip"}
 
 
 def _run(
@@ -170,8 +244,10 @@ def _run(
     append: bool,
     chunk_size: int,
     progress: bool | Callable[[int], Any],
+    compact: Compact = Compact(),
 ) -> EmbedReport:
     t0 = time.perf_counter()
+    compact.check()
     target = Path(out)
     output_format(target)
     if target.is_dir():
@@ -193,7 +269,8 @@ def _run(
         _open_cache(emb, cache)
         if existing is not None:
             check_model(emb, existing, target, "append to it")
-        return _embed(reader, scan, target, emb, spec, existing, chunk_size, progress, t0)
+            compact.against(VectorFormat.from_meta(existing), target)
+        return _embed(reader, scan, target, emb, spec, existing, chunk_size, progress, t0, compact)
     finally:
         if spec is None:
             emb.embed_batch_size, emb.embeddings_cache = saved
@@ -209,6 +286,7 @@ def _embed(
     chunk_size: int,
     progress_arg: bool | Callable[[int], Any],
     t0: float,
+    compact: Compact,
 ) -> EmbedReport:
     name = spec or emb.class_name()
     prior = int(existing["count"]) if existing else 0
@@ -234,6 +312,7 @@ def _embed(
     writer = open_writer(target, meta, scan.columns, existing=existing is not None)
     progress = Progress(scan.count, progress_arg, desc="embedding", unit="text")
     pending: deque[Record] = deque()
+    shaper = _Shaper(writer, meta, VectorFormat.from_meta(existing) if existing else None, compact, emb)
 
     def texts() -> Iterator[str]:
         for record in reader:
@@ -244,8 +323,9 @@ def _embed(
     try:
         for vectors in emb.embed_iter(texts(), chunk_size, Role.TEXT, show_progress=progress):
             chunk = [pending.popleft() for _ in range(len(vectors))]
-            writer.write(chunk, vectors)
+            shaper.write(chunk, vectors)
             done += len(chunk)
+        shaper.flush()
         if done != scan.count:
             raise InputError(f"the input changed while it was read ({scan.count} texts, then {done}); re-run")
         writer.commit()
@@ -262,11 +342,62 @@ def _embed(
         cached=emb.embeddings_cache is not None,
         model=name,
         dim=int(meta["dim"]),
+        precision=str(meta.get("precision") or "float32"),
         skipped=scan.skipped,
         duplicate_ids=scan.duplicate_ids,
         first_duplicate=scan.first_duplicate,
         seconds=time.perf_counter() - t0,
     )
+
+
+class _Shaper:
+    """Turns model vectors into the output's stored form and hands them to the writer.
+
+    A new output's int8 ranges (and binary outputs' rescoring ranges) are calibrated ONCE, on its first
+    `CALIBRATION_ROWS` vectors (held back until that many have come, or the input ends): the input is read
+    in one pass, so its start is the sample; an append reuses the ranges in the output's metadata.
+    """
+
+    def __init__(
+        self, writer: Writer, meta: dict[str, Any], fmt: VectorFormat | None, compact: Compact, emb: BaseEmbedding
+    ) -> None:
+        self.writer, self.meta, self.fmt, self.compact, self.emb = writer, meta, fmt, compact, emb
+        self.held: list[tuple[list[Record], npt.NDArray[np.float32]]] = []
+        if fmt is not None:
+            meta.update(fmt.to_meta())
+
+    def write(self, records: list[Record], vectors: npt.NDArray[np.float32]) -> None:
+        """Shape and write one chunk (or hold it until the ranges can be calibrated)."""
+        if self.fmt is None:
+            self.held.append((records, vectors))
+            fmt = self.compact.new_format(int(vectors.shape[1]))
+            if fmt.needs_ranges and fmt.ranges is None and sum(len(r) for r, _ in self.held) < CALIBRATION_ROWS:
+                return
+            self._start(fmt)
+            return
+        codes, extra = self.fmt.encode(vectors)
+        self.writer.write(records, codes, extra)
+
+    def flush(self) -> None:
+        """Write what is held (an input shorter than the calibration sample)."""
+        if self.fmt is None and self.held:
+            self._start(self.compact.new_format(int(self.held[0][1].shape[1])))
+
+    def _start(self, fmt: VectorFormat) -> None:
+        if fmt.needs_ranges:
+            sample = np.concatenate([v for _, v in self.held])
+            self.meta["ranges_from"] = "given" if fmt.ranges is not None else f"first {len(sample)} vectors"
+            if fmt.ranges is None:
+                fmt = fmt.with_ranges(sample)
+        if fmt.truncated:
+            matryoshka_warning(
+                _PROVIDERS.get(self.emb.class_name()), getattr(self.emb, "model_name", None), fmt.dim, fmt.source_dim
+            )
+        self.fmt = fmt
+        self.meta.update(fmt.to_meta())
+        held, self.held = self.held, []
+        for records, vectors in held:
+            self.write(records, vectors)
 
 
 def _version() -> str:
@@ -290,12 +421,19 @@ def embed_files(
     skip_bad: bool = False,
     chunk_size: int = 2048,
     progress: bool | Callable[[int], Any] = False,
+    dimensions: int | None = None,
+    precision: str | None = None,
+    ranges: Any = None,
+    rescore: bool | None = None,
 ) -> EmbedReport:
     """Embed files (.txt/.jsonl/.json/.csv/.tsv/.parquet, folders, "-": stdin) into OUT.
 
     OUT is a .parquet, .npy or .jsonl file. Vectors go through the model's cached pipeline in
     chunks: an interrupted run keeps what it computed (in the cache), a re-run computes only the
-    rest; OUT is replaced atomically.
+    rest; OUT is replaced atomically. `dimensions` keeps each vector's first N values, re-normalised;
+    `precision` stores them as float32 (default), float16, int8, uint8, binary or ubinary; int8/uint8
+    `ranges` default to those of the first 2,048 vectors; binary outputs keep int8 rescoring vectors
+    unless `rescore=False`. On append, None takes what the output has; anything else must match it.
     """
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
@@ -320,6 +458,7 @@ def embed_files(
         append=append,
         chunk_size=chunk_size,
         progress=progress,
+        compact=Compact(dimensions, precision, ranges, rescore),
     )
 
 
@@ -337,6 +476,10 @@ def embed_records(
     skip_bad: bool = False,
     chunk_size: int = 2048,
     progress: bool | Callable[[int], Any] = False,
+    dimensions: int | None = None,
+    precision: str | None = None,
+    ranges: Any = None,
+    rescore: bool | None = None,
 ) -> EmbedReport:
     """Embed an iterable of texts or mappings (read into memory once) into OUT, like embed_files."""
     items = records if isinstance(records, Sequence) and not isinstance(records, str) else list(records)
@@ -350,66 +493,5 @@ def embed_records(
         append=append,
         chunk_size=chunk_size,
         progress=progress,
+        compact=Compact(dimensions, precision, ranges, rescore),
     )
-
-
-class Hit(BaseModel):
-    """One search result: rank (1 = best), id, cosine score, the text and the other kept columns."""
-
-    rank: int
-    id: str
-    score: float
-    text: str | None = None
-    fields: dict[str, Any] = Field(default_factory=dict)
-
-
-def search(
-    out: str | os.PathLike[str],
-    query: str,
-    k: int = 10,
-    *,
-    model: Any = None,
-    cache: CacheArg = DEFAULT_CACHE,
-) -> list[Hit]:
-    """Cosine top-k of `query` over an output, with the model recorded in it (or an identical)."""
-    from embedstack.similarity import cosine_top_k
-
-    if k <= 0:
-        raise ValueError(f"k must be positive, got {k}")
-    path = Path(out)
-    data = load_embeddings(path)
-    meta = data.meta
-    if model is None:
-        if not meta.get("model"):
-            raise ModelMismatchError(
-                f"{path} was embedded with a model object ({meta.get('model_class')}); pass the same model to search it"
-            )
-        model = meta["model"]
-    emb, spec = _resolve(model)
-    check_model(emb, meta, path, "search it")
-    saved = emb.embeddings_cache  # a caller's model object is left as it was
-    try:
-        _open_cache(emb, cache)
-        q = emb.embed([query], role=Role.QUERY)[0]
-    finally:
-        if spec is None:
-            emb.embeddings_cache = saved
-    if q.shape[0] != data.vectors.shape[1]:
-        raise ModelMismatchError(
-            f"the query vector has {q.shape[0]} dims, {path} holds {data.vectors.shape[1]}-dim vectors"
-        )
-    text_field = meta.get("text_field") or "text"
-    hits = []
-    for rank, (i, score) in enumerate(cosine_top_k(q, np.asarray(data.vectors), k), 1):
-        fields = {name: col[i] for name, col in data.columns.items()}
-        text = fields.pop(text_field, None)
-        hits.append(
-            Hit(
-                rank=rank,
-                id=data.ids[i],
-                score=score,
-                text=text if isinstance(text, str) else None,
-                fields=fields,
-            )
-        )
-    return hits

@@ -1,5 +1,9 @@
 """Embedding outputs: Parquet, .npy (+ rows and metadata sidecars) and .jsonl; written atomically.
 
+Vectors are stored as the output's precision gives them (`jobs._compact.VectorFormat`): float32/float16,
+int8/uint8 codes, or packed bits (binary: int8, ubinary: uint8, (n, dim/8)) with int8 rescoring vectors
+beside them (.npy: `<OUT>.rescore.npy`; Parquet: a `rescore` column; .jsonl: a `rescore` key).
+
 Every writer writes to hidden temp files next to the target and renames them into place only when
 all rows are written, so a killed run never leaves a truncated file that looks complete. Parquet
 carries the metadata (model identity, dims, count, ...) in its schema; .npy and .jsonl carry it in
@@ -37,6 +41,7 @@ __all__ = [
     "open_writer",
     "output_format",
     "read_meta",
+    "rescore_path",
     "rows_path",
 ]
 
@@ -84,6 +89,11 @@ def rows_path(path: Path) -> Path:
     return path.with_name(path.name + ".rows.jsonl")
 
 
+def rescore_path(path: Path) -> Path:
+    """The rescoring vectors beside a binary .npy output (int8, (n, dim), memory-mappable)."""
+    return path.with_name(path.name + ".rescore.npy")
+
+
 # -- atomic files --------------------------------------------------------------------------------
 _HOST = socket.gethostname().replace(".", "_")
 
@@ -97,7 +107,7 @@ def remove_stale_temps(target: Path) -> None:
     .meta.json) when their process is gone."""
     if os.name == "nt":  # os.kill(pid, 0) would terminate the process there
         return
-    for name in (target.name, rows_path(target).name, meta_path(target).name):
+    for name in (target.name, rows_path(target).name, meta_path(target).name, rescore_path(target).name):
         for p in target.parent.glob(f".{glob.escape(name)}.*.tmp"):
             parts = p.name[len(name) + 2 : -4].split(".")
             if len(parts) != 3 or parts[0] != _HOST or not parts[1].isdigit():
@@ -178,37 +188,59 @@ class Embeddings:
 
 
 def load_embeddings(path: str | os.PathLike[str], columns: bool = True) -> Embeddings:
-    """Read an output of `embed_files` / `embedstack embed`, checked against its metadata."""
+    """Read an output of `embed_files` / `embedstack embed`, checked against its metadata.
+
+    `vectors` is float32 (n, dim) for every precision: int8/uint8 dequantised with the stored ranges;
+    binary: the rescoring vectors kept beside the codes, else the bits as ±1.
+    """
+    from embedstack.jobs._compact import VectorFormat
+
     path = Path(path)
     meta = read_meta(path)
     fmt = output_format(path)
-    dim, count = int(meta["dim"]), int(meta["count"])
+    vf = VectorFormat.from_meta(meta)
+    dim, count, width = vf.dim, int(meta["count"]), vf.width
     cols: dict[str, list[Any]] = {}
+    extra: np.ndarray | None = None
     if fmt in ("parquet", DATASET_FORMAT):
-        table = _pq().read_table(path, columns=None if columns else ["id", "vector"])
+        table = _pq().read_table(
+            path, columns=None if columns else ["id", "vector", *(["rescore"] if vf.rescore else [])]
+        )
         ids = [str(i) for i in table.column("id").to_pylist()]
-        vec = table.column("vector").combine_chunks()
-        matrix = vec.values.to_numpy(zero_copy_only=False).astype(np.float32, copy=False).reshape(-1, dim)
+        codes = _fixed_list_numpy(table.column("vector"), width, vf.dtype)
+        if vf.rescore:
+            extra = _fixed_list_numpy(table.column("rescore"), dim, np.dtype(np.int8))
         if columns:
-            cols = {name: table.column(name).to_pylist() for name in table.column_names if name not in ("id", "vector")}
+            cols = {name: table.column(name).to_pylist() for name in table.column_names if name not in _VECTOR_COLUMNS}
     elif fmt == "npy":
-        matrix = np.load(path, mmap_mode="r")
+        codes = np.load(path, mmap_mode="r")
+        if vf.rescore:
+            extra = np.load(rescore_path(path), mmap_mode="r")
         ids = []
         for row in _jsonl_rows(rows_path(path)):
             ids.append(str(row.pop("id")))
             if columns:
                 for k in meta.get("columns", []):
                     cols.setdefault(k, []).append(row.get(k))
-        matrix = np.asarray(matrix, dtype=np.float32)
     else:
-        ids, rows = [], []
+        ids, rows, kept = [], [], []
         for row in _jsonl_rows(path):
             ids.append(str(row.pop("id")))
-            rows.append(np.asarray(row.pop("vector"), dtype=np.float32))
+            rows.append(row.pop("vector"))
+            if vf.rescore:
+                kept.append(row.pop("rescore", None))
             if columns:
                 for k in meta.get("columns", []):
                     cols.setdefault(k, []).append(row.get(k))
-        matrix = np.stack(rows) if rows else np.zeros((0, dim), np.float32)
+        codes = np.asarray(rows, dtype=vf.dtype) if rows else np.zeros((0, width), vf.dtype)
+        if vf.rescore:
+            extra = np.asarray(kept, dtype=np.int8) if kept else np.zeros((0, dim), np.int8)
+    if codes.shape != (count, width) or (extra is not None and extra.shape != (count, dim)):
+        raise OutputError(
+            f"{path}: holds vectors of shape {codes.shape}, but its metadata says {count} x {width} "
+            f"({vf.precision}); re-run the embed command"
+        )
+    matrix = vf.decode(codes, extra)
     if matrix.shape != (count, dim) or len(ids) != count:
         raise OutputError(
             f"{path}: holds {len(ids)} ids and vectors of shape {matrix.shape}, but its metadata "
@@ -216,6 +248,18 @@ def load_embeddings(path: str | os.PathLike[str], columns: bool = True) -> Embed
             "re-run the embed command"
         )
     return Embeddings(meta, ids, matrix, cols)
+
+
+#: Columns of a Parquet output that hold vectors, not kept fields.
+_VECTOR_COLUMNS = ("id", "vector", "rescore")
+
+
+def _fixed_list_numpy(column: Any, width: int, dtype: np.dtype[Any]) -> np.ndarray:
+    """A (chunked) fixed-size-list Arrow column as an (n, width) numpy array of `dtype`."""
+    chunks = column.chunks if hasattr(column, "chunks") else [column]
+    parts = [c.flatten().to_numpy(zero_copy_only=False) for c in chunks if len(c)]
+    flat = np.concatenate(parts) if parts else np.zeros(0, dtype)
+    return np.asarray(flat, dtype=dtype).reshape(-1, width)
 
 
 def _jsonl_rows(path: Path) -> Iterator[dict[str, Any]]:
@@ -244,22 +288,28 @@ class Writer:
         self.existing = existing
         self.temps: list[Path] = []
         self.written = 0
-        self.dim: int | None = None
+        self.width: int | None = None
+        self.dtype: np.dtype[Any] = np.dtype("<f4")
+        self.rescore_dim: int | None = None
 
     def _temp(self, target: Path) -> Path:
         tmp = _temp_for(target)
         self.temps.append(tmp)
         return tmp
 
-    def write(self, records: Sequence[Record], vectors: npt.NDArray[np.float32]) -> None:
-        """Append rows (one per record) to the temp output."""
-        if self.dim is None:
-            self.dim = int(vectors.shape[1])
-            self.meta["dim"] = self.dim
+    def write(self, records: Sequence[Record], vectors: np.ndarray, rescore: np.ndarray | None = None) -> None:
+        """Append rows (one per record) to the temp output: their stored vectors (float, int or packed-bit
+        codes, as the output's precision makes them) and, for binary outputs, their rescoring vectors."""
+        if self.width is None:
+            self.width = int(vectors.shape[1])
+            self.dtype = vectors.dtype.newbyteorder("<") if vectors.dtype.itemsize > 1 else vectors.dtype
+            self.rescore_dim = None if rescore is None else int(rescore.shape[1])
+            if self.meta.get("dim") is None:  # callers that set no format: the stored width is the dim
+                self.meta["dim"] = self.width
             self._open()
-        elif vectors.shape[1] != self.dim:
-            raise OutputError(f"the model returned {vectors.shape[1]}-dim vectors after {self.dim}-dim ones")
-        self._write(records, np.ascontiguousarray(vectors, dtype=np.float32))
+        elif vectors.shape[1] != self.width:
+            raise OutputError(f"the model returned {vectors.shape[1]}-dim vectors after {self.width}-dim ones")
+        self._write(records, np.ascontiguousarray(vectors, dtype=self.dtype), rescore)
         self.written += len(records)
 
     def commit(self) -> None:
@@ -282,7 +332,7 @@ class Writer:
     def _open(self) -> None:
         raise NotImplementedError
 
-    def _write(self, records: Sequence[Record], vectors: npt.NDArray[np.float32]) -> None:
+    def _write(self, records: Sequence[Record], vectors: np.ndarray, rescore: np.ndarray | None) -> None:
         raise NotImplementedError
 
     def _close(self) -> None:
@@ -315,13 +365,15 @@ def _to_arrow_values(values: list[Any], typ: Any, pa: Any) -> Any:
 
 
 class ParquetWriter(Writer):
-    """id (string), vector (fixed-size list of float32), kept columns; metadata in the schema."""
+    """id (string), vector (fixed-size list of the precision's type), rescore (binary outputs: fixed-size
+    list of int8), kept columns; metadata in the schema."""
 
     def _open(self) -> None:
         import pyarrow as pa
 
         pq = _pq()
         self.pa = pa
+        vector_type = pa.list_(pa.from_numpy_dtype(self.dtype), self.width)
         if self.existing:
             old = pq.ParquetFile(self.target)
             base = old.schema_arrow.remove_metadata()
@@ -332,16 +384,14 @@ class ParquetWriter(Writer):
                     f"({', '.join(sorted(extra))}); "
                     "choose the same columns with --keep, or write a new output"
                 )
-            if base.field("vector").type.list_size != self.dim:
+            if base.field("vector").type != vector_type:
                 raise OutputError(
-                    f"{self.target}: holds {base.field('vector').type.list_size}-dim vectors, the "
-                    f"model gives {self.dim}"
+                    f"{self.target}: holds vectors of type {base.field('vector').type}, this run makes {vector_type}"
                 )
         else:
-            fields = [
-                pa.field("id", pa.string()),
-                pa.field("vector", pa.list_(pa.float32(), self.dim)),
-            ]
+            fields = [pa.field("id", pa.string()), pa.field("vector", vector_type)]
+            if self.rescore_dim is not None:
+                fields.append(pa.field("rescore", pa.list_(pa.int8(), self.rescore_dim)))
             fields += [pa.field(name, _arrow_type(pa, types)) for name, types in self.column_types.items()]
             base = pa.schema(fields)
         self.schema = base.with_metadata({META_KEY: json.dumps(self.meta, ensure_ascii=False).encode()})
@@ -352,14 +402,16 @@ class ParquetWriter(Writer):
                 self.writer.write_table(self.pa.Table.from_batches([batch]).cast(self.schema))
             self.written += old.metadata.num_rows
 
-    def _write(self, records: Sequence[Record], vectors: npt.NDArray[np.float32]) -> None:
+    def _write(self, records: Sequence[Record], vectors: np.ndarray, rescore: np.ndarray | None) -> None:
         pa = self.pa
         arrays = [
             pa.array([r.id for r in records], type=pa.string()),
-            pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), self.dim),
+            pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), self.width),
         ]
+        if rescore is not None:
+            arrays.append(pa.FixedSizeListArray.from_arrays(pa.array(rescore.reshape(-1)), rescore.shape[1]))
         for f in self.schema:
-            if f.name in ("id", "vector"):
+            if f.name in _VECTOR_COLUMNS:
                 continue
             values = [r.columns.get(f.name) for r in records]
             try:
@@ -396,49 +448,70 @@ class _SidecarWriter(Writer):
         _write_json_atomic(meta, self.meta)
 
 
+def _npy_file(tmp: Path, dtype: np.dtype[Any], shape: tuple[int, int], old: Path | None) -> Any:
+    """Open a .npy temp file for `shape` rows of `dtype` (a memory-mappable header), copying `old`'s rows first."""
+    f = open(tmp, "wb")
+    np.lib.format.write_array_header_1_0(
+        f, {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape}
+    )
+    if old is not None:
+        rows = np.load(old, mmap_mode="r")
+        if rows.ndim != 2 or rows.shape[1] != shape[1] or rows.dtype != dtype:
+            f.close()
+            raise OutputError(
+                f"{old}: holds {rows.dtype} vectors of shape {rows.shape}, this run makes {dtype} x {shape[1]}"
+            )
+        for i in range(0, len(rows), 65536):
+            f.write(np.ascontiguousarray(rows[i : i + 65536]).tobytes())
+    return f
+
+
 class NpyWriter(_SidecarWriter):
-    """OUT.npy (count x dim float32), OUT.npy.rows.jsonl (id, kept columns), OUT.npy.meta.json."""
+    """OUT.npy (count x width, the precision's dtype), OUT.npy.rows.jsonl (id, kept columns),
+    OUT.npy.rescore.npy (binary outputs' int8 rescoring vectors), OUT.npy.meta.json."""
 
     def _open(self) -> None:
+        count = int(self.meta["count"])
+        assert self.width is not None
         self.tmp = self._temp(self.target)
         self.rows_tmp = self._temp(rows_path(self.target))
-        self.f = open(self.tmp, "wb")
         self.rows = open(self.rows_tmp, "w", encoding="utf-8")
-        np.lib.format.write_array_header_1_0(
-            self.f,
-            {"descr": "<f4", "fortran_order": False, "shape": (int(self.meta["count"]), self.dim)},
-        )
+        self.f = _npy_file(self.tmp, self.dtype, (count, self.width), self.target if self.existing else None)
+        self.extra = None
+        if self.rescore_dim is not None:
+            self.extra_tmp = self._temp(rescore_path(self.target))
+            old = rescore_path(self.target) if self.existing else None
+            self.extra = _npy_file(self.extra_tmp, np.dtype(np.int8), (count, self.rescore_dim), old)
         if self.existing:
-            old = np.load(self.target, mmap_mode="r")
-            if old.ndim != 2 or old.shape[1] != self.dim:
-                raise OutputError(
-                    f"{self.target}: holds vectors of shape {old.shape}, the model gives {self.dim}-dim vectors"
-                )
-            for i in range(0, len(old), 65536):
-                self.f.write(np.ascontiguousarray(old[i : i + 65536], dtype="<f4").tobytes())
             with open(rows_path(self.target), encoding="utf-8") as f:
                 for line in f:
                     self.rows.write(line)
-            self.written += len(old)
+            self.written += len(np.load(self.target, mmap_mode="r"))
 
-    def _write(self, records: Sequence[Record], vectors: npt.NDArray[np.float32]) -> None:
-        self.f.write(vectors.astype("<f4", copy=False).tobytes())
+    def _write(self, records: Sequence[Record], vectors: np.ndarray, rescore: np.ndarray | None) -> None:
+        self.f.write(vectors.tobytes())
+        if self.extra is not None and rescore is not None:
+            self.extra.write(np.ascontiguousarray(rescore, dtype=np.int8).tobytes())
         self.rows.write(
             "".join(json.dumps({"id": r.id, **r.columns}, ensure_ascii=False, default=str) + "\n" for r in records)
         )
 
     def _close(self) -> None:
-        for name in ("f", "rows"):
+        for name in ("f", "rows", "extra"):
             f = getattr(self, name, None)
             if f is not None and not f.closed:
                 f.close()
 
     def _data_targets(self) -> list[tuple[Path, Path]]:
-        return [(self.tmp, self.target), (self.rows_tmp, rows_path(self.target))]
+        targets = [(self.tmp, self.target), (self.rows_tmp, rows_path(self.target))]
+        if self.rescore_dim is not None:
+            targets.append((self.extra_tmp, rescore_path(self.target)))
+        return targets
 
 
 class JsonlWriter(_SidecarWriter):
-    """One JSON object per row: id, vector (floats), kept columns; metadata in OUT.meta.json."""
+    """One JSON object per row: id, vector (floats; ints for int8/uint8/binary codes), rescore (binary
+    outputs: int8 ints), kept columns; metadata in OUT.meta.json."""
 
     def _open(self) -> None:
         self.tmp = self._temp(self.target)
@@ -448,18 +521,22 @@ class JsonlWriter(_SidecarWriter):
                 for line in f:
                     if line.strip():
                         row = json.loads(line)
-                        if len(row.get("vector", ())) != self.dim:
+                        if len(row.get("vector", ())) != self.width:
                             raise OutputError(
-                                f"{self.target}: holds {len(row.get('vector', ()))}-dim vectors, "
-                                f"the model gives {self.dim}"
+                                f"{self.target}: holds {len(row.get('vector', ()))}-value vectors, "
+                                f"this run makes {self.width}"
                             )
                         self.f.write(line if line.endswith("\n") else line + "\n")
                         self.written += 1
 
-    def _write(self, records: Sequence[Record], vectors: npt.NDArray[np.float32]) -> None:
+    def _write(self, records: Sequence[Record], vectors: np.ndarray, rescore: np.ndarray | None) -> None:
         out = []
-        for r, v in zip(records, vectors.tolist(), strict=True):
-            out.append(json.dumps({"id": r.id, "vector": v, **r.columns}, ensure_ascii=False, default=str) + "\n")
+        extra = rescore.tolist() if rescore is not None else [None] * len(records)
+        for r, v, x in zip(records, vectors.tolist(), extra, strict=True):
+            row: dict[str, Any] = {"id": r.id, "vector": v}
+            if x is not None:
+                row["rescore"] = x
+            out.append(json.dumps({**row, **r.columns}, ensure_ascii=False, default=str) + "\n")
         self.f.write("".join(out))
 
     def _close(self) -> None:

@@ -26,7 +26,9 @@ class ModelFacts:
     `max_tokens` is the input limit the model is run with (None: unknown), `pooling` how token
     vectors become one ("mean", "cls"; None where the provider does not pool), `verified` the
     "backend precision" combinations checked against the reference, `default` whether it is its
-    provider's default, `aliases` other names it is known by (LlamaIndex's "ViT-B/32").
+    provider's default, `aliases` other names it is known by (LlamaIndex's "ViT-B/32"), `matryoshka`
+    whether it was trained so that its first dimensions alone make a good shorter vector (Matryoshka
+    representation learning: `dimensions=` then keeps most of its quality).
     """
 
     provider: str
@@ -40,6 +42,7 @@ class ModelFacts:
     default: bool = False
     notes: str = ""
     aliases: tuple[str, ...] = ()
+    matryoshka: bool = False
 
     @property
     def short_name(self) -> str:
@@ -61,6 +64,7 @@ def _local(
     verified: tuple[str, ...] = (),
     default: bool = False,
     notes: str = "",
+    matryoshka: bool = False,
 ) -> ModelFacts:
     """A local (Hugging Face) model's facts, with its family's instructions from the instruction table."""
     family = instructions_for(name)
@@ -75,6 +79,7 @@ def _local(
         verified=verified,
         default=default,
         notes=notes,
+        matryoshka=matryoshka,
     )
 
 
@@ -122,13 +127,21 @@ MODELS: tuple[ModelFacts, ...] = (
     _local("thenlper/gte-small", 384, 512, "mean"),
     _local("thenlper/gte-base", 768, 512, "mean"),
     _local("thenlper/gte-large", 1024, 512, "mean"),
-    _local("mixedbread-ai/mxbai-embed-large-v1", 1024, 512, "cls"),
+    _local(
+        "mixedbread-ai/mxbai-embed-large-v1",
+        1024,
+        512,
+        "cls",
+        notes="trained for Matryoshka truncation and binary quantisation",
+        matryoshka=True,
+    ),
     _local(
         "nomic-ai/nomic-embed-text-v1.5",
         768,
         8192,
         "mean",
         notes="needs trust_remote_code=True; dimensions= shortens the vectors (Matryoshka)",
+        matryoshka=True,
     ),
     ModelFacts(
         "openai",
@@ -137,9 +150,15 @@ MODELS: tuple[ModelFacts, ...] = (
         _OPENAI_LIMIT,
         default=True,
         notes="dimensions= shortens the vectors (Matryoshka)",
+        matryoshka=True,
     ),
     ModelFacts(
-        "openai", "text-embedding-3-large", 3072, _OPENAI_LIMIT, notes="dimensions= shortens the vectors (Matryoshka)"
+        "openai",
+        "text-embedding-3-large",
+        3072,
+        _OPENAI_LIMIT,
+        notes="dimensions= shortens the vectors (Matryoshka)",
+        matryoshka=True,
     ),
     ModelFacts("openai", "text-embedding-ada-002", 1536, _OPENAI_LIMIT, notes="fixed length (no dimensions=)"),
     _clip(

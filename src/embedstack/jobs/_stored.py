@@ -1,0 +1,269 @@
+"""An output's stored rows read in bounded memory: vectors in chunks, chosen rows, ids and columns of hits.
+
+.npy outputs are memory-mapped; Parquet outputs are read a batch (and, for chosen rows, a row group) at a
+time; .jsonl outputs are streamed. Nothing reads the whole output into memory, so a file larger than RAM
+can be searched.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from embedstack.jobs._compact import VectorFormat
+from embedstack.jobs._output import (
+    DATASET_FORMAT,
+    DATASET_META,
+    OutputError,
+    _pq,
+    meta_path,
+    output_format,
+    rescore_path,
+    rows_path,
+)
+
+__all__ = ["StoredRows", "open_stored"]
+
+
+class StoredRows:
+    """The rows of one output; `column` is "vector" (the stored codes) or "rescore" (binary outputs)."""
+
+    def __init__(self, path: Path, meta: dict[str, Any]) -> None:
+        self.path = path
+        self.meta = meta
+        self.fmt = VectorFormat.from_meta(meta)
+        self.count = int(meta["count"])
+
+    def width(self, column: str) -> int:
+        """Values per row of `column`."""
+        return self.fmt.width if column == "vector" else self.fmt.dim
+
+    def dtype(self, column: str) -> np.dtype[Any]:
+        """The numpy dtype of `column`'s values."""
+        return self.fmt.dtype if column == "vector" else np.dtype(np.int8)
+
+    def batches(self, column: str, rows: int) -> Iterator[tuple[int, np.ndarray]]:
+        """(first row number, codes) for consecutive chunks of about `rows` rows."""
+        raise NotImplementedError
+
+    def take(self, positions: Sequence[int] | np.ndarray, column: str) -> np.ndarray:
+        """`column`'s codes of the rows at `positions`, in that order."""
+        raise NotImplementedError
+
+    def records(self, positions: Sequence[int]) -> list[dict[str, Any]]:
+        """The id and kept columns of the rows at `positions`, in that order."""
+        raise NotImplementedError
+
+    def data_files(self) -> list[Path]:
+        """The files whose change makes an index stale."""
+        raise NotImplementedError
+
+    def fingerprint(self) -> str:
+        """What the output is now: its metadata's count and times, and its files' sizes and mtimes."""
+        parts = [str(self.meta.get(k)) for k in ("count", "dim", "precision", "created", "updated")]
+        for f in self.data_files():
+            st = f.stat()
+            parts.append(f"{f.name}:{st.st_size}:{st.st_mtime_ns}")
+        return "|".join(parts)
+
+    def _check(self, found: int, what: str) -> None:
+        if found != self.count:
+            raise OutputError(
+                f"{self.path}: {what} holds {found} rows, but its metadata says {self.count}; re-run the embed command"
+            )
+
+
+def _ordered(positions: Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Positions sorted (unique), and where each original position is in that sorted list."""
+    pos = np.asarray(positions, dtype=np.int64)
+    uniq, back = np.unique(pos, return_inverse=True)
+    return uniq, back
+
+
+def _wanted_lines(path: Path, positions: Sequence[int]) -> dict[int, dict[str, Any]]:
+    """The JSON objects on the non-blank lines numbered `positions` of a JSON Lines file (others unparsed)."""
+    want = set(int(p) for p in positions)
+    found: dict[int, dict[str, Any]] = {}
+    if not path.exists():
+        raise OutputError(f"{path}: missing; re-run the embed command")
+    row = 0
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if not line.strip():
+                continue
+            if row in want:
+                found[row] = json.loads(line)
+                if len(found) == len(want):
+                    break
+            row += 1
+    return found
+
+
+class _Npy(StoredRows):
+    """OUT.npy (memory-mapped), OUT.npy.rescore.npy, ids and columns from OUT.npy.rows.jsonl."""
+
+    def __init__(self, path: Path, meta: dict[str, Any]) -> None:
+        super().__init__(path, meta)
+        self.arrays: dict[str, np.ndarray] = {}
+
+    def array(self, column: str) -> np.ndarray:
+        """The memory-mapped codes of `column` (checked against the metadata)."""
+        if column not in self.arrays:
+            file = self.path if column == "vector" else rescore_path(self.path)
+            if not file.exists():
+                raise OutputError(f"{file}: missing; re-run the embed command")
+            arr = np.load(file, mmap_mode="r")
+            if arr.ndim != 2 or arr.shape[1] != self.width(column) or arr.dtype != self.dtype(column):
+                raise OutputError(
+                    f"{file}: holds {arr.dtype} vectors of shape {arr.shape}, its metadata says "
+                    f"{self.dtype(column)} x {self.width(column)}; re-run the embed command"
+                )
+            self._check(len(arr), file.name)
+            self.arrays[column] = arr
+        return self.arrays[column]
+
+    def batches(self, column: str, rows: int) -> Iterator[tuple[int, np.ndarray]]:
+        arr = self.array(column)
+        for start in range(0, len(arr), rows):
+            yield start, np.asarray(arr[start : start + rows])
+
+    def take(self, positions: Sequence[int] | np.ndarray, column: str) -> np.ndarray:
+        uniq, back = _ordered(positions)
+        rows: np.ndarray = np.asarray(self.array(column)[uniq])[back]
+        return rows
+
+    def records(self, positions: Sequence[int]) -> list[dict[str, Any]]:
+        found = _wanted_lines(rows_path(self.path), positions)
+        return [found[int(p)] for p in positions]
+
+    def data_files(self) -> list[Path]:
+        return [self.path, rows_path(self.path)] + ([rescore_path(self.path)] if self.fmt.rescore else [])
+
+
+class _Jsonl(StoredRows):
+    """A .jsonl output, streamed: vectors (and rescore) parsed a line at a time."""
+
+    def batches(self, column: str, rows: int) -> Iterator[tuple[int, np.ndarray]]:
+        width, dtype = self.width(column), self.dtype(column)
+        start, chunk, n = 0, [], 0
+        with open(self.path, encoding="utf-8") as f:
+            for line in f:
+                if not line.strip():
+                    continue
+                chunk.append(json.loads(line)[column])
+                n += 1
+                if len(chunk) == rows:
+                    yield start, _rows_array(chunk, width, dtype, self.path)
+                    start, chunk = n, []
+        if chunk:
+            yield start, _rows_array(chunk, width, dtype, self.path)
+        self._check(n, self.path.name)
+
+    def take(self, positions: Sequence[int] | np.ndarray, column: str) -> np.ndarray:
+        found = _wanted_lines(self.path, [int(p) for p in positions])
+        return _rows_array(
+            [found[int(p)][column] for p in positions], self.width(column), self.dtype(column), self.path
+        )
+
+    def records(self, positions: Sequence[int]) -> list[dict[str, Any]]:
+        found = _wanted_lines(self.path, positions)
+        out = []
+        for p in positions:
+            row = dict(found[int(p)])
+            row.pop("vector", None)
+            row.pop("rescore", None)
+            out.append(row)
+        return out
+
+    def data_files(self) -> list[Path]:
+        return [self.path]
+
+
+def _rows_array(rows: list[Any], width: int, dtype: np.dtype[Any], path: Path) -> np.ndarray:
+    arr = np.asarray(rows, dtype=dtype)
+    if arr.ndim != 2 or arr.shape[1] != width:
+        raise OutputError(f"{path}: holds vectors of shape {arr.shape[1:]}, its metadata says {width} values per row")
+    return arr
+
+
+class _Parquet(StoredRows):
+    """A .parquet file or a Parquet dataset directory: batches of a column, chosen rows by row group."""
+
+    def __init__(self, path: Path, meta: dict[str, Any]) -> None:
+        super().__init__(path, meta)
+        pq = _pq()
+        self.files = [Path(f) for f in pq.ParquetDataset(path).files] if path.is_dir() else [path]
+        self.groups: list[tuple[int, int, int]] = []  # (first row, file number, row group)
+        row = 0
+        self.handles = [pq.ParquetFile(f) for f in self.files]
+        for i, pf in enumerate(self.handles):
+            for g in range(pf.metadata.num_row_groups):
+                self.groups.append((row, i, g))
+                row += pf.metadata.row_group(g).num_rows
+        self._check(row, path.name)
+        self.starts = [g[0] for g in self.groups]
+
+    def batches(self, column: str, rows: int) -> Iterator[tuple[int, np.ndarray]]:
+        start = 0
+        for pf in self.handles:
+            for batch in pf.iter_batches(batch_size=rows, columns=[column]):
+                codes = _list_column(batch.column(0), self.width(column), self.dtype(column))
+                yield start, codes
+                start += len(codes)
+
+    def _by_group(self, positions: Sequence[int] | np.ndarray) -> dict[int, list[int]]:
+        groups: dict[int, list[int]] = {}
+        for p in np.unique(np.asarray(positions, dtype=np.int64)):
+            groups.setdefault(bisect.bisect_right(self.starts, int(p)) - 1, []).append(int(p))
+        return groups
+
+    def take(self, positions: Sequence[int] | np.ndarray, column: str) -> np.ndarray:
+        found: dict[int, np.ndarray] = {}
+        for g, rows in self._by_group(positions).items():
+            first, file, group = self.groups[g]
+            table = self.handles[file].read_row_group(group, columns=[column])
+            codes = _list_column(table.column(0), self.width(column), self.dtype(column))
+            for p in rows:
+                found[p] = codes[p - first]
+        if not found:
+            return np.zeros((0, self.width(column)), self.dtype(column))
+        return np.stack([found[int(p)] for p in positions])
+
+    def records(self, positions: Sequence[int]) -> list[dict[str, Any]]:
+        found: dict[int, dict[str, Any]] = {}
+        for g, rows in self._by_group(positions).items():
+            first, file, group = self.groups[g]
+            names = [n for n in self.handles[file].schema_arrow.names if n not in ("vector", "rescore")]
+            table = self.handles[file].read_row_group(group, columns=names)
+            picked = table.take([p - first for p in rows]).to_pylist()
+            found.update(zip(rows, picked))
+        return [found[int(p)] for p in positions]
+
+    def data_files(self) -> list[Path]:
+        return [*self.files, *([self.path / DATASET_META] if self.path.is_dir() else [])]
+
+
+def _list_column(column: Any, width: int, dtype: np.dtype[Any]) -> np.ndarray:
+    chunks = column.chunks if hasattr(column, "chunks") else [column]
+    parts = [c.flatten().to_numpy(zero_copy_only=False) for c in chunks if len(c)]
+    flat = np.concatenate(parts) if parts else np.zeros(0, dtype)
+    return np.asarray(flat, dtype=dtype).reshape(-1, width)
+
+
+def open_stored(path: str | os.PathLike[str], meta: dict[str, Any]) -> StoredRows:
+    """The stored rows of the output at `path` (whose metadata is `meta`)."""
+    p = Path(path)
+    fmt = output_format(p)
+    if fmt in ("parquet", DATASET_FORMAT):
+        return _Parquet(p, meta)
+    if fmt == "npy":
+        return _Npy(p, meta)
+    if not meta_path(p).exists():
+        raise OutputError(f"{p}: no metadata file; re-run the embed command")
+    return _Jsonl(p, meta)
