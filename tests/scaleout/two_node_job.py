@@ -20,9 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from embedstack.providers.mock import FakeEmbedding
+from embedstack.types import Batch
 
 #: Object store per simulated node: small, so two nodes fit a CI machine (Ray's minimum is ~75 MB).
 OBJECT_STORE_BYTES = 100 * 1024 * 1024
@@ -33,11 +32,11 @@ class NodeRecordingFake(FakeEmbedding):
 
     record_dir: str = ""
 
-    def _embed_batch(self, items: list[Any], role: Any) -> np.ndarray:
+    def _embed(self, batch: Batch) -> Any:  # the pipeline's one call into a model, per batch
         import ray
 
-        vectors = super()._embed_batch(items, role)
-        line = json.dumps({"node": ray.get_runtime_context().get_node_id(), "texts": list(items)})
+        vectors = super()._embed(batch)
+        line = json.dumps({"node": ray.get_runtime_context().get_node_id(), "texts": list(batch.items)})
         with open(Path(self.record_dir) / f"{os.getpid()}.jsonl", "a", encoding="utf-8") as f:
             f.write(line + "\n")
         return vectors
