@@ -1,8 +1,11 @@
 """The FastAPI app: routes, the gate every request passes (size, key, metrics, server header) and the lifespan.
 
 `POST /v1/embeddings` answers cache hits at once (`embedstack._pipeline.cached_rows`), hands the
-misses to the model's `Batcher`, and writes the answer as bytes (orjson). Models load in the
-background after start: `/health` says 503 until they are ready and again while draining.
+misses to the model's `Batcher`, and writes the answer as bytes (orjson). The gate serves that route
+itself (the request parsed by pydantic from the raw body, the answer sent as two ASGI messages),
+without FastAPI's routing and dependency layers; FastAPI's route stays for /docs and says the same.
+Models load in the background after start: `/health` says 503 until they are ready and again while
+draining.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import numpy.typing as npt
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from embedstack import __version__
@@ -29,7 +33,7 @@ from embedstack._pipeline import cached_rows
 from embedstack.base import BaseEmbedding, MultiModalEmbedding
 from embedstack.errors import InvalidInputError
 from embedstack.server.batcher import Batcher, QueueFull, Ticket
-from embedstack.server.errors import APIError, error_body, install_handlers
+from embedstack.server.errors import APIError, error_body, install_handlers, invalid_request
 from embedstack.server.limits import (
     DEFAULT_MAX_BATCH_TOKENS,
     DEFAULT_MAX_BODY_BYTES,
@@ -141,22 +145,19 @@ def create_app(
     if max_body_bytes < 1024:
         raise ValueError(f"max_body_bytes must be at least 1024, got {max_body_bytes}")
     metrics = Metrics()
-    served = {
-        name: _Served(
-            name,
+    served: dict[str, _Served] = {}
+    for name, model in _named(models).items():
+        counter = counter_for(model)
+        batcher = Batcher(
             model,
-            Batcher(
-                model,
-                name,
-                metrics,
-                max_batch_tokens=max_batch_tokens,
-                max_wait=max_wait_ms / 1000,
-                max_queue=max_queue,
-            ),
-            counter_for(model),
+            name,
+            metrics,
+            max_batch_tokens=max_batch_tokens,
+            max_wait=max_wait_ms / 1000,
+            max_queue=max_queue,
+            embed=counter.embed,
         )
-        for name, model in _named(models).items()
-    }
+        served[name] = _Served(name, model, batcher, counter)
     state = ServerState(served, metrics, api_key or None, max_body_bytes, warm_up)
 
     @contextlib.asynccontextmanager
@@ -243,6 +244,7 @@ class _Gate:
         self.state = state
         self.header = (SERVER_HEADER.encode(), __version__.encode())
         self.key = state.api_key.encode() if state.api_key else None
+        self._observers: dict[tuple[str, int], tuple[Any, Any]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -250,6 +252,9 @@ class _Gate:
             return
         t0 = time.perf_counter()
         path = scope["path"]
+        root = scope.get("root_path", "")
+        if root and path.startswith(root):  # mounted under a prefix (Starlette keeps it in the path)
+            path = path[len(root) :] or "/"
         route = path if path in _ROUTES else ("/v1/models/{id}" if path.startswith("/v1/models/") else "other")
         status = 500
         header = self.header
@@ -265,12 +270,18 @@ class _Gate:
             refusal = self._refusal(scope, path)
             if refusal is not None:
                 await _send_json(send_with_header, refusal)
-                return
-            await self.app(scope, self._limited(receive), send_with_header)
+            elif route == "/v1/embeddings" and scope["method"] == "POST":
+                await _serve_embeddings(self.state, receive, send_with_header)
+            else:
+                await self.app(scope, self._limited(receive), send_with_header)
         finally:
-            metrics = self.state.metrics
-            metrics.requests.labels(route, str(status)).inc()
-            metrics.latency.labels(route).observe(time.perf_counter() - t0)
+            observers = self._observers.get((route, status))
+            if observers is None:
+                metrics = self.state.metrics
+                observers = metrics.requests.labels(route, str(status)), metrics.latency.labels(route)
+                self._observers[(route, status)] = observers
+            observers[0].inc()
+            observers[1].observe(time.perf_counter() - t0)
 
     def _refusal(self, scope: Scope, path: str) -> APIError | None:
         headers = dict(scope.get("headers") or ())
@@ -310,6 +321,50 @@ class _Gate:
         return receive_limited
 
 
+async def _serve_embeddings(state: ServerState, receive: Receive, send: Send) -> None:
+    """POST /v1/embeddings straight from the gate: the raw body validated by the request model, the answer
+    (or the OpenAI error body) sent as bytes; the same checks and answers as the FastAPI route."""
+    try:
+        raw = await _read_body(receive, state.max_body_bytes)
+        try:
+            body = EmbeddingRequest.model_validate_json(raw)
+        except ValidationError as e:
+            raise invalid_request(e.errors(include_url=False)) from None
+        out = await _embeddings(state, body, receive)
+    except APIError as e:
+        await _send_json(send, e)
+        return
+    except Exception as e:  # a bug: the same answer as FastAPI's handler gives
+        logger.exception("internal error on POST /v1/embeddings")
+        await _send_json(send, APIError(500, f"internal server error ({type(e).__name__}); see the server log"))
+        return
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(out)).encode())]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": out})
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes:
+    """The whole request body; 413 past `limit` bytes, 499 if the client leaves first."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise APIError(499, "the client closed the request", code="client_closed_request")
+        chunk = message.get("body", b"")
+        if chunk:
+            size += len(chunk)
+            if size > limit:
+                raise APIError(
+                    413,
+                    f"the request body is over the server's limit of {limit} bytes (--max-body-bytes)",
+                    code="request_too_large",
+                )
+            chunks.append(chunk)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
 async def _send_json(send: Send, error: APIError) -> None:
     body = orjson.dumps(error_body(error.status, error.message, error.param, error.code))
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
@@ -327,7 +382,8 @@ def _routes(app: FastAPI, state: ServerState) -> None:
         summary="Create embeddings (OpenAI's API, plus input_type and truncate)",
     )
     async def embeddings(body: EmbeddingRequest, request: Request) -> Response:
-        return await _embeddings(state, body, request)
+        # The gate answers this route itself (_serve_embeddings); this one documents it and behaves the same.
+        return Response(await _embeddings(state, body, request.receive), media_type="application/json")
 
     @app.get("/v1/models", response_model=ModelList, summary="The served models")
     async def list_models() -> ModelList:
@@ -423,29 +479,81 @@ def _check_images(texts: list[str], served: _Served) -> None:
             )
 
 
-def _prepare(served: _Served, texts: list[str], role: Role, truncate: bool) -> tuple[list[int], Matrix | None, Any]:
-    """Token counts (with truncation checked) and the cache's hits: the request's CPU work before the queue."""
-    counts, truncated = served.counter.count(texts, role)
-    if not truncate and any(truncated):
-        over = [i for i, t in enumerate(truncated) if t]
-        shown = ", ".join(f"input[{i}]" for i in over[:5]) + (f" and {len(over) - 5} more" if len(over) > 5 else "")
-        raise APIError(
-            400,
-            f'{shown} {"is" if len(over) == 1 else "are"} over the model\'s token limit and "truncate" is false',
-            param=f"input[{over[0]}]",
-            code="context_length_exceeded",
-        )
+@dataclass
+class _Arrival:
+    """A request's inputs as known before the queue: cache hits, and each input's tokens so far.
+
+    `counts`/`truncated`: exact for the hits, and for every input when the counter counts on arrival;
+    for a model that counts its own inputs in the worker, the misses hold estimates until it has.
+    """
+
+    rows: Matrix | None
+    found: npt.NDArray[np.bool_]
+    counts: list[int]
+    truncated: list[bool]
+
+
+def _prepare(served: _Served, texts: list[str], role: Role, truncate: bool) -> _Arrival:
+    """The request's CPU work before the queue: input checks, cache hits and token counts (or estimates)."""
+    model, counter = served.model, served.counter
     try:
-        rows, found = cached_rows(served.model, texts, role, "input")
+        if model.embeddings_cache is None and role is not Role.IMAGE:
+            _check_texts(texts)
+            model._check_items(texts, role, "input", 0)
+            rows, found = None, np.zeros(len(texts), dtype=bool)
+        else:
+            rows, found = cached_rows(model, texts, role, "input")
     except (InvalidInputError, TypeError, ValueError) as e:
         index = getattr(e, "index", None)
         raise APIError(
             400, str(e), param=f"input[{index}]" if index is not None else "input", code="invalid_value"
         ) from None
-    return counts, rows, (found, sum(truncated))
+    if not counter.in_worker:
+        counts, truncated = counter.count(texts, role)
+    elif found.any():  # hits never reach the model: count them here; the misses are estimated for the budget
+        counts, truncated = counter.estimate(texts, role), [False] * len(texts)
+        hits = np.flatnonzero(found).tolist()
+        exact, cut = counter.count([texts[i] for i in hits], role)
+        for j, i in enumerate(hits):
+            counts[i], truncated[i] = exact[j], cut[j]
+    else:
+        counts, truncated = counter.estimate(texts, role), [False] * len(texts)
+    if not truncate:
+        _refuse_truncated(truncated)
+    return _Arrival(rows, found, counts, truncated)
 
 
-async def _embeddings(state: ServerState, body: EmbeddingRequest, request: Request) -> Response:
+def _check_texts(texts: list[str]) -> None:
+    """A lone surrogate is not Unicode: no model can read it (what the pipeline's own check says)."""
+    for i, t in enumerate(texts):
+        if not t.isascii():
+            try:
+                t.encode("utf-8")
+            except UnicodeEncodeError as e:
+                raise APIError(
+                    400,
+                    f"'input[{i}]' contains a lone surrogate ({t[e.start]!r}) at character {e.start}, which is not "
+                    "valid Unicode and cannot be embedded",
+                    param=f"input[{i}]",
+                    code="invalid_value",
+                ) from None
+
+
+def _refuse_truncated(truncated: list[bool]) -> None:
+    if not any(truncated):
+        return
+    over = [i for i, t in enumerate(truncated) if t]
+    shown = ", ".join(f"input[{i}]" for i in over[:5]) + (f" and {len(over) - 5} more" if len(over) > 5 else "")
+    raise APIError(
+        400,
+        f'{shown} {"is" if len(over) == 1 else "are"} over the model\'s token limit and "truncate" is false',
+        param=f"input[{over[0]}]",
+        code="context_length_exceeded",
+    )
+
+
+async def _embeddings(state: ServerState, body: EmbeddingRequest, receive: Receive) -> bytes:
+    """The answer's body for a validated request (APIError for anything refused)."""
     if state.draining:
         raise APIError(503, "the server is shutting down", code="server_shutting_down", headers={"retry-after": "1"})
     served = state.models.get(body.model)
@@ -467,19 +575,28 @@ async def _embeddings(state: ServerState, body: EmbeddingRequest, request: Reque
             code="invalid_value",
         )
     batcher = served.batcher
-    with batcher.arriving():  # an idle model waits (at most --max-wait-ms) for this request's inputs
+    with batcher.arriving():  # an idle model waits (at most --max-wait-ms) for requests on their way
         if len(texts) <= _INLINE_INPUTS:
-            counts, rows, (found, truncated) = _prepare(served, texts, role, body.truncate)
+            known = _prepare(served, texts, role, body.truncate)
         else:
-            counts, rows, (found, truncated) = await asyncio.to_thread(_prepare, served, texts, role, body.truncate)
-        hits = int(found.sum())
-        misses = np.flatnonzero(~found)
-        ticket = _submit(served, [texts[i] for i in misses], role, [counts[i] for i in misses]) if len(misses) else None
+            known = await asyncio.to_thread(_prepare, served, texts, role, body.truncate)
+        misses = np.flatnonzero(~known.found).tolist()
+        ticket = (
+            _submit(served, [texts[i] for i in misses], role, [known.counts[i] for i in misses]) if misses else None
+        )
     metrics = state.metrics
+    hits = len(texts) - len(misses)
     if hits:
         metrics.cache_hits.labels(served.name).inc(hits)
+    rows, counts, truncated = known.rows, known.counts, known.truncated
     if ticket is not None:
-        computed = await _wait(served, request, ticket)
+        computed = await _wait(served, receive, ticket)
+        counted = ticket.counts()
+        if counted is not None:  # the model's own counts of what it computed
+            for j, i in enumerate(misses):
+                counts[i], truncated[i] = counted[0][j], counted[1][j]
+            if not body.truncate:
+                _refuse_truncated(truncated)
         if rows is None:
             rows = computed if len(misses) == len(texts) else np.zeros((len(texts), computed.shape[1]), np.float32)
         if rows is not computed:
@@ -489,9 +606,10 @@ async def _embeddings(state: ServerState, body: EmbeddingRequest, request: Reque
         rows = _shorten(rows, body.dimensions)
     tokens = int(sum(counts)) if role is not Role.IMAGE else 0
     metrics.tokens.labels(served.name).inc(tokens)
-    if truncated:
-        metrics.truncated.labels(served.name).inc(truncated)
-    return Response(_encode(rows, served.name, tokens, body.encoding_format), media_type="application/json")
+    cut = sum(truncated)
+    if cut:
+        metrics.truncated.labels(served.name).inc(cut)
+    return _encode(rows, served.name, tokens, body.encoding_format)
 
 
 def _submit(served: _Served, values: list[str], role: Role, costs: list[int]) -> Ticket:
@@ -507,28 +625,41 @@ def _submit(served: _Served, values: list[str], role: Role, costs: list[int]) ->
         ) from None
 
 
-async def _wait(served: _Served, request: Request, ticket: Ticket) -> Matrix:
-    """The model's vectors for the misses; the request is cancelled if its client goes away first."""
-    gone = asyncio.ensure_future(_disconnected(request.receive))
+class _ClientGone(Exception):
+    """The client disconnected while its request waited for the model."""
+
+
+async def _wait(served: _Served, receive: Receive, ticket: Ticket) -> Matrix:
+    """The model's vectors for the misses. While some of them are still queued, a client that goes away
+    cancels the request, so they are dropped before the model (once all run, nothing is left to save)."""
+    gone: asyncio.Future[None] | None = None
+    if ticket.waiting:
+        gone = asyncio.ensure_future(_disconnected(receive))
+        gone.add_done_callback(lambda g: _on_gone(g, ticket))
     try:
-        await asyncio.wait({ticket.future, gone}, return_when=asyncio.FIRST_COMPLETED)
+        await ticket.future
     except asyncio.CancelledError:
         served.batcher.cancel(ticket)
         raise
-    finally:
-        gone.cancel()
-    if not ticket.future.done():
+    except _ClientGone:
         served.batcher.cancel(ticket)
-        raise APIError(499, "the client closed the request", code="client_closed_request")
-    error = ticket.future.exception()
-    if error is not None:
-        if isinstance(error, APIError):
-            raise error
-        if isinstance(error, (InvalidInputError, TypeError, ValueError)):
-            raise APIError(400, str(error), param="input", code="invalid_value") from error
+        raise APIError(499, "the client closed the request", code="client_closed_request") from None
+    except APIError:
+        raise
+    except (InvalidInputError, TypeError, ValueError) as error:
+        raise APIError(400, str(error), param="input", code="invalid_value") from error
+    except Exception as error:
         logger.error("model %r failed: %s: %s", served.name, type(error).__name__, error)
         raise APIError(500, f"the model failed: {type(error).__name__}: {error}", code="model_error") from error
+    finally:
+        if gone is not None and not gone.done():
+            gone.cancel()
     return ticket.rows()
+
+
+def _on_gone(gone: asyncio.Future[None], ticket: Ticket) -> None:
+    if not gone.cancelled() and gone.exception() is None and not ticket.future.done():
+        ticket.future.set_exception(_ClientGone())
 
 
 async def _disconnected(receive: Receive) -> None:

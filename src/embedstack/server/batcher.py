@@ -2,14 +2,19 @@
 
 A request hands its inputs (cache misses) to `Batcher.submit` and awaits its `Ticket`. Identical
 inputs share one `_Item`, whether queued or running, so a text asked for by two concurrent requests
-is computed once. The batching task takes items round-robin across the waiting requests until the
-token budget is spent, so one request of 2,048 texts goes out a budget at a time while single-text
-requests behind it ride along in every batch, and runs `model.embed` (cache, dedupe, events) in one
+is computed once. Batches are taken round-robin across the waiting requests until the token budget
+is spent, so one request of 2,048 texts goes out a budget at a time while single-text requests
+behind it ride along in every batch, and run `model.embed` (cache, dedupe, events; through
+`TokenCounter.embed`, which also returns the token counts of the model's own tokenisation) in one
 worker thread, so the event loop never blocks. A request whose client went away is cancelled: its
 queued items are dropped before they reach the model unless another request still wants them.
-When the worker is idle and other requests are on their way (announced with `arriving()`: counting
-tokens, reading the cache), the first input waits up to `max_wait` seconds for them; a lone request
-never waits, and when the worker is busy, inputs gather on their own. A full queue refuses new work
+
+Scheduling is callback-driven, with one hand-off each way: a submit to an idle worker starts the
+batch at once (no task to wake), and the worker thread hands the result back with one
+`call_soon_threadsafe`, which resolves the tickets and starts the next batch. When the worker is
+idle and other requests are on their way (announced with `arriving()`: counting tokens, reading
+the cache), the first input waits up to `max_wait` seconds for them; a lone request never waits,
+and when the worker is busy, inputs gather on their own. A full queue refuses new work
 (`QueueFull`, a 429) instead of growing.
 """
 
@@ -17,10 +22,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import queue
+import threading
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -34,6 +40,10 @@ from embedstack.types import Role
 __all__ = ["Batcher", "QueueFull", "Ticket"]
 
 Matrix = npt.NDArray[np.float32]
+#: (tokens per input, whether each input was truncated), as `TokenCounter` returns them.
+Counts = tuple[list[int], list[bool]]
+#: One model call, run in the worker thread: (values, role) -> (vectors, the values' token counts or None).
+EmbedFn = Callable[[list[Any], Role], tuple[Matrix, "Counts | None"]]
 
 _QUEUED, _RUNNING, _DONE, _DROPPED = range(4)
 
@@ -50,7 +60,7 @@ class QueueFull(EmbedstackError, RuntimeError):
 class _Item:
     """One distinct input, shared by every request that asked for it while it was queued or running."""
 
-    __slots__ = ("cost", "key", "role", "row", "state", "tickets", "value")
+    __slots__ = ("cost", "key", "role", "row", "state", "tickets", "tokens", "truncated", "value")
 
     def __init__(self, key: Any, value: Any, role: Role, cost: int) -> None:
         self.key = key
@@ -59,6 +69,8 @@ class _Item:
         self.cost = cost
         self.state = _QUEUED
         self.row: Matrix | None = None
+        self.tokens: int | None = None  # as the model tokenised it, when the model call counted
+        self.truncated = False
         self.tickets: set[Ticket] = set()
 
 
@@ -78,9 +90,20 @@ class Ticket:
         """The vectors of the request's inputs, in input order (once the future is done)."""
         return np.stack([item.row for item in self.items])  # type: ignore[misc]
 
+    def counts(self) -> Counts | None:
+        """The inputs' token counts from the model call that computed them (None when it did not count)."""
+        if any(item.tokens is None for item in self.items):
+            return None
+        return [item.tokens for item in self.items], [item.truncated for item in self.items]  # type: ignore[misc]
+
+    @property
+    def waiting(self) -> bool:
+        """Some of the request's inputs are still queued (so a client gone away would save model work)."""
+        return any(item.state == _QUEUED for item in self.items)
+
 
 class Batcher:
-    """The queue and batching task of one served model."""
+    """The queue, scheduling and worker thread of one served model."""
 
     def __init__(
         self,
@@ -91,48 +114,53 @@ class Batcher:
         max_batch_tokens: int,
         max_wait: float,
         max_queue: int,
+        embed: EmbedFn | None = None,
     ) -> None:
         self.model = model
         self.name = name
         self.max_batch_tokens = max_batch_tokens
         self.max_wait = max_wait
         self.max_queue = max_queue
+        self._call: EmbedFn = embed or (lambda values, role: (model.embed(values, role), None))
         self._metrics = metrics
+        self._queue_depth = metrics.queue_depth.labels(name)
         self._pending: dict[tuple[Role, Any], _Item] = {}  # queued or running items, for dedupe
         self._rotation: deque[Ticket] = deque()  # requests with queued items, served round-robin
+        self._singles: deque[_Item] = deque()  # items of a failed batch, to run one by one
         self._depth = 0  # queued items (not yet taken)
         self._queued_tokens = 0
-        self._wake: asyncio.Event | None = None
         self._arriving = 0  # requests between arrival and submit (or failure)
-        self._settled: asyncio.Event | None = None  # set while no request is arriving
-        self._task: asyncio.Task[None] | None = None
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"embedstack-serve-{name}")
+        self._busy = False  # a batch is in the worker
+        self._timer: asyncio.TimerHandle | None = None  # the wait for requests on their way
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._jobs: queue.SimpleQueue[tuple[list[_Item], Role] | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
         self._seconds_per_token = 0.0  # running estimate, for Retry-After
         self.calls = 0
 
     # -- lifecycle ------------------------------------------------------------------------------------
     def start(self) -> None:
-        """Start the batching task on the running loop."""
-        self._wake = asyncio.Event()
-        self._settled = asyncio.Event()
-        self._settled.set()
-        self._task = asyncio.get_running_loop().create_task(self._run(), name=f"embedstack-batcher-{self.name}")
+        """Bind to the running loop and start the worker thread."""
+        self._loop = asyncio.get_running_loop()
+        self._thread = threading.Thread(target=self._work, name=f"embedstack-serve-{self.name}", daemon=True)
+        self._thread.start()
 
     async def stop(self, error: BaseException) -> None:
-        """Stop batching; requests still waiting fail with `error`."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        """Stop batching; requests still waiting fail with `error` (a running model call is not waited for)."""
+        loop, self._loop = self._loop, None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if loop is not None:
+            self._jobs.put(None)
         for item in list(self._pending.values()):
             for ticket in list(item.tickets):
                 if not ticket.future.done():
                     ticket.future.set_exception(error)
         self._pending.clear()
         self._rotation.clear()
+        self._singles.clear()
         self._depth = self._queued_tokens = 0
-        self._executor.shutdown(wait=False, cancel_futures=True)
 
     @property
     def depth(self) -> int:
@@ -142,21 +170,19 @@ class Batcher:
     # -- requests -------------------------------------------------------------------------------------
     @contextlib.contextmanager
     def arriving(self) -> Iterator[None]:
-        """Around a request's work before `submit`: an idle worker waits (up to max_wait) for it to join."""
-        assert self._settled is not None, "Batcher.start() was not called"
+        """Around a request's work before and including `submit`: an idle worker waits (up to max_wait)
+        for every request on its way to join the batch."""
         self._arriving += 1
-        self._settled.clear()
         try:
             yield
         finally:
             self._arriving -= 1
-            if not self._arriving:
-                self._settled.set()
+            self._kick()
 
     def submit(self, values: Sequence[Any], role: Role, costs: Sequence[int]) -> Ticket:
         """Queue a request's inputs (each with its token cost); identical inputs already queued or running
         are joined, not queued again. Raises QueueFull when the queue cannot take the new ones."""
-        assert self._wake is not None, "Batcher.start() was not called"
+        assert self._loop is not None, "Batcher.start() was not called"
         fresh: dict[Any, int] = {}
         for i, value in enumerate(values):
             key = (role, value)
@@ -165,7 +191,7 @@ class Batcher:
         if self._depth and self._depth + len(fresh) > self.max_queue:
             self._metrics.rejected.labels(self.name).inc()
             raise QueueFull(self._depth, self._retry_after())
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[None] = self._loop.create_future()
         items: list[_Item] = []
         ticket = Ticket(items, role, future)
         joined = 0
@@ -185,12 +211,11 @@ class Batcher:
             items.append(item)
         if joined:
             self._metrics.deduplicated.labels(self.name).inc(joined)
-        if ticket.remaining == 0:  # everything was done already (cannot happen: done items leave _pending)
-            future.set_result(None)
         if ticket.queue:
             self._rotation.append(ticket)
-            self._wake.set()
-        self._metrics.queue_depth.labels(self.name).set(self._depth)
+        if not self._arriving:  # else the last request to arrive starts the batch (arriving's exit)
+            self._kick()
+        self._queue_depth.set(self._depth)
         return ticket
 
     def cancel(self, ticket: Ticket) -> None:
@@ -204,7 +229,7 @@ class Batcher:
                 self._depth -= 1
                 self._queued_tokens -= item.cost
                 dropped += 1
-        ticket.queue.clear()  # items others still want stay queued under their own tickets? see _take
+        ticket.queue.clear()
         with contextlib.suppress(ValueError):
             self._rotation.remove(ticket)
         for item in set(ticket.items):
@@ -215,11 +240,37 @@ class Batcher:
                     self._rotation.append(other)
         if dropped:
             self._metrics.dropped.labels(self.name).inc(dropped)
-        self._metrics.queue_depth.labels(self.name).set(self._depth)
+        self._queue_depth.set(self._depth)
         if not ticket.future.done():
             ticket.future.cancel()
 
-    # -- batching ----------------------------------------------------------------------------------
+    # -- scheduling (on the loop) -----------------------------------------------------------------------
+    def _kick(self) -> None:
+        """Start the next batch if the worker is idle and inputs wait; an idle worker first waits (at most
+        max_wait) while other requests are still arriving, unless the queue fills a batch already."""
+        if self._busy or self._loop is None:
+            return
+        if self._singles:
+            single = self._single()
+            if single:
+                self._start(single)
+                return
+        if not self._depth:
+            return
+        if self.max_wait > 0 and self._arriving and self._queued_tokens < self.max_batch_tokens:
+            if self._timer is None:
+                self._timer = self._loop.call_later(self.max_wait, self._waited)
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._start(self._take())
+
+    def _waited(self) -> None:
+        self._timer = None
+        if not self._busy and self._depth:
+            self._start(self._take())
+
     def _take(self) -> list[_Item]:
         """The next batch: one item per waiting request in turn (one role), until the token budget is spent."""
         batch: list[_Item] = []
@@ -261,69 +312,81 @@ class Batcher:
                 break
         return batch
 
-    async def _run(self) -> None:
-        assert self._wake is not None
-        loop = asyncio.get_running_loop()
-        while True:
-            if not self._depth:
-                self._wake.clear()
-                await self._wake.wait()
-                if self.max_wait > 0 and self._arriving and self._queued_tokens < self.max_batch_tokens:
-                    assert self._settled is not None
-                    with contextlib.suppress(asyncio.TimeoutError):  # let requests on their way join
-                        await asyncio.wait_for(self._settled.wait(), self.max_wait)
-            batch = self._take()
-            self._metrics.queue_depth.labels(self.name).set(self._depth)
-            if not batch:
-                continue
-            role = batch[0].role
-            values = [item.value for item in batch]
-            tokens = sum(item.cost for item in batch)
-            self._metrics.batch_size.labels(self.name).observe(len(batch))
-            self._metrics.batch_tokens.labels(self.name).observe(tokens)
-            self._metrics.batches.labels(self.name).inc()
-            self.calls += 1
-            t0 = time.perf_counter()
-            try:
-                matrix = await loop.run_in_executor(self._executor, self._embed, values, role)
-            except Exception as e:
-                if len(batch) == 1:
-                    self._finish(batch, None, e)
-                    continue
-                await self._one_by_one(batch, role)  # one bad input must not fail the other requests
-                continue
-            self._seconds_per_token = (time.perf_counter() - t0) / max(tokens, 1)
+    def _single(self) -> list[_Item]:
+        """The next input of a failed batch still wanted by a request (each runs alone)."""
+        while self._singles:
+            item = self._singles.popleft()
+            if item.tickets:
+                return [item]
+            item.state = _DONE  # every request that wanted it failed or went away meanwhile
+            self._pending.pop(item.key, None)
+        return []
+
+    def _start(self, batch: list[_Item]) -> None:
+        """Hand a batch to the worker thread."""
+        self._queue_depth.set(self._depth)
+        if not batch:
+            return
+        tokens = sum(item.cost for item in batch)
+        name = self.name
+        self._metrics.batch_size.labels(name).observe(len(batch))
+        self._metrics.batch_tokens.labels(name).observe(tokens)
+        self._metrics.batches.labels(name).inc()
+        self.calls += 1
+        self._busy = True
+        self._jobs.put((batch, batch[0].role))
+
+    def _done(self, batch: list[_Item], result: Any, error: BaseException | None, seconds: float) -> None:
+        """The worker's answer, on the loop: resolve the tickets, then start the next batch."""
+        self._busy = False
+        if self._loop is None:  # stopped meanwhile: the tickets have failed already
+            return
+        if error is None:
+            matrix, counts = result
+            self._seconds_per_token = seconds / max(1, sum(item.cost for item in batch))
             self._metrics.items.labels(self.name).inc(len(batch))
-            self._finish(batch, matrix, None)
+            self._finish(batch, matrix, counts, None)
+        elif len(batch) == 1:
+            self._finish(batch, None, None, error)
+        else:  # one bad input must not fail the other requests: each input alone
+            self._singles.extend(batch)
+        self._kick()
 
-    async def _one_by_one(self, batch: list[_Item], role: Role) -> None:
-        """After a failed batch: each input alone, so only the requests of the inputs that fail get the error."""
-        loop = asyncio.get_running_loop()
-        for item in batch:
-            if not item.tickets:  # every request that wanted it failed or went away meanwhile
-                item.state = _DONE
-                self._pending.pop(item.key, None)
-                continue
-            self._metrics.batches.labels(self.name).inc()
-            self.calls += 1
+    # -- the worker thread --------------------------------------------------------------------------------
+    def _work(self) -> None:
+        jobs = self._jobs
+        while True:
+            job = jobs.get()
+            loop = self._loop
+            if job is None or loop is None:
+                return
+            batch, role = job
+            t0 = time.perf_counter()
+            result: Any = None
+            error: BaseException | None = None
             try:
-                matrix = await loop.run_in_executor(self._executor, self._embed, [item.value], role)
+                result = self._embed([item.value for item in batch], role)
             except Exception as e:
-                self._finish([item], None, e)
-            else:
-                self._metrics.items.labels(self.name).inc()
-                self._finish([item], matrix, None)
+                error = e
+            try:
+                loop.call_soon_threadsafe(self._done, batch, result, error, time.perf_counter() - t0)
+            except RuntimeError:  # the loop is closed: the server has stopped
+                return
 
-    def _embed(self, values: list[Any], role: Role) -> Matrix:
+    def _embed(self, values: list[Any], role: Role) -> tuple[Matrix, Counts | None]:
         """One model call, in the worker thread: the model's own pipeline (cache, dedupe, events)."""
-        return self.model.embed(values, role)
+        return self._call(values, role)
 
-    def _finish(self, batch: list[_Item], matrix: Matrix | None, error: BaseException | None) -> None:
+    def _finish(
+        self, batch: list[_Item], matrix: Matrix | None, counts: Counts | None, error: BaseException | None
+    ) -> None:
         for i, item in enumerate(batch):
             item.state = _DONE
             self._pending.pop(item.key, None)
             if matrix is not None:
                 item.row = matrix[i]
+            if counts is not None:
+                item.tokens, item.truncated = int(counts[0][i]), bool(counts[1][i])
             for ticket in item.tickets:
                 if ticket.future.done():
                     continue

@@ -8,6 +8,7 @@ client written for OpenAI reads every error the same way.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -17,7 +18,7 @@ from starlette.responses import JSONResponse
 
 from embedstack.errors import EmbedstackError
 
-__all__ = ["APIError", "error_body", "error_response", "install_handlers"]
+__all__ = ["APIError", "error_body", "error_response", "install_handlers", "invalid_request"]
 
 logger = logging.getLogger("embedstack.server")
 
@@ -86,8 +87,13 @@ def _loc_param(loc: tuple[Any, ...]) -> str | None:
     return name
 
 
-def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
-    errors = exc.errors()
+def invalid_request(errors: Sequence[Any]) -> APIError:
+    """The 400 for a request body that does not validate (pydantic's or FastAPI's error list)."""
+    message, param = _validation_message(errors)
+    return APIError(400, message, param=param, code="invalid_value")
+
+
+def _validation_message(errors: Sequence[Any]) -> tuple[str, str | None]:
     if not errors:
         return "invalid request", None
     first = errors[0]
@@ -114,8 +120,7 @@ def install_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        message, param = _validation_message(exc)
-        return JSONResponse(error_body(400, message, param, "invalid_value"), status_code=400)
+        return error_response(invalid_request(exc.errors()))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:

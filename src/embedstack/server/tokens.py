@@ -1,9 +1,13 @@
 """Token counts per input, for `usage` and the batcher's token budget, by the served model's own tokenizer.
 
-A local model's counts come from a tokenizer of its own directory (instructions and special tokens
-included, after truncation to the model's limit), a second instance kept apart from the model's so
+A local model's inputs are tokenised once, by the model itself in the worker thread: its `_plan`
+tokenises a batch (`Plan.prepared` carries each item's tokens to the encoder) and a lone item's
+count comes with its batch result, so `TokenCounter.embed` returns the vectors and the counts of
+one model call together (instructions and special tokens included, after truncation). On arrival
+such a model's inputs only get an estimate for the batch budget (`estimate`); cache hits, which
+never reach the model, are counted with a second tokenizer instance, kept apart from the model's so
 that counting never waits for a running batch. OpenAI-style models count with their tiktoken
-counter; anything else is estimated (UTF-8 bytes / 4).
+counter on arrival; anything else is estimated (UTF-8 bytes / 4).
 """
 
 from __future__ import annotations
@@ -11,8 +15,12 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
+
+from embedstack._pipeline import EmbedJob, run_sync
 from embedstack.base import BaseEmbedding
-from embedstack.types import Role
+from embedstack.types import EmbedResult, Plan, Role
 
 __all__ = ["IMAGE_COST", "Counts", "TokenCounter", "counter_for"]
 
@@ -23,13 +31,27 @@ IMAGE_COST = 256
 Counts = tuple[list[int], list[bool]]
 
 
+Matrix = npt.NDArray[np.float32]
+
+
 class TokenCounter:
     """Estimated counts: UTF-8 bytes / 4, never truncated (the base of the exact counters)."""
 
     exact = False
+    #: The model's own call counts the inputs it computes (`embed`); on arrival only hits need `count`.
+    in_worker = False
 
     def __init__(self, model: BaseEmbedding) -> None:
         self.model = model
+
+    def estimate(self, items: list[Any], role: Role) -> list[int]:
+        """Each item's weight in the batch budget before the model has seen it (an exact count when cheap)."""
+        return self.count(items, role)[0]
+
+    def embed(self, values: list[Any], role: Role) -> tuple[Matrix, Counts | None]:
+        """One model call through its pipeline (cache, dedupe, events), in the worker thread; no counts
+        (this counter counts on arrival)."""
+        return self.model.embed(values, role), None
 
     def count(self, items: list[Any], role: Role) -> Counts:
         """Tokens of each item as the model sees it, and whether it was truncated; images weigh IMAGE_COST."""
@@ -43,9 +65,11 @@ class TokenCounter:
 
 
 class _LocalCounter(TokenCounter):
-    """A local model's tokenizer (its own instance, used by one thread at a time)."""
+    """A local model: the counts of the model's own tokenisation in `embed`; a tokenizer of its own
+    (one thread at a time) for cache hits."""
 
     exact = True
+    in_worker = True
 
     def __init__(self, model: BaseEmbedding) -> None:
         super().__init__(model)
@@ -65,6 +89,57 @@ class _LocalCounter(TokenCounter):
                 return super()._count_texts(texts, role)
             tokens = self._tokenizer.tokenize(model._texts(texts, role))
         return [len(t.ids) for t in tokens], [bool(t.truncated) for t in tokens]
+
+    def estimate(self, items: list[Any], role: Role) -> list[int]:
+        """UTF-8 bytes / 4 plus the instruction and two special tokens, at most the model's limit."""
+        counts = super()._count_texts(items, role)[0]
+        limit = self._limit()
+        return [min(limit, c + 2) for c in counts]
+
+    def _limit(self) -> int:
+        with self._lock:
+            if not self._made:
+                self._tokenizer, self._made = self.model._make_tokenizer(), True  # type: ignore[attr-defined]
+        return int(getattr(self._tokenizer, "max_length", None) or 512)
+
+    def embed(self, values: list[Any], role: Role) -> tuple[Matrix, Counts | None]:
+        """The model's pipeline on `values`, and each value's token count as the model tokenised it."""
+        recording = _Recording(self.model)
+        matrix = run_sync(EmbedJob(recording, values, role, "input"))  # type: ignore[arg-type]
+        seen = recording.seen
+        missing = [v for v in values if v not in seen]
+        if missing:  # found in the model's cache meanwhile (never tokenised) or a model without a tokenizer
+            counts, truncated = self.count(missing, role)
+            seen.update(zip(missing, zip(counts, truncated)))
+        pairs = [seen[v] for v in values]
+        return matrix, ([c for c, _ in pairs], [t for _, t in pairs])
+
+
+class _Recording:
+    """The model as the pipeline sees it in one server call: itself, except that the tokens its `_plan`
+    makes for a batch (`Plan.prepared`) and a lone item's count (its batch result) are kept for usage."""
+
+    def __init__(self, model: BaseEmbedding) -> None:
+        self._model = model
+        self.seen: dict[Any, tuple[int, bool]] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._model, name)
+
+    def _plan(self, items: list[Any], role: Role) -> Plan:
+        plan = self._model._plan(items, role)
+        for item, prepared in zip(items, plan.prepared or ()):
+            tokens = getattr(prepared, "tokens", None)
+            ids = getattr(tokens, "ids", None)
+            if ids is not None:
+                self.seen[item] = (len(ids), bool(getattr(tokens, "truncated", False)))
+        return plan
+
+    def _embed(self, batch: Any) -> Any:
+        raw = self._model._embed(batch)
+        if len(batch.items) == 1 and isinstance(raw, EmbedResult) and raw.token_count is not None:
+            self.seen.setdefault(batch.items[0], (int(raw.token_count), bool(raw.truncated)))
+        return raw
 
 
 class _TiktokenCounter(TokenCounter):
