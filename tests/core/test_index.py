@@ -15,8 +15,9 @@ import embedstack.quantize as qz
 from embedstack.jobs._output import OutputError
 from embedstack.quantize import binary_top_k, hamming_distances, quantize
 
-pytest.importorskip("usearch")
+pytest.importorskip("faiss")
 
+from embedstack.jobs import _index
 from embedstack.jobs._index import VectorIndex, index_path
 
 
@@ -122,7 +123,7 @@ def test_cos_index_finds_the_exact_neighbours_and_survives_save_and_load(tmp_pat
     queries = clustered(50, 64, seed=9)
     exact = [set(np.argsort(-(vectors @ q))[:10].tolist()) for q in queries]
     index = VectorIndex.build(vectors, metric="cos", fingerprint="count=2000;mtime=1")
-    assert len(index) == 2000 and index.metric == "cos" and index.backend == "usearch"
+    assert len(index) == 2000 and index.metric == "cos" and index.backend == "faiss"
     assert recall(index, queries, exact) >= 0.8  # measured ~1.0; HNSW is approximate
     rows, scores = index.search(queries[0], 10)
     assert rows.dtype == np.int64 and scores.dtype == np.float32 and len(rows) == 10
@@ -174,15 +175,15 @@ def test_a_failed_save_leaves_the_old_index_and_no_partial_file(
     VectorIndex.build(vectors[:500], metric="cos", fingerprint="old").save(path)
     before = sorted(p.name for p in tmp_path.iterdir())
     new = VectorIndex.build(vectors, metric="cos", fingerprint="new")
-    real_save = new._index.save
+    real_write = _index._write
 
-    def save_then_fail(target: str) -> None:  # the disk fills after part of the file is written
-        real_save(target)
+    def write_then_fail(index: object, metric: str, target: str) -> None:  # the disk fills part-way through
+        real_write(index, metric, target)
         with open(target, "r+b") as fh:
             fh.truncate(1000)
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(new._index, "save", save_then_fail)
+    monkeypatch.setattr(_index, "_write", write_then_fail)
     with pytest.raises(OSError, match="No space"):
         new.save(path)
     assert sorted(p.name for p in tmp_path.iterdir()) == before
