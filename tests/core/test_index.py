@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -15,10 +16,11 @@ import embedstack.quantize as qz
 from embedstack.jobs._output import OutputError
 from embedstack.quantize import binary_top_k, hamming_distances, quantize
 
-pytest.importorskip("faiss")
 
-from embedstack.jobs import _index
-from embedstack.jobs._index import VectorIndex, index_path
+@pytest.fixture(scope="module")
+def ix() -> Any:
+    """embedstack.jobs._index; its tests skip where faiss (the extra 'index') is not installed."""
+    return pytest.importorskip("embedstack.jobs._index", exc_type=ImportError)
 
 
 def clustered(n: int, dim: int, seed: int = 0) -> np.ndarray:
@@ -34,7 +36,7 @@ def vectors() -> np.ndarray:
     return clustered(2000, 64)
 
 
-def recall(index: VectorIndex, queries: np.ndarray, exact: list[set[int]], k: int = 10) -> float:
+def recall(index: Any, queries: np.ndarray, exact: list[set[int]], k: int = 10) -> float:
     return float(np.mean([len(set(index.search(q, k)[0].tolist()) & e) / k for q, e in zip(queries, exact)]))
 
 
@@ -113,16 +115,18 @@ def test_hamming_kernels_read_a_memmap_in_chunks(name: str, tmp_path: Path, monk
 # ---- the index ----
 
 
-def test_index_path_sits_beside_the_output(tmp_path: Path) -> None:
-    assert index_path(tmp_path / "out.parquet") == tmp_path / "out.parquet.index"
+def test_index_path_sits_beside_the_output(ix: Any, tmp_path: Path) -> None:
+    assert ix.index_path(tmp_path / "out.parquet") == tmp_path / "out.parquet.index"
     (tmp_path / "ds").mkdir()
-    assert index_path(tmp_path / "ds") == tmp_path / "ds" / "_embedstack.index"
+    assert ix.index_path(tmp_path / "ds") == tmp_path / "ds" / "_embedstack.index"
 
 
-def test_cos_index_finds_the_exact_neighbours_and_survives_save_and_load(tmp_path: Path, vectors: np.ndarray) -> None:
+def test_cos_index_finds_the_exact_neighbours_and_survives_save_and_load(
+    ix: Any, tmp_path: Path, vectors: np.ndarray
+) -> None:
     queries = clustered(50, 64, seed=9)
     exact = [set(np.argsort(-(vectors @ q))[:10].tolist()) for q in queries]
-    index = VectorIndex.build(vectors, metric="cos", fingerprint="count=2000;mtime=1")
+    index = ix.VectorIndex.build(vectors, metric="cos", fingerprint="count=2000;mtime=1")
     assert len(index) == 2000 and index.metric == "cos" and index.backend == "faiss"
     assert recall(index, queries, exact) >= 0.8  # measured ~1.0; HNSW is approximate
     rows, scores = index.search(queries[0], 10)
@@ -130,19 +134,19 @@ def test_cos_index_finds_the_exact_neighbours_and_survives_save_and_load(tmp_pat
     np.testing.assert_allclose(scores, vectors[rows] @ queries[0], atol=0.02)  # cosine, int8 storage
     assert (np.diff(scores) <= 1e-6).all()  # best first
 
-    path = index_path(tmp_path / "out.npy")
+    path = ix.index_path(tmp_path / "out.npy")
     index.save(path)
-    assert VectorIndex.stored_fingerprint(path) == "count=2000;mtime=1"
-    loaded = VectorIndex.load(path)
+    assert ix.VectorIndex.stored_fingerprint(path) == "count=2000;mtime=1"
+    loaded = ix.VectorIndex.load(path)
     assert (loaded.fingerprint, loaded.metric, len(loaded)) == ("count=2000;mtime=1", "cos", 2000)
     for q in queries[:5]:
         np.testing.assert_array_equal(loaded.search(q, 10)[0], index.search(q, 10)[0])
     assert len(loaded.search(queries[0], 5000)[0]) <= 2000  # k above the row count is capped
 
 
-def test_hamming_index_scores_are_minus_the_distance(vectors: np.ndarray) -> None:
+def test_hamming_index_scores_are_minus_the_distance(ix: Any, vectors: np.ndarray) -> None:
     signed = quantize(vectors, "binary")
-    index = VectorIndex.build(signed, metric="hamming", fingerprint="f")  # int8 'binary' codes are accepted
+    index = ix.VectorIndex.build(signed, metric="hamming", fingerprint="f")  # int8 'binary' codes are accepted
     unsigned = quantize(vectors, "ubinary")
     queries = unsigned[:50]
     exact = [set(np.lexsort((np.arange(2000), naive_distances(q, unsigned)))[:10].tolist()) for q in queries]
@@ -154,28 +158,28 @@ def test_hamming_index_scores_are_minus_the_distance(vectors: np.ndarray) -> Non
     np.testing.assert_array_equal(index.search(signed[3], 10)[1], scores)  # an int8 query means the same
 
 
-def test_build_rejects_what_it_cannot_index(vectors: np.ndarray) -> None:
+def test_build_rejects_what_it_cannot_index(ix: Any, vectors: np.ndarray) -> None:
     with pytest.raises(ValueError, match="metric"):
-        VectorIndex.build(vectors, metric="l2", fingerprint="f")
+        ix.VectorIndex.build(vectors, metric="l2", fingerprint="f")
     with pytest.raises(ValueError, match="dequantize"):
-        VectorIndex.build(quantize(vectors, "int8"), metric="cos", fingerprint="f")
+        ix.VectorIndex.build(quantize(vectors, "int8"), metric="cos", fingerprint="f")
     bad = vectors.copy()
     bad[7, 3] = np.nan
     with pytest.raises(ValueError, match=r"vectors\[7\]"):
-        VectorIndex.build(bad, metric="cos", fingerprint="f")
-    index = VectorIndex.build(vectors[:100], metric="cos", fingerprint="f")
+        ix.VectorIndex.build(bad, metric="cos", fingerprint="f")
+    index = ix.VectorIndex.build(vectors[:100], metric="cos", fingerprint="f")
     with pytest.raises(ValueError, match="64 per vector"):
         index.search(np.ones(32, np.float32), 5)
 
 
 def test_a_failed_save_leaves_the_old_index_and_no_partial_file(
-    tmp_path: Path, vectors: np.ndarray, monkeypatch: pytest.MonkeyPatch
+    ix: Any, tmp_path: Path, vectors: np.ndarray, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    path = index_path(tmp_path / "out.npy")
-    VectorIndex.build(vectors[:500], metric="cos", fingerprint="old").save(path)
+    path = ix.index_path(tmp_path / "out.npy")
+    ix.VectorIndex.build(vectors[:500], metric="cos", fingerprint="old").save(path)
     before = sorted(p.name for p in tmp_path.iterdir())
-    new = VectorIndex.build(vectors, metric="cos", fingerprint="new")
-    real_write = _index._write
+    new = ix.VectorIndex.build(vectors, metric="cos", fingerprint="new")
+    real_write = ix._write
 
     def write_then_fail(index: object, metric: str, target: str) -> None:  # the disk fills part-way through
         real_write(index, metric, target)
@@ -183,19 +187,19 @@ def test_a_failed_save_leaves_the_old_index_and_no_partial_file(
             fh.truncate(1000)
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(_index, "_write", write_then_fail)
+    monkeypatch.setattr(ix, "_write", write_then_fail)
     with pytest.raises(OSError, match="No space"):
         new.save(path)
     assert sorted(p.name for p in tmp_path.iterdir()) == before
-    assert VectorIndex.stored_fingerprint(path) == "old" and len(VectorIndex.load(path)) == 500
+    assert ix.VectorIndex.stored_fingerprint(path) == "old" and len(ix.VectorIndex.load(path)) == 500
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip_header", "no_sidecar", "garbage_sidecar", "missing"])
 def test_a_damaged_index_is_a_clear_error_and_reads_as_no_fingerprint(
-    tmp_path: Path, vectors: np.ndarray, damage: str
+    ix: Any, tmp_path: Path, vectors: np.ndarray, damage: str
 ) -> None:
-    path = index_path(tmp_path / "out.npy")
-    VectorIndex.build(vectors[:300], metric="cos", fingerprint="fp").save(path)
+    path = ix.index_path(tmp_path / "out.npy")
+    ix.VectorIndex.build(vectors[:300], metric="cos", fingerprint="fp").save(path)
     sidecar = path.with_name(path.name + ".json")
     data = path.read_bytes()
     if damage == "truncate":
@@ -209,6 +213,6 @@ def test_a_damaged_index_is_a_clear_error_and_reads_as_no_fingerprint(
     else:
         path.unlink()
     if damage != "flip_header":  # same size and sidecar: only loading finds the damage
-        assert VectorIndex.stored_fingerprint(path) is None
+        assert ix.VectorIndex.stored_fingerprint(path) is None
     with pytest.raises(OutputError, match=r"out\.npy\.index.*rebuild"):
-        VectorIndex.load(path)
+        ix.VectorIndex.load(path)

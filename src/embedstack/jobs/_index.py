@@ -77,8 +77,13 @@ def _read_sidecar(path: Path) -> dict[str, Any] | None:
     return info
 
 
+#: faiss, imported with the module: importing embedstack.jobs._index raises ImportError (naming the extra to
+#: install) when it is missing, so a caller can fall back to exact search with one try/except around the import.
+_FAISS: Any = require("faiss", "index", "faiss-cpu")
+
+
 def _faiss() -> Any:
-    return require("faiss", "index", "faiss-cpu")
+    return _FAISS
 
 
 def _write(index: Any, metric: str, path: str) -> None:
