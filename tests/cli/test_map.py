@@ -24,11 +24,13 @@ EVIL = "</script><img src=x onerror=alert(1)> <!-- &amp; \u2028 evil"
 ROWS = 200
 
 
+def _wait(b: Any, condition: str) -> None:
+    """Wait (frame by frame, never a fixed sleep) until a JS condition holds in the page."""
+    b.eval(f"new Promise(r => {{ const t = () => ({condition}) ? r(true) : requestAnimationFrame(t); t(); }})")
+
+
 def _wait_ready(b: Any) -> None:
-    b.eval(
-        "new Promise(r => { const t = () => (window.embedstackMap && embedstackMap.ready)"
-        " ? r(true) : requestAnimationFrame(t); t(); })"
-    )
+    _wait(b, "window.embedstackMap && embedstackMap.ready")
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +87,7 @@ def test_page_in_chromium(cli: Run, tmp_path: Path, corpus: tuple[Path, list[dic
     # typing in the search box highlights the rows whose id or text contains the query
     browser.eval("document.getElementById('search').focus()")
     browser.call("Input.insertText", {"text": "Python"})
+    _wait(browser, "embedstackMap.query === 'python'")
     expected = sum("python" in (r["id"] + "\n" + r["text"][:TEXT_CHARS]).lower() for r in rows)
     assert 0 < expected < len(rows)
     assert browser.eval("embedstackMap.highlighted") == expected
@@ -105,12 +108,14 @@ def test_page_in_chromium(cli: Run, tmp_path: Path, corpus: tuple[Path, list[dic
     # the hostile row: its text is shown as text in the tooltip, never parsed as HTML
     browser.eval("document.getElementById('search').select()")
     browser.call("Input.insertText", {"text": "onerror"})
+    _wait(browser, "embedstackMap.query === 'onerror'")
     assert browser.eval("embedstackMap.highlighted") == 1
     x, y = browser.eval(
         "(() => { const r = document.getElementById('map').getBoundingClientRect();"
         f" const [a, b] = embedstackMap.screenOf({len(rows) - 1}); return [a + r.left, b + r.top]; }})()"
     )
     browser.call("Input.dispatchMouseEvent", {"type": "mouseMoved", "x": x, "y": y})
+    _wait(browser, "embedstackMap.hovered !== null")
     assert browser.eval("embedstackMap.hovered") == "<b>evil</b>"
     tip = browser.eval("document.getElementById('tip').textContent")
     assert tip.startswith("<b>evil</b>") and EVIL.split(" <!--")[0] in tip
@@ -118,7 +123,7 @@ def test_page_in_chromium(cli: Run, tmp_path: Path, corpus: tuple[Path, list[dic
 
     # zoom in with the wheel: points leave the view; "fit" brings them all back
     browser.call("Input.dispatchMouseEvent", {"type": "mouseWheel", "x": 350, "y": 380, "deltaX": 0, "deltaY": -2000})
-    assert browser.eval("embedstackMap.scale") > 5
+    _wait(browser, "embedstackMap.scale > 5")
     assert browser.eval("embedstackMap.drawn") < len(rows)
     browser.eval("document.getElementById('reset').click()")
     assert browser.eval("embedstackMap.drawn") == len(rows)
@@ -126,6 +131,7 @@ def test_page_in_chromium(cli: Run, tmp_path: Path, corpus: tuple[Path, list[dic
     browser.eval("document.getElementById('search').select()")
     browser.call("Input.dispatchKeyEvent", {"type": "keyDown", "key": "Backspace", "code": "Backspace",
                                             "windowsVirtualKeyCode": 8})  # fmt: skip
+    _wait(browser, "embedstackMap.query === ''")
     assert browser.eval("embedstackMap.highlighted") == 0
     assert browser.eval("document.getElementById('count').textContent") == f"{len(rows)} points"
 

@@ -126,8 +126,8 @@
     id.textContent = D.ids[i];
     cl.className = "cluster";
     cl.textContent = "cluster " + (C[i] + 1) + ": " + labelOf(C[i]);
-    const t = D.texts[i];
-    body.textContent = t.length > 280 ? t.slice(0, 280) + "…" : t;
+    const t = D.texts[i].replace(/\s+/g, " ").trim();
+    body.textContent = t.length > 240 ? t.slice(0, 240) + "…" : t;
     tip.replaceChildren(id, cl, body);
     tip.hidden = false;
     const w = tip.offsetWidth, h = tip.offsetHeight;
