@@ -11,10 +11,13 @@ on a free 127.0.0.1 port, waited on by polling its health/models endpoint and st
 - ``inproc-onnx`` / ``inproc-openvino``: ``model.embed`` on the same texts in a worker process, one call at a
   time, no server: the reference for the cost of serving
 
-Load: async httpx clients in this process, closed loop (each sends its next request when the last one is
-answered) for ``--duration`` seconds after ``--warm`` seconds of the same load, each request 1 text (the bare
-string form) or 32 texts (a list), OpenAI's ``/v1/embeddings`` with ``encoding_format="float"``. Texts: the
-``--field`` of ../shared/data/packages-retrieval.jsonl (``query`` by default: short package descriptions,
+Load: async clients in this process (aiohttp, or httpx with ``--client httpx``: the openai SDK's transport,
+which spends ~3 ms of CPU per request on this machine, on top of the server's latency), one keep-alive
+connection per simulated client as separate services would have, closed loop (each sends its next request
+when the last one is answered) for ``--duration`` seconds after ``--warm`` seconds of the same load, each
+request 1 text (the bare string form) or 32 texts (a list), OpenAI's ``/v1/embeddings`` with
+``encoding_format="float"``. Texts: the ``--field`` of ../shared/data/packages-retrieval.jsonl (``query``
+by default: short package descriptions,
 12 tokens on average; ``text`` for the long ones), request k of a cell taking texts [k*size, (k+1)*size) of
 the pool, so every server sees the same texts in the same order and no two concurrent requests share a text.
 embedstack runs with ``--no-cache``, so repeats of the pool (after 3,000 texts) are computed again.
@@ -290,10 +293,15 @@ def bodies(texts: list[str], size: int) -> list[bytes]:
     return out
 
 
+CLIENT = "aiohttp"  # --client
+
+
 async def closed_loop(
     url: str, reqs: list[bytes], size: int, clients: int, seconds: float
 ) -> tuple[list[float], dict[str, int], float]:
     """`clients` tasks sending requests back to back for `seconds`: (latencies, errors by status, wall)."""
+    if CLIENT == "aiohttp":
+        return await closed_loop_aiohttp(url, reqs, clients, seconds)
     import httpx
 
     headers = {"content-type": "application/json"}
@@ -324,6 +332,43 @@ async def closed_loop(
                     errors[key] = errors.get(key, 0) + 1
 
         await asyncio.gather(*(one_client(c) for c in pool))
+        return lat, errors, time.perf_counter() - t0
+
+
+async def closed_loop_aiohttp(
+    url: str, reqs: list[bytes], clients: int, seconds: float
+) -> tuple[list[float], dict[str, int], float]:
+    """closed_loop with aiohttp: one session and one keep-alive connection per simulated client."""
+    import aiohttp
+
+    headers = {"content-type": "application/json"}
+    lat: list[float] = []
+    errors: dict[str, int] = {}
+    counter = iter(range(10**9))
+    timeout = aiohttp.ClientTimeout(total=300)
+    async with contextlib.AsyncExitStack() as stack:
+        pool = [
+            await stack.enter_async_context(
+                aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1), timeout=timeout)
+            )
+            for _ in range(clients)
+        ]
+        t0 = time.perf_counter()
+        deadline = t0 + seconds
+
+        async def one_client(session: aiohttp.ClientSession) -> None:
+            while time.perf_counter() < deadline:
+                body = reqs[next(counter) % len(reqs)]
+                t = time.perf_counter()
+                async with session.post(url, data=body, headers=headers) as r:
+                    payload = await r.read()
+                if r.status == 200:
+                    lat.append(time.perf_counter() - t)
+                else:
+                    key = f"{r.status} {payload[:80].decode(errors='replace')}"
+                    errors[key] = errors.get(key, 0) + 1
+
+        await asyncio.gather(*(one_client(s) for s in pool))
         return lat, errors, time.perf_counter() - t0
 
 
@@ -379,7 +424,7 @@ def versions(args: argparse.Namespace) -> dict[str, str]:
     import platform
 
     out = {"python": platform.python_version()}
-    for dist in ("onnxruntime", "openvino", "sentence-transformers", "torch", "fastapi", "uvicorn", "httpx"):
+    for dist in ("onnxruntime", "openvino", "sentence-transformers", "torch", "fastapi", "uvicorn", "httpx", "aiohttp"):
         with contextlib.suppress(md.PackageNotFoundError):
             out[dist] = md.version(dist)
     infinity_py = args.infinity.parent / "python"
@@ -489,6 +534,12 @@ def main() -> None:
     parser.add_argument(
         "--serve-arg", dest="serve_args", action="append", default=[], help="extra embedstack serve argument"
     )
+    parser.add_argument(
+        "--client",
+        choices=("aiohttp", "httpx"),
+        default="aiohttp",
+        help="load generator's HTTP client (default aiohttp; httpx adds ~3 ms of its own CPU per request here)",
+    )
     parser.add_argument("--start-timeout", type=float, default=180.0)
     parser.add_argument("--json", type=Path, help="write every cell and the environment here")
     parser.add_argument("--inprocess-worker", help=argparse.SUPPRESS)
@@ -498,6 +549,14 @@ def main() -> None:
         return
     if args.quick:
         args.duration, args.warm, args.rounds = 1.5, 0.0, 1
+    global CLIENT
+    CLIENT = args.client
+    if CLIENT == "aiohttp":
+        try:
+            import aiohttp  # noqa: F401
+        except ImportError:
+            print("aiohttp not installed: the load generator uses httpx", file=sys.stderr)
+            CLIENT = "httpx"
     args.clients = [int(c) for c in (args.clients or ("1,64" if args.quick else "1,8,64")).split(",")]
     args.sizes = [int(c) for c in args.sizes.split(",")]
     names = [n.strip() for n in args.targets.split(",") if n.strip()]
@@ -511,6 +570,7 @@ def main() -> None:
     mdir = model_dir()
     requests = {size: bodies(texts, size) for size in args.sizes}
     env = versions(args)
+    env["client"] = CLIENT
     print("environment:", json.dumps(env), file=sys.stderr)
     targets = [make_target(n, args, mdir) for n in names]
     cells: list[Cell] = []

@@ -2,7 +2,8 @@
 
 `embedstack serve --model local` picks ONNX Runtime and no spec names a backend, so this launcher builds
 `HuggingFaceEmbedding(backend="openvino", precision="fp32")` itself and serves it through
-`embedstack.server.create_app` under uvicorn, as `embedstack serve` does (no cache, no access log).
+`embedstack.server.create_app` under uvicorn, as `embedstack serve` does (no cache, no access log, each
+answer in one write).
 
     python bench/peers/embedstack_openvino.py --port 8002 [--name minilm] [--max-batch-tokens N] [--max-wait-ms M]
 """
@@ -18,6 +19,7 @@ import uvicorn
 
 from embedstack.providers.huggingface import HuggingFaceEmbedding
 from embedstack.server import DEFAULT_MAX_BATCH_TOKENS, DEFAULT_MAX_WAIT_MS, create_app
+from embedstack.server.protocol import one_write_protocol
 
 
 def main() -> None:
@@ -33,7 +35,15 @@ def main() -> None:
     args = parser.parse_args()
     model = HuggingFaceEmbedding(args.model, backend="openvino", precision=args.precision)
     app = create_app({args.name: model}, max_batch_tokens=args.max_batch_tokens, max_wait_ms=args.max_wait_ms)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False, lifespan="on")
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        http=one_write_protocol(),
+        log_level="warning",
+        access_log=False,
+        lifespan="on",
+    )
 
 
 if __name__ == "__main__":

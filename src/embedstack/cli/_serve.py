@@ -140,6 +140,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from embedstack.kvstore.sqlite import SQLiteKVStore
     from embedstack.registry import resolve_embed_model
     from embedstack.server import create_app
+    from embedstack.server.protocol import one_write_protocol
 
     if args.max_wait_ms < 0:
         raise ValueError(f"--max-wait-ms must be >= 0, got {args.max_wait_ms:g}")
@@ -177,6 +178,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         log_level=args.log_level,
+        http=one_write_protocol(),  # httptools, each answer in one write; uvloop when installed ("auto")
         access_log=args.log_level == "debug",
         timeout_graceful_shutdown=args.drain_timeout,
         lifespan="on",

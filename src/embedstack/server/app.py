@@ -196,7 +196,7 @@ async def _load_all(state: ServerState) -> None:
             served.ready = True
             continue
         try:
-            served.dim = await asyncio.to_thread(_warm_up, served.model)
+            served.dim = await asyncio.to_thread(_warm_up, served.model, served.counter)
         except Exception as e:
             served.error = f"{type(e).__name__}: {e}"
             logger.error("model %r failed to load: %s", served.name, served.error)
@@ -207,14 +207,16 @@ async def _load_all(state: ServerState) -> None:
     state.loaded.set()
 
 
-def _warm_up(model: BaseEmbedding) -> int | None:
-    """Load the weights and run the model once (outside the cache), so the first request pays neither;
-    returns the vector length, which the model then knows (cache hits are trusted from then on)."""
+def _warm_up(model: BaseEmbedding, counter: TokenCounter) -> int | None:
+    """Load the weights and the counter's tokenizer and run the model once (outside the cache), so the first
+    request pays none of it; returns the vector length, which the model then knows (cache hits are trusted
+    from then on)."""
     from embedstack._pipeline import as_matrix
 
     load = getattr(model, "load", None)
     if callable(load):
         load()
+    counter.estimate(["warm-up"], Role.TEXT)
     if type(model).__module__.startswith("embedstack.providers.openai"):
         return model._known_dim()[0]  # a remote model: no request before a client asks
     raw = model._embed(Batch(["warm-up"], Role.TEXT, "warm-up", [0]))
