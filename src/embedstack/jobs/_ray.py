@@ -330,6 +330,7 @@ def embed_files_ray(
     import uuid
     from pathlib import Path
 
+    from embedstack.jobs._compact import VectorFormat
     from embedstack.jobs._embed import EmbedReport, _now, _resolve, _version, model_identity
     from embedstack.jobs._output import DATASET_META, FORMAT_TAG, OutputError, _pq
 
@@ -385,6 +386,7 @@ def embed_files_ray(
             "inputs": paths,
             "created": _now(),
             "ray": {"concurrency": concurrency, "num_gpus": num_gpus},
+            **VectorFormat(dim=dim, source_dim=dim).to_meta(),  # float32, full length: as a plain file output
         }
         (tmp / DATASET_META).write_text(json.dumps(meta, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
         if target.exists():
