@@ -87,21 +87,37 @@ def _ordered(positions: Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndar
 
 
 def _wanted_lines(path: Path, positions: Sequence[int]) -> dict[int, dict[str, Any]]:
-    """The JSON objects on the non-blank lines numbered `positions` of a JSON Lines file (others unparsed)."""
-    want = set(int(p) for p in positions)
+    """The JSON objects on lines numbered `positions` of a JSON Lines file that embedstack wrote (one row per
+    line): the file is scanned in 16 MiB blocks counting newlines, and only the wanted lines are parsed."""
+    want = sorted(set(int(p) for p in positions))
     found: dict[int, dict[str, Any]] = {}
     if not path.exists():
         raise OutputError(f"{path}: missing; re-run the embed command")
-    row = 0
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if not line.strip():
+    row, i, carry = 0, 0, b""
+    with open(path, "rb") as f:
+        while i < len(want):
+            block = f.read(1 << 24)
+            if not block:  # a last line without a newline
+                if carry.strip() and want[i] == row:
+                    found[row] = json.loads(carry)
+                break
+            data = carry + block
+            n = data.count(b"\n")
+            if want[i] >= row + n:  # no wanted line ends in this block
+                cut = data.rfind(b"\n") + 1
+                carry, row = data[cut:], row + n
                 continue
-            if row in want:
-                found[row] = json.loads(line)
-                if len(found) == len(want):
-                    break
-            row += 1
+            ends = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == 0x0A)  # newline offsets, fast
+            while i < len(want) and want[i] < row + n:
+                line = want[i] - row
+                found[want[i]] = json.loads(data[(ends[line - 1] + 1 if line else 0) : ends[line]])
+                i += 1
+            carry, row = data[ends[-1] + 1 :], row + n
+    missing = [p for p in want if p not in found]
+    if missing:
+        raise OutputError(
+            f"{path}: has no row {missing[0]}; it is shorter than its metadata says, re-run the embed command"
+        )
     return found
 
 
