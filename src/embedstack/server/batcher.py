@@ -245,9 +245,10 @@ class Batcher:
             ticket.future.cancel()
 
     # -- scheduling (on the loop) -----------------------------------------------------------------------
-    def _kick(self) -> None:
-        """Start the next batch if the worker is idle and inputs wait; an idle worker first waits (at most
-        max_wait) while other requests are still arriving, unless the queue fills a batch already."""
+    def _kick(self, gather: bool = True) -> None:
+        """Start the next batch if the worker is idle and inputs wait. `gather`: an idle worker first waits (at
+        most max_wait) while other requests are still arriving, unless the queue fills a batch already; right
+        after a batch (gather=False) the inputs that queued meanwhile go at once."""
         if self._busy or self._loop is None:
             return
         if self._singles:
@@ -257,7 +258,7 @@ class Batcher:
                 return
         if not self._depth:
             return
-        if self.max_wait > 0 and self._arriving and self._queued_tokens < self.max_batch_tokens:
+        if gather and self.max_wait > 0 and self._arriving and self._queued_tokens < self.max_batch_tokens:
             if self._timer is None:
                 self._timer = self._loop.call_later(self.max_wait, self._waited)
             return
@@ -350,7 +351,7 @@ class Batcher:
             self._finish(batch, None, None, error)
         else:  # one bad input must not fail the other requests: each input alone
             self._singles.extend(batch)
-        self._kick()
+        self._kick(gather=False)
 
     # -- the worker thread --------------------------------------------------------------------------------
     def _work(self) -> None:
