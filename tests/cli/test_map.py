@@ -246,3 +246,23 @@ def test_errors(cli: Run, tmp_path: Path, corpus: tuple[Path, list[dict[str, str
     r = cli("map", str(out), "-o", "map.html", "--sample", "-3")
     assert r.returncode == 2 and "expected a positive integer" in r.stderr
     assert not [p.name for p in tmp_path.iterdir() if "map" in p.name]  # a failed run writes nothing
+
+
+def test_compact_outputs_and_tiny_ones(tmp_path: Path, corpus: tuple[Path, list[dict[str, str]]]) -> None:
+    """Maps read int8 and binary outputs as float32 (load_embeddings); one row still makes a page and a picture."""
+    from embedstack.jobs import embed_files
+
+    _, rows = corpus
+    src = tmp_path / "docs.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows[:40]), encoding="utf-8")
+    for precision in ("int8", "binary"):
+        out = tmp_path / f"{precision}.parquet"
+        embed_files(src, out, model="fake:64", cache=None, precision=precision)
+        m = build_map(out, method="pca", clusters=3)
+        assert len(m) == 40 and sorted(set(m.clusters.tolist())) == [0, 1, 2]
+        assert np.isfinite(m.points).all() and np.ptp(m.points, axis=0).max() == pytest.approx(1.0)
+    src.write_text(json.dumps({"id": "a", "text": "a lone text"}) + "\n", encoding="utf-8")
+    embed_files(src, tmp_path / "one.npy", model="fake:8", cache=None)
+    one = build_map(tmp_path / "one.npy")
+    assert one.method == "pca" and one.points.tolist() == [[0.5, 0.5]] and len(one.legend) == 1
+    assert '"ids":["a"]' in render_html(one)

@@ -115,5 +115,5 @@ def build_map(
         members = points[labels == c]
         cx, cy = np.median(members, axis=0) if len(members) else (0.5, 0.5)
         legend.append(Cluster(w or [f"cluster {c + 1}"], cluster_color(c), len(members), float(cx), float(cy)))
-    name = title or f"{os.path.basename(os.fspath(path))}: {meta.get('model', 'embeddings')}"
+    name = title or f"{Path(path).name}: {meta.get('model', 'embeddings')}"
     return CorpusMap(ids, texts, points, labels, legend, used, len(data), name, notes)
