@@ -78,6 +78,12 @@ def _fake(arg: str | None) -> BaseEmbedding:
 
 register_provider("default", _default, '"default" (OpenAI; MockEmbedding(8) when IS_TESTING is set)')
 register_provider("local", "embedstack.providers.huggingface:from_spec", '"local" or "local:<model name or path>"')
+for _backend in ("torch", "onnx", "openvino"):
+    register_provider(
+        _backend,
+        f"embedstack.providers.huggingface.embedding:{_backend}_from_spec",
+        f'"{_backend}" or "{_backend}:<model name or path>" (the local model on this backend, fp32)',
+    )
 register_provider("clip", "embedstack.providers.clip:from_spec", '"clip" or "clip:<model name or path>"')
 register_provider("openai", "embedstack.providers.openai:from_spec", '"openai:<model>"')
 register_provider("fake", _fake, '"fake" or "fake:<dim>" (deterministic hash vectors, for tests)')

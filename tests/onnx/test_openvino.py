@@ -218,3 +218,17 @@ def test_openvino_models_are_released_before_interpreter_teardown(
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split("\n")[:2] == ["(2, 32)", "released True"], done.stdout
+
+
+def test_backend_specs_pick_their_backend_and_agree(env_cache: Path, tiny_bert: Path, sentences: list[str]) -> None:
+    """"torch:", "onnx:" and "openvino:" specs (what `embedstack serve --model NAME=openvino:PATH` takes) pin the
+    backend at fp32 and give the same vectors; "local:" still picks the default runtime."""
+    from embedstack import resolve_embed_model
+
+    models = {b: resolve_embed_model(f"{b}:{tiny_bert}") for b in ("torch", "onnx", "openvino")}
+    for backend, model in models.items():
+        assert (model.backend, model.precision, model.model_name) == (backend, "fp32", str(tiny_bert))
+    reference = models["torch"].embed(sentences)
+    for backend in ("onnx", "openvino"):
+        assert _cos(models[backend].embed(sentences), reference).min() >= 0.9999, backend
+    assert resolve_embed_model(f"local:{tiny_bert}").backend == "onnx"

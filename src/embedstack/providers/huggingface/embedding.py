@@ -411,3 +411,19 @@ def from_spec(arg: str | None) -> HuggingFaceEmbedding:
     name = arg or DEFAULT_MODEL
     backend, precision = _default_runtime(name, locate_model(name).path)
     return HuggingFaceEmbedding(model_name=name, backend=backend, precision=precision)
+
+
+def torch_from_spec(arg: str | None) -> HuggingFaceEmbedding:
+    """The registry's factory for "torch[:<model>]": the local model on torch, fp32."""
+    return HuggingFaceEmbedding(model_name=arg or DEFAULT_MODEL, backend="torch", precision="fp32")
+
+
+def onnx_from_spec(arg: str | None) -> HuggingFaceEmbedding:
+    """The registry's factory for "onnx[:<model>]": the local model on ONNX Runtime, fp32."""
+    return HuggingFaceEmbedding(model_name=arg or DEFAULT_MODEL, backend="onnx", precision="fp32")
+
+
+def openvino_from_spec(arg: str | None) -> HuggingFaceEmbedding:
+    """The registry's factory for "openvino[:<model>]": the local model on OpenVINO, fp32 (so that
+    `embedstack serve --model NAME=openvino` serves it; other precisions: build HuggingFaceEmbedding)."""
+    return HuggingFaceEmbedding(model_name=arg or DEFAULT_MODEL, backend="openvino", precision="fp32")
