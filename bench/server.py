@@ -4,8 +4,7 @@ One run, one model (the bundled sentence-transformers/all-MiniLM-L6-v2), one CPU
 on a free 127.0.0.1 port, waited on by polling its health/models endpoint and stopped by pid:
 
 - ``es-onnx``      ``embedstack serve --model minilm=local --no-cache`` (ONNX Runtime fp32, the `local` default)
-- ``es-openvino``  the same server on OpenVINO fp32 (bench/peers/embedstack_openvino.py: ``create_app`` with
-  ``HuggingFaceEmbedding(backend="openvino")``; `local` has no spec for a backend), no cache
+- ``es-openvino``  ``embedstack serve --model minilm=openvino --no-cache`` (the same server on OpenVINO fp32)
 - ``infinity``     ``infinity_emb v2`` (torch engine, CPU, no vector cache) serving the same model directory
 - ``naive``        bench/peers/naive_st_server.py: FastAPI calling sentence-transformers' ``encode`` per request
 - ``inproc-onnx`` / ``inproc-openvino``: ``model.embed`` on the same texts in a worker process, one call at a
@@ -217,7 +216,7 @@ def make_target(name: str, args: argparse.Namespace, mdir: Path) -> Target:
         argv = [py, "-m", "embedstack.cli", "serve", "--model", f"{SERVED}=local", "--no-cache", *host]
         return Target(name, argv + args.serve_args, port, "/health")
     if name == "es-openvino":
-        argv = [py, str(ROOT / "bench" / "peers" / "embedstack_openvino.py"), "--name", SERVED, *host]
+        argv = [py, "-m", "embedstack.cli", "serve", "--model", f"{SERVED}=openvino", "--no-cache", *host]
         return Target(name, argv + args.serve_args, port, "/health")
     if name == "infinity":
         argv = [str(args.infinity), "v2", "--model-id", str(mdir), "--served-model-name", SERVED]

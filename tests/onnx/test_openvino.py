@@ -221,8 +221,8 @@ def test_openvino_models_are_released_before_interpreter_teardown(
 
 
 def test_backend_specs_pick_their_backend_and_agree(env_cache: Path, tiny_bert: Path, sentences: list[str]) -> None:
-    """"torch:", "onnx:" and "openvino:" specs (what `embedstack serve --model NAME=openvino:PATH` takes) pin the
-    backend at fp32 and give the same vectors; "local:" still picks the default runtime."""
+    """The torch:, onnx: and openvino: specs (`embedstack serve --model NAME=openvino:PATH`) pin the backend at
+    fp32 and give the same vectors; local: still picks the default runtime."""
     from embedstack import resolve_embed_model
 
     models = {b: resolve_embed_model(f"{b}:{tiny_bert}") for b in ("torch", "onnx", "openvino")}
