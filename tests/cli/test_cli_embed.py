@@ -114,6 +114,7 @@ def test_each_output_format_round_trips_with_model_metadata(
     )
     as_json = json.loads(cli("info", out, "--json").stdout)
     assert as_json["count"] == len(ids) and as_json["model_identity"] == FAKE._identity()
+    assert as_json["format"] == "embedstack-embeddings" and as_json["output_format"] == Path(out).suffix[1:]
 
 
 def test_stdin_and_folders(cli: Run, tmp_path: Path, sample_rows: list[dict[str, str]]) -> None:

@@ -249,7 +249,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     if args.json:
         print(
             json.dumps(
-                {"file": str(path), "format": fmt, "bytes": size, **meta, **vf.to_meta()},
+                {"file": str(path), "bytes": size, **meta, **vf.to_meta(), "output_format": fmt},
                 ensure_ascii=False,
                 indent=1,
             )

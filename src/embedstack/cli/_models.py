@@ -26,6 +26,12 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "langchain": ("langchain_core",),
     "llama-index": ("llama_index.core",),
     "cli": ("pyarrow", "platformdirs"),
+    "server": ("fastapi", "uvicorn", "prometheus_client", "orjson"),
+    "redis": ("redis",),
+    "ray": ("ray", "pyarrow"),
+    "index": ("faiss",),
+    "map": ("matplotlib",),
+    "umap": ("umap",),
 }
 
 
