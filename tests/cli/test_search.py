@@ -149,7 +149,7 @@ def _embedded(tmp_path: Path, name: str, precision: str) -> Path:
 
 @pytest.mark.parametrize("precision", ["float32", "int8", "binary"])
 def test_the_index_is_built_used_and_rebuilt_when_the_output_changes(tmp_path: Path, precision: str) -> None:
-    pytest.importorskip("usearch")
+    pytest.importorskip("faiss")
     from embedstack.jobs._index import VectorIndex, index_path
 
     out = _embedded(tmp_path, "o.parquet", precision)
@@ -178,7 +178,7 @@ def test_the_index_is_built_used_and_rebuilt_when_the_output_changes(tmp_path: P
 
 
 def test_cli_index_and_no_index(cli: Run, tmp_path: Path) -> None:
-    pytest.importorskip("usearch")
+    pytest.importorskip("faiss")
     _embedded(tmp_path, "o.npy", "ubinary")
     built = cli("search", "o.npy", QUERY, "-k", "3", "--index", "--no-cache", "--json", "--timings")
     assert built.returncode == 0, built.stderr
