@@ -57,6 +57,21 @@ def _redis(tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
     return proc, url
 
 
+def drain(dataset: Any, expected: int, batch_size: int = 256) -> tuple[float, float, float]:
+    """Iterate an embedded Ray dataset: (seconds to the first batch = actor start-up, total seconds, texts/s
+    after the first batch)."""
+    t0 = time.perf_counter()
+    first = t_first = None
+    n = 0
+    for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
+        if t_first is None:
+            first, t_first = time.perf_counter() - t0, time.perf_counter()
+        n += len(batch)
+    total = time.perf_counter() - t0
+    assert n == expected, n
+    return first or 0.0, total, (n - batch_size) / max(time.perf_counter() - (t_first or t0), 1e-9)
+
+
 def _two_node_child(src: Path, record_dir: Path) -> None:
     """Child process: start a head and a worker node on 127.0.0.1 (1 CPU each), embed SRC with one actor per node."""
     import ray
@@ -107,18 +122,10 @@ def _two_node_child(src: Path, record_dir: Path) -> None:
         spec.pop("class_name", None)
         model = Recording(**spec, record_dir=str(record_dir))
         embedded = embed_dataset(ds, model, concurrency=2, batch_size=256, num_cpus=0.5, resources={"embed_slot": 1})
-        t0 = time.perf_counter()
-        first = t_first = None
-        n = 0
-        for batch in embedded.iter_batches(batch_format="pyarrow", batch_size=None):
-            if t_first is None:
-                first, t_first = time.perf_counter() - t0, time.perf_counter()
-            n += len(batch)
-        total = time.perf_counter() - t0
-        assert n == len(rows), n
-        out["two_node_actor_startup_s"] = first or 0.0
+        first, total, rate = drain(embedded, len(rows))
+        out["two_node_actor_startup_s"] = first
         out["two_node_total_s"] = total
-        out["two_node_after_first_batch_rate"] = (n - 256) / max(time.perf_counter() - (t_first or t0), 1e-9)
+        out["two_node_after_first_batch_rate"] = rate
         per_node: dict[str, int] = {}
         for path in record_dir.iterdir():
             node = path.name.split(".")[0]
@@ -212,20 +219,10 @@ def _local_ray_and_caches(rows: list[dict[str, str]], src: Path, tmp: Path, acto
     from embedstack.jobs import embed_dataset
 
     ds = ray.data.from_items(rows, override_num_blocks=max(8, actors * 4)).materialize()
-    t0 = time.perf_counter()
-    first = t_first = None
-    n = 0
-    for batch in embed_dataset(ds, "local", concurrency=actors, batch_size=256, cache=url).iter_batches(
-        batch_format="pyarrow", batch_size=None
-    ):
-        if t_first is None:
-            first, t_first = time.perf_counter() - t0, time.perf_counter()
-        n += len(batch)
-    total = time.perf_counter() - t0
-    assert n == len(rows), n
-    out["ray_actor_startup_s"] = first or 0.0
+    first, total, rate = drain(embed_dataset(ds, "local", concurrency=actors, batch_size=256, cache=url), len(rows))
+    out["ray_actor_startup_s"] = first
     out["ray_total_s"] = total
-    out["ray_after_first_batch_rate"] = (n - 256) / max(time.perf_counter() - (t_first or t0), 1e-9)
+    out["ray_after_first_batch_rate"] = rate
     out["ray_vs_single_total"] = out["single_s"] / total
 
     try:

@@ -57,7 +57,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -295,6 +295,31 @@ def bodies(texts: list[str], size: int) -> list[bytes]:
 CLIENT = "aiohttp"  # --client
 
 
+async def drive(
+    pool: list[Any], post: Callable[[Any, bytes], Awaitable[tuple[int, str]]], reqs: list[bytes], seconds: float
+) -> tuple[list[float], dict[str, int], float]:
+    """One task per client in `pool` posting requests back to back for `seconds`: (latencies, errors, wall)."""
+    lat: list[float] = []
+    errors: dict[str, int] = {}
+    counter = iter(range(10**9))
+    t0 = time.perf_counter()
+    deadline = t0 + seconds
+
+    async def one_client(client: Any) -> None:
+        while time.perf_counter() < deadline:
+            body = reqs[next(counter) % len(reqs)]
+            t = time.perf_counter()
+            status, head = await post(client, body)
+            if status == 200:
+                lat.append(time.perf_counter() - t)
+            else:
+                key = f"{status} {head}"
+                errors[key] = errors.get(key, 0) + 1
+
+    await asyncio.gather(*(one_client(c) for c in pool))
+    return lat, errors, time.perf_counter() - t0
+
+
 async def closed_loop(
     url: str, reqs: list[bytes], size: int, clients: int, seconds: float
 ) -> tuple[list[float], dict[str, int], float]:
@@ -304,9 +329,6 @@ async def closed_loop(
     import httpx
 
     headers = {"content-type": "application/json"}
-    lat: list[float] = []
-    errors: dict[str, int] = {}
-    counter = iter(range(10**9))
     # One client (one keep-alive connection) per simulated client, as separate services would have: a
     # single AsyncClient pooling 64 connections spends ~18 ms of CPU per request in its pool at 64 clients.
     limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
@@ -316,22 +338,12 @@ async def closed_loop(
             await stack.enter_async_context(httpx.AsyncClient(limits=limits, timeout=300, verify=tls))
             for _ in range(clients)
         ]
-        t0 = time.perf_counter()
-        deadline = t0 + seconds
 
-        async def one_client(client: httpx.AsyncClient) -> None:
-            while time.perf_counter() < deadline:
-                body = reqs[next(counter) % len(reqs)]
-                t = time.perf_counter()
-                r = await client.post(url, content=body, headers=headers)
-                if r.status_code == 200:
-                    lat.append(time.perf_counter() - t)
-                else:
-                    key = f"{r.status_code} {r.text[:80]}"
-                    errors[key] = errors.get(key, 0) + 1
+        async def post(client: httpx.AsyncClient, body: bytes) -> tuple[int, str]:
+            r = await client.post(url, content=body, headers=headers)
+            return r.status_code, r.text[:80]
 
-        await asyncio.gather(*(one_client(c) for c in pool))
-        return lat, errors, time.perf_counter() - t0
+        return await drive(pool, post, reqs, seconds)
 
 
 async def closed_loop_aiohttp(
@@ -341,9 +353,6 @@ async def closed_loop_aiohttp(
     import aiohttp
 
     headers = {"content-type": "application/json"}
-    lat: list[float] = []
-    errors: dict[str, int] = {}
-    counter = iter(range(10**9))
     timeout = aiohttp.ClientTimeout(total=300)
     async with contextlib.AsyncExitStack() as stack:
         pool = [
@@ -352,23 +361,13 @@ async def closed_loop_aiohttp(
             )
             for _ in range(clients)
         ]
-        t0 = time.perf_counter()
-        deadline = t0 + seconds
 
-        async def one_client(session: aiohttp.ClientSession) -> None:
-            while time.perf_counter() < deadline:
-                body = reqs[next(counter) % len(reqs)]
-                t = time.perf_counter()
-                async with session.post(url, data=body, headers=headers) as r:
-                    payload = await r.read()
-                if r.status == 200:
-                    lat.append(time.perf_counter() - t)
-                else:
-                    key = f"{r.status} {payload[:80].decode(errors='replace')}"
-                    errors[key] = errors.get(key, 0) + 1
+        async def post(session: aiohttp.ClientSession, body: bytes) -> tuple[int, str]:
+            async with session.post(url, data=body, headers=headers) as r:
+                payload = await r.read()
+            return r.status, payload[:80].decode(errors="replace")
 
-        await asyncio.gather(*(one_client(s) for s in pool))
-        return lat, errors, time.perf_counter() - t0
+        return await drive(pool, post, reqs, seconds)
 
 
 def measure_server(

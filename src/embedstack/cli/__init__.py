@@ -11,7 +11,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from embedstack.cli._args import positive_int
+from embedstack.cli._args import on_off, positive_int
 
 __all__ = ["build_parser", "main"]
 
@@ -146,20 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="skip bad records (reported on stderr) instead of stopping",
     )
-    bar = embed.add_mutually_exclusive_group()
-    bar.add_argument(
-        "--progress",
-        dest="progress",
-        action="store_true",
-        default=None,
-        help="always show the progress bar",
-    )
-    bar.add_argument(
-        "--no-progress",
-        dest="progress",
-        action="store_false",
-        help="never show the progress bar (default: only on a terminal)",
-    )
+    on_off(embed, "progress", "always show the progress bar", "never show the bar (default: only on a terminal)")
     embed.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
     embed.add_argument(
         "--ray",
@@ -197,15 +184,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="binary outputs and --index: rescore the best k*N candidates with the float query (default: 10)",
     )
-    use_index = search.add_mutually_exclusive_group()
-    use_index.add_argument(
-        "--index",
-        dest="index",
-        action="store_true",
-        default=None,
-        help="build (extra 'index') and use an HNSW index stored beside OUT (default: use one when present)",
+    on_off(
+        search,
+        "index",
+        "build (extra 'index') and use an HNSW index stored beside OUT (default: use one when present)",
+        "search exactly, ignoring any index",
     )
-    use_index.add_argument("--no-index", dest="index", action="store_false", help="search exactly, ignoring any index")
     search.add_argument("-q", "--quiet", action="store_true", help="no timing line on stderr")
     search.add_argument(
         "-m",
