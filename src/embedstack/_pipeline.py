@@ -680,16 +680,19 @@ def cached_rows(
 
     The items are checked as `embed` checks them (errors name `label[i]`). Returns the (n, dim)
     vectors, zero rows where nothing was found, or None when nothing was; and which items were
-    found. Entries are trusted only once the model's vector length is known (declared, or returned
-    by an earlier call), so a stale entry of another length is a miss here too. A server uses it so
-    that cache hits never wait in its queue.
+    found. Entries are trusted only once the model's vector length is known (declared, returned by an
+    earlier call, or recorded in the cache by the model, as `embed` trusts it), so a stale entry of
+    another length is a miss here too. A server uses it so that cache hits never wait in its queue;
+    a search, so that a repeated query never loads the model.
     """
     job = EmbedJob(model, items, role, label)
     found = np.zeros(job.n, dtype=bool)
     try:
-        if job.store is None or not job.keys or job.expected_dim is None:
+        if job.store is None or not job.keys:
             return None, found
         CacheIO(job).read()
+        if job.expected_dim is None and job._recorded_dim is None:  # no length to check entries against
+            return None, found
         if job.out is None or not job.have.any():
             return None, found
         slot_of = np.asarray(job.slot_of, dtype=np.intp)

@@ -52,7 +52,7 @@ def real(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         out = tmp / "hamming.npy"  # the same bits without rescoring vectors: what rescoring buys
         embed_records(rows, out, model=model, cache=cache, precision="binary", rescore=False)
         tops["hamming"] = [[h.id for h in search(out, r["query"], k=10, model=model, cache=cache)] for r in rows]
-    return {"rows": rows, "tops": tops}
+    return {"rows": rows, "tops": tops, "dir": tmp, "cache": cache}
 
 
 def _overlap(a: list[list[str]], b: list[list[str]]) -> float:
@@ -72,6 +72,18 @@ def test_compact_outputs_retrieve_like_float32_with_the_real_model(real: dict[st
         assert _overlap(tops[name], base) >= floor, name
         assert own[name] >= 0.95 * own["float32"], name
     assert _overlap(tops["binary"], base) > _overlap(tops["hamming"], base) + 0.1  # rescoring is worth it
+
+
+def test_a_cached_query_never_loads_the_model(real: dict[str, Any]) -> None:
+    """A repeated query is answered from the cache without loading the weights (seconds for a one-off search)."""
+    from embedstack import resolve_embed_model
+
+    out, cache, first = real["dir"] / "float32.npy", real["cache"], real["rows"][0]
+    fresh = resolve_embed_model("local")
+    hits = search(out, first["query"], k=10, model=fresh, cache=cache)  # the fixture searched it: cached
+    assert fresh._encoder is None and [h.id for h in hits] == real["tops"]["float32"][0]
+    search(out, "a query nobody searched before", k=3, model=fresh, cache=cache)
+    assert fresh._encoder is not None
 
 
 @pytest.mark.parametrize("ext", ["npy", "parquet", "jsonl"])

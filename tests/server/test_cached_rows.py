@@ -49,3 +49,26 @@ def test_entries_of_another_length_are_misses() -> None:
         rows, found = cached_rows(model, ["stale", "good"], Role.TEXT)
     assert found.tolist() == [False, True]
     assert rows is not None and rows.shape == (2, 8)
+
+
+def test_the_recorded_length_is_trusted_and_nothing_without_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fresh model object (its length not known yet) finds what the cache recorded for it, as embed does; with no
+    recorded length (an entry written by something else) nothing is trusted."""
+    from embedstack.cache_key import CACHE_COLLECTION
+
+    store = SimpleKVStore()
+    first = resolve_embed_model("fake:8")
+    monkeypatch.setattr(type(first), "_declared_dim", lambda self: None)  # like a model whose weights are not loaded
+    first.embeddings_cache = store
+    first.embed(["kept"])  # computes, and records the length in the cache
+    fresh = resolve_embed_model("fake:8")
+    assert fresh._known_dim()[0] is None
+    fresh.embeddings_cache = store
+    rows, found = cached_rows(fresh, ["kept", "new"], Role.TEXT)
+    assert found.tolist() == [True, False] and rows is not None
+    np.testing.assert_array_equal(rows[0], first.embed(["kept"])[0])
+    bare = SimpleKVStore()
+    fresh.embeddings_cache = bare
+    bare.put_vectors([fresh._key_factory(Role.TEXT)("kept")], np.ones((1, 8), dtype=np.float32), CACHE_COLLECTION)
+    rows, found = cached_rows(fresh, ["kept"], Role.TEXT)
+    assert rows is None and not found.any()

@@ -18,6 +18,7 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, Field
 
+from embedstack._pipeline import cached_rows
 from embedstack.jobs._compact import VectorFormat, unsigned_bits
 from embedstack.jobs._embed import DEFAULT_CACHE, CacheArg, ModelMismatchError, _open_cache, _resolve, check_model
 from embedstack.jobs._output import OutputError, read_meta
@@ -307,12 +308,13 @@ def _query_vector(
     saved = emb.embeddings_cache  # a caller's model object is left as it was
     try:
         _open_cache(emb, cache)
+        _, found = cached_rows(emb, [query], Role.QUERY, "query")
         load = getattr(emb, "load", None)
-        if callable(load):  # so that loading the weights is timed apart from embedding the query
+        if not found[0] and callable(load):  # weights loaded (and timed) only when the query must be computed
             load()
         timings["model_load_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        raw = np.asarray(emb.embed([query], role=Role.QUERY)[0], dtype=np.float32)
+        raw = np.asarray(emb.embed([query], role=Role.QUERY)[0], dtype=np.float32)  # a hit: from the cache
     finally:
         if spec is None:
             emb.embeddings_cache = saved
