@@ -21,6 +21,7 @@ from embedstack.jobs._output import (
     DATASET_FORMAT,
     DATASET_META,
     OutputError,
+    _fixed_list_numpy,
     _pq,
     meta_path,
     output_format,
@@ -229,7 +230,7 @@ class _Parquet(StoredRows):
         start = 0
         for pf in self.handles:
             for batch in pf.iter_batches(batch_size=rows, columns=[column]):
-                codes = _list_column(batch.column(0), self.width(column), self.dtype(column))
+                codes = _fixed_list_numpy(batch.column(0), self.width(column), self.dtype(column))
                 yield start, codes
                 start += len(codes)
 
@@ -244,7 +245,7 @@ class _Parquet(StoredRows):
         for g, rows in self._by_group(positions).items():
             first, file, group = self.groups[g]
             table = self.handles[file].read_row_group(group, columns=[column])
-            codes = _list_column(table.column(0), self.width(column), self.dtype(column))
+            codes = _fixed_list_numpy(table.column(0), self.width(column), self.dtype(column))
             for p in rows:
                 found[p] = codes[p - first]
         if not found:
@@ -263,13 +264,6 @@ class _Parquet(StoredRows):
 
     def data_files(self) -> list[Path]:
         return [*self.files, *([self.path / DATASET_META] if self.path.is_dir() else [])]
-
-
-def _list_column(column: Any, width: int, dtype: np.dtype[Any]) -> np.ndarray:
-    chunks = column.chunks if hasattr(column, "chunks") else [column]
-    parts = [c.flatten().to_numpy(zero_copy_only=False) for c in chunks if len(c)]
-    flat = np.concatenate(parts) if parts else np.zeros(0, dtype)
-    return np.asarray(flat, dtype=dtype).reshape(-1, width)
 
 
 def open_stored(path: str | os.PathLike[str], meta: dict[str, Any]) -> StoredRows:

@@ -29,9 +29,11 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from embedstack import __version__
+from embedstack._pipeline import _check_texts as check_texts
 from embedstack._pipeline import cached_rows
 from embedstack.base import BaseEmbedding, MultiModalEmbedding
 from embedstack.errors import InvalidInputError
+from embedstack.quantize import truncate_dimensions
 from embedstack.server.batcher import Batcher, QueueFull, Ticket
 from embedstack.server.errors import APIError, error_body, install_handlers, invalid_request
 from embedstack.server.limits import (
@@ -226,9 +228,13 @@ def _warm_up(model: BaseEmbedding, counter: TokenCounter) -> int | None:
 
 
 # -- the gate: body size, key, metrics, server header ---------------------------------------------------
+def _too_large(limit: int) -> str:
+    return f"the request body is over the server's limit of {limit} bytes (--max-body-bytes)"
+
+
 class _TooLarge(StarletteHTTPException):
     def __init__(self, limit: int) -> None:
-        super().__init__(413, f"the request body is over the server's limit of {limit} bytes (--max-body-bytes)")
+        super().__init__(413, _too_large(limit))
 
 
 Scope = MutableMapping[str, Any]
@@ -290,11 +296,7 @@ class _Gate:
         length = headers.get(b"content-length")
         limit = self.state.max_body_bytes
         if length is not None and length.isdigit() and int(length) > limit:
-            return APIError(
-                413,
-                f"the request body is over the server's limit of {limit} bytes (--max-body-bytes)",
-                code="request_too_large",
-            )
+            return APIError(413, _too_large(limit), code="request_too_large")
         if self.key is not None and path.startswith("/v1/"):
             auth = headers.get(b"authorization", b"")
             scheme, _, given = auth.partition(b" ")
@@ -357,11 +359,7 @@ async def _read_body(receive: Receive, limit: int) -> bytes:
         if chunk:
             size += len(chunk)
             if size > limit:
-                raise APIError(
-                    413,
-                    f"the request body is over the server's limit of {limit} bytes (--max-body-bytes)",
-                    code="request_too_large",
-                )
+                raise APIError(413, _too_large(limit), code="request_too_large")
             chunks.append(chunk)
         if not message.get("more_body", False):
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
@@ -500,7 +498,7 @@ def _prepare(served: _Served, texts: list[str], role: Role, truncate: bool) -> _
     model, counter = served.model, served.counter
     try:
         if model.embeddings_cache is None and role is not Role.IMAGE:
-            _check_texts(texts)
+            check_texts(texts, "input")  # what the pipeline checks first (cached_rows does it below)
             model._check_items(texts, role, "input", 0)
             rows, found = None, np.zeros(len(texts), dtype=bool)
         else:
@@ -523,22 +521,6 @@ def _prepare(served: _Served, texts: list[str], role: Role, truncate: bool) -> _
     if not truncate:
         _refuse_truncated(truncated)
     return _Arrival(rows, found, counts, truncated)
-
-
-def _check_texts(texts: list[str]) -> None:
-    """A lone surrogate is not Unicode: no model can read it (what the pipeline's own check says)."""
-    for i, t in enumerate(texts):
-        if not t.isascii():
-            try:
-                t.encode("utf-8")
-            except UnicodeEncodeError as e:
-                raise APIError(
-                    400,
-                    f"'input[{i}]' contains a lone surrogate ({t[e.start]!r}) at character {e.start}, which is not "
-                    "valid Unicode and cannot be embedded",
-                    param=f"input[{i}]",
-                    code="invalid_value",
-                ) from None
 
 
 def _refuse_truncated(truncated: list[bool]) -> None:
@@ -681,9 +663,7 @@ def _shorten(rows: Matrix, dimensions: int) -> Matrix:
             param="dimensions",
             code="invalid_value",
         )
-    cut = rows[:, :dimensions]
-    norms = np.linalg.norm(cut, axis=1, keepdims=True)
-    return np.ascontiguousarray(cut / np.maximum(norms, np.float32(1e-12)), dtype=np.float32)
+    return truncate_dimensions(rows, dimensions)
 
 
 def _encode(rows: Matrix, model: str, tokens: int, encoding_format: str) -> bytes:
