@@ -17,6 +17,7 @@ import numpy.typing as npt
 __all__ = [
     "PRECISIONS",
     "Precision",
+    "RunningTopK",
     "binary_top_k",
     "calibration_ranges",
     "dequantize",
@@ -213,32 +214,45 @@ def hamming_distances(query_codes: npt.ArrayLike, corpus_codes: npt.ArrayLike) -
     return out
 
 
-def _hamming_top_k(q: npt.NDArray[np.uint8], codes: Any, k: int) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int32]]:
-    """Rows and distances of the exact `k` nearest codes, by distance then lowest row, in one pass of chunks.
+class RunningTopK:
+    """The `k` rows with the lowest keys among chunks offered in row order, ties to the lower row: an exact top-k
+    over a corpus read a chunk at a time (memory: one chunk)."""
 
-    A running top-k: each chunk contributes only rows closer than the current k-th best (a tie loses to the
-    earlier row already kept), so memory stays at one chunk whatever the corpus size.
-    """
-    rows = np.zeros(0, dtype=np.int64)
-    dist = np.zeros(0, dtype=np.int32)
-    k = min(k, len(codes))
-    if k <= 0:
-        return rows, dist
+    def __init__(self, k: int) -> None:
+        self.k = k
+        self.rows = np.zeros(0, dtype=np.int64)
+        self.keys = np.zeros(0, dtype=np.float64)
+
+    def add(self, start: int, keys: npt.ArrayLike) -> None:
+        """Offer the keys of rows `start`, `start + 1`, ... (after every earlier row)."""
+        if self.k <= 0:
+            return
+        keys = np.asarray(keys)
+        # once full, only keys below the k-th kept one can enter: a tie loses to the earlier row already kept
+        if len(self.keys) == self.k:  # the bound in the keys' own type (kept keys came from such arrays: exact)
+            idx = np.flatnonzero(keys < keys.dtype.type(self.keys[-1]))
+        else:
+            idx = np.arange(len(keys))
+        if len(idx) > self.k:  # the chunk's own best k, with all its ties at the k-th key (rows decide below)
+            chosen = keys[idx]
+            idx = idx[chosen <= np.partition(chosen, self.k - 1)[self.k - 1]]
+        if len(idx) == 0:
+            return
+        rows = np.concatenate([self.rows, start + idx.astype(np.int64)])
+        merged = np.concatenate([self.keys, keys[idx].astype(np.float64)])
+        order = np.lexsort((rows, merged))[: self.k]
+        self.rows, self.keys = rows[order], merged[order]
+
+
+def _hamming_top_k(q: npt.NDArray[np.uint8], codes: Any, k: int) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int32]]:
+    """Rows and distances of the exact `k` nearest codes, by distance then lowest row, in one pass of chunks."""
+    top = RunningTopK(min(k, len(codes)))
     buf = np.empty(min(_CHUNK_ROWS, len(codes)), dtype=np.int32)
     for start, block in _chunks(codes, len(codes)):
         d = buf[: len(block)]
         _chunk_distances(q, block, d)
-        cand = np.flatnonzero(d < dist[-1]) if len(dist) == k else np.arange(len(d))
-        if len(cand) > k:  # keep the chunk's own best k (all of its ties at the k-th distance: rows decide later)
-            cd = d[cand]
-            cand = cand[cd <= np.partition(cd, k - 1)[k - 1]]
-        if len(cand) == 0:
-            continue
-        all_rows = np.concatenate([rows, cand.astype(np.int64) + start])
-        all_dist = np.concatenate([dist, d[cand]])
-        order = np.argsort(all_dist, kind="stable")[:k]  # kept rows come first and are lower: ties keep them
-        rows, dist = all_rows[order], all_dist[order]
-    return rows, dist
+        top.add(start, d)
+    return top.rows, top.keys.astype(np.int32)
 
 
 def _top(scores: npt.NDArray[np.floating] | npt.NDArray[np.integer], k: int, largest: bool) -> npt.NDArray[np.intp]:

@@ -134,3 +134,22 @@ def test_unknown_precision_and_bad_ranges() -> None:
         dequantize(quantize(x, "int8", calibration_ranges(np.vstack([x, -x]))), "int8")
     with pytest.raises(ValueError, match="cannot be turned back"):
         dequantize(quantize(x, "binary"), "binary")
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    keys=st.lists(st.integers(0, 6), min_size=0, max_size=80),
+    k=st.integers(0, 12),
+    chunk=st.integers(1, 20),
+)
+def test_running_top_k_is_the_exact_top_k_with_ties_to_the_lower_row(keys: list[int], k: int, chunk: int) -> None:
+    """Offered chunk by chunk (few distinct keys: many ties), it keeps what one sort of everything keeps."""
+    from embedstack.quantize import RunningTopK
+
+    top = RunningTopK(k)
+    values = np.asarray(keys, dtype=np.float64)
+    for start in range(0, len(values), chunk):
+        top.add(start, values[start : start + chunk])
+    expected = np.lexsort((np.arange(len(values)), values))[:k]
+    assert top.rows.tolist() == expected.tolist()
+    assert top.keys.tolist() == values[expected].tolist()

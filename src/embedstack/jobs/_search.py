@@ -23,7 +23,7 @@ from embedstack.jobs._compact import VectorFormat, unsigned_bits
 from embedstack.jobs._embed import DEFAULT_CACHE, CacheArg, ModelMismatchError, _open_cache, _resolve, check_model
 from embedstack.jobs._output import OutputError, read_meta
 from embedstack.jobs._stored import StoredRows, open_stored
-from embedstack.quantize import hamming_distances
+from embedstack.quantize import RunningTopK, hamming_distances
 from embedstack.types import Role
 
 __all__ = ["DEFAULT_RESCORE", "TIMING_KEYS", "Hit", "SearchResult", "search"]
@@ -73,29 +73,6 @@ class SearchResult(list[Hit]):
         return f"search: {shown}; total {t['total_s']:.3f}s ({self.method})"
 
 
-class _TopK:
-    """The k rows with the lowest keys seen so far, ties to the lower row number (exact and deterministic)."""
-
-    def __init__(self, k: int) -> None:
-        self.k = k
-        self.rows = np.zeros(0, dtype=np.int64)
-        self.keys = np.zeros(0, dtype=np.float64)
-
-    def add(self, start: int, keys: npt.NDArray[Any]) -> None:
-        keys = np.asarray(keys, dtype=np.float64)
-        if len(keys) > self.k:  # pre-select: everything below the k-th key, then the first rows at it
-            kth = np.partition(keys, self.k - 1)[self.k - 1]
-            below = np.flatnonzero(keys < kth)
-            at = np.flatnonzero(keys == kth)[: self.k - len(below)]
-            idx = np.concatenate([below, at])
-        else:
-            idx = np.arange(len(keys))
-        rows = np.concatenate([self.rows, start + idx.astype(np.int64)])
-        merged = np.concatenate([self.keys, keys[idx]])
-        order = np.lexsort((rows, merged))[: self.k]
-        self.rows, self.keys = rows[order], merged[order]
-
-
 def _cosines(vectors: npt.NDArray[np.float32], q: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
     """Cosine of each row with the unit query (zero rows score 0)."""
     norms = np.sqrt(np.einsum("ij,ij->i", vectors, vectors))
@@ -122,14 +99,14 @@ def _exact(
     fmt = stored.fmt
     t0 = time.perf_counter()
     if not fmt.binary:
-        top = _TopK(k)
+        top = RunningTopK(k)
         for start, codes in stored.batches("vector", rows):
             top.add(start, -_cosines(fmt.decode(codes), q))
         timings["candidate_search_s"] = time.perf_counter() - t0
         return [(int(r), -float(s)) for r, s in zip(top.rows, top.keys)], f"exact {fmt.precision}"
     q_bits = np.packbits(q > 0)
     wanted = k * rescore if fmt.rescore else k
-    top = _TopK(wanted)
+    top = RunningTopK(wanted)
     for start, codes in stored.batches("vector", rows):
         top.add(start, hamming_distances(q_bits, codes))
     timings["candidate_search_s"] = time.perf_counter() - t0
