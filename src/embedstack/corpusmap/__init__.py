@@ -10,10 +10,11 @@ import os
 from pathlib import Path
 
 from embedstack._atomic import atomic_write_text
-from embedstack.corpusmap._build import PALETTE, Cluster, CorpusMap, build_map, temp_beside
+from embedstack.corpusmap._build import PALETTE, Cluster, CorpusMap, build_map
 from embedstack.corpusmap._html import render_html
 from embedstack.corpusmap._layout import METHODS, umap_available
 from embedstack.corpusmap._png import PNG_SIZE, write_png
+from embedstack.jobs._output import temp_beside
 
 __all__ = [
     "MAP_FORMATS",

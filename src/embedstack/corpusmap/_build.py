@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,9 +11,10 @@ import numpy as np
 import numpy.typing as npt
 
 from embedstack.corpusmap._labels import cluster_labels
-from embedstack.corpusmap._layout import auto_clusters, kmeans, normalise, project, sample_rows
+from embedstack.corpusmap._layout import auto_clusters, kmeans, project, sample_rows
+from embedstack.similarity import normalize
 
-__all__ = ["PALETTE", "Cluster", "CorpusMap", "build_map", "cluster_color", "temp_beside"]
+__all__ = ["PALETTE", "Cluster", "CorpusMap", "build_map", "cluster_color"]
 
 #: Cluster colours, page and picture alike (Tableau's 10, then their lighter 10); more clusters reuse them.
 PALETTE = (
@@ -59,11 +59,6 @@ class CorpusMap:
         return len(self.ids)
 
 
-def temp_beside(target: Path) -> Path:
-    """A temp file name next to `target` for an atomic write (created with the usual umask mode, not 0600)."""
-    return target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-
-
 def _unit_square(points: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
     """Scale points into [0, 1]^2, keeping the aspect ratio (centred on the shorter side)."""
     if len(points) == 0:
@@ -102,7 +97,7 @@ def build_map(
         notes.append(f"the output keeps no {text_field!r} column: clusters are labelled by the words of their ids")
     ids = [data.ids[i] for i in rows]
     texts = [str(column[i] or "")[:TEXT_CHARS] if column is not None else "" for i in rows]
-    x = normalise(np.asarray(data.vectors)[rows])
+    x = normalize(np.asarray(data.vectors)[rows])
     points, used = project(x, method, seed)
     # UMAP keeps neighbourhoods: clusters of its 2-D layout are both coherent on the picture and meaningful.
     # PCA's two axes keep too little: there, clusters come from the unit vectors themselves.

@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["METHODS", "auto_clusters", "kmeans", "normalise", "pca_2d", "project", "sample_rows", "umap_available"]
+__all__ = ["METHODS", "auto_clusters", "kmeans", "pca_2d", "project", "sample_rows", "umap_available"]
 
 #: --method choices: auto is UMAP when umap-learn is installed (and there are enough rows), else PCA.
 METHODS = ("auto", "umap", "pca")
@@ -24,14 +24,6 @@ def sample_rows(n: int, size: int | None, seed: int) -> npt.NDArray[np.int64]:
         return np.arange(n, dtype=np.int64)
     rng = np.random.default_rng(seed)
     return np.sort(rng.choice(n, size=size, replace=False)).astype(np.int64)
-
-
-def normalise(vectors: npt.ArrayLike) -> F32:
-    """Rows scaled to unit length (zero rows stay zero), as float32: cosine geometry for both steps."""
-    x = np.asarray(vectors, dtype=np.float32)
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    out: F32 = np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
-    return out
 
 
 def pca_2d(x: F32) -> F32:

@@ -6,7 +6,8 @@ import os
 from pathlib import Path
 
 from embedstack._atomic import atomic_path
-from embedstack.corpusmap._build import CorpusMap, temp_beside
+from embedstack.corpusmap._build import CorpusMap
+from embedstack.jobs._output import temp_beside
 
 __all__ = ["PNG_SIZE", "write_png"]
 

@@ -43,6 +43,7 @@ __all__ = [
     "read_meta",
     "rescore_path",
     "rows_path",
+    "temp_beside",
 ]
 
 #: Output extension → format.
@@ -98,7 +99,9 @@ def rescore_path(path: Path) -> Path:
 _HOST = socket.gethostname().replace(".", "_")
 
 
-def _temp_for(target: Path) -> Path:
+def temp_beside(target: Path) -> Path:
+    """A temp file name next to `target` for an atomic write (made with the usual umask mode, not mkstemp's 0600;
+    host and pid in the name, so `remove_stale_temps` can tell a dead run's files)."""
     return target.with_name(f".{target.name}.{_HOST}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
 
 
@@ -133,7 +136,7 @@ def _publish(tmp: Path, target: Path) -> None:
 
 def _write_json_atomic(target: Path, data: dict[str, Any]) -> None:
     text = json.dumps(data, indent=1, ensure_ascii=False) + "\n"
-    atomic_write_text(target, text, tmp=_temp_for(target))
+    atomic_write_text(target, text, tmp=temp_beside(target))
 
 
 # -- metadata ------------------------------------------------------------------------------------
@@ -293,7 +296,7 @@ class Writer:
         self.rescore_dim: int | None = None
 
     def _temp(self, target: Path) -> Path:
-        tmp = _temp_for(target)
+        tmp = temp_beside(target)
         self.temps.append(tmp)
         return tmp
 
