@@ -1,12 +1,16 @@
-"""The one embedding pipeline: validate → key → cache lookup → dedupe → batch → hook → write → order.
+"""The engine of the one pipeline: validate → key → cache lookup → dedupe → batch → provider → write → order.
 
 `EmbedJob` holds all the logic and does no I/O; `run_sync` and `run_async` are the only places
-that call the store and the model hooks, so query/text/image × sync/async share one body.
+that call the store and the provider, so query/text/image × sync/async × every output kind share one
+body. The public face is `embedstack.pipeline.Pipeline`; a job reads its pipeline's settings and
+asks only the `embedstack.provider.Provider` protocol of the model, and the output kind
+(`embedstack.outputs`) for everything kind-specific.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import logging
 import threading
@@ -29,25 +33,29 @@ from embedstack.callbacks.manager import EventContext
 from embedstack.callbacks.schema import CBEventType, EventPayload
 from embedstack.errors import BadVectorsError, InvalidInputError
 from embedstack.instrumentation import get_dispatcher
+from embedstack.outputs import Rows, as_matrix
 from embedstack.progress import Progress, ProgressArg
+from embedstack.provider import BatchOutput
 from embedstack.types import Batch, EmbedResult, PartialResult, Role
 
 if TYPE_CHECKING:
-    from embedstack.contract import PipelineModel
     from embedstack.kvstore.base import BaseKVStore
+    from embedstack.pipeline import Pipeline
 
-__all__ = ["CACHE_COLLECTION", "DIM_COLLECTION", "EmbedJob", "as_matrix", "cached_rows", "run_async", "run_sync"]
+__all__ = ["CACHE_COLLECTION", "DIM_COLLECTION", "EmbedJob", "as_matrix", "check_texts", "run_async", "run_sync"]
 
 logger = logging.getLogger("embedstack")
 Matrix = npt.NDArray[np.float32]
-Write = tuple[list[str], Matrix]
+Write = tuple[list[str], Rows]
+#: Slots of one batch: a range when they are consecutive (filled with one slice), else a list.
+Slots = Sequence[int]
 
 
 @dataclass
 class Planned:
-    """One hook call as planned: the batch the model sees, and the slots its vectors fill."""
+    """One provider call as planned: the batch the provider sees, and the slots its rows fill."""
 
-    slots: list[int]
+    slots: Slots
     batch: Batch
 
     @property
@@ -56,7 +64,8 @@ class Planned:
         return self.batch.items
 
 
-def _check_texts(items: Sequence[Any], label: str, offset: int = 0) -> None:
+def check_texts(items: Sequence[Any], label: str, offset: int = 0) -> None:
+    """Refuse what is not a list of valid Unicode strings, naming `label[i]` (the first check of every call)."""
     if isinstance(items, (str, bytes, bytearray)):
         raise TypeError(
             f"{label} must be a list of texts, not a single {type(items).__name__} "
@@ -77,106 +86,49 @@ def _check_texts(items: Sequence[Any], label: str, offset: int = 0) -> None:
                 ) from None
 
 
-_NOT_NUMBERS = (bool, np.bool_, str, bytes, type(None))
-
-
-def _non_numeric(raw: Any) -> str | None:
-    """The name of a non-numeric value type among a list of vectors (booleans, strings, None), if any."""
-    types: set[type] = set()
-    try:
-        for row in raw:
-            if isinstance(row, np.ndarray):
-                if row.dtype.kind not in "fiu":
-                    return str(row.dtype)
-            else:
-                types.update(map(type, row))
-    except TypeError:
-        return None  # not a list of rows: the shape check reports it
-    bad = sorted(t.__name__ for t in types if issubclass(t, _NOT_NUMBERS))
-    return ", ".join(bad) or None
-
-
-def as_matrix(raw: Any, n: int) -> Matrix:
-    """A hook's output as an (n, dim) float32 matrix of finite numbers; BadVectorsError if it is not one.
-
-    Non-finite rows are reported by their row numbers in `BadVectorsError.positions`.
-    """
-    if isinstance(raw, np.ndarray):
-        if raw.dtype.kind not in "fiu":
-            raise BadVectorsError(f"the model returned an array of dtype {raw.dtype}, expected numbers")
-        if raw.dtype == np.float32:
-            mat = raw
-        else:
-            with np.errstate(over="ignore"):
-                mat = raw.astype(np.float32)
-    else:
-        bad_type = _non_numeric(raw)
-        if bad_type:
-            raise BadVectorsError(f"the model returned {bad_type} values in its vectors, expected numbers")
-        try:
-            with np.errstate(over="ignore"):
-                mat = np.asarray(raw, dtype=np.float32)
-        except (ValueError, TypeError):
-            lengths = sorted({len(r) for r in raw if hasattr(r, "__len__")})
-            if len(lengths) > 1:
-                raise BadVectorsError(
-                    f"the model returned vectors of inconsistent length {lengths} in one batch"
-                ) from None
-            raise BadVectorsError(
-                f"the model returned {type(raw).__name__}, expected a list of vectors or a 2-D array"
-            ) from None
-    if mat.ndim != 2 or mat.shape[0] != n:
-        raise BadVectorsError(f"the model returned an array of shape {mat.shape} for {n} items, expected ({n}, dim)")
-    if mat.shape[1] == 0:
-        raise BadVectorsError(f"the model returned empty vectors for {n} items")
-    if not np.isfinite(mat).all():
-        rows = np.flatnonzero(~np.isfinite(mat).all(axis=1)).tolist()
-        raise BadVectorsError(
-            f"the model returned non-finite values (NaN or infinity, or beyond float32's range) for {len(rows)} of "
-            f"{n} items",
-            rows,
-        )
-    return mat
+def check_items(items: Sequence[Any], role: Role, label: str, offset: int = 0) -> Sequence[Any]:
+    """The pipeline's own checks of a call's items (texts, or images read into memory), naming `label[i]`."""
+    if role is not Role.IMAGE:
+        check_texts(items, label, offset)
+        return items
+    if isinstance(items, (str, bytes, bytearray)):
+        raise TypeError(f"{label} must be a list of images, not a single {type(items).__name__}; wrap it in a list")
+    for i, item in enumerate(items, offset):
+        check_image(item, i, label)
+    return [materialize(x) for x in items]
 
 
 class EmbedJob:
-    """The plan and state of one embedding call; no store or model I/O (image inputs are read to key them).
+    """The plan and state of one call; no store or provider I/O (image inputs are read to key them).
 
-    Vectors land in one (unique items × dim) matrix as cache hits and batches arrive; duplicates
+    Rows land in one (unique items × ...) container as cache hits and batches arrive; duplicates
     in the input share a slot, and the result is gathered back into input order at the end.
-    The vector length is checked against what the model declared or returned before; a cached
-    entry of another length is a miss.
+    A fixed row length (a dense vector's) is checked against what the provider declared or returned
+    before; a cached entry of another length is a miss.
     """
 
     def __init__(
         self,
-        model: PipelineModel,
+        pipe: Pipeline,
         items: Sequence[Any],
         role: Role,
         label: str,
         show_progress: ProgressArg = False,
         offset: int = 0,
     ):
-        self.model = model
+        self.pipe = pipe
+        self.provider = provider = pipe.provider
+        self.kind = pipe.output
         self.role = role
         self.label = label
         #: Position of items[0] in the caller's input (embed_iter's chunks): errors name `label[offset + i]`.
         self.offset = offset
-        if role is Role.IMAGE:
-            if isinstance(items, (str, bytes, bytearray)):
-                raise TypeError(
-                    f"{label} must be a list of images, not a single {type(items).__name__}; wrap it in a list"
-                )
-            for i, item in enumerate(items, offset):
-                check_image(item, i, label)
-            items = [materialize(x) for x in items]
-        else:
-            _check_texts(items, label, offset)
-        model._check_items(items, role, label, offset)
+        items = check_items(items, role, label, offset)
+        provider.check(items, role, label, offset)
         self.n = len(items)
-        self.store = model.embeddings_cache
+        self.store = pipe.cache
         self.keys: list[str] = []
-        key_of = model._key_factory(role) if self.store is not None else None
+        key_of = pipe.key_factory(role) if self.store is not None else None
         idents = [key_of(i) for i in items] if key_of else [i if isinstance(i, str) else id(i) for i in items]
         seen: dict[Any, int] = {}
         self.slot_of = [seen.setdefault(ident, len(seen)) for ident in idents]
@@ -187,25 +139,34 @@ class EmbedJob:
         if key_of:
             self.keys = list(seen)
         self.have = np.zeros(len(seen), dtype=bool)
-        self.out: Matrix | None = None
-        #: The model's vector length, when it declared one or returned vectors before (trusted).
-        self.expected_dim, self._dim_source = model._known_dim()
+        self.out: Rows | None = None
+        #: The row length, when the provider declared one or returned rows before (trusted).
+        self.expected_dim, self._dim_source = pipe.known_size()
         self._cached: list[int] = []  # slots filled from the cache while the length was only assumed
         self._cached_dim: int | None = None  # the length assumed for them
         self._recorded_dim: int | None = None  # the length the cache records for this model
         self._lock = threading.Lock()  # batches may finish together in worker threads
-        self._events = _Events(model) if seen else None
+        self._events = _Events(pipe) if seen else None
         self._progress, self._own_progress = _progress(self.n, show_progress)
         self._counts: npt.NDArray[np.intp] | None = None
         self._repeats: dict[int, list[int]] | None = None  # slot → later positions of a repeated item
         self._planned = False  # batches() has planned the first round
         self.redo = False  # cache hits were found wrong after planning: plan another round
         self._none_cached = True  # no slot was filled from the cache
+        #: Usage: per-slot token counts and truncation flags the provider reported (-1: not reported),
+        #: and batch totals reported without a per-item split.
+        self.tokens: npt.NDArray[np.int64] | None = None
+        self.cut: npt.NDArray[np.bool_] | None = None
+        self.batch_tokens = 0
+        self.batch_truncated = 0
+        self.computed = 0
 
     @property
     def dim(self) -> int | None:
-        """Vector dimension, once known."""
-        return self.expected_dim if self.out is None else int(self.out.shape[1])
+        """Row length, once known."""
+        if self.out is None:
+            return self.expected_dim
+        return self.kind.row_size(self.out)
 
     def positions(self, slots: Sequence[int]) -> list[int]:
         """The input position (first occurrence) of each slot."""
@@ -216,16 +177,20 @@ class EmbedJob:
         shown = ", ".join(f"{self.label}[{p}]" for p in self.positions(slots[:5]))
         return shown + (f" and {len(slots) - 5} more" if len(slots) > 5 else "")
 
-    def _fill(self, slots: Sequence[int] | npt.NDArray[np.intp], mat: Matrix, computed: bool) -> None:
+    def _fill(self, slots: Slots | npt.NDArray[np.intp], rows: Rows, computed: bool) -> None:
         if self.out is None and len(slots) == len(self.have) and self._progress is None:
-            whole = mat[np.argsort(slots)] if list(slots) != sorted(slots) else mat  # whole job in one go
+            if isinstance(slots, range) or list(slots) == sorted(slots):
+                whole = rows  # the whole job in one go, in order
+            else:
+                whole = rows[np.argsort(slots)]
             self.out = whole if whole.flags.writeable else whole.copy()
             self.have[:] = True
             return
         if self.out is None:
-            self.out = np.empty((len(self.have), mat.shape[1]), dtype=np.float32)
-        self.out[slots] = mat
-        self.have[slots] = True
+            self.out = self.kind.empty(len(self.have), rows)
+        where: Any = slice(slots.start, slots.stop) if isinstance(slots, range) else slots
+        self.out[where] = rows
+        self.have[where] = True
         if self._progress is not None:
             self._advance(slots, computed)
 
@@ -237,15 +202,17 @@ class EmbedJob:
         else:
             if self._counts is None:
                 self._counts = np.bincount(self.slot_of, minlength=len(self.have))
-            items = int(self._counts[slots].sum())
+            items = int(self._counts[list(slots)].sum())
         self._progress.advance(sign * items, sign * len(slots) if computed else 0)
 
-    def _check_dim(self, slots: Sequence[int], mat: Matrix) -> None:
-        """Hold the model to one vector length: what it declared, returned before, or in this call."""
-        dim = int(mat.shape[1])
+    def _check_dim(self, slots: Slots, rows: Rows) -> None:
+        """Hold the provider to one row length: what it declared, returned before, or in this call."""
+        dim = self.kind.row_size(rows)
+        if dim is None:
+            return
         if self.expected_dim is None:
             self.expected_dim, self._dim_source = dim, "returned earlier in this call"
-            self.model._learn_dim(dim)
+            self.pipe.learn_size(dim)
         elif dim != self.expected_dim:
             raise BadVectorsError(
                 f"the model returned {dim}-dim vectors for {self._names(slots)}, but its vectors have "
@@ -259,41 +226,37 @@ class EmbedJob:
             self.redo = True
             _warn(
                 f"{len(self._cached)} cache entries in {self.store!r} had {self._cached_dim}-dim vectors but "
-                f"{type(self.model).__name__} returns {dim}-dim ones; they were treated as misses and will be rewritten"
+                f"{self.pipe.provider_name} returns {dim}-dim ones; they were treated as misses and will be rewritten"
             )
-            if self.out is not None and self.out.shape[1] != dim:
+            if self.out is not None and self.kind.row_size(self.out) != dim:
                 self.out = None
         self._cached = []
 
     # -- cache -------------------------------------------------------------------------------
     def accept_cached(self, blobs: Sequence[Any], dim_blob: Any = None) -> None:
-        """Take the float32 blobs a cache read found; unreadable, non-finite or wrong-length ones become misses.
+        """Take the blobs a cache read found; unreadable, non-finite or wrong-length ones become misses.
 
-        The length is the model's own when known, else the one the cache recorded for this model
-        (`dim_blob`), else the most common; an assumed length is checked again when the model runs.
+        A fixed row length is the provider's own when known, else the one the cache recorded for this
+        model (`dim_blob`), else the most common; an assumed length is checked again when the model runs.
         """
         recorded = self._recorded_dim = _decode_dim(dim_blob)
-        sizes = Counter(len(b) for b in blobs if isinstance(b, (bytes, bytearray)) and b)
-        present = sum(b is not None for b in blobs)
-        if not sizes:
-            bad = present
-        else:
-            dim = self.expected_dim or recorded or sizes.most_common(1)[0][0] // 4
-            width = 4 * dim
-            slots = [s for s, b in enumerate(blobs) if isinstance(b, (bytes, bytearray)) and len(b) == width]
-            bad = present - len(slots)
+        present = [s for s, b in enumerate(blobs) if b is not None]
+        readable = [s for s in present if isinstance(blobs[s], (bytes, bytearray)) and blobs[s]]
+        bad = len(present) - len(readable)
+        if readable:
+            dim = None
+            if self.kind.fixed_size:
+                sizes = Counter(len(blobs[s]) for s in readable)
+                dim = self.expected_dim or recorded or sizes.most_common(1)[0][0] // 4
+            rows, ok = self.kind.from_blobs([bytes(blobs[s]) for s in readable], dim)
+            slots = [s for s, fits in zip(readable, ok) if fits]
+            bad += len(readable) - len(slots)
             if slots:
-                mat = np.frombuffer(b"".join(blobs[s] for s in slots), dtype="<f4").reshape(len(slots), dim)
-                finite = np.isfinite(mat).all(axis=1)
-                if not finite.all():
-                    bad += int((~finite).sum())
-                    mat, slots = mat[finite], [s for s, ok in zip(slots, finite) if ok]
-                if slots:
-                    self._none_cached = False
-                    with self._lock:
-                        self._fill(slots, mat, False)
-                    if self.expected_dim is None:
-                        self._cached, self._cached_dim = slots, dim
+                self._none_cached = False
+                with self._lock:
+                    self._fill(slots, rows, False)
+                if self.expected_dim is None and dim is not None:
+                    self._cached, self._cached_dim = slots, dim
         if bad:
             expect = f" (this model's vectors have {self.dim} values)" if self.dim else ""
             _warn(
@@ -301,17 +264,17 @@ class EmbedJob:
                 "and will be rewritten"
             )
 
-    def dim_record(self) -> Write | None:
-        """The cache write that records this model's vector length, when the cache lacks it or has it wrong."""
+    def dim_record(self) -> tuple[list[str], Matrix] | None:
+        """The cache write that records the row length, when the cache lacks it or has it wrong."""
         dim = self.expected_dim
         if dim is None or self._recorded_dim == dim or not self.keys:
             return None
         self._recorded_dim = dim
-        return [self.model._dim_key()], np.array([[dim]], dtype=np.float32)
+        return [self.pipe.dim_key()], np.array([[dim]], dtype=np.float32)
 
     # -- batches -----------------------------------------------------------------------------
     def batches(self) -> list[Planned]:
-        """The missing items, in the model's preferred order, in batches of embed_batch_size.
+        """The missing items, in the provider's preferred order, in batches of the pipeline's batch size.
 
         Called once per round: the first plans every miss; a later round exists only when cache hits
         turned out to have the wrong length (`redo`).
@@ -320,25 +283,26 @@ class EmbedJob:
             return []
         self._planned, self.redo = True, False
         if self._none_cached:
-            misses = list(range(len(self.have)))
+            misses: Sequence[int] = range(len(self.have))
         else:
             misses = np.flatnonzero(~self.have).tolist()
             if not misses:
                 return []
-        plan = self.model._plan([self.uniques[s] for s in misses], self.role)
+        plan = self.provider.plan(
+            [self.uniques[s] for s in misses] if self.dups or not self._none_cached else self.uniques, self.role
+        )
         prepared = plan.prepared
+        name = self.pipe.provider_name
         if prepared is not None and len(prepared) != len(misses):
-            raise ValueError(
-                f"{type(self.model).__name__}._plan returned {len(prepared)} prepared values for {len(misses)} items"
-            )
+            raise ValueError(f"{name}: its plan returned {len(prepared)} prepared values for {len(misses)} items")
         if plan.order is not None:
             order = plan.order
             if sorted(order) != list(range(len(misses))):
-                raise ValueError(f"{type(self.model).__name__}._plan returned an order that is not a permutation")
+                raise ValueError(f"{name}: its plan returned an order that is not a permutation")
             misses = [misses[i] for i in order]
             if prepared is not None:
                 prepared = [prepared[i] for i in order]
-        size = self.model.embed_batch_size
+        size = self.pipe.batch_size
         return [
             Planned(
                 misses[i : i + size], self._batch(misses[i : i + size], prepared[i : i + size] if prepared else None)
@@ -346,10 +310,13 @@ class EmbedJob:
             for i in range(0, len(misses), size)
         ]
 
-    def _batch(self, slots: list[int], prepared: list[Any] | None = None) -> Batch:
-        items = [self.uniques[s] for s in slots]
+    def _batch(self, slots: Slots, prepared: list[Any] | None = None) -> Batch:
         if not self.dups:
-            return Batch(items, self.role, self.label, list(slots), prepared=prepared)
+            items = (
+                self.uniques[slots.start : slots.stop] if isinstance(slots, range) else [self.uniques[s] for s in slots]
+            )
+            return Batch(items, self.role, self.label, self.positions(slots), prepared=prepared)
+        items = [self.uniques[s] for s in slots]
         if self._repeats is None:
             self._repeats = {}
             for pos, slot in enumerate(self.slot_of):
@@ -360,13 +327,13 @@ class EmbedJob:
 
     @contextmanager
     def observe(self, batch: Planned) -> Iterator[Callable[[Any], Write | None]]:
-        """Events around one hook call; yields `finish(raw)`, which stores the result and says what to write."""
+        """Events around one provider call; yields `finish(raw)`, which stores the result and says what to write."""
         token = self._events.start() if self._events else None
 
         def finish(raw: Any) -> Write | None:
-            meta = raw if isinstance(raw, EmbedResult) else None
+            values, counts, cut = _unpack(raw)
             try:
-                mat = as_matrix(meta.vectors if meta else raw, len(batch.items))
+                rows = self.kind.check(values, len(batch.items))
             except BadVectorsError as e:
                 if e.positions:
                     slots = [batch.slots[r] for r in e.positions]
@@ -376,11 +343,12 @@ class EmbedJob:
                     ) from None
                 raise BadVectorsError(f"{e} (for {self._names(batch.slots)})") from None
             with self._lock:
-                self._check_dim(batch.slots, mat)
-                self._fill(batch.slots, mat, True)
+                self._check_dim(batch.slots, rows)
+                self._fill(batch.slots, rows, True)
+                self._usage(batch, raw, counts, cut)
             if self._events:
-                self._events.end(token, self.role, batch.items, mat, meta)
-            return ([self.keys[s] for s in batch.slots], mat) if self.keys else None
+                self._events.end(token, self.role, batch.items, self.kind, rows, raw)
+            return ([self.keys[s] for s in batch.slots], rows) if self.keys else None
 
         try:
             yield finish
@@ -389,37 +357,76 @@ class EmbedJob:
                 self._events.fail(token, e)
             raise
 
+    def _usage(self, batch: Planned, raw: Any, counts: Sequence[int] | None, cut: Sequence[bool] | None) -> None:
+        """Record what a batch reported of its tokens: per item when it said, else its totals."""
+        self.computed += len(batch.slots)
+        if isinstance(raw, EmbedResult) and counts is None:
+            if raw.token_count is not None and len(batch.slots) == 1:
+                counts, cut = [int(raw.token_count)], [bool(raw.truncated)]
+            else:
+                self.batch_tokens += int(raw.token_count or 0)
+                self.batch_truncated += int(raw.truncated or 0)
+                return
+        if counts is None:
+            return
+        if self.tokens is None:
+            self.tokens = np.full(len(self.have), -1, dtype=np.int64)
+            self.cut = np.zeros(len(self.have), dtype=bool)
+        assert self.cut is not None
+        where = list(batch.slots)
+        self.tokens[where] = np.asarray(counts, dtype=np.int64)
+        if cut is not None:
+            self.cut[where] = np.asarray(cut, dtype=bool)
+
     def salvage(self, batch: Planned, exc: BaseException) -> Write | None:
         """The cache write for what a failed batch did obtain (`exc.partial`), if anything."""
         part = getattr(exc, "partial", None)
         if not isinstance(part, PartialResult) or not part.positions or not self.keys:
             return None
         try:
-            mat = as_matrix(part.vectors, len(part.positions))
-            if self.expected_dim is not None and mat.shape[1] != self.expected_dim:
-                raise ValueError(f"{mat.shape[1]}-dim vectors, expected {self.expected_dim}")
+            rows = self.kind.check(part.vectors, len(part.positions))
+            size = self.kind.row_size(rows)
+            if self.expected_dim is not None and size is not None and size != self.expected_dim:
+                raise ValueError(f"{size}-dim vectors, expected {self.expected_dim}")
             keys = [self.keys[batch.slots[p]] for p in part.positions]
         except (ValueError, IndexError) as e:  # a provider bug must not hide the real failure
-            logger.warning("ignored a malformed partial result from %s: %s", type(self.model).__name__, e)
+            logger.warning("ignored a malformed partial result from %s: %s", self.pipe.provider_name, e)
             return None
-        return keys, mat
+        return keys, rows
 
     # -- result ------------------------------------------------------------------------------
-    def result(self) -> Matrix:
-        """All vectors in input order, as a writeable (n, dim) float32 matrix."""
+    def result(self) -> Rows:
+        """All rows in input order (a writeable (n, dim) float32 matrix for dense outputs)."""
         self.close()
         if self.out is None:
-            return np.zeros((0, self.expected_dim or 0), dtype=np.float32)
+            if self.kind.fixed_size:
+                return np.zeros((0, self.expected_dim or 0), dtype=np.float32)
+            return np.empty(0, dtype=object)
         if not self.have.all():  # never hand out uninitialised memory
             missing = np.flatnonzero(~self.have).tolist()
             raise RuntimeError(f"internal error: no vector for {self._names(missing)}; please report this")
         out = self.out[self.slot_of] if self.dups else self.out
         return out if out.flags.writeable else out.copy()
 
+    def per_input(self, values: npt.NDArray[Any] | None) -> npt.NDArray[Any] | None:
+        """A per-slot array in input order."""
+        if values is None:
+            return None
+        return values[self.slot_of] if self.dups else values
+
     def close(self) -> None:
         """Close this call's own progress bar (a shared Progress is its owner's to close)."""
         if self._own_progress and self._progress is not None:
             self._progress.close()
+
+
+def _unpack(raw: Any) -> tuple[Any, Sequence[int] | None, Sequence[bool] | None]:
+    """(values, per-item token counts, per-item truncation) of what a provider returned."""
+    if isinstance(raw, BatchOutput):
+        return raw.values, raw.token_counts, raw.truncated
+    if isinstance(raw, EmbedResult):
+        return raw.vectors, None, None
+    return raw, None, None
 
 
 def _decode_dim(blob: Any) -> int | None:
@@ -455,15 +462,16 @@ def _progress(total: int, show: ProgressArg) -> tuple[Progress | None, bool]:
 class _Events:
     """Start/end events and legacy callbacks for one call; does nothing when nobody listens."""
 
-    def __init__(self, model: PipelineModel) -> None:
+    def __init__(self, pipe: Pipeline) -> None:
         dispatcher = get_dispatcher("embedstack.base")  # the one BaseEmbedding's spans report to
 
-        self.model = model
+        self.pipe = pipe
         self.dispatcher = dispatcher if dispatcher.has_event_handlers() else None
-        self.callbacks = model.callback_manager if model.callback_manager.handlers else None
+        callbacks = pipe.callback_manager
+        self.callbacks = callbacks if callbacks is not None and callbacks.handlers else None
 
     def start(self) -> tuple[float, EventContext | None]:
-        descriptor = self.model._descriptor() if (self.dispatcher or self.callbacks) else {}
+        descriptor = self.pipe.descriptor() if (self.dispatcher or self.callbacks) else {}
         if self.dispatcher:
             from embedstack.instrumentation.events import EmbeddingStartEvent
 
@@ -474,23 +482,24 @@ class _Events:
             ctx.on_start(payload={EventPayload.SERIALIZED: descriptor})
         return time.perf_counter(), ctx
 
-    def end(self, token: Any, role: Role, items: list[Any], mat: Matrix, meta: EmbedResult | None) -> None:
+    def end(self, token: Any, role: Role, items: list[Any], kind: Any, rows: Rows, raw: Any) -> None:
         t0, ctx = token
         if not (self.dispatcher or ctx):
             return
         chunks = items if role is not Role.IMAGE else [image_label(i) for i in items]
-        vectors = mat.tolist()
+        vectors = kind.to_python(rows)
         if ctx:
             ctx.on_end(payload={EventPayload.CHUNKS: chunks, EventPayload.EMBEDDINGS: vectors})
         if self.dispatcher:
             from embedstack.instrumentation.events import EmbeddingEndEvent
 
+            token_count, truncated = _reported(raw)
             self.dispatcher.event(
                 EmbeddingEndEvent(
                     chunks=chunks,
                     embeddings=vectors,
-                    token_count=meta.token_count if meta else None,
-                    truncated=meta.truncated if meta else 0,
+                    token_count=token_count,
+                    truncated=truncated,
                     role=role.value,
                     duration_s=time.perf_counter() - t0,
                 )
@@ -501,6 +510,16 @@ class _Events:
         if ctx:
             self.callbacks.on_event_start(CBEventType.EXCEPTION, payload={EventPayload.EXCEPTION: exc})  # type: ignore[union-attr]
             ctx.on_end()
+
+
+def _reported(raw: Any) -> tuple[int | None, int]:
+    """A batch's total tokens and truncated items, as its end event reports them."""
+    if isinstance(raw, EmbedResult):
+        return raw.token_count, raw.truncated
+    if isinstance(raw, BatchOutput):
+        total = int(sum(raw.token_counts)) if raw.token_counts is not None else None
+        return total, int(sum(bool(t) for t in raw.truncated)) if raw.truncated is not None else 0
+    return None, 0
 
 
 class CacheIO:
@@ -515,8 +534,8 @@ class CacheIO:
         assert job.store is not None
         self.job = job
         self.store: BaseKVStore = job.store
-        # The recorded vector length matters only while the model's own is unknown (not declared, not seen).
-        self.record_key = job.model._dim_key() if job.expected_dim is None else None
+        # The recorded row length matters only while the provider's own is unknown (not declared, not seen).
+        self.record_key = job.pipe.dim_key() if job.expected_dim is None and job.kind.fixed_size else None
 
     def _failed(self, op: str, exc: Exception) -> None:
         if _first_failure(self.store, op):
@@ -528,7 +547,7 @@ class CacheIO:
             )
 
     def read(self) -> None:
-        """Fill the job from the store (its vectors and the model's recorded length)."""
+        """Fill the job from the store (its rows and the recorded row length)."""
         try:
             blobs = self.store.get_vector_blobs(self.job.keys, CACHE_COLLECTION)
             dim = self.store.get_vector_blobs([self.record_key], DIM_COLLECTION)[0] if self.record_key else None
@@ -551,7 +570,7 @@ class CacheIO:
         self.job.accept_cached(blobs, dim)
 
     def write(self, write: Write | None, collection: str = CACHE_COLLECTION) -> None:
-        """Store vectors (and, once, the model's vector length)."""
+        """Store rows (and, once, the row length)."""
         for keys, mat, coll in self._writes(write, collection):
             try:
                 self.store.put_vectors(keys, mat, coll)
@@ -569,14 +588,31 @@ class CacheIO:
                 return
 
     def _writes(self, write: Write | None, collection: str) -> list[tuple[list[str], Matrix, str]]:
+        """The store writes for `write`: float32 matrices, rows of other kinds grouped by byte length."""
         if not write:
             return []
-        writes = [(*write, collection)]
+        keys, rows = write
+        writes = [(k, m, collection) for k, m in _as_matrices(self.job.kind, keys, rows)]
         with self.job._lock:
             record = self.job.dim_record() if self.record_key else None
         if record:
             writes.append((*record, DIM_COLLECTION))
         return writes
+
+
+def _as_matrices(kind: Any, keys: list[str], rows: Rows) -> list[tuple[list[str], Matrix]]:
+    """Rows as the float32 matrices stores write: a dense matrix as it is; other kinds' bytes viewed as
+    float32, one matrix per byte length (the stores keep the bytes exactly)."""
+    if kind.fixed_size:
+        return [(keys, rows)]
+    groups: dict[int, tuple[list[str], list[bytes]]] = {}
+    for key, blob in zip(keys, kind.to_blobs(rows)):
+        ks, bs = groups.setdefault(len(blob), ([], []))
+        ks.append(key)
+        bs.append(blob)
+    return [
+        (ks, np.frombuffer(b"".join(bs), dtype="<f4").reshape(len(bs), size // 4)) for size, (ks, bs) in groups.items()
+    ]
 
 
 _warned: weakref.WeakKeyDictionary[Any, set[str]] = weakref.WeakKeyDictionary()
@@ -596,9 +632,9 @@ def _first_failure(store: Any, op: str) -> bool:
         return True
 
 
-def run_sync(job: EmbedJob) -> Matrix:
-    """Drive a job with blocking calls; batches run in a thread pool when the model allows it."""
-    model = job.model
+def run_sync(job: EmbedJob) -> Rows:
+    """Drive a job with blocking calls; batches run in a thread pool when the provider allows it."""
+    provider = job.provider
     cache = CacheIO(job) if job.store is not None and job.keys else None
     try:
         if cache:
@@ -610,7 +646,7 @@ def run_sync(job: EmbedJob) -> Matrix:
                 return
             try:
                 with job.observe(batch) as finish:
-                    write = finish(model._embed(batch.batch))
+                    write = finish(provider.embed(batch.batch))
                 if cache:
                     cache.write(write)
             except Exception as e:
@@ -618,7 +654,7 @@ def run_sync(job: EmbedJob) -> Matrix:
                 if cache:
                     cache.write(job.salvage(batch, e))
 
-        workers = model._sync_workers()
+        workers = job.pipe.sync_workers()
         for _ in range(_MAX_ROUNDS):
             batches = job.batches()
             if failed or not batches:
@@ -636,24 +672,24 @@ def run_sync(job: EmbedJob) -> Matrix:
         job.close()
 
 
-async def run_async(job: EmbedJob) -> Matrix:
-    """Drive a job on the event loop; batches run concurrently up to the model's worker limit."""
-    model = job.model
+async def run_async(job: EmbedJob) -> Rows:
+    """Drive a job on the event loop; batches run concurrently up to the pipeline's worker limit."""
+    provider = job.provider
     cache = CacheIO(job) if job.store is not None and job.keys else None
     try:
         if cache:
             await cache.aread()
-        limit = model._async_workers()
-        gate = asyncio.Semaphore(limit) if limit else None
+        limit = job.pipe.async_workers()
+        gate = asyncio.Semaphore(limit) if limit else contextlib.nullcontext()
         failed: list[BaseException] = []
 
         async def one(batch: Planned) -> None:
-            async with gate or _NO_GATE:
+            async with gate:
                 if failed:  # a batch already failed: start nothing new, let running ones finish
                     return
                 try:
                     with job.observe(batch) as finish:
-                        write = finish(await model._aembed(batch.batch))
+                        write = finish(await provider.aembed(batch.batch))
                     if cache:
                         await cache.awrite(write)
                 except Exception as e:
@@ -661,8 +697,9 @@ async def run_async(job: EmbedJob) -> Matrix:
                     if cache:
                         await cache.awrite(job.salvage(batch, e))
 
+        in_thread = provider.capabilities.plan_in_thread
         for _ in range(_MAX_ROUNDS):
-            batches = await asyncio.to_thread(job.batches) if model.plan_in_thread else job.batches()
+            batches = await asyncio.to_thread(job.batches) if in_thread else job.batches()
             if failed or not batches:
                 break
             await asyncio.gather(*(one(b) for b in batches))
@@ -674,31 +711,29 @@ async def run_async(job: EmbedJob) -> Matrix:
 
 
 def cached_rows(
-    model: PipelineModel, items: Sequence[Any], role: Role, label: str = "input"
-) -> tuple[Matrix | None, npt.NDArray[np.bool_]]:
-    """What the model's cache already holds for `items`, without calling the model (read-only).
+    pipe: Pipeline, items: Sequence[Any], role: Role, label: str = "input"
+) -> tuple[Rows | None, npt.NDArray[np.bool_]]:
+    """What the pipeline's cache already holds for `items`, without calling the provider (read-only).
 
-    The items are checked as `embed` checks them (errors name `label[i]`). Returns the (n, dim)
-    vectors, zero rows where nothing was found, or None when nothing was; and which items were
-    found. Entries are trusted only once the model's vector length is known (declared, returned by an
-    earlier call, or recorded in the cache by the model, as `embed` trusts it), so a stale entry of
-    another length is a miss here too. A server uses it so that cache hits never wait in its queue;
-    a search, so that a repeated query never loads the model.
+    The items are checked as `embed` checks them (errors name `label[i]`). Returns the rows, blank
+    where nothing was found, or None when nothing was; and which items were found. Dense entries are
+    trusted only once the row length is known (declared, returned by an earlier call, or recorded in
+    the cache, as `embed` trusts it), so a stale entry of another length is a miss here too.
     """
-    job = EmbedJob(model, items, role, label)
+    job = EmbedJob(pipe, items, role, label)
     found = np.zeros(job.n, dtype=bool)
     try:
         if job.store is None or not job.keys:
             return None, found
         CacheIO(job).read()
-        if job.expected_dim is None and job._recorded_dim is None:  # no length to check entries against
-            return None, found
+        if job.kind.fixed_size and job.expected_dim is None and job._recorded_dim is None:
+            return None, found  # no length to check entries against
         if job.out is None or not job.have.any():
             return None, found
         slot_of = np.asarray(job.slot_of, dtype=np.intp)
         found = job.have[slot_of]
         rows = job.out[slot_of]  # a fancy index: a new array, safe to change
-        rows[~found] = 0.0
+        job.kind.blank(rows, ~found)
         return rows, found
     finally:
         job.close()
@@ -706,14 +741,3 @@ def cached_rows(
 
 #: Rounds of batches per call: the second embeds cache hits found to have a wrong length.
 _MAX_ROUNDS = 3
-
-
-class _NoGate:
-    async def __aenter__(self) -> None:
-        return None
-
-    async def __aexit__(self, *exc: object) -> None:
-        return None
-
-
-_NO_GATE = _NoGate()

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import itertools
 import threading
 from abc import abstractmethod
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence, Sized
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -17,12 +15,13 @@ from pydantic import Field, PrivateAttr, field_validator
 from typing_extensions import Self
 
 from embedstack._async_hooks import call_hook, gather_hook
-from embedstack._pipeline import EmbedJob, run_async, run_sync
-from embedstack.cache_key import dim_key, identity_prefix, make_key_factory
 from embedstack.callbacks.manager import CallbackManager
 from embedstack.instrumentation import get_dispatcher
 from embedstack.kvstore.base import BaseKVStore
-from embedstack.progress import Progress, ProgressArg
+from embedstack.outputs import Dense, OutputKind, as_matrix
+from embedstack.pipeline import DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_SIZE, Pipeline
+from embedstack.progress import ProgressArg
+from embedstack.provider import BatchOutput, Capabilities, TokenCounts
 from embedstack.schema import BaseNode, MetadataMode, TransformComponent
 from embedstack.similarity import SimilarityMode, mean_agg
 from embedstack.similarity import similarity as _similarity
@@ -30,9 +29,7 @@ from embedstack.types import Batch, Embedding, ImageType, Plan, Role, Vectors
 
 __all__ = ["DEFAULT_CHUNK_SIZE", "DEFAULT_EMBED_BATCH_SIZE", "BaseEmbedding", "BatchEmbedding", "MultiModalEmbedding"]
 
-DEFAULT_EMBED_BATCH_SIZE = 10
-#: Items per embed_iter chunk: large enough to batch well, small enough to keep memory flat.
-DEFAULT_CHUNK_SIZE = 2048
+DEFAULT_EMBED_BATCH_SIZE = DEFAULT_BATCH_SIZE
 dispatcher = get_dispatcher(__name__)
 
 _UNPICKLABLE = (type(threading.Lock()), type(threading.RLock()))
@@ -68,6 +65,14 @@ class BaseEmbedding(TransformComponent):
     #: Whether `_plan` does real work (loading a tokenizer, tokenising): the async driver then runs it in a
     #: worker thread, so the event loop is never blocked by it.
     plan_in_thread: ClassVar[bool] = False
+    #: Whether the model calls a service over the network (`Capabilities.remote`).
+    is_remote: ClassVar[bool] = False
+    #: Batches in flight on the async path when num_workers is unset (`Capabilities.default_async_workers`).
+    default_async_workers: ClassVar[int | None] = None
+    #: The provider's name in `embedstack.providers.catalog`, where this model's facts are (`Capabilities.catalog`).
+    catalog_name: ClassVar[str | None] = None
+    #: Fields that change only the arithmetic (backend, precision), left out of `model_identity()`.
+    _arithmetic_fields: ClassVar[frozenset[str]] = frozenset()
 
     _memo: dict[str, Any] = PrivateAttr(default_factory=dict)
 
@@ -245,17 +250,6 @@ class BaseEmbedding(TransformComponent):
         """The order of one round's missing items and per-item work done for them (`Plan`); `_batch_order`."""
         return Plan(order=self._batch_order(items))
 
-    def _sync_workers(self) -> int:
-        if self.parallel_sync_batches and self.num_workers and self.num_workers > 1:
-            return min(self.num_workers, self.max_concurrency or self.num_workers)
-        return 1
-
-    def _async_workers(self) -> int | None:
-        limit = self.num_workers if self.num_workers and self.num_workers > 1 else None
-        if self.max_concurrency is not None:
-            limit = min(limit or self.max_concurrency, self.max_concurrency)
-        return limit
-
     def _declared_dim(self) -> int | None:
         """The vector length this model promises without running (a `dimensions` or `embed_dim` field)."""
         fields = type(self).__pydantic_fields__
@@ -265,29 +259,6 @@ class BaseEmbedding(TransformComponent):
                 return value
         return None
 
-    def _known_dim(self) -> tuple[int | None, str]:
-        """The vector length every result must have, and where it comes from (for error messages)."""
-        memo = self._memo
-        learned = memo.get("dim")
-        if learned is not None:
-            return learned, "returned by its earlier calls"
-        if "declared_dim" not in memo:
-            memo["declared_dim"] = self._declared_dim()
-        declared = memo["declared_dim"]
-        return declared, ("declared by the model" if declared is not None else "")
-
-    def _learn_dim(self, dim: int) -> None:
-        """Remember the length of the vectors this model returned (until an identity field changes)."""
-        self._memo.setdefault("dim", dim)
-
-    def _dim_key(self) -> str:
-        """Cache key under which the length of this model's vectors is recorded."""
-        key = self._memo.get("dim_key")
-        if key is None:
-            self._key_factory(Role.TEXT)  # computes the identity prefix
-            key = self._memo["dim_key"] = dim_key(self._memo["prefix"])
-        return key  # type: ignore[no-any-return]
-
     def _identity(self) -> dict[str, Any]:
         """What makes this model's vectors what they are: class and every output-changing field."""
         skip = _RUNTIME_FIELDS | self._identity_exclude
@@ -296,14 +267,48 @@ class BaseEmbedding(TransformComponent):
         return data
 
     def _key_factory(self, role: Role) -> Callable[[Any], str]:
-        memo_key = f"key:{role.value}"
-        factory = self._memo.get(memo_key)
-        if factory is None:
-            prefix = self._memo.get("prefix")
-            if prefix is None:
-                prefix = self._memo["prefix"] = identity_prefix(self._identity())
-            factory = self._memo[memo_key] = make_key_factory(prefix, role, self._instruction(role))
-        return factory  # type: ignore[no-any-return]
+        """item → cache key for `role` (the pipeline's; a convenience for tests and tools)."""
+        return self.pipeline.key_factory(role)
+
+    def _count_tokens(self, items: list[Any], role: Role) -> TokenCounts | None:
+        """Each item's tokens as the model sees them and whether it is truncated; None when it cannot count."""
+        return None
+
+    def _warm_up(self) -> None:
+        """Load what the first call would load (weights, tokenizer, client); nothing by default."""
+
+    def _preferred_batch_size(self) -> int:
+        """Items per call when `embed_batch_size` was not set (a provider on an accelerator may want more)."""
+        return self.embed_batch_size
+
+    # -- the provider and its pipeline ------------------------------------------------------------
+    @property
+    def provider(self) -> ModelProvider:
+        """This model as an `embedstack.provider.Provider` (the narrow protocol the pipeline, the server,
+        jobs and Ray use); a new one after any field changes."""
+        provider = self._memo.get("provider")
+        if provider is None:
+            provider = self._memo["provider"] = ModelProvider(self)
+        return provider  # type: ignore[no-any-return]
+
+    @property
+    def pipeline(self) -> Pipeline:
+        """The pipeline every call of this model goes through (provider, cache, callbacks, batch size, workers).
+
+        Per-call variants are copies (`model.pipeline.with_options(batch_size=..., cache=...)`): the model
+        itself never changes.
+        """
+        pipe = self.__pydantic_private__["_memo"].get("pipeline")  # type: ignore[index]  # the hot path: no __getattr__
+        if pipe is None:
+            explicit = "embed_batch_size" in self.model_fields_set
+            pipe = self._memo["pipeline"] = Pipeline(
+                self.provider,
+                self.embeddings_cache,
+                callback_manager=self.callback_manager,
+                batch_size=self.embed_batch_size if explicit else None,
+                workers=self.num_workers,
+            )
+        return pipe  # type: ignore[no-any-return]
 
     def _descriptor(self) -> dict[str, Any]:
         """The model as events and repr show it: serialisable fields, never secrets; computed once."""
@@ -316,12 +321,12 @@ class BaseEmbedding(TransformComponent):
     def _run(
         self, items: Sequence[Any], role: Role, label: str, show_progress: ProgressArg = False, offset: int = 0
     ) -> npt.NDArray[np.float32]:
-        return run_sync(EmbedJob(self, items, role, label, show_progress, offset))
+        return self.pipeline.values(items, role, label, show_progress, offset)
 
     async def _arun(
         self, items: Sequence[Any], role: Role, label: str, show_progress: ProgressArg = False, offset: int = 0
     ) -> npt.NDArray[np.float32]:
-        return await run_async(EmbedJob(self, items, role, label, show_progress, offset))
+        return await self.pipeline.avalues(items, role, label, show_progress, offset)
 
     @dispatcher.span
     def get_query_embedding(self, query: str) -> Embedding:
@@ -398,10 +403,8 @@ class BaseEmbedding(TransformComponent):
         an interrupted run keeps what it computed and a rerun embeds only the rest. Errors name items by
         their position in the stream (`texts[12345]`). `total` sizes the progress bar when known.
         """
-        role = Role(role)
-        with _streaming(items, chunk_size, show_progress, total) as (chunks, progress):
-            for chunk, offset in chunks:
-                yield self._run(chunk, role, _label(role), progress, offset)
+        for out in self.pipeline.iterate(items, chunk_size, role, show_progress=show_progress, total=total):
+            yield out.values
 
     async def aembed_iter(
         self,
@@ -412,10 +415,8 @@ class BaseEmbedding(TransformComponent):
         total: int | None = None,
     ) -> AsyncIterator[npt.NDArray[np.float32]]:
         """Async embed_iter (the items are read on the loop: pass a list or a cheap iterator)."""
-        role = Role(role)
-        with _streaming(items, chunk_size, show_progress, total) as (chunks, progress):
-            for chunk, offset in chunks:
-                yield await self._arun(chunk, role, _label(role), progress, offset)
+        async for out in self.pipeline.aiterate(items, chunk_size, role, show_progress=show_progress, total=total):
+            yield out.values
 
     def as_langchain(self) -> Any:
         """This model as a langchain_core Embeddings (sync and async), for LangChain vector stores."""
@@ -452,42 +453,6 @@ class BaseEmbedding(TransformComponent):
 
 def _label(role: Role) -> str:
     return "images" if role is Role.IMAGE else "texts"
-
-
-def _chunks(items: Iterable[Any], size: int) -> Iterator[tuple[list[Any], int]]:
-    """(chunk, position of its first item) for each `size` items of a stream."""
-    if isinstance(items, (str, bytes, bytearray)):
-        raise TypeError(f"embed_iter takes an iterable of items, not one {type(items).__name__}; wrap it in a list")
-    it, offset = iter(items), 0
-    while chunk := list(itertools.islice(it, size)):
-        yield chunk, offset
-        offset += len(chunk)
-
-
-@contextmanager
-def _streaming(
-    items: Iterable[Any], chunk_size: int, show: ProgressArg, total: int | None
-) -> Iterator[tuple[Iterator[tuple[list[Any], int]], ProgressArg]]:
-    """embed_iter's chunks and its progress reporter (a bar of its own is closed at the end)."""
-    if chunk_size <= 0:
-        raise ValueError(f"chunk_size must be positive, got {chunk_size}")
-    progress, owned = _stream_progress(items, show, total)
-    try:
-        yield _chunks(items, chunk_size), progress or False
-    finally:
-        if owned and progress is not None:
-            progress.close()
-
-
-def _stream_progress(items: Iterable[Any], show: ProgressArg, total: int | None) -> tuple[Progress | None, bool]:
-    """embed_iter's progress: a shared Progress as given, or one for the whole stream (sized when it can be)."""
-    if isinstance(show, Progress):
-        return show, False
-    if not show:
-        return None, False
-    if total is None and isinstance(items, Sized):
-        total = len(items)
-    return Progress(total), True
 
 
 class MultiModalEmbedding(BaseEmbedding):
@@ -567,10 +532,9 @@ class BatchEmbedding(BaseEmbedding):
         return await call_hook(self._aembed_batch, items, role)
 
     def _one(self, item: Any, role: Role) -> Embedding:
-        from embedstack._pipeline import as_matrix
-
         raw = self._embed_batch([item], role)
-        return as_matrix(getattr(raw, "vectors", raw), 1)[0].tolist()  # type: ignore[no-any-return]
+        values = raw.values if isinstance(raw, BatchOutput) else getattr(raw, "vectors", raw)
+        return as_matrix(values, 1)[0].tolist()  # type: ignore[no-any-return]
 
     def _get_query_embedding(self, query: str) -> Embedding:
         return self._one(query, Role.QUERY)
@@ -586,3 +550,92 @@ class BatchEmbedding(BaseEmbedding):
 
     async def _aget_image_embedding(self, img_file_path: ImageType) -> Embedding:
         return await asyncio.to_thread(self._one, img_file_path, Role.IMAGE)
+
+
+class ModelProvider:
+    """A `BaseEmbedding` as a `Provider`: the model's hooks behind the protocol, for its pipeline.
+
+    Made by `model.provider` for one configuration of the model: once a field of the model changes,
+    the model makes a new one, and a call through this one is refused (a pipeline kept from before
+    would otherwise key and check with the old settings); a call already running finishes as it began.
+    """
+
+    __slots__ = ("_memo", "capabilities", "model")
+
+    def __init__(self, model: BaseEmbedding) -> None:
+        self.model = model
+        self._memo = model._memo  # cleared (not replaced) when a field of the model changes
+        cls = type(model)
+        self.capabilities = Capabilities(
+            remote=cls.is_remote,
+            counts_tokens=cls._count_tokens is not BaseEmbedding._count_tokens,
+            max_concurrency=cls.max_concurrency,
+            parallel_sync_batches=cls.parallel_sync_batches,
+            plan_in_thread=cls.plan_in_thread,
+            default_async_workers=cls.default_async_workers,
+            catalog=cls.catalog_name,
+        )
+
+    def __repr__(self) -> str:
+        return f"ModelProvider({self.model!r})"
+
+    def _current(self) -> BaseEmbedding:
+        model = self.model
+        if self._memo.get("provider") is not self:
+            raise RuntimeError(
+                f"{type(model).__name__} changed since this pipeline was made; use model.pipeline again "
+                "(or model.pipeline.with_options(...)) to embed with its new settings"
+            )
+        return model
+
+    @property
+    def output(self) -> OutputKind:
+        """Dense vectors, of the length the model declares (None: learned from its first answer)."""
+        return Dense(self.model._declared_dim())
+
+    @property
+    def preferred_batch_size(self) -> int:
+        """The model's batch size (`embed_batch_size`, or what its device prefers)."""
+        return self.model._preferred_batch_size()
+
+    def identity(self) -> dict[str, Any]:
+        """The model's class and every output-changing field."""
+        return self.model._identity()
+
+    def model_identity(self) -> dict[str, Any]:
+        """The identity without the fields that change only the arithmetic (backend, precision)."""
+        skip = self.model._arithmetic_fields
+        return {k: v for k, v in self.identity().items() if k not in skip}
+
+    def descriptor(self) -> dict[str, Any]:
+        """The model's serialisable fields, never secrets."""
+        return self.model._descriptor()
+
+    def instruction(self, role: Role) -> str | None:
+        """The model's instruction for `role`."""
+        return self.model._instruction(role)
+
+    def check(self, items: Sequence[Any], role: Role, label: str, offset: int) -> None:
+        """The model's own input checks (every call starts with them: a pipeline kept from before a field
+        changed is refused here, not after it keyed a cache with the old settings)."""
+        self._current()._check_items(items, role, label, offset)
+
+    def plan(self, items: list[Any], role: Role) -> Plan:
+        """The model's order and prepared values for a round's items."""
+        return self.model._plan(items, role)
+
+    def embed(self, batch: Batch) -> Any:
+        """One batch through the model's hook."""
+        return self.model._embed(batch)
+
+    async def aembed(self, batch: Batch) -> Any:
+        """One batch through the model's async hook."""
+        return await self.model._aembed(batch)
+
+    def count_tokens(self, items: list[Any], role: Role) -> TokenCounts | None:
+        """The model's token counts (None when it cannot count)."""
+        return self.model._count_tokens(items, role)
+
+    def warm_up(self) -> None:
+        """Load the model's weights, tokenizer or client now."""
+        self.model._warm_up()

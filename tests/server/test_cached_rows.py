@@ -1,15 +1,18 @@
-"""`_pipeline.cached_rows`: the read-only cache lookup the server answers hits with (the model is never called)."""
+"""`Pipeline.cached`: the read-only cache lookup the server answers hits with (the model is never called)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from embedstack._pipeline import cached_rows
 from embedstack.errors import InvalidInputError
 from embedstack.kvstore.simple import SimpleKVStore
 from embedstack.registry import resolve_embed_model
 from embedstack.types import Role
+
+
+def cached_rows(model, items, role, label="input"):  # type: ignore[no-untyped-def]
+    return model.pipeline.cached(items, role, label)
 
 
 def test_hits_rows_and_mask_without_calling_the_model() -> None:
@@ -62,7 +65,7 @@ def test_the_recorded_length_is_trusted_and_nothing_without_one(monkeypatch: pyt
     first.embeddings_cache = store
     first.embed(["kept"])  # computes, and records the length in the cache
     fresh = resolve_embed_model("fake:8")
-    assert fresh._known_dim()[0] is None
+    assert fresh.pipeline.known_size()[0] is None
     fresh.embeddings_cache = store
     rows, found = cached_rows(fresh, ["kept", "new"], Role.TEXT)
     assert found.tolist() == [True, False] and rows is not None

@@ -43,7 +43,7 @@ LLAMA_INDEX_MAX_BATCH = 2048
 
 
 def _identity_digest(model: BaseEmbedding) -> str:
-    return hashlib.sha256(json.dumps(model._identity(), sort_keys=True, default=str).encode()).hexdigest()
+    return hashlib.sha256(json.dumps(dict(model.provider.identity()), sort_keys=True, default=str).encode()).hexdigest()
 
 
 class EmbedstackEmbedding(LIBaseEmbedding):
@@ -72,7 +72,7 @@ class EmbedstackEmbedding(LIBaseEmbedding):
             )
         kwargs.setdefault("model_name", model.model_name)
         kwargs.setdefault("embed_batch_size", LLAMA_INDEX_MAX_BATCH)
-        kwargs["embedstack_model"] = model._descriptor()
+        kwargs["embedstack_model"] = dict(model.provider.descriptor())
         kwargs["embedstack_identity"] = _identity_digest(model)
         super().__init__(**kwargs)
         self._model = model
@@ -89,7 +89,7 @@ class EmbedstackEmbedding(LIBaseEmbedding):
 
     def _refresh(self) -> None:
         """Re-read the wrapped model's descriptor and identity (its fields may have changed)."""
-        self.embedstack_model = self._model._descriptor()
+        self.embedstack_model = dict(self._model.provider.descriptor())
         self.embedstack_identity = _identity_digest(self._model)
 
     def to_dict(self, **kwargs: Any) -> dict[str, Any]:

@@ -36,6 +36,7 @@ from embedstack.jobs._output import (
 )
 from embedstack.jobs._readers import InputError, Record, RecordReader, ScanResult, find_sources
 from embedstack.kvstore.base import BaseKVStore
+from embedstack.pipeline import Pipeline
 from embedstack.progress import Progress
 from embedstack.types import Role
 
@@ -90,14 +91,23 @@ def open_store(cache: Any) -> BaseKVStore | None:
     return SQLiteKVStore(text)
 
 
-def _open_cache(model: BaseEmbedding, cache: CacheArg) -> None:
+def pipeline_for(model: BaseEmbedding, cache: CacheArg, batch_size: int | None = None) -> Pipeline:
+    """The model's pipeline with a job's cache and batch size: a copy, the caller's model is left as it was.
+
+    `cache`: DEFAULT_CACHE (the model's own store, else the user cache directory's SQLite file), None (no
+    cache), a store, "redis://..." or a SQLite path."""
     from embedstack.kvstore.sqlite import SQLiteKVStore
 
+    pipeline = model.pipeline
+    store: BaseKVStore | None
     if cache is DEFAULT_CACHE:
-        if model.embeddings_cache is None:
-            model.embeddings_cache = SQLiteKVStore(default_cache_path())
+        store = pipeline.cache if pipeline.cache is not None else SQLiteKVStore(default_cache_path())
     else:
-        model.embeddings_cache = open_store(cache)
+        store = open_store(cache)
+    changes: dict[str, Any] = {"cache": store}
+    if batch_size is not None:
+        changes["batch_size"] = batch_size
+    return pipeline.with_options(**changes)
 
 
 def _resolve(model: Any) -> tuple[BaseEmbedding, str | None]:
@@ -112,25 +122,20 @@ def _resolve(model: Any) -> tuple[BaseEmbedding, str | None]:
 
 def model_identity(model: BaseEmbedding) -> dict[str, Any]:
     """What makes a model's vectors what they are (the same data its cache keys hash)."""
-    return model._identity()
+    return dict(model.provider.identity())
 
 
 def _identity_diff(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
     return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
 
 
-#: Identity fields that change only the arithmetic, not the model: outputs made with "local" on another
-#: backend or precision (torch, ONNX Runtime fp32, OpenVINO bf16 when asked for: cosine >= 0.9999 apart),
-#: and an int8 corpus is searchable with fp32 queries, so an output may be searched or extended at another
-#: precision.
-NUMERIC_FIELDS = frozenset({"precision", "int8_runtime", "bf16_runtime"})
-
-
 def check_model(model: BaseEmbedding, meta: Mapping[str, Any], out: Path, action: str) -> None:
     """Refuse to `action` an output with a model other than the one it was embedded with."""
-    ident = model_identity(model)
+    provider = model.provider
+    ident = dict(provider.identity())
+    arithmetic = set(ident) - set(provider.model_identity())  # backend/precision: another output's may differ
     recorded = meta.get("model_identity") or {}
-    diff = [k for k in _identity_diff(ident, recorded) if k not in NUMERIC_FIELDS]
+    diff = [k for k in _identity_diff(ident, recorded) if k not in arithmetic]
     if diff:
         was = meta.get("model") or recorded.get("class_name", "?")
         shown = ", ".join(f"{k}={recorded.get(k)!r} vs {ident.get(k)!r}" for k in diff[:3])
@@ -231,9 +236,6 @@ class Compact:
         return fmt
 
 
-_PROVIDERS = {"HuggingFaceEmbedding": "local", "OpenAIEmbedding": "openai", "ClipEmbedding": "clip"}
-
-
 def _run(
     reader: RecordReader,
     out: str | os.PathLike[str],
@@ -261,19 +263,11 @@ def _run(
     if append and target.exists():
         existing = read_meta(target)
     emb, spec = _resolve(model)
-    # a caller's model object is left as it was
-    saved = (emb.embed_batch_size, emb.embeddings_cache)
-    try:
-        if batch_size is not None:
-            emb.embed_batch_size = batch_size
-        _open_cache(emb, cache)
-        if existing is not None:
-            check_model(emb, existing, target, "append to it")
-            compact.against(VectorFormat.from_meta(existing), target)
-        return _embed(reader, scan, target, emb, spec, existing, chunk_size, progress, t0, compact)
-    finally:
-        if spec is None:
-            emb.embed_batch_size, emb.embeddings_cache = saved
+    pipeline = pipeline_for(emb, cache, batch_size)  # a copy: a caller's model object is left as it was
+    if existing is not None:
+        check_model(emb, existing, target, "append to it")
+        compact.against(VectorFormat.from_meta(existing), target)
+    return _embed(reader, scan, target, emb, pipeline, spec, existing, chunk_size, progress, t0, compact)
 
 
 def _embed(
@@ -281,6 +275,7 @@ def _embed(
     scan: ScanResult,
     target: Path,
     emb: BaseEmbedding,
+    pipeline: Pipeline,
     spec: str | None,
     existing: dict[str, Any] | None,
     chunk_size: int,
@@ -321,7 +316,8 @@ def _embed(
 
     done = 0
     try:
-        for vectors in emb.embed_iter(texts(), chunk_size, Role.TEXT, show_progress=progress):
+        for out in pipeline.iterate(texts(), chunk_size, Role.TEXT, show_progress=progress):
+            vectors = out.values
             chunk = [pending.popleft() for _ in range(len(vectors))]
             shaper.write(chunk, vectors)
             done += len(chunk)
@@ -339,7 +335,7 @@ def _embed(
         count=done,
         total_rows=writer.written,
         computed=progress.computed,
-        cached=emb.embeddings_cache is not None,
+        cached=pipeline.cache is not None,
         model=name,
         dim=int(meta["dim"]),
         precision=str(meta.get("precision") or "float32"),
@@ -391,7 +387,7 @@ class _Shaper:
                 fmt = fmt.with_ranges(sample)
         if fmt.truncated:
             matryoshka_warning(
-                _PROVIDERS.get(self.emb.class_name()), getattr(self.emb, "model_name", None), fmt.dim, fmt.source_dim
+                self.emb.provider.capabilities.catalog, getattr(self.emb, "model_name", None), fmt.dim, fmt.source_dim
             )
         self.fmt = fmt
         self.meta.update(fmt.to_meta())

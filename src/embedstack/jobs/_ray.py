@@ -1,9 +1,10 @@
 """Embedding on Ray Data (extra `ray`): `map_batches` with an actor pool, Arrow batches in and out.
 
-The model travels to the actors as data (a spec string and keyword arguments, or a model's class and
-`to_dict()`), never as a loaded object: each actor builds it once in `__init__` and keeps it for every
-batch. A cache given as a store travels pickled (RedisKVStore and SQLiteKVStore carry their settings,
-not their connections), so every actor reads and writes the same cache. Ray retries a batch whose actor
+The model travels to the actors as a spec string and keyword arguments, or as a model object pickled
+with its fields (credentials and token providers included) but never its loaded weights or clients:
+each actor builds or rebuilds it once in `__init__` and keeps it for every batch. A cache given as a
+store travels pickled (RedisKVStore and SQLiteKVStore carry their settings, not their connections),
+so every actor reads and writes the same cache. Ray retries a batch whose actor
 died (kill -9, a lost node) on a restarted actor; row order is not preserved, so match results by id.
 """
 
@@ -42,12 +43,14 @@ _ON_BAD = ("fail", "skip")
 
 
 def _model_recipe(model: Any, model_kwargs: Mapping[str, Any] | None) -> tuple[Any, ...]:
-    """What an actor needs to build the model: ("spec", str, kwargs) or ("dict", class, to_dict(), kwargs)."""
+    """What an actor needs to build the model: ("spec", str, kwargs), or ("model", model, kwargs) — a model
+    object travels pickled: its fields (credentials included), never its loaded weights or clients, which
+    the actor's copy rebuilds (`BaseEmbedding.__getstate__`)."""
     kwargs = dict(model_kwargs or {})
     if isinstance(model, str):
         return ("spec", model, kwargs)
     if isinstance(model, BaseEmbedding):
-        return ("dict", type(model), model.to_dict(), kwargs)
+        return ("model", model, kwargs)
     raise TypeError(
         f"embed_dataset takes a model spec string ('local', 'fake:16', ...) or a BaseEmbedding, "
         f"not {type(model).__name__}"
@@ -55,17 +58,16 @@ def _model_recipe(model: Any, model_kwargs: Mapping[str, Any] | None) -> tuple[A
 
 
 def _build(recipe: tuple[Any, ...]) -> BaseEmbedding:
+    """The actor's own model (built from a spec, or its unpickled copy), with the job's settings."""
     if recipe[0] == "spec":
         from embedstack.registry import resolve_embed_model
 
-        model = resolve_embed_model(recipe[1])
-        for name, value in recipe[2].items():
-            setattr(model, name, value)  # validated, and the model's derived state follows
-        return model
-    cls, data, kwargs = recipe[1], dict(recipe[2]), recipe[3]
-    data.pop("class_name", None)
-    built: BaseEmbedding = cls(**{**data, **kwargs})
-    return built
+        model: BaseEmbedding = resolve_embed_model(recipe[1])
+    else:
+        model = recipe[1]
+    for name, value in recipe[2].items():
+        setattr(model, name, value)  # validated, and the model's derived state follows
+    return model
 
 
 class _Embedder:
@@ -81,8 +83,7 @@ class _Embedder:
         id_column: str | None,
         role: str,
     ) -> None:
-        self.model = _build(recipe)
-        self.model.embeddings_cache = open_store(cache)
+        self.pipeline = _build(recipe).pipeline.with_options(cache=open_store(cache))
         self.column = column
         self.output_column = output_column
         self.on_bad = on_bad
@@ -103,11 +104,11 @@ class _Embedder:
         if bad:
             table, texts = self._bad_rows(table, texts, bad)
         if texts:
-            mat = self.model.embed(texts, role=self.role)
+            mat = self.pipeline.embed(texts, self.role).values
             self.dim = int(mat.shape[1])
         else:  # every row was skipped: an empty block still carries the vector type
             if self.dim is None:
-                self.dim = int(self.model.embed(["dimension probe"], role=self.role).shape[1])
+                self.dim = int(self.pipeline.embed(["dimension probe"], self.role).values.shape[1])
             mat = np.zeros((0, self.dim), np.float32)
         flat = pa.array(np.ascontiguousarray(mat, dtype=np.float32).reshape(-1), type=pa.float32())
         vectors = pa.FixedSizeListArray.from_arrays(flat, self.dim)
@@ -169,8 +170,8 @@ def embed_dataset(
     """A lazy `ray.data.Dataset`: `ds` with `output_column` added (a fixed-size float32 list per row).
 
     `model`: a spec string ("local", "openai:...", "fake:16") built on each actor with `model_kwargs`
-    set on it, or a BaseEmbedding, rebuilt on each actor from its class and `to_dict()` (never pickled
-    with its weights). `concurrency` actors (`ActorPoolStrategy(size=concurrency)`) each get `batch_size`
+    set on it, or a BaseEmbedding, pickled with its fields and credentials (never its weights) and
+    rebuilt on each actor. `concurrency` actors (`ActorPoolStrategy(size=concurrency)`) each get `batch_size`
     rows per call and reserve `num_cpus` / `num_gpus` (GPU actors: `num_gpus=1`, bigger batches).
     `cache`: None, a store, "redis://..." or a SQLite path, shared by all actors. Rows whose `column`
     is missing or not a string fail the job (`on_bad="fail"`, naming the row by `id_column`) or are

@@ -18,9 +18,8 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, Field
 
-from embedstack._pipeline import cached_rows
 from embedstack.jobs._compact import VectorFormat, unsigned_bits
-from embedstack.jobs._embed import DEFAULT_CACHE, CacheArg, ModelMismatchError, _open_cache, _resolve, check_model
+from embedstack.jobs._embed import DEFAULT_CACHE, CacheArg, ModelMismatchError, _resolve, check_model, pipeline_for
 from embedstack.jobs._output import OutputError, read_meta
 from embedstack.jobs._stored import StoredRows, open_stored
 from embedstack.quantize import RunningTopK, hamming_distances
@@ -280,21 +279,15 @@ def _query_vector(
                 f"{path} was embedded with a model object ({meta.get('model_class')}); pass the same model to search it"
             )
         model = meta["model"]
-    emb, spec = _resolve(model)
+    emb, _ = _resolve(model)
     check_model(emb, meta, path, "search it")
-    saved = emb.embeddings_cache  # a caller's model object is left as it was
-    try:
-        _open_cache(emb, cache)
-        _, found = cached_rows(emb, [query], Role.QUERY, "query")
-        load = getattr(emb, "load", None)
-        if not found[0] and callable(load):  # weights loaded (and timed) only when the query must be computed
-            load()
-        timings["model_load_s"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        raw = np.asarray(emb.embed([query], role=Role.QUERY)[0], dtype=np.float32)  # a hit: from the cache
-    finally:
-        if spec is None:
-            emb.embeddings_cache = saved
+    pipeline = pipeline_for(emb, cache)  # a copy: a caller's model object is left as it was
+    _, found = pipeline.cached([query], Role.QUERY, "query")
+    if not found[0]:  # weights loaded (and timed) only when the query must be computed
+        pipeline.provider.warm_up()
+    timings["model_load_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    raw = np.asarray(pipeline.embed([query], Role.QUERY, label="query").values[0], dtype=np.float32)
     if raw.shape[0] != fmt.source_dim:
         raise ModelMismatchError(f"the query vector has {raw.shape[0]} dims, {path} holds {fmt.source_dim}-dim vectors")
     q = fmt.encode_query(raw)

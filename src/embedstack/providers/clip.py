@@ -135,6 +135,7 @@ class ClipEmbedding(BatchEmbedding, MultiModalEmbedding):
 
     _identity_exclude: ClassVar[frozenset[str]] = frozenset({"device", "cache_folder"})
     max_concurrency: ClassVar[int | None] = 1
+    catalog_name: ClassVar[str | None] = "clip"
 
     _derived: ClassVar[frozenset[str]] = frozenset({"_source", "_loaded", "_lock"})
     _source: ModelSource | None = PrivateAttr(default=None)

@@ -75,7 +75,7 @@ def _plain(value: Any, depth: int = 0) -> tuple[bool, Any]:
     if isinstance(value, Enum):
         return _plain(value.value, depth + 1)
     if isinstance(value, BaseEmbedding):  # e.g. model.as_langchain(): the inner model's identity
-        return True, value._identity()
+        return True, dict(value.provider.identity())
     return False, None
 
 

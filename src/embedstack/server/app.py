@@ -1,6 +1,6 @@
 """The FastAPI app: routes, the gate every request passes (size, key, metrics, server header) and the lifespan.
 
-`POST /v1/embeddings` answers cache hits at once (`embedstack._pipeline.cached_rows`), hands the
+`POST /v1/embeddings` answers cache hits at once (`Pipeline.cached`), hands the
 misses to the model's `Batcher`, and writes the answer as bytes (orjson). The gate serves that route
 itself (the request parsed by pydantic from the raw body, the answer sent as two ASGI messages),
 without FastAPI's routing and dependency layers; FastAPI's route stays for /docs and says the same.
@@ -29,8 +29,6 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from embedstack import __version__
-from embedstack._pipeline import _check_texts as check_texts
-from embedstack._pipeline import cached_rows
 from embedstack.base import BaseEmbedding, MultiModalEmbedding
 from embedstack.errors import InvalidInputError
 from embedstack.quantize import truncate_dimensions
@@ -47,7 +45,7 @@ from embedstack.server.limits import (
 from embedstack.server.metrics import CONTENT_TYPE, Metrics
 from embedstack.server.schemas import EmbeddingRequest, EmbeddingResponse, ErrorBody, ModelCard, ModelList
 from embedstack.server.tokens import TokenCounter, counter_for
-from embedstack.types import Batch, Role
+from embedstack.types import Role
 
 __all__ = ["ServerState", "create_app"]
 
@@ -210,21 +208,15 @@ async def _load_all(state: ServerState) -> None:
 
 
 def _warm_up(model: BaseEmbedding, counter: TokenCounter) -> int | None:
-    """Load the weights and the counter's tokenizer and run the model once (outside the cache), so the first
-    request pays none of it; returns the vector length, which the model then knows (cache hits are trusted
-    from then on)."""
-    from embedstack._pipeline import as_matrix
-
-    load = getattr(model, "load", None)
-    if callable(load):
-        load()
+    """Load the weights and the tokenizer and run the model once (outside the cache), so the first request
+    pays none of it; returns the vector length, which the model's pipeline then knows (cache hits are
+    trusted from then on). A remote model sends no request before a client asks."""
+    provider, pipeline = model.provider, model.pipeline
+    provider.warm_up()
     counter.estimate(["warm-up"], Role.TEXT)
-    if type(model).__module__.startswith("embedstack.providers.openai"):
-        return model._known_dim()[0]  # a remote model: no request before a client asks
-    raw = model._embed(Batch(["warm-up"], Role.TEXT, "warm-up", [0]))
-    mat = as_matrix(getattr(raw, "vectors", raw), 1)
-    model._learn_dim(int(mat.shape[1]))
-    return int(mat.shape[1])
+    if not provider.capabilities.remote:
+        pipeline.with_options(cache=None).embed(["warm-up"], label="warm-up")
+    return pipeline.known_size()[0]
 
 
 # -- the gate: body size, key, metrics, server header ---------------------------------------------------
@@ -497,12 +489,12 @@ def _prepare(served: _Served, texts: list[str], role: Role, truncate: bool) -> _
     """The request's CPU work before the queue: input checks, cache hits and token counts (or estimates)."""
     model, counter = served.model, served.counter
     try:
-        if model.embeddings_cache is None and role is not Role.IMAGE:
-            check_texts(texts, "input")  # what the pipeline checks first (cached_rows does it below)
-            model._check_items(texts, role, "input", 0)
+        pipeline = model.pipeline
+        if pipeline.cache is None and role is not Role.IMAGE:
+            pipeline.validate(texts, role, "input")  # what cached() checks first
             rows, found = None, np.zeros(len(texts), dtype=bool)
         else:
-            rows, found = cached_rows(model, texts, role, "input")
+            rows, found = pipeline.cached(texts, role, "input")
     except (InvalidInputError, TypeError, ValueError) as e:
         index = getattr(e, "index", None)
         raise APIError(

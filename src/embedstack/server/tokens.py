@@ -1,26 +1,23 @@
 """Token counts per input, for `usage` and the batcher's token budget, by the served model's own tokenizer.
 
-A local model's inputs are tokenised once, by the model itself in the worker thread: its `_plan`
-tokenises a batch (`Plan.prepared` carries each item's tokens to the encoder) and a lone item's
-count comes with its batch result, so `TokenCounter.embed` returns the vectors and the counts of
-one model call together (instructions and special tokens included, after truncation). On arrival
-such a model's inputs only get an estimate for the batch budget (`estimate`); cache hits, which
-never reach the model, are counted with a second tokenizer instance, kept apart from the model's so
-that counting never waits for a running batch. OpenAI-style models count with their tiktoken
-counter on arrival; anything else is estimated (UTF-8 bytes / 4).
+A model whose provider counts tokens (`Capabilities.counts_tokens`: a local model's tokenizer, an
+OpenAI-style model's tiktoken) is asked through the public `Provider.count_tokens`. A local model's
+computed inputs are counted by the model itself in the worker thread: its pipeline reports each
+item's tokens (`EmbedOutput.token_counts`, instructions and special tokens included, after
+truncation), so on arrival such inputs only get an estimate for the batch budget (`estimate`), and
+cache hits, which never reach the model, are counted with `count_tokens`. Anything else is estimated
+(UTF-8 bytes / 4).
 """
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from embedstack._pipeline import EmbedJob, run_sync
 from embedstack.base import BaseEmbedding
-from embedstack.types import EmbedResult, Plan, Role
+from embedstack.types import Role
 
 __all__ = ["IMAGE_COST", "Counts", "TokenCounter", "counter_for"]
 
@@ -43,6 +40,7 @@ class TokenCounter:
 
     def __init__(self, model: BaseEmbedding) -> None:
         self.model = model
+        self.provider = model.provider
 
     def estimate(self, items: list[Any], role: Role) -> list[int]:
         """Each item's weight in the batch budget before the model has seen it (an exact count when cheap)."""
@@ -51,7 +49,7 @@ class TokenCounter:
     def embed(self, values: list[Any], role: Role) -> tuple[Matrix, Counts | None]:
         """One model call through its pipeline (cache, dedupe, events), in the worker thread; no counts
         (this counter counts on arrival)."""
-        return self.model.embed(values, role), None
+        return self.model.pipeline.embed(values, role, label="input").values, None
 
     def count(self, items: list[Any], role: Role) -> Counts:
         """Tokens of each item as the model sees it, and whether it was truncated; images weigh IMAGE_COST."""
@@ -60,106 +58,51 @@ class TokenCounter:
         return self._count_texts(items, role)
 
     def _count_texts(self, texts: list[str], role: Role) -> Counts:
-        prefix = self.model._instruction(role) or ""
+        prefix = self.provider.instruction(role) or ""
         return [max(1, len((prefix + t).encode("utf-8", "surrogatepass")) // 4) for t in texts], [False] * len(texts)
 
 
-class _LocalCounter(TokenCounter):
-    """A local model: the counts of the model's own tokenisation in `embed`; a tokenizer of its own
-    (one thread at a time) for cache hits."""
+class _ProviderCounter(TokenCounter):
+    """A provider that counts its own tokens (`Provider.count_tokens`), on arrival."""
 
     exact = True
-    in_worker = True
-
-    def __init__(self, model: BaseEmbedding) -> None:
-        super().__init__(model)
-        self._lock = threading.Lock()
-        self._tokenizer: Any = None
-        self._made = False
 
     def _count_texts(self, texts: list[str], role: Role) -> Counts:
-        from embedstack.providers.huggingface import HuggingFaceEmbedding
+        counted = self.provider.count_tokens(texts, role)
+        return counted if counted is not None else super()._count_texts(texts, role)
 
-        model = self.model
-        assert isinstance(model, HuggingFaceEmbedding)
-        with self._lock:
-            if not self._made:
-                self._tokenizer, self._made = model._make_tokenizer(), True
-            if self._tokenizer is None:  # a model whose texts no tokenizer of ours reads
-                return super()._count_texts(texts, role)
-            tokens = self._tokenizer.tokenize(model._texts(texts, role))
-        return [len(t.ids) for t in tokens], [bool(t.truncated) for t in tokens]
+
+class _LocalCounter(_ProviderCounter):
+    """A local model: the counts its own pipeline reports for what it computes (`embed`); `count_tokens` for
+    cache hits; an estimate for the budget on arrival."""
+
+    in_worker = True
 
     def estimate(self, items: list[Any], role: Role) -> list[int]:
         """UTF-8 bytes / 4 plus the instruction and two special tokens, at most the model's limit."""
-        counts = super()._count_texts(items, role)[0]
-        limit = self._limit()
+        counts = TokenCounter._count_texts(self, items, role)[0]
+        limit = int(getattr(self.model, "max_length", None) or 512)
         return [min(limit, c + 2) for c in counts]
-
-    def _limit(self) -> int:
-        with self._lock:
-            if not self._made:
-                self._tokenizer, self._made = self.model._make_tokenizer(), True  # type: ignore[attr-defined]
-        return int(getattr(self._tokenizer, "max_length", None) or 512)
 
     def embed(self, values: list[Any], role: Role) -> tuple[Matrix, Counts | None]:
         """The model's pipeline on `values`, and each value's token count as the model tokenised it."""
-        recording = _Recording(self.model)
-        matrix = run_sync(EmbedJob(recording, values, role, "input"))  # type: ignore[arg-type]
-        seen = recording.seen
-        missing = [v for v in values if v not in seen]
-        if missing:  # found in the model's cache meanwhile (never tokenised) or a model without a tokenizer
-            counts, truncated = self.count(missing, role)
-            seen.update(zip(missing, zip(counts, truncated)))
-        pairs = [seen[v] for v in values]
-        return matrix, ([c for c, _ in pairs], [t for _, t in pairs])
-
-
-class _Recording:
-    """The model as the pipeline sees it in one server call: itself, except that the tokens its `_plan`
-    makes for a batch (`Plan.prepared`) and a lone item's count (its batch result) are kept for usage."""
-
-    def __init__(self, model: BaseEmbedding) -> None:
-        self._model = model
-        self.seen: dict[Any, tuple[int, bool]] = {}
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._model, name)
-
-    def _plan(self, items: list[Any], role: Role) -> Plan:
-        plan = self._model._plan(items, role)
-        for item, prepared in zip(items, plan.prepared or ()):
-            tokens = getattr(prepared, "tokens", None)
-            ids = getattr(tokens, "ids", None)
-            if ids is not None:
-                self.seen[item] = (len(ids), bool(getattr(tokens, "truncated", False)))
-        return plan
-
-    def _embed(self, batch: Any) -> Any:
-        raw = self._model._embed(batch)
-        if len(batch.items) == 1 and isinstance(raw, EmbedResult) and raw.token_count is not None:
-            self.seen.setdefault(batch.items[0], (int(raw.token_count), bool(raw.truncated)))
-        return raw
-
-
-class _TiktokenCounter(TokenCounter):
-    """An OpenAI-style model's counter (tiktoken when it has one): what its API will count."""
-
-    def __init__(self, model: BaseEmbedding) -> None:
-        super().__init__(model)
-        self._counter: Any = model._counter()  # type: ignore[attr-defined]
-        self.exact = bool(getattr(self._counter, "exact", False))
-
-    def _count_texts(self, texts: list[str], role: Role) -> Counts:
-        prefix = self.model._instruction(role) or ""
-        return [self._counter.count(prefix + t) for t in texts], [False] * len(texts)
+        out = self.model.pipeline.embed(values, role, label="input")
+        n = len(values)
+        counts = out.token_counts.tolist() if out.token_counts is not None else [-1] * n
+        cut = out.truncated.tolist() if out.truncated is not None else [False] * n
+        missing = [i for i, c in enumerate(counts) if c < 0]
+        if missing:  # found in the model's cache meanwhile (never tokenised)
+            extra, extra_cut = self.count([values[i] for i in missing], role)
+            for j, i in enumerate(missing):
+                counts[i], cut[i] = extra[j], extra_cut[j]
+        return out.values, (counts, cut)
 
 
 def counter_for(model: BaseEmbedding) -> TokenCounter:
-    """The most exact counter this server has for `model`."""
-    module = type(model).__module__
-    if module.startswith("embedstack.providers.huggingface"):
-        return _LocalCounter(model)
-    if module.startswith("embedstack.providers.openai") and hasattr(model, "_counter"):
-        return _TiktokenCounter(model)
-    return TokenCounter(model)
+    """The most exact counter this server has for `model` (by its declared capabilities)."""
+    caps = model.provider.capabilities
+    if not caps.counts_tokens:
+        return TokenCounter(model)
+    if caps.remote:
+        return _ProviderCounter(model)
+    return _LocalCounter(model)

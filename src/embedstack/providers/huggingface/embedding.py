@@ -23,6 +23,7 @@ from pydantic import Field, PrivateAttr, field_validator
 
 from embedstack.base import BatchEmbedding
 from embedstack.pooling import Pooling
+from embedstack.provider import BatchOutput
 from embedstack.providers.hub import (
     DEFAULT_MODEL,
     ModelNotFoundError,
@@ -148,9 +149,13 @@ class HuggingFaceEmbedding(BatchEmbedding):
     )
     max_concurrency: ClassVar[int | None] = 1
     plan_in_thread: ClassVar[bool] = True  # _plan loads the tokenizer and tokenises: never on the event loop
+    catalog_name: ClassVar[str | None] = "local"
+    #: Outputs made on another backend or precision (cosine >= 0.9999 apart for fp32/bf16; an int8 corpus is
+    #: searchable with fp32 queries) may be searched or extended with this model.
+    _arithmetic_fields: ClassVar[frozenset[str]] = frozenset({"precision", "int8_runtime", "bf16_runtime"})
     #: Rebuilt from the fields by `_refresh`; never pickled (a receiver finds the files and loads itself).
     _derived: ClassVar[frozenset[str]] = frozenset(
-        {"_source", "_prompts", "_encoder", "_tokenizer", "_tokenizer_made", "_lock"}
+        {"_source", "_prompts", "_encoder", "_tokenizer", "_tokenizer_made", "_lock", "_counting", "_counting_lock"}
     )
 
     _source: ModelSource | None = PrivateAttr(default=None)
@@ -158,6 +163,9 @@ class HuggingFaceEmbedding(BatchEmbedding):
     _encoder: Encoder | None = PrivateAttr(default=None)
     _tokenizer: TextTokenizer | None = PrivateAttr(default=None)
     _tokenizer_made: bool = PrivateAttr(default=False)
+    #: A tokenizer instance of its own for `_count_tokens` (a server counts arrivals while a batch runs).
+    _counting: list[TextTokenizer | None] = PrivateAttr(default_factory=list)
+    _counting_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
     _lock: threading.RLock = PrivateAttr(default_factory=threading.RLock)
     _warned_truncation: bool = PrivateAttr(default=False)
 
@@ -307,9 +315,32 @@ class HuggingFaceEmbedding(BatchEmbedding):
                         f"dimensions={self.dimensions} exceeds {self.model_name!r}'s {encoder.dim} dimensions"
                     )
                 self._encoder = encoder
-                if encoder.device != "cpu" and "embed_batch_size" not in self.model_fields_set:
-                    self.embed_batch_size = DEFAULT_ACCELERATOR_BATCH_SIZE
             return self._encoder
+
+    def _preferred_batch_size(self) -> int:
+        """`embed_batch_size`, or DEFAULT_ACCELERATOR_BATCH_SIZE once loaded on an accelerator (when unset)."""
+        encoder = self._encoder
+        if encoder is not None and encoder.device != "cpu":
+            return DEFAULT_ACCELERATOR_BATCH_SIZE
+        return self.embed_batch_size
+
+    def _warm_up(self) -> None:
+        """Load the tokenizer and the weights."""
+        self._loaded()
+
+    def _count_tokens(self, items: list[Any], role: Role) -> tuple[list[int], list[bool]] | None:
+        """Tokens of each text as the model sees it (instruction and special tokens included, after truncation)."""
+        if role is Role.IMAGE:
+            return None
+        texts = self._texts(items, role)
+        with self._counting_lock:  # not the model's lock: counting never waits for a running batch
+            if not self._counting:
+                self._counting.append(self._make_tokenizer())
+            tokenizer = self._counting[0]
+            if tokenizer is None:
+                return None
+            tokens = tokenizer.tokenize(texts)
+        return [len(t.ids) for t in tokens], [bool(t.truncated) for t in tokens]
 
     def load(self) -> HuggingFaceEmbedding:
         """Load the weights now rather than on the first call; returns self."""
@@ -354,18 +385,18 @@ class HuggingFaceEmbedding(BatchEmbedding):
         order: list[int] = np.argsort(-counts, kind="stable").tolist()
         return Plan(order=order, prepared=prepared)
 
-    def _embed(self, batch: Batch) -> EmbedResult:
+    def _embed(self, batch: Batch) -> EmbedResult | BatchOutput:
         """One batch, fed the tokens `_plan` made for its items when they fit the loaded encoder."""
         return self._encode(batch.items, batch.role, batch.prepared)
 
-    async def _aembed(self, batch: Batch) -> EmbedResult:
+    async def _aembed(self, batch: Batch) -> EmbedResult | BatchOutput:
         """`_embed` in a worker thread: the model never runs on the event loop."""
         return await asyncio.to_thread(self._encode, batch.items, batch.role, batch.prepared)
 
-    def _embed_batch(self, items: list[Any], role: Role) -> EmbedResult:
+    def _embed_batch(self, items: list[Any], role: Role) -> EmbedResult | BatchOutput:
         return self._encode(items, role, None)
 
-    def _encode(self, items: list[Any], role: Role, prepared: list[Any] | None) -> EmbedResult:
+    def _encode(self, items: list[Any], role: Role, prepared: list[Any] | None) -> EmbedResult | BatchOutput:
         if role is Role.IMAGE:
             raise TypeError("HuggingFaceEmbedding embeds text only; use ClipEmbedding for images")
         texts = self._texts(items, role)
@@ -381,6 +412,10 @@ class HuggingFaceEmbedding(BatchEmbedding):
         vectors = self._postprocess(np.asarray(raw.vectors, dtype=np.float32))
         if raw.truncated:
             self._warn_truncated(raw.truncated, encoder.max_length)
+        if tokens is not None:  # each item's count, as usage needs it
+            return BatchOutput(vectors, [len(t.ids) for t in tokens], [bool(t.truncated) for t in tokens])
+        if len(items) == 1 and raw.token_count is not None:
+            return BatchOutput(vectors, [int(raw.token_count)], [bool(raw.truncated)])
         return EmbedResult(vectors, token_count=raw.token_count, truncated=raw.truncated)
 
     def _postprocess(self, vectors: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:

@@ -170,6 +170,10 @@ class _OpenAIBase(BatchEmbedding):
         }
     )
     parallel_sync_batches: ClassVar[bool] = True
+    is_remote: ClassVar[bool] = True
+    #: Requests in flight at once on the async path when num_workers is unset (never unbounded).
+    default_async_workers: ClassVar[int | None] = DEFAULT_ASYNC_WORKERS
+    catalog_name: ClassVar[str | None] = "openai"
 
     #: Fields the SDK clients are built from: a change means new clients.
     _client_fields: ClassVar[frozenset[str]] = frozenset(
@@ -232,9 +236,12 @@ class _OpenAIBase(BatchEmbedding):
             return self.text_instruction or None
         return None
 
-    def _async_workers(self) -> int | None:
-        """Requests in flight at once on the async path: num_workers, or DEFAULT_ASYNC_WORKERS (never unbounded)."""
-        return self.num_workers if self.num_workers and self.num_workers > 0 else DEFAULT_ASYNC_WORKERS
+    def _count_tokens(self, items: list[Any], role: Role) -> tuple[list[int], list[bool]] | None:
+        """What the API will count for each text (tiktoken when it knows the model, else an estimate)."""
+        if role is Role.IMAGE:
+            return None
+        counter, prefix = self._counter(), self._instruction(role) or ""
+        return [counter.count(prefix + t) for t in items], [False] * len(items)
 
     def _check_items(self, items: Sequence[Any], role: Role, label: str, offset: int = 0) -> None:
         """Errors that must come before any request (see _precheck)."""
@@ -374,7 +381,7 @@ class _OpenAIBase(BatchEmbedding):
         dim = (
             vectors.shape[1]
             if vectors is not None
-            else self.dimensions or self._known_dim()[0] or (facts.dimensions if facts else None)
+            else self.dimensions or self.pipeline.known_size()[0] or (facts.dimensions if facts else None)
         )
         if dim is None:
             policy = self._policy()
@@ -493,7 +500,7 @@ class _OpenAIBase(BatchEmbedding):
             return self.dimensions, (
                 f"though dimensions={self.dimensions} was asked (this model or server may not support `dimensions`)"
             )
-        known = self._known_dim()[0]  # what this model answered before (the pipeline's record)
+        known = self.pipeline.known_size()[0]  # what this model answered before (the pipeline's record)
         return None if known is None else (known, f"where this model's earlier answers had {known}")
 
     def _read(self, answer: bytes | Failure, n: int) -> Outcome:
@@ -504,8 +511,8 @@ class _OpenAIBase(BatchEmbedding):
         outcome = read_answer(answer, n, self._expected_length())
         if isinstance(outcome, Success):
             dim = outcome.vectors.shape[1]
-            self._learn_dim(dim)  # the first answer's length stays (dict.setdefault)
-            known = self._known_dim()[0]
+            self.pipeline.learn_size(dim)  # the first answer's length stays
+            known = self.pipeline.known_size()[0]
             if known != dim:
                 return malformed({f"{dim} values where this model's earlier answers had {known}": range(n)}, n)
         return outcome

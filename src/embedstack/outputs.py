@@ -1,0 +1,295 @@
+"""Output kinds: what a provider's rows are, and how the pipeline checks, caches and returns them.
+
+The pipeline moves rows it does not understand; everything kind-specific (checking a provider's
+raw output, the bytes a cache stores, the Python value a caller gets back) is asked of the kind.
+`Dense(dim)` is a float32 matrix, one row per item; `RowKind` is the base of every other kind
+(sparse vectors, token vectors, scores): one Python object per item, cached as bytes.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+import numpy.typing as npt
+
+from embedstack.errors import BadVectorsError
+
+__all__ = ["Dense", "OutputKind", "RowKind", "Rows", "as_matrix"]
+
+Matrix = npt.NDArray[np.float32]
+#: A kind's rows for several items: an (n, dim) float32 matrix (Dense) or a 1-D object array (RowKind).
+Rows = npt.NDArray[Any]
+
+
+class OutputKind(ABC):
+    """What a provider returns per item, declared before any model is loaded.
+
+    `size` is the fixed length of a row when the kind has one (a dense vector's dimensions), or None
+    when unknown until the model runs; the pipeline then holds the model to the first length it sees.
+    """
+
+    name: ClassVar[str]
+    #: Whether every row has one length (`size`), held across calls and recorded in the cache.
+    fixed_size: ClassVar[bool] = False
+
+    def __init__(self, size: int | None = None) -> None:
+        if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size <= 0):
+            raise ValueError(f"an output size must be a positive int or None, got {size!r}")
+        self.size = size
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.size!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and other.size == self.size  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return hash((type(self), self.size))
+
+    @abstractmethod
+    def check(self, raw: Any, n: int) -> Rows:
+        """A provider's raw output for `n` items as rows; BadVectorsError (with positions where known) if not."""
+
+    @abstractmethod
+    def empty(self, n: int, like: Rows) -> Rows:
+        """Room for `n` rows shaped like `like`."""
+
+    @abstractmethod
+    def row_size(self, rows: Rows) -> int | None:
+        """The length every row must share (checked across calls), or None when rows have no fixed length."""
+
+    @abstractmethod
+    def to_blobs(self, rows: Rows) -> list[bytes]:
+        """Each row as the bytes a cache stores (a multiple of 4 long)."""
+
+    @abstractmethod
+    def from_blobs(self, blobs: Sequence[bytes], size: int | None) -> tuple[Rows, list[bool]]:
+        """Cached bytes back to rows, and which blobs were readable (a row of another `size` is not)."""
+
+    @abstractmethod
+    def to_python(self, rows: Rows) -> list[Any]:
+        """The rows as plain Python values (what LlamaIndex-style methods and events return)."""
+
+    def blank(self, rows: Rows, mask: npt.NDArray[np.bool_]) -> None:
+        """Clear the rows under `mask` (rows nothing was found for)."""
+        rows[mask] = None
+
+
+_NOT_NUMBERS = (bool, np.bool_, str, bytes, type(None))
+#: A row with more exact 0s and 1s than this has every value's type checked in one pass.
+_FEW = 16
+#: Up to this many values, a plain scan of every value's type is cheaper than numpy's fixed costs.
+_SCAN = 1024
+
+
+def _non_numeric(rows: Sequence[Any], arr: npt.NDArray[Any] | None = None) -> str | None:
+    """The name of a non-numeric value type among `rows` (booleans, strings, None), if any.
+
+    With `arr`, numpy's own reading of `rows` (as float or int), only the values it read as exactly 0
+    or 1 can have been booleans (numpy reads strings and None into other dtypes, which the caller
+    refuses), so only those are looked at: the check costs one vectorised comparison for rows of
+    real embeddings instead of a Python visit of every value.
+    """
+    bad: set[str] = set()
+    try:
+        if arr is None or arr.ndim != 2 or arr.size <= _SCAN:
+            for row in rows:
+                if isinstance(row, np.ndarray):
+                    if row.dtype.kind not in "fiu":
+                        return str(row.dtype)
+                    continue
+                bad.update(t.__name__ for t in set(map(type, row)) if issubclass(t, _NOT_NUMBERS))
+        else:
+            suspects = (arr == 0) | (arr == 1)
+            if not suspects.any():
+                return None
+            where_r, where_c = np.nonzero(suspects)  # row-major: each row's columns are consecutive
+            cols = where_c.tolist()
+            starts = [0, *(np.flatnonzero(where_r[1:] != where_r[:-1]) + 1).tolist()]
+            ends = [*starts[1:], len(cols)]
+            for r, a, b in zip(where_r[starts].tolist(), starts, ends):
+                row = rows[r]
+                if isinstance(row, np.ndarray):
+                    if row.dtype.kind == "b":
+                        return "bool"
+                    continue
+                picked = map(row.__getitem__, cols[a:b]) if b - a <= _FEW else row
+                bad.update(t.__name__ for t in set(map(type, picked)) if issubclass(t, _NOT_NUMBERS))
+    except TypeError:
+        return None  # not a list of rows: the shape check reports it
+    return ", ".join(sorted(bad)) or None
+
+
+def _dtype_name(arr: npt.NDArray[Any]) -> str:
+    return {"b": "bool", "U": "str", "S": "bytes"}.get(arr.dtype.kind, str(arr.dtype))
+
+
+def as_matrix(raw: Any, n: int) -> Matrix:
+    """A hook's output as an (n, dim) float32 matrix of finite numbers; BadVectorsError if it is not one.
+
+    Booleans, strings and None are refused even where numpy would convert them (True → 1.0, "0.5" → 0.5).
+    Non-finite rows are reported by their row numbers in `BadVectorsError.positions`.
+    """
+    if isinstance(raw, np.ndarray):
+        if raw.dtype.kind not in "fiu":
+            raise BadVectorsError(f"the model returned an array of dtype {raw.dtype}, expected numbers")
+        arr = raw
+    else:
+        rows = raw if isinstance(raw, (list, tuple)) else list(raw) if hasattr(raw, "__iter__") else raw
+        found: npt.NDArray[Any] | None
+        try:
+            found = np.asarray(rows)  # numpy's dtype discovery: strings, bytes and None give non-number dtypes
+        except (ValueError, TypeError):
+            found = None
+        if found is None or found.dtype.kind not in "fiu":
+            bad_type = _non_numeric(rows) if found is None or found.dtype.kind == "O" else _dtype_name(found)
+            if bad_type:
+                raise BadVectorsError(f"the model returned {bad_type} values in its vectors, expected numbers")
+            lengths = sorted({len(r) for r in rows if hasattr(r, "__len__")}) if hasattr(rows, "__iter__") else []
+            if len(lengths) > 1:
+                raise BadVectorsError(f"the model returned vectors of inconsistent length {lengths} in one batch")
+            raise BadVectorsError(f"the model returned {type(raw).__name__}, expected a list of vectors or a 2-D array")
+        arr = found
+        bad_type = _non_numeric(rows, arr)
+        if bad_type:
+            raise BadVectorsError(f"the model returned {bad_type} values in its vectors, expected numbers")
+    if arr.dtype == np.float32:
+        mat = arr
+    else:
+        with np.errstate(over="ignore"):
+            mat = arr.astype(np.float32)
+    if mat.ndim != 2 or mat.shape[0] != n:
+        raise BadVectorsError(f"the model returned an array of shape {mat.shape} for {n} items, expected ({n}, dim)")
+    if mat.shape[1] == 0:
+        raise BadVectorsError(f"the model returned empty vectors for {n} items")
+    if not np.isfinite(mat).all():
+        bad_rows = np.flatnonzero(~np.isfinite(mat).all(axis=1)).tolist()
+        raise BadVectorsError(
+            f"the model returned non-finite values (NaN or infinity, or beyond float32's range) for {len(bad_rows)} "
+            f"of {n} items",
+            bad_rows,
+        )
+    return mat
+
+
+class Dense(OutputKind):
+    """One float32 vector of `size` values per item (None: learned from the model's first answer)."""
+
+    name = "dense"
+    fixed_size = True
+
+    def check(self, raw: Any, n: int) -> Rows:
+        """Raw vectors as an (n, dim) float32 matrix of finite numbers."""
+        return as_matrix(raw, n)
+
+    def empty(self, n: int, like: Rows) -> Rows:
+        """An uninitialised (n, dim) float32 matrix."""
+        return np.empty((n, like.shape[1]), dtype=np.float32)
+
+    def row_size(self, rows: Rows) -> int | None:
+        """The vectors' length."""
+        return int(rows.shape[1])
+
+    def to_blobs(self, rows: Rows) -> list[bytes]:
+        """Each vector's little-endian float32 bytes."""
+        mat = np.ascontiguousarray(rows, dtype="<f4")
+        return [mat[i].tobytes() for i in range(len(mat))]
+
+    def from_blobs(self, blobs: Sequence[bytes], size: int | None) -> tuple[Rows, list[bool]]:
+        """Blobs of `size` finite float32 values as a matrix (others marked unreadable)."""
+        if size is None:
+            raise ValueError("a dense row size is needed to read cached vectors")
+        width = 4 * size
+        ok = [len(b) == width for b in blobs]
+        good = [b for b, fits in zip(blobs, ok) if fits]
+        mat = np.frombuffer(b"".join(good), dtype="<f4").reshape(len(good), size)
+        finite = np.isfinite(mat).all(axis=1)
+        if not finite.all():
+            it = iter(finite.tolist())
+            ok = [fits and next(it) for fits in ok]
+            mat = mat[finite]
+        return mat, ok
+
+    def to_python(self, rows: Rows) -> list[Any]:
+        """Lists of floats."""
+        return rows.tolist()  # type: ignore[no-any-return]
+
+    def blank(self, rows: Rows, mask: npt.NDArray[np.bool_]) -> None:
+        """Zero the rows under `mask`."""
+        rows[mask] = 0.0
+
+
+class RowKind(OutputKind):
+    """A kind with one Python object per item (sparse vectors, token vectors, scores).
+
+    Subclasses implement `check_row` (raise ValueError naming what is wrong), `encode_row` and
+    `decode_row`; rows travel as 1-D object arrays.
+    """
+
+    @abstractmethod
+    def check_row(self, row: Any) -> Any:
+        """One raw row as this kind's value; ValueError saying what is wrong with it."""
+
+    @abstractmethod
+    def encode_row(self, row: Any) -> bytes:
+        """One row's cache bytes (a multiple of 4 long)."""
+
+    @abstractmethod
+    def decode_row(self, blob: bytes) -> Any:
+        """One row from its cache bytes; ValueError if they are not one."""
+
+    def check(self, raw: Any, n: int) -> Rows:
+        """Each raw row checked; BadVectorsError naming the rows that are not this kind's."""
+        try:
+            items = list(raw)
+        except TypeError:
+            raise BadVectorsError(f"the model returned {type(raw).__name__}, expected a list of {n} rows") from None
+        if len(items) != n:
+            raise BadVectorsError(f"the model returned {len(items)} rows for {n} items")
+        out = np.empty(n, dtype=object)
+        bad: list[int] = []
+        why = ""
+        for i, row in enumerate(items):
+            try:
+                out[i] = self.check_row(row)
+            except (ValueError, TypeError) as e:
+                bad.append(i)
+                why = why or str(e)
+        if bad:
+            raise BadVectorsError(
+                f"the model returned invalid {self.name} rows for {len(bad)} of {n} items ({why})", bad
+            )
+        return out
+
+    def empty(self, n: int, like: Rows) -> Rows:
+        """An object array of `n` Nones."""
+        return np.empty(n, dtype=object)
+
+    def row_size(self, rows: Rows) -> int | None:
+        """No fixed row length."""
+        return None
+
+    def to_blobs(self, rows: Rows) -> list[bytes]:
+        """Each row's bytes."""
+        return [self.encode_row(r) for r in rows]
+
+    def from_blobs(self, blobs: Sequence[bytes], size: int | None) -> tuple[Rows, list[bool]]:
+        """Each blob decoded; an undecodable one is marked unreadable."""
+        rows: list[Any] = []
+        ok: list[bool] = []
+        for b in blobs:
+            try:
+                rows.append(self.decode_row(b))
+                ok.append(True)
+            except (ValueError, TypeError):
+                ok.append(False)
+        out = np.empty(len(rows), dtype=object)
+        out[:] = rows if rows else []
+        return out, ok
+
+    def to_python(self, rows: Rows) -> list[Any]:
+        """The rows as they are."""
+        return list(rows)

@@ -1,0 +1,154 @@
+"""The provider protocol: what the pipeline (and the server, jobs and Ray above it) may ask of a model.
+
+A provider is a description plus one call: its identity (what the cache key holds), its output
+declared before loading (`embedstack.outputs`: `Dense(dim)` today; sparse vectors, token vectors and
+scores are other kinds), public capabilities, a plan for a round of items and `embed(batch)`.
+Everything else (cache, dedupe, order, events, async, usage) is the pipeline's.
+
+`ProviderBase` gives every method a default, so a new provider writes `output`, `identity` and
+`embed` only; every `BaseEmbedding` is one through its `provider` property.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+from embedstack.outputs import OutputKind
+from embedstack.types import Batch, Plan, Role
+
+__all__ = ["BatchOutput", "Capabilities", "Provider", "ProviderBase", "TokenCounts"]
+
+#: (tokens per item, whether each item was truncated to the model's limit).
+TokenCounts = tuple[list[int], list[bool]]
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a provider can do, declared (never discovered from module names).
+
+    - `remote`: it calls a service over the network (a server does not send it a warm-up request;
+      a pickled copy travels with its credentials).
+    - `counts_tokens`: `count_tokens` gives the exact counts the model itself sees (its tokenizer,
+      or the API's), not an estimate.
+    - `max_concurrency`: batches of one call that may run at once whatever the caller asks (None: no cap).
+    - `parallel_sync_batches`: the sync path may run batches in threads (remote APIs).
+    - `plan_in_thread`: `plan` does real work (tokenising), so async callers run it off the event loop.
+    - `default_async_workers`: batches in flight on the async path when the caller sets no limit
+      (None: unbounded; a remote API wants a bound).
+    - `catalog`: the provider's name in `embedstack.providers.catalog` ("local", "openai", "clip"), where
+      the model's facts (dimensions, Matryoshka training, limits) are looked up; None: not catalogued.
+    """
+
+    remote: bool = False
+    counts_tokens: bool = False
+    max_concurrency: int | None = None
+    parallel_sync_batches: bool = False
+    plan_in_thread: bool = False
+    default_async_workers: int | None = None
+    catalog: str | None = None
+
+
+@dataclass(frozen=True)
+class BatchOutput:
+    """A batch's values and, per item, its token count and whether it was truncated (None: not known)."""
+
+    values: Any
+    token_counts: Sequence[int] | None = None
+    truncated: Sequence[bool] | None = None
+
+
+@runtime_checkable
+class Provider(Protocol):
+    """Everything the pipeline asks of a model; configuration is fixed for the provider's lifetime."""
+
+    @property
+    def output(self) -> OutputKind:
+        """What one item becomes, and its size when known before loading."""
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """What it can do (remote, exact token counts, concurrency, planning off the loop)."""
+
+    def identity(self) -> Mapping[str, Any]:
+        """What makes its outputs what they are (class and every output-changing setting); the cache key
+        hashes it. Never a secret."""
+
+    def model_identity(self) -> Mapping[str, Any]:
+        """`identity()` without the settings that change only the arithmetic (backend, precision): outputs
+        made by two providers of one model identity may be searched or extended by either."""
+
+    def descriptor(self) -> Mapping[str, Any]:
+        """The model as events, logs and repr show it: serialisable settings, never secrets."""
+
+    def instruction(self, role: Role) -> str | None:
+        """The instruction applied to items of `role` (part of the cache key)."""
+
+    def check(self, items: Sequence[Any], role: Role, label: str, offset: int) -> None:
+        """Refuse a call before any work; item i is `label[offset + i]` in the caller's input."""
+
+    def plan(self, items: list[Any], role: Role) -> Plan:
+        """The order to embed one round's missing items in, and per-item work done already (`Plan.prepared`)."""
+
+    def embed(self, batch: Batch) -> Any:
+        """One batch's values: what `output.check` accepts, a `BatchOutput` or an `EmbedResult`."""
+
+    async def aembed(self, batch: Batch) -> Any:
+        """Async `embed`; must never block the event loop."""
+
+    def count_tokens(self, items: list[Any], role: Role) -> TokenCounts | None:
+        """Each item's tokens as the model will see them, and whether it will be truncated (None: cannot)."""
+
+    def warm_up(self) -> None:
+        """Load what the first call would load (weights, tokenizer, client), so it pays none of it."""
+
+
+class ProviderBase:
+    """Defaults for every `Provider` method but `output`, `identity` and `embed`."""
+
+    capabilities = Capabilities()
+
+    @property
+    def output(self) -> OutputKind:
+        """What one item becomes."""
+        raise NotImplementedError(f"{type(self).__name__} must declare its output")
+
+    def identity(self) -> Mapping[str, Any]:
+        """The class path (override to add every output-changing setting)."""
+        return {"py_class": f"{type(self).__module__}.{type(self).__qualname__}"}
+
+    def model_identity(self) -> Mapping[str, Any]:
+        """The identity."""
+        return self.identity()
+
+    def descriptor(self) -> Mapping[str, Any]:
+        """The identity."""
+        return self.identity()
+
+    def instruction(self, role: Role) -> str | None:
+        """No instruction."""
+        return None
+
+    def check(self, items: Sequence[Any], role: Role, label: str, offset: int) -> None:
+        """Accept everything the pipeline's own checks accepted."""
+
+    def plan(self, items: list[Any], role: Role) -> Plan:
+        """Input order, nothing prepared."""
+        return Plan()
+
+    def embed(self, batch: Batch) -> Any:
+        """One batch's values."""
+        raise NotImplementedError(f"{type(self).__name__} must implement embed(batch)")
+
+    async def aembed(self, batch: Batch) -> Any:
+        """`embed` in a worker thread."""
+        return await asyncio.to_thread(self.embed, batch)
+
+    def count_tokens(self, items: list[Any], role: Role) -> TokenCounts | None:
+        """Unknown."""
+        return None
+
+    def warm_up(self) -> None:
+        """Nothing to load."""
