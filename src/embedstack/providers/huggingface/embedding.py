@@ -150,9 +150,6 @@ class HuggingFaceEmbedding(BatchEmbedding):
     max_concurrency: ClassVar[int | None] = 1
     plan_in_thread: ClassVar[bool] = True  # _plan loads the tokenizer and tokenises: never on the event loop
     catalog_name: ClassVar[str | None] = "local"
-    #: Outputs made on another backend or precision (cosine >= 0.9999 apart for fp32/bf16; an int8 corpus is
-    #: searchable with fp32 queries) may be searched or extended with this model.
-    _arithmetic_fields: ClassVar[frozenset[str]] = frozenset({"precision", "int8_runtime", "bf16_runtime"})
     #: Rebuilt from the fields by `_refresh`; never pickled (a receiver finds the files and loads itself).
     _derived: ClassVar[frozenset[str]] = frozenset(
         {"_source", "_prompts", "_encoder", "_tokenizer", "_tokenizer_made", "_lock", "_counting", "_counting_lock"}
