@@ -4,13 +4,14 @@ Both sides use the same trivial model (the hook returns a fixed 8-float list), s
 is the framework: batching, events, callbacks, cache reads/writes, ordering.
 
     python bench/core_overhead.py            # needs llama-index-core (bench-only)
+    python bench/core_overhead.py --batch 200 --single 20   # a quick look
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from typing import Any
 from llama_index.core.base.embeddings.base import BaseEmbedding as LIBase
 from llama_index.core.storage.kvstore import SimpleKVStore as LISimpleKVStore
 
+from _common import best_of
 from embedstack import BaseEmbedding as ESBase
 from embedstack.kvstore import SimpleKVStore, SQLiteKVStore
 
@@ -47,16 +49,16 @@ class ESModel(ESBase):
 
 
 def per_text_us(fn: Callable[[], Any], n: int, repeat: int = 3) -> float:
-    best = float("inf")
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best / n * 1e6
+    """Best of `repeat` runs of `fn()`, in microseconds per text (`fn` embeds `n` texts)."""
+    return best_of(fn, repeat)[0] / n * 1e6
 
 
 def main() -> None:
-    n_batch, n_single = 20_000, 2_000
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch", type=int, default=20_000, help="texts per batch run (default %(default)s)")
+    parser.add_argument("--single", type=int, default=2_000, help="single calls (default %(default)s)")
+    args = parser.parse_args()
+    n_batch, n_single = args.batch, min(args.single, args.batch)
     texts = [f"text number {i} with some words" for i in range(n_batch)]
     singles = texts[:n_single]
     tmp = Path(tempfile.mkdtemp())
