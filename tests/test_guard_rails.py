@@ -133,7 +133,7 @@ def test_cycle_finder_finds_lazy_cycles() -> None:
 
 @pytest.mark.parametrize(
     "args",
-    [("check", "src", "tests", "bench"), ("format", "--check", "src", "tests", "bench")],
+    [("check", "src", "tests", "bench", "tools"), ("format", "--check", "src", "tests", "bench", "tools")],
     ids=["ruff-check", "ruff-format"],
 )
 def test_ruff(args: tuple[str, ...]) -> None:
