@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from tests.cli.conftest import SAMPLE, cli_env
+from tests.conftest import SAMPLE, cli_env
 
 from embedstack.jobs import OutputError, load_embeddings
 from embedstack.kvstore import SQLiteKVStore

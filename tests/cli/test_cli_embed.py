@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from tests.cli.conftest import Run, cli_env
+from tests.conftest import Run, cli_env
 
 from embedstack.jobs import load_embeddings, read_meta
 from embedstack.kvstore import SQLiteKVStore

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from tests.cli.conftest import Run
+from tests.conftest import Run
 
 from embedstack.jobs import load_embeddings
 

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
-from tests.cli.conftest import Run
+from tests.conftest import Run
 
 from embedstack.jobs import load_embeddings
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.cli.conftest import Run, cli_env
+from tests.conftest import Run, cli_env
 
 from embedstack.providers.catalog import MODELS
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from tests.cli.conftest import SAMPLE, Run
+from tests.conftest import SAMPLE, Run
 
 from embedstack.jobs import (
     OutputError,
