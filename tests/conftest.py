@@ -16,6 +16,31 @@ import pytest
 from embedstack.instrumentation import BaseEvent, BaseEventHandler, get_dispatcher
 from embedstack.instrumentation.handlers import SimpleSpanHandler
 
+#: Fixtures that make a test slow (a model built or loaded, a CLI subprocess, Ray, Redis, a browser): a test that
+#: uses one, directly or through another fixture, is marked `slow`. Modules that are slow throughout say
+#: `pytestmark = pytest.mark.slow`; `pytest -m "not slow"` runs the rest, the unit tier.
+SLOW_FIXTURES = frozenset(
+    {
+        "cli",  # `embedstack` in a subprocess
+        "tiny_bert_checkpoint",  # the tiny random BERT (and every local model built from it)
+        "tiny_clip_path",  # the tiny random CLIP
+        "build_clip",  # builds more of them
+        "local_model",  # the bundled all-MiniLM-L6-v2, loaded
+        "minilm",
+        "bundled_model",
+        "ray_session",
+        "redis_server",
+        "browser",  # headless chromium
+    }
+)
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SLOW_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
 
 class RecordingEventHandler(BaseEventHandler):
     """Keeps every event it sees."""

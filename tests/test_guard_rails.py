@@ -14,6 +14,8 @@ from pathlib import Path
 import grimp
 import pytest
 
+pytestmark = pytest.mark.slow  # import-linter, ruff and mypy in subprocesses
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # The documented adapter hooks: BaseEmbedding.as_langchain() / .as_llama_index() import the adapters

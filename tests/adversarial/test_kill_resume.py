@@ -30,6 +30,8 @@ from embedstack.kvstore import SQLiteKVStore
 from embedstack.providers.mock import FakeEmbedding
 from embedstack.types import Role
 
+pytestmark = pytest.mark.slow  # kill -9 rounds
+
 ROUNDS = 50
 SEED = int(os.environ.get("EMBEDSTACK_KILL_SEED", "20240613"))
 #: Seconds the model sleeps per batch: 20 batches make a run of a few tenths of a second.

@@ -20,6 +20,8 @@ from embedstack.jobs import load_embeddings, read_meta
 from embedstack.kvstore import SQLiteKVStore
 from embedstack.providers.mock import FakeEmbedding
 
+pytestmark = pytest.mark.slow  # `embedstack` in subprocesses
+
 FAKE = FakeEmbedding(embed_dim=16)
 
 

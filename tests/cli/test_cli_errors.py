@@ -11,6 +11,8 @@ from tests.conftest import Run
 
 from embedstack.jobs import load_embeddings
 
+pytestmark = pytest.mark.slow  # `embedstack` in subprocesses
+
 GOOD = '{"id": "a", "text": "first"}\n'
 
 

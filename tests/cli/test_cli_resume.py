@@ -26,6 +26,8 @@ from embedstack.kvstore import SQLiteKVStore
 from embedstack.providers.mock import FakeEmbedding
 from embedstack.types import Role
 
+pytestmark = pytest.mark.slow  # kill -9, Ctrl-C and SIGTERM rounds of `embedstack` subprocesses
+
 SLOW_CLI = Path(__file__).with_name("slow_cli.py")  # the CLI with a slow fake model (faults injected there)
 TEXTS = [json.loads(line)["text"] for line in SAMPLE.read_text(encoding="utf-8").splitlines()]
 KEY = FakeEmbedding(embed_dim=16)._key_factory(Role.TEXT)

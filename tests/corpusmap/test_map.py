@@ -154,6 +154,7 @@ def test_png(cli: Run, tmp_path: Path, corpus: tuple[Path, list[dict[str, str]]]
     assert len(np.unique(img.reshape(-1, 3), axis=0)) > 50
 
 
+@pytest.mark.slow  # UMAP (numba compiles)
 def test_umap_small(corpus: tuple[Path, list[dict[str, str]]]) -> None:
     pytest.importorskip("umap")
     out, _ = corpus
