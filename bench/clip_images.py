@@ -17,12 +17,12 @@ import argparse
 import os
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from _common import best_of
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -53,17 +53,8 @@ def _make_images(folder: Path, n: int, size: tuple[int, int], prefix: str) -> li
     return paths
 
 
-def _timed(fn: Callable[[], Any], repeat: int = 2) -> tuple[float, Any]:
-    best, out = float("inf"), None
-    for _ in range(repeat):
-        t = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t)
-    return best, out
-
-
 def main() -> int:
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=48, help="640x480 photos")
     parser.add_argument("--large", type=int, default=8, help="4000x3000 photos")
     parser.add_argument("--batch-size", type=int, default=16)
@@ -108,10 +99,10 @@ def main() -> int:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch_size}")
     print("\n| images | peer | seconds | images/s | vs batched |\n|---|---|---:|---:|---:|")
     for name, paths in sets.items():
-        t_batched, ref = _timed(lambda p=paths: batched(p))
-        results = {"per-image (LlamaIndex style)": _timed(lambda p=paths: per_image(p), repeat=1)[0]}
+        t_batched, ref = best_of(lambda p=paths: batched(p), 2)
+        results = {"per-image (LlamaIndex style)": best_of(lambda p=paths: per_image(p), 1)[0]}
         results["batched transformers"] = t_batched
-        t_es, vec = _timed(lambda p=paths: clip.embed(p, role="image"))
+        t_es, vec = best_of(lambda p=paths: clip.embed(p, role="image"), 2)
         results["embedstack ClipEmbedding"] = t_es
         cached = ClipEmbedding(
             model_name=str(model_dir),
@@ -120,7 +111,7 @@ def main() -> int:
             embeddings_cache=SimpleKVStore(),
         ).load()
         cached.embed(paths, role="image")
-        results["embedstack, warm cache"] = _timed(lambda p=paths, m=cached: m.embed(p, role="image"))[0]
+        results["embedstack, warm cache"] = best_of(lambda p=paths, m=cached: m.embed(p, role="image"), 2)[0]
         ref_n = ref / np.linalg.norm(ref, axis=1, keepdims=True)
         cos = float(np.min(np.sum(ref_n * vec, axis=1)))
         for peer, secs in results.items():

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from _common import DATA, records
 from embedstack import resolve_embed_model
 from embedstack.kvstore import SQLiteKVStore
 from embedstack.quantize import (
@@ -30,8 +31,6 @@ from embedstack.quantize import (
     quantize,
     truncate_dimensions,
 )
-
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "packages-retrieval.jsonl"
 
 
 def recall_at_10(queries: np.ndarray, search: object) -> float:
@@ -50,7 +49,7 @@ def exact_top(corpus: np.ndarray, k: int = 10):  # type: ignore[no-untyped-def]
 
 
 def quality(pairs: int, data: Path) -> None:
-    rows = [json.loads(line) for line in data.read_text(encoding="utf-8").splitlines()[:pairs]]
+    rows = records(data, pairs)
     model = resolve_embed_model("local")
     model.embeddings_cache = SQLiteKVStore(Path(tempfile.gettempdir()) / "embedstack-bench-compact.sqlite")
     t0 = time.perf_counter()
@@ -284,7 +283,7 @@ def speed(n: int, dim: int = 384, n_queries: int = 100, with_usearch: bool = Fal
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("--data", type=Path, default=DATA, help="JSONL corpus (default: %(default)s)")
     parser.add_argument("--pairs", type=int, default=3000)
     parser.add_argument("--synthetic", type=int, default=1_000_000)
     parser.add_argument("--queries", type=int, default=100)

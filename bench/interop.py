@@ -9,31 +9,21 @@ a naive wrapper gets) and a warm SQLite cache through each adapter.
 
 from __future__ import annotations
 
-import sys
+import argparse
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
+from _common import best_interleaved
 from embedstack import resolve_embed_model
 from embedstack.kvstore import SQLiteKVStore
 
 
-def best_of(fns: dict[str, Callable[[], Any]], repeat: int) -> dict[str, float]:
-    """Best wall time of each function; runs interleaved so load drift hits all alike."""
-    best = dict.fromkeys(fns, float("inf"))
-    for _ in range(repeat):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            best[name] = min(best[name], time.perf_counter() - t0)
-    return best
-
-
 def main() -> None:
-    n = int(sys.argv[1]) if len(sys.argv) > 1 else 256
-    repeat = int(sys.argv[2]) if len(sys.argv) > 2 else 3
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("n", nargs="?", type=int, default=256, help="texts (default %(default)s)")
+    parser.add_argument("repeat", nargs="?", type=int, default=3, help="rounds, best kept (default %(default)s)")
+    args = parser.parse_args()
+    n, repeat = args.n, args.repeat
     topics = ["rivers", "compilers", "bread", "volcanoes", "chess", "orbits", "violins", "tides"]
     texts = [f"Note {i}: a short paragraph about {topics[i % len(topics)]} and item {i}." for i in range(n)]
     model = resolve_embed_model("local")
@@ -48,7 +38,7 @@ def main() -> None:
         "as_llama_index().get_text_embedding_batch": lambda: li.get_text_embedding_batch(texts),
         "  same, llama-index embed_batch_size=10": lambda: li_naive.get_text_embedding_batch(texts),
     }
-    rows = list(best_of(cold, repeat).items())
+    rows = list(best_interleaved(cold, repeat).items())
     with tempfile.TemporaryDirectory() as tmp:
         model.embeddings_cache = SQLiteKVStore(Path(tmp) / "cache.sqlite")
         lc.embed_documents(texts)  # fill the cache once
@@ -56,7 +46,7 @@ def main() -> None:
             "as_langchain(), warm SQLite cache": lambda: lc.embed_documents(texts),
             "as_llama_index(), warm SQLite cache": lambda: li.get_text_embedding_batch(texts),
         }
-        rows += list(best_of(warm, repeat).items())
+        rows += list(best_interleaved(warm, repeat).items())
         model.embeddings_cache = None
 
     base = rows[0][1]

@@ -1,7 +1,7 @@
 """Local model throughput and retrieval quality: embedstack vs sentence-transformers vs llama-index.
 
 Same process, same torch threads, same model (the bundled all-MiniLM-L6-v2), first N records of
-../shared/data/packages-retrieval.jsonl: texts/s on the short "query" and the long "text" fields,
+bench/data/packages-retrieval.jsonl: texts/s on the short "query" and the long "text" fields,
 cosine agreement with sentence-transformers, and recall@1/@10 of query→text retrieval.
 
     flock /tmp/embedstack-cpu.lock .venv/bin/python bench/local_models.py
@@ -15,7 +15,6 @@ at its defaults (embed_batch_size=10) when installed.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 import warnings
@@ -24,35 +23,13 @@ from pathlib import Path
 
 import numpy as np
 
+from _common import DATA, bundled_model_dir, columns, recall, row_cosines
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 warnings.filterwarnings("ignore", message=".*truncated")  # long "text" records: expected
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "packages-retrieval.jsonl"
 Runner = Callable[[list[str], str], np.ndarray]
-
-
-def load(path: Path, n: int) -> tuple[list[str], list[str]]:
-    queries, texts = [], []
-    with path.open(encoding="utf-8") as f:
-        for line, _ in zip(f, range(n), strict=False):
-            row = json.loads(line)
-            queries.append(row["query"])
-            texts.append(row["text"])
-    return queries, texts
-
-
-def normed(m: np.ndarray) -> np.ndarray:
-    m = np.asarray(m, dtype=np.float32)
-    return m / np.maximum(np.linalg.norm(m, axis=1, keepdims=True), 1e-12)
-
-
-def recall(q: np.ndarray, t: np.ndarray, ks: tuple[int, ...] = (1, 10)) -> dict[int, float]:
-    """Fraction of queries whose own text (same row) is in the top k texts by cosine."""
-    scores = normed(q) @ normed(t).T
-    own = scores[np.arange(len(q)), np.arange(len(q))]
-    rank = (scores > own[:, None]).sum(axis=1)  # texts scoring strictly higher than the right one
-    return {k: float((rank < k).mean()) for k in ks}
 
 
 def timed(fn: Runner, items: list[str], role: str) -> tuple[float, np.ndarray]:
@@ -139,10 +116,9 @@ def main() -> None:
 
     import torch
 
-    from embedstack.providers.hub import locate_model
-
-    queries, texts = load(args.data, args.n)
-    model_dir = locate_model("sentence-transformers/all-MiniLM-L6-v2").path
+    data = columns(args.data, args.n)
+    queries, texts = data["query"], data["text"]
+    model_dir = bundled_model_dir()
     threads = torch.get_num_threads()
     print(f"{len(queries)} records from {args.data}; torch {torch.__version__}, {threads} threads")
     if args.sweep:
@@ -160,15 +136,15 @@ def main() -> None:
             for field, items, role in (("query", queries, "query"), ("text", texts, "text")):
                 secs, vecs = timed(fn, items, role)
                 rates[name, field] = max(rates.get((name, field), 0.0), len(items) / secs)
-                vectors[name, field] = normed(vecs)
+                vectors[name, field] = vecs
                 print(f"  round {rnd + 1} {name}: {field} {len(items) / secs:.1f} texts/s", flush=True)
 
     base = next(iter(found))
     print("\n| implementation | query texts/s | ratio | text texts/s | ratio | min cos vs ST | recall@1 | recall@10 |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for name in found:
-        min_cos = min(float(np.min(np.sum(vectors[name, f] * vectors[base, f], axis=1))) for f in ("query", "text"))
-        r = recall(vectors[name, "query"], vectors[name, "text"])
+        min_cos = min(float(row_cosines(vectors[name, f], vectors[base, f]).min()) for f in ("query", "text"))
+        r = {k: recall(vectors[name, "query"], vectors[name, "text"], k) for k in (1, 10)}
         q, t = rates[name, "query"], rates[name, "text"]
         print(
             f"| {name} | {q:.0f} | {q / rates[base, 'query']:.2f}x | {t:.1f} "

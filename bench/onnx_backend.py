@@ -5,7 +5,7 @@ backend="onnx" fp32 and int8, backend="openvino" fp32, bf16 (on CPUs with native
 fast mode). Each backend lives in its own process (so peak RSS
 is its own and no backend warms another's caches), loaded once; the parent runs them one at a time,
 interleaved: each round embeds the "query" and then the "text" field of the first N records of
-../shared/data/packages-retrieval.jsonl with every backend in turn. The machine is shared and its
+bench/data/packages-retrieval.jsonl with every backend in turn. The machine is shared and its
 speed drifts by +-30% over minutes, so a ratio is the median over rounds of the per-round ratio
 (same minute, same load); texts/s is each backend's best round. Latency is one short query at a
 time through the public API.
@@ -36,10 +36,11 @@ from typing import Any
 
 import numpy as np
 
+from _common import DATA, FIELDS, bundled_model_dir, columns, median_ratio, recall, row_cosines
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 warnings.filterwarnings("ignore", message=".*truncated")  # long "text" records: expected
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "packages-retrieval.jsonl"
 BACKENDS = {
     "st": "sentence-transformers encode",
     "torch": "embedstack torch",
@@ -49,23 +50,6 @@ BACKENDS = {
     "openvino-bf16": "embedstack openvino bf16",
     "openvino-int8": "embedstack openvino int8 (fast)",
 }
-FIELDS = ("query", "text")
-
-
-def load(path: Path, n: int) -> dict[str, list[str]]:
-    rows: dict[str, list[str]] = {f: [] for f in FIELDS}
-    with path.open(encoding="utf-8") as f:
-        for line, _ in zip(f, range(n)):
-            row = json.loads(line)
-            for field in FIELDS:
-                rows[field].append(row[field])
-    return rows
-
-
-def model_dir() -> Path:
-    from embedstack.providers.hub import DEFAULT_MODEL, locate_model
-
-    return locate_model(DEFAULT_MODEL).path
 
 
 def rss_mb() -> float:
@@ -81,7 +65,7 @@ def make_backend(name: str, threads: int, batch_size: int | None, token_budget: 
         from sentence_transformers import SentenceTransformer
 
         torch.set_num_threads(threads)
-        st = SentenceTransformer(str(model_dir()), device="cpu", local_files_only=True)
+        st = SentenceTransformer(str(bundled_model_dir()), device="cpu", local_files_only=True)
         bs = batch_size or 32
         return (lambda items, role: st.encode(items, batch_size=bs)), (lambda text: st.encode(text))
     from embedstack.providers.huggingface import HuggingFaceEmbedding
@@ -120,7 +104,7 @@ def worker(args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     bulk, one = make_backend(args.worker, args.threads, args.batch_size, args.token_budget)
     load_s = time.perf_counter() - t0
-    data = load(args.data, args.n)
+    data = columns(args.data, args.n)
     for field in FIELDS:
         bulk(data[field][:32], field)  # warm-up: first-call allocations, thread pools
     vectors: dict[str, Any] = {}
@@ -186,7 +170,7 @@ def prepare(args: argparse.Namespace) -> None:
     builds = (("onnxruntime", "fp32"), ("onnxruntime", "int8"), ("openvino", "fp32"), ("openvino", "int8"))
     for runtime, precision in builds:
         t = time.perf_counter()
-        OnnxEncoder(model_dir(), precision=precision, runtime=runtime)
+        OnnxEncoder(bundled_model_dir(), precision=precision, runtime=runtime)
         times[f"{runtime} {precision}"] = time.perf_counter() - t
     args.out.write_text(json.dumps({"build": times, "peak": matmul_peak(args.threads)}))
 
@@ -212,9 +196,9 @@ def field_gflop(texts: list[str]) -> float:
     """The model's arithmetic for `texts` (linear layers plus attention over each text's own length)."""
     from tokenizers import Tokenizer
 
-    cfg = json.loads((model_dir() / "config.json").read_text())
+    cfg = json.loads((bundled_model_dir() / "config.json").read_text())
     layers, hidden, inner = cfg["num_hidden_layers"], cfg["hidden_size"], cfg["intermediate_size"]
-    tok = Tokenizer.from_file(str(model_dir() / "tokenizer.json"))
+    tok = Tokenizer.from_file(str(bundled_model_dir() / "tokenizer.json"))
     tok.no_padding()
     tok.enable_truncation(256)
     n = np.array([len(e.ids) for e in tok.encode_batch(texts)], dtype=np.float64)
@@ -224,17 +208,9 @@ def field_gflop(texts: list[str]) -> float:
 
 
 # -- parent side -----------------------------------------------------------------------------------
-def unit(m: np.ndarray) -> np.ndarray:
-    m = np.asarray(m, dtype=np.float64)
-    return m / np.maximum(np.linalg.norm(m, axis=1, keepdims=True), 1e-12)
-
-
-def recall(q: np.ndarray, t: np.ndarray, k: int) -> float:
+def recall_pct(q: np.ndarray, t: np.ndarray, k: int) -> float:
     """Percent of queries whose own text (same row) is in the top k texts by cosine."""
-    scores = unit(q) @ unit(t).T
-    own = scores[np.arange(len(q)), np.arange(len(q))]
-    rank = (scores > own[:, None]).sum(axis=1)
-    return 100.0 * float((rank < k).mean())
+    return 100.0 * recall(q, t, k)
 
 
 def _command(mode: str, name: str, args: argparse.Namespace, out: Path) -> list[str]:
@@ -288,7 +264,7 @@ def main(args: argparse.Namespace) -> None:
         with np.load((work / f"{name}.json").with_suffix(".npz")) as z:
             vecs[name] = {f: z[f] for f in FIELDS}
     report(args, build, results, vecs)
-    data = load(args.data, args.n)
+    data = columns(args.data, args.n)
     gflop = {f: field_gflop(data[f]) for f in FIELDS}
     print(
         f"Arithmetic rate (model FLOPs / time, best round) against the measured matmul ceiling "
@@ -312,10 +288,8 @@ def _native_bf16() -> bool:
 def ratio(results: dict[str, dict[str, Any]], name: str, field: str) -> str:
     """Median over rounds of (ST's time / this backend's time) in the same round: noise-robust."""
     base = results.get("st")
-    if base is None:
-        return "-"
-    pairs = zip(base["times"][field], results[name]["times"][field])
-    return f"{statistics.median(b / t for b, t in pairs):.2f}x"
+    r = None if base is None else median_ratio(base["times"][field], results[name]["times"][field])
+    return "-" if r is None else f"{r:.2f}x"
 
 
 def report(
@@ -336,7 +310,7 @@ def report(
     for name, r in results.items():
         ratios = {f: ratio(results, name, f) for f in FIELDS}
         if ref is not None:
-            cos = np.concatenate([(unit(vecs[name][f]) * unit(ref[f])).sum(1) for f in FIELDS])
+            cos = np.concatenate([row_cosines(vecs[name][f], ref[f]) for f in FIELDS])
             fid = f"{cos.min():.5f} / {cos.mean():.5f}"
         else:
             fid = "-"
@@ -344,15 +318,15 @@ def report(
         print(
             f"| {BACKENDS[name]} | {r['query_per_s']:.0f} | {ratios['query']} | {r['text_per_s']:.1f} | "
             f"{ratios['text']} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['peak_rss_mb']:.0f} | {fid} | "
-            f"{recall(q, t, 1):.2f} | {recall(q, t, 10):.2f} |"
+            f"{recall_pct(q, t, 1):.2f} | {recall_pct(q, t, 10):.2f} |"
         )
     for fast in ("onnx-int8", "openvino-bf16", "openvino-int8"):
         if "onnx-fp32" not in vecs or fast not in vecs:
             continue
         a, b = vecs["onnx-fp32"], vecs[fast]
-        cos = np.concatenate([(unit(a[f]) * unit(b[f])).sum(1) for f in FIELDS])
-        d10 = recall(b["query"], b["text"], 10) - recall(a["query"], a["text"], 10)
-        d1 = recall(b["query"], b["text"], 1) - recall(a["query"], a["text"], 1)
+        cos = np.concatenate([row_cosines(a[f], b[f]) for f in FIELDS])
+        d10 = recall_pct(b["query"], b["text"], 10) - recall_pct(a["query"], a["text"], 10)
+        d1 = recall_pct(b["query"], b["text"], 1) - recall_pct(a["query"], a["text"], 1)
         verdict = "meets" if cos.mean() >= 0.99 and abs(d10) <= 0.5 else "MISSES"
         print()
         print(
@@ -363,7 +337,7 @@ def report(
     for exact in ("onnx-fp32", "openvino-fp32", "openvino-bf16"):
         if ref is None or exact not in vecs:
             continue
-        cos = np.concatenate([(unit(vecs[exact][f]) * unit(ref[f])).sum(1) for f in FIELDS])
+        cos = np.concatenate([row_cosines(vecs[exact][f], ref[f]) for f in FIELDS])
         below = int((cos < 0.9999).sum())
         print(
             f"{BACKENDS[exact]} vs sentence-transformers: {below} of {cos.size} texts below cosine 0.9999 "
@@ -389,7 +363,7 @@ def parse() -> argparse.Namespace:
     )
     p.add_argument("--backends", default=",".join(BACKENDS), help="comma-separated subset of " + ",".join(BACKENDS))
     p.add_argument("--cache-dir", default="", help="ONNX graph cache (default: a fresh temp folder)")
-    p.add_argument("--data", type=Path, default=DATA)
+    p.add_argument("--data", type=Path, default=DATA, help="JSONL corpus (default: %(default)s)")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--prepare", help=argparse.SUPPRESS)
     p.add_argument("--out", type=Path, help=argparse.SUPPRESS)

@@ -21,11 +21,12 @@ import argparse
 import base64
 import importlib
 import json
-import time
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+
+from _common import best_of
 
 KEY = "sk-bench-not-a-real-key"
 DIM = 1536
@@ -34,12 +35,7 @@ MODEL = "text-embedding-3-small"
 
 def best_ms(fn: Callable[[], Any], repeats: int) -> float:
     """Best wall time of `fn()` in milliseconds, as timeit reports (the least disturbed by other load)."""
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times) * 1000
+    return best_of(fn, repeats)[0] * 1000
 
 
 def canned_answer(n: int) -> bytes:

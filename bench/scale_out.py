@@ -1,6 +1,6 @@
 """Scale-out benchmark (issue 16): Ray Data with N actors vs single-process embed_files, a warm Redis cache vs a
 warm SQLite cache, and a simulated two-node cluster (`ray.cluster_utils.Cluster`, one actor per node), on texts
-of ../shared/data/packages-retrieval.jsonl with the default model.
+of bench/data/packages-retrieval.jsonl with the default model.
 
     flock /tmp/embedstack-test.lock .venv/bin/python bench/scale_out.py [--n 10000] [--actors 2] [--two-nodes-only]
 
@@ -16,7 +16,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,26 +23,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "packages-retrieval.jsonl"
+from _common import DATA, columns, free_port, records
 
 
-def _texts(n: int) -> list[dict[str, str]]:
-    rows: list[dict[str, str]] = []
-    with open(DATA, encoding="utf-8") as f:
-        for line in f:
-            rec = json.loads(line)
-            text = rec.get("text") or rec.get("document") or rec.get("query")
-            if isinstance(text, str) and text.strip():
-                rows.append({"id": f"t{len(rows)}", "text": text})
-            if len(rows) == n:
-                break
-    return rows
+def _texts(data: Path, n: int) -> list[dict[str, str]]:
+    """The "text" field of the first `n` records, as {"id", "text"} rows."""
+    return [{"id": f"t{i}", "text": text} for i, text in enumerate(columns(data, n, ["text"])["text"])]
 
 
 def _redis(tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     proc = subprocess.Popen(
         ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(tmp)],
         stdout=subprocess.DEVNULL,
@@ -93,7 +82,7 @@ def _two_node_child(src: Path, record_dir: Path) -> None:
                 f.write(f"{len(batch.items)}\n")
             return vectors
 
-    rows = [json.loads(line) for line in src.read_text(encoding="utf-8").splitlines()]
+    rows = records(src)
     temp = os.path.join(os.environ["RAY_TMPDIR"], "ray")
     os.makedirs(temp, exist_ok=True)
     node_args: dict[str, Any] = {
@@ -166,8 +155,9 @@ def _two_nodes(src: Path, n: int, tmp: Path) -> dict[str, Any]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--n", type=int, default=10_000)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, default=DATA, help="JSONL corpus (default: %(default)s)")
+    ap.add_argument("--n", type=int, default=10_000, help="texts (at most the corpus' records)")
     ap.add_argument("--actors", type=int, default=2)
     ap.add_argument("--two-nodes-only", action="store_true", help="only the single process and the two-node run")
     ap.add_argument("--two-node-child", type=Path, help=argparse.SUPPRESS)
@@ -176,7 +166,7 @@ def main() -> None:
     if args.two_node_child:
         _two_node_child(args.two_node_child, args.record_dir)
         return
-    rows = _texts(args.n)
+    rows = _texts(args.data, args.n)
     tmp = Path(tempfile.mkdtemp(prefix="scaleout"))
     src = tmp / "in.jsonl"
     src.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")

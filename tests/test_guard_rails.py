@@ -14,6 +14,8 @@ from pathlib import Path
 import grimp
 import pytest
 
+pytestmark = pytest.mark.slow  # import-linter, ruff and mypy in subprocesses
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # The documented adapter hooks: BaseEmbedding.as_langchain() / .as_llama_index() import the adapters
@@ -133,7 +135,7 @@ def test_cycle_finder_finds_lazy_cycles() -> None:
 
 @pytest.mark.parametrize(
     "args",
-    [("check", "src", "tests", "bench"), ("format", "--check", "src", "tests", "bench")],
+    [("check", "src", "tests", "bench", "tools"), ("format", "--check", "src", "tests", "bench", "tools")],
     ids=["ruff-check", "ruff-format"],
 )
 def test_ruff(args: tuple[str, ...]) -> None:

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository r
 import pyarrow.parquet  # noqa: F401  (imported once here, not in every child)
 from tests.cli.slow_cli import _logging_embed_batch, _slowfake
 
-import embedstack.cli._commands
+import embedstack.cli._run
 import embedstack.jobs
 import embedstack.kvstore.sqlite  # noqa: F401
 from embedstack.cli import main

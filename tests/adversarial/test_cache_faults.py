@@ -24,6 +24,8 @@ import pytest
 from embedstack import FakeEmbedding
 from embedstack.kvstore import SQLiteKVStore
 
+pytestmark = pytest.mark.slow  # faults injected into real processes and files (disk full, read-only, 8 writers)
+
 DIM = 64
 
 # Run in a child: embed TEXTS with FakeEmbedding over the cache at PATH, check every vector against a

@@ -23,12 +23,14 @@ from typing import Any
 
 import numpy as np
 import pytest
-from tests.cli.conftest import SAMPLE, cli_env
+from tests.conftest import SAMPLE, cli_env
 
 from embedstack.jobs import OutputError, load_embeddings
 from embedstack.kvstore import SQLiteKVStore
 from embedstack.providers.mock import FakeEmbedding
 from embedstack.types import Role
+
+pytestmark = pytest.mark.slow  # kill -9 rounds
 
 ROUNDS = 50
 SEED = int(os.environ.get("EMBEDSTACK_KILL_SEED", "20240613"))

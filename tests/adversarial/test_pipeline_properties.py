@@ -11,12 +11,15 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from embedstack import FakeEmbedding
 from embedstack.kvstore import SimpleKVStore, SQLiteKVStore
 from embedstack.types import Role
+
+pytestmark = pytest.mark.slow  # many hypothesis examples of attacked stores and models
 
 ALPHABET = [f"w{i}" for i in range(12)] + ["", "é", "naïve café", "日本語", "x" * 300]
 POISON = "POISON"

@@ -14,11 +14,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from tests.cli.conftest import Run, cli_env
+from tests.conftest import Run, cli_env
 
 from embedstack.jobs import load_embeddings, read_meta
 from embedstack.kvstore import SQLiteKVStore
 from embedstack.providers.mock import FakeEmbedding
+
+pytestmark = pytest.mark.slow  # `embedstack` in subprocesses
 
 FAKE = FakeEmbedding(embed_dim=16)
 

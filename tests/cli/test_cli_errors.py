@@ -7,9 +7,11 @@ import json
 from pathlib import Path
 
 import pytest
-from tests.cli.conftest import Run
+from tests.conftest import Run
 
 from embedstack.jobs import load_embeddings
+
+pytestmark = pytest.mark.slow  # `embedstack` in subprocesses
 
 GOOD = '{"id": "a", "text": "first"}\n'
 

@@ -6,9 +6,12 @@ import json
 from pathlib import Path
 
 import numpy as np
-from tests.cli.conftest import Run
+import pytest
+from tests.conftest import Run
 
 from embedstack.jobs import load_embeddings
+
+pytestmark = pytest.mark.slow  # `embedstack` in subprocesses, with the bundled model
 
 
 def test_embed_and_search_with_the_default_local_model(

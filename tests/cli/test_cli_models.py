@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.cli.conftest import Run, cli_env
+import pytest
+from tests.conftest import Run, cli_env
 
 from embedstack.providers.catalog import MODELS
+
+pytestmark = pytest.mark.slow  # `embedstack` in subprocesses
 
 
 def _table(stdout: str) -> list[str]:

@@ -19,13 +19,16 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from tests.cli.conftest import SAMPLE, SLOW_CLI, cli_env
+from tests.conftest import SAMPLE, cli_env
 
 from embedstack.jobs import load_embeddings
 from embedstack.kvstore import SQLiteKVStore
 from embedstack.providers.mock import FakeEmbedding
 from embedstack.types import Role
 
+pytestmark = pytest.mark.slow  # kill -9, Ctrl-C and SIGTERM rounds of `embedstack` subprocesses
+
+SLOW_CLI = Path(__file__).with_name("slow_cli.py")  # the CLI with a slow fake model (faults injected there)
 TEXTS = [json.loads(line)["text"] for line in SAMPLE.read_text(encoding="utf-8").splitlines()]
 KEY = FakeEmbedding(embed_dim=16)._key_factory(Role.TEXT)
 

@@ -24,6 +24,8 @@ from embedstack.providers.huggingface import HuggingFaceEmbedding
 from embedstack.providers.huggingface.instructions import instructions_for
 from embedstack.types import Batch, Plan, Role
 
+pytestmark = pytest.mark.slow  # tiny and real local models built and loaded
+
 TEXTS = [
     "the man is eating bread",
     "a cat sat on the mat",

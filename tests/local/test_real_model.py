@@ -16,6 +16,8 @@ from embedstack.providers.hub import BUNDLED_SHA256
 from embedstack.providers.huggingface import DEFAULT_MODEL, HuggingFaceEmbedding
 from embedstack.types import Role
 
+pytestmark = pytest.mark.slow  # the bundled model, loaded
+
 PARAPHRASES = [
     (
         "How do I bake a loaf of bread at home?",

@@ -16,6 +16,8 @@ from embedstack.providers.huggingface import onnx_export as _onnx_export
 from embedstack.providers.huggingface.onnx_encoder import OnnxEncoder, physical_cores
 from embedstack.providers.huggingface.onnx_export import cache_key, model_fingerprint
 
+pytestmark = pytest.mark.slow  # ONNX exports
+
 
 def _cos(a: Any, b: Any) -> np.ndarray:
     a = np.asarray(a, dtype=np.float64)

@@ -13,6 +13,8 @@ from embedstack.providers.huggingface import onnx_encoder as _onnx
 from embedstack.providers.huggingface import onnx_export as _onnx_export
 from embedstack.providers.huggingface.onnx_encoder import OnnxEncoder
 
+pytestmark = pytest.mark.slow  # OpenVINO compiles and int8 calibration
+
 
 def _cos(a: Any, b: Any) -> np.ndarray:
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)

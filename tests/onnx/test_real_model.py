@@ -13,6 +13,8 @@ import pytest
 from embedstack.providers.huggingface.onnx_encoder import OnnxEncoder
 from embedstack.types import Role
 
+pytestmark = pytest.mark.slow  # ONNX exports of the bundled model
+
 REAL = [
     "A man is eating food.",
     "A man is eating a piece of bread.",

@@ -54,6 +54,7 @@ def test_every_answer_fault_is_covered() -> None:
 
 
 @pytest.mark.parametrize("fault", sorted(ROW_FAULTS))
+@pytest.mark.slow  # real retry waits, for every kind of bad vector
 def test_a_bad_vector_is_retried_then_named(make_model: Any, server: FakeOpenAIServer, fault: str, mode: str) -> None:
     server.faults.corrupt = {"t3": fault}
     store = SimpleKVStore()

@@ -15,6 +15,7 @@ from embedstack.providers.openai import EmbeddingAPIError, OpenAIEmbedding
 
 
 @pytest.mark.parametrize("workers", [None, 4])
+@pytest.mark.slow  # real retry waits
 def test_10k_texts_through_30_percent_429_and_500(server: FakeOpenAIServer, mode: str, workers: int | None) -> None:
     server.faults = Faults(fail_rate=0.3, fail_statuses=(429, 500), retry_after_ms=1)
     model = OpenAIEmbedding(
@@ -85,6 +86,7 @@ def _gap_after_first(server: FakeOpenAIServer) -> float:
         ({"retry-after-ms": "250", "Retry-After": "9"}, 0.25),
     ],
 )
+@pytest.mark.slow  # real retry waits
 def test_retry_after_is_honoured(
     make_model: Any, server: FakeOpenAIServer, headers: dict[str, str], at_least: float, mode: str
 ) -> None:
@@ -112,6 +114,7 @@ def test_backoff_grows_between_attempts(make_model: Any, server: FakeOpenAIServe
     assert gaps[0] >= 0.025 and gaps[1] >= 0.05 and gaps[2] >= 0.1
 
 
+@pytest.mark.slow  # real retry waits
 def test_timeouts_are_retried(make_model: Any, server: FakeOpenAIServer, mode: str) -> None:
     server.faults = Faults(script=["hang", "hang"], hang_s=1.5)
     out = embed(make_model(timeout=0.5), ["slow"], mode)
@@ -189,6 +192,7 @@ def test_async_is_bounded_by_default(make_model: Any, server: FakeOpenAIServer) 
     assert 2 <= server.max_concurrency <= 8
 
 
+@pytest.mark.slow  # real retry waits
 def test_a_429_pauses_every_worker(make_model: Any, server: FakeOpenAIServer) -> None:
     server.delay_s = 0.01
     server.faults.script.append({"status": 429, "headers": {"retry-after-ms": "1000"}})

@@ -16,7 +16,7 @@ from embedstack.providers.mock import FakeEmbedding
 
 from .conftest import RedisServer
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationWarning")]  # Ray, Redis
 
 
 def _corpus(path: Path, n: int) -> Path:

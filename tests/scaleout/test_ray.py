@@ -17,7 +17,7 @@ from embedstack.providers.mock import FakeEmbedding
 
 from .conftest import RedisServer
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationWarning")]  # Ray, Redis
 
 _ACTOR_TITLE = b"ray::MapWorker(MapBatches(_Embedder))"
 

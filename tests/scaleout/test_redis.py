@@ -22,7 +22,7 @@ from embedstack.providers.mock import FakeEmbedding
 
 from .conftest import RedisServer
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationWarning")]  # Ray, Redis
 TEXTS = [f"document number {i}" for i in range(120)]
 
 

@@ -22,6 +22,8 @@ import pytest
 
 from embedstack.providers.mock import FakeEmbedding
 
+pytestmark = pytest.mark.slow  # a two-node Ray cluster
+
 JOB = Path(__file__).with_name("two_node_job.py")
 ROWS = 200
 TIMEOUT_S = 180  # the child dumps its stacks and exits at 150 s; this is the backstop

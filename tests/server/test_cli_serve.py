@@ -41,6 +41,7 @@ def test_loopback() -> None:
     assert not _is_loopback("0.0.0.0") and not _is_loopback("10.1.2.3")
 
 
+@pytest.mark.slow  # a subprocess
 def test_help_does_not_import_the_server() -> None:
     code = (
         "import sys; from embedstack.cli import build_parser; build_parser(); "
@@ -50,6 +51,7 @@ def test_help_does_not_import_the_server() -> None:
     assert out.strip() == "[]"
 
 
+@pytest.mark.slow  # a subprocess
 def test_key_from_environment_and_public_bind_warning(tmp_path: Path) -> None:
     server = start_server(
         tmp_path,

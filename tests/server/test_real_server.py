@@ -21,6 +21,8 @@ import pytest
 
 from .conftest import ServerProcess, start_server
 
+pytestmark = pytest.mark.slow  # `embedstack serve` with the bundled model in a subprocess
+
 openai = pytest.importorskip("openai")
 
 NAME = "minilm"

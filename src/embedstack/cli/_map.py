@@ -6,9 +6,9 @@ import argparse
 import sys
 from typing import Any
 
-from embedstack.cli._args import positive_int
+from embedstack.cli._args import Parents, positive_int
 
-__all__ = ["add_map_parser", "cmd_map"]
+__all__ = ["add_parser", "cmd_map"]
 
 
 def _sample(value: str) -> int:
@@ -18,10 +18,10 @@ def _sample(value: str) -> int:
     return positive_int(value)
 
 
-def add_map_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> argparse.ArgumentParser:
+def add_parser(sub: Any, parents: Parents) -> argparse.ArgumentParser:
     """Register `map` on the command line's subparsers (argparse only: --help stays fast)."""
     p: argparse.ArgumentParser = sub.add_parser(
-        "map", parents=parents, help="draw a 2-D map of an embedded output (.html page or .png)"
+        "map", parents=[parents.common], help="draw a 2-D map of an embedded output (.html page or .png)"
     )
     p.add_argument("output", metavar="OUT", help="a file written by `embedstack embed`")
     p.add_argument(
@@ -51,6 +51,7 @@ def add_map_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> argparse
     p.add_argument("--seed", type=int, default=0, help="seed of the sample, the projection and k-means (default: 0)")
     p.add_argument("--title", help="the map's title (default: OUT and its model)")
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
+    p.set_defaults(handler=cmd_map)
     return p
 
 

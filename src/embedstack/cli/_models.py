@@ -14,7 +14,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-__all__ = ["EXTRAS", "cmd_models", "facts_table", "offline_models"]
+from embedstack.cli._args import Parents
+
+__all__ = ["EXTRAS", "add_parser", "cmd_models", "facts_table", "offline_models"]
 
 #: Extra → the modules it installs (checked with find_spec, nothing is imported).
 EXTRAS: dict[str, tuple[str, ...]] = {
@@ -100,6 +102,23 @@ def facts_table(provider: str | None = None) -> list[str]:
         "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))).rstrip()
         for row in rows
     ]
+
+
+def add_parser(sub: Any, parents: Parents) -> argparse.ArgumentParser:
+    """Register `models` on the command line's subparsers."""
+    models: argparse.ArgumentParser = sub.add_parser(
+        "models",
+        parents=[parents.common],
+        help="list model forms, installed extras, models available offline and known models' facts",
+    )
+    models.add_argument(
+        "--provider",
+        choices=["local", "openai", "clip"],
+        help="list only this provider's known models (dims, max tokens, pooling, verified backends)",
+    )
+    models.add_argument("--json", action="store_true", help="print as JSON")
+    models.set_defaults(handler=cmd_models)
+    return models
 
 
 def cmd_models(args: argparse.Namespace) -> int:

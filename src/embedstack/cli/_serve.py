@@ -16,16 +16,16 @@ import sys
 from types import FrameType
 from typing import Any
 
-from embedstack.cli._args import positive_int
+from embedstack.cli._args import Parents, positive_int
 
-__all__ = ["add_serve_parser", "cmd_serve", "parse_models"]
+__all__ = ["add_parser", "cmd_serve", "parse_models"]
 
 DEFAULT_PORT = 8000
 DEFAULT_DRAIN_TIMEOUT = 30.0
 
 
-def add_serve_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> argparse.ArgumentParser:
-    """Register `serve` on the command line's subparsers."""
+def add_parser(sub: Any, parents: Parents) -> argparse.ArgumentParser:
+    """Register `serve` on the command line's subparsers (argparse only: the server loads when it runs)."""
     from embedstack.server.limits import (  # no dependencies: --help stays fast without the extra
         DEFAULT_MAX_BATCH_TOKENS,
         DEFAULT_MAX_BODY_BYTES,
@@ -33,7 +33,16 @@ def add_serve_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> argpar
         DEFAULT_MAX_WAIT_MS,
     )
 
-    return _add(sub, parents, DEFAULT_MAX_BATCH_TOKENS, DEFAULT_MAX_WAIT_MS, DEFAULT_MAX_QUEUE, DEFAULT_MAX_BODY_BYTES)
+    serve = _add(
+        sub,
+        [parents.common, parents.cache],
+        DEFAULT_MAX_BATCH_TOKENS,
+        DEFAULT_MAX_WAIT_MS,
+        DEFAULT_MAX_QUEUE,
+        DEFAULT_MAX_BODY_BYTES,
+    )
+    serve.set_defaults(handler=cmd_serve)
+    return serve
 
 
 def _add(

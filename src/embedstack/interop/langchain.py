@@ -1,7 +1,9 @@
 """An embedstack model as a LangChain `Embeddings`, for LangChain vector stores and retrievers.
 
 Every call goes through the embedstack model's pipeline, so its cache, batching and events apply.
-Importing this module needs langchain-core (`pip install 'embedstack[langchain]'`).
+Importing this module needs langchain-core (`pip install 'embedstack[langchain]'`). The other direction,
+a LangChain `Embeddings` as an embedstack model, is the provider `embedstack.providers.langchain`
+(`LangchainEmbedding`; duck-typed, it imports without langchain-core).
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["UNREADABLE", "decode_blob", "decode_dict", "dict_to_blob", "encode_dict"]
+__all__ = ["UNREADABLE", "decode_blob", "dict_to_blob", "encode_dict"]
 
 
 class _Unreadable:
@@ -50,9 +50,3 @@ def dict_to_blob(value: Any) -> bytes | Any:
         return UNREADABLE
     dim = value.get("dim")
     return blob if isinstance(dim, int) and len(blob) == 4 * dim > 0 else UNREADABLE
-
-
-def decode_dict(value: Any) -> npt.NDArray[np.float32] | Any:
-    """encode_dict's output → vector, or UNREADABLE for anything else."""
-    blob = dict_to_blob(value)
-    return UNREADABLE if blob is UNREADABLE else decode_blob(len(blob) // 4, blob)

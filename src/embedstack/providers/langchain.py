@@ -1,7 +1,9 @@
 """LangchainEmbedding: any LangChain `Embeddings` as an embedstack model (batching, cache, events).
 
 The LangChain object is duck-typed (embed_documents / embed_query and their async twins), so this
-module never imports langchain_core itself.
+module never imports langchain_core itself. This is the LangChain → embedstack direction (a provider);
+the other one, an embedstack model as a LangChain `Embeddings` (`model.as_langchain()`), is
+`embedstack.interop.langchain`, which needs langchain-core to import.
 """
 
 from __future__ import annotations

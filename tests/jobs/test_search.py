@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from tests.cli.conftest import SAMPLE, Run
+from tests.conftest import SAMPLE, Run
 
 from embedstack.jobs import (
     OutputError,
@@ -59,6 +59,7 @@ def _overlap(a: list[list[str]], b: list[list[str]]) -> float:
     return float(np.mean([len(set(x) & set(y)) / len(y) for x, y in zip(a, b)]))
 
 
+@pytest.mark.slow  # the bundled model embeds 200 records
 def test_compact_outputs_retrieve_like_float32_with_the_real_model(real: dict[str, Any]) -> None:
     """Measured here: top-1 agreement with float32 1.0 (Hamming alone 0.925); overlap with float32's top 10:
     float16 1.0, int8 0.998, binary + rescoring 0.994, Hamming alone 0.62; own text in the top 10: 1.0
@@ -74,6 +75,7 @@ def test_compact_outputs_retrieve_like_float32_with_the_real_model(real: dict[st
     assert _overlap(tops["binary"], base) > _overlap(tops["hamming"], base) + 0.1  # rescoring is worth it
 
 
+@pytest.mark.slow  # the bundled model embeds 200 records
 def test_a_cached_query_never_loads_the_model(real: dict[str, Any]) -> None:
     """A repeated query is answered from the cache without loading the weights (seconds for a one-off search)."""
     from embedstack import resolve_embed_model

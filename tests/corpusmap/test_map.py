@@ -11,14 +11,13 @@ from typing import Any
 
 import numpy as np
 import pytest
+from tests.conftest import SAMPLE, Run, cli_env
 
 from embedstack.corpusmap import PNG_SIZE, build_map, render_html
 from embedstack.corpusmap._build import TEXT_CHARS
 from embedstack.corpusmap._html import script_json
 from embedstack.corpusmap._labels import cluster_labels
 from embedstack.corpusmap._layout import kmeans, pca_2d, sample_rows
-
-from .conftest import SAMPLE, Run, cli_env
 
 EVIL = "</script><img src=x onerror=alert(1)> <!-- &amp; \u2028 evil"
 ROWS = 200
@@ -155,6 +154,7 @@ def test_png(cli: Run, tmp_path: Path, corpus: tuple[Path, list[dict[str, str]]]
     assert len(np.unique(img.reshape(-1, 3), axis=0)) > 50
 
 
+@pytest.mark.slow  # UMAP (numba compiles)
 def test_umap_small(corpus: tuple[Path, list[dict[str, str]]]) -> None:
     pytest.importorskip("umap")
     out, _ = corpus

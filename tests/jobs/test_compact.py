@@ -1,7 +1,7 @@
 """Compact outputs (issue 17): dimensions and precision at embed time, their metadata, append and info.
 
 Fake models where the model does not matter (formats, ranges, refusals); the real default model `local`
-on the bundled sample's (query, text) pairs for retrieval quality (tests/cli/test_search.py).
+on the bundled sample's (query, text) pairs for retrieval quality (tests/jobs/test_search.py).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tests.cli.conftest import SAMPLE, Run
+from tests.conftest import SAMPLE, Run
 
 from embedstack.jobs import OutputError, _compact, embed_records, load_embeddings, read_meta, search
 from embedstack.providers.mock import FakeEmbedding

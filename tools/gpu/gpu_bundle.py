@@ -1,6 +1,6 @@
-"""Build .gpu/, what bench/cuda_local.py needs on a GPU machine that has torch but no network.
+"""Build .gpu/, what tools/gpu/cuda_local.py needs on a GPU machine that has torch but no network.
 
-    .venv/bin/python bench/gpu_bundle.py        # then carry .gpu (git-excluded) with the device call
+    .venv/bin/python tools/gpu/gpu_bundle.py   # then carry .gpu (git-excluded) with the device call
 
 It holds: wheels of pydantic and its needs for CPython 3.12 (the device image lacks them), the
 default model with its weights stored as float16 (the fp32 file is 90 MB, over the 64 MiB transfer
@@ -15,8 +15,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data" / "packages-retrieval.jsonl"
+ROOT = Path(__file__).resolve().parents[2]
+DATA = ROOT / "bench" / "data" / "packages-retrieval.jsonl"  # the benchmark corpus
 WHEELS = ("pydantic", "pydantic-core", "annotated-types", "typing-inspection", "typing-extensions")
 PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64")
 
@@ -25,7 +25,9 @@ def main() -> None:
     out = ROOT / ".gpu"
     shutil.rmtree(out, ignore_errors=True)
     (out / "whl").mkdir(parents=True)
-    exclude = ROOT / ".git" / "info" / "exclude"
+    git_path = ["git", "-C", str(ROOT), "rev-parse", "--path-format=absolute", "--git-path", "info/exclude"]
+    exclude = Path(subprocess.run(git_path, capture_output=True, text=True, check=True).stdout.strip())  # worktrees too
+    exclude.parent.mkdir(parents=True, exist_ok=True)
     if "/.gpu/" not in (exclude.read_text() if exclude.exists() else ""):
         with exclude.open("a") as f:
             f.write("/.gpu/\n")

@@ -4,13 +4,13 @@ Run once on the device (no network; pydantic comes from .gpu/whl, embedstack fro
 git-excluded, so the device call must carry it):
 
     python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .gpu/whl/*.whl && \
-    PYTHONPATH=/tmp/site:src HF_HUB_OFFLINE=1 python3 bench/cuda_local.py \
+    PYTHONPATH=/tmp/site:src HF_HUB_OFFLINE=1 python3 tools/gpu/cuda_local.py \
         --model-dir .gpu/model --data .gpu/data.jsonl --out $OUT
 
 Dry run on a CPU (every code path, with cpu standing in for cuda; --device cpu shrinks the defaults to
 batch 32, 1 timed pass, 20 latency queries, fp16/bf16 on 10 records, ONNX on 50):
 
-    flock /tmp/embedstack-cpu.lock env PYTHONPATH=src HF_HUB_OFFLINE=1 .venv/bin/python bench/cuda_local.py \
+    flock /tmp/embedstack-cpu.lock env PYTHONPATH=src HF_HUB_OFFLINE=1 .venv/bin/python tools/gpu/cuda_local.py \
         --model-dir .gpu/model --data .gpu/data.jsonl --device cpu --n 100 --out /tmp/cuda_check_out --budget-s 120
 
 Sections (each timed, guarded, skipped with a message when --budget-s runs short):

@@ -1,6 +1,6 @@
 """A headless Chromium driven over the Chrome DevTools Protocol (websockets only: no browser download).
 
-Used by tests/cli/test_map.py: it records console errors, exceptions, dialogs and every network request.
+Used by tests/corpusmap/test_map.py: it records console errors, exceptions, dialogs and every network request.
 """
 
 from __future__ import annotations

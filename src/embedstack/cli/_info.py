@@ -1,0 +1,89 @@
+"""`embedstack info OUT`: an output's model, dimensions, vector format, count and files."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from embedstack.cli._args import Parents
+
+__all__ = ["add_parser", "cmd_info"]
+
+
+def add_parser(sub: Any, parents: Parents) -> argparse.ArgumentParser:
+    """Register `info` on the command line's subparsers."""
+    info: argparse.ArgumentParser = sub.add_parser(
+        "info", parents=[parents.common], help="show an output's model, dims and count"
+    )
+    info.add_argument("output", metavar="OUT")
+    info.add_argument("--json", action="store_true", help="print the metadata as JSON")
+    info.set_defaults(handler=cmd_info)
+    return info
+
+
+def _size(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    """embedstack info OUT."""
+    from embedstack.jobs import VectorFormat, read_meta
+    from embedstack.jobs._output import meta_path, output_format, rescore_path, rows_path
+
+    path = Path(args.output)
+    meta = read_meta(path)
+    fmt = output_format(path)
+    vf = VectorFormat.from_meta(meta)
+    files = [path] + ([rows_path(path)] if fmt == "npy" else []) + ([meta_path(path)] if fmt != "parquet" else [])
+    if fmt == "npy" and vf.rescore:
+        files.append(rescore_path(path))
+    if path.is_dir():  # a Parquet dataset directory (embed --ray)
+        files = [f for f in path.rglob("*") if f.is_file()]
+    size = sum(f.stat().st_size for f in files if f.exists())
+    if args.json:
+        print(
+            json.dumps(
+                {"file": str(path), "bytes": size, **meta, **vf.to_meta(), "output_format": fmt},
+                ensure_ascii=False,
+                indent=1,
+            )
+        )
+        return 0
+    model = meta.get("model") or "(a model object)"
+    identity = meta.get("model_identity") or {}
+    parts = (meta.get("model_class"), meta.get("model_name"), identity.get("precision"))
+    detail = ", ".join(str(x) for x in parts if x)
+    rows = [
+        ("file", f"{path} ({fmt}, {_size(size)})"),
+        ("model", f"{model} ({detail})" if detail else model),
+        ("dims", f"{vf.dim} (of the model's {vf.source_dim})" if vf.truncated else str(vf.dim)),
+        ("vectors", vf.describe()),
+        ("count", str(meta.get("count"))),
+        ("text", f"{meta.get('text_field')} (id field: {meta.get('id_field')})"),
+        ("columns", ", ".join(meta.get("columns") or []) or "(none)"),
+        ("inputs", ", ".join(meta.get("inputs") or [])),
+        ("created", str(meta.get("created"))),
+    ]
+    if meta.get("updated"):
+        rows.append(("updated", str(meta["updated"])))
+    if vf.ranges is not None:
+        low, high = vf.ranges
+        where = meta.get("ranges_from") or "the corpus"
+        rows.insert(
+            4,
+            (
+                "ranges",
+                f"min {low.min():.4f}..{low.max():.4f}, max {high.min():.4f}..{high.max():.4f} per dimension "
+                f"(from {where}; --json lists them)",
+            ),
+        )
+    for key, value in rows:
+        print(f"{key:<8} {value}")
+    return 0
