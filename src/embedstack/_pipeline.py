@@ -86,8 +86,28 @@ def check_texts(items: Sequence[Any], label: str, offset: int = 0) -> None:
                 ) from None
 
 
+def check_pairs(items: Sequence[Any], label: str, offset: int = 0) -> list[tuple[str, str]]:
+    """(query, document) pairs of valid strings, as tuples; errors name `label[i]` and the side."""
+    if isinstance(items, (str, bytes, bytearray)):
+        raise TypeError(f"{label} must be a list of (query, document) pairs, not a single {type(items).__name__}")
+    pairs: list[tuple[str, str]] = []
+    for i, item in enumerate(items, offset):
+        if not isinstance(item, (tuple, list)) or len(item) != 2:
+            raise TypeError(f"{label}[{i}] is {type(item).__name__}, expected a (query, document) pair of strings")
+        pairs.append((item[0], item[1]))
+    for side in (0, 1):
+        try:
+            check_texts([p[side] for p in pairs], label, offset)
+        except (TypeError, InvalidInputError) as e:
+            which = "query" if side == 0 else "document"
+            raise type(e)(str(e).replace("]", f"] ({which})", 1)) from None
+    return pairs
+
+
 def check_items(items: Sequence[Any], role: Role, label: str, offset: int = 0) -> Sequence[Any]:
-    """The pipeline's own checks of a call's items (texts, or images read into memory), naming `label[i]`."""
+    """The pipeline's own checks of a call's items (texts, pairs, or images read into memory), naming `label[i]`."""
+    if role is Role.PAIR:
+        return check_pairs(items, label, offset)
     if role is not Role.IMAGE:
         check_texts(items, label, offset)
         return items

@@ -33,9 +33,13 @@ def make_key_factory(prefix: bytes, role: Role, instruction: str | None) -> Call
     """A function item → cache key: sha256 over prefix (schema + model identity), role, instruction, item."""
     base = hashlib.sha256(prefix)
     base.update(b"\0role=" + role.value.encode() + b"\0instruction=" + (instruction or "").encode("utf-8") + b"\0item=")
-    to_bytes: Callable[[Any], bytes] = (
-        image_bytes if role is Role.IMAGE else (lambda s: s.encode("utf-8", "surrogatepass"))
-    )
+    to_bytes: Callable[[Any], bytes]
+    if role is Role.IMAGE:
+        to_bytes = image_bytes
+    elif role is Role.PAIR:
+        to_bytes = _pair_bytes
+    else:
+        to_bytes = _text_bytes
 
     def key(item: Any) -> str:
         h = base.copy()
@@ -43,6 +47,16 @@ def make_key_factory(prefix: bytes, role: Role, instruction: str | None) -> Call
         return h.hexdigest()
 
     return key
+
+
+def _text_bytes(text: str) -> bytes:
+    return text.encode("utf-8", "surrogatepass")
+
+
+def _pair_bytes(pair: tuple[str, str]) -> bytes:
+    """A (query, document) pair, the query's length first, so no two pairs share bytes."""
+    query = pair[0].encode("utf-8", "surrogatepass")
+    return str(len(query)).encode() + b":" + query + pair[1].encode("utf-8", "surrogatepass")
 
 
 def dim_key(prefix: bytes) -> str:

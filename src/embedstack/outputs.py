@@ -10,14 +10,14 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
 
 from embedstack.errors import BadVectorsError
 
-__all__ = ["Dense", "OutputKind", "RowKind", "Rows", "as_matrix"]
+__all__ = ["Dense", "OutputKind", "RowKind", "Rows", "Scores", "Sparse", "SparseVector", "as_matrix"]
 
 Matrix = npt.NDArray[np.float32]
 #: A kind's rows for several items: an (n, dim) float32 matrix (Dense) or a 1-D object array (RowKind).
@@ -293,3 +293,95 @@ class RowKind(OutputKind):
     def to_python(self, rows: Rows) -> list[Any]:
         """The rows as they are."""
         return list(rows)
+
+
+class Scores(Dense):
+    """One float per item (a reranker's relevance score): an (n, 1) float32 matrix; Python values are floats."""
+
+    name = "scores"
+
+    def __init__(self, size: int | None = 1) -> None:
+        if size not in (None, 1):
+            raise ValueError(f"scores have one value per item, not {size}")
+        super().__init__(1)
+
+    def to_python(self, rows: Rows) -> list[Any]:
+        """One float per item."""
+        return rows[:, 0].tolist()  # type: ignore[no-any-return]
+
+
+class SparseVector(NamedTuple):
+    """A sparse vector: strictly increasing int32 `indices` and their float32 `values` (finite, non-zero)."""
+
+    indices: npt.NDArray[np.int32]
+    values: npt.NDArray[np.float32]
+
+    def to_dict(self) -> dict[int, float]:
+        """As LlamaIndex's `SparseEmbedding`: {index: value}."""
+        return dict(zip(self.indices.tolist(), self.values.tolist()))
+
+
+class Sparse(RowKind):
+    """One sparse vector per item over `size` dimensions (a vocabulary; None: unbounded).
+
+    A provider may return `SparseVector`s, {index: value} dicts or (indices, values) pairs; rows are
+    checked (integer indices in range, finite values), zeros dropped and indices sorted, so equal
+    vectors are equal rows and cache bytes.
+    """
+
+    name = "sparse"
+
+    def check_row(self, row: Any) -> SparseVector:
+        """A raw sparse row as a canonical `SparseVector`; ValueError saying what is wrong."""
+        if isinstance(row, dict):
+            idx_raw, val_raw = list(row.keys()), list(row.values())
+        elif isinstance(row, (tuple, list)) and len(row) == 2:
+            idx_raw, val_raw = row[0], row[1]
+        else:
+            raise ValueError(
+                f"a sparse row must be a SparseVector, {{index: value}} or (indices, values), not {type(row).__name__}"
+            )
+        indices = np.asarray(idx_raw)
+        values = np.asarray(val_raw)
+        if indices.ndim != 1 or values.ndim != 1 or len(indices) != len(values):
+            raise ValueError(f"{len(indices)} indices for {len(values)} values")
+        if len(indices) and indices.dtype.kind not in "iu":
+            raise ValueError(f"indices of dtype {indices.dtype}, expected integers")
+        if len(values) and values.dtype.kind not in "fiu":
+            raise ValueError(f"values of dtype {values.dtype}, expected numbers")
+        if len(indices) and (indices.min() < 0 or (self.size is not None and indices.max() >= self.size)):
+            raise ValueError(f"an index outside [0, {self.size if self.size is not None else 'inf'})")
+        with np.errstate(over="ignore"):
+            vals = values.astype(np.float32)
+        if not np.isfinite(vals).all():
+            raise ValueError("non-finite values (NaN or infinity, or beyond float32's range)")
+        order = np.argsort(indices, kind="stable")
+        idx = indices[order].astype(np.int64)
+        if len(idx) > 1 and (np.diff(idx) == 0).any():
+            raise ValueError("a repeated index")
+        keep = vals[order] != 0
+        return SparseVector(idx[keep].astype(np.int32), vals[order][keep])
+
+    def encode_row(self, row: SparseVector) -> bytes:
+        """[count: int32][indices: int32 × count][values: float32 × count], little-endian."""
+        head = np.array([len(row.indices)], dtype="<i4")
+        return head.tobytes() + row.indices.astype("<i4").tobytes() + row.values.astype("<f4").tobytes()
+
+    def decode_row(self, blob: bytes) -> SparseVector:
+        """A row from `encode_row`'s bytes; ValueError when they are not one."""
+        if len(blob) < 4:
+            raise ValueError("too short")
+        n = int(np.frombuffer(blob[:4], dtype="<i4")[0])
+        if n < 0 or len(blob) != 4 + 8 * n:
+            raise ValueError("wrong length")
+        indices = np.frombuffer(blob[4 : 4 + 4 * n], dtype="<i4").astype(np.int32)
+        values = np.frombuffer(blob[4 + 4 * n :], dtype="<f4").astype(np.float32)
+        if not np.isfinite(values).all() or (n and (indices.min() < 0 or (np.diff(indices) <= 0).any())):
+            raise ValueError("not a canonical sparse row")
+        if self.size is not None and n and indices.max() >= self.size:
+            raise ValueError("an index outside the vocabulary")
+        return SparseVector(indices, values)
+
+    def to_python(self, rows: Rows) -> list[Any]:
+        """{index: value} dicts (LlamaIndex's SparseEmbedding)."""
+        return [r.to_dict() for r in rows]

@@ -24,11 +24,15 @@ ImageType = Union[str, "os.PathLike[str]", bytes, bytearray, IOBase, Any]
 
 
 class Role(str, Enum):
-    """What an item is embedded as; part of the cache key, and it picks the hook."""
+    """What an item is embedded as; part of the cache key, and it picks the hook.
+
+    PAIR items are (query, document) pairs of strings, scored together (a reranker's input).
+    """
 
     QUERY = "query"
     TEXT = "text"
     IMAGE = "image"
+    PAIR = "pair"
 
 
 class EmbedResult(NamedTuple):
