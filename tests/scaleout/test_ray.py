@@ -127,3 +127,35 @@ def test_actor_killed_mid_job(ray_session: Any) -> None:
     model = FakeEmbedding(embed_dim=16)
     for r in rows[::37]:
         np.testing.assert_array_equal(np.asarray(r["embedding"], np.float32), model.vector_for(r["text"]))
+
+
+def test_a_remote_model_arrives_on_the_actors_with_its_credentials(ray_session: Any) -> None:
+    """A remote model object sent to Ray travels pickled with its key (never through to_dict(), which leaves secrets
+    out), so each actor's copy authenticates against the (real, local) OpenAI-compatible server; its loaded client
+    does not travel, each actor makes its own."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "openai"))
+    from openai_fake_server import FakeOpenAIServer, vector_for
+
+    from embedstack.providers.openai import OpenAILikeEmbedding
+
+    ray = ray_session
+    key = "sk-ray-credentials-test-0123456789"
+    with FakeOpenAIServer(dim=12, api_key=key) as server:
+        model = OpenAILikeEmbedding(model_name="fake-embed", api_key=key, api_base=server.url, max_retries=0)
+        assert key not in str(model.to_dict())  # the descriptor path never carries the key
+        model.get_text_embedding("warm the client first")  # a loaded client must not need to travel
+        items = _items(12)
+        ds = ray.data.from_items(items, override_num_blocks=2)
+        rows = _rows(embed_dataset(ds, model, concurrency=2, batch_size=6, cache=None))
+        assert sorted(r["id"] for r in rows) == sorted(i["id"] for i in items)
+        for row in rows:
+            want = vector_for(row["text"], 12)
+            np.testing.assert_allclose(np.asarray(row["embedding"], np.float32), want / np.linalg.norm(want), atol=1e-5)
+        wrong = OpenAILikeEmbedding(
+            model_name="fake-embed", api_key="sk-wrong-key-00000000", api_base=server.url, max_retries=0
+        )
+        with pytest.raises(Exception, match=r"401|API key|Incorrect"):
+            _rows(embed_dataset(ray.data.from_items(items[:2]), wrong, concurrency=1, cache=None))
