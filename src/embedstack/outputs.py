@@ -363,7 +363,7 @@ class Sparse(RowKind):
         return SparseVector(idx[keep].astype(np.int32), vals[order][keep])
 
     def encode_row(self, row: SparseVector) -> bytes:
-        """[count: int32][indices: int32 × count][values: float32 × count], little-endian."""
+        """The count (int32), the indices (int32 each), then the values (float32 each), little-endian."""
         head = np.array([len(row.indices)], dtype="<i4")
         return head.tobytes() + row.indices.astype("<i4").tobytes() + row.values.astype("<f4").tobytes()
 
