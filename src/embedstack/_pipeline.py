@@ -71,6 +71,8 @@ def check_texts(items: Sequence[Any], label: str, offset: int = 0) -> None:
             f"{label} must be a list of texts, not a single {type(items).__name__} "
             f"(it would be embedded one character at a time); wrap it in a list: [text]"
         )
+    if set(map(type, items)) <= {str} and all(map(str.isascii, items)):
+        return  # the common case, checked at C speed; otherwise find and name the bad item
     for i, item in enumerate(items, offset):
         if not isinstance(item, str):
             raise TypeError(f"{label}[{i}] is {type(item).__name__}, expected str")
@@ -149,10 +151,17 @@ class EmbedJob:
         self.store = pipe.cache
         self.keys: list[str] = []
         key_of = pipe.key_factory(role) if self.store is not None else None
-        idents = [key_of(i) for i in items] if key_of else [i if isinstance(i, str) else id(i) for i in items]
-        seen: dict[Any, int] = {}
-        self.slot_of = [seen.setdefault(ident, len(seen)) for ident in idents]
+        if key_of:
+            idents: Sequence[Any] = [key_of(i) for i in items]
+        else:  # texts and pairs are their own identity; an image object its id
+            idents = [id(i) for i in items] if role is Role.IMAGE else items
+        seen: dict[Any, Any] = dict.fromkeys(idents)
         self.dups = len(seen) != self.n
+        if self.dups:
+            seen = {}
+            self.slot_of: Sequence[int] = [seen.setdefault(ident, len(seen)) for ident in idents]
+        else:
+            self.slot_of = range(self.n)
         #: Input position of each slot's first occurrence (computed once; identity when nothing repeats).
         self._first = _first_positions(self.slot_of, len(seen)) if self.dups else []
         self.uniques = [items[i] for i in self._first] if self.dups else list(items)
@@ -461,7 +470,7 @@ def _warn(msg: str) -> None:
     warnings.warn(msg, RuntimeWarning, stacklevel=5)
 
 
-def _first_positions(slot_of: list[int], n_unique: int) -> list[int]:
+def _first_positions(slot_of: Sequence[int], n_unique: int) -> list[int]:
     """Input position of each slot's first occurrence."""
     first = [-1] * n_unique
     for pos, slot in enumerate(slot_of):

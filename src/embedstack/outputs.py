@@ -93,7 +93,7 @@ def _non_numeric(rows: Sequence[Any], arr: npt.NDArray[Any] | None = None) -> st
     refuses), so only those are looked at: the check costs one vectorised comparison for rows of
     real embeddings instead of a Python visit of every value.
     """
-    bad: set[str] = set()
+    kinds: set[type] = set()
     try:
         if arr is None or arr.ndim != 2 or arr.size <= _SCAN:
             for row in rows:
@@ -101,7 +101,7 @@ def _non_numeric(rows: Sequence[Any], arr: npt.NDArray[Any] | None = None) -> st
                     if row.dtype.kind not in "fiu":
                         return str(row.dtype)
                     continue
-                bad.update(t.__name__ for t in set(map(type, row)) if issubclass(t, _NOT_NUMBERS))
+                kinds.update(map(type, row))
         else:
             suspects = (arr == 0) | (arr == 1)
             if not suspects.any():
@@ -116,11 +116,10 @@ def _non_numeric(rows: Sequence[Any], arr: npt.NDArray[Any] | None = None) -> st
                     if row.dtype.kind == "b":
                         return "bool"
                     continue
-                picked = map(row.__getitem__, cols[a:b]) if b - a <= _FEW else row
-                bad.update(t.__name__ for t in set(map(type, picked)) if issubclass(t, _NOT_NUMBERS))
+                kinds.update(map(type, map(row.__getitem__, cols[a:b]) if b - a <= _FEW else row))
     except TypeError:
         return None  # not a list of rows: the shape check reports it
-    return ", ".join(sorted(bad)) or None
+    return ", ".join(sorted(t.__name__ for t in kinds if issubclass(t, _NOT_NUMBERS))) or None
 
 
 def _dtype_name(arr: npt.NDArray[Any]) -> str:
