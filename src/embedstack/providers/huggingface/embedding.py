@@ -349,6 +349,17 @@ class HuggingFaceEmbedding(BatchEmbedding):
         """Length of the vectors this model returns (loads the model)."""
         return self.dimensions or self._loaded().dim
 
+    def _declared_dim(self) -> int | None:
+        """The vector length before loading: `dimensions`, else what the model's files state (modules.json's
+        transformer, pooling and Dense layers, or config.json), else None (learned from the first answer)."""
+        if self.dimensions is not None:
+            return self.dimensions
+        if self._encoder is not None:
+            return self._encoder.dim
+        from embedstack.providers.huggingface.dims import files_dim
+
+        return files_dim(self.source.path)
+
     def _prefix(self, role: Role) -> str | None:
         """The instruction in front of `role` texts, if any."""
         return self._instruction(role) if role in (Role.QUERY, Role.TEXT) else None
