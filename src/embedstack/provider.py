@@ -59,6 +59,11 @@ class BatchOutput:
     token_counts: Sequence[int] | None = None
     truncated: Sequence[bool] | None = None
 
+    @property
+    def vectors(self) -> Any:
+        """The values (the name `EmbedResult` gives them, for dense outputs)."""
+        return self.values
+
 
 @runtime_checkable
 class Provider(Protocol):
