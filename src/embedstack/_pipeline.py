@@ -33,7 +33,7 @@ from embedstack.callbacks.manager import EventContext
 from embedstack.callbacks.schema import CBEventType, EventPayload
 from embedstack.errors import BadVectorsError, InvalidInputError
 from embedstack.instrumentation import get_dispatcher
-from embedstack.outputs import Rows, as_matrix
+from embedstack.outputs import Rows
 from embedstack.progress import Progress, ProgressArg
 from embedstack.provider import BatchOutput
 from embedstack.types import Batch, EmbedResult, PartialResult, Role
@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from embedstack.kvstore.base import BaseKVStore
     from embedstack.pipeline import Pipeline
 
-__all__ = ["CACHE_COLLECTION", "DIM_COLLECTION", "EmbedJob", "as_matrix", "check_texts", "run_async", "run_sync"]
+__all__ = ["EmbedJob", "cached_rows", "check_items", "check_texts", "run_async", "run_sync"]
 
 logger = logging.getLogger("embedstack")
 Matrix = npt.NDArray[np.float32]

@@ -1,5 +1,5 @@
 """The embed job: read, embed in chunks through the cached pipeline, shape (dimensions, precision), write
-atomically. Search lives in jobs._search (re-exported here for older imports)."""
+atomically. Search lives in jobs._search."""
 
 from __future__ import annotations
 

@@ -29,7 +29,6 @@ __all__ = [
     "embed_dataset",
     "embed_files_ray",
     "init_ray",
-    "open_store",
     "read_inputs",
 ]
 

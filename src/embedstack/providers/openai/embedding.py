@@ -6,7 +6,7 @@ per-request token budget, a server's own batch cap learned from its 413/422, ove
 into windows, truncated or rejected), each sent through the one retry loop (`retry.request`),
 its answer read by `answers` (vectors mapped by `index`, all there, finite and of the model's
 length, else malformed: retried, then named item by item in the final error). The flow does no
-I/O: `retry.run_sync` / `retry.run_async` drive it with the calls of `client`.
+I/O: `retry.drive_sync` / `retry.drive_async` drive it with the calls of `client`.
 
 Credentials: a key HTTP cannot carry in a header (a trailing newline, a non-ASCII character) is a
 ValueError at construction, before any request; the key, a password in the base URL and credential
@@ -52,9 +52,9 @@ from embedstack.providers.openai.retry import (
     RetryPolicy,
     Split,
     Success,
+    drive_async,
+    drive_sync,
     request,
-    run_async,
-    run_sync,
 )
 from embedstack.providers.openai.shaping import (
     MAX_INPUTS_PER_REQUEST,
@@ -299,13 +299,13 @@ class _OpenAIBase(BatchEmbedding):
 
     def _embed_batch(self, items: list[Any], role: Role) -> EmbedResult:
         """Embed one pipeline batch with blocking requests (a thread pool runs several when num_workers > 1)."""
-        return run_sync(self._flow(items, role), self._send_sync)
+        return drive_sync(self._flow(items, role), self._send_sync)
 
     async def _aembed_batch(self, items: list[Any], role: Role) -> EmbedResult:
         """Embed one pipeline batch on the event loop with the async client."""
         flow = self._flow(items, role)
         client = await self._async_client()
-        return await run_async(flow, functools.partial(self._send_async, client))
+        return await drive_async(flow, functools.partial(self._send_async, client))
 
     # -- the logic of one batch (no I/O) ----------------------------------------------------------------
     def _policy(self) -> RetryPolicy:
@@ -610,7 +610,7 @@ class OpenAILikeEmbedding(_OpenAIBase):
     # server is recognised first by its header on GET /models (one request, with the client's timeout).
     def _embed_batch(self, items: list[Any], role: Role) -> EmbedResult:
         if role is Role.QUERY and self._is_embedstack(lambda: self._probe(self._sync_client().get)):
-            return run_sync(self._flow(items, role), functools.partial(self._send_sync, extra=_QUERY_FIELDS))
+            return drive_sync(self._flow(items, role), functools.partial(self._send_sync, extra=_QUERY_FIELDS))
         return super()._embed_batch(items, role)
 
     async def _aembed_batch(self, items: list[Any], role: Role) -> EmbedResult:
@@ -620,7 +620,7 @@ class OpenAILikeEmbedding(_OpenAIBase):
                 self._embedstack_server = await self._aprobe(client)
             if self._embedstack_server:
                 send = functools.partial(self._send_async, client, extra=_QUERY_FIELDS)
-                return await run_async(self._flow(items, role), send)
+                return await drive_async(self._flow(items, role), send)
         return await super()._aembed_batch(items, role)
 
     def _is_embedstack(self, probe: Callable[[], bool | None]) -> bool:

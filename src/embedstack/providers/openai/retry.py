@@ -4,8 +4,8 @@ A failed attempt is classified into a `Failure`; `RetryPolicy` says how long to 
 stop; `request` is the one place that decides, for one request, whether to retry, wait, split or
 give up. Retried: 408, 409, 429, 5xx, timeouts, dropped connections and malformed answers; never
 400, 401, 403, 404, 422 (a 413/422 that says the batch is too big is split instead, not retried as
-is). The logic is a generator of `Call`s and `Sleep`s (no I/O), driven by `run_sync` (blocking
-calls) or `run_async` (the event loop), the way httpx drives its auth flows.
+is). The logic is a generator of `Call`s and `Sleep`s (no I/O), driven by `drive_sync` (blocking
+calls) or `drive_async` (the event loop), the way httpx drives its auth flows.
 """
 
 from __future__ import annotations
@@ -39,12 +39,12 @@ __all__ = [
     "Sleep",
     "Split",
     "Success",
+    "drive_async",
+    "drive_sync",
     "is_retryable_status",
     "parse_batch_cap",
     "parse_retry_after",
     "request",
-    "run_async",
-    "run_sync",
     "server_message",
     "status_failure",
 ]
@@ -325,7 +325,7 @@ def request(
         yield Sleep(delay)
 
 
-def run_sync(flow: Flow[_T], send: Callable[[list[str]], Outcome]) -> _T:
+def drive_sync(flow: Flow[_T], send: Callable[[list[str]], Outcome]) -> _T:
     """Drive `flow` with blocking requests (`send`) and time.sleep."""
     try:
         step = next(flow)
@@ -339,7 +339,7 @@ def run_sync(flow: Flow[_T], send: Callable[[list[str]], Outcome]) -> _T:
         return cast(_T, stop.value)
 
 
-async def run_async(flow: Flow[_T], send: Callable[[list[str]], Awaitable[Outcome]]) -> _T:
+async def drive_async(flow: Flow[_T], send: Callable[[list[str]], Awaitable[Outcome]]) -> _T:
     """Drive `flow` on the event loop with async requests (`send`) and asyncio.sleep."""
     try:
         step = next(flow)
