@@ -15,7 +15,7 @@ from embedstack.jobs import embed_dataset
 from embedstack.jobs._readers import InputError
 from embedstack.providers.mock import FakeEmbedding
 
-from .conftest import RedisServer
+from .conftest import RedisServer, embedder_stats
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -127,3 +127,32 @@ def test_actor_killed_mid_job(ray_session: Any) -> None:
     model = FakeEmbedding(embed_dim=16)
     for r in rows[::37]:
         np.testing.assert_array_equal(np.asarray(r["embedding"], np.float32), model.vector_for(r["text"]))
+
+
+@pytest.mark.parametrize("blocks", [1, None])  # one block of 300 rows; from_items' own 1-2-row blocks
+def test_small_input_is_cut_for_every_actor(ray_session: Any, blocks: int | None) -> None:
+    """300 rows for 2 actors with the default batch size: before, one task (a single block) or two of 256
+    and 44 rows; now four equal tasks, so neither actor waits idle."""
+    ray = ray_session
+    items = _items(300)
+    ds = ray.data.from_items(items, override_num_blocks=blocks) if blocks else ray.data.from_items(items)
+    out = embed_dataset(ds, "fake:8", concurrency=2).materialize()
+    rows = _rows(out)
+    assert sorted(r["id"] for r in rows) == sorted(i["id"] for i in items)
+    stats = embedder_stats(out.stats())
+    assert stats["tasks"] >= 4, stats
+    assert stats["rows_min"] >= 60 and stats["rows_max"] <= 90, stats  # 75 each
+
+
+def test_spread_leaves_large_inputs_alone(ray_session: Any) -> None:
+    from embedstack.jobs._ray import spread
+
+    ray = ray_session
+    ds = ray.data.from_items(_items(2000), override_num_blocks=8)
+    assert spread(ds, 2, 256) == (ds, 256)  # 8 batches of 256 already: no copy, same batches
+    assert spread(ds, 1, 256) == (ds, 256)
+    one = ray.data.from_items(_items(2000), override_num_blocks=1)
+    split, size = spread(one, 2, 256)
+    assert size == 256 and split.materialize().num_blocks() == 2  # one block per actor
+    small, size = spread(ray.data.from_items(_items(40), override_num_blocks=1), 4, 256)
+    assert size == 5 and small.materialize().num_blocks() == 8
