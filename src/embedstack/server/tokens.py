@@ -8,6 +8,10 @@ such a model's inputs only get an estimate for the batch budget (`estimate`); ca
 never reach the model, are counted with a second tokenizer instance, kept apart from the model's so
 that counting never waits for a running batch. OpenAI-style models count with their tiktoken
 counter on arrival; anything else is estimated (UTF-8 bytes / 4).
+
+With `"truncate": false` a local model's inputs are counted exactly on arrival too (`count`, by that second
+tokenizer), so an over-long input is refused before it is queued and costs no model time. `tokens` answers
+`POST /tokenize` (TEI's shape) with a copy of that tokenizer that never truncates.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from embedstack._pipeline import EmbedJob, run_sync
 from embedstack.base import BaseEmbedding
 from embedstack.types import EmbedResult, Plan, Role
 
-__all__ = ["IMAGE_COST", "Counts", "TokenCounter", "counter_for"]
+__all__ = ["IMAGE_COST", "Counts", "SimpleTokens", "TokenCounter", "counter_for"]
 
 #: What one image weighs in a batch's token budget (a ViT-B/32 sees 50 patches, each dearer than a text token).
 IMAGE_COST = 256
@@ -32,6 +36,8 @@ Counts = tuple[list[int], list[bool]]
 
 
 Matrix = npt.NDArray[np.float32]
+#: One input's tokens as TEI's /tokenize gives them: {"id", "text", "special", "start", "stop"} each.
+SimpleTokens = list[dict[str, Any]]
 
 
 class TokenCounter:
@@ -63,6 +69,10 @@ class TokenCounter:
         prefix = self.model._instruction(role) or ""
         return [max(1, len((prefix + t).encode("utf-8", "surrogatepass")) // 4) for t in texts], [False] * len(texts)
 
+    def tokens(self, texts: list[str], add_special_tokens: bool = True) -> list[SimpleTokens] | None:
+        """Each text's tokens as the model's tokenizer makes them, untruncated (None: no tokenizer to show)."""
+        return None
+
 
 class _LocalCounter(TokenCounter):
     """A local model: the counts of the model's own tokenisation in `embed`; a tokenizer of its own
@@ -76,6 +86,7 @@ class _LocalCounter(TokenCounter):
         self._lock = threading.Lock()
         self._tokenizer: Any = None
         self._made = False
+        self._untruncated: Any = None  # for /tokenize: the same tokenizer without truncation
 
     def _count_texts(self, texts: list[str], role: Role) -> Counts:
         from embedstack.providers.huggingface import HuggingFaceEmbedding
@@ -89,6 +100,38 @@ class _LocalCounter(TokenCounter):
                 return super()._count_texts(texts, role)
             tokens = self._tokenizer.tokenize(model._texts(texts, role))
         return [len(t.ids) for t in tokens], [bool(t.truncated) for t in tokens]
+
+    def tokens(self, texts: list[str], add_special_tokens: bool = True) -> list[SimpleTokens] | None:
+        """TEI's /tokenize: ids, token texts (a special token's own text; else the input's characters
+        `start:stop`), never truncated, lower-cased first when the model's tokenizer does that."""
+        with self._lock:
+            if not self._made:
+                self._tokenizer, self._made = self.model._make_tokenizer(), True  # type: ignore[attr-defined]
+            if self._untruncated is None:
+                backend = getattr(self._tokenizer, "backend_tokenizer", None)
+                if backend is None:  # no fast tokenizer (a slow one, or a model without text tokens)
+                    return None
+                from tokenizers import Tokenizer
+
+                untruncated = Tokenizer.from_str(backend.to_str())
+                untruncated.no_truncation()
+                untruncated.no_padding()
+                self._untruncated = untruncated
+            lower = bool(getattr(self._tokenizer, "lowercase", False))
+            seen = [t.lower() for t in texts] if lower else texts
+            encodings = self._untruncated.encode_batch(seen, add_special_tokens=add_special_tokens)
+        out: list[SimpleTokens] = []
+        for text, shown, enc in zip(texts, seen, encodings):
+            source = text if len(shown) == len(text) else shown  # offsets index the text the tokenizer saw
+            out.append(
+                [
+                    {"id": int(i), "text": tok, "special": True, "start": None, "stop": None}
+                    if special
+                    else {"id": int(i), "text": source[a:b], "special": False, "start": int(a), "stop": int(b)}
+                    for i, tok, special, (a, b) in zip(enc.ids, enc.tokens, enc.special_tokens_mask, enc.offsets)
+                ]
+            )
+        return out
 
     def estimate(self, items: list[Any], role: Role) -> list[int]:
         """UTF-8 bytes / 4 plus the instruction and two special tokens, at most the model's limit."""
