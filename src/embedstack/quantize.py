@@ -122,8 +122,10 @@ def dequantize(
     raise ValueError(f"{precision!r} codes cannot be turned back into vectors; keep int8 or float vectors to rescore")
 
 
-#: Rows converted to float32 at a time by `scalar_cosines`: 1024 x 384 floats (1.5 MiB) stay in cache.
-_SCALAR_BLOCK = 1024
+#: Floats converted at a time by `scalar_cosines` (1024 rows of 384: 1.5 MiB, about a core's L2 here). Measured on
+#: this 2-core machine at 1M x 384: 512 to 1024 rows best; 2048 and up several times slower (OpenBLAS's threads
+#: start on such products and fight over the two cores).
+_SCALAR_BLOCK_VALUES = 1024 * 384
 
 
 def scalar_cosines(
@@ -151,9 +153,10 @@ def scalar_cosines(
     weights = np.ascontiguousarray(np.stack([q, base], axis=1), dtype=np.float32)  # (dim, 2), applied to s * c
     q_base, base_sq = np.float32(q @ base), np.float32(base @ base)
     out = np.empty(len(arr), dtype=np.float32)
-    buf = np.empty((min(_SCALAR_BLOCK, len(arr)), arr.shape[1]), dtype=np.float32)
-    for start in range(0, len(arr), _SCALAR_BLOCK):
-        block = arr[start : start + _SCALAR_BLOCK]
+    rows = max(64, min(1024, _SCALAR_BLOCK_VALUES // max(arr.shape[1], 1)))
+    buf = np.empty((min(rows, len(arr)), arr.shape[1]), dtype=np.float32)
+    for start in range(0, len(arr), rows):
+        block = arr[start : start + rows]
         scaled = buf[: len(block)]
         np.copyto(scaled, block, casting="unsafe")  # int8/uint8 -> float32, in place
         np.multiply(scaled, step, out=scaled)  # s * c

@@ -100,10 +100,10 @@ def _exact(
     t0 = time.perf_counter()
     if not fmt.binary:
         top = RunningTopK(k)
-        scalar = fmt.precision in ("int8", "uint8") and fmt.ranges is not None
+        ranges = fmt.ranges if fmt.precision in ("int8", "uint8") else None
         for start, codes in stored.batches("vector", rows):
-            if scalar:  # the ranges folded into the query: no dequantised copy of the chunk
-                top.add(start, -scalar_cosines(codes, q, fmt.precision, fmt.ranges))
+            if ranges is not None:  # the ranges folded into the query: no dequantised copy of the chunk
+                top.add(start, -scalar_cosines(codes, q, fmt.precision, ranges))
             else:
                 top.add(start, -_cosines(fmt.decode(codes), q))
         timings["candidate_search_s"] = time.perf_counter() - t0
