@@ -20,8 +20,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from embedstack.jobs import embed_records, read_meta, search
 from embedstack.jobs._output import offsets_path, rows_path
 from embedstack.jobs._search import _chunk_rows, _cosines
