@@ -49,8 +49,8 @@ def _add(
         parents=parents,
         help="serve models over OpenAI's /v1/embeddings API (dynamic batching; extra 'server')",
         description=(
-            "An OpenAI-compatible embedding server: POST /v1/embeddings, GET /v1/models, /health, /metrics, "
-            "/docs. Concurrent requests are batched; cache hits are answered at once. See docs/server.md."
+            "An OpenAI-compatible embedding server: POST /v1/embeddings, GET /v1/models, POST /tokenize, /health, "
+            "/metrics, /docs. Concurrent requests are batched; cache hits are answered at once. See docs/server.md."
         ),
     )
     serve.add_argument(
