@@ -26,6 +26,7 @@ from embedstack.jobs._search import _chunk_rows, _cosines
 from embedstack.jobs._stored import _wanted_lines, open_stored
 from embedstack.providers.mock import FakeEmbedding
 from embedstack.quantize import RunningTopK
+from embedstack.types import Role
 
 CACHE = Path(tempfile.gettempdir()) / "embedstack-bench-search"
 MODEL = FakeEmbedding(embed_dim=384)
@@ -51,7 +52,7 @@ def dequantising_scan(out: Path, query: str, k: int) -> float:
     """Seconds of the int8 scan as it was: each chunk dequantised, then cosines."""
     meta = read_meta(out)
     stored = open_stored(out, meta)
-    q = stored.fmt.encode_query(MODEL.get_query_embedding(query))
+    q = stored.fmt.encode_query(MODEL.embed([query], role=Role.QUERY)[0])
     t0 = time.perf_counter()
     top = RunningTopK(k)
     for start, codes in stored.batches("vector", _chunk_rows(stored, None)):
