@@ -156,3 +156,19 @@ def test_spread_leaves_large_inputs_alone(ray_session: Any) -> None:
     assert size == 256 and split.materialize().num_blocks() == 2  # one block per actor
     small, size = spread(ray.data.from_items(_items(40), override_num_blocks=1), 4, 256)
     assert size == 5 and small.materialize().num_blocks() == 8
+
+
+def test_a_small_file_read_lazily_is_spread_too(ray_session: Any, tmp_path: Any) -> None:
+    """One small JSON Lines file is one read block of unknown row count: it is read first (it is small), then cut
+    into equal batches for the pool, as the CLI's --ray path reads its inputs."""
+    import json
+
+    from embedstack.jobs._ray import read_inputs
+
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps(i) + "\n" for i in _items(300)), encoding="utf-8")
+    ds = read_inputs([str(src)])
+    out = embed_dataset(ds, "fake:8", concurrency=2).materialize()
+    assert sorted(r["id"] for r in _rows(out)) == sorted(i["id"] for i in _items(300))
+    stats = embedder_stats(out.stats())
+    assert stats["tasks"] >= 4 and stats["rows_min"] >= 60 and stats["rows_max"] <= 90, stats
