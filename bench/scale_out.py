@@ -106,26 +106,36 @@ def _two_node_child(src: Path, record_dir: Path) -> None:
         ctx.enable_progress_bars = False
         ctx.print_on_execution_start = False
         ctx.wait_for_min_actors_s = 600  # both actors loaded before the first batch goes out (else one does it all)
-        ds = ray.data.from_items(rows, override_num_blocks=8).materialize()  # as the local run's 2 actors
+        ds = ray.data.from_items(rows)  # as a user would: embed_dataset spreads it over the pool
         spec = resolve_embed_model("local").to_dict()  # the default model's settings, loaded on the actors only
         spec.pop("class_name", None)
         model = Recording(**spec, record_dir=str(record_dir))
         embedded = embed_dataset(ds, model, concurrency=2, batch_size=256, num_cpus=0.5, resources={"embed_slot": 1})
         first, total, rate = drain(embedded, len(rows))
+        out["two_node_nodes_used"] = _nodes_used(embedded.stats())  # Ray Data's stats of the run drain made
         out["two_node_actor_startup_s"] = first
         out["two_node_total_s"] = total
         out["two_node_after_first_batch_rate"] = rate
-        per_node: dict[str, int] = {}
+        names = {cluster.head_node.node_id: "head", **{w.node_id: "worker" for w in cluster.worker_nodes}}
+        per_node: dict[str, int] = dict.fromkeys(names, 0)  # a node that embedded nothing shows 0
         for path in record_dir.iterdir():
             node = path.name.split(".")[0]
             per_node[node] = per_node.get(node, 0) + sum(int(x) for x in path.read_text().split())
-        names = {cluster.head_node.node_id: "head", **{w.node_id: "worker" for w in cluster.worker_nodes}}
         for node, count in per_node.items():
             out[f"two_node_rows_{names.get(node, node)}"] = count
     finally:
         ray.shutdown()
         cluster.shutdown()
     print(json.dumps(out), flush=True)
+
+
+def _nodes_used(stats: str) -> int:
+    """Nodes that ran the embedding operator's tasks, from Ray Data's own stats ("...; N nodes used")."""
+    import re
+
+    part = stats[stats.index("MapBatches(_Embedder)") :].split("\nOperator ", 1)[0]
+    found = re.search(r"Tasks per node: .*; (\d+) nodes used", part)
+    return int(found.group(1)) if found else 0
 
 
 def _two_nodes(src: Path, n: int, tmp: Path) -> dict[str, Any]:

@@ -278,6 +278,10 @@ class BaseEmbedding(TransformComponent):
     def _warm_up(self) -> None:
         """Load what the first call would load (weights, tokenizer, client); nothing by default."""
 
+    def _tokenize(self, texts: list[str], add_special_tokens: bool) -> list[list[dict[str, Any]]] | None:
+        """Each text's tokens, untruncated, for display (TEI's /tokenize shape); None: no tokenizer to show."""
+        return None
+
     def _preferred_batch_size(self) -> int:
         """Items per call when `embed_batch_size` was not set (a provider on an accelerator may want more)."""
         return self.embed_batch_size
@@ -636,6 +640,10 @@ class ModelProvider:
     def count_tokens(self, items: list[Any], role: Role) -> TokenCounts | None:
         """The model's token counts (None when it cannot count)."""
         return self.model._count_tokens(items, role)
+
+    def tokenize(self, texts: list[str], add_special_tokens: bool = True) -> list[list[dict[str, Any]]] | None:
+        """The model's tokens for display (None: it has no tokenizer to show)."""
+        return self.model._tokenize(texts, add_special_tokens)
 
     def warm_up(self) -> None:
         """Load the model's weights, tokenizer or client now."""

@@ -106,6 +106,10 @@ class Provider(Protocol):
     def count_tokens(self, items: list[Any], role: Role) -> TokenCounts | None:
         """Each item's tokens as the model will see them, and whether it will be truncated (None: cannot)."""
 
+    def tokenize(self, texts: list[str], add_special_tokens: bool = True) -> list[list[dict[str, Any]]] | None:
+        """Each text's tokens, never truncated, as TEI's /tokenize shows them ({"id", "text", "special", "start",
+        "stop"} each); None when the provider has no tokenizer to show."""
+
     def warm_up(self) -> None:
         """Load what the first call would load (weights, tokenizer, client), so it pays none of it."""
 
@@ -153,6 +157,10 @@ class ProviderBase:
 
     def count_tokens(self, items: list[Any], role: Role) -> TokenCounts | None:
         """Unknown."""
+        return None
+
+    def tokenize(self, texts: list[str], add_special_tokens: bool = True) -> list[list[dict[str, Any]]] | None:
+        """No tokenizer to show."""
         return None
 
     def warm_up(self) -> None:

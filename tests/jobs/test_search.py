@@ -212,3 +212,82 @@ def test_damaged_outputs_and_bad_arguments_are_refused(tmp_path: Path) -> None:
     np.save(out, np.load(out)[:10])
     with pytest.raises(OutputError, match=r"holds 10 rows, but its metadata says 300"):
         search(out, QUERY, model="fake:16", cache=None)
+
+
+def test_hits_are_read_at_their_offsets_not_by_a_scan(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A .npy output keeps where each line of its rows sidecar starts: k hits are k seeks (the sidecar is never
+    scanned), for a new output and after an append."""
+    from embedstack.jobs import _stored
+    from embedstack.jobs._output import line_offsets, offsets_path, rows_path
+
+    model = FakeEmbedding(embed_dim=16)
+    out = tmp_path / "o.npy"
+    first = [{"id": f"d{i}", "text": t} for i, t in enumerate(TEXTS[:200])]
+    embed_records(first, out, model=model, cache=None, id_field="id")
+    more = [{"id": f"d{i}", "text": t} for i, t in enumerate(TEXTS) if i >= 200]
+    embed_records(more, out, model=model, cache=None, id_field="id", append=True)
+    kept = np.load(offsets_path(out))
+    assert kept.shape == (301,)
+    np.testing.assert_array_equal(kept, line_offsets(rows_path(out)))
+
+    def scan(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the rows sidecar was scanned")
+
+    monkeypatch.setattr(_stored, "_wanted_lines", scan)
+    hits = search(out, QUERY, k=5, model=model, cache=None, index=False)
+    assert [h.text for h in hits] == [TEXTS[int(h.id[1:])] for h in hits] and len(hits) == 5
+    assert [r["id"] for r in open_stored(out, read_meta(out)).records([299, 0, 150, 0])] == ["d299", "d0", "d150", "d0"]
+
+
+def test_outputs_without_offsets_or_with_stale_ones_still_find_the_right_rows(tmp_path: Path) -> None:
+    """An output written before the offsets sidecar gets one on its first search; offsets that no longer fit
+    the rows file (another size, or lines moved within the same size) are never trusted."""
+    from embedstack.jobs._output import line_offsets, offsets_path, rows_path
+
+    model = FakeEmbedding(embed_dim=16)
+    out = tmp_path / "o.npy"
+    embed_records(TEXTS, out, model=model, cache=None)
+    want = [h.id for h in search(out, QUERY, k=5, model=model, cache=None, index=False)]
+    offsets_path(out).unlink()  # as embedstack wrote .npy outputs before
+    assert [h.id for h in search(out, QUERY, k=5, model=model, cache=None, index=False)] == want
+    np.testing.assert_array_equal(np.load(offsets_path(out)), line_offsets(rows_path(out)))  # built and kept
+
+    rows = rows_path(out)
+    lines = rows.read_text(encoding="utf-8").splitlines(keepends=True)
+    lines = [
+        json.dumps({"id": f"moved-{json.loads(x)['id']}", "text": "x" * (n % 3)}) + "\n" for n, x in enumerate(lines)
+    ]
+    rows.write_text("".join(lines), encoding="utf-8")  # another size: rebuilt
+    assert [h.id for h in search(out, QUERY, k=5, model=model, cache=None, index=False)] == [f"moved-{i}" for i in want]
+    np.testing.assert_array_equal(np.load(offsets_path(out)), line_offsets(rows))
+
+    first = [int(i) for i in want]
+    a, b = lines[first[0]], lines[first[0] + 1]
+    c, d = f"{b.rstrip()}\n", f"{a.rstrip()}\n"  # two neighbours swapped: the same size, boundaries moved
+    assert len(a) != len(b)
+    lines[first[0]], lines[first[0] + 1] = c, d
+    rows.write_text("".join(lines), encoding="utf-8")
+    hits = open_stored(out, read_meta(out)).records([first[0], first[0] + 1, 299])
+    assert [h["id"] for h in hits] == [json.loads(c)["id"], json.loads(d)["id"], "moved-299"]
+
+
+@pytest.mark.parametrize("precision", ["int8", "uint8"])
+def test_scalar_cosines_rank_exactly_as_dequantising_does(precision: str) -> None:
+    """The ranges folded into the query give the cosine of the dequantised rows (to float32 rounding) and the
+    same ranking, best first, as dequantise-then-cosine."""
+    from embedstack.quantize import calibration_ranges, dequantize, quantize, scalar_cosines
+
+    rng = np.random.default_rng(7)
+    vectors = rng.standard_normal((5000, 48)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    ranges = calibration_ranges(vectors[:500])  # later rows fall outside: clipped codes at both ends
+    codes = quantize(vectors, precision, ranges)
+    q = truncate_dimensions(rng.standard_normal((1, 48)), 48)[0]
+    decoded = dequantize(codes, precision, ranges).astype(np.float64)
+    want = decoded @ q / np.linalg.norm(decoded, axis=1)
+    got = scalar_cosines(codes, q, precision, ranges)
+    assert got.dtype == np.float32 and got.shape == (5000,)
+    np.testing.assert_allclose(got, want, atol=2e-6)
+    np.testing.assert_array_equal(np.argsort(-got, kind="stable")[:100], np.argsort(-want, kind="stable")[:100])
+    with pytest.raises(ValueError, match="int8 or uint8"):
+        scalar_cosines(codes, q, "binary", ranges)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -24,6 +25,16 @@ def free_port() -> int:
             port = int(s.getsockname()[1])
         if port != 6379:
             return port
+
+
+def embedder_stats(stats: str) -> dict[str, Any]:
+    """Tasks, rows per task and nodes of the embedding operator, from Ray Data's own `Dataset.stats()`."""
+    part = stats[stats.index("MapBatches(_Embedder)") :]
+    part = part.split("\nOperator ", 1)[0]
+    tasks = int(re.search(r"MapBatches\(_Embedder\)[^:]*: (\d+) tasks executed", part).group(1))  # type: ignore[union-attr]
+    low, high = re.search(r"Output rows per task: (\d+) min, (\d+) max", part).groups()  # type: ignore[union-attr]
+    nodes = int(re.search(r"Tasks per node: .*; (\d+) nodes used", part).group(1))  # type: ignore[union-attr]
+    return {"tasks": tasks, "rows_min": int(low), "rows_max": int(high), "nodes": nodes}
 
 
 class RedisServer:

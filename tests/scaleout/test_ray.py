@@ -15,7 +15,7 @@ from embedstack.jobs import embed_dataset
 from embedstack.jobs._readers import InputError
 from embedstack.providers.mock import FakeEmbedding
 
-from .conftest import RedisServer
+from .conftest import RedisServer, embedder_stats
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationWarning")]  # Ray, Redis
 
@@ -159,3 +159,48 @@ def test_a_remote_model_arrives_on_the_actors_with_its_credentials(ray_session: 
         )
         with pytest.raises(Exception, match=r"401|API key|Incorrect"):
             _rows(embed_dataset(ray.data.from_items(items[:2]), wrong, concurrency=1, cache=None))
+
+
+@pytest.mark.parametrize("blocks", [1, None])  # one block of 300 rows; from_items' own 1-2-row blocks
+def test_small_input_is_cut_for_every_actor(ray_session: Any, blocks: int | None) -> None:
+    """300 rows for 2 actors with the default batch size: before, one task (a single block) or two of 256
+    and 44 rows; now four equal tasks, so neither actor waits idle."""
+    ray = ray_session
+    items = _items(300)
+    ds = ray.data.from_items(items, override_num_blocks=blocks) if blocks else ray.data.from_items(items)
+    out = embed_dataset(ds, "fake:8", concurrency=2).materialize()
+    rows = _rows(out)
+    assert sorted(r["id"] for r in rows) == sorted(i["id"] for i in items)
+    stats = embedder_stats(out.stats())
+    assert stats["tasks"] >= 4, stats
+    assert stats["rows_min"] >= 60 and stats["rows_max"] <= 90, stats  # 75 each
+
+
+def test_spread_leaves_large_inputs_alone(ray_session: Any) -> None:
+    from embedstack.jobs._ray import spread
+
+    ray = ray_session
+    ds = ray.data.from_items(_items(2000), override_num_blocks=8)
+    assert spread(ds, 2, 256) == (ds, 256)  # 8 batches of 256 already: no copy, same batches
+    assert spread(ds, 1, 256) == (ds, 256)
+    one = ray.data.from_items(_items(2000), override_num_blocks=1)
+    split, size = spread(one, 2, 256)
+    assert size == 256 and split.materialize().num_blocks() == 2  # one block per actor
+    small, size = spread(ray.data.from_items(_items(40), override_num_blocks=1), 4, 256)
+    assert size == 5 and small.materialize().num_blocks() == 8
+
+
+def test_a_small_file_read_lazily_is_spread_too(ray_session: Any, tmp_path: Any) -> None:
+    """One small JSON Lines file is one read block of unknown row count: it is read first (it is small), then cut
+    into equal batches for the pool, as the CLI's --ray path reads its inputs."""
+    import json
+
+    from embedstack.jobs._ray import read_inputs
+
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps(i) + "\n" for i in _items(300)), encoding="utf-8")
+    ds = read_inputs([str(src)])
+    out = embed_dataset(ds, "fake:8", concurrency=2).materialize()
+    assert sorted(r["id"] for r in _rows(out)) == sorted(i["id"] for i in _items(300))
+    stats = embedder_stats(out.stats())
+    assert stats["tasks"] >= 4 and stats["rows_min"] >= 60 and stats["rows_max"] <= 90, stats

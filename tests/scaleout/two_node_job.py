@@ -70,6 +70,11 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=200)
     ap.add_argument("--record-dir", required=True)
     ap.add_argument("--deadline-s", type=float, default=150.0, help="dump every thread's stack and exit after this")
+    ap.add_argument(
+        "--plain",
+        action="store_true",
+        help="as a new user would: from_items' own blocks, the default batch size and Ray Data's default settings",
+    )
     args = ap.parse_args()
     faulthandler.dump_traceback_later(args.deadline_s, exit=True)  # a hang shows where it hung, then ends
 
@@ -92,20 +97,23 @@ def main() -> None:
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False
         ctx.print_on_execution_start = False
-        ctx.wait_for_min_actors_s = 60  # both actors up before the first batch is handed out (else a timeout error)
-        ctx.max_tasks_in_flight_per_actor = 1  # a busy actor takes no more: the next batch goes to the other node
-
         items = [{"id": f"r{i}", "text": f"two-node text {i} about packages", "n": i} for i in range(args.rows)]
-        ds = ray.data.from_items(items, override_num_blocks=max(2, args.rows // 25))
         model = NodeRecordingFake(embed_dim=16, delay_s=0.05, record_dir=args.record_dir)
-        embedded = embed_dataset(
-            ds, model, concurrency=2, batch_size=25, num_cpus=0.5, resources={"embed_slot": 1}
-        )  # one actor per node: each needs the node's only embed_slot
+        ctx.wait_for_min_actors_s = 60  # both actors up before the first batch is handed out (else a timeout)
+        if args.plain:  # one actor per node (each needs the node's only embed_slot); blocks and batches untuned
+            ds = ray.data.from_items(items)
+            embedded = embed_dataset(ds, model, concurrency=2, num_cpus=0.5, resources={"embed_slot": 1})
+        else:
+            ctx.max_tasks_in_flight_per_actor = 1  # a busy actor takes no more: the next batch goes to the other node
+            ds = ray.data.from_items(items, override_num_blocks=max(2, args.rows // 25))
+            embedded = embed_dataset(ds, model, concurrency=2, batch_size=25, num_cpus=0.5, resources={"embed_slot": 1})
         t0 = time.perf_counter()
+        done = embedded.materialize()
         rows: list[dict[str, Any]] = []
-        for batch in embedded.iter_batches(batch_format="pyarrow", batch_size=None):
+        for batch in done.iter_batches(batch_format="pyarrow", batch_size=None):
             rows += batch.to_pylist()
         out["job_s"] = time.perf_counter() - t0
+        out["stats"] = done.stats()
         out["rows"] = [{**r, "embedding": [float(x) for x in r["embedding"]]} for r in rows]
     finally:
         ray.shutdown()

@@ -35,13 +35,14 @@ def _size(n: int) -> str:
 def cmd_info(args: argparse.Namespace) -> int:
     """embedstack info OUT."""
     from embedstack.jobs import VectorFormat, read_meta
-    from embedstack.jobs._output import meta_path, output_format, rescore_path, rows_path
+    from embedstack.jobs._output import meta_path, offsets_path, output_format, rescore_path, rows_path
 
     path = Path(args.output)
     meta = read_meta(path)
     fmt = output_format(path)
     vf = VectorFormat.from_meta(meta)
-    files = [path] + ([rows_path(path)] if fmt == "npy" else []) + ([meta_path(path)] if fmt != "parquet" else [])
+    files = [path] + ([rows_path(path), offsets_path(path)] if fmt == "npy" else [])
+    files += [meta_path(path)] if fmt != "parquet" else []
     if fmt == "npy" and vf.rescore:
         files.append(rescore_path(path))
     if path.is_dir():  # a Parquet dataset directory (embed --ray)

@@ -58,8 +58,8 @@ def _add(
         parents=parents,
         help="serve models over OpenAI's /v1/embeddings API (dynamic batching; extra 'server')",
         description=(
-            "An OpenAI-compatible embedding server: POST /v1/embeddings, GET /v1/models, /health, /metrics, "
-            "/docs. Concurrent requests are batched; cache hits are answered at once. See docs/server.md."
+            "An OpenAI-compatible embedding server: POST /v1/embeddings, GET /v1/models, POST /tokenize, /health, "
+            "/metrics, /docs. Concurrent requests are batched; cache hits are answered at once. See docs/server.md."
         ),
     )
     serve.add_argument(
@@ -111,6 +111,15 @@ def _add(
         default=DEFAULT_DRAIN_TIMEOUT,
         metavar="S",
         help=f"on SIGTERM, seconds to finish requests in flight (default: {DEFAULT_DRAIN_TIMEOUT:g})",
+    )
+    serve.add_argument(
+        "--cors-allow-origin",
+        action="append",
+        dest="cors_allow_origins",
+        default=None,
+        metavar="ORIGIN",
+        help="let browser pages from ORIGIN (scheme://host[:port], or '*' for any) call the server; repeatable "
+        "(default: no CORS headers, so browsers refuse cross-origin calls)",
     )
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     assert isinstance(serve, argparse.ArgumentParser)
@@ -180,6 +189,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_wait_ms=args.max_wait_ms,
         max_queue=args.max_queue,
         max_body_bytes=args.max_body_bytes,
+        cors_allow_origins=args.cors_allow_origins,
     )
     state = app.state.embedstack
     config = uvicorn.Config(

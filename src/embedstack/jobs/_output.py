@@ -36,14 +36,17 @@ __all__ = [
     "Embeddings",
     "OutputError",
     "Writer",
+    "line_offsets",
     "load_embeddings",
     "meta_path",
+    "offsets_path",
     "open_writer",
     "output_format",
     "read_meta",
     "rescore_path",
     "rows_path",
     "temp_beside",
+    "write_offsets",
 ]
 
 #: Output extension → format.
@@ -90,6 +93,43 @@ def rows_path(path: Path) -> Path:
     return path.with_name(path.name + ".rows.jsonl")
 
 
+def offsets_path(path: Path) -> Path:
+    """The byte offsets of the rows sidecar's lines beside a .npy output (int64, count + 1: where each row
+    starts, then the file's size), so reading k rows is k seeks, not a scan."""
+    return path.with_name(path.name + ".rows.offsets.npy")
+
+
+def line_offsets(path: Path) -> npt.NDArray[np.int64]:
+    """Where each line of a file starts, then the file's size (a last line without a newline counts), by a
+    scan of 16 MiB blocks for newlines."""
+    starts = [np.zeros(1, dtype=np.int64)]
+    pos = 0
+    with open(path, "rb") as f:
+        while True:
+            block = f.read(1 << 24)
+            if not block:
+                break
+            ends = np.flatnonzero(np.frombuffer(block, dtype=np.uint8) == 0x0A).astype(np.int64)
+            starts.append(ends + (pos + 1))
+            pos += len(block)
+    offsets = np.concatenate(starts)
+    if offsets[-1] != pos:  # a last line without a newline: its end is the file's end
+        offsets = np.append(offsets, np.int64(pos))
+    return offsets
+
+
+def write_offsets(offsets: npt.NDArray[np.int64], target: Path) -> None:
+    """Write an offsets sidecar atomically (a temp file beside it, renamed)."""
+    tmp = temp_beside(target)
+    try:
+        with open(tmp, "wb") as f:
+            np.save(f, np.ascontiguousarray(offsets, dtype="<i8"))
+        publish(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def rescore_path(path: Path) -> Path:
     """The rescoring vectors beside a binary .npy output (int8, (n, dim), memory-mappable)."""
     return path.with_name(path.name + ".rescore.npy")
@@ -110,7 +150,8 @@ def remove_stale_temps(target: Path) -> None:
     .meta.json) when their process is gone."""
     if os.name == "nt":  # os.kill(pid, 0) would terminate the process there
         return
-    for name in (target.name, rows_path(target).name, meta_path(target).name, rescore_path(target).name):
+    sidecars = (rows_path(target), meta_path(target), rescore_path(target), offsets_path(target))
+    for name in (target.name, *(p.name for p in sidecars)):
         for p in target.parent.glob(f".{glob.escape(name)}.*.tmp"):
             parts = p.name[len(name) + 2 : -4].split(".")
             if len(parts) != 3 or parts[0] != _HOST or not parts[1].isdigit():
@@ -470,8 +511,9 @@ def _npy_file(tmp: Path, dtype: np.dtype[Any], shape: tuple[int, int], old: Path
 
 
 class NpyWriter(_SidecarWriter):
-    """OUT.npy (count x width, the precision's dtype), OUT.npy.rows.jsonl (id, kept columns),
-    OUT.npy.rescore.npy (binary outputs' int8 rescoring vectors), OUT.npy.meta.json."""
+    """OUT.npy (count x width, the precision's dtype), OUT.npy.rows.jsonl (id, kept columns) and
+    OUT.npy.rows.offsets.npy (where each of its lines starts), OUT.npy.rescore.npy (binary outputs' int8
+    rescoring vectors), OUT.npy.meta.json."""
 
     def _open(self) -> None:
         count = int(self.meta["count"])
@@ -506,10 +548,13 @@ class NpyWriter(_SidecarWriter):
                 f.close()
 
     def _data_targets(self) -> list[tuple[Path, Path]]:
+        offsets_tmp = self._temp(offsets_path(self.target))  # where each row's line starts: k hits, k seeks
+        with open(offsets_tmp, "wb") as f:
+            np.save(f, line_offsets(self.rows_tmp))
         targets = [(self.tmp, self.target), (self.rows_tmp, rows_path(self.target))]
         if self.rescore_dim is not None:
             targets.append((self.extra_tmp, rescore_path(self.target)))
-        return targets
+        return [*targets, (offsets_tmp, offsets_path(self.target))]
 
 
 class JsonlWriter(_SidecarWriter):

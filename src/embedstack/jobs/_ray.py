@@ -30,6 +30,7 @@ __all__ = [
     "embed_files_ray",
     "init_ray",
     "read_inputs",
+    "spread",
 ]
 
 logger = logging.getLogger(__name__)
@@ -149,6 +150,59 @@ def default_num_cpus(concurrency: int, num_gpus: float) -> float:
     return max(0.1, round(max(total - 1.0, total / 2) / concurrency, 2))
 
 
+#: An input of unknown row count whose files are at most this size is read before it is split (`spread`).
+SMALL_INPUT_BYTES = 64 << 20
+
+
+def _known(ds: Any) -> tuple[int | None, int | None, int | None]:
+    """(rows, blocks, bytes) of the dataset where Ray knows them without running anything (else None)."""
+    rows = size = blocks = None
+    try:
+        rows = ds._meta_count()  # metadata only: never triggers a computation
+        size = ds._logical_plan.dag.infer_metadata().size_bytes
+    except Exception:  # an API this Ray lacks, or a plan it cannot infer: unknown
+        pass
+    if type(ds).__name__ == "MaterializedDataset":
+        try:
+            blocks = int(ds.num_blocks())
+        except Exception:
+            blocks = None
+    return (None if rows is None else int(rows)), blocks, (None if size is None else int(size))
+
+
+def spread(ds: Any, concurrency: int, batch_size: int) -> tuple[Any, int]:
+    """`ds` and a batch size that give every actor of a `concurrency`-actor pool work.
+
+    Ray Data hands each actor whole bundles of blocks (about `batch_size` rows; a block is never split
+    between tasks), and an actor that is ready first takes up to two of them: 300 rows in 256-row batches
+    are two tasks of 256 and 44 rows, and a single block is one task, so other actors wait idle. An input
+    of fewer than two batches per actor is cut into `2 x concurrency` equal batches, split into that many
+    blocks when it has fewer (a copy of an input this small only); a materialized input with fewer blocks
+    than actors is split into one block per actor. The row count comes from Ray's metadata (from_items,
+    materialized datasets, Parquet footers); an unread input of at most SMALL_INPUT_BYTES (a small JSON
+    Lines or CSV file) is read first to learn it. Larger inputs of unknown row count are left as they are
+    (Ray's reads make many blocks of large inputs).
+    """
+    if concurrency <= 1:
+        return ds, batch_size
+    rows, blocks, size = _known(ds)
+    if rows is None and size is not None and size <= SMALL_INPUT_BYTES and hasattr(ds, "materialize"):
+        ds = ds.materialize()
+        rows, blocks, _ = _known(ds)
+    if not rows:
+        return ds, batch_size
+    target = 2 * concurrency
+    small = rows < target * batch_size
+    if small:
+        batch_size = max(1, -(-rows // target))
+        tasks = min(target, rows)
+    else:
+        tasks = concurrency
+    if (blocks is None and small) or (blocks is not None and blocks < tasks):
+        ds = ds.repartition(tasks)
+    return ds, batch_size
+
+
 def embed_dataset(
     ds: Any,
     model: Any = "local",
@@ -176,6 +230,8 @@ def embed_dataset(
     is missing or not a string fail the job (`on_bad="fail"`, naming the row by `id_column`) or are
     dropped with a warning from the actor (`on_bad="skip"`). Every other column is kept; row order is not.
     `resources`: custom Ray resources each actor needs (to pin actors to a kind of node).
+    Every actor of the pool gets work: a small input is cut into at least two batches per actor, and a
+    materialized one with fewer blocks than actors is split first (`spread`).
     """
     from embedstack._optional import require
 
@@ -193,6 +249,7 @@ def embed_dataset(
         batch_size = DEFAULT_RAY_GPU_BATCH_SIZE if num_gpus else DEFAULT_RAY_BATCH_SIZE
     if num_cpus is None:
         num_cpus = default_num_cpus(concurrency, num_gpus)
+    ds, batch_size = spread(ds, concurrency, batch_size)
     return ds.map_batches(
         _Embedder,
         fn_constructor_args=(recipe, column, output_column, cache, on_bad, id_column, Role(role).value),

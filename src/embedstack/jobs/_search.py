@@ -22,7 +22,7 @@ from embedstack.jobs._compact import VectorFormat, unsigned_bits
 from embedstack.jobs._embed import DEFAULT_CACHE, CacheArg, ModelMismatchError, _resolve, check_model, pipeline_for
 from embedstack.jobs._output import OutputError, read_meta
 from embedstack.jobs._stored import StoredRows, open_stored
-from embedstack.quantize import RunningTopK, hamming_distances
+from embedstack.quantize import RunningTopK, hamming_distances, scalar_cosines
 from embedstack.types import Role
 
 __all__ = ["DEFAULT_RESCORE", "TIMING_KEYS", "Hit", "SearchResult", "search"]
@@ -99,8 +99,12 @@ def _exact(
     t0 = time.perf_counter()
     if not fmt.binary:
         top = RunningTopK(k)
+        ranges = fmt.ranges if fmt.precision in ("int8", "uint8") else None
         for start, codes in stored.batches("vector", rows):
-            top.add(start, -_cosines(fmt.decode(codes), q))
+            if ranges is not None:  # the ranges folded into the query: no dequantised copy of the chunk
+                top.add(start, -scalar_cosines(codes, q, fmt.precision, ranges))
+            else:
+                top.add(start, -_cosines(fmt.decode(codes), q))
         timings["candidate_search_s"] = time.perf_counter() - t0
         return [(int(r), -float(s)) for r, s in zip(top.rows, top.keys)], f"exact {fmt.precision}"
     q_bits = np.packbits(q > 0)

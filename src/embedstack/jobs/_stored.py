@@ -23,10 +23,13 @@ from embedstack.jobs._output import (
     OutputError,
     _fixed_list_numpy,
     _pq,
+    line_offsets,
     meta_path,
+    offsets_path,
     output_format,
     rescore_path,
     rows_path,
+    write_offsets,
 )
 
 __all__ = ["StoredRows", "open_stored"]
@@ -122,12 +125,37 @@ def _wanted_lines(path: Path, positions: Sequence[int]) -> dict[int, dict[str, A
     return found
 
 
+def _lines_at(path: Path, offsets: np.ndarray, positions: Sequence[int]) -> dict[int, dict[str, Any]] | None:
+    """The JSON objects on lines `positions`, each read at its offset (one seek and one read per row). None
+    when a slice is not exactly one whole line (the offsets belong to another version of the file)."""
+    found: dict[int, dict[str, Any]] = {}
+    with open(path, "rb") as f:
+        for p in sorted(set(int(p) for p in positions)):
+            if not 0 <= p < len(offsets) - 1:
+                raise OutputError(f"{path}: has no row {p}; it is shorter than its metadata says, re-run the embed")
+            start, end = int(offsets[p]), int(offsets[p + 1])
+            f.seek(max(start - 1, 0))
+            data = f.read(end - start + (1 if start else 0))
+            if start:  # the byte before a line is the newline that ends the previous one
+                if data[:1] != b"\n":
+                    return None
+                data = data[1:]
+            if len(data) != end - start or data.find(b"\n") not in (-1, len(data) - 1):
+                return None
+            try:
+                found[p] = json.loads(data)
+            except ValueError:
+                return None
+    return found
+
+
 class _Npy(StoredRows):
     """OUT.npy (memory-mapped), OUT.npy.rescore.npy, ids and columns from OUT.npy.rows.jsonl."""
 
     def __init__(self, path: Path, meta: dict[str, Any]) -> None:
         super().__init__(path, meta)
         self.arrays: dict[str, np.ndarray] = {}
+        self.offsets: np.ndarray | None = None
 
     def array(self, column: str) -> np.ndarray:
         """The memory-mapped codes of `column` (checked against the metadata)."""
@@ -156,8 +184,40 @@ class _Npy(StoredRows):
         return rows
 
     def records(self, positions: Sequence[int]) -> list[dict[str, Any]]:
-        found = _wanted_lines(rows_path(self.path), positions)
+        """The rows at `positions` from the rows sidecar: k seeks with its offsets sidecar (built and kept
+        beside it on first use for an output written without one, or when it no longer fits the file)."""
+        rows = rows_path(self.path)
+        if not rows.exists():
+            raise OutputError(f"{rows}: missing; re-run the embed command")
+        found = _lines_at(rows, self._offsets(rows), positions)
+        if found is None:  # the offsets do not describe this file (edited by hand?): scan it as before
+            found = _wanted_lines(rows, positions)
         return [found[int(p)] for p in positions]
+
+    def _offsets(self, rows: Path) -> np.ndarray:
+        """The line offsets of the rows sidecar: the kept ones when they fit its size and the row count,
+        else built by one scan and kept (when the folder is writable) for the next search."""
+        if self.offsets is not None:
+            return self.offsets
+        size = rows.stat().st_size
+        where = offsets_path(self.path)
+        offsets = None
+        try:
+            kept = np.load(where, mmap_mode="r")
+            if kept.dtype == np.int64 and kept.shape == (self.count + 1,) and kept[0] == 0 and kept[-1] == size:
+                offsets = kept
+        except (OSError, ValueError):
+            offsets = None
+        if offsets is None:
+            offsets = line_offsets(rows)
+            if len(offsets) != self.count + 1:
+                self._check(len(offsets) - 1, rows.name)
+            try:
+                write_offsets(offsets, where)
+            except OSError:  # a read-only folder: searched with the offsets built for this search
+                pass
+        self.offsets = offsets
+        return offsets
 
     def data_files(self) -> list[Path]:
         return [self.path, rows_path(self.path)] + ([rescore_path(self.path)] if self.fmt.rescore else [])

@@ -5,7 +5,8 @@ misses to the model's `Batcher`, and writes the answer as bytes (orjson). The ga
 itself (the request parsed by pydantic from the raw body, the answer sent as two ASGI messages),
 without FastAPI's routing and dependency layers; FastAPI's route stays for /docs and says the same.
 Models load in the background after start: `/health` says 503 until they are ready and again while
-draining.
+draining. `POST /tokenize` answers each input's tokens in TEI's shape. With `cors_allow_origins`, Starlette's
+CORS middleware wraps everything (preflight OPTIONS requests are answered before the API key is asked for).
 """
 
 from __future__ import annotations
@@ -43,7 +44,15 @@ from embedstack.server.limits import (
     SERVER_HEADER,
 )
 from embedstack.server.metrics import CONTENT_TYPE, Metrics
-from embedstack.server.schemas import EmbeddingRequest, EmbeddingResponse, ErrorBody, ModelCard, ModelList
+from embedstack.server.schemas import (
+    EmbeddingRequest,
+    EmbeddingResponse,
+    ErrorBody,
+    ModelCard,
+    ModelList,
+    SimpleToken,
+    TokenizeRequest,
+)
 from embedstack.server.tokens import TokenCounter, counter_for
 from embedstack.types import Role
 
@@ -53,7 +62,9 @@ logger = logging.getLogger("embedstack.server")
 
 #: Requests this small are counted and looked up on the loop; larger ones in a worker thread.
 _INLINE_INPUTS = 16
-_ROUTES = frozenset({"/v1/embeddings", "/v1/models", "/health", "/metrics", "/docs", "/openapi.json"})
+_ROUTES = frozenset({"/v1/embeddings", "/v1/models", "/tokenize", "/health", "/metrics", "/docs", "/openapi.json"})
+#: Routes the API key guards: the OpenAI API and the tokenizer.
+_GUARDED = ("/v1/", "/tokenize")
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody, "description": text}
     for code, text in {
@@ -130,12 +141,15 @@ def create_app(
     max_queue: int = DEFAULT_MAX_QUEUE,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     warm_up: bool = True,
+    cors_allow_origins: Sequence[str] | None = None,
 ) -> FastAPI:
     """The ASGI app serving `models` ({name: model or spec}, a list named by model_name, or one model).
 
     `api_key`: the bearer key /v1/* requires (None: none). Batching: at most `max_batch_tokens` tokens
     per model call, an idle model waits up to `max_wait_ms` for requests already arriving, at most
     `max_queue` inputs wait per model (then 429). `warm_up`: load each model and run it once before /health says ready.
+    `cors_allow_origins`: origins whose browser pages may call the API ("*": any; None or empty: no CORS headers,
+    the default); preflight OPTIONS requests are answered for them.
     """
     for name, value in (("max_batch_tokens", max_batch_tokens), ("max_queue", max_queue)):
         if value < 1:
@@ -186,7 +200,35 @@ def create_app(
     install_handlers(app)
     _routes(app, state)
     app.add_middleware(_Gate, state=state)
+    origins = _check_origins(cors_allow_origins)
+    if origins:  # added last: the outermost layer, so a preflight never meets the key check
+        from starlette.middleware.cors import CORSMiddleware
+
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=origins,
+            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_headers=["*"],
+            expose_headers=[SERVER_HEADER, "retry-after"],
+            max_age=600,
+        )
     return app
+
+
+def _check_origins(origins: Sequence[str] | None) -> list[str]:
+    """The CORS origins, each "*" or scheme://host[:port] (no path, no trailing slash: browsers send none)."""
+    if isinstance(origins, str):
+        origins = [origins]
+    checked: list[str] = []
+    for origin in origins or ():
+        scheme, sep, rest = origin.partition("://")
+        if origin != "*" and (not sep or scheme not in ("http", "https") or not rest or "/" in rest):
+            raise ValueError(
+                f"CORS origin {origin!r} is not '*' or scheme://host[:port] (e.g. https://app.example.com, "
+                "no path or trailing slash)"
+            )
+        checked.append(origin)
+    return checked
 
 
 # -- loading -------------------------------------------------------------------------------------------
@@ -289,7 +331,7 @@ class _Gate:
         limit = self.state.max_body_bytes
         if length is not None and length.isdigit() and int(length) > limit:
             return APIError(413, _too_large(limit), code="request_too_large")
-        if self.key is not None and path.startswith("/v1/"):
+        if self.key is not None and path.startswith(_GUARDED):
             auth = headers.get(b"authorization", b"")
             scheme, _, given = auth.partition(b" ")
             if scheme.lower() != b"bearer" or not hmac.compare_digest(given.strip(), self.key):
@@ -388,6 +430,35 @@ def _routes(app: FastAPI, state: ServerState) -> None:
             raise _unknown_model(state, model_id)
         return ModelCard(id=served.name, created=served.created)
 
+    @app.post(
+        "/tokenize",
+        response_model=list[list[SimpleToken]],
+        responses={k: _ERRORS[k] for k in (400, 401, 404, 413)},
+        summary="The tokens of each input, as the model's tokenizer makes them (TEI's /tokenize)",
+    )
+    async def tokenize(body: TokenizeRequest) -> Response:
+        served = _tokenizing_model(state, body.model)
+        texts = [body.inputs] if isinstance(body.inputs, str) else body.inputs
+        if not texts:
+            raise APIError(400, "'inputs' is an empty array", param="inputs", code="invalid_value")
+        if len(texts) > MAX_INPUTS:
+            message = f"'inputs' has {len(texts)} items; at most {MAX_INPUTS} per request"
+            raise APIError(413, message, param="inputs", code="too_many_inputs")
+        count = served.counter.tokens
+        if len(texts) <= _INLINE_INPUTS:
+            found = count(texts, body.add_special_tokens)
+        else:  # a large request tokenises in a worker thread, never on the loop
+            found = await asyncio.to_thread(count, texts, body.add_special_tokens)
+        if found is None:
+            raise APIError(
+                400,
+                f"the model {served.name!r} has no tokenizer this server can show (a local model with a fast "
+                "tokenizer has one)",
+                param="model",
+                code="tokenizer_unavailable",
+            )
+        return Response(orjson.dumps(found), media_type="application/json")
+
     @app.get(
         "/health",
         summary="200 when every model is ready; 503 while loading, after a model failed to load, or while draining",
@@ -412,6 +483,21 @@ def _routes(app: FastAPI, state: ServerState) -> None:
         for m in state.models.values():
             state.metrics.queue_depth.labels(m.name).set(m.batcher.depth)
         return Response(state.metrics.render(), media_type=CONTENT_TYPE)
+
+
+def _tokenizing_model(state: ServerState, name: str | None) -> _Served:
+    """The model whose tokenizer /tokenize uses: the named one, or the only one served."""
+    if state.draining:
+        raise APIError(503, "the server is shutting down", code="server_shutting_down", headers={"retry-after": "1"})
+    if name is None:
+        if len(state.models) == 1:
+            return next(iter(state.models.values()))
+        served = ", ".join(repr(n) for n in state.models)
+        raise APIError(400, f"this server serves {served}: name one in 'model'", param="model", code="invalid_value")
+    found = state.models.get(name)
+    if found is None:
+        raise _unknown_model(state, name)
+    return found
 
 
 def _unknown_model(state: ServerState, name: str) -> APIError:
@@ -500,7 +586,8 @@ def _prepare(served: _Served, texts: list[str], role: Role, truncate: bool) -> _
         raise APIError(
             400, str(e), param=f"input[{index}]" if index is not None else "input", code="invalid_value"
         ) from None
-    if not counter.in_worker:
+    if not counter.in_worker or not truncate:
+        # counted on arrival (with "truncate": false every input: an over-long one is refused before it queues)
         counts, truncated = counter.count(texts, role)
     elif found.any():  # hits never reach the model: count them here; the misses are estimated for the budget
         counts, truncated = counter.estimate(texts, role), [False] * len(texts)

@@ -1,4 +1,5 @@
-"""The API's request and response models: OpenAI's /v1/embeddings shapes, plus `input_type` and `truncate`.
+"""The API's request and response models: OpenAI's /v1/embeddings shapes, plus `input_type` and `truncate`;
+TEI's /tokenize shapes.
 
 They are the API's documentation (FastAPI renders them at /docs and /openapi.json); the routes build
 the large embedding responses as bytes directly (see `app.py`), in exactly these shapes.
@@ -18,6 +19,8 @@ __all__ = [
     "ErrorDetail",
     "ModelCard",
     "ModelList",
+    "SimpleToken",
+    "TokenizeRequest",
     "Usage",
 ]
 
@@ -113,3 +116,29 @@ class ErrorBody(BaseModel):
     """Every error answer: OpenAI's body."""
 
     error: ErrorDetail
+
+
+class TokenizeRequest(BaseModel):
+    """POST /tokenize: text-embeddings-inference's request, plus `model` (which served model's tokenizer)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    inputs: Union[str, list[str]] = Field(
+        description="A text or an array of up to 2,048 texts.", examples=["What is Deep Learning?"]
+    )
+    add_special_tokens: bool = Field(default=True, description="Include the model's special tokens ([CLS], [SEP]).")
+    model: str | None = Field(
+        default=None,
+        description="embedstack extension: a served model (GET /v1/models); may be left out when only one is served.",
+    )
+
+
+class SimpleToken(BaseModel):
+    """One token: its id, its text, whether it is a special token, and where it is in the input (characters
+    `start` to `stop`; null for special tokens). /tokenize answers a list of these per input."""
+
+    id: int = Field(examples=[2774])
+    text: str = Field(examples=["what"])
+    special: bool = Field(examples=[False])
+    start: int | None = Field(examples=[0])
+    stop: int | None = Field(examples=[4])

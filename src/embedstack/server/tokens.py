@@ -7,6 +7,10 @@ item's tokens (`EmbedOutput.token_counts`, instructions and special tokens inclu
 truncation), so on arrival such inputs only get an estimate for the batch budget (`estimate`), and
 cache hits, which never reach the model, are counted with `count_tokens`. Anything else is estimated
 (UTF-8 bytes / 4).
+
+With `"truncate": false` every input is counted exactly on arrival (`count`), so an over-long input is refused
+before it is queued and costs no model time. `tokens` answers `POST /tokenize` (TEI's shape) with the provider's
+`tokenize`, which never truncates.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import numpy.typing as npt
 from embedstack.base import BaseEmbedding
 from embedstack.types import Role
 
-__all__ = ["IMAGE_COST", "Counts", "TokenCounter", "counter_for"]
+__all__ = ["IMAGE_COST", "Counts", "SimpleTokens", "TokenCounter", "counter_for"]
 
 #: What one image weighs in a batch's token budget (a ViT-B/32 sees 50 patches, each dearer than a text token).
 IMAGE_COST = 256
@@ -29,6 +33,8 @@ Counts = tuple[list[int], list[bool]]
 
 
 Matrix = npt.NDArray[np.float32]
+#: One input's tokens as TEI's /tokenize gives them: {"id", "text", "special", "start", "stop"} each.
+SimpleTokens = list[dict[str, Any]]
 
 
 class TokenCounter:
@@ -60,6 +66,10 @@ class TokenCounter:
     def _count_texts(self, texts: list[str], role: Role) -> Counts:
         prefix = self.provider.instruction(role) or ""
         return [max(1, len((prefix + t).encode("utf-8", "surrogatepass")) // 4) for t in texts], [False] * len(texts)
+
+    def tokens(self, texts: list[str], add_special_tokens: bool = True) -> list[SimpleTokens] | None:
+        """Each text's tokens as the model's tokenizer makes them, untruncated (None: no tokenizer to show)."""
+        return self.provider.tokenize(texts, add_special_tokens)
 
 
 class _ProviderCounter(TokenCounter):

@@ -160,8 +160,9 @@ class HuggingFaceEmbedding(BatchEmbedding):
     _encoder: Encoder | None = PrivateAttr(default=None)
     _tokenizer: TextTokenizer | None = PrivateAttr(default=None)
     _tokenizer_made: bool = PrivateAttr(default=False)
-    #: A tokenizer instance of its own for `_count_tokens` (a server counts arrivals while a batch runs).
-    _counting: list[TextTokenizer | None] = PrivateAttr(default_factory=list)
+    #: Tokenizers of its own for `_count_tokens` (a server counts arrivals while a batch runs) and, second, an
+    #: untruncated copy for `_tokenize` (made on first use).
+    _counting: list[Any] = PrivateAttr(default_factory=list)
     _counting_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
     _lock: threading.RLock = PrivateAttr(default_factory=threading.RLock)
     _warned_truncation: bool = PrivateAttr(default=False)
@@ -324,6 +325,40 @@ class HuggingFaceEmbedding(BatchEmbedding):
     def _warm_up(self) -> None:
         """Load the tokenizer and the weights."""
         self._loaded()
+
+    def _tokenize(self, texts: list[str], add_special_tokens: bool) -> list[list[dict[str, Any]]] | None:
+        """TEI's /tokenize: ids, token texts (a special token's own text; else the input's characters
+        `start:stop`), never truncated, lower-cased first when the model's tokenizer does that."""
+        with self._counting_lock:
+            if len(self._counting) < 2:
+                made = self._counting[0] if self._counting else self._make_tokenizer()
+                backend = getattr(made, "backend_tokenizer", None)
+                untruncated = None
+                if backend is not None:  # a fast tokenizer: the same one without truncation
+                    from tokenizers import Tokenizer
+
+                    untruncated = Tokenizer.from_str(backend.to_str())
+                    untruncated.no_truncation()
+                    untruncated.no_padding()
+                self._counting[:] = [made, untruncated]
+            made, untruncated = self._counting
+            if untruncated is None:
+                return None
+            lower = bool(getattr(made, "lowercase", False))
+            seen = [t.lower() for t in texts] if lower else texts
+            encodings = untruncated.encode_batch(seen, add_special_tokens=add_special_tokens)
+        out: list[list[dict[str, Any]]] = []
+        for text, shown, enc in zip(texts, seen, encodings):
+            source = text if len(shown) == len(text) else shown  # offsets index the text the tokenizer saw
+            out.append(
+                [
+                    {"id": int(i), "text": tok, "special": True, "start": None, "stop": None}
+                    if special
+                    else {"id": int(i), "text": source[a:b], "special": False, "start": int(a), "stop": int(b)}
+                    for i, tok, special, (a, b) in zip(enc.ids, enc.tokens, enc.special_tokens_mask, enc.offsets)
+                ]
+            )
+        return out
 
     def _count_tokens(self, items: list[Any], role: Role) -> tuple[list[int], list[bool]] | None:
         """Tokens of each text as the model sees it (instruction and special tokens included, after truncation)."""
