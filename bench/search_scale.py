@@ -25,7 +25,7 @@ from embedstack.jobs._output import offsets_path, rows_path
 from embedstack.jobs._search import _chunk_rows, _cosines
 from embedstack.jobs._stored import _wanted_lines, open_stored
 from embedstack.providers.mock import FakeEmbedding
-from embedstack.quantize import RunningTopK
+from embedstack.similarity import RunningTopK
 from embedstack.types import Role
 
 CACHE = Path(tempfile.gettempdir()) / "embedstack-bench-search"

@@ -14,10 +14,13 @@ from typing import Any, Literal, Union, get_args
 import numpy as np
 import numpy.typing as npt
 
+from embedstack.similarity import RunningTopK, top_k
+from embedstack.similarity import normalize as unit_rows
+
 __all__ = [
+    "DEFAULT_RESCORE",
     "PRECISIONS",
     "Precision",
-    "RunningTopK",
     "binary_top_k",
     "calibration_ranges",
     "dequantize",
@@ -27,6 +30,9 @@ __all__ = [
     "scalar_cosines",
     "truncate_dimensions",
 ]
+
+#: Binary search's candidates per hit, rescored with the float query (the one default: library, CLI and search).
+DEFAULT_RESCORE = 10
 
 Precision = Literal["float32", "float16", "int8", "uint8", "binary", "ubinary"]
 PRECISIONS: tuple[str, ...] = get_args(Precision)
@@ -52,10 +58,7 @@ def truncate_dimensions(vectors: npt.ArrayLike, dimensions: int, normalize: bool
     if not 0 < dimensions <= mat.shape[1]:
         raise ValueError(f"dimensions must be between 1 and the vectors' {mat.shape[1]}, got {dimensions}")
     out = np.ascontiguousarray(mat[:, :dimensions])
-    if normalize:
-        norms = np.linalg.norm(out, axis=1, keepdims=True)
-        out = out / np.maximum(norms, np.float32(1e-12))
-    return out.astype(np.float32, copy=False)
+    return unit_rows(out) if normalize else out.astype(np.float32, copy=False)
 
 
 def calibration_ranges(vectors: npt.ArrayLike) -> npt.NDArray[np.float32]:
@@ -260,36 +263,6 @@ def hamming_distances(query_codes: npt.ArrayLike, corpus_codes: npt.ArrayLike) -
     return out
 
 
-class RunningTopK:
-    """The `k` rows with the lowest keys among chunks offered in row order, ties to the lower row: an exact top-k
-    over a corpus read a chunk at a time (memory: one chunk)."""
-
-    def __init__(self, k: int) -> None:
-        self.k = k
-        self.rows = np.zeros(0, dtype=np.int64)
-        self.keys = np.zeros(0, dtype=np.float64)
-
-    def add(self, start: int, keys: npt.ArrayLike) -> None:
-        """Offer the keys of rows `start`, `start + 1`, ... (after every earlier row)."""
-        if self.k <= 0:
-            return
-        keys = np.asarray(keys)
-        # once full, only keys below the k-th kept one can enter: a tie loses to the earlier row already kept
-        if len(self.keys) == self.k:  # the bound in the keys' own type (kept keys came from such arrays: exact)
-            idx = np.flatnonzero(keys < keys.dtype.type(self.keys[-1]))
-        else:
-            idx = np.arange(len(keys))
-        if len(idx) > self.k:  # the chunk's own best k, with all its ties at the k-th key (rows decide below)
-            chosen = keys[idx]
-            idx = idx[chosen <= np.partition(chosen, self.k - 1)[self.k - 1]]
-        if len(idx) == 0:
-            return
-        rows = np.concatenate([self.rows, start + idx.astype(np.int64)])
-        merged = np.concatenate([self.keys, keys[idx].astype(np.float64)])
-        order = np.lexsort((rows, merged))[: self.k]
-        self.rows, self.keys = rows[order], merged[order]
-
-
 def _hamming_top_k(q: npt.NDArray[np.uint8], codes: Any, k: int) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int32]]:
     """Rows and distances of the exact `k` nearest codes, by distance then lowest row, in one pass of chunks."""
     top = RunningTopK(min(k, len(codes)))
@@ -301,22 +274,13 @@ def _hamming_top_k(q: npt.NDArray[np.uint8], codes: Any, k: int) -> tuple[npt.ND
     return top.rows, top.keys.astype(np.int32)
 
 
-def _top(scores: npt.NDArray[np.floating] | npt.NDArray[np.integer], k: int, largest: bool) -> npt.NDArray[np.intp]:
-    k = min(k, len(scores))
-    if k <= 0:
-        return np.zeros(0, dtype=np.intp)
-    keyed = -scores if largest else scores
-    top = np.argpartition(keyed, k - 1)[:k]
-    return top[np.argsort(keyed[top], kind="stable")]
-
-
 def rescore(query: npt.ArrayLike, candidates: npt.ArrayLike, vectors: npt.ArrayLike, k: int) -> list[tuple[int, float]]:
     """The best `k` of `candidates` (row numbers) by the float query's dot product with their `vectors` rows."""
     q = np.asarray(query, dtype=np.float32).reshape(-1)
     idx = np.asarray(candidates, dtype=np.intp)
     matrix = vectors if isinstance(vectors, np.ndarray) else np.asarray(vectors)
     scores = np.asarray(matrix[idx], dtype=np.float32) @ q  # gathers the candidates' rows only (memmap-friendly)
-    best = _top(scores, k, largest=True)
+    best = top_k(scores, k)
     return [(int(idx[i]), float(scores[i])) for i in best]
 
 
@@ -325,7 +289,7 @@ def binary_top_k(
     corpus_codes: npt.ArrayLike,
     k: int = 10,
     rescore_vectors: npt.ArrayLike | None = None,
-    rescore_multiplier: int = 4,
+    rescore_multiplier: int = DEFAULT_RESCORE,
 ) -> list[tuple[int, float]]:
     """Search binary codes: the `k × rescore_multiplier` nearest by Hamming distance, rescored with the float
     query against `rescore_vectors` (float, or int8 codes dequantised by the caller) when given.

@@ -253,3 +253,20 @@ def test_mock_multimodal_file_objects(tmp_path: Path) -> None:
 
 def _noop(*a: Any) -> None:
     return None
+
+
+def test_one_top_k_one_tie_rule_one_rescoring_default() -> None:
+    """cosine_top_k, rescoring and chunked search share one top-k: equal scores go to the lower row; binary search's
+    default candidates per hit is the CLI's."""
+    import inspect
+
+    from embedstack.jobs import DEFAULT_RESCORE as jobs_default
+    from embedstack.quantize import DEFAULT_RESCORE, binary_top_k, rescore
+    from embedstack.similarity import top_k
+
+    mat = np.array([[0.0, 1.0], [1.0, 0.0], [0.0, 2.0], [2.0, 0.0], [1.0, 0.0]], dtype=np.float32)
+    assert [i for i, _ in cosine_top_k([1.0, 0.0], mat, k=3)] == [1, 3, 4]  # three ties: rows in order
+    assert top_k(np.array([0.5, 0.9, 0.9, 0.1]), 2).tolist() == [1, 2]
+    assert top_k(np.array([3, 1, 1, 2]), 3, largest=False).tolist() == [1, 2, 3]
+    assert [i for i, _ in rescore([1.0, 0.0], [4, 3, 1], mat, 2)] == [3, 1]  # 2.0 first, then the 1.0 tie: row 1
+    assert inspect.signature(binary_top_k).parameters["rescore_multiplier"].default == DEFAULT_RESCORE == jobs_default

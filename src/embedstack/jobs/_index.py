@@ -25,6 +25,7 @@ import numpy.typing as npt
 from embedstack._atomic import atomic_write_text, publish
 from embedstack._optional import require
 from embedstack.jobs._output import OutputError
+from embedstack.similarity import normalize
 
 __all__ = ["METRICS", "VectorIndex", "index_path"]
 
@@ -111,8 +112,7 @@ def _unit_rows(block: npt.ArrayLike, start: int, rows: npt.NDArray[np.int64] | N
         bad = int(np.flatnonzero(~finite)[0])
         row = int(rows[bad]) if rows is not None else start + bad
         raise ValueError(f"vectors[{row}] has NaN or infinite values; an index needs finite vectors")
-    unit: npt.NDArray[np.float32] = out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), np.float32(1e-12))
-    return unit
+    return normalize(out)
 
 
 class VectorIndex:
@@ -250,7 +250,7 @@ class VectorIndex:
             q = np.ascontiguousarray(_ubinary(query, "the query").reshape(-1))
         else:
             q = np.asarray(query, dtype=np.float32).reshape(-1)
-            q = q / max(float(np.linalg.norm(q)), 1e-12)
+            q = normalize(q[None, :])[0]
         if q.shape[0] != self.dims:
             raise ValueError(f"query has {q.shape[0]} values, the index has {self.dims} per vector")
         k = min(int(k), len(self))

@@ -22,14 +22,14 @@ from embedstack.jobs._compact import VectorFormat, unsigned_bits
 from embedstack.jobs._embed import DEFAULT_CACHE, CacheArg, ModelMismatchError, _resolve, check_model, pipeline_for
 from embedstack.jobs._output import OutputError, read_meta
 from embedstack.jobs._stored import StoredRows, open_stored
-from embedstack.quantize import RunningTopK, hamming_distances, scalar_cosines
+from embedstack.quantize import DEFAULT_RESCORE, hamming_distances, scalar_cosines
+from embedstack.similarity import RunningTopK
 from embedstack.types import Role
 
 __all__ = ["DEFAULT_RESCORE", "TIMING_KEYS", "Hit", "SearchResult", "search"]
 
 #: Candidates per hit rescored on binary outputs (and with an index): 10 keeps 99.9% of float32's recall@10 on
 #: packages-retrieval with all-MiniLM-L6-v2 (4: 99.3%, 1: 96.0%), and 100 rescored rows cost next to nothing.
-DEFAULT_RESCORE = 10
 #: Seconds per step, the keys of `SearchResult.timings` (steps that did not run are 0).
 TIMING_KEYS = (
     "model_load_s",
