@@ -275,9 +275,10 @@ def _hamming_top_k(q: npt.NDArray[np.uint8], codes: Any, k: int) -> tuple[npt.ND
 
 
 def rescore(query: npt.ArrayLike, candidates: npt.ArrayLike, vectors: npt.ArrayLike, k: int) -> list[tuple[int, float]]:
-    """The best `k` of `candidates` (row numbers) by the float query's dot product with their `vectors` rows."""
+    """The best `k` of `candidates` (row numbers) by the float query's dot product with their `vectors` rows
+    (ties to the lower row, as every top-k here)."""
     q = np.asarray(query, dtype=np.float32).reshape(-1)
-    idx = np.asarray(candidates, dtype=np.intp)
+    idx = np.sort(np.asarray(candidates, dtype=np.intp))  # row order: top_k's ties then go to the lower row
     matrix = vectors if isinstance(vectors, np.ndarray) else np.asarray(vectors)
     scores = np.asarray(matrix[idx], dtype=np.float32) @ q  # gathers the candidates' rows only (memmap-friendly)
     best = top_k(scores, k)
