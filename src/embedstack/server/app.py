@@ -1,9 +1,9 @@
 """The FastAPI app: routes, the gate every request passes (size, key, metrics, server header) and the lifespan.
 
 `POST /v1/embeddings` answers cache hits at once (`Pipeline.cached`), hands the
-misses to the model's `Batcher`, and writes the answer as bytes (orjson). The gate serves that route
-itself (the request parsed by pydantic from the raw body, the answer sent as two ASGI messages),
-without FastAPI's routing and dependency layers; FastAPI's route stays for /docs and says the same.
+misses to the model's `Batcher`, and writes the answer as bytes (orjson). The route is a raw ASGI endpoint
+in the router (the request parsed by pydantic from the raw body, the answer sent as
+two ASGI messages), without FastAPI's dependency layer; `_openapi` documents it for /docs.
 Models load in the background after start: `/health` says 503 until they are ready and again while
 draining. `POST /tokenize` answers each input's tokens in TEI's shape. With `cors_allow_origins`, Starlette's
 CORS middleware wraps everything (preflight OPTIONS requests are answered before the API key is asked for).
@@ -24,10 +24,11 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import orjson
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Route
 
 from embedstack import __version__
 from embedstack.base import BaseEmbedding, MultiModalEmbedding
@@ -53,7 +54,7 @@ from embedstack.server.schemas import (
     SimpleToken,
     TokenizeRequest,
 )
-from embedstack.server.tokens import TokenCounter, counter_for
+from embedstack.server.tokens import UsageCounter, counter_for
 from embedstack.types import Role
 
 __all__ = ["ServerState", "create_app"]
@@ -87,7 +88,7 @@ class _Served:
     name: str
     model: BaseEmbedding
     batcher: Batcher
-    counter: TokenCounter
+    counter: UsageCounter
     created: int = field(default_factory=lambda: int(time.time()))
     ready: bool = False
     error: str | None = None
@@ -199,6 +200,7 @@ def create_app(
     app.state.embedstack = state
     install_handlers(app)
     _routes(app, state)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     app.add_middleware(_Gate, state=state)
     origins = _check_origins(cors_allow_origins)
     if origins:  # added last: the outermost layer, so a preflight never meets the key check
@@ -213,6 +215,38 @@ def create_app(
             max_age=600,
         )
     return app
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's schema of its routes, plus POST /v1/embeddings (a raw ASGI endpoint FastAPI does not see)."""
+    if app.openapi_schema:
+        return app.openapi_schema
+    from fastapi.openapi.utils import get_openapi
+
+    schema = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    template = "#/components/schemas/{model}"
+    for model in (EmbeddingRequest, EmbeddingResponse, ErrorBody):
+        body = model.model_json_schema(ref_template=template)
+        components.update(body.pop("$defs", {}))
+        components[model.__name__] = body
+
+    def content(name: str) -> dict[str, Any]:
+        return {"application/json": {"schema": {"$ref": template.format(model=name)}}}
+
+    responses: dict[str, Any] = {"200": {"description": "The embeddings", "content": content("EmbeddingResponse")}}
+    for code, info in _ERRORS.items():
+        responses[str(code)] = {"description": info["description"], "content": content("ErrorBody")}
+    schema["paths"]["/v1/embeddings"] = {
+        "post": {
+            "summary": "Create embeddings (OpenAI's API, plus input_type and truncate)",
+            "operationId": "embeddings_v1_embeddings_post",
+            "requestBody": {"required": True, "content": content("EmbeddingRequest")},
+            "responses": responses,
+        }
+    }
+    app.openapi_schema = schema
+    return schema
 
 
 def _check_origins(origins: Sequence[str] | None) -> list[str]:
@@ -249,7 +283,7 @@ async def _load_all(state: ServerState) -> None:
     state.loaded.set()
 
 
-def _warm_up(model: BaseEmbedding, counter: TokenCounter) -> int | None:
+def _warm_up(model: BaseEmbedding, counter: UsageCounter) -> int | None:
     """Load the weights and the tokenizer and run the model once (outside the cache), so the first request
     pays none of it; returns the vector length, which the model's pipeline then knows (cache hits are
     trusted from then on). A remote model sends no request before a client asks."""
@@ -312,8 +346,6 @@ class _Gate:
             refusal = self._refusal(scope, path)
             if refusal is not None:
                 await _send_json(send_with_header, refusal)
-            elif route == "/v1/embeddings" and scope["method"] == "POST":
-                await _serve_embeddings(self.state, receive, send_with_header)
             else:
                 await self.app(scope, self._limited(receive), send_with_header)
         finally:
@@ -359,9 +391,19 @@ class _Gate:
         return receive_limited
 
 
+class _EmbeddingsEndpoint:
+    """POST /v1/embeddings as a raw ASGI endpoint of the router."""
+
+    def __init__(self, state: ServerState) -> None:
+        self.state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await _serve_embeddings(self.state, receive, send)
+
+
 async def _serve_embeddings(state: ServerState, receive: Receive, send: Send) -> None:
-    """POST /v1/embeddings straight from the gate: the raw body validated by the request model, the answer
-    (or the OpenAI error body) sent as bytes; the same checks and answers as the FastAPI route."""
+    """POST /v1/embeddings: the raw body validated by the request model, the answer (or the OpenAI error body)
+    sent as bytes."""
     try:
         raw = await _read_body(receive, state.max_body_bytes)
         try:
@@ -371,6 +413,9 @@ async def _serve_embeddings(state: ServerState, receive: Receive, send: Send) ->
         out = await _embeddings(state, body, receive)
     except APIError as e:
         await _send_json(send, e)
+        return
+    except _TooLarge:  # the gate's byte count on the way in
+        await _send_json(send, APIError(413, _too_large(state.max_body_bytes), code="request_too_large"))
         return
     except Exception as e:  # a bug: the same answer as FastAPI's handler gives
         logger.exception("internal error on POST /v1/embeddings")
@@ -409,15 +454,9 @@ async def _send_json(send: Send, error: APIError) -> None:
 
 # -- routes ----------------------------------------------------------------------------------------------
 def _routes(app: FastAPI, state: ServerState) -> None:
-    @app.post(
-        "/v1/embeddings",
-        response_model=EmbeddingResponse,
-        responses=_ERRORS,
-        summary="Create embeddings (OpenAI's API, plus input_type and truncate)",
-    )
-    async def embeddings(body: EmbeddingRequest, request: Request) -> Response:
-        # The gate answers this route itself (_serve_embeddings); this one documents it and behaves the same.
-        return Response(await _embeddings(state, body, request.receive), media_type="application/json")
+    # POST /v1/embeddings: a raw ASGI endpoint in the router (the body parsed by pydantic from the raw bytes, the
+    # answer written as bytes), documented in the OpenAPI schema by `_openapi`.
+    app.router.routes.insert(0, Route("/v1/embeddings", endpoint=_EmbeddingsEndpoint(state), methods=["POST"]))
 
     @app.get("/v1/models", response_model=ModelList, summary="The served models")
     async def list_models() -> ModelList:

@@ -5,7 +5,7 @@ inputs share one `_Item`, whether queued or running, so a text asked for by two 
 is computed once. Batches are taken round-robin across the waiting requests until the token budget
 is spent, so one request of 2,048 texts goes out a budget at a time while single-text requests
 behind it ride along in every batch, and run `model.embed` (cache, dedupe, events; through
-`TokenCounter.embed`, which also returns the token counts of the model's own tokenisation) in one
+`UsageCounter.embed`, which also returns the token counts of the model's own tokenisation) in one
 worker thread, so the event loop never blocks. A request whose client went away is cancelled: its
 queued items are dropped before they reach the model unless another request still wants them.
 
@@ -40,7 +40,7 @@ from embedstack.types import Role
 __all__ = ["Batcher", "QueueFull", "Ticket"]
 
 Matrix = npt.NDArray[np.float32]
-#: (tokens per input, whether each input was truncated), as `TokenCounter` returns them.
+#: (tokens per input, whether each input was truncated), as `UsageCounter` returns them.
 Counts = tuple[list[int], list[bool]]
 #: One model call, run in the worker thread: (values, role) -> (vectors, the values' token counts or None).
 EmbedFn = Callable[[list[Any], Role], tuple[Matrix, "Counts | None"]]

@@ -23,7 +23,7 @@ import numpy.typing as npt
 from embedstack.base import BaseEmbedding
 from embedstack.types import Role
 
-__all__ = ["IMAGE_COST", "Counts", "SimpleTokens", "TokenCounter", "counter_for"]
+__all__ = ["IMAGE_COST", "Counts", "SimpleTokens", "UsageCounter", "counter_for"]
 
 #: What one image weighs in a batch's token budget (a ViT-B/32 sees 50 patches, each dearer than a text token).
 IMAGE_COST = 256
@@ -37,7 +37,7 @@ Matrix = npt.NDArray[np.float32]
 SimpleTokens = list[dict[str, Any]]
 
 
-class TokenCounter:
+class UsageCounter:
     """Estimated counts: UTF-8 bytes / 4, never truncated (the base of the exact counters)."""
 
     exact = False
@@ -72,7 +72,7 @@ class TokenCounter:
         return self.provider.tokenize(texts, add_special_tokens)
 
 
-class _ProviderCounter(TokenCounter):
+class _ProviderCounter(UsageCounter):
     """A provider that counts its own tokens (`Provider.count_tokens`), on arrival."""
 
     exact = True
@@ -90,7 +90,7 @@ class _LocalCounter(_ProviderCounter):
 
     def estimate(self, items: list[Any], role: Role) -> list[int]:
         """UTF-8 bytes / 4 plus the instruction and two special tokens, at most the model's limit."""
-        counts = TokenCounter._count_texts(self, items, role)[0]
+        counts = UsageCounter._count_texts(self, items, role)[0]
         limit = int(getattr(self.model, "max_length", None) or 512)
         return [min(limit, c + 2) for c in counts]
 
@@ -108,11 +108,11 @@ class _LocalCounter(_ProviderCounter):
         return out.values, (counts, cut)
 
 
-def counter_for(model: BaseEmbedding) -> TokenCounter:
+def counter_for(model: BaseEmbedding) -> UsageCounter:
     """The most exact counter this server has for `model` (by its declared capabilities)."""
     caps = model.provider.capabilities
     if not caps.counts_tokens:
-        return TokenCounter(model)
+        return UsageCounter(model)
     if caps.remote:
         return _ProviderCounter(model)
     return _LocalCounter(model)
