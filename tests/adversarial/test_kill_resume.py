@@ -37,7 +37,7 @@ SEED = int(os.environ.get("EMBEDSTACK_KILL_SEED", "20240613"))
 #: Seconds the model sleeps per batch: 20 batches make a run of a few tenths of a second.
 DELAY = 0.01
 FORMATS = ("parquet", "npy", "jsonl")
-KEY = FakeEmbedding(embed_dim=16)._key_factory(Role.TEXT)
+KEY = FakeEmbedding(embed_dim=16).pipeline.key_factory(Role.TEXT)
 SERVER = Path(__file__).with_name("forkserver.py")
 
 

@@ -100,7 +100,7 @@ def test_pipeline_keeps_order_and_values_under_attack(s: dict[str, Any]) -> None
         corrupted: set[str] = set()
         if cache is not None and s["prefill"]:
             model.embed(s["prefill"])
-            key_of = model._key_factory(Role.TEXT)
+            key_of = model.pipeline.key_factory(Role.TEXT)
             for text, how in dict(s["corrupt"]).items():
                 if text not in s["prefill"]:
                     continue

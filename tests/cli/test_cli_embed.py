@@ -104,7 +104,7 @@ def test_each_output_format_round_trips_with_model_metadata(
         np.testing.assert_array_equal(np.array([x["vector"] for x in lines], dtype=np.float32), vecs)
         meta = json.loads((tmp_path / "out.jsonl.meta.json").read_text())
     assert meta["model"] == "fake:16" and meta["dim"] == 16 and meta["count"] == len(ids)
-    assert meta["model_identity"] == FAKE._identity()
+    assert meta["model_identity"] == FAKE.provider.identity()
     assert meta == read_meta(path)
 
     info = cli("info", out)
@@ -115,7 +115,7 @@ def test_each_output_format_round_trips_with_model_metadata(
         and f"count    {len(ids)}" in info.stdout
     )
     as_json = json.loads(cli("info", out, "--json").stdout)
-    assert as_json["count"] == len(ids) and as_json["model_identity"] == FAKE._identity()
+    assert as_json["count"] == len(ids) and as_json["model_identity"] == FAKE.provider.identity()
     assert as_json["format"] == "embedstack-embeddings" and as_json["output_format"] == Path(out).suffix[1:]
 
 

@@ -30,7 +30,7 @@ pytestmark = pytest.mark.slow  # kill -9, Ctrl-C and SIGTERM rounds of `embedsta
 
 SLOW_CLI = Path(__file__).with_name("slow_cli.py")  # the CLI with a slow fake model (faults injected there)
 TEXTS = [json.loads(line)["text"] for line in SAMPLE.read_text(encoding="utf-8").splitlines()]
-KEY = FakeEmbedding(embed_dim=16)._key_factory(Role.TEXT)
+KEY = FakeEmbedding(embed_dim=16).pipeline.key_factory(Role.TEXT)
 
 
 def slow_cli(tmp_path: Path, *args: str, delay: float, log: str, **popen: object) -> subprocess.Popen[bytes]:

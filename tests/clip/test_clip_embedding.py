@@ -90,7 +90,7 @@ def test_vectors_match_transformers_clip_directly(
 
 def test_queries_and_texts_share_the_text_tower(tiny_clip: ClipEmbedding) -> None:
     assert np.allclose(tiny_clip.get_query_embedding("a dog"), tiny_clip.get_text_embedding("a dog"), atol=1e-6)
-    assert tiny_clip._instruction(Role.QUERY) is None and tiny_clip._instruction(Role.TEXT) is None
+    assert tiny_clip.provider.instruction(Role.QUERY) is None and tiny_clip.provider.instruction(Role.TEXT) is None
 
 
 def test_every_image_input_kind_gives_the_same_vector(tiny_clip: ClipEmbedding, image_dir: Path) -> None:
@@ -224,13 +224,13 @@ def test_normalize_false_returns_raw_projections(tiny_clip: ClipEmbedding, tiny_
     n = np.asarray(tiny_clip.get_text_embedding("a cat"))
     assert abs(np.linalg.norm(r) - 1.0) > 1e-3
     np.testing.assert_allclose(r / np.linalg.norm(r), n, atol=1e-5)
-    assert raw._identity() != tiny_clip._identity()  # different vectors: different cache keys
+    assert raw.provider.identity() != tiny_clip.provider.identity()  # different vectors: different cache keys
 
 
 def test_identity_serialisation_and_repr(tiny_clip_path: Path) -> None:
     a = ClipEmbedding(model_name=str(tiny_clip_path), device="cpu")
     b = ClipEmbedding(model_name=str(tiny_clip_path))
-    assert a._identity() == b._identity()  # the device does not change the vectors' cache key
+    assert a.provider.identity() == b.provider.identity()  # the device does not change the vectors' cache key
     data = a.to_dict()
     assert data["class_name"] == "ClipEmbedding" and data["model_name"] == str(tiny_clip_path)
     c = ClipEmbedding.from_dict(data)
@@ -276,7 +276,7 @@ def test_pickle_and_deepcopy_reload_the_same_model(tiny_clip: ClipEmbedding, ima
 def test_model_copy_shares_weights_unless_the_model_changes(tiny_clip: ClipEmbedding) -> None:
     raw = tiny_clip.model_copy(update={"normalize": False})
     assert raw._loaded is tiny_clip._loaded  # same weights, one lock
-    assert raw._identity() != tiny_clip._identity()
+    assert raw.provider.identity() != tiny_clip.provider.identity()
     assert abs(np.linalg.norm(raw.get_text_embedding("a cat")) - 1.0) > 1e-3
     with pytest.raises(ValueError, match="ResNet CLIP"):
         tiny_clip.model_copy(update={"model_name": "RN50"})

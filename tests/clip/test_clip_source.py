@@ -64,7 +64,7 @@ def test_llama_index_default_name_resolves_from_the_hf_cache(hf_cache: Path) -> 
     assert by_openai_name.model_name == by_hf_id.model_name == DEFAULT_CLIP_MODEL
     assert by_openai_name.source.origin == "hf-cache"
     assert by_openai_name.source.path == hf_cache / f"models--openai--clip-vit-base-patch32/snapshots/{SHA}"
-    assert by_openai_name._identity() == by_hf_id._identity()  # one cache entry for both spellings
+    assert by_openai_name.provider.identity() == by_hf_id.provider.identity()  # one cache entry for both spellings
     assert len(by_openai_name.get_text_embedding("a cat")) == 24  # loads from the cached snapshot
 
 
@@ -75,7 +75,7 @@ def test_openai_names_map_on_assignment_and_copy_too(hf_cache: Path, tiny_clip_p
     assert model.model_name == str(tiny_clip_path) and model.source.origin != "hf-cache"
     model.model_name = "ViT-B/32"
     assert model.model_name == DEFAULT_CLIP_MODEL and model.source.path == copied.source.path
-    assert model._identity() == ClipEmbedding()._identity()
+    assert model.provider.identity() == ClipEmbedding().provider.identity()
 
 
 def test_resolve_embed_model_clip_uses_the_default_model(hf_cache: Path, make_png: Any) -> None:
@@ -147,5 +147,5 @@ def test_hub_snapshot_commit_is_in_the_cache_key(hf_hub_cache: Path, build_clip:
     (repo / "refs" / "main").write_text(new_sha)
     new = ClipEmbedding(model_name="tiny-org/moving-clip", device="cpu")
     assert (old.source.path.name, new.source.path.name) == (old_sha, new_sha)
-    assert old._key_factory(Role.TEXT)("a cat") != new._key_factory(Role.TEXT)("a cat")
-    assert old._identity()["snapshot"] == old_sha and new._identity()["snapshot"] == new_sha
+    assert old.pipeline.key_factory(Role.TEXT)("a cat") != new.pipeline.key_factory(Role.TEXT)("a cat")
+    assert old.provider.identity()["snapshot"] == old_sha and new.provider.identity()["snapshot"] == new_sha

@@ -189,12 +189,12 @@ def test_subclasses_with_inherited_class_name_do_not_share_keys() -> None:
 
 def test_model_copy_does_not_share_memoised_keys() -> None:
     a = FakeEmbedding(embed_dim=4)
-    k = a._key_factory(Role.TEXT)("x")
+    k = a.pipeline.key_factory(Role.TEXT)("x")
     for b in (
         a.model_copy(update={"embed_dim": 8}),
         __import__("copy").deepcopy(a.model_copy(update={"model_name": "z"})),
     ):
-        assert b._key_factory(Role.TEXT)("x") != k
+        assert b.pipeline.key_factory(Role.TEXT)("x") != k
 
 
 def test_changing_a_field_changes_the_key() -> None:
@@ -220,9 +220,9 @@ def test_instruction_is_part_of_the_key() -> None:
     other = Instructed(embeddings_cache=store, instruction="Represent this: ")
     other.get_query_embedding("x")
     assert len(other.calls) == 1
-    k1 = plain._key_factory(Role.QUERY)("x")
-    k2 = other._key_factory(Role.QUERY)("x")
-    k3 = plain._key_factory(Role.TEXT)("x")
+    k1 = plain.pipeline.key_factory(Role.QUERY)("x")
+    k2 = other.pipeline.key_factory(Role.QUERY)("x")
+    k3 = plain.pipeline.key_factory(Role.TEXT)("x")
     assert len({k1, k2, k3}) == 3
 
 
@@ -230,7 +230,7 @@ def test_unreadable_entry_is_a_miss_and_rewritten() -> None:
     store = SimpleKVStore()
     m = FakeEmbedding(embed_dim=4, embeddings_cache=store)
     m.get_text_embedding_batch(["a", "b"])
-    key = m._key_factory(Role.TEXT)("a")
+    key = m.pipeline.key_factory(Role.TEXT)("a")
     store.put(key, {"dim": 4, "f32": "not base64!!"}, collection="embeddings")
     with pytest.warns(RuntimeWarning, match="1 unreadable or wrong-length cache entries"):
         out = m.get_text_embedding_batch(["a", "b"])
@@ -271,7 +271,7 @@ def test_failure_keeps_only_computed_vectors(mode: str, tmp_path: Any) -> None:
             m.get_text_embedding_batch(texts)
         else:
             asyncio.run(m.aget_text_embedding_batch(texts))
-    cached = {k for k in texts if store.get_vectors([m._key_factory(Role.TEXT)(k)], "embeddings")[0] is not None}
+    cached = {k for k in texts if store.get_vectors([m.pipeline.key_factory(Role.TEXT)(k)], "embeddings")[0] is not None}
     assert "c" not in cached and "boom" not in cached
     assert {"a", "b"} <= cached
     computed = {t for role, items in m.calls for t in items}

@@ -47,11 +47,11 @@ def test_assignment_refreshes_and_a_failing_refresh_changes_nothing() -> None:
     m.flavour = "spicy"
     assert m._refreshes[-1] == (frozenset({"flavour"}), False)
     assert m._weights is not first
-    key_before = m._key_factory(Role.TEXT)("x")
+    key_before = m.pipeline.key_factory(Role.TEXT)("x")
     with pytest.raises(ValueError, match="cannot load"):
         m.flavour = "broken"
     assert m.flavour == "spicy"  # undone
-    assert m._key_factory(Role.TEXT)("x") == key_before
+    assert m.pipeline.key_factory(Role.TEXT)("x") == key_before
     assert "flavour" in m.model_fields_set
 
 
@@ -82,7 +82,7 @@ def test_shallow_copy_shares_derived_state_until_an_update_changes_it() -> None:
     assert changed._refreshes[-1] == (frozenset({"flavour"}), False)
     assert m._weights is not None and m.flavour == "plain"
     # the copy's cache identity follows its own fields
-    assert changed._key_factory(Role.TEXT)("x") != m._key_factory(Role.TEXT)("x")
+    assert changed.pipeline.key_factory(Role.TEXT)("x") != m.pipeline.key_factory(Role.TEXT)("x")
 
 
 class Planner(FakeEmbedding):

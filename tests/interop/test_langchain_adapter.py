@@ -112,7 +112,7 @@ def test_rewrapped_models_keep_distinct_cache_keys() -> None:
     """LangchainEmbedding(a.as_langchain()) never shares cache entries with another model."""
     a = LangchainEmbedding(FakeEmbedding(embed_dim=8).as_langchain(), embeddings_cache=SimpleKVStore())
     b = LangchainEmbedding(FakeEmbedding(embed_dim=16).as_langchain(), embeddings_cache=a.embeddings_cache)
-    assert a._key_factory(Role.TEXT)("x") != b._key_factory(Role.TEXT)("x")
+    assert a.pipeline.key_factory(Role.TEXT)("x") != b.pipeline.key_factory(Role.TEXT)("x")
     assert len(a.get_text_embedding("x")) == 8
     assert len(b.get_text_embedding("x")) == 16
 

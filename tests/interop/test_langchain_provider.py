@@ -156,7 +156,7 @@ def test_identity_has_model_settings_and_never_secrets() -> None:
         assert gone not in ident["config"]
     assert model.model_name == "text-embedding-3-small"
     blobs = [
-        json.dumps(model._identity()),
+        json.dumps(model.provider.identity()),
         json.dumps(model.to_dict()),
         repr(model),
         model.to_json(),
@@ -164,10 +164,10 @@ def test_identity_has_model_settings_and_never_secrets() -> None:
     for blob in blobs:
         assert "SECRET" not in blob
     # the vectors-changing setting changes the cache key; the runtime one does not
-    key = model._key_factory(Role.TEXT)("x")
-    assert LangchainEmbedding(FakeRemoteEmbeddings(dimensions=512))._key_factory(Role.TEXT)("x") != key
+    key = model.pipeline.key_factory(Role.TEXT)("x")
+    assert LangchainEmbedding(FakeRemoteEmbeddings(dimensions=512)).pipeline.key_factory(Role.TEXT)("x") != key
     assert (
-        LangchainEmbedding(FakeRemoteEmbeddings(dimensions=256, request_timeout=99))._key_factory(Role.TEXT)("x") == key
+        LangchainEmbedding(FakeRemoteEmbeddings(dimensions=256, request_timeout=99)).pipeline.key_factory(Role.TEXT)("x") == key
     )
 
 
@@ -182,9 +182,9 @@ def test_identity_of_plain_objects_uses_public_plain_attributes_only() -> None:
     assert "api_key" not in ident["config"]
     assert "_lock" not in ident["config"]
     assert "SECRET" not in json.dumps(ident)
-    assert LangchainEmbedding(RecordingEmbeddings(dim=3))._key_factory(Role.TEXT)("x") != LangchainEmbedding(
+    assert LangchainEmbedding(RecordingEmbeddings(dim=3)).pipeline.key_factory(Role.TEXT)("x") != LangchainEmbedding(
         RecordingEmbeddings(dim=4)
-    )._key_factory(Role.TEXT)("x")
+    ).pipeline.key_factory(Role.TEXT)("x")
 
 
 def test_to_dict_never_stores_the_langchain_object_and_from_dict_needs_it() -> None:

@@ -203,7 +203,7 @@ def test_the_same_model_at_another_precision_may_search_and_append(tmp_path: Pat
     out = tmp_path / "o.parquet"
     texts = [f"document number {i}" for i in range(6)]
     bf16 = _Precise(embed_dim=8, precision="bf16")
-    assert bf16._identity() != _Precise(embed_dim=8)._identity()  # the cache still keeps them apart
+    assert bf16.provider.identity() != _Precise(embed_dim=8).provider.identity()  # the cache still keeps them apart
     embed_records(texts, out, model=bf16, cache=None)
     fp32 = _Precise(embed_dim=8)
     hits = search(out, "document number 3", k=2, model=fp32, cache=None)

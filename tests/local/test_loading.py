@@ -69,7 +69,7 @@ def test_plain_checkpoint_defaults_to_mean(tiny: Any) -> None:
 def test_pooling_changes_the_cache_key(tiny: Any) -> None:
     mean = HuggingFaceEmbedding(str(tiny.plain), pooling=Pooling.MEAN)
     cls = HuggingFaceEmbedding(str(tiny.plain), pooling="cls")
-    assert mean._key_factory(Role.TEXT)("x") != cls._key_factory(Role.TEXT)("x")
+    assert mean.pipeline.key_factory(Role.TEXT)("x") != cls.pipeline.key_factory(Role.TEXT)("x")
 
 
 def test_sentence_transformers_dir_matches_its_encode(tiny: Any) -> None:
@@ -86,8 +86,8 @@ def test_sentence_transformers_dir_matches_its_encode(tiny: Any) -> None:
 
 def test_sentence_transformers_prompts_and_max_length(tiny: Any) -> None:
     model = HuggingFaceEmbedding(str(tiny.st_cls_prompts))
-    assert model._instruction(Role.QUERY) == "query: "
-    assert model._instruction(Role.TEXT) == "passage: "
+    assert model.provider.instruction(Role.QUERY) == "query: "
+    assert model.provider.instruction(Role.TEXT) == "passage: "
     assert HuggingFaceEmbedding(str(tiny.st_cls_prompts), text_instruction="")._instruction(Role.TEXT) is None
     query = "the cat sat on the mat"
     raw = HuggingFaceEmbedding(str(tiny.st_cls_prompts), normalize=False)
@@ -259,8 +259,8 @@ def test_table_instruction_applies_to_a_local_dir_named_like_the_family(tiny: An
     named = tmp_path / "e5-small-v2"
     shutil.copytree(tiny.plain, named)
     model = HuggingFaceEmbedding(str(named))
-    assert model._instruction(Role.QUERY) == "query: "
-    assert model._instruction(Role.TEXT) == "passage: "
+    assert model.provider.instruction(Role.QUERY) == "query: "
+    assert model.provider.instruction(Role.TEXT) == "passage: "
     assert HuggingFaceEmbedding(str(named), query_instruction="")._instruction(Role.QUERY) is None
 
 
@@ -274,7 +274,7 @@ def test_st_config_prompts_beat_the_table(tiny: Any, tmp_path: Path) -> None:
     data["prompts"] = {"query": "Q: ", "passage": "P: "}
     cfg.write_text(json.dumps(data))
     model = HuggingFaceEmbedding(str(named))
-    assert (model._instruction(Role.QUERY), model._instruction(Role.TEXT)) == ("Q: ", "P: ")
+    assert (model.provider.instruction(Role.QUERY), model.provider.instruction(Role.TEXT)) == ("Q: ", "P: ")
 
 
 def test_bad_model_name_assignment_changes_nothing(tiny: Any, tmp_path: Path) -> None:
@@ -286,13 +286,13 @@ def test_bad_model_name_assignment_changes_nothing(tiny: Any, tmp_path: Path) ->
 
 def test_model_copy_updates_identity_and_source(tiny: Any) -> None:
     model = HuggingFaceEmbedding(str(tiny.plain)).load()
-    key = model._key_factory(Role.QUERY)("x")
+    key = model.pipeline.key_factory(Role.QUERY)("x")
     same_weights = model.model_copy(update={"query_instruction": "query: "})
-    assert same_weights._key_factory(Role.QUERY)("x") != key
+    assert same_weights.pipeline.key_factory(Role.QUERY)("x") != key
     assert same_weights._encoder is model._encoder  # an instruction does not reload the weights
     other = model.model_copy(update={"model_name": str(tiny.st_mean)})
     assert other.source.is_sentence_transformers and other._encoder is None
-    assert model._key_factory(Role.QUERY)("x") == key
+    assert model.pipeline.key_factory(Role.QUERY)("x") == key
 
 
 def test_model_copy_that_reloads_leaves_the_original_loaded(tiny: Any, tmp_path: Path) -> None:
@@ -331,7 +331,7 @@ def test_pickle_round_trip_reloads(tiny: Any) -> None:
     model = HuggingFaceEmbedding(str(tiny.st_mean), dimensions=16).load()
     clone = pickle.loads(pickle.dumps(model))
     assert clone._encoder is None and clone.source == model.source
-    assert clone._key_factory(Role.TEXT)("x") == model._key_factory(Role.TEXT)("x")
+    assert clone.pipeline.key_factory(Role.TEXT)("x") == model.pipeline.key_factory(Role.TEXT)("x")
     assert np.allclose(clone.embed(TEXTS), model.embed(TEXTS), atol=1e-6)
 
 
@@ -355,14 +355,14 @@ def test_rewritten_local_directory_does_not_serve_stale_cached_vectors(tiny: Any
     hit = model()
     np.testing.assert_array_equal(hit.embed(texts), first)
     assert hit._encoder is None  # served from the cache: the weights were never loaded
-    before = hit._identity()["files"]
+    before = hit.provider.identity()["files"]
 
     retrained = transformers.BertModel.from_pretrained(str(model_dir))
     for p in retrained.parameters():
         p.data.mul_(-1.5)  # different weights, same shapes and file names
     retrained.save_pretrained(str(model_dir))
     fresh = model()
-    assert fresh._identity()["files"] != before
+    assert fresh.provider.identity()["files"] != before
     again = fresh.embed(texts)
     assert fresh._encoder is not None  # recomputed with the new weights
     assert not np.allclose(again, first, atol=1e-3)
@@ -389,13 +389,13 @@ def test_hub_snapshot_commit_is_in_the_cache_key(tiny: Any, hf_hub_cache: Path, 
     retrained.save_pretrained(str(new_snapshot))
     new = HuggingFaceEmbedding("tiny-org/moving", embeddings_cache=store)
     assert new.source.path == new_snapshot
-    assert new._key_factory(Role.TEXT)("x") != old._key_factory(Role.TEXT)("x")
+    assert new.pipeline.key_factory(Role.TEXT)("x") != old.pipeline.key_factory(Role.TEXT)("x")
     again = new.embed(texts)
     assert new._encoder is not None  # computed, not served from the cache
     assert not np.allclose(again, first, atol=1e-3)
-    assert new._identity()["snapshot"] == "b" * 40 and old._identity()["snapshot"] == "a" * 40
+    assert new.provider.identity()["snapshot"] == "b" * 40 and old.provider.identity()["snapshot"] == "a" * 40
     # The same snapshot found again is a hit: the key is stable.
-    assert HuggingFaceEmbedding("tiny-org/moving")._key_factory(Role.TEXT)("x") == new._key_factory(Role.TEXT)("x")
+    assert HuggingFaceEmbedding("tiny-org/moving").pipeline.key_factory(Role.TEXT)("x") == new.pipeline.key_factory(Role.TEXT)("x")
 
 
 def test_sessions_hf_cache_is_private(hf_hub_cache: Path) -> None:

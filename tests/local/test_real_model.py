@@ -110,11 +110,11 @@ def test_query_instruction_changes_vector_and_cache_key(minilm: HuggingFaceEmbed
     assert cos(plain_vec, instr_vec) < 0.99
     # The instruction is prepended exactly: the same as embedding the prefixed text without one.
     assert np.allclose(instr_vec, minilm.get_text_embedding(instr + q), atol=1e-5)
-    assert with_instr._instruction(Role.QUERY) == instr
-    assert minilm._instruction(Role.QUERY) is None
-    assert with_instr._key_factory(Role.QUERY)(q) != minilm._key_factory(Role.QUERY)(q)
+    assert with_instr.provider.instruction(Role.QUERY) == instr
+    assert minilm.provider.instruction(Role.QUERY) is None
+    assert with_instr.pipeline.key_factory(Role.QUERY)(q) != minilm.pipeline.key_factory(Role.QUERY)(q)
     # A query instruction does not touch text vectors, so text cache keys stay shared.
-    assert with_instr._key_factory(Role.TEXT)(q) == minilm._key_factory(Role.TEXT)(q)
+    assert with_instr.pipeline.key_factory(Role.TEXT)(q) == minilm.pipeline.key_factory(Role.TEXT)(q)
 
 
 def test_instruction_is_a_cache_miss_across_models() -> None:
@@ -216,7 +216,7 @@ def test_dimensions_truncate_and_renormalise(minilm: HuggingFaceEmbedding) -> No
     assert cut.shape == (2, 128)
     expected = full[:, :128] / np.linalg.norm(full[:, :128], axis=1, keepdims=True)
     assert np.allclose(cut, expected, atol=1e-5)
-    assert small._key_factory(Role.TEXT)("x") != minilm._key_factory(Role.TEXT)("x")
+    assert small.pipeline.key_factory(Role.TEXT)("x") != minilm.pipeline.key_factory(Role.TEXT)("x")
     with pytest.raises(ValueError, match="dimensions=1000 exceeds"):
         HuggingFaceEmbedding(dimensions=1000).load()
 
@@ -250,8 +250,8 @@ def test_round_trip_through_to_dict(minilm: HuggingFaceEmbedding) -> None:
     data = minilm.to_dict()
     assert data["class_name"] == "HuggingFaceEmbedding"
     again = HuggingFaceEmbedding.from_dict(data)
-    assert again._key_factory(Role.TEXT)("x") == minilm._key_factory(Role.TEXT)("x")
+    assert again.pipeline.key_factory(Role.TEXT)("x") == minilm.pipeline.key_factory(Role.TEXT)("x")
     # device/backend do not change vectors and stay out of the cache key; precision is in it.
-    assert HuggingFaceEmbedding(device="cpu")._key_factory(Role.TEXT)("x") == minilm._key_factory(Role.TEXT)("x")
-    assert HuggingFaceEmbedding(backend="onnx")._key_factory(Role.TEXT)("x") == minilm._key_factory(Role.TEXT)("x")
-    assert HuggingFaceEmbedding(precision="bf16")._key_factory(Role.TEXT)("x") != minilm._key_factory(Role.TEXT)("x")
+    assert HuggingFaceEmbedding(device="cpu").pipeline.key_factory(Role.TEXT)("x") == minilm.pipeline.key_factory(Role.TEXT)("x")
+    assert HuggingFaceEmbedding(backend="onnx").pipeline.key_factory(Role.TEXT)("x") == minilm.pipeline.key_factory(Role.TEXT)("x")
+    assert HuggingFaceEmbedding(precision="bf16").pipeline.key_factory(Role.TEXT)("x") != minilm.pipeline.key_factory(Role.TEXT)("x")

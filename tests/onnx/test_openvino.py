@@ -73,7 +73,7 @@ def test_huggingface_embedding_openvino_int8_real_model(env_cache: Path, bundled
     cos = (fast.embed(texts) * fp32).sum(1)
     assert cos.mean() >= 0.99 and cos.min() >= 0.97, cos
     ort_int8 = HuggingFaceEmbedding(backend="onnx", precision="int8")
-    assert fast._identity() != ort_int8._identity()  # different approximations never share cache entries
+    assert fast.provider.identity() != ort_int8.provider.identity()  # different approximations never share cache entries
 
 
 def test_openvino_fp32_and_int8_ask_for_f32_explicitly(tiny_bert: Path, shared_cache: Path) -> None:
@@ -126,8 +126,8 @@ def test_huggingface_embedding_openvino_bf16_real_model(env_cache: Path, bundled
     cos = (bf16.embed(texts) * fp32).sum(1)
     assert cos.min() >= 0.9999, cos
     torch_bf16 = HuggingFaceEmbedding(backend="torch", precision="bf16")
-    assert bf16._identity() != torch_bf16._identity()
-    assert bf16._identity() != HuggingFaceEmbedding(backend="openvino")._identity()
+    assert bf16.provider.identity() != torch_bf16.provider.identity()
+    assert bf16.provider.identity() != HuggingFaceEmbedding(backend="openvino").provider.identity()
 
 
 def test_shape_buckets_bound_padding_and_the_number_of_shapes() -> None:

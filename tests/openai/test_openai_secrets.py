@@ -62,7 +62,7 @@ def test_key_not_in_repr_dict_json_or_pickle_text(server: FakeOpenAIServer) -> N
             str(model.to_dict()),
             model.to_json(),
             str(model._descriptor()),
-            str(model._identity()),
+            str(model.provider.identity()),
             repr(model.model_dump()),
         ):
             assert KEY not in text, type(model).__name__

@@ -46,7 +46,7 @@ def test_entries_of_another_length_are_misses() -> None:
     model = resolve_embed_model("fake:8")
     store = model.embeddings_cache = SimpleKVStore()
     model.embed(["good"])
-    key = model._key_factory(Role.TEXT)("stale")
+    key = model.pipeline.key_factory(Role.TEXT)("stale")
     store.put_vectors([key], np.ones((1, 5), dtype=np.float32), CACHE_COLLECTION)  # a 5-dim entry for an 8-dim model
     with pytest.warns(RuntimeWarning, match="wrong-length"):
         rows, found = cached_rows(model, ["stale", "good"], Role.TEXT)
@@ -72,6 +72,6 @@ def test_the_recorded_length_is_trusted_and_nothing_without_one(monkeypatch: pyt
     np.testing.assert_array_equal(rows[0], first.embed(["kept"])[0])
     bare = SimpleKVStore()
     fresh.embeddings_cache = bare
-    bare.put_vectors([fresh._key_factory(Role.TEXT)("kept")], np.ones((1, 8), dtype=np.float32), CACHE_COLLECTION)
+    bare.put_vectors([fresh.pipeline.key_factory(Role.TEXT)("kept")], np.ones((1, 8), dtype=np.float32), CACHE_COLLECTION)
     rows, found = cached_rows(fresh, ["kept"], Role.TEXT)
     assert rows is None and not found.any()
