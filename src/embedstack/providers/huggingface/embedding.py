@@ -101,6 +101,17 @@ def _default_runtime(model_name: str, model_dir: Path | None = None) -> tuple[st
     return "onnx", "fp32"
 
 
+def _pools_prompt(model_dir: Path) -> bool:
+    """False when the model's Pooling module leaves the prompt's tokens out (include_prompt: false)."""
+    try:
+        entries = json.loads((model_dir / "modules.json").read_text(encoding="utf-8"))
+        paths = [e.get("path", "") for e in entries if str(e.get("type", "")).endswith("Pooling")]
+        config = json.loads((model_dir / str(paths[0]) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, IndexError, AttributeError, TypeError):
+        return True
+    return not isinstance(config, dict) or bool(config.get("include_prompt", True))
+
+
 class HuggingFaceEmbedding(BatchEmbedding):
     """A Hugging Face sentence-embedding model run locally (LlamaIndex's HuggingFaceEmbedding API).
 
@@ -150,7 +161,7 @@ class HuggingFaceEmbedding(BatchEmbedding):
     plan_in_thread: ClassVar[bool] = True  # _plan loads the tokenizer and tokenises: never on the event loop
     #: Rebuilt from the fields by `_refresh`; never pickled (a receiver finds the files and loads itself).
     _derived: ClassVar[frozenset[str]] = frozenset(
-        {"_source", "_prompts", "_encoder", "_tokenizer", "_tokenizer_made", "_lock"}
+        {"_source", "_prompts", "_prompt_pooled", "_encoder", "_tokenizer", "_tokenizer_made", "_lock"}
     )
 
     _source: ModelSource | None = PrivateAttr(default=None)
@@ -160,6 +171,7 @@ class HuggingFaceEmbedding(BatchEmbedding):
     _tokenizer_made: bool = PrivateAttr(default=False)
     _lock: threading.RLock = PrivateAttr(default_factory=threading.RLock)
     _warned_truncation: bool = PrivateAttr(default=False)
+    _prompt_pooled: bool = PrivateAttr(default=True)
 
     def __init__(self, model_name: str = DEFAULT_MODEL, **kwargs: Any) -> None:
         super().__init__(model_name=model_name, **kwargs)
@@ -202,6 +214,7 @@ class HuggingFaceEmbedding(BatchEmbedding):
     def _use(self, source: ModelSource) -> None:
         self._source = source
         self._prompts = self._default_prompts(source)
+        self._prompt_pooled = _pools_prompt(source.path)
 
     def _default_prompts(self, source: ModelSource) -> dict[Role, str | None]:
         """The model's own prompts (config_sentence_transformers.json), else the family table's."""
@@ -219,7 +232,8 @@ class HuggingFaceEmbedding(BatchEmbedding):
                     (declared[k] for k in _TEXT_PROMPT_NAMES if k in declared),
                     declared.get(default or ""),
                 )
-                return {Role.QUERY: declared.get("query"), Role.TEXT: text}
+                # As sentence-transformers' encode_query / encode_document: the role's prompt, else the default.
+                return {Role.QUERY: declared.get("query", declared.get(default or "")), Role.TEXT: text}
         family = instructions_for(source.repo_id or self.model_name) or instructions_for(str(source.path))
         return {
             Role.QUERY: family.query if family else None,
@@ -323,7 +337,15 @@ class HuggingFaceEmbedding(BatchEmbedding):
 
     def _prefix(self, role: Role) -> str | None:
         """The instruction in front of `role` texts, if any."""
-        return self._instruction(role) if role in (Role.QUERY, Role.TEXT) else None
+        prefix = self._instruction(role) if role in (Role.QUERY, Role.TEXT) else None
+        if prefix and not self._prompt_pooled:
+            name = "query_instruction" if role is Role.QUERY else "text_instruction"
+            raise ValueError(
+                f"{self.model_name!r} pools without its prompt (include_prompt: false in its Pooling config), "
+                f"which embedstack does not compute; pass {name}='' to embed without the prompt {prefix!r}, "
+                f"or use sentence-transformers directly"
+            )
+        return prefix
 
     def _texts(self, items: list[Any], role: Role) -> list[str]:
         """The texts the model sees: items with the role's instruction in front."""

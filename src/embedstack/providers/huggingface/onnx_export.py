@@ -63,7 +63,7 @@ ONNX_PRECISIONS = ("fp32", "int8")
 GRAPH_KINDS = (*ONNX_PRECISIONS, "plain", "nncf-int8")
 _BASE_OF = {"int8": "fp32", "nncf-int8": "plain"}
 #: Version of the int8 recipe (part of int8 cache keys only, so fp32 graphs stay valid).
-INT8_RECIPE = 2
+INT8_RECIPE = 3
 #: int8 quantises every MatMul when the calibration texts keep these cosines to fp32 (mean: the issue's
 #: quality bar for the fast mode; what models get: docs/providers/local.md#why-these-defaults).
 INT8_MIN_MEAN_COSINE = 0.99
@@ -430,10 +430,15 @@ def _quantise(src: Path, dst: Path, keep: list[str]) -> None:
 
 
 def int8_fidelity(got: npt.NDArray[Any], reference: npt.NDArray[Any], mask: npt.NDArray[Any]) -> tuple[float, float]:
-    """(mean, min) cosine of mean-pooled and first-token vectors: what mean and CLS pooling see."""
+    """(mean, min) cosine of mean-pooled, first-token and last-real-token vectors: what mean, CLS and
+    last-token pooling see."""
     weights = mask[..., None].astype(np.float64)
     pooled = [(x * weights).sum(1) / np.maximum(weights.sum(1), 1) for x in (got, reference)]
-    cos = np.concatenate([_cosines(*pooled), _cosines(got[:, 0], reference[:, 0])])
+    rows = np.arange(mask.shape[0])
+    last = mask.shape[1] - 1 - mask.astype(bool)[:, ::-1].argmax(1)
+    cos = np.concatenate(
+        [_cosines(*pooled), _cosines(got[:, 0], reference[:, 0]), _cosines(got[rows, last], reference[rows, last])]
+    )
     return float(cos.mean()), float(cos.min())
 
 
