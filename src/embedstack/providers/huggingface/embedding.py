@@ -217,23 +217,27 @@ class HuggingFaceEmbedding(BatchEmbedding):
         self._prompt_pooled = _pools_prompt(source.path)
 
     def _default_prompts(self, source: ModelSource) -> dict[Role, str | None]:
-        """The model's own prompts (config_sentence_transformers.json), else the family table's."""
+        """The model's own prompts (config_sentence_transformers.json), else the family table's.
+
+        With any non-blank prompt declared, each role gets what sentence-transformers' encode_query /
+        encode_document use: the role's prompt ("query"; "document", "passage", "corpus", then "text"), where
+        "" means none, else the default prompt. Only blank prompts (what sentence-transformers saves for a model
+        without any) leave the choice to the family table."""
         declared: dict[str, str] = {}
+        default: Any = None
         config = source.path / "config_sentence_transformers.json"
         if config.is_file():
             try:
                 data = json.loads(config.read_text(encoding="utf-8"))
-                declared = {k: v for k, v in (data.get("prompts") or {}).items() if isinstance(v, str) and v}
+                declared = {k: v for k, v in (data.get("prompts") or {}).items() if isinstance(v, str)}
                 default = data.get("default_prompt_name")
             except (ValueError, AttributeError):
                 declared, default = {}, None
-            if declared:
-                text = next(
-                    (declared[k] for k in _TEXT_PROMPT_NAMES if k in declared),
-                    declared.get(default or ""),
-                )
-                # As sentence-transformers' encode_query / encode_document: the role's prompt, else the default.
-                return {Role.QUERY: declared.get("query", declared.get(default or "")), Role.TEXT: text}
+            if any(declared.values()):
+                fallback = declared.get(default) if isinstance(default, str) else None
+                query = declared.get("query", fallback)
+                text = next((declared[k] for k in _TEXT_PROMPT_NAMES if k in declared), fallback)
+                return {Role.QUERY: query or None, Role.TEXT: text or None}
         family = instructions_for(source.repo_id or self.model_name) or instructions_for(str(source.path))
         return {
             Role.QUERY: family.query if family else None,
