@@ -294,7 +294,7 @@ def test_int8_quantises_all_or_keeps_ffn_outputs_by_calibration(
     assert _cos(vectors, fp32.encode(sentences).vectors).mean() >= 0.95
 
 
-def test_int8_fidelity_sees_mean_and_cls_pooling() -> None:
+def test_int8_fidelity_sees_mean_cls_and_last_token_pooling() -> None:
     rng = np.random.default_rng(0)
     ref = rng.normal(size=(3, 5, 8))
     mask = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]])
@@ -306,6 +306,9 @@ def test_int8_fidelity_sees_mean_and_cls_pooling() -> None:
     flipped[1, 0] *= -1  # only the first token changes: CLS pooling would see it
     mean, worst = _onnx_export.int8_fidelity(flipped, ref, mask)
     assert worst == pytest.approx(-1.0) and mean < 1.0
+    last = ref.copy()
+    last[0, 2] *= -1  # only row 0's last real token changes: last-token pooling would see it
+    assert _onnx_export.int8_fidelity(last, ref, mask)[1] == pytest.approx(-1.0)
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16", "int4"])
@@ -324,11 +327,15 @@ def test_bad_inputs(tiny_bert: Path, tiny_st: Path, tmp_path: Path, shared_cache
     modules = json.loads((dense / "modules.json").read_text())
     modules.insert(2, {"idx": 2, "name": "2", "path": "2_Dense", "type": "x.models.Dense"})
     (dense / "modules.json").write_text(json.dumps(modules))
-    with pytest.raises(ValueError, match="Dense module"):
+    with pytest.raises(ValueError, match="Dense module '2'.*no weights"):  # a Dense without its weights
         OnnxEncoder(dense, cache_dir=shared_cache)
-    maxpool = tmp_path / "maxpool"
+    magic = tmp_path / "magic"
+    shutil.copytree(tiny_st, magic)
+    (magic / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_magic_tokens": True}))
+    with pytest.raises(ValueError, match="pooling_mode_magic_tokens"):
+        OnnxEncoder(magic, cache_dir=shared_cache)
+    assert OnnxEncoder(magic, cache_dir=shared_cache, pooling=Pooling.MEAN).dim == 32
+    maxpool = tmp_path / "maxpool"  # max pooling is computed (was refused)
     shutil.copytree(tiny_st, maxpool)
     (maxpool / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_max_tokens": True}))
-    with pytest.raises(ValueError, match="pooling_mode_max_tokens"):
-        OnnxEncoder(maxpool, cache_dir=shared_cache)
-    assert OnnxEncoder(maxpool, cache_dir=shared_cache, pooling=Pooling.MEAN).dim == 32
+    assert OnnxEncoder(maxpool, cache_dir=shared_cache).pooling is Pooling.MAX
