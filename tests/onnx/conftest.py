@@ -249,7 +249,12 @@ def _family_config(family: str, vocab_size: int) -> Any:
         )
     if family == "electra":  # an architecture the fast path does not run
         return transformers.ElectraConfig(
-            embedding_size=32, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, **common
+            embedding_size=32,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=64,
+            **common,
         )
     raise ValueError(family)
 
@@ -279,9 +284,7 @@ def family_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str
 
 
 @pytest.fixture(scope="session")
-def st_model(
-    family_checkpoint: Callable[[str], Path], tmp_path_factory: pytest.TempPathFactory
-) -> Callable[..., Path]:
+def st_model(family_checkpoint: Callable[[str], Path], tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
     """(family, pooling_mode, dense=..., prompts=..., ...) → a sentence-transformers model saved by
     sentence-transformers itself: Transformer (max 16 tokens), Pooling, any Dense layers, Normalize.
 

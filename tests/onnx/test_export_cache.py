@@ -327,7 +327,7 @@ def test_bad_inputs(tiny_bert: Path, tiny_st: Path, tmp_path: Path, shared_cache
     modules = json.loads((dense / "modules.json").read_text())
     modules.insert(2, {"idx": 2, "name": "2", "path": "2_Dense", "type": "x.models.Dense"})
     (dense / "modules.json").write_text(json.dumps(modules))
-    with pytest.raises(ValueError, match="Dense module '2'.*no weights"):  # a Dense without its weights
+    with pytest.raises(ValueError, match=r"Dense module '2'.*no weights"):  # a Dense without its weights
         OnnxEncoder(dense, cache_dir=shared_cache)
     magic = tmp_path / "magic"
     shutil.copytree(tiny_st, magic)

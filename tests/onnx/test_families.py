@@ -205,9 +205,7 @@ def test_dense_layers_match_sentence_transformers(
     _assert_exact(got, want)
 
 
-def test_dense_with_an_activation_the_fast_path_lacks_is_refused(
-    st_model: Callable[..., Path], tmp_path: Path
-) -> None:
+def test_dense_with_an_activation_the_fast_path_lacks_is_refused(st_model: Callable[..., Path], tmp_path: Path) -> None:
     folder = tmp_path / "tiny"
     shutil.copytree(st_model("bert", "cls", dense=((16, torch.nn.Tanh(), False),)), folder)
     config_path = next(folder.glob("*_Dense")) / "config.json"
@@ -219,7 +217,8 @@ def test_dense_with_an_activation_the_fast_path_lacks_is_refused(
 
 def test_other_modules_are_refused_by_name(family_checkpoint: Callable[[str], Path], tmp_path: Path) -> None:
     from sentence_transformers import SentenceTransformer
-    from sentence_transformers.sentence_transformer.modules import LayerNorm, Pooling as STPooling, Transformer
+    from sentence_transformers.sentence_transformer.modules import LayerNorm, Transformer
+    from sentence_transformers.sentence_transformer.modules import Pooling as STPooling
 
     folder = tmp_path / "tiny"
     modules = [Transformer(str(family_checkpoint("bert"))), STPooling(32), LayerNorm(32)]
