@@ -273,3 +273,16 @@ def test_int8_builds_and_stays_close_to_fp32(
     int8 = _ours(path, backend, precision="int8")
     assert np.isfinite(int8).all()
     assert _cos(int8, fp32).mean() >= 0.95
+
+
+# -- plain transformers checkpoints with pooling= -----------------------------------------------------------
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("mode", [m.value for m in Pooling])
+def test_plain_checkpoint_pooling_argument_matches_sentence_transformers(
+    family_checkpoint: Callable[[str], Path], st_model: Callable[..., Path], env_cache: Path, mode: str, backend: str
+) -> None:
+    """A plain Qwen3 checkpoint (left-padding tokenizer) with pooling=...: the same vectors as the
+    sentence-transformers model that pools so."""
+    plain = family_checkpoint("qwen3")
+    got = _ours(plain, backend, pooling=mode, max_length=16)
+    _assert_exact(got, _reference(st_model("qwen3", mode)))
