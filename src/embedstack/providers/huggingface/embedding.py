@@ -79,8 +79,8 @@ class _Prepared(NamedTuple):
 def _default_runtime(model_name: str, model_dir: Path | None = None) -> tuple[str, str]:
     """(backend, precision) for resolve_embed_model("local[:<model>]"): ONNX Runtime fp32 when installed (it
     meets the fp32 fidelity bar, and each graph is checked against torch when it is built), else torch. A model
-    with modules the ONNX path does not run (a Dense layer after pooling, max pooling, ...; see `model_dir`'s
-    modules.json) gets torch. OpenVINO bf16 is faster where the CPU has native bf16 but stays opt-in
+    the fast path refuses (an architecture or a sentence-transformers module it does not run: `onnx_problem`)
+    gets torch. OpenVINO bf16 is faster where the CPU has native bf16 but stays opt-in
     (backend="openvino", precision="bf16") until its crash on such CPUs is shown fixed.
     Figures and reasons: docs/providers/local.md#why-these-defaults.
     """
@@ -131,7 +131,9 @@ class HuggingFaceEmbedding(BatchEmbedding):
     text_instruction: str | None = Field(default=None, description="Prefix for texts (None: the model's default).")
     max_length: int | None = Field(default=None, gt=0, description="Token limit; None uses the model's maximum.")
     pooling: Pooling | None = Field(
-        default=None, description="Pooling for plain transformers checkpoints (default mean)."
+        default=None,
+        description="Pooling for plain transformers checkpoints (default mean; cls, max, mean_sqrt_len_tokens, "
+        "weightedmean, lasttoken).",
     )
     dimensions: int | None = Field(default=None, gt=0, description="Keep the first N dimensions (Matryoshka).")
     cache_folder: str | None = Field(default=None, description="Hugging Face cache directory to look in / download to.")

@@ -3,8 +3,10 @@
 Texts are tokenised with the Rust `tokenizers` library (the model's tokenizer.json) by an
 OnnxTokenizer, which needs no graph (the provider orders a call's texts with it and hands the same
 tokens to `encode`), sorted by length and cut into batches by a token budget, so padding stays
-small; the graph (see _onnx_export) is fed only the inputs it declares. Normalisation and
-Matryoshka truncation belong to the provider.
+small; the graph (see _onnx_export) is fed only the inputs it declares, right-padded. The model's
+sentence-transformers modules after its Transformer (every Pooling mode, Dense, Normalize) run in numpy
+(st_modules.Head), pooling by the attention mask; architectures outside FAST_PATH_FAMILIES and modules
+it does not compute are refused by name. A trailing Normalize and Matryoshka truncation belong to the provider.
 
 OpenVINO: one Core per process (a second Core loads the CPU plugin again; creating and querying
 several has crashed processes), one infer request per compiled model behind a lock, and every
