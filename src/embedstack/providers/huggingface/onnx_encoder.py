@@ -30,6 +30,7 @@ import numpy.typing as npt
 
 from embedstack._optional import require
 from embedstack.pooling import Pooling
+from embedstack.providers.catalog import FAST_PATH_FAMILIES
 from embedstack.providers.huggingface.onnx_export import (
     ONNX_PRECISIONS,
     Feeds,
@@ -122,11 +123,6 @@ def _read_json(path: Path) -> dict[str, Any]:
     except ValueError as e:
         raise ValueError(f"{path} is not valid JSON ({e}); restore the model's files") from e
     return data if isinstance(data, dict) else {}
-
-
-#: Architectures (config.json's model_type) the fast path runs, each tested against sentence-transformers
-#: on the same weights (tests/onnx/test_families.py); any other is refused with backend='torch' as the way out.
-FAST_PATH_FAMILIES = ("bert", "distilbert", "roberta", "xlm-roberta", "mpnet", "modernbert", "qwen3")
 
 
 class _Layout:
