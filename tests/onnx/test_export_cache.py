@@ -163,6 +163,7 @@ def test_crash_mid_export_leaves_no_file(tiny_bert: Path, tmp_path: Path, monkey
         OnnxEncoder(tiny_bert, cache_dir=tmp_path)
     assert _graphs(tmp_path) == []
     assert [p.name for p in tmp_path.rglob("*") if p.suffix == ".tmp"] == []
+    assert [p.name for p in tmp_path.rglob("*build-*")] == []  # the build's work folder is gone too
 
 
 def test_failed_fusion_falls_back_to_plain_graph(
@@ -339,3 +340,45 @@ def test_bad_inputs(tiny_bert: Path, tiny_st: Path, tmp_path: Path, shared_cache
     shutil.copytree(tiny_st, maxpool)
     (maxpool / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_max_tokens": True}))
     assert OnnxEncoder(maxpool, cache_dir=shared_cache).pooling is Pooling.MAX
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
+def test_graphs_with_external_weights_are_whole_checked_and_exact(
+    tiny_bert: Path,
+    tmp_path: Path,
+    shared_cache: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    runtime: str,
+    sentences: list[str],
+) -> None:
+    """Past protobuf's 2 GB (bge-m3, Qwen3-Embedding-0.6B in fp32) torch's exporter writes each weight to a file
+    of its own beside the graph: every graph then keeps its weights in one `.data` file that its sidecar checks,
+    int8 builds too, and no loose weight file is left in the cache (here forced on a tiny model)."""
+    real_export = _onnx_export._export_torch
+
+    def export_like_a_big_model(model_dir: Path, out: Path, feeds: Any) -> Any:
+        reference = real_export(model_dir, out, feeds)
+        model = onnx.load(str(out))
+        onnx.save(model, str(out), save_as_external_data=True, all_tensors_to_one_file=False, size_threshold=0)
+        return reference
+
+    monkeypatch.setattr(_onnx_export, "_export_torch", export_like_a_big_model)
+    monkeypatch.setattr(_onnx_export, "_EXTERNAL_DATA_BYTES", 1)
+    for precision in ("fp32", "int8"):
+        want = OnnxEncoder(tiny_bert, precision=precision, cache_dir=shared_cache, runtime=runtime)
+        enc = OnnxEncoder(tiny_bert, precision=precision, cache_dir=tmp_path, runtime=runtime)
+        assert _onnx_export.has_external_data(enc.graph_path), precision
+        sidecar = json.loads(enc.graph_path.with_name(enc.graph_path.name + ".sha256").read_text())
+        assert sidecar["data"]["size"] == enc.graph_path.with_name(enc.graph_path.name + ".data").stat().st_size
+        np.testing.assert_allclose(enc.encode(sentences).vectors, want.encode(sentences).vectors, rtol=1e-4, atol=1e-5)
+    folder = enc.graph_path.parent
+    names = sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
+    assert all(n.endswith((".onnx", ".onnx.data", ".onnx.sha256")) for n in names), names
+    data = enc.graph_path.with_name(enc.graph_path.name + ".data")
+    damaged = bytearray(data.read_bytes())
+    damaged[len(damaged) // 2] ^= 0xFF
+    data.write_bytes(bytes(damaged))  # same size, one weight changed: the sidecar notices
+    assert not _onnx_export._verified(enc.graph_path)
+    again = OnnxEncoder(tiny_bert, precision="int8", cache_dir=tmp_path, runtime=runtime)  # rebuilt, not used
+    assert _onnx_export._verified(again.graph_path)
+    np.testing.assert_allclose(again.encode(sentences).vectors, enc.encode(sentences).vectors, rtol=1e-5, atol=1e-6)
