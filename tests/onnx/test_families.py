@@ -182,6 +182,15 @@ def test_numpy_pooling_matches_sentence_transformers_for_either_padding_side() -
             features = {"token_embeddings": torch.from_numpy(hidden), "attention_mask": torch.from_numpy(mask)}
             want = st(features)["sentence_embedding"].numpy()
             np.testing.assert_allclose(Pooling.pool(hidden, mask, [mode]), want, rtol=1e-5, atol=1e-6)
+    # Called on unpadded vectors (numpy or torch, batch or one text), every mode pools all tokens.
+    ones = np.ones(hidden.shape[:2], dtype=np.int64)
+    for mode in Pooling:
+        want = Pooling.pool(hidden, ones, [mode])
+        np.testing.assert_allclose(mode(hidden), want, rtol=1e-6)
+        np.testing.assert_allclose(mode(hidden[1]), want[1], rtol=1e-6)
+        np.testing.assert_allclose(mode(torch.from_numpy(hidden)).numpy(), want, rtol=1e-6)
+    np.testing.assert_array_equal(Pooling.MAX(hidden), hidden.max(1))
+    np.testing.assert_array_equal(Pooling.LAST_TOKEN(hidden), hidden[:, -1])
 
 
 # -- Dense, Normalize, prompts ------------------------------------------------------------------------------
