@@ -207,11 +207,19 @@ def has_external_data(path: Path) -> bool:
     return any(t.data_location == external for t in model.graph.initializer)
 
 
+def _weight_bytes(model: Any) -> int:
+    """Bytes of a ModelProto's initializers (ByteSize() itself fails past 2 GiB)."""
+    total = 0
+    for t in model.graph.initializer:
+        total += len(t.raw_data) or 4 * max(len(t.float_data), len(t.int32_data)) or 8 * len(t.int64_data)
+    return total
+
+
 def save_model(model: Any, path: Path, data_name: str | None = None) -> None:
     """Save an onnx ModelProto to `path`; one over `_EXTERNAL_DATA_BYTES` with its weights in `data_name`
     (default `<path name>.data`) beside it."""
     onnx = require("onnx", extra="onnx")
-    if model.ByteSize() < _EXTERNAL_DATA_BYTES:
+    if _weight_bytes(model) < _EXTERNAL_DATA_BYTES:
         onnx.save(model, str(path))
         return
     data = path.with_name(data_name or path.name + ".data")
@@ -451,7 +459,7 @@ def _optimise(src: Path, dst: Path, model_dir: Path) -> dict[str, int]:
     heads, hidden = _attention_shape(model_dir)
     with _quiet_loggers("onnx_model", "onnx_model_bert", "fusion_base", "fusion_utils"):
         model = optimizer.optimize_model(str(src), model_type="bert", num_heads=heads, hidden_size=hidden, opt_level=0)
-        model.save_model_to_file(str(dst), use_external_data_format=model.model.ByteSize() >= _EXTERNAL_DATA_BYTES)
+        model.save_model_to_file(str(dst), use_external_data_format=_weight_bytes(model.model) >= _EXTERNAL_DATA_BYTES)
     stats = model.get_fused_operator_statistics()
     return {k: int(v) for k, v in stats.items() if v}
 
@@ -538,11 +546,23 @@ def _build_nncf(base: Path, dst: Path, calibration: Feeds) -> None:
     for row in range(mask.shape[0]):
         n = int(mask[row].sum())
         samples.append({k: np.ascontiguousarray(v[row : row + 1, :n]) for k, v in calibration.items()})
-    model = onnx.load(str(base))
+    external = has_external_data(base)
+    model = onnx.load(str(base), load_external_data=not external)
     declared = [i.name for i in model.graph.input]
     dataset = nncf.Dataset([{k: s[k] for k in declared} for s in samples])
+    options: dict[str, Any] = {}
+    if external:  # past 2 GB NNCF reads the weights from their file (it refuses them loaded)
+        advanced = require("nncf.quantization.advanced_parameters", extra="openvino", package="nncf")
+        backend = require("nncf.onnx.quantization.backend_parameters", extra="openvino", package="nncf")
+        options["advanced_parameters"] = advanced.AdvancedQuantizationParameters(
+            backend_params={backend.BackendParameters.EXTERNAL_DATA_DIR: str(base.parent.resolve())}
+        )
     with _quiet_loggers("nncf", level=logging.ERROR):
-        quantised = nncf.quantize(model, dataset, model_type=nncf.ModelType.TRANSFORMER, subset_size=len(samples))
+        quantised = nncf.quantize(
+            model, dataset, model_type=nncf.ModelType.TRANSFORMER, subset_size=len(samples), **options
+        )
+    if external:  # the weights NNCF left in base's file: into memory, then saved with dst's own
+        onnx.external_data_helper.load_external_data_for_model(quantised, str(base.parent))
     save_model(quantised, dst)
 
 
