@@ -295,3 +295,15 @@ def test_plain_checkpoint_pooling_argument_matches_sentence_transformers(
     plain = family_checkpoint("qwen3")
     got = _ours(plain, backend, pooling=mode, max_length=16)
     _assert_exact(got, _reference(st_model("qwen3", mode)))
+
+
+def test_gelu_is_exact_with_or_without_scipy(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from embedstack.providers.huggingface import st_modules
+
+    x = np.linspace(-6, 6, 101, dtype=np.float32).reshape(1, -1)
+    want = torch.nn.GELU()(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(st_modules._gelu(x), want, rtol=1e-5, atol=1e-6)  # torch rounds in float32
+    monkeypatch.setitem(sys.modules, "scipy.special", None)  # import fails: the math.erf fallback
+    np.testing.assert_allclose(st_modules._gelu(x), want, rtol=1e-5, atol=1e-6)  # torch rounds in float32

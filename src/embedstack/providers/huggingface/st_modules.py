@@ -49,7 +49,11 @@ class UnsupportedModule(ValueError):
 
 
 def _gelu(x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-    erf = np.vectorize(math.erf, otypes=[np.float64])
+    """torch.nn.GELU() (the exact, erf form): scipy's erf when installed, else math.erf per value."""
+    try:
+        from scipy.special import erf  # type: ignore[import-untyped,unused-ignore]
+    except ImportError:
+        erf = np.vectorize(math.erf, otypes=[np.float64])
     return np.asarray(0.5 * x * (1.0 + erf(x.astype(np.float64) / math.sqrt(2.0))), dtype=np.float32)
 
 
