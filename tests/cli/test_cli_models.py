@@ -25,7 +25,18 @@ def test_the_table_lists_every_known_model_in_aligned_columns(cli: Run) -> None:
     assert r.returncode == 0, r.stderr
     assert "cli          installed" in r.stdout  # the other sections are still there
     header, *rows = _table(r.stdout)
-    assert header.split() == ["provider", "name", "dims", "max", "tokens", "pooling", "matryoshka", "verified"]
+    assert header.split() == [
+        "provider",
+        "name",
+        "dims",
+        "max",
+        "tokens",
+        "pooling",
+        "matryoshka",
+        "licence",
+        "fast-path",
+        "verified",
+    ]
     assert len(rows) == len(MODELS)
     dims_end = header.index("dims") + len("dims")
     for row, facts in zip(rows, MODELS):
@@ -37,6 +48,11 @@ def test_the_table_lists_every_known_model_in_aligned_columns(cli: Run) -> None:
     assert "text-embedding-3-large " in r.stdout and "text-embedding-3-large *" not in r.stdout
     flags = {row.split()[1]: row[header.index("matryoshka") :].split()[0] for row in rows}
     assert flags["nomic-ai/nomic-embed-text-v1.5"] == "yes" and flags["BAAI/bge-small-en-v1.5"] == "-"
+    fast = {row.split()[1]: row[header.index("fast-path") :].split()[0] for row in rows}
+    assert fast["Qwen/Qwen3-Embedding-0.6B"] == "yes" and fast["nomic-ai/nomic-embed-text-v1.5"] == "torch"
+    assert fast["text-embedding-3-small"] == "-"
+    licences = {row.split()[1]: row[header.index("licence") :].split()[0] for row in rows}
+    assert licences["BAAI/bge-m3"] == "mit" and licences["Alibaba-NLP/gte-modernbert-base"] == "apache-2.0"
 
 
 def test_provider_filter_and_json(cli: Run) -> None:

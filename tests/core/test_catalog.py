@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from embedstack.providers.catalog import MODELS, PROVIDERS, ModelFacts, find
+from embedstack.providers.catalog import FAST_PATH_FAMILIES, MODELS, PROVIDERS, ModelFacts, find
 from embedstack.providers.clip import DEFAULT_CLIP_MODEL, OPENAI_CLIP_MODELS, hf_clip_name
 from embedstack.providers.huggingface import DEFAULT_MODEL, HuggingFaceEmbedding
 from embedstack.providers.huggingface.instructions import instructions_for
@@ -43,7 +43,8 @@ def test_every_entry_is_well_formed() -> None:
     for m in MODELS:
         assert m.provider in PROVIDERS and m.dimensions > 0, m
         assert m.max_tokens is None or m.max_tokens > 0, m
-        assert m.pooling in (None, "mean", "cls"), m
+        assert m.pooling in (None, "mean", "cls", "lasttoken"), m
+        assert (m.architecture is not None and m.licence is not None) == (m.provider == "local"), m
         assert find(m.provider, m.name) is m  # no entry shadows another
     for provider in PROVIDERS:
         assert sum(m.default for m in MODELS if m.provider == provider) == 1, provider
@@ -96,8 +97,29 @@ def test_matryoshka_models_are_flagged() -> None:
     assert flagged == {
         "nomic-ai/nomic-embed-text-v1.5",
         "mixedbread-ai/mxbai-embed-large-v1",
+        "Snowflake/snowflake-arctic-embed-m-v1.5",
+        "Snowflake/snowflake-arctic-embed-l-v2.0",
+        "Qwen/Qwen3-Embedding-0.6B",
         "text-embedding-3-small",
         "text-embedding-3-large",
     }
     default = find("local", DEFAULT_MODEL)
     assert default is not None and not default.matryoshka
+
+
+def test_fast_path_column_follows_the_architectures_the_fast_path_runs() -> None:
+    """Which catalog models backend="onnx"/"openvino" run: those whose architecture is tested there."""
+    from embedstack.providers.huggingface.onnx_encoder import FAST_PATH_FAMILIES as RUN
+
+    assert RUN == FAST_PATH_FAMILIES
+    local = {m.name: m for m in MODELS if m.provider == "local"}
+    assert {n for n, m in local.items() if not m.fast_path} == {"nomic-ai/nomic-embed-text-v1.5"}
+    for name, arch in [
+        ("BAAI/bge-m3", "xlm-roberta"),
+        ("Alibaba-NLP/gte-modernbert-base", "modernbert"),
+        ("Qwen/Qwen3-Embedding-0.6B", "qwen3"),
+    ]:
+        assert local[name].architecture == arch and local[name].fast_path
+    qwen = local["Qwen/Qwen3-Embedding-0.6B"]
+    assert (qwen.dimensions, qwen.pooling, qwen.matryoshka) == (1024, "lasttoken", True)
+    assert not any(m.fast_path for m in MODELS if m.provider != "local")

@@ -271,7 +271,9 @@ def test_failure_keeps_only_computed_vectors(mode: str, tmp_path: Any) -> None:
             m.get_text_embedding_batch(texts)
         else:
             asyncio.run(m.aget_text_embedding_batch(texts))
-    cached = {k for k in texts if store.get_vectors([m.pipeline.key_factory(Role.TEXT)(k)], "embeddings")[0] is not None}
+    cached = {
+        k for k in texts if store.get_vectors([m.pipeline.key_factory(Role.TEXT)(k)], "embeddings")[0] is not None
+    }
     assert "c" not in cached and "boom" not in cached
     assert {"a", "b"} <= cached
     computed = {t for role, items in m.calls for t in items}

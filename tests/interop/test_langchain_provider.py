@@ -167,7 +167,10 @@ def test_identity_has_model_settings_and_never_secrets() -> None:
     key = model.pipeline.key_factory(Role.TEXT)("x")
     assert LangchainEmbedding(FakeRemoteEmbeddings(dimensions=512)).pipeline.key_factory(Role.TEXT)("x") != key
     assert (
-        LangchainEmbedding(FakeRemoteEmbeddings(dimensions=256, request_timeout=99)).pipeline.key_factory(Role.TEXT)("x") == key
+        LangchainEmbedding(FakeRemoteEmbeddings(dimensions=256, request_timeout=99)).pipeline.key_factory(Role.TEXT)(
+            "x"
+        )
+        == key
     )
 
 

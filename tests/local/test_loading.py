@@ -395,7 +395,9 @@ def test_hub_snapshot_commit_is_in_the_cache_key(tiny: Any, hf_hub_cache: Path, 
     assert not np.allclose(again, first, atol=1e-3)
     assert new.provider.identity()["snapshot"] == "b" * 40 and old.provider.identity()["snapshot"] == "a" * 40
     # The same snapshot found again is a hit: the key is stable.
-    assert HuggingFaceEmbedding("tiny-org/moving").pipeline.key_factory(Role.TEXT)("x") == new.pipeline.key_factory(Role.TEXT)("x")
+    assert HuggingFaceEmbedding("tiny-org/moving").pipeline.key_factory(Role.TEXT)("x") == new.pipeline.key_factory(
+        Role.TEXT
+    )("x")
 
 
 def test_sessions_hf_cache_is_private(hf_hub_cache: Path) -> None:
@@ -422,22 +424,40 @@ def st_dense(tiny: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-def test_local_spec_runs_a_model_with_a_dense_module_on_torch(tiny: Any, st_dense: Path) -> None:
-    """`local:<model>` picks ONNX Runtime when installed, but not for modules its export does not run."""
+def test_local_spec_runs_a_model_with_a_dense_module_on_onnx(tiny: Any, st_dense: Path) -> None:
+    """`local:<model>` picks ONNX Runtime when installed: Dense layers after pooling run there too."""
     pytest.importorskip("onnxruntime")
     from sentence_transformers import SentenceTransformer
 
     from embedstack import resolve_embed_model
 
     model = resolve_embed_model(f"local:{st_dense}")
-    got = model.embed(TEXTS)  # the ONNX path would refuse here: "has a sentence-transformers Dense module"
+    got = model.embed(TEXTS)
     reference = SentenceTransformer(str(st_dense), device="cpu").encode(TEXTS, normalize_embeddings=True)
     assert got.shape == (len(TEXTS), 8)
     np.testing.assert_allclose(got, reference, atol=1e-5)
-    assert isinstance(model, HuggingFaceEmbedding) and model.backend == "torch"
+    assert isinstance(model, HuggingFaceEmbedding) and model.backend == "onnx"
+
+
+def test_local_spec_runs_a_module_the_fast_path_lacks_on_torch(tiny: Any, tmp_path: Path) -> None:
+    """... but not for modules it does not run (here a LayerNorm after pooling): those get torch."""
+    pytest.importorskip("onnxruntime")
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import LayerNorm, Pooling, Transformer
+
+    from embedstack import resolve_embed_model
     from embedstack.providers.huggingface.onnx_encoder import onnx_problem
 
-    assert "Dense" in str(onnx_problem(st_dense)) and onnx_problem(tiny.st_mean) is None
+    folder = tmp_path / "layernorm"
+    SentenceTransformer(
+        modules=[Transformer(str(tiny.plain)), Pooling(32, pooling_mode="cls"), LayerNorm(32)], device="cpu"
+    ).save(str(folder))
+    model = resolve_embed_model(f"local:{folder}")
+    got = model.embed(TEXTS)
+    reference = SentenceTransformer(str(folder), device="cpu").encode(TEXTS, normalize_embeddings=True)
+    np.testing.assert_allclose(got, reference, atol=1e-5)
+    assert isinstance(model, HuggingFaceEmbedding) and model.backend == "torch"
+    assert "LayerNorm" in str(onnx_problem(folder)) and onnx_problem(tiny.st_mean) is None
 
 
 class TokenizerSpy:

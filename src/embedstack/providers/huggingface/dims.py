@@ -12,6 +12,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from embedstack.providers.huggingface.st_modules import UnsupportedModule, pooling_modes
+
 __all__ = ["files_dim"]
 
 
@@ -57,16 +59,13 @@ def files_dim(path: Path) -> int | None:
             if not isinstance(cfg, dict):
                 return None
             width = _positive(cfg.get("word_embedding_dimension", cfg.get("embedding_dimension")))
-            mode = cfg.get("pooling_mode")  # newer files: "mean" or ["mean", "max"]; older: one flag per mode
-            if isinstance(mode, str):
-                modes = 1
-            elif isinstance(mode, list):
-                modes = len(mode)
-            else:
-                modes = sum(1 for k, v in cfg.items() if k.startswith("pooling_mode_") and v is True)
-            if width is None or modes == 0:
+            try:
+                modes, _ = pooling_modes(cfg)  # the one reader of pooling configs (both formats)
+            except UnsupportedModule:
                 return None
-            dim = width * modes
+            if width is None:
+                return None
+            dim = width * len(modes)
         elif kind == "Dense":
             cfg = _json(where / "config.json")
             dim = _positive(cfg.get("out_features")) if isinstance(cfg, dict) else None

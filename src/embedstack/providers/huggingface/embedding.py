@@ -80,8 +80,8 @@ class _Prepared(NamedTuple):
 def _default_runtime(model_name: str, model_dir: Path | None = None) -> tuple[str, str]:
     """(backend, precision) for resolve_embed_model("local[:<model>]"): ONNX Runtime fp32 when installed (it
     meets the fp32 fidelity bar, and each graph is checked against torch when it is built), else torch. A model
-    with modules the ONNX path does not run (a Dense layer after pooling, max pooling, ...; see `model_dir`'s
-    modules.json) gets torch. OpenVINO bf16 is faster where the CPU has native bf16 but stays opt-in
+    the fast path refuses (an architecture or a sentence-transformers module it does not run: `onnx_problem`)
+    gets torch. OpenVINO bf16 is faster where the CPU has native bf16 but stays opt-in
     (backend="openvino", precision="bf16") until its crash on such CPUs is shown fixed.
     Figures and reasons: docs/providers/local.md#why-these-defaults.
     """
@@ -100,6 +100,17 @@ def _default_runtime(model_name: str, model_dir: Path | None = None) -> tuple[st
             logger.info("%s runs on torch: %s", model_name, problem)
             return "torch", "fp32"
     return "onnx", "fp32"
+
+
+def _pools_prompt(model_dir: Path) -> bool:
+    """False when the model's Pooling module leaves the prompt's tokens out (include_prompt: false)."""
+    try:
+        entries = json.loads((model_dir / "modules.json").read_text(encoding="utf-8"))
+        paths = [e.get("path", "") for e in entries if str(e.get("type", "")).endswith("Pooling")]
+        config = json.loads((model_dir / str(paths[0]) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, IndexError, AttributeError, TypeError):
+        return True
+    return not isinstance(config, dict) or bool(config.get("include_prompt", True))
 
 
 class HuggingFaceEmbedding(BatchEmbedding):
@@ -121,7 +132,9 @@ class HuggingFaceEmbedding(BatchEmbedding):
     text_instruction: str | None = Field(default=None, description="Prefix for texts (None: the model's default).")
     max_length: int | None = Field(default=None, gt=0, description="Token limit; None uses the model's maximum.")
     pooling: Pooling | None = Field(
-        default=None, description="Pooling for plain transformers checkpoints (default mean)."
+        default=None,
+        description="Pooling for plain transformers checkpoints (default mean; cls, max, mean_sqrt_len_tokens, "
+        "weightedmean, lasttoken).",
     )
     dimensions: int | None = Field(default=None, gt=0, description="Keep the first N dimensions (Matryoshka).")
     cache_folder: str | None = Field(default=None, description="Hugging Face cache directory to look in / download to.")
@@ -152,7 +165,17 @@ class HuggingFaceEmbedding(BatchEmbedding):
     catalog_name: ClassVar[str | None] = "local"
     #: Rebuilt from the fields by `_refresh`; never pickled (a receiver finds the files and loads itself).
     _derived: ClassVar[frozenset[str]] = frozenset(
-        {"_source", "_prompts", "_encoder", "_tokenizer", "_tokenizer_made", "_lock", "_counting", "_counting_lock"}
+        {
+            "_source",
+            "_prompts",
+            "_prompt_pooled",
+            "_encoder",
+            "_tokenizer",
+            "_tokenizer_made",
+            "_lock",
+            "_counting",
+            "_counting_lock",
+        }
     )
 
     _source: ModelSource | None = PrivateAttr(default=None)
@@ -166,6 +189,7 @@ class HuggingFaceEmbedding(BatchEmbedding):
     _counting_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
     _lock: threading.RLock = PrivateAttr(default_factory=threading.RLock)
     _warned_truncation: bool = PrivateAttr(default=False)
+    _prompt_pooled: bool = PrivateAttr(default=True)
 
     def __init__(self, model_name: str = DEFAULT_MODEL, **kwargs: Any) -> None:
         super().__init__(model_name=model_name, **kwargs)
@@ -208,24 +232,30 @@ class HuggingFaceEmbedding(BatchEmbedding):
     def _use(self, source: ModelSource) -> None:
         self._source = source
         self._prompts = self._default_prompts(source)
+        self._prompt_pooled = _pools_prompt(source.path)
 
     def _default_prompts(self, source: ModelSource) -> dict[Role, str | None]:
-        """The model's own prompts (config_sentence_transformers.json), else the family table's."""
+        """The model's own prompts (config_sentence_transformers.json), else the family table's.
+
+        With any non-blank prompt declared, each role gets what sentence-transformers' encode_query /
+        encode_document use: the role's prompt ("query"; "document", "passage", "corpus", then "text"), where
+        "" means none, else the default prompt. Only blank prompts (what sentence-transformers saves for a model
+        without any) leave the choice to the family table."""
         declared: dict[str, str] = {}
+        default: Any = None
         config = source.path / "config_sentence_transformers.json"
         if config.is_file():
             try:
                 data = json.loads(config.read_text(encoding="utf-8"))
-                declared = {k: v for k, v in (data.get("prompts") or {}).items() if isinstance(v, str) and v}
+                declared = {k: v for k, v in (data.get("prompts") or {}).items() if isinstance(v, str)}
                 default = data.get("default_prompt_name")
             except (ValueError, AttributeError):
                 declared, default = {}, None
-            if declared:
-                text = next(
-                    (declared[k] for k in _TEXT_PROMPT_NAMES if k in declared),
-                    declared.get(default or ""),
-                )
-                return {Role.QUERY: declared.get("query"), Role.TEXT: text}
+            if any(declared.values()):
+                fallback = declared.get(default) if isinstance(default, str) else None
+                query = declared.get("query", fallback)
+                text = next((declared[k] for k in _TEXT_PROMPT_NAMES if k in declared), fallback)
+                return {Role.QUERY: query or None, Role.TEXT: text or None}
         family = instructions_for(source.repo_id or self.model_name) or instructions_for(str(source.path))
         return {
             Role.QUERY: family.query if family else None,
@@ -397,7 +427,15 @@ class HuggingFaceEmbedding(BatchEmbedding):
 
     def _prefix(self, role: Role) -> str | None:
         """The instruction in front of `role` texts, if any."""
-        return self._instruction(role) if role in (Role.QUERY, Role.TEXT) else None
+        prefix = self._instruction(role) if role in (Role.QUERY, Role.TEXT) else None
+        if prefix and not self._prompt_pooled:
+            name = "query_instruction" if role is Role.QUERY else "text_instruction"
+            raise ValueError(
+                f"{self.model_name!r} pools without its prompt (include_prompt: false in its Pooling config), "
+                f"which embedstack does not compute; pass {name}='' to embed without the prompt {prefix!r}, "
+                f"or use sentence-transformers directly"
+            )
+        return prefix
 
     def _texts(self, items: list[Any], role: Role) -> list[str]:
         """The texts the model sees: items with the role's instruction in front."""

@@ -3,8 +3,10 @@
 Texts are tokenised with the Rust `tokenizers` library (the model's tokenizer.json) by an
 OnnxTokenizer, which needs no graph (the provider orders a call's texts with it and hands the same
 tokens to `encode`), sorted by length and cut into batches by a token budget, so padding stays
-small; the graph (see _onnx_export) is fed only the inputs it declares. Normalisation and
-Matryoshka truncation belong to the provider.
+small; the graph (see _onnx_export) is fed only the inputs it declares, right-padded. The model's
+sentence-transformers modules after its Transformer (every Pooling mode, Dense, Normalize) run in numpy
+(st_modules.Head), pooling by the attention mask; architectures outside FAST_PATH_FAMILIES and modules
+it does not compute are refused by name. A trailing Normalize and Matryoshka truncation belong to the provider.
 
 OpenVINO: one Core per process (a second Core loads the CPU plugin again; creating and querying
 several has crashed processes), one infer request per compiled model behind a lock, and every
@@ -28,6 +30,7 @@ import numpy.typing as npt
 
 from embedstack._optional import require
 from embedstack.pooling import Pooling
+from embedstack.providers.catalog import FAST_PATH_FAMILIES
 from embedstack.providers.huggingface.onnx_export import (
     ONNX_PRECISIONS,
     Feeds,
@@ -35,11 +38,13 @@ from embedstack.providers.huggingface.onnx_export import (
     pick_output,
     prepare_graph,
 )
+from embedstack.providers.huggingface.st_modules import Head, UnsupportedModule, read_head
 from embedstack.providers.huggingface.tokens import Tokens
 from embedstack.types import EmbedResult
 
 __all__ = [
     "DEFAULT_TOKEN_BUDGET",
+    "FAST_PATH_FAMILIES",
     "ONNX_PRECISIONS",
     "RUNTIMES",
     "OnnxEncoder",
@@ -125,23 +130,14 @@ class _Layout:
 
     def __init__(self, model_dir: Path) -> None:
         self.root = model_dir
-        self.transformer = model_dir
-        self.pooling: Pooling | None = None
-        self.pooling_problem: str | None = None
-        modules = model_dir / "modules.json"
-        entries = json.loads(modules.read_text()) if modules.is_file() else []
-        for entry in entries:
-            kind = str(entry.get("type", "")).rsplit(".", 1)[-1]
-            path = model_dir / str(entry.get("path", ""))
-            if kind == "Transformer":
-                self.transformer = path
-            elif kind == "Pooling":
-                self.pooling, self.pooling_problem = self._pooling(path / "config.json")
-            elif kind != "Normalize":
-                raise ValueError(
-                    f"{model_dir} has a sentence-transformers {kind} module, which "
-                    f"backend='onnx' does not run; use backend='torch' for this model"
-                )
+        #: The sentence-transformers modules after the Transformer (None: a plain transformers checkpoint);
+        #: `head_problem` says why they cannot run here (then `head` is None too).
+        self.head: Head | None = None
+        self.head_problem: str | None = None
+        try:
+            self.transformer, self.head = read_head(model_dir)
+        except UnsupportedModule as e:
+            self.transformer, self.head_problem = self._first_module(model_dir), str(e)
         self.st_config = _read_json(self.transformer / "sentence_bert_config.json") or _read_json(
             model_dir / "sentence_bert_config.json"
         )
@@ -149,23 +145,31 @@ class _Layout:
         self.tokenizer_config = _read_json(self.transformer / "tokenizer_config.json")
 
     @staticmethod
-    def _pooling(path: Path) -> tuple[Pooling | None, str | None]:
-        cfg = _read_json(path)
-        if cfg.get("pooling_mode_cls_token"):
-            chosen = Pooling.CLS
-        elif cfg.get("pooling_mode_mean_tokens") or not cfg:
-            chosen = Pooling.MEAN
-        else:
-            chosen = None
-        others = [
-            k
-            for k, v in cfg.items()
-            if k.startswith("pooling_mode_") and v and k not in ("pooling_mode_cls_token", "pooling_mode_mean_tokens")
-        ]
-        both = cfg.get("pooling_mode_cls_token") and cfg.get("pooling_mode_mean_tokens")
-        if others or both:
-            return None, f"{path} asks for {others or 'cls+mean'} pooling"
-        return chosen, None
+    def _first_module(model_dir: Path) -> Path:
+        """The first module's folder (where the tokenizer is), even for a pipeline the fast path refuses."""
+        try:
+            entries = json.loads((model_dir / "modules.json").read_text(encoding="utf-8"))
+            return model_dir / str(entries[0].get("path", ""))
+        except (OSError, ValueError, IndexError, KeyError, TypeError, AttributeError):
+            return model_dir
+
+    @property
+    def pooling(self) -> Pooling | None:
+        """The model's one declared pooling mode (None: several, or none declared)."""
+        if self.head is None or not self.head.declared or len(self.head.modes) != 1:
+            return None
+        return self.head.modes[0]
+
+    def family_problem(self) -> str | None:
+        """Why the fast path does not run this architecture, or None when it does."""
+        family = self.config.get("model_type")
+        if family in FAST_PATH_FAMILIES:
+            return None
+        what = f"architecture {family!r}" if family else "an architecture its config.json does not name"
+        return (
+            f"{self.transformer} is {what}, which the fast path (ONNX Runtime, OpenVINO) does not run; it runs "
+            f"{', '.join(FAST_PATH_FAMILIES)}"
+        )
 
     def position_limit(self) -> int | None:
         """Longest input the position embeddings allow (RoBERTa reserves two positions)."""
@@ -187,13 +191,13 @@ class _Layout:
 
 
 def onnx_problem(model_dir: Path) -> str | None:
-    """Why backend='onnx' cannot run `model_dir` as sentence-transformers does (a module it does not run,
-    such as a Dense layer after pooling, or a pooling mode it lacks), or None when it can."""
+    """Why backend='onnx' cannot run `model_dir` as sentence-transformers does (an architecture or a module
+    it does not run, a setting it does not compute), or None when it can."""
     try:
         layout = _Layout(Path(model_dir))
     except (ValueError, OSError) as e:
         return str(e)
-    return layout.pooling_problem
+    return layout.head_problem or layout.family_problem()
 
 
 class OnnxTokenizer:
@@ -417,12 +421,21 @@ class OnnxEncoder:
         self.token_budget = token_budget
         self.threads = threads or physical_cores()
         layout = self.layout = tokenizer.layout
-        if pooling is None and layout.pooling_problem:
-            raise ValueError(
-                f"{layout.pooling_problem}, which backend='onnx' does not run; pass "
-                f"pooling='mean' or 'cls', or use backend='torch'"
-            )
-        self.pooling = pooling or layout.pooling or Pooling.MEAN
+        backend = "openvino" if runtime == "openvino" else "onnx"
+        problem = layout.family_problem() or (layout.head_problem if pooling is None else None)
+        if problem:
+            raise ValueError(f"{problem}; use backend='torch' for this model (backend={backend!r} refuses it)")
+        if pooling is not None:  # explicit pooling replaces the model's pooling
+            if layout.head is not None and layout.head.steps:
+                raise ValueError(
+                    f"pooling={Pooling(pooling).value!r} would drop the Dense layers after {self.model_dir}'s "
+                    f"own pooling; leave pooling unset"
+                )
+            self.head = Head.of([Pooling(pooling)])
+        else:
+            self.head = layout.head or Head.of([Pooling.MEAN])
+        #: The pooling mode (None when the model's files combine several).
+        self.pooling: Pooling | None = self.head.modes[0] if len(self.head.modes) == 1 else None
         self.max_length = tokenizer.max_length
         self.pad_id = tokenizer.pad_id
         self.graph_path = self._prepare(cache_dir)
@@ -489,8 +502,11 @@ class OnnxEncoder:
     def _dim(self) -> int:
         hidden = self.layout.config.get("hidden_size") or self.layout.config.get("dim")
         if isinstance(hidden, int) and hidden > 0:
-            return hidden
-        return int(self.encode([""]).vectors.shape[1])  # type: ignore[union-attr]
+            return self.head.dim(hidden)
+        probe = self.text_tokenizer.tokenize([""])
+        feeds = self._feeds(probe, [0])
+        out = self.session.run([self.output], {k: feeds[k] for k in self.inputs})[0]
+        return self.head.dim(int(out.shape[-1]))
 
     # -- encoding --------------------------------------------------------------------------------
     def _feeds(self, tokens: Sequence[Tokens], rows: list[int]) -> Feeds:
@@ -530,11 +546,6 @@ class OnnxEncoder:
             start += rows
         return batches
 
-    def _pool(self, hidden: npt.NDArray[np.float32], mask: npt.NDArray[np.int64]) -> Any:
-        if self.pooling is Pooling.CLS:
-            return hidden[:, 0]
-        return Pooling.masked_mean(hidden, mask)
-
     def encode(self, texts: list[str], tokens: Sequence[Tokens] | None = None) -> EmbedResult:
         """Pooled float32 vectors (not normalised) for `texts`, with token and truncation counts.
 
@@ -552,5 +563,5 @@ class OnnxEncoder:
         for rows in self._batches(lengths):
             feeds = self._feeds(tokens, rows)
             hidden = self.session.run([self.output], {k: feeds[k] for k in self.inputs})[0]
-            vectors[rows] = self._pool(hidden, feeds["attention_mask"])
+            vectors[rows] = self.head.apply(hidden, feeds["attention_mask"])
         return EmbedResult(vectors, token_count=int(lengths.sum()), truncated=truncated)

@@ -7,6 +7,8 @@ them agrees); ONNX Runtime's transformer fusions (attention, GELU, LayerNorm) ar
 pass the same check; the int8 graph is dynamically quantised from it. Cached files are keyed by the
 model files' sha256 and the library versions, written atomically (temp file + os.replace) and
 checked against a sha256 sidecar on every load, so a half-written or corrupt file is rebuilt rather than used.
+A graph over protobuf's 2 GB limit (bge-m3, multilingual-e5-large, Qwen3-Embedding-0.6B in fp32) keeps its
+weights in one file of its own beside it (`<graph>.onnx.data`), which the sidecar checks too.
 """
 
 from __future__ import annotations
@@ -44,17 +46,20 @@ __all__ = [
     "cache_key",
     "default_cache_dir",
     "discard",
+    "has_external_data",
     "int8_fidelity",
     "model_fingerprint",
     "pick_output",
     "prepare_graph",
+    "save_model",
     "shipped_onnx",
 ]
 
 logger = logging.getLogger("embedstack")
 
-#: Bump when the export recipe changes so that older cached graphs are not reused.
-EXPORT_FORMAT = 1
+#: Bump when the export recipe changes so that older cached graphs are not reused (2: a graph's external
+#: weights live in one `.data` file of its own, checked by the sidecar; format 1 left them loose and unchecked).
+EXPORT_FORMAT = 2
 OPSET = 17
 #: What the ONNX backend runs: fp32, or int8 (dynamic, per-channel; sensitive layers fp32 if needed).
 ONNX_PRECISIONS = ("fp32", "int8")
@@ -63,7 +68,7 @@ ONNX_PRECISIONS = ("fp32", "int8")
 GRAPH_KINDS = (*ONNX_PRECISIONS, "plain", "nncf-int8")
 _BASE_OF = {"int8": "fp32", "nncf-int8": "plain"}
 #: Version of the int8 recipe (part of int8 cache keys only, so fp32 graphs stay valid).
-INT8_RECIPE = 2
+INT8_RECIPE = 3
 #: int8 quantises every MatMul when the calibration texts keep these cosines to fp32 (mean: the issue's
 #: quality bar for the fast mode; what models get: docs/providers/local.md#why-these-defaults).
 INT8_MIN_MEAN_COSINE = 0.99
@@ -185,15 +190,64 @@ def _atomic_write(path: Path, data: bytes) -> None:
     atomic_write_bytes(path, data)
 
 
+#: Graphs at least this large are saved with their weights in a separate file (protobuf's limit is 2 GiB).
+_EXTERNAL_DATA_BYTES = 1 << 30
+
+
+def _data_path(graph: Path) -> Path:
+    """Where a published graph's external weights live: one file of its own beside it."""
+    return graph.with_name(graph.name + ".data")
+
+
+def has_external_data(path: Path) -> bool:
+    """Whether the ONNX file at `path` keeps tensors in other files (read without loading them)."""
+    onnx = require("onnx", extra="onnx")
+    model = onnx.load(str(path), load_external_data=False)
+    external = onnx.TensorProto.EXTERNAL
+    return any(t.data_location == external for t in model.graph.initializer)
+
+
+def _weight_bytes(model: Any) -> int:
+    """Bytes of a ModelProto's initializers (ByteSize() itself fails past 2 GiB)."""
+    total = 0
+    for t in model.graph.initializer:
+        total += len(t.raw_data) or 4 * max(len(t.float_data), len(t.int32_data)) or 8 * len(t.int64_data)
+    return total
+
+
+def save_model(model: Any, path: Path, data_name: str | None = None) -> None:
+    """Save an onnx ModelProto to `path`; one over `_EXTERNAL_DATA_BYTES` with its weights in `data_name`
+    (default `<path name>.data`) beside it."""
+    onnx = require("onnx", extra="onnx")
+    if _weight_bytes(model) < _EXTERNAL_DATA_BYTES:
+        onnx.save(model, str(path))
+        return
+    data = path.with_name(data_name or path.name + ".data")
+    with contextlib.suppress(FileNotFoundError):
+        data.unlink()  # onnx appends to an existing data file
+    onnx.save(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=data.name)
+
+
 def _publish(tmp: Path, final: Path) -> None:
-    """Move a finished graph into place, then write its sha256 sidecar (the commit mark)."""
+    """Move a finished graph into place, then write its sha256 sidecar (the commit mark). A graph with external
+    weights is saved again first, its weights into `final`'s own `.data` file, which the sidecar records too."""
     sidecar = final.with_name(final.name + ".sha256")
     with contextlib.suppress(FileNotFoundError):
         sidecar.unlink()  # a graph without its sidecar is never trusted
-    size = tmp.stat().st_size
-    checksum = _sha256_file(tmp)
+    data = _data_path(final)
+    with contextlib.suppress(FileNotFoundError):
+        data.unlink()
+    if has_external_data(tmp):
+        onnx = require("onnx", extra="onnx")
+        single = _tmp_path(final)
+        save_model(onnx.load(str(tmp)), single, data.name)  # whole, if it is small enough after all
+        tmp = single
+    meta: dict[str, Any] = {"sha256": _sha256_file(tmp), "size": tmp.stat().st_size}
+    if data.is_file():
+        meta["data"] = {"sha256": _sha256_file(data), "size": data.stat().st_size}
+        os.chmod(data, 0o666 & ~_umask())
     publish(tmp, final, mode=0o666 & ~_umask())  # mkstemp makes 0600; a shared cache is readable
-    _atomic_write(sidecar, json.dumps({"sha256": checksum, "size": size}).encode())
+    _atomic_write(sidecar, json.dumps(meta).encode())
 
 
 def _umask() -> int:
@@ -203,20 +257,25 @@ def _umask() -> int:
 
 
 def _verified(path: Path) -> bool:
-    """True when `path` exists and matches the size and sha256 its sidecar recorded."""
+    """True when `path` (and its external weights, if any) exist and match the sizes and sha256 its sidecar
+    recorded."""
     sidecar = path.with_name(path.name + ".sha256")
     try:
         meta = json.loads(sidecar.read_text())
-        if path.stat().st_size != int(meta["size"]):
-            return False
-        return bool(_sha256_file(path) == meta["sha256"])
+        files = [(path, meta)]
+        if "data" in meta:
+            files.append((_data_path(path), meta["data"]))
+        for file, want in files:
+            if file.stat().st_size != int(want["size"]) or _sha256_file(file) != want["sha256"]:
+                return False
+        return True
     except (OSError, ValueError, KeyError, TypeError):
         return False
 
 
 def discard(path: Path) -> None:
     """Remove a cached graph and its sidecar (after it failed to load)."""
-    for p in (path.with_name(path.name + ".sha256"), path):
+    for p in (path.with_name(path.name + ".sha256"), path, _data_path(path)):
         with contextlib.suppress(FileNotFoundError):
             p.unlink()
 
@@ -236,6 +295,14 @@ def _build_lock(folder: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def _work_dir(final: Path) -> Iterator[Path]:
+    """A private folder beside `final` for a build's intermediate graphs (and any weights an exporter writes
+    beside them), removed afterwards."""
+    with tempfile.TemporaryDirectory(dir=final.parent, prefix=f".{final.stem}.build-") as work:
+        yield Path(work)
 
 
 def _tmp_path(final: Path) -> Path:
@@ -392,7 +459,7 @@ def _optimise(src: Path, dst: Path, model_dir: Path) -> dict[str, int]:
     heads, hidden = _attention_shape(model_dir)
     with _quiet_loggers("onnx_model", "onnx_model_bert", "fusion_base", "fusion_utils"):
         model = optimizer.optimize_model(str(src), model_type="bert", num_heads=heads, hidden_size=hidden, opt_level=0)
-        model.save_model_to_file(str(dst))
+        model.save_model_to_file(str(dst), use_external_data_format=_weight_bytes(model.model) >= _EXTERNAL_DATA_BYTES)
     stats = model.get_fused_operator_statistics()
     return {k: int(v) for k, v in stats.items() if v}
 
@@ -424,16 +491,22 @@ def _quantise(src: Path, dst: Path, keep: list[str]) -> None:
             per_channel=True,
             weight_type=quant.QuantType.QInt8,
             op_types_to_quantize=["MatMul", "Attention"],
+            use_external_data_format=has_external_data(src),
             nodes_to_exclude=keep,
             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT, "MatMulConstBOnly": True},
         )
 
 
 def int8_fidelity(got: npt.NDArray[Any], reference: npt.NDArray[Any], mask: npt.NDArray[Any]) -> tuple[float, float]:
-    """(mean, min) cosine of mean-pooled and first-token vectors: what mean and CLS pooling see."""
+    """(mean, min) cosine of mean-pooled, first-token and last-real-token vectors: what mean, CLS and
+    last-token pooling see."""
     weights = mask[..., None].astype(np.float64)
     pooled = [(x * weights).sum(1) / np.maximum(weights.sum(1), 1) for x in (got, reference)]
-    cos = np.concatenate([_cosines(*pooled), _cosines(got[:, 0], reference[:, 0])])
+    rows = np.arange(mask.shape[0])
+    last = mask.shape[1] - 1 - mask.astype(bool)[:, ::-1].argmax(1)
+    cos = np.concatenate(
+        [_cosines(*pooled), _cosines(got[:, 0], reference[:, 0]), _cosines(got[rows, last], reference[rows, last])]
+    )
     return float(cos.mean()), float(cos.min())
 
 
@@ -448,7 +521,7 @@ def _build_int8(base: Path, dst: Path, calibration: Feeds) -> None:
     if mean >= INT8_MIN_MEAN_COSINE and worst >= INT8_MIN_COSINE:
         logger.info("onnx: int8 for every MatMul (calibration cosine mean %.5f, min %.5f)", mean, worst)
         return
-    keep = _sensitive_nodes(onnx.load(str(base)))
+    keep = _sensitive_nodes(onnx.load(str(base), load_external_data=False))
     _quantise(base, dst, keep=keep)
     mean2, worst2 = int8_fidelity(_run_graph(dst, calibration), reference, mask)
     logger.info(
@@ -473,12 +546,24 @@ def _build_nncf(base: Path, dst: Path, calibration: Feeds) -> None:
     for row in range(mask.shape[0]):
         n = int(mask[row].sum())
         samples.append({k: np.ascontiguousarray(v[row : row + 1, :n]) for k, v in calibration.items()})
-    model = onnx.load(str(base))
+    external = has_external_data(base)
+    model = onnx.load(str(base), load_external_data=not external)
     declared = [i.name for i in model.graph.input]
     dataset = nncf.Dataset([{k: s[k] for k in declared} for s in samples])
+    options: dict[str, Any] = {}
+    if external:  # past 2 GB NNCF reads the weights from their file (it refuses them loaded)
+        advanced = require("nncf.quantization.advanced_parameters", extra="openvino", package="nncf")
+        backend = require("nncf.onnx.quantization.backend_parameters", extra="openvino", package="nncf")
+        options["advanced_parameters"] = advanced.AdvancedQuantizationParameters(
+            backend_params={backend.BackendParameters.EXTERNAL_DATA_DIR: str(base.parent.resolve())}
+        )
     with _quiet_loggers("nncf", level=logging.ERROR):
-        quantised = nncf.quantize(model, dataset, model_type=nncf.ModelType.TRANSFORMER, subset_size=len(samples))
-    onnx.save(quantised, str(dst))
+        quantised = nncf.quantize(
+            model, dataset, model_type=nncf.ModelType.TRANSFORMER, subset_size=len(samples), **options
+        )
+    if external:  # the weights NNCF left in base's file: into memory, then saved with dst's own
+        onnx.external_data_helper.load_external_data_for_model(quantised, str(base.parent))
+    save_model(quantised, dst)
 
 
 def _fuse(source: Path, fused: Path, model_dir: Path, feeds: Feeds, reference: npt.NDArray[Any]) -> bool:
@@ -538,9 +623,8 @@ def _build_fp32(model_dir: Path, final: Path, feeds: Feeds, fuse: bool = True) -
     """Take the shipped graph if it reproduces torch, else export (and check) one; fuse (unless `fuse`
     is off: OpenVINO reads only standard ops), check again, publish."""
     shipped = shipped_onnx(model_dir)
-    raw = _tmp_path(final)
-    fused = _tmp_path(final)
-    try:
+    with _work_dir(final) as work:
+        raw, fused = work / "raw.onnx", work / "fused.onnx"
         reference = None if shipped is None else _checked_shipped(model_dir, shipped, feeds)
         if reference is None:
             reference = _exported(model_dir, raw, feeds)
@@ -550,14 +634,10 @@ def _build_fp32(model_dir: Path, final: Path, feeds: Feeds, fuse: bool = True) -
         if fuse and _fuse(source, fused, model_dir, feeds, reference):
             _publish(fused, final)
             return
-        if source is shipped:  # re-save: folds any external-data file into one graph
+        if source is shipped:  # re-save: folds any external-data file into the graph (or its own .data)
             onnx = require("onnx", extra="onnx")
-            onnx.save(onnx.load(str(shipped)), str(raw))
+            save_model(onnx.load(str(shipped)), raw)
         _publish(raw, final)
-    finally:
-        for tmp in (raw, fused):
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
 
 
 def prepare_graph(
@@ -594,14 +674,10 @@ def prepare_graph(
         if base is None:
             _build_fp32(model_dir, final, feeds(), fuse=precision == "fp32")
         else:
-            tmp = _tmp_path(final)
-            try:
+            with _work_dir(final) as work:
                 build = _build_int8 if precision == "int8" else _build_nncf
-                build(base, tmp, (calibration or feeds)())
-                _publish(tmp, final)
-            finally:
-                with contextlib.suppress(FileNotFoundError):
-                    tmp.unlink()
+                build(base, work / "int8.onnx", (calibration or feeds)())
+                _publish(work / "int8.onnx", final)
     return final
 
 

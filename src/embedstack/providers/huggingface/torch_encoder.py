@@ -282,10 +282,10 @@ class TorchEncoder:
             trust_remote_code=trust_remote_code,
             local_files_only=True,
         )
-        # The provider normalises after Matryoshka truncation: drop the Normalize module.
-        for name, module in list(st.named_children()):
-            if type(module).__name__ == "Normalize":
-                del st._modules[name]
+        # The provider normalises after Matryoshka truncation: drop a trailing Normalize module (one between
+        # other modules stays: what follows it sees normalised vectors).
+        while len(st) and type(st[-1]).__name__ == "Normalize":
+            del st._modules[list(st._modules)[-1]]
         if self.dtype != self.torch.float32:
             st.to(self.dtype)
         st.eval()
@@ -359,10 +359,11 @@ class TorchEncoder:
             else:
                 inputs = {k: v for k, v in moved.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
                 hidden = self.model(**inputs).last_hidden_state
-                if self.pooling is Pooling.CLS:
-                    pooled = hidden[:, 0]
-                else:
+                if self.pooling is Pooling.MEAN:
                     pooled = Pooling.masked_mean(hidden, inputs["attention_mask"])
+                else:  # by the mask, as sentence-transformers pools (padding on either side)
+                    mask_np = inputs["attention_mask"].cpu().numpy()
+                    pooled = torch.from_numpy(Pooling.pool(hidden.float().cpu().numpy(), mask_np, [self.pooling]))
             vectors = pooled.float().cpu().numpy().astype(np.float32, copy=False)
         lengths = mask.sum(1)
         if truncated is None:
