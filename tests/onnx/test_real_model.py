@@ -137,8 +137,10 @@ def test_accelerator_gets_larger_default_batches(env_cache: Path, monkeypatch: p
     assert cpu.embed_batch_size == huggingface.DEFAULT_LOCAL_BATCH_SIZE
     monkeypatch.setattr(HuggingFaceEmbedding, "_make_encoder", on_gpu)
     gpu = HuggingFaceEmbedding(backend="onnx")
-    assert gpu.embed_batch_size == huggingface.DEFAULT_LOCAL_BATCH_SIZE  # decided at load
+    assert gpu.pipeline.batch_size == huggingface.DEFAULT_LOCAL_BATCH_SIZE  # decided at load
     gpu.get_text_embedding_batch(["a", "b"])
-    assert gpu.embed_batch_size == huggingface.DEFAULT_ACCELERATOR_BATCH_SIZE
+    assert gpu.pipeline.batch_size == huggingface.DEFAULT_ACCELERATOR_BATCH_SIZE
+    # the model's field is never changed under its callers (issue 22): the device's preference is the pipeline's
+    assert gpu.embed_batch_size == huggingface.DEFAULT_LOCAL_BATCH_SIZE
     chosen = HuggingFaceEmbedding(backend="onnx", embed_batch_size=8).load()
-    assert chosen.embed_batch_size == 8
+    assert chosen.embed_batch_size == 8 and chosen.pipeline.batch_size == 8
