@@ -80,8 +80,12 @@ def measure(side: str, n_batch: int, n_single: int) -> dict[str, float]:
 
 
 GOALS = {"list batch": 1.0, "single call": 2.0, "embed()": 4.0, "warm embed()": 4.0}
-LI_PEER = {"embed()": "list batch", "warm embed()": "warm list batch", "cold SQLite embed()": "list batch",
-           "warm SQLite embed()": "warm list batch"}
+LI_PEER = {
+    "embed()": "list batch",
+    "warm embed()": "warm list batch",
+    "cold SQLite embed()": "list batch",
+    "warm SQLite embed()": "warm list batch",
+}
 
 
 def child(side: str, src: str | None, n_batch: int, n_single: int) -> dict[str, float]:
@@ -116,14 +120,17 @@ def main() -> None:
                 mine[case] = min(mine.get(case, value), value)
     li = best["llama-index-core"]
     names = [name for name, _, _ in sides[1:]]
-    print(f"{args.n} texts per batch run, {n_single} single calls, {DIM}-float list hook; µs per text, best of "
-          f"3 x {args.rounds} rounds; speed-up = llama-index-core's µs / embedstack's\n")
+    print(
+        f"{args.n} texts per batch run, {n_single} single calls, {DIM}-float list hook; µs per text, best of "
+        f"3 x {args.rounds} rounds; speed-up = llama-index-core's µs / embedstack's\n"
+    )
     print("| case | llama-index-core | " + " | ".join(f"{n} | speed-up" for n in names) + " | goal |")
     print("|---|---:|" + "---:|---:|" * len(names) + "---:|")
     for case in best[names[-1]]:
         peer = li[LI_PEER.get(case, case)]
-        cells = " | ".join(f"{best[n][case]:.2f} | {peer / best[n][case]:.1f}x" if case in best[n] else "– | –"
-                           for n in names)
+        cells = " | ".join(
+            f"{best[n][case]:.2f} | {peer / best[n][case]:.1f}x" if case in best[n] else "– | –" for n in names
+        )
         goal = f"≥ {GOALS[case]:.0f}x" if case in GOALS else ""
         li_cell = f"{peer:.2f}" + ("" if case in li else f" ({LI_PEER[case]})")
         print(f"| {case} | {li_cell} | {cells} | {goal} |")

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -40,7 +40,8 @@ from embedstack.types import Batch, EmbedResult, PartialResult, Role
 
 if TYPE_CHECKING:
     from embedstack.kvstore.base import BaseKVStore
-    from embedstack.pipeline import Pipeline
+    from embedstack.outputs import OutputKind
+    from embedstack.provider import Provider
 
 __all__ = ["EmbedJob", "cached_rows", "check_items", "check_texts", "run_async", "run_sync"]
 
@@ -62,6 +63,38 @@ class Planned:
     def items(self) -> list[Any]:
         """The batch's items."""
         return self.batch.items
+
+
+class Pipeline(Protocol):
+    """What a job reads of its pipeline (`embedstack.pipeline.Pipeline` implements it): settings, keys, the row
+    length it learned, and the provider."""
+
+    provider: Provider
+    cache: Any  # a BaseKVStore or None
+    callback_manager: Any  # a CallbackManager or None
+
+    @property
+    def output(self) -> OutputKind: ...
+
+    @property
+    def provider_name(self) -> str: ...
+
+    @property
+    def batch_size(self) -> int: ...
+
+    def sync_workers(self) -> int: ...
+
+    def async_workers(self) -> int | None: ...
+
+    def descriptor(self) -> dict[str, Any]: ...
+
+    def key_factory(self, role: Role) -> Callable[[Any], str]: ...
+
+    def dim_key(self) -> str: ...
+
+    def known_size(self) -> tuple[int | None, str]: ...
+
+    def learn_size(self, size: int) -> None: ...
 
 
 def check_texts(items: Sequence[Any], label: str, offset: int = 0) -> None:

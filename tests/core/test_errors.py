@@ -18,6 +18,7 @@ from embedstack.errors import BadVectorsError, EmbeddingAPIError, EmbedstackErro
 FORMER_BUILTIN: dict[str, type[BaseException]] = {
     "InvalidInputError": ValueError,
     "BadVectorsError": ValueError,
+    "UnsupportedModule": ValueError,
     "ModelMismatchError": ValueError,
     "OutputError": ValueError,
     "InputError": ValueError,

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from embedstack.errors import EmbedstackError
 from embedstack.pooling import Pooling
 from embedstack.similarity import normalize
 
@@ -45,7 +46,7 @@ _POOLING_KEYS = {"word_embedding_dimension", "embedding_dimension", "pooling_mod
 _SKIPPED = {"Dropout"}  # modules that do nothing at inference
 
 
-class UnsupportedModule(ValueError):
+class UnsupportedModule(EmbedstackError, ValueError):
     """A module or setting the fast path does not compute; the message names it and the fix."""
 
 
