@@ -154,9 +154,8 @@ class BaseSparseEmbedding(BaseComponent):
         """Pickle the fields without memo, locks or derived state."""
         state = super().__getstate__()
         private = state.get("__pydantic_private__") or {}
-        keep = {
-            k: v for k, v in private.items() if k != "_memo" and k not in self._derived and not isinstance(v, _UNPICKLABLE)
-        }
+        drop = {"_memo", *self._derived}
+        keep = {k: v for k, v in private.items() if k not in drop and not isinstance(v, _UNPICKLABLE)}
         return {**state, "__pydantic_private__": keep}
 
     def __setstate__(self, state: dict[Any, Any]) -> None:
@@ -175,7 +174,11 @@ class BaseSparseEmbedding(BaseComponent):
 
     def to_payload(self) -> dict[str, Any]:
         """Non-sensitive representation of this model for events (never credentials)."""
-        return {"class_name": self.class_name(), "model_name": self.model_name, "embed_batch_size": self.embed_batch_size}
+        return {
+            "class_name": self.class_name(),
+            "model_name": self.model_name,
+            "embed_batch_size": self.embed_batch_size,
+        }
 
     # -- LlamaIndex hooks ----------------------------------------------------------------------
     @abstractmethod
@@ -286,7 +289,9 @@ class BaseSparseEmbedding(BaseComponent):
     def _rows(self, items: Sequence[Any], role: Role, label: str, show: ProgressArg = False) -> list[SparseVector]:
         return list(self.pipeline.values(items, role, label, show))
 
-    async def _arows(self, items: Sequence[Any], role: Role, label: str, show: ProgressArg = False) -> list[SparseVector]:
+    async def _arows(
+        self, items: Sequence[Any], role: Role, label: str, show: ProgressArg = False
+    ) -> list[SparseVector]:
         return list(await self.pipeline.avalues(items, role, label, show))
 
     @dispatcher.span
@@ -404,6 +409,8 @@ class SparseModelProvider:
 
     __slots__ = ("_memo", "capabilities", "model")
 
+    model: BaseSparseEmbedding
+
     def __init__(self, model: BaseSparseEmbedding) -> None:
         self.model = model
         self._memo = model._memo
@@ -422,7 +429,8 @@ class SparseModelProvider:
                 f"{type(self.model).__name__} changed since this pipeline was made; use model.pipeline again "
                 "to embed with its new settings"
             )
-        return self.model
+        model: BaseSparseEmbedding = self.model
+        return model
 
     @property
     def output(self) -> OutputKind:
@@ -473,4 +481,3 @@ class SparseModelProvider:
     def warm_up(self) -> None:
         """Load the model now."""
         self.model._warm_up()
-

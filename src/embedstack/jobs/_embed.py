@@ -111,13 +111,13 @@ def pipeline_for(model: BaseEmbedding, cache: CacheArg, batch_size: int | None =
 
 
 def _resolve(model: Any) -> tuple[BaseEmbedding, str | None]:
-    from embedstack.registry import resolve_embed_model
+    from embedstack.registry import resolve_dense_model
 
     if isinstance(model, BaseEmbedding):
         return model, None
     if isinstance(model, str):
-        return resolve_embed_model(model), model
-    return resolve_embed_model(model), None
+        return resolve_dense_model(model), model
+    return resolve_dense_model(model), None
 
 
 def model_identity(model: BaseEmbedding) -> dict[str, Any]:

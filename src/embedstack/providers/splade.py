@@ -222,8 +222,9 @@ class _Side:
         if "token_type_ids" in {i.name for i in self.session.get_inputs()} and "token_type_ids" not in feeds:
             feeds["token_type_ids"] = np.zeros_like(enc["input_ids"], dtype=np.int64)
         logits = self.session.run(None, feeds)[0]
-        return splade_pool(np.asarray(logits, dtype=np.float32), enc["attention_mask"], self.route.pooling,
-                           self.route.activation)
+        return splade_pool(
+            np.asarray(logits, dtype=np.float32), enc["attention_mask"], self.route.pooling, self.route.activation
+        )
 
 
 class _Loaded:

@@ -102,14 +102,14 @@ class ServerState:
 
 
 def _named(models: Mapping[str, Any] | Sequence[Any] | BaseEmbedding | str) -> dict[str, BaseEmbedding]:
-    from embedstack.registry import resolve_embed_model
+    from embedstack.registry import resolve_dense_model
 
     if isinstance(models, (BaseEmbedding, str)):
         models = [models]
     if isinstance(models, Mapping):
-        pairs = [(str(k), resolve_embed_model(v)) for k, v in models.items()]
+        pairs = [(str(k), resolve_dense_model(v)) for k, v in models.items()]
     else:
-        resolved = [resolve_embed_model(m) for m in models]
+        resolved = [resolve_dense_model(m) for m in models]
         pairs = [(m.model_name, m) for m in resolved]
     named: dict[str, BaseEmbedding] = {}
     for name, model in pairs:
