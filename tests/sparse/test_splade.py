@@ -151,5 +151,5 @@ def test_an_unsupported_module_chain_is_refused_by_name(tiny: Tiny, tmp_path: Pa
     modules = json.loads((odd / "modules.json").read_text())
     modules.append({"idx": 2, "name": "2", "path": "2_Dense", "type": "sentence_transformers.base.modules.Dense"})
     (odd / "modules.json").write_text(json.dumps(modules))
-    with pytest.raises(SpladeModelError, match="use sentence_transformers.SparseEncoder"):
+    with pytest.raises(SpladeModelError, match=r"use sentence_transformers\.SparseEncoder"):
         SpladeEmbedding(model_name=str(odd)).embed(["a"])

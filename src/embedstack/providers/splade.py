@@ -142,16 +142,6 @@ class _Tokenizer:
         return [min(len(i), self.max_length) for i in ids], [len(i) > self.max_length for i in ids]
 
 
-def splade_pool(
-    logits: npt.NDArray[np.float32], mask: npt.NDArray[Any], pooling: str, activation: str
-) -> npt.NDArray[np.float32]:
-    """SpladePooling in numpy: (batch, tokens, vocab) logits → (batch, vocab) weights."""
-    x = np.log1p(np.maximum(logits * mask[:, :, None].astype(np.float32), 0))
-    if activation == "log1p_relu":
-        x = np.log1p(x)
-    return (x.max(axis=1) if pooling == "max" else x.sum(axis=1)).astype(np.float32)  # type: ignore[no-any-return]
-
-
 def top_k(dense: npt.NDArray[np.float32], k: int | None) -> list[SparseVector]:
     """Each row's non-zero entries (its `k` largest by magnitude when `k` is set) as sparse vectors."""
     out = []
@@ -221,6 +211,8 @@ class _Side:
         feeds = {i.name: enc[i.name].astype(np.int64) for i in self.session.get_inputs() if i.name in enc}
         if "token_type_ids" in {i.name for i in self.session.get_inputs()} and "token_type_ids" not in feeds:
             feeds["token_type_ids"] = np.zeros_like(enc["input_ids"], dtype=np.int64)
+        from embedstack.providers.splade_onnx import splade_pool
+
         logits = self.session.run(None, feeds)[0]
         return splade_pool(
             np.asarray(logits, dtype=np.float32), enc["attention_mask"], self.route.pooling, self.route.activation

@@ -4,7 +4,7 @@ The graph is `torch.onnx.export` of AutoModelForMaskedLM returning `logits`, in 
 cache as the dense graphs (`embedstack.providers.huggingface.onnx_export`: keyed by the model files'
 sha256 and library versions, written atomically, checked against a sha256 sidecar on load). Before
 it is published, its SPLADE weights on probe texts must equal torch's (each within 1e-5); otherwise
-the export is refused by name. Pooling runs in numpy (`splade.splade_pool`).
+the export is refused by name. Pooling runs in numpy (`splade_pool`).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import numpy.typing as npt
 from embedstack._optional import require
 from embedstack.providers.huggingface import onnx_export as ox
 
-__all__ = ["MAX_ABS_DIFF", "mlm_session"]
+__all__ = ["MAX_ABS_DIFF", "mlm_session", "prepare_mlm_graph", "splade_pool"]
 
 #: The largest difference a built graph's SPLADE weights may have from torch's on the probe texts.
 MAX_ABS_DIFF = 1e-5
@@ -43,9 +43,17 @@ def _probe_feeds(model_dir: Path, names: Sequence[str]) -> dict[str, npt.NDArray
     return feeds
 
 
-def _pooled(logits: npt.NDArray[Any], mask: npt.NDArray[Any]) -> npt.NDArray[np.float32]:
-    from embedstack.providers.splade import splade_pool
+def splade_pool(
+    logits: npt.NDArray[np.float32], mask: npt.NDArray[Any], pooling: str, activation: str
+) -> npt.NDArray[np.float32]:
+    """SpladePooling in numpy: (batch, tokens, vocab) logits → (batch, vocab) weights."""
+    x = np.log1p(np.maximum(logits * mask[:, :, None].astype(np.float32), 0))
+    if activation == "log1p_relu":
+        x = np.log1p(x)
+    return (x.max(axis=1) if pooling == "max" else x.sum(axis=1)).astype(np.float32)  # type: ignore[no-any-return]
 
+
+def _pooled(logits: npt.NDArray[Any], mask: npt.NDArray[Any]) -> npt.NDArray[np.float32]:
     return splade_pool(np.asarray(logits, dtype=np.float32), mask, "max", "relu")
 
 
