@@ -108,3 +108,14 @@ def test_decode_and_no_stemming() -> None:
     model = BM25Embedding(language=None, stopwords=None).fit(CORPUS)
     assert model.tokenize(["The Runners"]) == [["the", "runners"]]
     assert [t for t, _ in model.decode(model.get_query_embedding("runners the"))] == ["runners", "the"]
+
+
+def test_fit_transform_equals_fit_then_embed_exactly() -> None:
+    corpus = [*CORPUS, "", "the and of"]  # a document with no terms at all, one of stopwords only
+    fast = BM25Embedding().fit_transform(corpus)
+    model = BM25Embedding().fit(corpus)
+    slow = model.embed(corpus)
+    for a, b in zip(fast, slow):
+        assert a.indices.tolist() == b.indices.tolist() and a.values.tobytes() == b.values.tobytes()
+    assert fast[-1].indices.tolist() == [] and fast[-2].indices.tolist() == []
+    assert model.pipeline.key_factory("text")("x") == BM25Embedding().fit(corpus).pipeline.key_factory("text")("x")

@@ -16,6 +16,7 @@ are dropped (no document of the corpus has them: they score 0).
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import re
 import threading
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 from pydantic import Field, PrivateAttr
 
 from embedstack._optional import require
@@ -44,6 +46,8 @@ STOPWORDS_EN = frozenset(
 )
 _WORD = re.compile(r"(?u)\b\w\w+\b")
 _STATS_FORMAT = "embedstack-bm25-stats/1"
+#: Words whose stems are remembered (then the memory starts again).
+_WORD_CACHE = 1_000_000
 
 
 class NotFittedError(EmbedstackError, RuntimeError):
@@ -100,9 +104,10 @@ class BM25Embedding(BaseSparseEmbedding):
     stats_path: str | None = Field(default=None, description="Statistics saved by save_stats (JSON).")
     embed_batch_size: int = Field(default=256, gt=0, le=100_000)
 
-    _derived = frozenset({"_stemmer"})
+    _derived = frozenset({"_stemmer", "_words"})
     _stats: BM25Stats | None = PrivateAttr(default=None)
     _stemmer: Any = PrivateAttr(default=None)
+    _words: dict[str, str | None] = PrivateAttr(default_factory=dict)
     _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
 
     @classmethod
@@ -127,32 +132,83 @@ class BM25Embedding(BaseSparseEmbedding):
                 raise ValueError(f"no stemmer for language {self.language!r}; use one of: {langs}, or None") from None
         return stemmer
 
-    def tokenize(self, texts: Iterable[str]) -> list[list[str]]:
-        """Each text's terms: lowercased words, stopwords dropped, stemmed."""
+    def _stems(self, words: Iterable[str]) -> dict[str, str | None]:
+        """The word → stem memory (None: a stopword), with `words` in it."""
         if self.stopwords not in (None, "en"):
             raise ValueError(f"stopwords must be 'en' or None, not {self.stopwords!r}")
-        stop = STOPWORDS_EN if self.stopwords == "en" else frozenset()
-        stemmer = self._stem()
-        out = []
-        for text in texts:
-            words = [w for w in _WORD.findall(text.lower()) if w not in stop]
-            out.append(stemmer.stemWords(words) if stemmer is not None else words)
-        return out
+        stems = self._words
+        new = sorted(w for w in set(words) if w not in stems)
+        if new:
+            stop = STOPWORDS_EN if self.stopwords == "en" else frozenset()
+            stemmer = self._stem()
+            kept = [w for w in new if w not in stop]
+            stemmed = dict(zip(kept, stemmer.stemWords(kept) if stemmer is not None else kept))
+            if len(stems) + len(new) > _WORD_CACHE:
+                stems = self._words = {}
+            stems.update({w: stemmed.get(w) for w in new})
+        return stems
+
+    def tokenize(self, texts: Iterable[str]) -> list[list[str]]:
+        """Each text's terms: lowercased words, stopwords dropped, stemmed."""
+        words = [_WORD.findall(text.lower()) for text in texts]
+        stems = self._stems(itertools.chain.from_iterable(words))
+        return [[t for t in map(stems.__getitem__, doc) if t is not None] for doc in words]
 
     # -- statistics ------------------------------------------------------------------------------
     def fit(self, corpus: Iterable[str]) -> BM25Embedding:
         """Compute the statistics over `corpus` (replacing any); returns self."""
-        df: Counter[str] = Counter()
-        n_docs = total = 0
-        for terms in self.tokenize(corpus):
-            df.update(set(terms))
-            n_docs += 1
-            total += len(terms)
-        if n_docs == 0:
-            raise ValueError("BM25Embedding.fit needs at least one document")
-        vocab = {t: i for i, t in enumerate(sorted(df))}
-        self._set_stats(BM25Stats(vocab, [df[t] for t in sorted(df)], n_docs, max(total / n_docs, 1e-9)))
+        self.fit_transform(corpus)
         return self
+
+    def fit_transform(self, corpus: Iterable[str]) -> list[SparseVector]:
+        """Compute the statistics over `corpus` and return its documents' vectors, from one tokenising pass
+        (not cached: BM25 vectors cost less to compute than to look up). Equal to `fit` then `embed`."""
+        words = [_WORD.findall(text.lower()) for text in corpus]
+        if not words:
+            raise ValueError("BM25Embedding.fit needs at least one document")
+        flat = list(itertools.chain.from_iterable(words))
+        unique = sorted(set(flat))
+        stems = self._stems(unique)
+        terms = sorted({t for t in map(stems.__getitem__, unique) if t is not None})
+        term_id = {t: i for i, t in enumerate(terms)}
+        word_id = {w: term_id[t] if (t := stems[w]) is not None else -1 for w in unique}
+        ids = np.fromiter(map(word_id.__getitem__, flat), dtype=np.int64, count=len(flat))
+        counts = np.fromiter(map(len, words), dtype=np.int64, count=len(words))
+        doc = np.repeat(np.arange(len(words), dtype=np.int64), counts)
+        keep = ids >= 0
+        ids, doc = ids[keep], doc[keep]
+        lengths = np.bincount(doc, minlength=len(words))
+        width = max(len(terms), 1)
+        pairs = np.unique(doc * width + ids)  # each (document, term) once
+        df = np.bincount(pairs % width, minlength=len(terms))
+        n_docs, total = len(words), int(lengths.sum())
+        self._set_stats(BM25Stats(term_id, df.tolist(), n_docs, max(total / n_docs, 1e-9)))
+        return self._doc_rows(doc, ids, lengths)
+
+    def _doc_rows(
+        self, doc: npt.NDArray[np.int64], ids: npt.NDArray[np.int64], lengths: npt.NDArray[np.int64]
+    ) -> list[SparseVector]:
+        """Document vectors from their terms: `doc[j]` holds vocabulary term `ids[j]`; `lengths[i]`: document
+        i's length in terms."""
+        n = len(lengths)
+        width = max(len(self.stats.vocab), 1)
+        key = np.sort(doc * width + ids)
+        if len(key):
+            starts = np.flatnonzero(np.concatenate(([True], key[1:] != key[:-1])))
+            tf = np.diff(np.append(starts, len(key)))
+            uniq = key[starts]
+        else:
+            uniq, tf = key, key
+        which, term = np.divmod(uniq, width)
+        idf = self._memo.get("idf")
+        if idf is None:
+            idf = self._memo["idf"] = self.idf
+        k1, b = self.k1, self.b
+        norm = k1 * (1 - b + b * lengths[which] / self.stats.avgdl)
+        tf64 = tf.astype(np.float64)
+        values = (idf[term] * tf64 * (k1 + 1) / (tf64 + norm)).astype(np.float32)
+        cuts = np.cumsum(np.bincount(which, minlength=n))[:-1]
+        return [SparseVector(i, v) for i, v in zip(np.split(term.astype(np.int32), cuts), np.split(values, cuts))]
 
     def _set_stats(self, stats: BM25Stats) -> None:
         self._stats = stats
@@ -218,17 +274,12 @@ class BM25Embedding(BaseSparseEmbedding):
                 idx = np.fromiter(sorted(counts), dtype=np.int32, count=len(counts))
                 rows.append(SparseVector(idx, np.array([counts[i] for i in idx.tolist()], dtype=np.float32)))
         else:
-            idf = self._memo.get("idf")
-            if idf is None:
-                idf = self._memo["idf"] = self.idf
-            k1, b, avgdl = self.k1, self.b, stats.avgdl
-            for doc in terms:
-                counts = Counter(vocab[t] for t in doc if t in vocab)
-                idx = np.fromiter(sorted(counts), dtype=np.int64, count=len(counts))
-                tf = np.array([counts[i] for i in idx.tolist()], dtype=np.float64)
-                norm = k1 * (1 - b + b * len(doc) / avgdl)
-                values = idf[idx] * tf * (k1 + 1) / (tf + norm)
-                rows.append(SparseVector(idx.astype(np.int32), values.astype(np.float32)))
+            flat = [vocab.get(t, -1) for doc in terms for t in doc]
+            ids = np.asarray(flat, dtype=np.int64)
+            lengths = np.fromiter(map(len, terms), dtype=np.int64, count=len(terms))
+            doc = np.repeat(np.arange(len(terms), dtype=np.int64), lengths)
+            keep = ids >= 0
+            rows = self._doc_rows(doc[keep], ids[keep], lengths)
         return BatchOutput(rows, [len(t) for t in terms], [False] * len(terms))
 
     def _embed(self, batch: Batch) -> Any:
