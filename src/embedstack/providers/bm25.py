@@ -267,7 +267,7 @@ class BM25Embedding(BaseSparseEmbedding):
     def _vectors(self, texts: list[str], role: Role) -> BatchOutput:
         stats = self.stats
         vocab, terms = stats.vocab, self.tokenize(texts)
-        rows = []
+        rows: list[SparseVector] = []
         if role is Role.QUERY:
             for doc in terms:
                 counts = Counter(vocab[t] for t in doc if t in vocab)
@@ -277,9 +277,9 @@ class BM25Embedding(BaseSparseEmbedding):
             flat = [vocab.get(t, -1) for doc in terms for t in doc]
             ids = np.asarray(flat, dtype=np.int64)
             lengths = np.fromiter(map(len, terms), dtype=np.int64, count=len(terms))
-            doc = np.repeat(np.arange(len(terms), dtype=np.int64), lengths)
+            which = np.repeat(np.arange(len(terms), dtype=np.int64), lengths)
             keep = ids >= 0
-            rows = self._doc_rows(doc[keep], ids[keep], lengths)
+            rows = self._doc_rows(which[keep], ids[keep], lengths)
         return BatchOutput(rows, [len(t) for t in terms], [False] * len(terms))
 
     def _embed(self, batch: Batch) -> Any:
