@@ -39,7 +39,7 @@ def test_sparse_list_columns_hold_bm25_fitted_on_the_input(out: Path, sample_row
     assert set(load_embeddings(out).columns) == {"query", "text"}  # sparse columns are not kept fields
     model = sparse_model_of(out, meta)  # the statistics came back from the output
     assert model.stats.to_json() == BM25Embedding().fit(texts).stats.to_json()
-    assert [h.fields for h in search(out, "a query", 2, cache=None)][0].keys() == {"query"}
+    assert search(out, "a query", 2, cache=None)[0].fields.keys() == {"query"}
 
 
 def test_hybrid_search_fuses_dense_and_sparse_ranks(out: Path, sample_rows: list[dict[str, str]]) -> None:
