@@ -147,7 +147,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     uvicorn = require("uvicorn", extra="server")
     from embedstack.jobs import DEFAULT_CACHE, default_cache_path
     from embedstack.kvstore.sqlite import SQLiteKVStore
-    from embedstack.registry import resolve_dense_model
+    from embedstack.registry import resolve_embed_model
     from embedstack.server import create_app
     from embedstack.server.protocol import one_write_protocol
 
@@ -167,7 +167,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         cache = SQLiteKVStore(default_cache_path())
     models: dict[str, Any] = {}
     for name, spec in parse_models(args.models):
-        model = resolve_dense_model(spec)
+        model = resolve_embed_model(spec)  # sparse ones ("splade:...", "bm25:<stats.json>") at /embed_sparse
         model.embeddings_cache = cache
         key = name or model.model_name
         if key in models:

@@ -44,7 +44,9 @@ from embedstack.server.limits import (
 )
 from embedstack.server.metrics import CONTENT_TYPE, Metrics
 from embedstack.server.schemas import EmbeddingRequest, EmbeddingResponse, ErrorBody, ModelCard, ModelList
+from embedstack.server.sparse import add_sparse_routes
 from embedstack.server.tokens import TokenCounter, counter_for
+from embedstack.sparse import BaseSparseEmbedding
 from embedstack.types import Role
 
 __all__ = ["ServerState", "create_app"]
@@ -53,7 +55,7 @@ logger = logging.getLogger("embedstack.server")
 
 #: Requests this small are counted and looked up on the loop; larger ones in a worker thread.
 _INLINE_INPUTS = 16
-_ROUTES = frozenset({"/v1/embeddings", "/v1/models", "/health", "/metrics", "/docs", "/openapi.json"})
+_ROUTES = frozenset({"/v1/embeddings", "/v1/models", "/health", "/metrics", "/docs", "/openapi.json", "/embed_sparse"})
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody, "description": text}
     for code, text in {
@@ -101,28 +103,35 @@ class ServerState:
         return not self.draining and all(m.ready for m in self.models.values())
 
 
-def _named(models: Mapping[str, Any] | Sequence[Any] | BaseEmbedding | str) -> dict[str, BaseEmbedding]:
-    from embedstack.registry import resolve_dense_model
+def _named(
+    models: Mapping[str, Any] | Sequence[Any] | BaseEmbedding | BaseSparseEmbedding | str,
+) -> tuple[dict[str, BaseEmbedding], dict[str, BaseSparseEmbedding]]:
+    """The dense models ({name: model}) and the sparse ones (served at /embed_sparse)."""
+    from embedstack.registry import resolve_embed_model
 
-    if isinstance(models, (BaseEmbedding, str)):
+    if isinstance(models, (BaseEmbedding, BaseSparseEmbedding, str)):
         models = [models]
     if isinstance(models, Mapping):
-        pairs = [(str(k), resolve_dense_model(v)) for k, v in models.items()]
+        pairs = [(str(k), resolve_embed_model(v)) for k, v in models.items()]
     else:
-        resolved = [resolve_dense_model(m) for m in models]
+        resolved = [resolve_embed_model(m) for m in models]
         pairs = [(m.model_name, m) for m in resolved]
     named: dict[str, BaseEmbedding] = {}
+    sparse: dict[str, BaseSparseEmbedding] = {}
     for name, model in pairs:
-        if name in named:
+        if name in named or name in sparse:
             raise ValueError(f"two models are served as {name!r}; name them: --model NAME=SPEC")
-        named[name] = model
-    if not named:
+        if isinstance(model, BaseSparseEmbedding):
+            sparse[name] = model
+        else:
+            named[name] = model
+    if not named and not sparse:
         raise ValueError("no model to serve")
-    return named
+    return named, sparse
 
 
 def create_app(
-    models: Mapping[str, Any] | Sequence[Any] | BaseEmbedding | str,
+    models: Mapping[str, Any] | Sequence[Any] | BaseEmbedding | BaseSparseEmbedding | str,
     *,
     api_key: str | None = None,
     max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
@@ -131,7 +140,8 @@ def create_app(
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     warm_up: bool = True,
 ) -> FastAPI:
-    """The ASGI app serving `models` ({name: model or spec}, a list named by model_name, or one model).
+    """The ASGI app serving `models` ({name: model or spec}, a list named by model_name, or one model); sparse
+    models ("splade:...", "bm25:<stats.json>", a BaseSparseEmbedding) are served at TEI's POST /embed_sparse.
 
     `api_key`: the bearer key /v1/* requires (None: none). Batching: at most `max_batch_tokens` tokens
     per model call, an idle model waits up to `max_wait_ms` for requests already arriving, at most
@@ -146,7 +156,8 @@ def create_app(
         raise ValueError(f"max_body_bytes must be at least 1024, got {max_body_bytes}")
     metrics = Metrics()
     served: dict[str, _Served] = {}
-    for name, model in _named(models).items():
+    dense, sparse = _named(models)
+    for name, model in dense.items():
         counter = counter_for(model)
         batcher = Batcher(
             model,
@@ -185,6 +196,7 @@ def create_app(
     app.state.embedstack = state
     install_handlers(app)
     _routes(app, state)
+    add_sparse_routes(app, sparse, metrics)
     app.add_middleware(_Gate, state=state)
     return app
 
@@ -289,7 +301,7 @@ class _Gate:
         limit = self.state.max_body_bytes
         if length is not None and length.isdigit() and int(length) > limit:
             return APIError(413, _too_large(limit), code="request_too_large")
-        if self.key is not None and path.startswith("/v1/"):
+        if self.key is not None and (path.startswith("/v1/") or path == "/embed_sparse"):
             auth = headers.get(b"authorization", b"")
             scheme, _, given = auth.partition(b" ")
             if scheme.lower() != b"bearer" or not hmac.compare_digest(given.strip(), self.key):
