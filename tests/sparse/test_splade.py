@@ -138,6 +138,8 @@ def test_registry_cache_async_and_token_counts(tiny: Tiny, tmp_path: Path) -> No
     second = again.pipeline.embed(TEXTS)
     assert second.usage.cached == len(TEXTS)
     assert [r.to_dict() for r in second.values] == [r.to_dict() for r in out.values]
+    fresh = SpladeEmbedding(model_name=str(tiny.splade), embeddings_cache=SQLiteKVStore(tmp_path / "c.sqlite"))
+    assert fresh.pipeline.cached(TEXTS).found.all() and fresh._loaded is None  # hits: no weights loaded
     assert asyncio.run(again.aget_text_embedding_batch(TEXTS)) == [r.to_dict() for r in out.values]
     with pytest.raises(ValueError, match="splade needs a model"):
         resolve_embed_model("splade")

@@ -219,19 +219,39 @@ class _Side:
         )
 
 
+@dataclass(frozen=True)
+class _Settings:
+    """What a SPLADE model's config files say: prompts per role, max_active_dims, the vocabulary size."""
+
+    prompts: dict[Role, str]
+    max_active_dims: int | None
+    vocab_size: int | None
+
+    @classmethod
+    def read(cls, root: Path) -> _Settings:
+        st = _read_json(root / "config_sentence_transformers.json")
+        prompts = st.get("prompts") or {}
+        _, document = read_routes(root)
+        vocab = _read_json(document.path / "config.json").get("vocab_size")
+        return cls(
+            {Role.QUERY: prompts.get("query") or "", Role.TEXT: prompts.get("document") or ""},
+            st.get("max_active_dims"),
+            int(vocab) if isinstance(vocab, int) and vocab > 0 else None,
+        )
+
+
 class _Loaded:
     def __init__(self, root: Path, backend: str, device: str | None) -> None:
         query, document = read_routes(root)
         self.document = _Side(document, backend, device)
         self.query = self.document if query == document else _Side(query, backend, device)
-        st = _read_json(root / "config_sentence_transformers.json")
-        prompts = st.get("prompts") or {}
-        self.prompts = {Role.QUERY: prompts.get("query") or "", Role.TEXT: prompts.get("document") or ""}
-        self.max_active_dims: int | None = st.get("max_active_dims")
+        settings = _Settings.read(root)
+        self.prompts = settings.prompts
         self.vocab_size = self.document.vocab_size
-        if self.query.vocab_size != self.vocab_size:
+        if self.query.vocab_size != self.vocab_size or settings.vocab_size not in (None, self.vocab_size):
             raise SpladeModelError(
-                f"{root}: query side has {self.query.vocab_size} dimensions, document side {self.vocab_size}"
+                f"{root}: the query side has {self.query.vocab_size} dimensions, the document side {self.vocab_size}, "
+                f"its config says {settings.vocab_size}; the sides must share one vocabulary"
             )
         vocab = self.document.tokenizer.hf.get_vocab()
         self.tokens = {i: t for t, i in vocab.items()}
@@ -251,11 +271,12 @@ class SpladeEmbedding(BaseSparseEmbedding):
     embed_batch_size: int = Field(default=32, gt=0, le=2048)
 
     _identity_exclude = frozenset({"device"})
-    _derived = frozenset({"_loaded", "_located"})
+    _derived = frozenset({"_loaded", "_located", "_light"})
     plan_in_thread = True
 
     _loaded: _Loaded | None = PrivateAttr(default=None)
     _located: Any = PrivateAttr(default=None)
+    _light: _Settings | None = PrivateAttr(default=None)
     _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
 
     @field_validator("model_name")
@@ -292,14 +313,21 @@ class SpladeEmbedding(BaseSparseEmbedding):
 
         return stamp_identity(super()._identity(), self._source())  # the files' stamp: changed weights, new keys
 
+    def _settings(self) -> _Settings:
+        """The model's prompts, max_active_dims and vocabulary size, read from its config files (no weights)."""
+        found = self._light
+        if found is None:
+            found = self._light = _Settings.read(self._source().path)
+        return found
+
     def _vocab_size(self) -> int | None:
-        return self._model().vocab_size
+        return self._settings().vocab_size
 
     def _instruction(self, role: Role) -> str | None:
-        return self._model().prompts.get(role) or None
+        return self._settings().prompts.get(role) or None
 
     def _active_dims(self) -> int | None:
-        return self.max_active_dims if self.max_active_dims is not None else self._model().max_active_dims
+        return self.max_active_dims if self.max_active_dims is not None else self._settings().max_active_dims
 
     def _warm_up(self) -> None:
         self._model()
