@@ -447,8 +447,8 @@ class SparseModelProvider:
         return self.model._identity()
 
     def model_identity(self) -> Mapping[str, Any]:
-        """The identity without the arithmetic-only field `backend`."""
-        return {k: v for k, v in self.identity().items() if k != "backend"}
+        """The identity without the fields that change only the arithmetic (`backend`, `precision`)."""
+        return {k: v for k, v in self.identity().items() if k not in ("backend", "precision")}
 
     def descriptor(self) -> Mapping[str, Any]:
         """The model's payload (never secrets)."""

@@ -155,3 +155,28 @@ def test_an_unsupported_module_chain_is_refused_by_name(tiny: Tiny, tmp_path: Pa
     (odd / "modules.json").write_text(json.dumps(modules))
     with pytest.raises(SpladeModelError, match=r"use sentence_transformers\.SparseEncoder"):
         SpladeEmbedding(model_name=str(odd)).embed(["a"])
+
+
+def test_int8_is_a_fast_mode_close_to_fp32_or_refused_by_name(
+    tiny: Tiny, private_cache_dirs: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from embedstack.providers.huggingface import onnx_export
+    from embedstack.providers.huggingface.onnx_export import ExportError
+
+    fp32 = SpladeEmbedding(model_name=str(tiny.splade), backend="onnx").embed(TEXTS)
+    int8 = SpladeEmbedding(model_name=str(tiny.splade), backend="onnx", precision="int8")
+    assert (
+        int8.pipeline.provider.model_identity()
+        == SpladeEmbedding(model_name=str(tiny.splade)).provider.model_identity()
+    )
+    width = int8._vocab_size()
+    assert width is not None
+    for a, b in zip(int8.embed(TEXTS), fp32):
+        x, y = np.zeros(width), np.zeros(width)
+        x[a.indices], y[b.indices] = a.values, b.values
+        assert x @ y / (np.linalg.norm(x) * np.linalg.norm(y)) >= 0.99
+    with pytest.raises(ValueError, match="runs on backend='onnx'"):
+        SpladeEmbedding(model_name=str(tiny.splade), precision="int8")
+    monkeypatch.setattr(onnx_export, "INT8_MIN_MEAN_COSINE", 1.01)  # fault: a bar no graph can pass
+    with pytest.raises(ExportError, match=r"int8 changes .* too much.*use precision='fp32'"):
+        SpladeEmbedding(model_name=str(tiny.sum_log1p), backend="onnx", precision="int8").embed(["a"])
