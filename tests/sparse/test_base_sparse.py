@@ -165,3 +165,19 @@ def test_dense_only_places_refuse_a_sparse_model_by_name() -> None:
     assert resolve_embed_model(model) is model
     with pytest.raises(TypeError, match="sparse model"):
         resolve_dense_model(model)
+
+
+def test_bulk_embed_and_streams_return_sparse_vectors() -> None:
+    model = Ours(calls=[], embed_batch_size=2)
+    whole = [r.to_dict() for r in model.embed(TEXTS)]
+    chunks = list(model.embed_iter(iter(TEXTS), chunk_size=4))
+    assert [len(c) for c in chunks] == [4, 2]
+    assert [r.to_dict() for c in chunks for r in c] == whole
+
+    async def collect() -> list[dict[int, float]]:
+        return [r.to_dict() for c in [c async for c in model.aembed_iter(TEXTS, chunk_size=5)] for r in c]
+
+    assert asyncio.run(collect()) == whole
+    assert [r.to_dict() for r in asyncio.run(model.aembed(TEXTS, "query"))] == [
+        model.get_query_embedding(t) for t in TEXTS
+    ]
