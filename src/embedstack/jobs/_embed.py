@@ -272,9 +272,9 @@ def _run(
         compact.against(VectorFormat.from_meta(existing), target)
     plan = None
     if sparse is not None:
-        from embedstack.jobs._sparse import prepare_sparse
+        from embedstack.jobs._sparse_write import prepare_sparse
 
-        plan = prepare_sparse(sparse, target, reader, scan.columns, cache, append)
+        plan = prepare_sparse(sparse, target, reader, scan.columns, pipeline.cache, append)
     return _embed(reader, scan, target, emb, pipeline, spec, existing, chunk_size, progress, t0, compact, plan)
 
 

@@ -1,10 +1,4 @@
-"""Sparse vectors in outputs (`embed --sparse`) and hybrid search (`search --hybrid`).
-
-A Parquet output embedded with a sparse model beside its dense one holds two list columns,
-`sparse_indices` (int32) and `sparse_values` (float32), one sparse vector per row; its metadata's
-"sparse" entry names the sparse model (spec, class, identity, dimensions). A BM25 model is fitted on the
-corpus being embedded (unless it comes with statistics), and its statistics are stored in the Parquet
-file's schema metadata, so a later query is scored against the same statistics.
+"""Hybrid search (`search --hybrid`) over an output with sparse vectors beside its dense ones (`embed --sparse`).
 
 Hybrid search fuses the dense top N (the usual search) and the sparse top N (an exact scan of the sparse
 columns in chunks: the dot product with the query's sparse vector) by reciprocal rank fusion
@@ -23,9 +17,8 @@ import numpy as np
 import numpy.typing as npt
 
 from embedstack.jobs._compact import VectorFormat
-from embedstack.jobs._embed import DEFAULT_CACHE, CacheArg, ModelMismatchError, open_store
-from embedstack.jobs._output import SPARSE_COLUMNS, OutputError, _pq, output_format, read_meta
-from embedstack.jobs._readers import InputError, RecordReader
+from embedstack.jobs._embed import DEFAULT_CACHE, CacheArg, ModelMismatchError
+from embedstack.jobs._output import SPARSE_COLUMNS, OutputError, _pq, read_meta
 from embedstack.jobs._search import (
     DEFAULT_RESCORE,
     TIMING_KEYS,
@@ -36,75 +29,15 @@ from embedstack.jobs._search import (
     _query_vector,
     _with_index,
 )
+from embedstack.jobs._sparse_write import STATS_KEY, resolve_sparse
 from embedstack.jobs._stored import open_stored
-from embedstack.pipeline import Pipeline
 from embedstack.sparse import BaseSparseEmbedding
 from embedstack.types import Role
 
-__all__ = ["RRF_K", "STATS_KEY", "SparsePlan", "hybrid_search", "prepare_sparse", "sparse_model_of"]
+__all__ = ["RRF_K", "hybrid_search", "sparse_model_of"]
 
-#: Schema metadata key of a BM25 model's corpus statistics in a Parquet output.
-STATS_KEY = b"embedstack.bm25_stats"
 #: Reciprocal rank fusion's constant (the usual 60).
 RRF_K = 60
-
-
-class SparsePlan:
-    """What an embed run needs for sparse vectors: the pipeline, the metadata entry and the schema metadata."""
-
-    def __init__(self, pipeline: Pipeline, meta: dict[str, Any], schema_metadata: dict[bytes, bytes]) -> None:
-        self.pipeline = pipeline
-        self.meta = meta
-        self.schema_metadata = schema_metadata
-
-    def rows(self, texts: list[str], offset: int) -> list[Any]:
-        """The sparse vectors of one chunk's texts."""
-        return list(self.pipeline.embed(texts, Role.TEXT, offset=offset).values)
-
-
-def _resolve_sparse(spec: Any) -> BaseSparseEmbedding:
-    from embedstack.registry import resolve_embed_model
-
-    model = resolve_embed_model(spec)
-    if not isinstance(model, BaseSparseEmbedding):
-        raise ValueError(f"--sparse {spec!r} is a dense model; use bm25, bm25:<stats.json> or splade:<model>")
-    return model
-
-
-def prepare_sparse(
-    spec: Any, target: Path, reader: RecordReader, columns: Any, cache: CacheArg, append: bool
-) -> SparsePlan:
-    """Resolve (and for BM25 without statistics, fit on the input) the sparse model of an embed run."""
-    from embedstack.providers.bm25 import BM25Embedding
-
-    if output_format(target) != "parquet":
-        raise InputError(f"{target}: sparse vectors are written to Parquet outputs only; use OUT.parquet")
-    if append:
-        raise InputError("--sparse cannot be used with --append yet; embed into a new output")
-    clash = [c for c in SPARSE_COLUMNS if c in columns]
-    if clash:
-        raise InputError(f"the input has a column {clash[0]!r}, which --sparse writes; drop it with --keep")
-    model = _resolve_sparse(spec)
-    schema_metadata: dict[bytes, bytes] = {}
-    if isinstance(model, BM25Embedding):
-        if model.stats_path is None and model._stats is None:
-            model.fit(record.text for record in reader)  # statistics of the corpus being embedded
-        schema_metadata[STATS_KEY] = model.stats.to_json().encode()
-    store = model.pipeline.cache if cache is DEFAULT_CACHE else open_store(cache)
-    if cache is DEFAULT_CACHE and store is None:
-        from embedstack.jobs._embed import default_cache_path
-        from embedstack.kvstore.sqlite import SQLiteKVStore
-
-        store = SQLiteKVStore(default_cache_path())
-    pipeline = model.pipeline.with_options(cache=store)
-    meta = {
-        "model": spec if isinstance(spec, str) else None,
-        "model_class": model.class_name(),
-        "model_name": model.model_name,
-        "model_identity": dict(model.provider.model_identity()),
-        "dims": pipeline.output.size,
-    }
-    return SparsePlan(pipeline, meta, schema_metadata)
 
 
 def sparse_model_of(path: Path, meta: dict[str, Any]) -> BaseSparseEmbedding:
@@ -116,7 +49,7 @@ def sparse_model_of(path: Path, meta: dict[str, Any]) -> BaseSparseEmbedding:
         raise OutputError(f"{path}: has no sparse vectors; embed it with --sparse bm25 (or splade:<model>)")
     if not entry.get("model"):
         raise ModelMismatchError(f"{path}: its sparse vectors were made by a model object; search it in Python")
-    model = _resolve_sparse(entry["model"])
+    model = resolve_sparse(entry["model"])
     if isinstance(model, BM25Embedding):
         raw = (_pq().read_schema(path).metadata or {}).get(STATS_KEY)
         if raw is None:
