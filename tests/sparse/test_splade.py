@@ -16,6 +16,7 @@ import pytest
 from embedstack import BaseSparseEmbedding, resolve_embed_model
 from embedstack.kvstore import SQLiteKVStore
 from embedstack.providers.splade import SpladeEmbedding, SpladeModelError
+from embedstack.sparse import sparse_dot
 
 pytestmark = pytest.mark.slow
 
@@ -34,6 +35,7 @@ class Tiny:
     inference_free: Path  # Router: query = SparseStaticEmbedding, document = MLM + SpladePooling
     sum_log1p: Path  # SpladePooling(sum, log1p_relu), prompts and a max_active_dims in its config
     plain: Path  # a plain transformers BertForMaskedLM checkpoint (no modules.json)
+    fill_mask: Path  # sentence-transformers 6's spelling: Transformer(transformer_task="fill-mask") + SpladePooling
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +66,12 @@ def tiny(tmp_path_factory: pytest.TempPathFactory, tiny_bert_checkpoint: Path) -
         prompts={"query": "query: ", "document": "passage: "},
         max_active_dims=6,
     ).save(str(root / "sum"))
-    return Tiny(root / "splade", root / "ifree", root / "sum", plain)
+    from sentence_transformers.base.modules import Transformer
+
+    SparseEncoder(modules=[Transformer(str(plain), transformer_task="fill-mask"), SpladePooling("max")]).save(
+        str(root / "fill-mask")
+    )
+    return Tiny(root / "splade", root / "ifree", root / "sum", plain, root / "fill-mask")
 
 
 def _reference(path: Path, role: str, texts: list[str], **kwargs: Any) -> np.ndarray:
@@ -84,7 +91,7 @@ def _assert_same(ours: list[Any], ref: np.ndarray) -> None:
 
 
 @pytest.mark.parametrize("backend", ["torch", "onnx"])
-@pytest.mark.parametrize("which", ["splade", "inference_free", "sum_log1p"])
+@pytest.mark.parametrize("which", ["splade", "inference_free", "sum_log1p", "fill_mask"])
 @pytest.mark.parametrize("role", ["query", "text"])
 def test_equal_to_sentence_transformers_sparse_encoder(
     tiny: Tiny, which: str, role: str, backend: str, private_cache_dirs: Path
@@ -180,3 +187,51 @@ def test_int8_is_a_fast_mode_close_to_fp32_or_refused_by_name(
     monkeypatch.setattr(onnx_export, "INT8_MIN_MEAN_COSINE", 1.01)  # fault: a bar no graph can pass
     with pytest.raises(ExportError, match=r"int8 changes .* too much.*use precision='fp32'"):
         SpladeEmbedding(model_name=str(tiny.sum_log1p), backend="onnx", precision="int8").embed(["a"])
+
+
+def test_splade_vectors_beside_dense_ones_in_an_output(tiny: Tiny, tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    from embedstack.jobs import embed_records, read_meta
+    from embedstack.jobs._sparse import hybrid_search, sparse_model_of
+
+    out = tmp_path / "out.parquet"
+    rows = [{"id": f"d{i}", "text": t} for i, t in enumerate(TEXTS)]
+    embed_records(rows, out, model="fake:16", cache=None, sparse=f"splade:{tiny.splade}")
+    table = pq.read_table(out)
+    want = SpladeEmbedding(model_name=str(tiny.splade)).embed(TEXTS)
+    assert table.column("sparse_indices").to_pylist() == [r.indices.tolist() for r in want]
+    assert table.column("sparse_values").to_pylist() == [r.values.tolist() for r in want]
+    assert isinstance(sparse_model_of(out, read_meta(out)), SpladeEmbedding)
+    query = "the cat sat on the mat"
+    q = SpladeEmbedding(model_name=str(tiny.splade)).get_query_embedding(query)
+    scores = [sparse_dot(q, r.to_dict()) for r in want]
+    best = max(range(len(scores)), key=lambda i: (scores[i], -i))
+    hits = hybrid_search(out, query, 2, cache=None, fusion="convex", alpha=0.0)
+    assert hits[0].id == f"d{best}" and hits[0].fields["sparse_rank"] == 1
+
+
+def test_embed_sparse_refuses_truncation_unless_asked(tiny: Tiny) -> None:
+    import httpx
+
+    from embedstack.server import create_app
+
+    model = SpladeEmbedding(model_name=str(tiny.splade))
+    app = create_app({"splade": model}, warm_up=False)
+
+    async def run() -> tuple[httpx.Response, httpx.Response]:
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=60) as client:
+                refused = await client.post("/embed_sparse", json={"inputs": ["a dog", TEXTS[2]]})
+                cut = await client.post("/embed_sparse", json={"inputs": ["a dog", TEXTS[2]], "truncate": True})
+                return refused, cut
+
+    refused, cut = asyncio.run(run())
+    assert refused.status_code == 400 and "inputs[1]" in refused.json()["error"]["message"]
+    assert refused.json()["error"]["code"] == "context_length_exceeded"
+    assert cut.status_code == 200
+    want = model.embed(["a dog", TEXTS[2]])
+    assert cut.json() == [
+        [{"index": i, "value": v} for i, v in zip(r.indices.tolist(), r.values.tolist())] for r in want
+    ]

@@ -497,6 +497,7 @@ def embed_records(
     precision: str | None = None,
     ranges: Any = None,
     rescore: bool | None = None,
+    sparse: Any = None,
 ) -> EmbedReport:
     """Embed an iterable of texts or mappings (read into memory once) into OUT, like embed_files."""
     items = records if isinstance(records, Sequence) and not isinstance(records, str) else list(records)
@@ -511,4 +512,5 @@ def embed_records(
         chunk_size=chunk_size,
         progress=progress,
         compact=Compact(dimensions, precision, ranges, rescore),
+        sparse=sparse,
     )

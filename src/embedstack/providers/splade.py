@@ -34,10 +34,13 @@ from embedstack.types import Batch, Role
 
 __all__ = ["SpladeEmbedding", "from_spec"]
 
-_MLM = "sentence_transformers.sparse_encoder.modules.mlm_transformer.MLMTransformer"
-_POOL = "sentence_transformers.sparse_encoder.modules.splade_pooling.SpladePooling"
-_STATIC = "sentence_transformers.sparse_encoder.modules.sparse_static_embedding.SparseStaticEmbedding"
-_ROUTER = "sentence_transformers.base.modules.router.Router"
+#: sentence-transformers module classes, by class name (their module paths moved between versions:
+#: `sparse_encoder.models` in 5.x, `sparse_encoder.modules` and `base.modules` in 6.x).
+_MLM = "MLMTransformer"
+_TRANSFORMER = "Transformer"  # 6.x: a masked LM when its sentence_bert_config says transformer_task fill-mask
+_POOL = "SpladePooling"
+_STATIC = "SparseStaticEmbedding"
+_ROUTER = "Router"
 _HUGE = 1_000_000  # transformers' "no limit" model_max_length is far above any real one
 
 
@@ -63,12 +66,23 @@ def _read_json(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.is_file() else {}  # type: ignore[no-any-return]
 
 
+def _kind(type_name: str, path: Path) -> str:
+    """A module's class name ("MLMTransformer" for 6.x's fill-mask Transformer); "" for non-sentence-transformers."""
+    if not type_name.startswith("sentence_transformers."):
+        return ""
+    name = _short(type_name)
+    if name == _TRANSFORMER and _read_json(path / "sentence_bert_config.json").get("transformer_task") == "fill-mask":
+        return _MLM
+    return name
+
+
 def _mlm_route(root: Path, chain: list[tuple[str, Path]]) -> _Route:
     """[MLMTransformer, SpladePooling] (the only chain computed exactly) as a route."""
     types = [_short(t) for t, _ in chain]
-    if len(chain) == 1 and chain[0][0] == _STATIC:
+    kinds = [_kind(t, p) for t, p in chain]
+    if kinds == [_STATIC]:
         return _Route("static", chain[0][1])
-    if len(chain) != 2 or chain[0][0] != _MLM or chain[1][0] != _POOL:
+    if kinds != [_MLM, _POOL]:
         raise SpladeModelError(
             f"{root} has modules {types}; embedstack runs SPLADE models made of [MLMTransformer, SpladePooling] "
             "(or a SparseStaticEmbedding query side); use sentence_transformers.SparseEncoder for this one"
@@ -90,7 +104,7 @@ def read_routes(root: Path) -> tuple[_Route, _Route]:
         return route, route
     modules = json.loads(modules_file.read_text())
     chain = [(m["type"], root / m.get("path", "")) for m in modules]
-    if len(chain) == 1 and chain[0][0] == _ROUTER:
+    if len(chain) == 1 and _kind(*chain[0]) == _ROUTER:
         router = _read_json(chain[0][1] / "router_config.json")
         types, structure = router.get("types", {}), router.get("structure", {})
         sides = {}
