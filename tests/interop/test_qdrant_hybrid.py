@@ -9,6 +9,8 @@ from embedstack import FakeEmbedding
 from embedstack.providers.bm25 import BM25Embedding
 from embedstack.sparse import sparse_dot
 
+pytestmark = pytest.mark.slow  # imports LlamaIndex's vector stores and an in-memory Qdrant
+
 pytest.importorskip("Stemmer")
 qdrant_client = pytest.importorskip("qdrant_client")
 qdrant_store = pytest.importorskip("llama_index.vector_stores.qdrant")

@@ -235,3 +235,12 @@ def test_embed_sparse_refuses_truncation_unless_asked(tiny: Tiny) -> None:
     assert cut.json() == [
         [{"index": i, "value": v} for i, v in zip(r.indices.tolist(), r.values.tolist())] for r in want
     ]
+
+
+def test_max_active_dims_breaks_ties_by_the_lower_index() -> None:
+    from embedstack.providers.splade import top_k
+
+    rows = np.array([[0.0, 1.0, 2.0, 1.0, 1.0, 0.0]], dtype=np.float32)
+    kept = top_k(rows, 3)[0]
+    assert kept.indices.tolist() == [1, 2, 3] and kept.values.tolist() == [1.0, 2.0, 1.0]
+    assert top_k(rows, None)[0].indices.tolist() == [1, 2, 3, 4]

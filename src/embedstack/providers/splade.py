@@ -157,13 +157,16 @@ class _Tokenizer:
 
 
 def top_k(dense: npt.NDArray[np.float32], k: int | None) -> list[SparseVector]:
-    """Each row's non-zero entries (its `k` largest by magnitude when `k` is set) as sparse vectors."""
+    """Each row's non-zero entries (its `k` largest by magnitude when `k` is set) as sparse vectors.
+
+    Weights tied at the k-th place are kept lowest index first (deterministic; sentence-transformers'
+    torch.topk breaks such ties in an unspecified order)."""
     out = []
     for row in dense:
         idx = np.flatnonzero(row)
         if k is not None and len(idx) > k:
-            keep = np.argpartition(-np.abs(row[idx]), k - 1)[:k]
-            idx = np.sort(idx[keep])
+            order = np.lexsort((idx, -np.abs(row[idx])))  # by magnitude, then index
+            idx = np.sort(idx[order[:k]])
         out.append(SparseVector(idx.astype(np.int32), row[idx].astype(np.float32)))
     return out
 
