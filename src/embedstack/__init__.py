@@ -12,6 +12,7 @@ from embedstack.providers.mock import FakeEmbedding, MockEmbedding, MockMultiMod
 from embedstack.registry import resolve_embed_model
 from embedstack.settings import Settings
 from embedstack.similarity import SimilarityMode, mean_agg, similarity
+from embedstack.sparse import BaseSparseEmbedding, SparseEmbedding, sparse_similarity
 from embedstack.types import Embedding, ImageType, Role
 
 __version__ = "0.1.0"
@@ -24,11 +25,15 @@ _LAZY = {
     "OpenAILikeEmbedding": "embedstack.providers.openai",
     "ClipEmbedding": "embedstack.providers.clip",
     "LangchainEmbedding": "embedstack.providers.langchain",
+    "SpladeEmbedding": "embedstack.providers.splade",
+    "BM25Embedding": "embedstack.providers.bm25",
 }
 
 __all__ = [
     "AzureOpenAIEmbedding",
+    "BM25Embedding",
     "BaseEmbedding",
+    "BaseSparseEmbedding",
     "BatchEmbedding",
     "ClipEmbedding",
     "Embedding",
@@ -46,9 +51,12 @@ __all__ = [
     "Role",
     "Settings",
     "SimilarityMode",
+    "SparseEmbedding",
+    "SpladeEmbedding",
     "mean_agg",
     "resolve_embed_model",
     "similarity",
+    "sparse_similarity",
 ]
 
 

@@ -531,13 +531,16 @@ class _Events:
         self.dispatcher = dispatcher if dispatcher.has_event_handlers() else None
         callbacks = pipe.callback_manager
         self.callbacks = callbacks if callbacks is not None and callbacks.handlers else None
+        #: Sparse rows are reported with LlamaIndex's sparse events ({index: value} embeddings).
+        self.sparse = pipe.output.name == "sparse"
 
     def start(self) -> tuple[float, EventContext | None]:
         descriptor = self.pipe.descriptor() if (self.dispatcher or self.callbacks) else {}
         if self.dispatcher:
-            from embedstack.instrumentation.events import EmbeddingStartEvent
+            from embedstack.instrumentation import events
 
-            self.dispatcher.event(EmbeddingStartEvent(model_dict=descriptor))
+            start = events.SparseEmbeddingStartEvent if self.sparse else events.EmbeddingStartEvent
+            self.dispatcher.event(start(model_dict=descriptor))
         ctx = None
         if self.callbacks:
             ctx = EventContext(self.callbacks, CBEventType.EMBEDDING)
@@ -553,11 +556,12 @@ class _Events:
         if ctx:
             ctx.on_end(payload={EventPayload.CHUNKS: chunks, EventPayload.EMBEDDINGS: vectors})
         if self.dispatcher:
-            from embedstack.instrumentation.events import EmbeddingEndEvent
+            from embedstack.instrumentation import events
 
             token_count, truncated = _reported(raw)
+            end = events.SparseEmbeddingEndEvent if self.sparse else events.EmbeddingEndEvent
             self.dispatcher.event(
-                EmbeddingEndEvent(
+                end(
                     chunks=chunks,
                     embeddings=vectors,
                     token_count=token_count,

@@ -14,14 +14,20 @@ from typing import Any
 
 from embedstack.base import BaseEmbedding
 from embedstack.callbacks.manager import CallbackManager
+from embedstack.sparse import BaseSparseEmbedding
 
 __all__ = [
     "ProviderSpec",
     "register_object_adapter",
     "register_provider",
+    "resolve_dense_model",
     "resolve_embed_model",
     "set_default_callback_manager",
 ]
+
+
+#: What a spec resolves to: a dense model, or a sparse one ("splade:...", "bm25").
+AnyModel = BaseEmbedding | BaseSparseEmbedding
 
 
 @dataclass(frozen=True)
@@ -29,10 +35,10 @@ class ProviderSpec:
     """A registered provider: its prefix, its factory ("module:function" or a callable) and a usage line."""
 
     prefix: str
-    factory: str | Callable[[str | None], BaseEmbedding]
+    factory: str | Callable[[str | None], AnyModel]
     usage: str
 
-    def load(self) -> Callable[[str | None], BaseEmbedding]:
+    def load(self) -> Callable[[str | None], AnyModel]:
         """The factory, imported on first use."""
         if callable(self.factory):
             return self.factory
@@ -44,7 +50,7 @@ _providers: dict[str, ProviderSpec] = {}
 _object_adapters: list[tuple[Callable[[Any], bool], str | Callable[[Any], BaseEmbedding]]] = []
 
 
-def register_provider(prefix: str, factory: str | Callable[[str | None], BaseEmbedding], usage: str) -> None:
+def register_provider(prefix: str, factory: str | Callable[[str | None], AnyModel], usage: str) -> None:
     """Make "prefix" and "prefix:<arg>" resolve through `factory(arg or None)`."""
     _providers[prefix] = ProviderSpec(prefix, factory, usage)
 
@@ -59,7 +65,9 @@ def _default(arg: str | None) -> BaseEmbedding:
         from embedstack.providers.mock import MockEmbedding
 
         return MockEmbedding(embed_dim=8)
-    return _providers["openai"].load()(arg)
+    model = _providers["openai"].load()(arg)
+    assert isinstance(model, BaseEmbedding)
+    return model
 
 
 def _is_langchain(obj: Any) -> bool:
@@ -87,6 +95,12 @@ for _backend in ("torch", "onnx", "openvino"):
 register_provider("clip", "embedstack.providers.clip:from_spec", '"clip" or "clip:<model name or path>"')
 register_provider("openai", "embedstack.providers.openai:from_spec", '"openai:<model>"')
 register_provider("fake", _fake, '"fake" or "fake:<dim>" (deterministic hash vectors, for tests)')
+register_provider(
+    "splade",
+    "embedstack.providers.splade:from_spec",
+    '"splade:<model name or path>" (SPLADE sparse vectors; "splade:onnx:<path>" on ONNX Runtime)',
+)
+register_provider("bm25", "embedstack.providers.bm25:from_spec", '"bm25" or "bm25:<statistics.json>" (sparse BM25)')
 register_object_adapter(_is_langchain, "embedstack.providers.langchain:LangchainEmbedding")
 
 
@@ -94,12 +108,12 @@ def accepted_forms() -> list[str]:
     """Every accepted form of embed_model, for messages and `embedstack models`."""
     return [
         "None (MockEmbedding, embeddings disabled)",
-        "a BaseEmbedding instance",
+        "a BaseEmbedding or BaseSparseEmbedding instance",
         "a LangChain Embeddings object",
     ] + [p.usage for p in _providers.values()]
 
 
-def _from_string(spec: str) -> BaseEmbedding:
+def _from_string(spec: str) -> AnyModel:
     prefix, sep, arg = spec.partition(":")
     provider = _providers.get(prefix.strip().lower())
     if provider is None:
@@ -114,14 +128,15 @@ def _from_string(spec: str) -> BaseEmbedding:
     return factory(arg.strip() or None if sep else None)
 
 
-def resolve_embed_model(embed_model: Any = None, callback_manager: CallbackManager | None = None) -> BaseEmbedding:
-    """Turn None, a spec string, a LangChain Embeddings or a model into a BaseEmbedding."""
+def resolve_embed_model(embed_model: Any = None, callback_manager: CallbackManager | None = None) -> AnyModel:
+    """Turn None, a spec string, a LangChain Embeddings or a model into a BaseEmbedding (a BaseSparseEmbedding
+    for sparse specs such as "splade:<path>" and "bm25")."""
     if embed_model is None:
         from embedstack.providers.mock import MockEmbedding
 
         print("Embeddings have been explicitly disabled. Using MockEmbedding.")
-        model: BaseEmbedding = MockEmbedding(embed_dim=1)
-    elif isinstance(embed_model, BaseEmbedding):
+        model: AnyModel = MockEmbedding(embed_dim=1)
+    elif isinstance(embed_model, (BaseEmbedding, BaseSparseEmbedding)):
         model = embed_model
     elif isinstance(getattr(embed_model, "model", None), BaseEmbedding) and type(embed_model).__module__.startswith(
         "embedstack.interop"
@@ -141,6 +156,17 @@ def resolve_embed_model(embed_model: Any = None, callback_manager: CallbackManag
             forms = "; ".join(accepted_forms())
             raise ValueError(f"cannot use {type(embed_model).__name__} as an embed model; accepted forms: {forms}")
     model.callback_manager = callback_manager or _default_callback_manager()
+    return model
+
+
+def resolve_dense_model(embed_model: Any = None, callback_manager: CallbackManager | None = None) -> BaseEmbedding:
+    """`resolve_embed_model` for the places that take dense models only (Settings, jobs, the server)."""
+    model = resolve_embed_model(embed_model, callback_manager)
+    if not isinstance(model, BaseEmbedding):
+        raise TypeError(
+            f"{embed_model!r} is a sparse model ({type(model).__name__}); dense vectors are needed here "
+            "(use a dense model, or the sparse model's own methods)"
+        )
     return model
 
 

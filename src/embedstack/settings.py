@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from embedstack.callbacks.manager import CallbackManager
-from embedstack.registry import resolve_embed_model, set_default_callback_manager
+from embedstack.registry import resolve_dense_model, set_default_callback_manager
 
 if TYPE_CHECKING:
     from embedstack.base import BaseEmbedding
@@ -24,12 +24,12 @@ class _Settings:
     def embed_model(self) -> BaseEmbedding:
         """The default embed model (resolved from "default" on first read)."""
         if self._embed_model is None:
-            self._embed_model = resolve_embed_model("default")
+            self._embed_model = resolve_dense_model("default")
         return self._embed_model
 
     @embed_model.setter
     def embed_model(self, embed_model: Any) -> None:
-        self._embed_model = resolve_embed_model(embed_model)
+        self._embed_model = resolve_dense_model(embed_model)
 
     @property
     def callback_manager(self) -> CallbackManager:

@@ -26,6 +26,8 @@ FORMER_BUILTIN: dict[str, type[BaseException]] = {
     "EmbeddingAPIError": RuntimeError,
     "ModelNotFoundError": FileNotFoundError,
     "ExportError": RuntimeError,
+    "NotFittedError": RuntimeError,
+    "SpladeModelError": ValueError,
     "ImageDecodeError": ValueError,
     # added since the hierarchy: the builtin each one also is
     "RedisCacheError": ConnectionError,

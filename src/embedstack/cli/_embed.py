@@ -94,6 +94,14 @@ def add_parser(sub: Any, parents: Parents) -> argparse.ArgumentParser:
         help="with --precision binary/ubinary: keep only the bits (smallest output, lower recall)",
     )
     embed.add_argument(
+        "--sparse",
+        metavar="SPEC",
+        help=(
+            "also write each text's sparse vector (Parquet list columns sparse_indices, sparse_values): bm25 "
+            "(fitted on the input; its statistics are stored in OUT), bm25:<stats.json> or splade:<model>"
+        ),
+    )
+    embed.add_argument(
         "--append", action="store_true", help="add rows to an existing OUT (same model, dimensions and precision)"
     )
     embed.add_argument(
@@ -157,6 +165,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
         dimensions=args.dimensions,
         precision=args.precision,
         rescore=args.rescore_vectors,
+        sparse=args.sparse,
     )
     if not args.quiet:
         for msg in report.skipped[:5]:
@@ -179,6 +188,8 @@ def _embed_on_ray(args: argparse.Namespace, keep: Any, show: bool) -> int:
 
     if args.append:
         raise ValueError("--append cannot be used with --ray; embed into a new OUT directory")
+    if args.sparse:
+        raise ValueError("--sparse cannot be used with --ray yet; embed without --ray")
     compact = [f"--{name}" for name in ("dimensions", "precision") if getattr(args, name, None) is not None]
     if compact or getattr(args, "rescore_vectors", None) is not None:
         raise ValueError(

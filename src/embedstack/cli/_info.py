@@ -74,6 +74,14 @@ def cmd_info(args: argparse.Namespace) -> int:
     ]
     if meta.get("updated"):
         rows.append(("updated", str(meta["updated"])))
+    sparse = meta.get("sparse")
+    if sparse:
+        stats = ""
+        if sparse.get("model_class") == "BM25Embedding":
+            ident = sparse.get("model_identity") or {}
+            stats = f"; BM25 k1={ident.get('k1')} b={ident.get('b')}, {sparse.get('dims')} terms, statistics in OUT"
+        model_name = sparse.get("model") or sparse.get("model_class")
+        rows.append(("sparse", f"{model_name} ({sparse.get('model_class')}, {sparse.get('dims')} dims{stats})"))
     if vf.ranges is not None:
         low, high = vf.ranges
         where = meta.get("ranges_from") or "the corpus"

@@ -40,6 +40,27 @@ def add_parser(sub: Any, parents: Parents) -> argparse.ArgumentParser:
         "build (extra 'index') and use an HNSW index stored beside OUT (default: use one when present)",
         "search exactly, ignoring any index",
     )
+    search.add_argument(
+        "--hybrid",
+        action="store_true",
+        help="fuse the dense results with the sparse ones (an output embedded with --sparse)",
+    )
+    search.add_argument(
+        "--fusion",
+        choices=["rrf", "convex"],
+        default="rrf",
+        help="with --hybrid: reciprocal rank fusion (default) or a convex combination of normalised scores",
+    )
+    search.add_argument(
+        "--alpha", type=float, default=0.5, help="with --fusion convex: the dense weight in [0, 1] (default: 0.5)"
+    )
+    search.add_argument(
+        "--candidates",
+        type=positive_int,
+        default=100,
+        metavar="N",
+        help="with --hybrid: candidates taken from each side before fusing (default: 100)",
+    )
     search.add_argument("-q", "--quiet", action="store_true", help="no timing line on stderr")
     search.add_argument(
         "-m",
@@ -60,15 +81,30 @@ def cmd_search(args: argparse.Namespace) -> int:
     """embedstack search OUT QUERY."""
     from embedstack.jobs import search
 
-    hits = search(
-        args.output,
-        args.query,
-        args.k,
-        model=args.model,
-        cache=cache_arg(args),
-        rescore=args.rescore,
-        index=args.index,
-    )
+    if args.hybrid:
+        from embedstack.jobs._sparse import hybrid_search
+
+        hits = hybrid_search(
+            args.output,
+            args.query,
+            args.k,
+            model=args.model,
+            cache=cache_arg(args),
+            candidates=args.candidates,
+            fusion=args.fusion,
+            alpha=args.alpha,
+            index=args.index,
+        )
+    else:
+        hits = search(
+            args.output,
+            args.query,
+            args.k,
+            model=args.model,
+            cache=cache_arg(args),
+            rescore=args.rescore,
+            index=args.index,
+        )
     if not args.quiet:
         print(hits.timing_line(), file=sys.stderr)
     if args.json:

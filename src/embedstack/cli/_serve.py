@@ -176,7 +176,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         cache = SQLiteKVStore(default_cache_path())
     models: dict[str, Any] = {}
     for name, spec in parse_models(args.models):
-        model = resolve_embed_model(spec)
+        model = resolve_embed_model(spec)  # sparse ones ("splade:...", "bm25:<stats.json>") at /embed_sparse
         model.embeddings_cache = cache
         key = name or model.model_name
         if key in models:

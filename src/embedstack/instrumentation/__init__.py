@@ -12,7 +12,13 @@ from typing import TYPE_CHECKING, Any
 from embedstack.instrumentation.dispatcher import Dispatcher, get_dispatcher
 
 if TYPE_CHECKING:
-    from embedstack.instrumentation.events import BaseEvent, EmbeddingEndEvent, EmbeddingStartEvent
+    from embedstack.instrumentation.events import (
+        BaseEvent,
+        EmbeddingEndEvent,
+        EmbeddingStartEvent,
+        SparseEmbeddingEndEvent,
+        SparseEmbeddingStartEvent,
+    )
     from embedstack.instrumentation.handlers import (
         BaseEventHandler,
         BaseSpan,
@@ -25,6 +31,8 @@ _LAZY = {
     "BaseEvent": "events",
     "EmbeddingEndEvent": "events",
     "EmbeddingStartEvent": "events",
+    "SparseEmbeddingEndEvent": "events",
+    "SparseEmbeddingStartEvent": "events",
     "BaseEventHandler": "handlers",
     "BaseSpan": "handlers",
     "BaseSpanHandler": "handlers",
@@ -42,6 +50,8 @@ __all__ = [
     "EmbeddingStartEvent",
     "SimpleSpan",
     "SimpleSpanHandler",
+    "SparseEmbeddingEndEvent",
+    "SparseEmbeddingStartEvent",
     "get_dispatcher",
 ]
 

@@ -10,7 +10,13 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from embedstack.instrumentation._context import current_span_id
 
-__all__ = ["BaseEvent", "EmbeddingEndEvent", "EmbeddingStartEvent"]
+__all__ = [
+    "BaseEvent",
+    "EmbeddingEndEvent",
+    "EmbeddingStartEvent",
+    "SparseEmbeddingEndEvent",
+    "SparseEmbeddingStartEvent",
+]
 
 
 class BaseEvent(BaseModel):
@@ -59,3 +65,28 @@ class EmbeddingEndEvent(BaseEvent):
     def class_name(cls) -> str:
         """Class name."""
         return "EmbeddingEndEvent"
+
+
+class SparseEmbeddingStartEvent(EmbeddingStartEvent):
+    """A batch is about to be embedded by a sparse model (an EmbeddingStartEvent, as in LlamaIndex)."""
+
+    @classmethod
+    def class_name(cls) -> str:
+        """Class name."""
+        return "SparseEmbeddingStartEvent"
+
+
+class SparseEmbeddingEndEvent(BaseEvent):
+    """A batch was embedded by a sparse model: its chunks and their {index: value} vectors."""
+
+    chunks: list[str]
+    embeddings: list[Dict[int, float]]  # noqa: UP006
+    token_count: int | None = None
+    truncated: int = 0
+    role: str = "text"
+    duration_s: float = 0.0
+
+    @classmethod
+    def class_name(cls) -> str:
+        """Class name."""
+        return "SparseEmbeddingEndEvent"

@@ -111,13 +111,13 @@ def pipeline_for(model: BaseEmbedding, cache: CacheArg, batch_size: int | None =
 
 
 def _resolve(model: Any) -> tuple[BaseEmbedding, str | None]:
-    from embedstack.registry import resolve_embed_model
+    from embedstack.registry import resolve_dense_model
 
     if isinstance(model, BaseEmbedding):
         return model, None
     if isinstance(model, str):
-        return resolve_embed_model(model), model
-    return resolve_embed_model(model), None
+        return resolve_dense_model(model), model
+    return resolve_dense_model(model), None
 
 
 def model_identity(model: BaseEmbedding) -> dict[str, Any]:
@@ -163,6 +163,7 @@ class EmbedReport(BaseModel):
     duplicate_ids: int = 0
     first_duplicate: str | None = None
     seconds: float = 0.0
+    sparse: str | None = Field(default=None, description="The sparse model whose vectors were written beside.")
 
     def summary(self) -> str:
         """One line: "embedded N texts (M computed, K from cache) with MODEL → OUT"."""
@@ -174,7 +175,8 @@ class EmbedReport(BaseModel):
             how += f", {reused} duplicates"
         texts = "text" if self.count == 1 else "texts"
         stored = f" ({self.precision}, {self.dim} dims)" if self.precision != "float32" else ""
-        return f"embedded {self.count} {texts} ({how}) with {self.model} → {self.out}{stored}"
+        beside = f" + sparse {self.sparse}" if self.sparse else ""
+        return f"embedded {self.count} {texts} ({how}) with {self.model}{beside} → {self.out}{stored}"
 
 
 def _now() -> str:
@@ -247,6 +249,7 @@ def _run(
     chunk_size: int,
     progress: bool | Callable[[int], Any],
     compact: Compact = Compact(),
+    sparse: Any = None,
 ) -> EmbedReport:
     t0 = time.perf_counter()
     compact.check()
@@ -267,7 +270,12 @@ def _run(
     if existing is not None:
         check_model(emb, existing, target, "append to it")
         compact.against(VectorFormat.from_meta(existing), target)
-    return _embed(reader, scan, target, emb, pipeline, spec, existing, chunk_size, progress, t0, compact)
+    plan = None
+    if sparse is not None:
+        from embedstack.jobs._sparse_write import prepare_sparse
+
+        plan = prepare_sparse(sparse, target, reader, scan.columns, pipeline.cache, append)
+    return _embed(reader, scan, target, emb, pipeline, spec, existing, chunk_size, progress, t0, compact, plan)
 
 
 def _embed(
@@ -282,6 +290,7 @@ def _embed(
     progress_arg: bool | Callable[[int], Any],
     t0: float,
     compact: Compact,
+    sparse: Any = None,
 ) -> EmbedReport:
     name = spec or emb.class_name()
     prior = int(existing["count"]) if existing else 0
@@ -304,7 +313,11 @@ def _embed(
     if existing:
         meta["updated"] = _now()
         meta["columns"] += [c for c in scan.columns if c not in meta["columns"]]
+    if sparse is not None:
+        meta["sparse"] = sparse.meta
     writer = open_writer(target, meta, scan.columns, existing=existing is not None)
+    if sparse is not None:
+        writer.extra_metadata.update(sparse.schema_metadata)
     progress = Progress(scan.count, progress_arg, desc="embedding", unit="text")
     pending: deque[Record] = deque()
     shaper = _Shaper(writer, meta, VectorFormat.from_meta(existing) if existing else None, compact, emb)
@@ -319,6 +332,8 @@ def _embed(
         for out in pipeline.iterate(texts(), chunk_size, Role.TEXT, show_progress=progress):
             vectors = out.values
             chunk = [pending.popleft() for _ in range(len(vectors))]
+            if sparse is not None:  # the same texts' sparse vectors, written beside in the same rows
+                writer.pending_sparse.extend(sparse.rows([r.text for r in chunk], done))
             shaper.write(chunk, vectors)
             done += len(chunk)
         shaper.flush()
@@ -343,6 +358,7 @@ def _embed(
         duplicate_ids=scan.duplicate_ids,
         first_duplicate=scan.first_duplicate,
         seconds=time.perf_counter() - t0,
+        sparse=(sparse.meta["model"] or sparse.meta["model_class"]) if sparse is not None else None,
     )
 
 
@@ -421,6 +437,7 @@ def embed_files(
     precision: str | None = None,
     ranges: Any = None,
     rescore: bool | None = None,
+    sparse: Any = None,
 ) -> EmbedReport:
     """Embed files (.txt/.jsonl/.json/.csv/.tsv/.parquet, folders, "-": stdin) into OUT.
 
@@ -430,6 +447,9 @@ def embed_files(
     `precision` stores them as float32 (default), float16, int8, uint8, binary or ubinary; int8/uint8
     `ranges` default to those of the first 2,048 vectors; binary outputs keep int8 rescoring vectors
     unless `rescore=False`. On append, None takes what the output has; anything else must match it.
+    `sparse` ("bm25", "bm25:<stats.json>", "splade:<model>" or a BaseSparseEmbedding): also write each
+    text's sparse vector in list columns `sparse_indices` / `sparse_values` (Parquet outputs; a BM25 model
+    without statistics is fitted on the input, and its statistics are stored in the output).
     """
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
@@ -455,6 +475,7 @@ def embed_files(
         chunk_size=chunk_size,
         progress=progress,
         compact=Compact(dimensions, precision, ranges, rescore),
+        sparse=sparse,
     )
 
 
@@ -476,6 +497,7 @@ def embed_records(
     precision: str | None = None,
     ranges: Any = None,
     rescore: bool | None = None,
+    sparse: Any = None,
 ) -> EmbedReport:
     """Embed an iterable of texts or mappings (read into memory once) into OUT, like embed_files."""
     items = records if isinstance(records, Sequence) and not isinstance(records, str) else list(records)
@@ -490,4 +512,5 @@ def embed_records(
         chunk_size=chunk_size,
         progress=progress,
         compact=Compact(dimensions, precision, ranges, rescore),
+        sparse=sparse,
     )

@@ -17,6 +17,7 @@ import json
 import os
 import socket
 import uuid
+from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,7 @@ __all__ = [
     "DATASET_META",
     "META_KEY",
     "OUTPUT_FORMATS",
+    "SPARSE_COLUMNS",
     "Embeddings",
     "OutputError",
     "Writer",
@@ -294,8 +296,10 @@ def load_embeddings(path: str | os.PathLike[str], columns: bool = True) -> Embed
     return Embeddings(meta, ids, matrix, cols)
 
 
+#: The list columns of a Parquet output with sparse vectors (`embed --sparse`): indices and values per row.
+SPARSE_COLUMNS = ("sparse_indices", "sparse_values")
 #: Columns of a Parquet output that hold vectors, not kept fields.
-_VECTOR_COLUMNS = ("id", "vector", "rescore")
+_VECTOR_COLUMNS = ("id", "vector", "rescore", *SPARSE_COLUMNS)
 
 
 def _fixed_list_numpy(column: Any, width: int, dtype: np.dtype[Any]) -> np.ndarray:
@@ -335,6 +339,10 @@ class Writer:
         self.width: int | None = None
         self.dtype: np.dtype[Any] = np.dtype("<f4")
         self.rescore_dim: int | None = None
+        #: Sparse rows (`SparseVector`s) for the records written next, in order (outputs with `meta["sparse"]`).
+        self.pending_sparse: deque[Any] = deque()
+        #: More schema metadata (Parquet): e.g. a BM25 model's corpus statistics.
+        self.extra_metadata: dict[bytes, bytes] = {}
 
     def _temp(self, target: Path) -> Path:
         tmp = temp_beside(target)
@@ -436,9 +444,15 @@ class ParquetWriter(Writer):
             fields = [pa.field("id", pa.string()), pa.field("vector", vector_type)]
             if self.rescore_dim is not None:
                 fields.append(pa.field("rescore", pa.list_(pa.int8(), self.rescore_dim)))
+            if self.meta.get("sparse"):
+                fields += [
+                    pa.field(SPARSE_COLUMNS[0], pa.list_(pa.int32())),
+                    pa.field(SPARSE_COLUMNS[1], pa.list_(pa.float32())),
+                ]
             fields += [pa.field(name, _arrow_type(pa, types)) for name, types in self.column_types.items()]
             base = pa.schema(fields)
-        self.schema = base.with_metadata({META_KEY: json.dumps(self.meta, ensure_ascii=False).encode()})
+        meta = {META_KEY: json.dumps(self.meta, ensure_ascii=False).encode(), **self.extra_metadata}
+        self.schema = base.with_metadata(meta)
         self.tmp = self._temp(self.target)
         self.writer = pq.ParquetWriter(self.tmp, self.schema, compression="zstd")
         if self.existing:
@@ -454,6 +468,15 @@ class ParquetWriter(Writer):
         ]
         if rescore is not None:
             arrays.append(pa.FixedSizeListArray.from_arrays(pa.array(rescore.reshape(-1)), rescore.shape[1]))
+        if self.meta.get("sparse"):
+            if len(self.pending_sparse) < len(records):
+                raise OutputError(f"internal error: no sparse vectors for {len(records)} rows; please report this")
+            rows = [self.pending_sparse.popleft() for _ in records]
+            offsets = pa.array(np.concatenate([[0], np.cumsum([len(r.indices) for r in rows])]), type=pa.int32())
+            flat_i = np.concatenate([r.indices for r in rows]) if rows else np.zeros(0, np.int32)
+            flat_v = np.concatenate([r.values for r in rows]) if rows else np.zeros(0, np.float32)
+            arrays.append(pa.ListArray.from_arrays(offsets, pa.array(flat_i.astype(np.int32))))
+            arrays.append(pa.ListArray.from_arrays(offsets, pa.array(flat_v.astype(np.float32))))
         for f in self.schema:
             if f.name in _VECTOR_COLUMNS:
                 continue

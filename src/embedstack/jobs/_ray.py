@@ -60,9 +60,9 @@ def _model_recipe(model: Any, model_kwargs: Mapping[str, Any] | None) -> tuple[A
 def _build(recipe: tuple[Any, ...]) -> BaseEmbedding:
     """The actor's own model (built from a spec, or its unpickled copy), with the job's settings."""
     if recipe[0] == "spec":
-        from embedstack.registry import resolve_embed_model
+        from embedstack.registry import resolve_dense_model
 
-        model: BaseEmbedding = resolve_embed_model(recipe[1])
+        model: BaseEmbedding = resolve_dense_model(recipe[1])
     else:
         model = recipe[1]
     for name, value in recipe[2].items():

@@ -316,7 +316,8 @@ class _Parquet(StoredRows):
         found: dict[int, dict[str, Any]] = {}
         for g, rows in self._by_group(positions).items():
             first, file, group = self.groups[g]
-            names = [n for n in self.handles[file].schema_arrow.names if n not in ("vector", "rescore")]
+            skip = ("vector", "rescore", "sparse_indices", "sparse_values")
+            names = [n for n in self.handles[file].schema_arrow.names if n not in skip]
             table = self.handles[file].read_row_group(group, columns=names)
             picked = table.take([p - first for p in rows]).to_pylist()
             found.update(zip(rows, picked))

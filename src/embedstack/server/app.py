@@ -54,7 +54,9 @@ from embedstack.server.schemas import (
     SimpleToken,
     TokenizeRequest,
 )
+from embedstack.server.sparse import add_sparse_routes
 from embedstack.server.tokens import UsageCounter, counter_for
+from embedstack.sparse import BaseSparseEmbedding
 from embedstack.types import Role
 
 __all__ = ["ServerState", "create_app"]
@@ -63,9 +65,11 @@ logger = logging.getLogger("embedstack.server")
 
 #: Requests this small are counted and looked up on the loop; larger ones in a worker thread.
 _INLINE_INPUTS = 16
-_ROUTES = frozenset({"/v1/embeddings", "/v1/models", "/tokenize", "/health", "/metrics", "/docs", "/openapi.json"})
-#: Routes the API key guards: the OpenAI API and the tokenizer.
-_GUARDED = ("/v1/", "/tokenize")
+_ROUTES = frozenset(
+    {"/v1/embeddings", "/v1/models", "/tokenize", "/embed_sparse", "/health", "/metrics", "/docs", "/openapi.json"}
+)
+#: Routes the API key guards: the OpenAI API, the tokenizer and the sparse route.
+_GUARDED = ("/v1/", "/tokenize", "/embed_sparse")
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody, "description": text}
     for code, text in {
@@ -113,10 +117,13 @@ class ServerState:
         return not self.draining and all(m.ready for m in self.models.values())
 
 
-def _named(models: Mapping[str, Any] | Sequence[Any] | BaseEmbedding | str) -> dict[str, BaseEmbedding]:
+def _named(
+    models: Mapping[str, Any] | Sequence[Any] | BaseEmbedding | BaseSparseEmbedding | str,
+) -> tuple[dict[str, BaseEmbedding], dict[str, BaseSparseEmbedding]]:
+    """The dense models ({name: model}) and the sparse ones (served at /embed_sparse)."""
     from embedstack.registry import resolve_embed_model
 
-    if isinstance(models, (BaseEmbedding, str)):
+    if isinstance(models, (BaseEmbedding, BaseSparseEmbedding, str)):
         models = [models]
     if isinstance(models, Mapping):
         pairs = [(str(k), resolve_embed_model(v)) for k, v in models.items()]
@@ -124,17 +131,21 @@ def _named(models: Mapping[str, Any] | Sequence[Any] | BaseEmbedding | str) -> d
         resolved = [resolve_embed_model(m) for m in models]
         pairs = [(m.model_name, m) for m in resolved]
     named: dict[str, BaseEmbedding] = {}
+    sparse: dict[str, BaseSparseEmbedding] = {}
     for name, model in pairs:
-        if name in named:
+        if name in named or name in sparse:
             raise ValueError(f"two models are served as {name!r}; name them: --model NAME=SPEC")
-        named[name] = model
-    if not named:
+        if isinstance(model, BaseSparseEmbedding):
+            sparse[name] = model
+        else:
+            named[name] = model
+    if not named and not sparse:
         raise ValueError("no model to serve")
-    return named
+    return named, sparse
 
 
 def create_app(
-    models: Mapping[str, Any] | Sequence[Any] | BaseEmbedding | str,
+    models: Mapping[str, Any] | Sequence[Any] | BaseEmbedding | BaseSparseEmbedding | str,
     *,
     api_key: str | None = None,
     max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
@@ -144,7 +155,8 @@ def create_app(
     warm_up: bool = True,
     cors_allow_origins: Sequence[str] | None = None,
 ) -> FastAPI:
-    """The ASGI app serving `models` ({name: model or spec}, a list named by model_name, or one model).
+    """The ASGI app serving `models` ({name: model or spec}, a list named by model_name, or one model); sparse
+    models ("splade:...", "bm25:<stats.json>", a BaseSparseEmbedding) are served at TEI's POST /embed_sparse.
 
     `api_key`: the bearer key /v1/* requires (None: none). Batching: at most `max_batch_tokens` tokens
     per model call, an idle model waits up to `max_wait_ms` for requests already arriving, at most
@@ -161,7 +173,8 @@ def create_app(
         raise ValueError(f"max_body_bytes must be at least 1024, got {max_body_bytes}")
     metrics = Metrics()
     served: dict[str, _Served] = {}
-    for name, model in _named(models).items():
+    dense, sparse = _named(models)
+    for name, model in dense.items():
         counter = counter_for(model)
         batcher = Batcher(
             model,
@@ -200,6 +213,7 @@ def create_app(
     app.state.embedstack = state
     install_handlers(app)
     _routes(app, state)
+    add_sparse_routes(app, sparse, metrics)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     app.add_middleware(_Gate, state=state)
     origins = _check_origins(cors_allow_origins)

@@ -1,0 +1,246 @@
+"""SPLADE on tiny random masked-LM models the tests build, against sentence-transformers' SparseEncoder
+on the same weights: same indices, values within 1e-5 (torch and ONNX Runtime fp32), query and document
+sides, inference-free SPLADE's lookup-table query side, max_active_dims, decode and the registry."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from embedstack import BaseSparseEmbedding, resolve_embed_model
+from embedstack.kvstore import SQLiteKVStore
+from embedstack.providers.splade import SpladeEmbedding, SpladeModelError
+from embedstack.sparse import sparse_dot
+
+pytestmark = pytest.mark.slow
+
+TEXTS = [
+    "the cat sat on the mat",
+    "a dog",
+    "the quick brown fox jumps over the lazy dog " * 12,  # truncated to the model's 64 tokens
+    "cats eating",
+    "unknownword",
+]
+
+
+@dataclass(frozen=True)
+class Tiny:
+    splade: Path  # [MLMTransformer, SpladePooling(max, relu)]
+    inference_free: Path  # Router: query = SparseStaticEmbedding, document = MLM + SpladePooling
+    sum_log1p: Path  # SpladePooling(sum, log1p_relu), prompts and a max_active_dims in its config
+    plain: Path  # a plain transformers BertForMaskedLM checkpoint (no modules.json)
+    fill_mask: Path  # sentence-transformers 6's spelling: Transformer(transformer_task="fill-mask") + SpladePooling
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory, tiny_bert_checkpoint: Path) -> Tiny:
+    import torch
+    import transformers
+    from sentence_transformers import SparseEncoder
+    from sentence_transformers.base.modules import Router
+    from sentence_transformers.sparse_encoder.modules import MLMTransformer, SparseStaticEmbedding, SpladePooling
+
+    root = tmp_path_factory.mktemp("tiny-splade")
+    plain = root / "plain"
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(tiny_bert_checkpoint))
+    tokenizer.save_pretrained(plain)
+    torch.manual_seed(1)
+    config = transformers.BertConfig.from_pretrained(str(tiny_bert_checkpoint))
+    transformers.BertForMaskedLM(config).eval().save_pretrained(plain)
+
+    SparseEncoder(modules=[MLMTransformer(str(plain)), SpladePooling("max")]).save(str(root / "splade"))
+    doc = MLMTransformer(str(plain))
+    weights = torch.rand(config.vocab_size)
+    weights[5] = 0.0  # a token with no weight: absent from query vectors
+    static = SparseStaticEmbedding(tokenizer=doc.tokenizer, weight=weights, frozen=True)
+    router = Router.for_query_document(query_modules=[static], document_modules=[doc, SpladePooling("max")])
+    SparseEncoder(modules=[router], similarity_fn_name="dot").save(str(root / "ifree"))
+    SparseEncoder(
+        modules=[MLMTransformer(str(plain)), SpladePooling("sum", activation_function="log1p_relu")],
+        prompts={"query": "query: ", "document": "passage: "},
+        max_active_dims=6,
+    ).save(str(root / "sum"))
+    from sentence_transformers.base.modules import Transformer
+
+    SparseEncoder(modules=[Transformer(str(plain), transformer_task="fill-mask"), SpladePooling("max")]).save(
+        str(root / "fill-mask")
+    )
+    return Tiny(root / "splade", root / "ifree", root / "sum", plain, root / "fill-mask")
+
+
+def _reference(path: Path, role: str, texts: list[str], **kwargs: Any) -> np.ndarray:
+    from sentence_transformers import SparseEncoder
+
+    st = SparseEncoder(str(path), device="cpu")
+    encode = st.encode_query if role == "query" else st.encode_document
+    return encode(texts, **kwargs).to_dense().numpy()  # type: ignore[no-any-return]
+
+
+def _assert_same(ours: list[Any], ref: np.ndarray) -> None:
+    assert len(ours) == len(ref)
+    for row, want in zip(ours, ref):
+        nz = np.flatnonzero(want)
+        assert row.indices.tolist() == nz.tolist()
+        assert np.abs(row.values - want[nz]).max(initial=0.0) <= 1e-5
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+@pytest.mark.parametrize("which", ["splade", "inference_free", "sum_log1p", "fill_mask"])
+@pytest.mark.parametrize("role", ["query", "text"])
+def test_equal_to_sentence_transformers_sparse_encoder(
+    tiny: Tiny, which: str, role: str, backend: str, private_cache_dirs: Path
+) -> None:
+    path = getattr(tiny, which)
+    model = SpladeEmbedding(model_name=str(path), backend=backend)
+    ours = model.embed(TEXTS, role)
+    _assert_same(ours, _reference(path, "query" if role == "query" else "document", TEXTS))
+    assert isinstance(model, BaseSparseEmbedding)
+
+
+def test_inference_free_queries_are_a_lookup_table(tiny: Tiny) -> None:
+    from safetensors.numpy import load_file
+
+    model = SpladeEmbedding(model_name=str(tiny.inference_free))
+    table = load_file(str(tiny.inference_free / "query_0_SparseStaticEmbedding" / "model.safetensors"))["weight"]
+    vocab = json.loads((tiny.plain / "tokenizer.json").read_text())["model"]["vocab"]
+    got = model.get_query_embedding("cat cat dog")
+    assert got == pytest.approx({vocab["cat"]: float(table[vocab["cat"]]), vocab["dog"]: float(table[vocab["dog"]])})
+
+
+@pytest.mark.parametrize("k", [1, 3, 10])
+def test_max_active_dims_keeps_the_largest_weights_as_sentence_transformers(tiny: Tiny, k: int) -> None:
+    ours = SpladeEmbedding(model_name=str(tiny.splade), max_active_dims=k).embed(TEXTS)
+    _assert_same(ours, _reference(tiny.splade, "document", TEXTS, max_active_dims=k))
+    assert all(len(r.indices) <= k for r in ours)
+
+
+def test_a_plain_masked_lm_checkpoint_is_max_pooled_relu(tiny: Tiny) -> None:
+    plain = SpladeEmbedding(model_name=str(tiny.plain)).embed(TEXTS)
+    via_st = SpladeEmbedding(model_name=str(tiny.splade)).embed(TEXTS)
+    for a, b in zip(plain, via_st):
+        assert a.indices.tolist() == b.indices.tolist() and np.array_equal(a.values, b.values)
+
+
+def test_decode_explains_a_vector_in_tokens(tiny: Tiny) -> None:
+    model = SpladeEmbedding(model_name=str(tiny.inference_free))
+    pairs = model.decode(model.get_query_embedding("cat dog"))
+    assert {t for t, _ in pairs} == {"cat", "dog"} and pairs[0][1] >= pairs[1][1]
+    assert len(model.decode(model.get_text_embedding("cat dog"), top_k=2)) == 2
+
+
+def test_registry_cache_async_and_token_counts(tiny: Tiny, tmp_path: Path) -> None:
+    model = resolve_embed_model(f"splade:{tiny.splade}")
+    assert isinstance(model, SpladeEmbedding) and model.backend == "torch"
+    assert isinstance(resolve_embed_model(f"splade:onnx:{tiny.splade}"), SpladeEmbedding)
+    model.embeddings_cache = SQLiteKVStore(tmp_path / "c.sqlite")
+    out = model.pipeline.embed(TEXTS)
+    assert out.usage.computed == len(TEXTS) and out.truncated is not None and out.truncated.tolist()[2]
+    again = SpladeEmbedding(model_name=str(tiny.splade), embeddings_cache=SQLiteKVStore(tmp_path / "c.sqlite"))
+    second = again.pipeline.embed(TEXTS)
+    assert second.usage.cached == len(TEXTS)
+    assert [r.to_dict() for r in second.values] == [r.to_dict() for r in out.values]
+    fresh = SpladeEmbedding(model_name=str(tiny.splade), embeddings_cache=SQLiteKVStore(tmp_path / "c.sqlite"))
+    assert fresh.pipeline.cached(TEXTS).found.all() and fresh._loaded is None  # hits: no weights loaded
+    assert asyncio.run(again.aget_text_embedding_batch(TEXTS)) == [r.to_dict() for r in out.values]
+    with pytest.raises(ValueError, match="splade needs a model"):
+        resolve_embed_model("splade")
+
+
+def test_an_unsupported_module_chain_is_refused_by_name(tiny: Tiny, tmp_path: Path) -> None:
+    import shutil
+
+    odd = tmp_path / "odd"
+    shutil.copytree(tiny.splade, odd)
+    modules = json.loads((odd / "modules.json").read_text())
+    modules.append({"idx": 2, "name": "2", "path": "2_Dense", "type": "sentence_transformers.base.modules.Dense"})
+    (odd / "modules.json").write_text(json.dumps(modules))
+    with pytest.raises(SpladeModelError, match=r"use sentence_transformers\.SparseEncoder"):
+        SpladeEmbedding(model_name=str(odd)).embed(["a"])
+
+
+def test_int8_is_a_fast_mode_close_to_fp32_or_refused_by_name(
+    tiny: Tiny, private_cache_dirs: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from embedstack.providers.huggingface import onnx_export
+    from embedstack.providers.huggingface.onnx_export import ExportError
+
+    fp32 = SpladeEmbedding(model_name=str(tiny.splade), backend="onnx").embed(TEXTS)
+    int8 = SpladeEmbedding(model_name=str(tiny.splade), backend="onnx", precision="int8")
+    assert (
+        int8.pipeline.provider.model_identity()
+        == SpladeEmbedding(model_name=str(tiny.splade)).provider.model_identity()
+    )
+    width = int8._vocab_size()
+    assert width is not None
+    for a, b in zip(int8.embed(TEXTS), fp32):
+        x, y = np.zeros(width), np.zeros(width)
+        x[a.indices], y[b.indices] = a.values, b.values
+        assert x @ y / (np.linalg.norm(x) * np.linalg.norm(y)) >= 0.99
+    with pytest.raises(ValueError, match="runs on backend='onnx'"):
+        SpladeEmbedding(model_name=str(tiny.splade), precision="int8")
+    monkeypatch.setattr(onnx_export, "INT8_MIN_MEAN_COSINE", 1.01)  # fault: a bar no graph can pass
+    with pytest.raises(ExportError, match=r"int8 changes .* too much.*use precision='fp32'"):
+        SpladeEmbedding(model_name=str(tiny.sum_log1p), backend="onnx", precision="int8").embed(["a"])
+
+
+def test_splade_vectors_beside_dense_ones_in_an_output(tiny: Tiny, tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    from embedstack.jobs import embed_records, read_meta
+    from embedstack.jobs._sparse import hybrid_search, sparse_model_of
+
+    out = tmp_path / "out.parquet"
+    rows = [{"id": f"d{i}", "text": t} for i, t in enumerate(TEXTS)]
+    embed_records(rows, out, model="fake:16", cache=None, sparse=f"splade:{tiny.splade}")
+    table = pq.read_table(out)
+    want = SpladeEmbedding(model_name=str(tiny.splade)).embed(TEXTS)
+    assert table.column("sparse_indices").to_pylist() == [r.indices.tolist() for r in want]
+    assert table.column("sparse_values").to_pylist() == [r.values.tolist() for r in want]
+    assert isinstance(sparse_model_of(out, read_meta(out)), SpladeEmbedding)
+    query = "the cat sat on the mat"
+    q = SpladeEmbedding(model_name=str(tiny.splade)).get_query_embedding(query)
+    scores = [sparse_dot(q, r.to_dict()) for r in want]
+    best = max(range(len(scores)), key=lambda i: (scores[i], -i))
+    hits = hybrid_search(out, query, 2, cache=None, fusion="convex", alpha=0.0)
+    assert hits[0].id == f"d{best}" and hits[0].fields["sparse_rank"] == 1
+
+
+def test_embed_sparse_refuses_truncation_unless_asked(tiny: Tiny) -> None:
+    import httpx
+
+    from embedstack.server import create_app
+
+    model = SpladeEmbedding(model_name=str(tiny.splade))
+    app = create_app({"splade": model}, warm_up=False)
+
+    async def run() -> tuple[httpx.Response, httpx.Response]:
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=60) as client:
+                refused = await client.post("/embed_sparse", json={"inputs": ["a dog", TEXTS[2]]})
+                cut = await client.post("/embed_sparse", json={"inputs": ["a dog", TEXTS[2]], "truncate": True})
+                return refused, cut
+
+    refused, cut = asyncio.run(run())
+    assert refused.status_code == 400 and "inputs[1]" in refused.json()["error"]["message"]
+    assert refused.json()["error"]["code"] == "context_length_exceeded"
+    assert cut.status_code == 200
+    want = model.embed(["a dog", TEXTS[2]])
+    assert cut.json() == [
+        [{"index": i, "value": v} for i, v in zip(r.indices.tolist(), r.values.tolist())] for r in want
+    ]
+
+
+def test_max_active_dims_breaks_ties_by_the_lower_index() -> None:
+    from embedstack.providers.splade import top_k
+
+    rows = np.array([[0.0, 1.0, 2.0, 1.0, 1.0, 0.0]], dtype=np.float32)
+    kept = top_k(rows, 3)[0]
+    assert kept.indices.tolist() == [1, 2, 3] and kept.values.tolist() == [1.0, 2.0, 1.0]
+    assert top_k(rows, None)[0].indices.tolist() == [1, 2, 3, 4]
