@@ -15,6 +15,7 @@ from pydantic import Field, PrivateAttr, field_validator
 from typing_extensions import Self
 
 from embedstack._async_hooks import call_hook, gather_hook
+from embedstack._component import BaseComponent
 from embedstack.callbacks.manager import CallbackManager
 from embedstack.instrumentation import get_dispatcher
 from embedstack.kvstore.base import BaseKVStore
@@ -27,7 +28,15 @@ from embedstack.similarity import SimilarityMode, mean_agg
 from embedstack.similarity import similarity as _similarity
 from embedstack.types import Batch, Embedding, ImageType, Plan, Role, Vectors
 
-__all__ = ["DEFAULT_CHUNK_SIZE", "DEFAULT_EMBED_BATCH_SIZE", "BaseEmbedding", "BatchEmbedding", "MultiModalEmbedding"]
+__all__ = [
+    "DEFAULT_CHUNK_SIZE",
+    "DEFAULT_EMBED_BATCH_SIZE",
+    "BaseEmbedding",
+    "BatchEmbedding",
+    "EmbeddingModel",
+    "ModelProvider",
+    "MultiModalEmbedding",
+]
 
 DEFAULT_EMBED_BATCH_SIZE = DEFAULT_BATCH_SIZE
 dispatcher = get_dispatcher(__name__)
@@ -38,12 +47,10 @@ _UNPICKLABLE = (type(threading.Lock()), type(threading.RLock()))
 _RUNTIME_FIELDS = frozenset({"callback_manager", "embed_batch_size", "num_workers", "embeddings_cache"})
 
 
-class BaseEmbedding(TransformComponent):
-    """Base class for embedding models (LlamaIndex-compatible).
-
-    Subclasses implement `_get_query_embedding`, `_aget_query_embedding` and `_get_text_embedding`
-    (and may override the batch hooks); every public method below goes through the one pipeline
-    in `embedstack._pipeline`, which owns caching, batching, ordering, events and progress.
+class EmbeddingModel(BaseComponent):
+    """What every model class shares (dense `BaseEmbedding`, `BaseSparseEmbedding`): LlamaIndex's common fields,
+    the derived-state lifecycle, pickling, identity and descriptor, and the model as a provider (`provider`) behind
+    its pipeline (`pipeline`). A subclass declares its output kind (`_output_kind`) and implements `_embed(batch)`.
     """
 
     model_name: str = Field(default="unknown", description="The name of the embedding model.")
@@ -166,78 +173,10 @@ class BaseEmbedding(TransformComponent):
 
     __str__ = __repr__
 
-    @classmethod
-    def class_name(cls) -> str:
-        """Name stored in to_dict()."""
-        return "BaseEmbedding"
-
-    # -- LlamaIndex hooks --------------------------------------------------------------------
-    @abstractmethod
-    def _get_query_embedding(self, query: str) -> Embedding:
-        """Embed one query (a model may prepend a query instruction)."""
-
-    @abstractmethod
-    async def _aget_query_embedding(self, query: str) -> Embedding:
-        """Embed one query asynchronously."""
-
-    @abstractmethod
-    def _get_text_embedding(self, text: str) -> Embedding:
-        """Embed one text."""
-
-    async def _aget_text_embedding(self, text: str) -> Embedding:
-        """Embed one text asynchronously; by default the sync hook in a worker thread."""
-        return await asyncio.to_thread(self._get_text_embedding, text)
-
-    def _get_text_embeddings(self, texts: list[str]) -> Vectors:
-        """Embed a batch of texts; by default one _get_text_embedding per text."""
-        return [self._get_text_embedding(t) for t in texts]
-
-    async def _aget_text_embeddings(self, texts: list[str]) -> Vectors:
-        """Embed a batch asynchronously: the native async hook if there is one, else the sync batch in a thread."""
-        if type(self)._aget_text_embedding is not BaseEmbedding._aget_text_embedding:
-            return await gather_hook(self._aget_text_embedding, texts)
-        return await asyncio.to_thread(self._get_text_embeddings, texts)
-
-    def _get_query_embeddings(self, queries: list[str]) -> Vectors:
-        """Embed a batch of queries; by default one _get_query_embedding per query."""
-        return [self._get_query_embedding(q) for q in queries]
-
-    async def _aget_query_embeddings(self, queries: list[str]) -> Vectors:
-        """Embed a batch of queries asynchronously (a sync-bodied async hook runs in a worker thread)."""
-        return await gather_hook(self._aget_query_embedding, queries)
-
     # -- what the pipeline asks of a model (the whole contract: embedstack.contract) -----------------
     def _check_items(self, items: Sequence[Any], role: Role, label: str, offset: int = 0) -> None:
         """Refuse a call before any work (cache, model): e.g. empty strings an API rejects; name item i as
         `label[offset + i]` (offset: where items[0] stands in a stream). Nothing by default."""
-
-    def _embed(self, batch: Batch) -> Any:
-        """Embed one batch (its items, role and the caller's positions); by default the role's sync hook."""
-        return self._embed_batch_sync(batch.items, batch.role)
-
-    async def _aembed(self, batch: Batch) -> Any:
-        """Async _embed; by default the role's async hook."""
-        return await self._embed_batch_async(batch.items, batch.role)
-
-    def _embed_batch_sync(self, items: list[Any], role: Role) -> Any:
-        if role is Role.QUERY:
-            return self._get_query_embeddings(items)
-        if role is Role.TEXT:
-            return self._get_text_embeddings(items)
-        return self._image_batch_sync(items)
-
-    async def _embed_batch_async(self, items: list[Any], role: Role) -> Any:
-        if role is Role.QUERY:
-            return await call_hook(self._aget_query_embeddings, items)
-        if role is Role.TEXT:
-            return await call_hook(self._aget_text_embeddings, items)
-        return await self._image_batch_async(items)
-
-    def _image_batch_sync(self, items: list[Any]) -> Any:
-        raise TypeError(f"{type(self).__name__} does not embed images; use a MultiModalEmbedding such as ClipEmbedding")
-
-    async def _image_batch_async(self, items: list[Any]) -> Any:
-        return self._image_batch_sync(items)
 
     def _instruction(self, role: Role) -> str | None:
         """The instruction this model applies for `role` (part of the cache key); none by default."""
@@ -250,15 +189,6 @@ class BaseEmbedding(TransformComponent):
     def _plan(self, items: list[Any], role: Role) -> Plan:
         """The order of one round's missing items and per-item work done for them (`Plan`); `_batch_order`."""
         return Plan(order=self._batch_order(items))
-
-    def _declared_dim(self) -> int | None:
-        """The vector length this model promises without running (a `dimensions` or `embed_dim` field)."""
-        fields = type(self).__pydantic_fields__
-        for name in ("dimensions", "embed_dim"):
-            value = getattr(self, name) if name in fields else None
-            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-                return value
-        return None
 
     def _identity(self) -> dict[str, Any]:
         """What makes this model's vectors what they are: class and every output-changing field."""
@@ -321,6 +251,109 @@ class BaseEmbedding(TransformComponent):
         if desc is None:
             desc = self._memo["descriptor"] = self.to_dict(mode="json")
         return desc  # type: ignore[no-any-return]
+
+    def _output_kind(self) -> OutputKind:
+        """What one item becomes (declared before loading)."""
+        raise NotImplementedError(f"{type(self).__name__} must declare its output kind")
+
+    def _embed(self, batch: Batch) -> Any:
+        """Embed one batch (its items, role and the caller's positions)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement _embed(batch)")
+
+    async def _aembed(self, batch: Batch) -> Any:
+        """Async _embed; by default the sync one in a worker thread."""
+        return await asyncio.to_thread(self._embed, batch)
+
+
+class BaseEmbedding(EmbeddingModel, TransformComponent):
+    """Base class for embedding models (LlamaIndex-compatible).
+
+    Subclasses implement `_get_query_embedding`, `_aget_query_embedding` and `_get_text_embedding`
+    (and may override the batch hooks); every public method below goes through the model's pipeline
+    (`embedstack.pipeline`), which owns caching, batching, ordering, events and progress.
+    """
+
+    @classmethod
+    def class_name(cls) -> str:
+        """Name stored in to_dict()."""
+        return "BaseEmbedding"
+
+    # -- LlamaIndex hooks --------------------------------------------------------------------
+    @abstractmethod
+    def _get_query_embedding(self, query: str) -> Embedding:
+        """Embed one query (a model may prepend a query instruction)."""
+
+    @abstractmethod
+    async def _aget_query_embedding(self, query: str) -> Embedding:
+        """Embed one query asynchronously."""
+
+    @abstractmethod
+    def _get_text_embedding(self, text: str) -> Embedding:
+        """Embed one text."""
+
+    async def _aget_text_embedding(self, text: str) -> Embedding:
+        """Embed one text asynchronously; by default the sync hook in a worker thread."""
+        return await asyncio.to_thread(self._get_text_embedding, text)
+
+    def _get_text_embeddings(self, texts: list[str]) -> Vectors:
+        """Embed a batch of texts; by default one _get_text_embedding per text."""
+        return [self._get_text_embedding(t) for t in texts]
+
+    async def _aget_text_embeddings(self, texts: list[str]) -> Vectors:
+        """Embed a batch asynchronously: the native async hook if there is one, else the sync batch in a thread."""
+        if type(self)._aget_text_embedding is not BaseEmbedding._aget_text_embedding:
+            return await gather_hook(self._aget_text_embedding, texts)
+        return await asyncio.to_thread(self._get_text_embeddings, texts)
+
+    def _get_query_embeddings(self, queries: list[str]) -> Vectors:
+        """Embed a batch of queries; by default one _get_query_embedding per query."""
+        return [self._get_query_embedding(q) for q in queries]
+
+    async def _aget_query_embeddings(self, queries: list[str]) -> Vectors:
+        """Embed a batch of queries asynchronously (a sync-bodied async hook runs in a worker thread)."""
+        return await gather_hook(self._aget_query_embedding, queries)
+
+    # -- what the pipeline asks of a dense model ----------------------------------------------------
+    def _embed(self, batch: Batch) -> Any:
+        """Embed one batch (its items, role and the caller's positions); by default the role's sync hook."""
+        return self._embed_batch_sync(batch.items, batch.role)
+
+    async def _aembed(self, batch: Batch) -> Any:
+        """Async _embed; by default the role's async hook."""
+        return await self._embed_batch_async(batch.items, batch.role)
+
+    def _embed_batch_sync(self, items: list[Any], role: Role) -> Any:
+        if role is Role.QUERY:
+            return self._get_query_embeddings(items)
+        if role is Role.TEXT:
+            return self._get_text_embeddings(items)
+        return self._image_batch_sync(items)
+
+    async def _embed_batch_async(self, items: list[Any], role: Role) -> Any:
+        if role is Role.QUERY:
+            return await call_hook(self._aget_query_embeddings, items)
+        if role is Role.TEXT:
+            return await call_hook(self._aget_text_embeddings, items)
+        return await self._image_batch_async(items)
+
+    def _image_batch_sync(self, items: list[Any]) -> Any:
+        raise TypeError(f"{type(self).__name__} does not embed images; use a MultiModalEmbedding such as ClipEmbedding")
+
+    async def _image_batch_async(self, items: list[Any]) -> Any:
+        return self._image_batch_sync(items)
+
+    def _declared_dim(self) -> int | None:
+        """The vector length this model promises without running (a `dimensions` or `embed_dim` field)."""
+        fields = type(self).__pydantic_fields__
+        for name in ("dimensions", "embed_dim"):
+            value = getattr(self, name) if name in fields else None
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                return value
+        return None
+
+    def _output_kind(self) -> OutputKind:
+        """Dense vectors of the declared length (None: learned from the first answer)."""
+        return Dense(self._declared_dim())
 
     # -- public API --------------------------------------------------------------------------
     def _run(
@@ -558,7 +591,7 @@ class BatchEmbedding(BaseEmbedding):
 
 
 class ModelProvider:
-    """A `BaseEmbedding` as a `Provider`: the model's hooks behind the protocol, for its pipeline.
+    """A model (`BaseEmbedding`, `BaseSparseEmbedding`) as a `Provider`: its hooks behind the protocol.
 
     Made by `model.provider` for one configuration of the model: once a field of the model changes,
     the model makes a new one, and a call through this one is refused (a pipeline kept from before
@@ -567,13 +600,13 @@ class ModelProvider:
 
     __slots__ = ("_memo", "capabilities", "model")
 
-    def __init__(self, model: BaseEmbedding) -> None:
+    def __init__(self, model: EmbeddingModel) -> None:
         self.model = model
         self._memo = model._memo  # cleared (not replaced) when a field of the model changes
         cls = type(model)
         self.capabilities = Capabilities(
             remote=cls.is_remote,
-            counts_tokens=cls._count_tokens is not BaseEmbedding._count_tokens,
+            counts_tokens=cls._count_tokens is not EmbeddingModel._count_tokens,
             max_concurrency=cls.max_concurrency,
             parallel_sync_batches=cls.parallel_sync_batches,
             plan_in_thread=cls.plan_in_thread,
@@ -584,7 +617,7 @@ class ModelProvider:
     def __repr__(self) -> str:
         return f"ModelProvider({self.model!r})"
 
-    def _current(self) -> BaseEmbedding:
+    def _current(self) -> EmbeddingModel:
         model = self.model
         if self._memo.get("provider") is not self:
             raise RuntimeError(
@@ -595,8 +628,8 @@ class ModelProvider:
 
     @property
     def output(self) -> OutputKind:
-        """Dense vectors, of the length the model declares (None: learned from its first answer)."""
-        return Dense(self.model._declared_dim())
+        """The model's output kind (dense vectors of its declared length; sparse vectors over its vocabulary)."""
+        return self.model._output_kind()
 
     @property
     def preferred_batch_size(self) -> int:

@@ -15,11 +15,14 @@ ABOVE = ["server", "jobs", "cli", "corpusmap", "interop", "registry.py", "settin
 
 def _model_privates() -> set[str]:
     """Private names of the model classes: hooks, derived state, memo (the providers' own included)."""
+    from embedstack.providers.bm25 import BM25Embedding
     from embedstack.providers.clip import ClipEmbedding
     from embedstack.providers.huggingface import HuggingFaceEmbedding
     from embedstack.providers.langchain import LangchainEmbedding
     from embedstack.providers.mock import FakeEmbedding
     from embedstack.providers.openai import AzureOpenAIEmbedding, OpenAIEmbedding, OpenAILikeEmbedding
+    from embedstack.providers.splade import SpladeEmbedding
+    from embedstack.sparse import BaseSparseEmbedding
 
     names: set[str] = set()
     for cls in (
@@ -33,6 +36,9 @@ def _model_privates() -> set[str]:
         AzureOpenAIEmbedding,
         ClipEmbedding,
         LangchainEmbedding,
+        BaseSparseEmbedding,
+        SpladeEmbedding,
+        BM25Embedding,
     ):
         names |= {n for n in dir(cls) if n.startswith("_") and not n.startswith("__")}
         names |= set(getattr(cls, "__private_attributes__", {}))

@@ -54,7 +54,7 @@ def sparse_model_of(path: Path, meta: dict[str, Any]) -> BaseSparseEmbedding:
         raw = (_pq().read_schema(path).metadata or {}).get(STATS_KEY)
         if raw is None:
             raise OutputError(f"{path}: its BM25 statistics are missing; re-run the embed command")
-        model._set_stats(BM25Stats.from_json(raw.decode(), f"{path}'s BM25 statistics"))
+        model.use_stats(BM25Stats.from_json(raw.decode(), f"{path}'s BM25 statistics"))
     if dict(model.provider.model_identity()) != entry.get("model_identity"):
         raise ModelMismatchError(
             f"{path}: its sparse vectors were made by another {entry.get('model_class')} than {entry['model']!r} "

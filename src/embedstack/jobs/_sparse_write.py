@@ -64,7 +64,7 @@ def prepare_sparse(
     model = resolve_sparse(spec)
     schema_metadata: dict[bytes, bytes] = {}
     if isinstance(model, BM25Embedding):
-        if model.stats_path is None and model._stats is None:
+        if not model.fitted:
             model.fit(record.text for record in reader)  # statistics of the corpus being embedded
         schema_metadata[STATS_KEY] = model.stats.to_json().encode()
     pipeline = model.pipeline.with_options(cache=store)

@@ -214,6 +214,16 @@ class BM25Embedding(BaseSparseEmbedding):
         self._stats = stats
         self._memo.clear()  # new statistics: new cache keys and vocabulary size
 
+    def use_stats(self, stats: BM25Stats) -> BM25Embedding:
+        """Score with `stats` (e.g. those stored with an output, so a query meets the corpus's); returns self."""
+        self._set_stats(stats)
+        return self
+
+    @property
+    def fitted(self) -> bool:
+        """Whether the model has corpus statistics (fitted, given, or a `stats_path` to load them from)."""
+        return self._stats is not None or self.stats_path is not None
+
     def save_stats(self, path: str | Path) -> Path:
         """Write the statistics as JSON to `path` (load them with `BM25Embedding(stats_path=path)`)."""
         path = Path(path)
