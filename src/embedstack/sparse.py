@@ -25,10 +25,12 @@ from embedstack.instrumentation import get_dispatcher
 from embedstack.outputs import OutputKind, Sparse, SparseVector
 from embedstack.pipeline import DEFAULT_CHUNK_SIZE
 from embedstack.progress import ProgressArg
+from embedstack.provider import BatchOutput
 from embedstack.types import Batch, Plan, Role
 
 __all__ = [
     "BaseSparseEmbedding",
+    "BatchSparseEmbedding",
     "SparseEmbedding",
     "SparseVector",
     "mean_agg",
@@ -306,3 +308,39 @@ class BaseSparseEmbedding(EmbeddingModel):
             return split(self.embed(texts, Role.QUERY))
 
         return doc_fn, query_fn
+
+
+class BatchSparseEmbedding(BaseSparseEmbedding):
+    """Base for sparse providers with one native batched hook, `_vectors(texts, role)` (queries and texts), from
+    which LlamaIndex's single-item hooks are derived; the async hooks run it in a worker thread."""
+
+    def _vectors(self, texts: list[str], role: Role) -> Any:
+        """Sparse rows (or a `BatchOutput` of them) for a batch of `role` texts."""
+        raise NotImplementedError(f"{type(self).__name__} must implement _vectors(texts, role)")
+
+    def _embed(self, batch: Batch) -> Any:
+        if batch.role not in (Role.QUERY, Role.TEXT):
+            raise TypeError(f"{type(self).__name__} embeds texts and queries, not {batch.role.value} items")
+        return self._vectors(list(batch.items), batch.role)
+
+    async def _aembed(self, batch: Batch) -> Any:
+        return await asyncio.to_thread(self._embed, batch)
+
+    def _one(self, text: str, role: Role) -> SparseEmbedding:
+        return Sparse().check([_values(self._vectors([text], role))[0]], 1)[0].to_dict()  # type: ignore[no-any-return]
+
+    def _get_query_embedding(self, query: str) -> SparseEmbedding:
+        return self._one(query, Role.QUERY)
+
+    async def _aget_query_embedding(self, query: str) -> SparseEmbedding:
+        return await asyncio.to_thread(self._one, query, Role.QUERY)
+
+    def _get_text_embedding(self, text: str) -> SparseEmbedding:
+        return self._one(text, Role.TEXT)
+
+    async def _aget_text_embedding(self, text: str) -> SparseEmbedding:
+        return await asyncio.to_thread(self._one, text, Role.TEXT)
+
+
+def _values(raw: Any) -> Any:
+    return raw.values if isinstance(raw, BatchOutput) else raw

@@ -53,6 +53,16 @@ class Hit(BaseModel):
     text: str | None = None
     fields: dict[str, Any] = Field(default_factory=dict)
 
+    @classmethod
+    def from_row(cls, rank: int, score: float, row: dict[str, Any], text_field: str, **extra: Any) -> Hit:
+        """A hit from a stored row: its id, its text (the `text_field` column) and the other columns (+ `extra`)."""
+        fields = {name: value for name, value in row.items() if name != "id"}
+        text = fields.pop(text_field, None)
+        fields.update(extra)
+        return cls(
+            rank=rank, id=str(row.get("id")), score=score, text=text if isinstance(text, str) else None, fields=fields
+        )
+
 
 class SearchResult(list[Hit]):
     """The hits, best first (a list), with where the time went (`timings`, seconds) and how (`method`)."""
@@ -250,17 +260,7 @@ def search(
     text_field = meta.get("text_field") or "text"
     hits = []
     for rank, ((_, score), row) in enumerate(zip(best, stored.records([i for i, _ in best])), 1):
-        fields = {name: value for name, value in row.items() if name != "id"}
-        text = fields.pop(text_field, None)
-        hits.append(
-            Hit(
-                rank=rank,
-                id=str(row.get("id")),
-                score=score,
-                text=text if isinstance(text, str) else None,
-                fields=fields,
-            )
-        )
+        hits.append(Hit.from_row(rank, score, row, text_field))
     timings["read_hits_s"] = time.perf_counter() - t0
     timings["total_s"] = time.perf_counter() - start
     return SearchResult(hits, timings, method)

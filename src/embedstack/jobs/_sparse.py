@@ -137,17 +137,8 @@ def hybrid_search(
     text_field = meta.get("text_field") or "text"
     hits = []
     for rank, ((row, score), rec) in enumerate(zip(best, stored.records([r for r, _ in best])), 1):
-        fields = {name: value for name, value in rec.items() if name != "id"}
-        text = fields.pop(text_field, None)
-        fields.update(dense_rank=dense_rank.get(row), sparse_rank=sparse_rank.get(row))
         hits.append(
-            Hit(
-                rank=rank,
-                id=str(rec.get("id")),
-                score=score,
-                text=text if isinstance(text, str) else None,
-                fields=fields,
-            )
+            Hit.from_row(rank, score, rec, text_field, dense_rank=dense_rank.get(row), sparse_rank=sparse_rank.get(row))
         )
     timings["fusion_s"] = time.perf_counter() - t0
     timings["total_s"] = time.perf_counter() - start

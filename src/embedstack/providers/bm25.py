@@ -34,8 +34,8 @@ from embedstack._optional import require
 from embedstack.errors import EmbedstackError
 from embedstack.outputs import SparseVector
 from embedstack.provider import BatchOutput, TokenCounts
-from embedstack.sparse import BaseSparseEmbedding, SparseEmbedding
-from embedstack.types import Batch, Role
+from embedstack.sparse import BatchSparseEmbedding, SparseEmbedding
+from embedstack.types import Role
 
 __all__ = ["STOPWORDS_EN", "BM25Embedding", "BM25Stats", "NotFittedError", "from_spec"]
 
@@ -89,7 +89,7 @@ class BM25Stats:
         return hashlib.sha256(self.to_json().encode()).hexdigest()
 
 
-class BM25Embedding(BaseSparseEmbedding):
+class BM25Embedding(BatchSparseEmbedding):
     """BM25 sparse vectors (see the module docstring); `fit(corpus)` or `stats_path` first.
 
     `k1`, `b`: BM25's saturation and length normalisation. `language`: the Snowball stemmer (None: no
@@ -291,25 +291,6 @@ class BM25Embedding(BaseSparseEmbedding):
             keep = ids >= 0
             rows = self._doc_rows(which[keep], ids[keep], lengths)
         return BatchOutput(rows, [len(t) for t in terms], [False] * len(terms))
-
-    def _embed(self, batch: Batch) -> Any:
-        if batch.role not in (Role.QUERY, Role.TEXT):
-            raise TypeError(f"BM25Embedding embeds texts and queries, not {batch.role.value} items")
-        return self._vectors(list(batch.items), batch.role)
-
-    async def _aembed(self, batch: Batch) -> Any:
-        import asyncio
-
-        return await asyncio.to_thread(self._embed, batch)
-
-    def _get_query_embedding(self, query: str) -> SparseEmbedding:
-        return self._vectors([query], Role.QUERY).values[0].to_dict()  # type: ignore[no-any-return]
-
-    async def _aget_query_embedding(self, query: str) -> SparseEmbedding:
-        return self._get_query_embedding(query)
-
-    def _get_text_embedding(self, text: str) -> SparseEmbedding:
-        return self._vectors([text], Role.TEXT).values[0].to_dict()  # type: ignore[no-any-return]
 
     def decode(self, embedding: SparseEmbedding | SparseVector, top_k: int | None = None) -> list[tuple[str, float]]:
         """(term, weight) pairs of a vector, largest weight first."""

@@ -29,8 +29,8 @@ from embedstack._optional import require
 from embedstack.errors import EmbedstackError
 from embedstack.outputs import SparseVector
 from embedstack.provider import BatchOutput, TokenCounts
-from embedstack.sparse import BaseSparseEmbedding, SparseEmbedding
-from embedstack.types import Batch, Role
+from embedstack.sparse import BatchSparseEmbedding, SparseEmbedding
+from embedstack.types import Role
 
 __all__ = ["SpladeEmbedding", "from_spec"]
 
@@ -274,7 +274,7 @@ class _Loaded:
         self.tokens = {i: t for t, i in vocab.items()}
 
 
-class SpladeEmbedding(BaseSparseEmbedding):
+class SpladeEmbedding(BatchSparseEmbedding):
     """SPLADE sparse vectors from a masked-LM checkpoint or a sentence-transformers SparseEncoder directory.
 
     `max_active_dims`: keep each vector's largest weights only (None: the model's own setting, else all).
@@ -372,27 +372,6 @@ class SpladeEmbedding(BaseSparseEmbedding):
         texts = [prompt + t for t in texts]
         counts, cut = side.tokenizer.count(texts)
         return BatchOutput(top_k(side.weights(texts), self._active_dims()), counts, cut)
-
-    def _embed(self, batch: Batch) -> Any:
-        if batch.role not in (Role.QUERY, Role.TEXT):
-            raise TypeError(f"SpladeEmbedding embeds texts and queries, not {batch.role.value} items")
-        return self._vectors(list(batch.items), batch.role)
-
-    async def _aembed(self, batch: Batch) -> Any:
-        import asyncio
-
-        return await asyncio.to_thread(self._embed, batch)
-
-    def _get_query_embedding(self, query: str) -> SparseEmbedding:
-        return self._vectors([query], Role.QUERY).values[0].to_dict()  # type: ignore[no-any-return]
-
-    async def _aget_query_embedding(self, query: str) -> SparseEmbedding:
-        import asyncio
-
-        return await asyncio.to_thread(self._get_query_embedding, query)
-
-    def _get_text_embedding(self, text: str) -> SparseEmbedding:
-        return self._vectors([text], Role.TEXT).values[0].to_dict()  # type: ignore[no-any-return]
 
     def decode(self, embedding: SparseEmbedding | SparseVector, top_k: int | None = None) -> list[tuple[str, float]]:
         """(token, weight) pairs of a vector, largest weight first (the `top_k` largest when set)."""
