@@ -33,7 +33,7 @@ from embedstack.callbacks.manager import EventContext
 from embedstack.callbacks.schema import CBEventType, EventPayload
 from embedstack.errors import BadVectorsError, InvalidInputError
 from embedstack.instrumentation import get_dispatcher
-from embedstack.outputs import Rows, as_matrix
+from embedstack.outputs import Dense, Rows, as_matrix
 from embedstack.progress import Progress, ProgressArg
 from embedstack.provider import BatchOutput
 from embedstack.types import Batch, EmbedResult, PartialResult, Role
@@ -149,7 +149,9 @@ class EmbedJob:
         self.store = pipe.cache
         self.keys: list[str] = []
         key_of = pipe.key_factory(role) if self.store is not None else None
-        idents = [key_of(i) for i in items] if key_of else [i if isinstance(i, str) else id(i) for i in items]
+        # Without a cache, texts and (query, document) pairs (tuples of checked strings) dedupe by value.
+        by_value = (str, tuple) if role is Role.PAIR else str
+        idents = [key_of(i) for i in items] if key_of else [i if isinstance(i, by_value) else id(i) for i in items]
         seen: dict[Any, int] = {}
         self.slot_of = [seen.setdefault(ident, len(seen)) for ident in idents]
         self.dups = len(seen) != self.n
@@ -506,8 +508,14 @@ class _Events:
         t0, ctx = token
         if not (self.dispatcher or ctx):
             return
-        chunks = items if role is not Role.IMAGE else [image_label(i) for i in items]
-        vectors = kind.to_python(rows)
+        if role is Role.IMAGE:
+            chunks = [image_label(i) for i in items]
+        elif role is Role.PAIR:  # events carry strings: a pair as its query and document, a blank line between
+            chunks = [f"{q}\n\n{d}" for q, d in items]
+        else:
+            chunks = items
+        # Dense rows (scores too: one-value rows) as lists of floats, the event's schema; other kinds as they are.
+        vectors = rows.tolist() if isinstance(kind, Dense) else kind.to_python(rows)
         if ctx:
             ctx.on_end(payload={EventPayload.CHUNKS: chunks, EventPayload.EMBEDDINGS: vectors})
         if self.dispatcher:
