@@ -115,7 +115,7 @@ def test_the_cache_is_keyed_by_model_query_and_document(ce_bert: Path, tmp_path:
     again = CrossEncoderReranker(str(ce_bert), cache=SQLiteKVStore(path))
     out = again.pipeline.embed(PAIRS, Role.PAIR)
     assert out.usage.cached == len(set(PAIRS)) and out.usage.computed == 0
-    assert again._scorer is None  # every score came from the file: the weights were never loaded
+    assert again._weights.scorer is None  # every score came from the file: the weights were never loaded
     np.testing.assert_array_equal(out.values[:, 0], want)
     swapped = [(d, q) for q, d in PAIRS[:2]]  # the same strings the other way round are other pairs
     assert not again.pipeline.cached(swapped, Role.PAIR).found.any()
@@ -208,3 +208,13 @@ def test_resolve_rerank_model(ce_bert: Path) -> None:
     for bad in ("local:x", "rerank:", 3):
         with pytest.raises(ValueError, match="rerank:<model name or path>"):
             resolve_rerank_model(bad)
+
+
+def test_a_twin_with_another_activation_shares_the_weights(ce_bert: Path) -> None:
+    reranker = CrossEncoderReranker(str(ce_bert)).load()
+    twin = reranker.with_activation("identity")
+    np.testing.assert_allclose(
+        twin.score(PAIRS), CrossEncoderReranker(str(ce_bert), activation="identity").score(PAIRS), atol=1e-6
+    )
+    assert twin._weights.scorer is reranker._weights.scorer  # loaded once
+    assert twin.identity() != reranker.identity() and reranker.activation == "sigmoid"

@@ -38,7 +38,7 @@ def test_onnx_fp32_equals_torch(fixture: str, request: pytest.FixtureRequest, tm
     graphs = sorted(p.name for p in tmp_path.rglob("classifier-fp32-*.onnx"))
     assert len(graphs) == 1
     again = CrossEncoderReranker(str(path), backend="onnx", onnx_cache_dir=tmp_path).load()
-    assert again._scorer is not None and again._scorer.graph_path.name == graphs[0]  # type: ignore[attr-defined]
+    assert again._weights.scorer is not None and again._weights.scorer.graph_path.name == graphs[0]  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize("fixture", ["ce_bert", "ce_xlmr"])

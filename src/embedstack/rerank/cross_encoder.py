@@ -9,6 +9,7 @@ batch into forward passes of at most `token_budget` padded tokens.
 
 from __future__ import annotations
 
+import copy
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -77,6 +78,15 @@ class _Prepared(NamedTuple):
 
     tokenizer: PairTokenizer
     tokens: Tokens
+
+
+class _Weights:
+    """What a reranker loads (the pair tokenizers and the backend), shared by its `with_activation` twins."""
+
+    def __init__(self) -> None:
+        self.tokenizer: PairTokenizer | None = None
+        self.counting: PairTokenizer | None = None
+        self.scorer: Scorer | None = None
 
 
 class _CrossEncoderProvider(ProviderBase):
@@ -192,10 +202,9 @@ class CrossEncoderReranker:
         #: The activation applied to the logits (the model's default unless one was passed).
         self.activation = activation or self.info.activation
         self.lock = threading.RLock()
-        self._tokenizer: PairTokenizer | None = None
-        self._counting: PairTokenizer | None = None
         self._counting_lock = threading.Lock()
-        self._scorer: Scorer | None = None
+        #: The tokenizers and the backend, loaded once and shared with `with_activation` twins.
+        self._weights = _Weights()
         self._identity: dict[str, Any] | None = None
         self.pipeline = Pipeline(_CrossEncoderProvider(self), cache, callback_manager=callback_manager)
 
@@ -210,6 +219,19 @@ class CrossEncoderReranker:
     def num_labels(self) -> int:
         """Outputs of the classifier: 1 for a relevance score."""
         return self.info.num_labels
+
+    def with_activation(self, activation: str) -> CrossEncoderReranker:
+        """A twin applying another activation ("identity": raw logits) to the same loaded weights, with its own
+        pipeline (the same cache, other keys): the server scores raw logits once and activates per request."""
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {activation!r}; use one of {list(ACTIVATIONS)}")
+        twin = copy.copy(self)  # shares the lock and the loaded weights
+        twin.activation = activation
+        twin._identity = None
+        twin.pipeline = Pipeline(
+            _CrossEncoderProvider(twin), self.pipeline.cache, callback_manager=self.pipeline.callback_manager
+        )
+        return twin
 
     def identity(self) -> dict[str, Any]:
         """What makes the scores what they are (the cache key hashes it): the model's files, token limit,
@@ -230,20 +252,20 @@ class CrossEncoderReranker:
     def tokenizer(self) -> PairTokenizer:
         """The pair tokenizer (its files only, no weights), made once."""
         with self.lock:
-            if self._tokenizer is None:
-                self._tokenizer = PairTokenizer(
+            if self._weights.tokenizer is None:
+                self._weights.tokenizer = PairTokenizer(
                     self.source.path, max_length=self.max_length, trust_remote_code=self.trust_remote_code
                 )
-            return self._tokenizer
+            return self._weights.tokenizer
 
     def tokenize(self, pairs: Sequence[tuple[str, str]]) -> list[Tokens]:
         """Each pair's tokens as the model sees them (with a tokenizer of its own: never waits for a batch)."""
         with self._counting_lock:
-            if self._counting is None:
-                self._counting = PairTokenizer(
+            if self._weights.counting is None:
+                self._weights.counting = PairTokenizer(
                     self.source.path, max_length=self.max_length, trust_remote_code=self.trust_remote_code
                 )
-            return self._counting.tokenize(list(pairs))
+            return self._weights.counting.tokenize(list(pairs))
 
     def _make_scorer(self) -> Scorer:
         if self.backend == "torch":
@@ -260,8 +282,8 @@ class CrossEncoderReranker:
         """Load the tokenizer and weights now rather than on the first call; returns self."""
         self.tokenizer()
         with self.lock:
-            if self._scorer is None:
-                self._scorer = self._make_scorer()
+            if self._weights.scorer is None:
+                self._weights.scorer = self._make_scorer()
         return self
 
     def _chunks(self, lengths: list[int]) -> list[slice]:
@@ -296,7 +318,7 @@ class CrossEncoderReranker:
         sorted_lengths = [lengths[i] for i in order]
         out = np.empty((len(tokens), self.num_labels), dtype=np.float32)
         with self.lock:
-            scorer = self._scorer
+            scorer = self._weights.scorer
             assert scorer is not None
             for part in self._chunks(sorted_lengths):
                 rows = order[part]

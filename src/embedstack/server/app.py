@@ -43,6 +43,7 @@ from embedstack.server.limits import (
     SERVER_HEADER,
 )
 from embedstack.server.metrics import CONTENT_TYPE, Metrics
+from embedstack.server.rerank import RERANK_ROUTES, install_rerank, split_rerankers, start_rerank, stop_rerank
 from embedstack.server.schemas import EmbeddingRequest, EmbeddingResponse, ErrorBody, ModelCard, ModelList
 from embedstack.server.tokens import TokenCounter, counter_for
 from embedstack.types import Role
@@ -53,7 +54,7 @@ logger = logging.getLogger("embedstack.server")
 
 #: Requests this small are counted and looked up on the loop; larger ones in a worker thread.
 _INLINE_INPUTS = 16
-_ROUTES = frozenset({"/v1/embeddings", "/v1/models", "/health", "/metrics", "/docs", "/openapi.json"})
+_ROUTES = frozenset({"/v1/embeddings", "/v1/models", "/health", "/metrics", "/docs", "/openapi.json"}) | RERANK_ROUTES
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody, "description": text}
     for code, text in {
@@ -146,7 +147,8 @@ def create_app(
         raise ValueError(f"max_body_bytes must be at least 1024, got {max_body_bytes}")
     metrics = Metrics()
     served: dict[str, _Served] = {}
-    for name, model in _named(models).items():
+    models, rerankers = split_rerankers(models)  # "rerank:<path>" models: server/rerank.py
+    for name, model in (_named(models) if models or not rerankers else {}).items():
         counter = counter_for(model)
         batcher = Batcher(
             model,
@@ -166,13 +168,17 @@ def create_app(
         for m in state.models.values():
             m.batcher.start()
         loader = asyncio.create_task(_load_all(state), name="embedstack-load-models")
+        rerank_loader = start_rerank(app, state.warm_up)
         try:
             yield
         finally:
             state.draining = True
-            loader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await loader
+            for task in (loader, rerank_loader):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+            await stop_rerank(app, APIError(503, "the server is shutting down", code="server_shutting_down"))
             for m in state.models.values():
                 await m.batcher.stop(APIError(503, "the server is shutting down", code="server_shutting_down"))
 
@@ -185,6 +191,9 @@ def create_app(
     app.state.embedstack = state
     install_handlers(app)
     _routes(app, state)
+    install_rerank(
+        app, state, rerankers, max_batch_tokens=max_batch_tokens, max_wait_ms=max_wait_ms, max_queue=max_queue
+    )
     app.add_middleware(_Gate, state=state)
     return app
 
@@ -289,7 +298,7 @@ class _Gate:
         limit = self.state.max_body_bytes
         if length is not None and length.isdigit() and int(length) > limit:
             return APIError(413, _too_large(limit), code="request_too_large")
-        if self.key is not None and path.startswith("/v1/"):
+        if self.key is not None and (path.startswith("/v1/") or path in RERANK_ROUTES):
             auth = headers.get(b"authorization", b"")
             scheme, _, given = auth.partition(b" ")
             if scheme.lower() != b"bearer" or not hmac.compare_digest(given.strip(), self.key):
