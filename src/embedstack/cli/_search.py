@@ -47,6 +47,19 @@ def add_parser(sub: Any, parents: Parents) -> argparse.ArgumentParser:
         default=None,
         help="model to embed the query with (default: the one recorded in OUT; another is refused)",
     )
+    search.add_argument(
+        "--rerank",
+        metavar="MODEL",
+        default=None,
+        help="rerank the best --candidates hits with a cross-encoder (rerank:<name or path>, or the name or path)",
+    )
+    search.add_argument(
+        "--candidates",
+        type=positive_int,
+        default=50,
+        metavar="N",
+        help="with --rerank: how many of the best hits the cross-encoder rescores (default: 50)",
+    )
     search.set_defaults(handler=cmd_search)
     return search
 
@@ -56,6 +69,39 @@ def _snippet(text: str | None, width: int) -> str:
     return flat if len(flat) <= width else flat[: max(width - 1, 0)] + "…"
 
 
+def _reranked(hits: Any, args: argparse.Namespace) -> Any:
+    """The hits rescored by the --rerank cross-encoder, best first, the best k kept; each keeps its cosine in
+    fields["cosine"]; timings gain rerank_load_s, rerank_s and rerank_pairs."""
+    import time
+
+    from embedstack.jobs import SearchResult
+    from embedstack.jobs._embed import DEFAULT_CACHE, default_cache_path, open_store
+    from embedstack.rerank import resolve_rerank_model
+
+    missing = [h.id for h in hits if h.text is None]
+    if missing:
+        raise ValueError(
+            f"--rerank needs each hit's text, but {args.output} keeps none for {missing[:3]}; embed with the text "
+            "column kept"
+        )
+    cache = cache_arg(args)
+    store = open_store(default_cache_path() if cache is DEFAULT_CACHE else cache)
+    spec = args.rerank if args.rerank.startswith("rerank:") else f"rerank:{args.rerank}"
+    t0 = time.perf_counter()
+    reranker = resolve_rerank_model(spec, cache=store).load()
+    loaded = time.perf_counter()
+    scores: Any = reranker.score([(args.query, h.text) for h in hits]) if len(hits) else []
+    done = time.perf_counter()
+    order = sorted(range(len(hits)), key=lambda i: -float(scores[i]))[: args.k]
+    best = [
+        h.model_copy(update={"rank": rank, "score": float(scores[i]), "fields": {**h.fields, "cosine": h.score}})
+        for rank, (i, h) in enumerate(((i, hits[i]) for i in order), 1)
+    ]
+    timings = {**hits.timings, "rerank_load_s": loaded - t0, "rerank_s": done - loaded, "rerank_pairs": len(hits)}
+    timings["total_s"] = hits.timings["total_s"] + done - t0
+    return SearchResult(best, timings, f"{hits.method}; top {len(hits)} reranked by {reranker.model_name}")
+
+
 def cmd_search(args: argparse.Namespace) -> int:
     """embedstack search OUT QUERY."""
     from embedstack.jobs import search
@@ -63,14 +109,19 @@ def cmd_search(args: argparse.Namespace) -> int:
     hits = search(
         args.output,
         args.query,
-        args.k,
+        max(args.k, args.candidates) if args.rerank else args.k,
         model=args.model,
         cache=cache_arg(args),
         rescore=args.rescore,
         index=args.index,
     )
+    line = hits.timing_line()
+    if args.rerank:
+        hits = _reranked(hits, args)
+        t = hits.timings
+        line += f"; rerank: model load {t['rerank_load_s']:.3f}s, {t['rerank_pairs']:.0f} pairs {t['rerank_s']:.3f}s"
     if not args.quiet:
-        print(hits.timing_line(), file=sys.stderr)
+        print(line, file=sys.stderr)
     if args.json:
         listed = [h.model_dump() for h in hits]
         doc: Any = {"hits": listed, "timings": hits.timings, "method": hits.method} if args.timings else listed
