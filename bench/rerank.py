@@ -89,8 +89,10 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-rerank-"))
     model_dir = build_cross_encoder(work / "minilm-l6-ce")
     pairs = pairs_for(args.queries, args.candidates)
-    print(f"{len(pairs)} pairs ({args.queries} queries x {args.candidates} candidates), torch threads "
-          f"{torch.get_num_threads()}, model {model_dir}")
+    print(
+        f"{len(pairs)} pairs ({args.queries} queries x {args.candidates} candidates), torch threads "
+        f"{torch.get_num_threads()}, model {model_dir}"
+    )
 
     scorers: dict[str, Any] = {}
     build: dict[str, float] = {}

@@ -17,7 +17,7 @@ import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Union
+from typing import Any, Protocol, Union
 
 import numpy as np
 from fastapi import FastAPI, Request
@@ -29,10 +29,22 @@ from embedstack.rerank.cross_encoder import CrossEncoderReranker, resolve_rerank
 from embedstack.server.batcher import Batcher, QueueFull, Ticket
 from embedstack.server.errors import APIError
 from embedstack.server.limits import MAX_INPUTS
+from embedstack.server.metrics import Metrics
 from embedstack.types import Role
 
-if TYPE_CHECKING:
-    from embedstack.server.app import ServerState
+
+class ServerState(Protocol):
+    """What the rerank routes read of the app's state (`embedstack.server.app.ServerState`)."""
+
+    @property
+    def models(self) -> Mapping[str, Any]: ...
+
+    @property
+    def metrics(self) -> Metrics: ...
+
+    @property
+    def draining(self) -> bool: ...
+
 
 __all__ = [
     "RERANK_ROUTES",
