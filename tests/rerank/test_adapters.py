@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
 import pytest
@@ -52,6 +53,8 @@ def test_llama_index_query_engine_reranks_its_nodes(reranker: CrossEncoderRerank
     with pytest.raises(ValueError, match="needs the query"):
         post.postprocess_nodes(nodes)
     assert post.postprocess_nodes([], query_str=QUERY) == []
+    described = json.loads(post.to_json())["reranker"]  # serialisable: the reranker as its description
+    assert described["class_name"] == "CrossEncoderReranker" and described["activation"] == "sigmoid"
 
 
 def test_langchain_compressor_keeps_the_best_documents(reranker: CrossEncoderReranker) -> None:
@@ -70,6 +73,7 @@ def test_langchain_compressor_keeps_the_best_documents(reranker: CrossEncoderRer
     assert "relevance_score" not in docs[0].metadata  # the inputs are untouched
     assert asyncio.run(compressor.acompress_documents(docs, QUERY)) == kept
     assert compressor.compress_documents([], QUERY) == []
+    assert json.loads(compressor.model_dump_json())["reranker"]["model_name"] == reranker.model_name
 
 
 def test_langchain_contextual_compression_retriever(reranker: CrossEncoderReranker) -> None:

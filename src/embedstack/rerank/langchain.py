@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, field_serializer
 
 from embedstack._optional import require
 from embedstack.rerank.cross_encoder import CrossEncoderReranker, resolve_rerank_model
@@ -37,6 +37,11 @@ class EmbedstackCrossEncoderCompressor(BaseDocumentCompressor):  # type: ignore[
 
     def __init__(self, reranker: Any, **kwargs: Any) -> None:
         super().__init__(reranker=resolve_rerank_model(reranker), **kwargs)
+
+    @field_serializer("reranker")
+    def _describe(self, reranker: CrossEncoderReranker) -> dict[str, Any]:
+        """The reranker as its description (model, backend, precision, activation): serialisable, no weights."""
+        return dict(reranker.pipeline.descriptor())
 
     def _keep(self, documents: Sequence[Document], scores: Any) -> list[Document]:
         order = sorted(range(len(documents)), key=lambda i: -float(scores[i]))  # stable: ties keep order

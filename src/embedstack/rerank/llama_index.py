@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, field_serializer
 
 from embedstack._optional import require
 from embedstack.rerank.cross_encoder import CrossEncoderReranker, resolve_rerank_model
@@ -42,6 +42,11 @@ class EmbedstackRerank(BaseNodePostprocessor):  # type: ignore[misc]
 
     def __init__(self, reranker: Any, **kwargs: Any) -> None:
         super().__init__(reranker=resolve_rerank_model(reranker), **kwargs)
+
+    @field_serializer("reranker")
+    def _describe(self, reranker: CrossEncoderReranker) -> dict[str, Any]:
+        """The reranker as its description (model, backend, precision, activation): serialisable, no weights."""
+        return dict(reranker.pipeline.descriptor())
 
     @classmethod
     def class_name(cls) -> str:
