@@ -77,7 +77,9 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=100)
     parser.add_argument("--candidates", type=int, default=50)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--backends", default="st,torch,onnx-fp32,onnx-int8")
+    parser.add_argument(
+        "--backends", default="st,torch,onnx-fp32,onnx-int8", help="comma-separated; NAME:TOKENS sets a token budget"
+    )
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
 
@@ -102,9 +104,14 @@ def main() -> None:
             ce = CrossEncoder(str(model_dir), local_files_only=True)
             scorers[name] = lambda ce=ce: np.asarray(ce.predict(pairs, show_progress_bar=False))
         else:
-            backend, _, precision = name.partition("-")
+            spec, _, budget = name.partition(":")  # "onnx-fp32:1024": another token budget per forward pass
+            backend, _, precision = spec.partition("-")
             reranker = CrossEncoderReranker(
-                str(model_dir), backend=backend, precision=precision or "fp32", onnx_cache_dir=work / "onnx"
+                str(model_dir),
+                backend=backend,
+                precision=precision or "fp32",
+                onnx_cache_dir=work / "onnx",
+                **({"token_budget": int(budget)} if budget else {}),
             ).load()
             scorers[name] = lambda r=reranker: r.score(pairs)
         build[name] = time.perf_counter() - t0
@@ -126,7 +133,7 @@ def main() -> None:
         fidelity: dict[str, float] = {}
         if "st" in scores and name != "st":
             fidelity["max_abs_diff_vs_st"] = float(np.abs(scores[name] - scores["st"]).max())
-        if name == "onnx-int8" and "onnx-fp32" in scores:
+        if name.startswith("onnx-int8") and "onnx-fp32" in scores:
             per_query = [
                 spearman(scores[name][i : i + args.candidates], scores["onnx-fp32"][i : i + args.candidates])
                 for i in range(0, len(pairs), args.candidates)
