@@ -33,7 +33,7 @@ from embedstack.callbacks.manager import EventContext
 from embedstack.callbacks.schema import CBEventType, EventPayload
 from embedstack.errors import BadVectorsError, InvalidInputError
 from embedstack.instrumentation import get_dispatcher
-from embedstack.outputs import Rows
+from embedstack.outputs import Dense, Rows
 from embedstack.progress import Progress, ProgressArg
 from embedstack.provider import BatchOutput
 from embedstack.types import Batch, EmbedResult, PartialResult, Role
@@ -551,8 +551,14 @@ class _Events:
         t0, ctx = token
         if not (self.dispatcher or ctx):
             return
-        chunks = items if role is not Role.IMAGE else [image_label(i) for i in items]
-        vectors = kind.to_python(rows)
+        if role is Role.IMAGE:
+            chunks = [image_label(i) for i in items]
+        elif role is Role.PAIR:  # events carry strings: a pair as its query and document, a blank line between
+            chunks = [f"{q}\n\n{d}" for q, d in items]
+        else:
+            chunks = items
+        # Dense rows (scores too: one-value rows) as lists of floats, the event's schema; other kinds as they are.
+        vectors = rows.tolist() if isinstance(kind, Dense) else kind.to_python(rows)
         if ctx:
             ctx.on_end(payload={EventPayload.CHUNKS: chunks, EventPayload.EMBEDDINGS: vectors})
         if self.dispatcher:

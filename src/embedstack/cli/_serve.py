@@ -68,7 +68,8 @@ def _add(
         action="append",
         metavar="[NAME=]SPEC",
         help="a model to serve, repeatable: SPEC as --model of embed (local, local:<path>, clip:<path>, "
-        "openai:<model>); NAME is what clients send as 'model' (default: the model's own name). Default: local",
+        "openai:<model>, or rerank:<path> for a cross-encoder at /v1/rerank and /rerank); NAME is what clients "
+        "send as 'model' (default: the model's own name). Default: local",
     )
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
     serve.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default: {DEFAULT_PORT})")
@@ -176,6 +177,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
         cache = SQLiteKVStore(default_cache_path())
     models: dict[str, Any] = {}
     for name, spec in parse_models(args.models):
+        if spec.startswith("rerank:"):  # a cross-encoder, served at /v1/rerank and /rerank
+            from embedstack.rerank import resolve_rerank_model
+
+            reranker = resolve_rerank_model(spec, cache=cache)
+            key = name or reranker.model_name
+            if key in models:
+                raise ValueError(f"two models would be served as {key!r}; name them: --model NAME=SPEC")
+            models[key] = reranker
+            continue
         model = resolve_embed_model(spec)  # sparse ones ("splade:...", "bm25:<stats.json>") at /embed_sparse
         model.embeddings_cache = cache
         key = name or model.model_name

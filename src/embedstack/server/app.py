@@ -45,6 +45,7 @@ from embedstack.server.limits import (
     SERVER_HEADER,
 )
 from embedstack.server.metrics import CONTENT_TYPE, Metrics
+from embedstack.server.rerank import RERANK_ROUTES, install_rerank, split_rerankers, start_rerank, stop_rerank
 from embedstack.server.schemas import (
     EmbeddingRequest,
     EmbeddingResponse,
@@ -65,11 +66,14 @@ logger = logging.getLogger("embedstack.server")
 
 #: Requests this small are counted and looked up on the loop; larger ones in a worker thread.
 _INLINE_INPUTS = 16
-_ROUTES = frozenset(
-    {"/v1/embeddings", "/v1/models", "/tokenize", "/embed_sparse", "/health", "/metrics", "/docs", "/openapi.json"}
+_ROUTES = (
+    frozenset(
+        {"/v1/embeddings", "/v1/models", "/tokenize", "/embed_sparse", "/health", "/metrics", "/docs", "/openapi.json"}
+    )
+    | RERANK_ROUTES
 )
-#: Routes the API key guards: the OpenAI API, the tokenizer and the sparse route.
-_GUARDED = ("/v1/", "/tokenize", "/embed_sparse")
+#: Routes the API key guards: the OpenAI API, the tokenizer, the sparse and the rerank routes.
+_GUARDED = ("/v1/", "/tokenize", "/embed_sparse", *sorted(RERANK_ROUTES))
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody, "description": text}
     for code, text in {
@@ -173,7 +177,8 @@ def create_app(
         raise ValueError(f"max_body_bytes must be at least 1024, got {max_body_bytes}")
     metrics = Metrics()
     served: dict[str, _Served] = {}
-    dense, sparse = _named(models)
+    models, rerankers = split_rerankers(models)  # "rerank:<path>" models: server/rerank.py
+    dense, sparse = _named(models) if models or not rerankers else ({}, {})
     for name, model in dense.items():
         counter = counter_for(model)
         batcher = Batcher(
@@ -194,13 +199,17 @@ def create_app(
         for m in state.models.values():
             m.batcher.start()
         loader = asyncio.create_task(_load_all(state), name="embedstack-load-models")
+        rerank_loader = start_rerank(app, state.warm_up)
         try:
             yield
         finally:
             state.draining = True
-            loader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await loader
+            for task in (loader, rerank_loader):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+            await stop_rerank(app, APIError(503, "the server is shutting down", code="server_shutting_down"))
             for m in state.models.values():
                 await m.batcher.stop(APIError(503, "the server is shutting down", code="server_shutting_down"))
 
@@ -214,6 +223,9 @@ def create_app(
     install_handlers(app)
     _routes(app, state)
     add_sparse_routes(app, sparse, metrics)
+    install_rerank(
+        app, state, rerankers, max_batch_tokens=max_batch_tokens, max_wait_ms=max_wait_ms, max_queue=max_queue
+    )
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     app.add_middleware(_Gate, state=state)
     origins = _check_origins(cors_allow_origins)

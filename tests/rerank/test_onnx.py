@@ -1,0 +1,78 @@
+"""The ONNX Runtime backend of CrossEncoderReranker: fp32 equals torch, int8 keeps the ranking or is refused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from embedstack.kvstore import SimpleKVStore
+from embedstack.providers.huggingface.onnx_export import ExportError
+from embedstack.rerank import CrossEncoderReranker
+from embedstack.rerank._onnx import spearman
+from embedstack.types import Role
+
+from .conftest import PAIRS, WORDS
+
+pytestmark = pytest.mark.slow
+
+
+def _ranking_pairs() -> list[tuple[str, str]]:
+    """60 pairs of words from the tiny vocabulary (seeded): enough for a ranking to mean something."""
+    rng = np.random.default_rng(7)
+    return [
+        (" ".join(rng.choice(WORDS, size=3)), " ".join(rng.choice(WORDS, size=int(rng.integers(2, 30)))))
+        for _ in range(60)
+    ]
+
+
+@pytest.mark.parametrize("fixture", ["ce_bert", "ce_xlmr", "ce_bert3"])
+def test_onnx_fp32_equals_torch(fixture: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    path = request.getfixturevalue(fixture)
+    pairs = [*PAIRS, *_ranking_pairs()]
+    torch_scores = CrossEncoderReranker(str(path)).score(pairs)
+    onnx = CrossEncoderReranker(str(path), backend="onnx", onnx_cache_dir=tmp_path)
+    np.testing.assert_allclose(onnx.score(pairs), torch_scores, atol=1e-5, rtol=0)
+    assert onnx.identity() == CrossEncoderReranker(str(path)).identity()  # exact: one cache for both backends
+    graphs = sorted(p.name for p in tmp_path.rglob("classifier-fp32-*.onnx"))
+    assert len(graphs) == 1
+    again = CrossEncoderReranker(str(path), backend="onnx", onnx_cache_dir=tmp_path).load()
+    assert again._weights.scorer is not None and again._weights.scorer.graph_path.name == graphs[0]  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("fixture", ["ce_bert", "ce_xlmr"])
+def test_onnx_int8_keeps_the_ranking(fixture: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    path = request.getfixturevalue(fixture)
+    pairs = _ranking_pairs()
+    fp32 = CrossEncoderReranker(str(path), backend="onnx", onnx_cache_dir=tmp_path).score(pairs)
+    int8 = CrossEncoderReranker(str(path), backend="onnx", precision="int8", onnx_cache_dir=tmp_path)
+    fast = int8.score(pairs)
+    assert spearman(fast, fp32) >= 0.99
+    assert not np.array_equal(fast, fp32)  # it is another graph
+    assert int8.identity()["int8_runtime"] == "onnx"  # never shares cached scores with fp32
+    cache = SimpleKVStore()
+    CrossEncoderReranker(str(path), backend="onnx", cache=cache, onnx_cache_dir=tmp_path).score(pairs[:5])
+    int8_cached = CrossEncoderReranker(
+        str(path), backend="onnx", precision="int8", cache=cache, onnx_cache_dir=tmp_path
+    )
+    assert not int8_cached.pipeline.cached(pairs[:5], Role.PAIR).found.any()
+
+
+def test_int8_that_changes_the_ranking_is_refused(
+    ce_bert: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No recipe reaching the bar (here a bar no int8 graph can reach) refuses the build by name; nothing is cached."""
+    from embedstack.rerank import _onnx
+
+    monkeypatch.setattr(_onnx, "INT8_MIN_SPEARMAN", 1.01)
+    reranker = CrossEncoderReranker(str(ce_bert), backend="onnx", precision="int8", onnx_cache_dir=tmp_path)
+    with pytest.raises(ExportError, match=r"int8 changes this model's rankings.*attention projections only.*'fp32'"):
+        reranker.score(PAIRS[:2])
+    assert list(tmp_path.rglob("classifier-fp32-*.onnx")) and not list(tmp_path.rglob("classifier-int8-*.onnx"))
+
+
+def test_spearman() -> None:
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert spearman([1, 1, 2], [5, 5, 9]) == pytest.approx(1.0)

@@ -1,0 +1,179 @@
+"""Rerankers served: POST /v1/rerank (Cohere/Jina shape) and POST /rerank (TEI shape) through the batcher,
+in process (httpx over ASGI) and as a real `embedstack serve` process on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from embedstack.rerank import CrossEncoderReranker
+from embedstack.server import create_app
+
+pytestmark = pytest.mark.slow
+
+QUERY = "the man eating bread"
+DOCS = [
+    "a man is eating food",
+    "the cat sat on the mat",
+    "a woman is eating a piece of bread",
+    "the quick brown fox jumps over the lazy dog",
+    "a red car by the river",
+]
+
+
+@contextlib.asynccontextmanager
+async def serving(app: Any) -> AsyncIterator[httpx.AsyncClient]:
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=60) as client:
+            for _ in range(2000):  # the rerankers load in the background
+                if all(m.ready or m.error for m in app.state.embedstack_rerank.values()):
+                    break
+                await asyncio.sleep(0.01)
+            yield client
+
+
+async def test_cohere_and_tei_shapes_equal_the_library(ce_bert: Path) -> None:
+    reranker = CrossEncoderReranker(str(ce_bert))
+    want = reranker.rank(QUERY, DOCS)
+    raw = CrossEncoderReranker(str(ce_bert), activation="identity").score([(QUERY, d) for d in DOCS])
+    app = create_app({"ce": f"rerank:{ce_bert}"})
+    async with serving(app) as client:
+        documents: list[Any] = [DOCS[0], {"text": DOCS[1]}, *DOCS[2:]]  # Jina's and Cohere v1's objects too
+        r = await client.post(
+            "/v1/rerank",
+            json={"model": "ce", "query": QUERY, "documents": documents, "top_n": 3, "return_documents": True},
+        )
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert set(body) >= {"id", "results", "model", "usage", "meta"} and body["model"] == "ce"
+        assert [x["index"] for x in body["results"]] == [w.index for w in want[:3]]
+        assert [x["relevance_score"] for x in body["results"]] == pytest.approx([w.score for w in want[:3]], abs=1e-6)
+        assert [x["document"] for x in body["results"]] == [{"text": w.document} for w in want[:3]]
+        tokens = sum(len(t.ids) for t in reranker.tokenize([(QUERY, d) for d in DOCS]))
+        assert body["usage"] == {"total_tokens": tokens}
+
+        r = await client.post("/rerank", json={"query": QUERY, "texts": DOCS})  # TEI: sigmoid by default
+        assert r.status_code == 200, r.text
+        tei = r.json()
+        assert [set(x) for x in tei] == [{"index", "score", "text"}] * len(DOCS) and tei[0]["text"] is None
+        assert [x["index"] for x in tei] == [w.index for w in want]
+        assert [x["score"] for x in tei] == pytest.approx([w.score for w in want], abs=1e-6)
+        r = await client.post("/rerank", json={"query": QUERY, "texts": DOCS, "raw_scores": True, "return_text": True})
+        scores = {x["index"]: x["score"] for x in r.json()}
+        np.testing.assert_allclose([scores[i] for i in range(len(DOCS))], raw, atol=1e-6)
+        assert all(x["text"] == DOCS[x["index"]] for x in r.json())
+
+        # concurrent requests share the batcher; every answer is still the library's
+        answers = await asyncio.gather(
+            *(client.post("/v1/rerank", json={"model": "ce", "query": QUERY, "documents": DOCS[i:]}) for i in range(5))
+        )
+        for i, a in enumerate(answers):
+            assert [x["index"] + i for x in a.json()["results"]] == [w.index for w in want if w.index >= i]
+
+
+async def test_errors_are_openai_shaped_and_name_the_field(ce_bert: Path) -> None:
+    app = create_app({"ce": f"rerank:{ce_bert}"})
+    async with serving(app) as client:
+
+        async def post(path: str, payload: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+            r = await client.post(path, json=payload)
+            return r.status_code, r.json()["error"]
+
+        status, error = await post("/v1/rerank", {"model": "nope", "query": "q", "documents": ["d"]})
+        assert status == 404 and error["code"] == "model_not_found" and "'ce'" in error["message"]
+        status, error = await post("/v1/rerank", {"model": "ce", "query": "q", "documents": []})
+        assert status == 400 and error["param"] == "documents"
+        status, error = await post("/v1/rerank", {"model": "ce", "query": "q", "documents": ["a", 5]})
+        assert status == 400
+        status, error = await post("/v1/rerank", {"model": "ce", "query": "q", "documents": ["d"] * 2049})
+        assert status == 413 and error["code"] == "too_many_inputs"
+        long = "the cat sat on the mat " * 30
+        status, error = await post("/rerank", {"query": "q", "texts": ["short", long]})
+        assert status == 400 and error["code"] == "input_too_long" and "texts[1]" in error["message"]
+        r = await client.post("/rerank", json={"query": "q", "texts": ["short", long], "truncate": True})
+        assert r.status_code == 200
+        lone = b'{"model": "ce", "query": "bad \\ud800", "documents": ["d"]}'  # a lone surrogate, JSON-escaped
+        r = await client.post("/v1/rerank", content=lone, headers={"content-type": "application/json"})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "query", r.text
+
+
+async def test_embeddings_and_a_reranker_on_one_server(ce_bert: Path) -> None:
+    from embedstack import FakeEmbedding
+
+    app = create_app({"emb": FakeEmbedding(embed_dim=4), "ce": f"rerank:{ce_bert}"})
+    async with serving(app) as client:
+        r = await client.post("/v1/embeddings", json={"model": "emb", "input": ["a"]})
+        assert r.status_code == 200 and len(r.json()["data"][0]["embedding"]) == 4
+        r = await client.post("/v1/rerank", json={"model": "ce", "query": "q", "documents": ["a", "b"]})
+        assert r.status_code == 200 and len(r.json()["results"]) == 2
+        r = await client.post("/v1/rerank", json={"model": "emb", "query": "q", "documents": ["a"]})
+        assert r.status_code == 404
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_embedstack_serve_a_reranker_over_http(ce_bert: Path, tmp_path: Path) -> None:
+    port = _free_port()
+    log = tmp_path / "serve.log"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "XDG_CACHE_HOME": str(tmp_path / "xdg"), "EMBEDSTACK_API_KEY": "k"}
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "embedstack", "serve", "--port", str(port), "--model", f"ce=rerank:{ce_bert}"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        with httpx.Client(timeout=5) as client:
+            for _ in range(1200):
+                if proc.poll() is not None:
+                    raise AssertionError(log.read_text())
+                with contextlib.suppress(httpx.TransportError):
+                    if client.get(f"{url}/health").status_code == 200:
+                        break
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=0.1)
+            payload = {"query": QUERY, "texts": DOCS}
+            assert client.post(f"{url}/rerank", json=payload).status_code == 401  # the key guards /rerank too
+            auth = {"Authorization": "Bearer k"}
+            r = client.post(f"{url}/rerank", json=payload, headers=auth)
+            for _ in range(600):  # the reranker loads after /health (embedding models only) says ok
+                if r.status_code != 503:
+                    break
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=0.1)
+                r = client.post(f"{url}/rerank", json=payload, headers=auth)
+            assert r.status_code == 200, r.text
+            want = CrossEncoderReranker(str(ce_bert)).rank(QUERY, DOCS)
+            assert [x["index"] for x in r.json()] == [w.index for w in want]
+            r = client.post(
+                f"{url}/v1/rerank", json={"model": "ce", "query": QUERY, "documents": DOCS, "top_n": 1}, headers=auth
+            )
+            assert r.status_code == 200 and r.json()["results"][0]["index"] == want[0].index
+            assert 'route="/v1/rerank"' in client.get(f"{url}/metrics").text
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
