@@ -17,6 +17,7 @@ __all__ = ["add_parser", "cmd_search"]
 HYBRID_CANDIDATES = 100
 RERANK_CANDIDATES = 50
 
+
 def add_parser(sub: Any, parents: Parents) -> argparse.ArgumentParser:
     """Register `search` on the command line's subparsers."""
     search: argparse.ArgumentParser = sub.add_parser(
