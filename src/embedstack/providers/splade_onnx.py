@@ -72,7 +72,6 @@ def _pooled(logits: npt.NDArray[Any], mask: npt.NDArray[Any]) -> npt.NDArray[np.
 
 
 def _export(model_dir: Path, out: Path) -> None:
-    torch = require("torch", extra="local")
     transformers = require("transformers", extra="local")
     from embedstack.providers.huggingface.torch_encoder import _quiet_loading
 
@@ -83,30 +82,7 @@ def _export(model_dir: Path, out: Path) -> None:
     names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in accepted]
     feeds = _probe_feeds(model_dir, names)
 
-    class _Logits(torch.nn.Module):  # type: ignore[misc,name-defined]
-        def __init__(self, inner: Any) -> None:
-            super().__init__()
-            self.inner = inner
-
-        def forward(self, *tensors: Any) -> Any:
-            return self.inner(**dict(zip(names, tensors))).logits
-
-    args = tuple(torch.from_numpy(feeds[n]) for n in names)
-    with torch.inference_mode():
-        reference = model(**dict(zip(names, args))).logits.float().numpy()
-    axes = {n: {0: "batch", 1: "sequence"} for n in [*names, "logits"]}
-    with torch.no_grad(), ox._quiet_export():
-        torch.onnx.export(
-            _Logits(model),
-            args,
-            str(out),
-            dynamo=False,
-            input_names=names,
-            output_names=["logits"],
-            dynamic_axes=axes,
-            opset_version=ox.OPSET,
-            do_constant_folding=True,
-        )
+    reference = ox.export_logits(model, names, feeds, out, sequence_output=True)
     got = ox._run_graph(out, feeds, "logits")
     mask = feeds["attention_mask"]
     worst = float(np.abs(_pooled(got, mask) - _pooled(reference, mask)).max())

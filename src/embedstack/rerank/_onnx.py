@@ -18,7 +18,6 @@ import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -109,37 +108,8 @@ def _error(got: npt.NDArray[np.float32], reference: npt.NDArray[np.float32]) -> 
 
 def _export(model_dir: Path, out: Path, feeds: Feeds) -> npt.NDArray[np.float32]:
     """torch.onnx.export of the classifier's logits; returns torch's logits for `feeds`."""
-    torch = require("torch", extra="local")
     model, names = load_classifier(model_dir, eager=True)
-
-    class _Logits(torch.nn.Module):  # type: ignore[misc,name-defined]
-        """Calls the model with keyword tensors (transformers 5 rejects positional ones)."""
-
-        def __init__(self, inner: Any) -> None:
-            super().__init__()
-            self.inner = inner
-
-        def forward(self, *tensors: Any) -> Any:
-            return self.inner(**dict(zip(names, tensors))).logits
-
-    args = tuple(torch.from_numpy(feeds[n]) for n in names)
-    with torch.inference_mode():
-        reference = model(**dict(zip(names, args))).logits.float().numpy()
-    axes: dict[str, dict[int, str]] = {n: {0: "batch", 1: "sequence"} for n in names}
-    axes["logits"] = {0: "batch"}
-    with torch.no_grad(), ox._quiet_export():
-        torch.onnx.export(
-            _Logits(model),
-            args,
-            str(out),
-            dynamo=False,
-            input_names=names,
-            output_names=["logits"],
-            dynamic_axes=axes,
-            opset_version=ox.OPSET,
-            do_constant_folding=True,
-        )
-    return np.asarray(reference, dtype=np.float32)
+    return ox.export_logits(model, names, feeds, out, sequence_output=False)
 
 
 def _build_fp32(model_dir: Path, final: Path, feeds: Feeds) -> None:

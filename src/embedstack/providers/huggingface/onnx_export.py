@@ -22,7 +22,7 @@ import logging
 import os
 import re
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,7 @@ __all__ = [
     "cache_key",
     "default_cache_dir",
     "discard",
+    "export_logits",
     "has_external_data",
     "int8_fidelity",
     "model_fingerprint",
@@ -338,6 +339,42 @@ def pick_output(outputs: list[Any]) -> str:
         if len(getattr(o, "shape", []) or []) == 3:
             return str(o.name)
     raise ExportError(f"the ONNX graph has no token-vector output (outputs: {names})")
+
+
+def export_logits(
+    model: Any, names: Sequence[str], feeds: Mapping[str, Any], out: Path, sequence_output: bool
+) -> npt.NDArray[np.float32]:
+    """torch.onnx.export of a transformers model's `logits` (a masked LM's per token when `sequence_output`, a
+    classifier's per row), fed the keyword tensors `names` (transformers 5 rejects positional ones); returns torch's
+    own logits for `feeds`, to check the graph against."""
+    torch = require("torch", extra="local")
+
+    class _Logits(torch.nn.Module):  # type: ignore[misc,name-defined]
+        def __init__(self, inner: Any) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, *tensors: Any) -> Any:
+            return self.inner(**dict(zip(names, tensors))).logits
+
+    args = tuple(torch.from_numpy(feeds[n]) for n in names)
+    with torch.inference_mode():
+        reference = model(**dict(zip(names, args))).logits.float().numpy()
+    axes: dict[str, dict[int, str]] = {n: {0: "batch", 1: "sequence"} for n in names}
+    axes["logits"] = {0: "batch", 1: "sequence"} if sequence_output else {0: "batch"}
+    with torch.no_grad(), _quiet_export():
+        torch.onnx.export(
+            _Logits(model),
+            args,
+            str(out),
+            dynamo=False,
+            input_names=names,
+            output_names=["logits"],
+            dynamic_axes=axes,
+            opset_version=OPSET,
+            do_constant_folding=True,
+        )
+    return np.asarray(reference, dtype=np.float32)
 
 
 def _run_graph(path: Path, feeds: Feeds, output: str | None = None) -> npt.NDArray[Any]:
