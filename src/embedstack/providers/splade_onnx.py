@@ -82,7 +82,7 @@ def _export(model_dir: Path, out: Path) -> None:
     names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in accepted]
     feeds = _probe_feeds(model_dir, names)
 
-    reference = ox.export_logits(model, names, feeds, out, sequence_output=True)
+    reference = ox.export_output(model, names, feeds, out, "logits", sequence_output=True)
     got = ox._run_graph(out, feeds, "logits")
     mask = feeds["attention_mask"]
     worst = float(np.abs(_pooled(got, mask) - _pooled(reference, mask)).max())

@@ -109,7 +109,7 @@ def _error(got: npt.NDArray[np.float32], reference: npt.NDArray[np.float32]) -> 
 def _export(model_dir: Path, out: Path, feeds: Feeds) -> npt.NDArray[np.float32]:
     """torch.onnx.export of the classifier's logits; returns torch's logits for `feeds`."""
     model, names = load_classifier(model_dir, eager=True)
-    return ox.export_logits(model, names, feeds, out, sequence_output=False)
+    return ox.export_output(model, names, feeds, out, "logits", sequence_output=False)
 
 
 def _build_fp32(model_dir: Path, final: Path, feeds: Feeds) -> None:

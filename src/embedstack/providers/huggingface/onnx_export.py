@@ -46,7 +46,7 @@ __all__ = [
     "cache_key",
     "default_cache_dir",
     "discard",
-    "export_logits",
+    "export_output",
     "has_external_data",
     "int8_fidelity",
     "model_fingerprint",
@@ -341,35 +341,35 @@ def pick_output(outputs: list[Any]) -> str:
     raise ExportError(f"the ONNX graph has no token-vector output (outputs: {names})")
 
 
-def export_logits(
-    model: Any, names: Sequence[str], feeds: Mapping[str, Any], out: Path, sequence_output: bool
+def export_output(
+    model: Any, names: Sequence[str], feeds: Mapping[str, Any], out: Path, output: str, sequence_output: bool
 ) -> npt.NDArray[np.float32]:
-    """torch.onnx.export of a transformers model's `logits` (a masked LM's per token when `sequence_output`, a
-    classifier's per row), fed the keyword tensors `names` (transformers 5 rejects positional ones); returns torch's
-    own logits for `feeds`, to check the graph against."""
+    """torch.onnx.export of one output of a transformers model (`last_hidden_state`, a masked LM's `logits` per
+    token when `sequence_output`, a classifier's `logits` per row), fed the keyword tensors `names` (transformers 5
+    rejects positional ones); returns torch's own values of it for `feeds`, to check the graph against."""
     torch = require("torch", extra="local")
 
-    class _Logits(torch.nn.Module):  # type: ignore[misc,name-defined]
+    class _Output(torch.nn.Module):  # type: ignore[misc,name-defined]
         def __init__(self, inner: Any) -> None:
             super().__init__()
             self.inner = inner
 
         def forward(self, *tensors: Any) -> Any:
-            return self.inner(**dict(zip(names, tensors))).logits
+            return getattr(self.inner(**dict(zip(names, tensors))), output)
 
     args = tuple(torch.from_numpy(feeds[n]) for n in names)
     with torch.inference_mode():
-        reference = model(**dict(zip(names, args))).logits.float().numpy()
+        reference = getattr(model(**dict(zip(names, args))), output).float().numpy()
     axes: dict[str, dict[int, str]] = {n: {0: "batch", 1: "sequence"} for n in names}
-    axes["logits"] = {0: "batch", 1: "sequence"} if sequence_output else {0: "batch"}
+    axes[output] = {0: "batch", 1: "sequence"} if sequence_output else {0: "batch"}
     with torch.no_grad(), _quiet_export():
         torch.onnx.export(
-            _Logits(model),
+            _Output(model),
             args,
             str(out),
             dynamo=False,
-            input_names=names,
-            output_names=["logits"],
+            input_names=list(names),
+            output_names=[output],
             dynamic_axes=axes,
             opset_version=OPSET,
             do_constant_folding=True,
@@ -423,36 +423,8 @@ def _torch_hidden(model_dir: Path, feeds: Feeds) -> npt.NDArray[Any]:
 
 def _export_torch(model_dir: Path, out: Path, feeds: Feeds) -> npt.NDArray[Any]:
     """torch.onnx.export of AutoModel's last_hidden_state; returns torch's output for `feeds`."""
-    torch = require("torch", extra="local")
     model, names = _torch_model(model_dir)
-
-    class _LastHidden(torch.nn.Module):  # type: ignore[misc,name-defined]
-        """Calls the model with keyword tensors (transformers 5 rejects positional ones)."""
-
-        def __init__(self, inner: Any) -> None:
-            super().__init__()
-            self.inner = inner
-
-        def forward(self, *tensors: Any) -> Any:
-            return self.inner(**dict(zip(names, tensors))).last_hidden_state
-
-    args = tuple(torch.from_numpy(feeds[n]) for n in names)
-    with torch.inference_mode():
-        reference = model(**dict(zip(names, args))).last_hidden_state.float().numpy()
-    axes = {n: {0: "batch", 1: "sequence"} for n in [*names, "last_hidden_state"]}
-    with torch.no_grad(), _quiet_export():
-        torch.onnx.export(
-            _LastHidden(model),
-            args,
-            str(out),
-            dynamo=False,
-            input_names=names,
-            output_names=["last_hidden_state"],
-            dynamic_axes=axes,
-            opset_version=OPSET,
-            do_constant_folding=True,
-        )
-    return np.asarray(reference)
+    return export_output(model, names, feeds, out, "last_hidden_state", sequence_output=True)
 
 
 @contextlib.contextmanager
