@@ -172,38 +172,7 @@ class PairTokenizer:
         if self.text.lowercase:
             queries = [q.lower() for q in queries]
             documents = [d.lower() for d in documents]
-        enc = self.hf(
-            queries,
-            documents,
-            add_special_tokens=True,
-            truncation="longest_first",
-            max_length=self.max_length,
-            verbose=False,
-        )
-        ids = enc["input_ids"]
-        types = enc.get("token_type_ids")
-        encodings = getattr(enc, "encodings", None)
-        if encodings:
-            cut = [bool(e.overflowing) for e in encodings]
-        else:  # a slow tokenizer: re-tokenise only the rows that filled max_length
-            cut = [False] * len(pairs)
-            full = [i for i, row in enumerate(ids) if len(row) >= self.max_length]
-            if full:
-                whole = self.hf(
-                    [queries[i] for i in full],
-                    [documents[i] for i in full],
-                    add_special_tokens=True,
-                    truncation=False,
-                    verbose=False,
-                )
-                for i, row in zip(full, whole["input_ids"]):
-                    cut[i] = len(row) > self.max_length
-        return [
-            Tokens(
-                np.asarray(row, dtype=np.int64), cut[i], None if types is None else np.asarray(types[i], dtype=np.int64)
-            )
-            for i, row in enumerate(ids)
-        ]
+        return self.text.encode(queries, documents, truncation="longest_first")
 
     def pad(self, tokens: Sequence[Tokens]) -> Feeds:
         """Right-padded int64 input_ids, attention_mask and token_type_ids (zeros where the tokenizer makes none)."""

@@ -140,17 +140,31 @@ class TorchTokenizer:
         """Token ids (special tokens included, truncated to max_length) and whether each text was cut."""
         if self.lowercase:
             texts = [t.lower() for t in texts]
-        enc = self.hf(texts, add_special_tokens=True, truncation=True, max_length=self.max_length, verbose=False)
+        return self.encode(texts, truncation=True)
+
+    def encode(
+        self, firsts: list[str], seconds: list[str] | None = None, truncation: bool | str = True
+    ) -> list[Tokens]:
+        """Tokens of texts, or of (first, second) pairs when `seconds` is given, cut to max_length as `truncation`
+        says (transformers' values), with whether each was cut and its token type ids when the tokenizer makes them.
+        The texts are taken as they are (lower-casing is the caller's)."""
+        sides = [firsts] if seconds is None else [firsts, seconds]
+        enc = self.hf(*sides, add_special_tokens=True, truncation=truncation, max_length=self.max_length, verbose=False)
         ids = enc["input_ids"]
         types = enc.get("token_type_ids")
         encodings = getattr(enc, "encodings", None)
         if encodings:
             cut = [bool(e.overflowing) for e in encodings]
         else:  # a slow tokenizer: re-tokenise only the rows that filled max_length
-            cut = [False] * len(texts)
+            cut = [False] * len(firsts)
             full = [i for i, row in enumerate(ids) if len(row) >= self.max_length]
             if full:
-                whole = self.hf([texts[i] for i in full], add_special_tokens=True, truncation=False, verbose=False)
+                whole = self.hf(
+                    *[[side[i] for i in full] for side in sides],
+                    add_special_tokens=True,
+                    truncation=False,
+                    verbose=False,
+                )
                 for i, row in zip(full, whole["input_ids"]):
                     cut[i] = len(row) > self.max_length
         return [
