@@ -4,7 +4,7 @@ Part 1 (real model): recall@10 on the (query, text) pairs of packages-retrieval.
 model, for int8, binary, binary + rescore, and 256 / 128 dimensions, as % of float32's recall@10.
 Part 2 (synthetic, see `synthetic`): p50 query latency, index memory and recall@10 against the exact float32
 top-10 over N clustered 384-dim unit vectors, for float32 brute force (BLAS), int8 brute force, exact binary +
-rescore (embedstack.quantize) and embedstack's HNSW index (cosine, and binary + rescore), with ratios to
+rescore (embedstack.vectors) and embedstack's HNSW index (cosine, and binary + rescore), with ratios to
 float32 brute force. Built indexes are cached in the temp folder between runs; their build time is reported.
 
     python bench/compact.py                                  # 3,000 pairs, 1,000,000 synthetic vectors
@@ -24,7 +24,7 @@ import numpy as np
 from _common import DATA, records
 from embedstack import resolve_embed_model
 from embedstack.kvstore import SQLiteKVStore
-from embedstack.quantize import (
+from embedstack.vectors import (
     binary_top_k,
     calibration_ranges,
     dequantize,
@@ -140,7 +140,7 @@ def p50_ms(search: object, queries: np.ndarray) -> tuple[float, list[list[int]]]
 
 def cached_index(name: str, build: object, fingerprint: str) -> tuple[object, float, int]:
     """Build (or reuse from the temp folder) an embedstack VectorIndex; returns it, build seconds, file bytes."""
-    from embedstack.jobs._index import VectorIndex
+    from embedstack.vectors.index import VectorIndex
 
     path = CACHE / f"{name}.index"
     timing = CACHE / f"{name}.build.json"

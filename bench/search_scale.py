@@ -25,8 +25,8 @@ from embedstack.jobs._output import offsets_path, rows_path
 from embedstack.jobs._search import _chunk_rows, _cosines
 from embedstack.jobs._stored import _wanted_lines, open_stored
 from embedstack.providers.mock import FakeEmbedding
-from embedstack.similarity import RunningTopK
 from embedstack.types import Role
+from embedstack.vectors import RunningTopK
 
 CACHE = Path(tempfile.gettempdir()) / "embedstack-bench-search"
 MODEL = FakeEmbedding(embed_dim=384)

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     from embedstack.types import Batch, PartialResult
 
-__all__ = ["BadVectorsError", "EmbeddingAPIError", "EmbedstackError", "InvalidInputError"]
+__all__ = ["BadVectorsError", "EmbeddingAPIError", "EmbedstackError", "InvalidInputError", "OutputError"]
 
 
 class EmbedstackError(Exception):
@@ -122,3 +122,7 @@ class _PickledEmbeddingAPIError(EmbeddingAPIError):
 
 def _rebuild_error(message: str, status_code: int | None, attempts: int) -> EmbeddingAPIError:
     return _PickledEmbeddingAPIError(message, status_code, attempts)
+
+
+class OutputError(EmbedstackError, ValueError):
+    """An output or index file that cannot be written or read (wrong extension, incomplete, not ours)."""

@@ -92,7 +92,7 @@ def test_the_default_local_entry_matches_the_bundled_model() -> None:
 
 
 def test_matryoshka_models_are_flagged() -> None:
-    """The models trained for truncation; `dimensions=` on the others warns (jobs._compact)."""
+    """The models trained for truncation; `dimensions=` on the others warns (vectors.formats)."""
     flagged = {m.name for m in MODELS if m.matryoshka}
     assert flagged == {
         "nomic-ai/nomic-embed-text-v1.5",

@@ -24,7 +24,7 @@ from embedstack import (
 )
 from embedstack.callbacks import CallbackManager, CBEventType
 from embedstack.schema import ImageNode, MetadataMode, TextNode
-from embedstack.similarity import cosine_top_k
+from embedstack.vectors import cosine_top_k
 
 
 def test_similarity_modes() -> None:
@@ -261,8 +261,7 @@ def test_one_top_k_one_tie_rule_one_rescoring_default() -> None:
     import inspect
 
     from embedstack.jobs import DEFAULT_RESCORE as jobs_default
-    from embedstack.quantize import DEFAULT_RESCORE, binary_top_k, rescore
-    from embedstack.similarity import top_k
+    from embedstack.vectors import DEFAULT_RESCORE, binary_top_k, rescore, top_k
 
     mat = np.array([[0.0, 1.0], [1.0, 0.0], [0.0, 2.0], [2.0, 0.0], [1.0, 0.0]], dtype=np.float32)
     assert [i for i, _ in cosine_top_k([1.0, 0.0], mat, k=3)] == [1, 3, 4]  # three ties: rows in order

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from tests.conftest import SAMPLE, Run
 
-from embedstack.jobs import OutputError, _compact, embed_records, load_embeddings, read_meta, search
+from embedstack.jobs import OutputError, _embed, embed_records, load_embeddings, read_meta, search
 from embedstack.providers.mock import FakeEmbedding
-from embedstack.quantize import PRECISIONS, calibration_ranges, dequantize, quantize, truncate_dimensions
+from embedstack.vectors import PRECISIONS, calibration_ranges, dequantize, quantize, truncate_dimensions
 
 TEXTS = [f"document number {i} about topic {i % 7}" for i in range(120)]
 
@@ -148,16 +148,16 @@ def test_append_refuses_another_precision_or_dimensions(tmp_path: Path) -> None:
 
 
 def test_truncating_a_model_not_trained_for_it_warns_once(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(_compact, "_WARNED", set())
+    monkeypatch.setattr(_embed, "_MATRYOSHKA_WARNED", set())
     with pytest.warns(UserWarning, match="'fake' is not known to be Matryoshka-trained: its first 8 of 16"):
         embed_records(TEXTS[:5], tmp_path / "a.npy", model="fake:16", cache=None, dimensions=8)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         embed_records(TEXTS[:5], tmp_path / "b.npy", model="fake:16", cache=None, dimensions=8)  # once
         embed_records(TEXTS[:5], tmp_path / "c.npy", model="fake:16", cache=None, dimensions=16)  # no cut
-        _compact.matryoshka_warning("openai", "text-embedding-3-small", 256, 1536)  # trained for it
+        _embed.matryoshka_warning("openai", "text-embedding-3-small", 256, 1536)  # trained for it
     with pytest.warns(UserWarning, match="'sentence-transformers/all-MiniLM-L6-v2' is not Matryoshka-trained"):
-        _compact.matryoshka_warning("local", "sentence-transformers/all-MiniLM-L6-v2", 128, 384)
+        _embed.matryoshka_warning("local", "sentence-transformers/all-MiniLM-L6-v2", 128, 384)
 
 
 def test_cli_embed_info_and_ray_refusal(cli: Run, tmp_path: Path) -> None:

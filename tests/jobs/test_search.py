@@ -26,7 +26,7 @@ from embedstack.jobs import (
 from embedstack.jobs._search import TIMING_KEYS
 from embedstack.jobs._stored import open_stored
 from embedstack.providers.mock import FakeEmbedding
-from embedstack.quantize import truncate_dimensions
+from embedstack.vectors import truncate_dimensions
 
 TEXTS = [f"document number {i} about topic {i % 11} and theme {i % 5}" for i in range(300)]
 QUERY = "document number 42 about topic 9"
@@ -164,7 +164,7 @@ def _embedded(tmp_path: Path, name: str, precision: str) -> Path:
 @pytest.mark.parametrize("precision", ["float32", "int8", "binary"])
 def test_the_index_is_built_used_and_rebuilt_when_the_output_changes(tmp_path: Path, precision: str) -> None:
     pytest.importorskip("faiss")
-    from embedstack.jobs._index import VectorIndex, index_path
+    from embedstack.vectors.index import VectorIndex, index_path
 
     out = _embedded(tmp_path, "o.parquet", precision)
     exact = search(out, QUERY, k=5, cache=None)
@@ -275,7 +275,7 @@ def test_outputs_without_offsets_or_with_stale_ones_still_find_the_right_rows(tm
 def test_scalar_cosines_rank_exactly_as_dequantising_does(precision: str) -> None:
     """The ranges folded into the query give the cosine of the dequantised rows (to float32 rounding) and the
     same ranking, best first, as dequantise-then-cosine."""
-    from embedstack.quantize import calibration_ranges, dequantize, quantize, scalar_cosines
+    from embedstack.vectors import calibration_ranges, dequantize, quantize, scalar_cosines
 
     rng = np.random.default_rng(7)
     vectors = rng.standard_normal((5000, 48)).astype(np.float32)

@@ -12,7 +12,7 @@ import numpy.typing as npt
 
 from embedstack.corpusmap._labels import cluster_labels
 from embedstack.corpusmap._layout import auto_clusters, kmeans, project, sample_rows
-from embedstack.similarity import normalize
+from embedstack.vectors.exact import normalize
 
 __all__ = ["PALETTE", "Cluster", "CorpusMap", "build_map", "cluster_color"]
 

@@ -5,7 +5,6 @@ report = embed_files("examples/packages.jsonl", "packages.parquet", model="local
 hits = search("packages.parquet", "HTTP mocking for Ruby", k=5)
 """
 
-from embedstack.jobs._compact import VectorFormat
 from embedstack.jobs._embed import (
     DEFAULT_CACHE,
     EmbedReport,
@@ -18,6 +17,7 @@ from embedstack.jobs._output import Embeddings, OutputError, load_embeddings, re
 from embedstack.jobs._ray import embed_dataset
 from embedstack.jobs._readers import InputError, Record, RecordReader, find_sources
 from embedstack.jobs._search import DEFAULT_RESCORE, Hit, SearchResult, search
+from embedstack.vectors import VectorFormat
 
 __all__ = [
     "DEFAULT_CACHE",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import time
+import warnings
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -18,14 +19,6 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from embedstack.base import BaseEmbedding
 from embedstack.errors import EmbedstackError
-from embedstack.jobs._compact import (
-    BINARY,
-    CALIBRATION_ROWS,
-    RESCORE_PRECISION,
-    VectorFormat,
-    check_compact_args,
-    matryoshka_warning,
-)
 from embedstack.jobs._output import (
     FORMAT_TAG,
     OutputError,
@@ -39,6 +32,8 @@ from embedstack.kvstore.base import BaseKVStore
 from embedstack.pipeline import Pipeline
 from embedstack.progress import Progress
 from embedstack.types import Role
+from embedstack.vectors.formats import CALIBRATION_ROWS, VectorFormat, check_compact_args
+from embedstack.vectors.precision import BINARY, RESCORE_PRECISION
 
 __all__ = [
     "DEFAULT_CACHE",
@@ -197,7 +192,7 @@ class Compact:
         """Refuse bad values before any work."""
         check_compact_args(self.dimensions, self.precision)
         if self.ranges is not None and np.asarray(self.ranges).ndim != 2:
-            raise ValueError("ranges must be a (2, dimensions) array, e.g. from embedstack.quantize.calibration_ranges")
+            raise ValueError("ranges must be a (2, dimensions) array, e.g. from embedstack.vectors.calibration_ranges")
 
     def against(self, stored: VectorFormat, out: Path) -> None:
         """Refuse to append vectors of another shape than `stored`'s, naming both and the fix."""
@@ -513,4 +508,30 @@ def embed_records(
         progress=progress,
         compact=Compact(dimensions, precision, ranges, rescore),
         sparse=sparse,
+    )
+
+
+_MATRYOSHKA_WARNED: set[str] = set()
+
+
+def matryoshka_warning(provider: str | None, name: str | None, dimensions: int, source_dim: int) -> None:
+    """Warn once per model when `dimensions` truncates a model not known to be Matryoshka-trained."""
+    if dimensions >= source_dim:
+        return
+    from embedstack.providers.catalog import find
+
+    facts = find(provider, name) if provider and name else None
+    if facts is not None and facts.matryoshka:
+        return
+    key = f"{provider}:{name}"
+    if key in _MATRYOSHKA_WARNED:
+        return
+    _MATRYOSHKA_WARNED.add(key)
+    what = f"{name!r}" if name else "this model"
+    why = "is not Matryoshka-trained" if facts is not None else "is not known to be Matryoshka-trained"
+    warnings.warn(
+        f"{what} {why}: its first {dimensions} of {source_dim} dimensions may retrieve noticeably worse "
+        "than all of them; measure on your data, or use a Matryoshka model (see `embedstack models`)",
+        UserWarning,
+        stacklevel=3,
     )

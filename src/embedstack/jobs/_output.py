@@ -1,6 +1,6 @@
 """Embedding outputs: Parquet, .npy (+ rows and metadata sidecars) and .jsonl; written atomically.
 
-Vectors are stored as the output's precision gives them (`jobs._compact.VectorFormat`): float32/float16,
+Vectors are stored as the output's precision gives them (`vectors.VectorFormat`): float32/float16,
 int8/uint8 codes, or packed bits (binary: int8, ubinary: uint8, (n, dim/8)) with int8 rescoring vectors
 beside them (.npy: `<OUT>.rescore.npy`; Parquet: a `rescore` column; .jsonl: a `rescore` key).
 
@@ -27,7 +27,7 @@ import numpy as np
 import numpy.typing as npt
 
 from embedstack._atomic import atomic_write_text, publish
-from embedstack.errors import EmbedstackError
+from embedstack.errors import OutputError
 from embedstack.jobs._readers import Record
 
 __all__ = [
@@ -66,10 +66,6 @@ FORMAT_TAG = "embedstack-embeddings"
 DATASET_META = "_embedstack.json"
 #: The format name of such a directory.
 DATASET_FORMAT = "parquet-dataset"
-
-
-class OutputError(EmbedstackError, ValueError):
-    """An output that cannot be written or read (wrong extension, incomplete, not ours)."""
 
 
 def output_format(path: str | os.PathLike[str]) -> str:
@@ -239,7 +235,7 @@ def load_embeddings(path: str | os.PathLike[str], columns: bool = True) -> Embed
     `vectors` is float32 (n, dim) for every precision: int8/uint8 dequantised with the stored ranges;
     binary: the rescoring vectors kept beside the codes, else the bits as ±1.
     """
-    from embedstack.jobs._compact import VectorFormat
+    from embedstack.vectors.formats import VectorFormat
 
     path = Path(path)
     meta = read_meta(path)

@@ -387,9 +387,9 @@ def embed_files_ray(
     import uuid
     from pathlib import Path
 
-    from embedstack.jobs._compact import VectorFormat
     from embedstack.jobs._embed import EmbedReport, _now, _resolve, _version, model_identity
     from embedstack.jobs._output import DATASET_META, FORMAT_TAG, OutputError, _pq
+    from embedstack.vectors.formats import VectorFormat
 
     t0 = time.perf_counter()
     paths = [os.fspath(p) for p in ([inputs] if isinstance(inputs, (str, os.PathLike)) else inputs)]

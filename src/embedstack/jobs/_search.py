@@ -18,13 +18,14 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, Field
 
-from embedstack.jobs._compact import VectorFormat, unsigned_bits
 from embedstack.jobs._embed import DEFAULT_CACHE, CacheArg, ModelMismatchError, _resolve, check_model, pipeline_for
 from embedstack.jobs._output import OutputError, read_meta
 from embedstack.jobs._stored import StoredRows, open_stored
-from embedstack.quantize import DEFAULT_RESCORE, hamming_distances, scalar_cosines
-from embedstack.similarity import RunningTopK
 from embedstack.types import Role
+from embedstack.vectors.compact import hamming_distances, scalar_cosines
+from embedstack.vectors.exact import RunningTopK
+from embedstack.vectors.formats import VectorFormat, unsigned_bits
+from embedstack.vectors.precision import DEFAULT_RESCORE
 
 __all__ = ["DEFAULT_RESCORE", "TIMING_KEYS", "Hit", "SearchResult", "search"]
 
@@ -159,7 +160,7 @@ def _with_index(
         return None
     fmt = stored.fmt
     try:
-        from embedstack.jobs._index import VectorIndex, index_path
+        from embedstack.vectors.index import VectorIndex, index_path
     except ImportError:
         if index:
             raise

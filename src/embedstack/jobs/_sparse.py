@@ -16,7 +16,6 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from embedstack.jobs._compact import VectorFormat
 from embedstack.jobs._embed import DEFAULT_CACHE, CacheArg, ModelMismatchError
 from embedstack.jobs._output import SPARSE_COLUMNS, OutputError, _pq, read_meta
 from embedstack.jobs._search import (
@@ -33,6 +32,7 @@ from embedstack.jobs._sparse_write import STATS_KEY, resolve_sparse
 from embedstack.jobs._stored import open_stored
 from embedstack.sparse import BaseSparseEmbedding
 from embedstack.types import Role
+from embedstack.vectors.formats import VectorFormat
 
 __all__ = ["RRF_K", "hybrid_search", "sparse_model_of"]
 

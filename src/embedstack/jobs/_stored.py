@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 
-from embedstack.jobs._compact import VectorFormat
 from embedstack.jobs._output import (
     DATASET_FORMAT,
     DATASET_META,
@@ -31,6 +30,7 @@ from embedstack.jobs._output import (
     rows_path,
     write_offsets,
 )
+from embedstack.vectors.formats import VectorFormat
 
 __all__ = ["StoredRows", "open_stored"]
 

@@ -33,7 +33,6 @@ from starlette.routing import Route
 from embedstack import __version__
 from embedstack.base import BaseEmbedding, MultiModalEmbedding
 from embedstack.errors import InvalidInputError
-from embedstack.quantize import truncate_dimensions
 from embedstack.server.batcher import Batcher, QueueFull, Ticket
 from embedstack.server.errors import APIError, error_body, install_handlers, invalid_request
 from embedstack.server.limits import (
@@ -59,6 +58,7 @@ from embedstack.server.sparse import add_sparse_routes
 from embedstack.server.tokens import UsageCounter, counter_for
 from embedstack.sparse import BaseSparseEmbedding
 from embedstack.types import Role
+from embedstack.vectors import truncate_dimensions
 
 __all__ = ["ServerState", "create_app"]
 

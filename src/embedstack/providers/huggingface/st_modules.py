@@ -22,7 +22,7 @@ import numpy.typing as npt
 
 from embedstack.errors import EmbedstackError
 from embedstack.pooling import Pooling
-from embedstack.similarity import normalize
+from embedstack.vectors.exact import normalize
 
 __all__ = [
     "LEGACY_POOLING_FLAGS",

@@ -24,8 +24,8 @@ import numpy.typing as npt
 
 from embedstack._atomic import atomic_write_text, publish
 from embedstack._optional import require
-from embedstack.jobs._output import OutputError
-from embedstack.similarity import normalize
+from embedstack.errors import OutputError
+from embedstack.vectors.exact import normalize
 
 __all__ = ["METRICS", "VectorIndex", "index_path"]
 

@@ -1,4 +1,4 @@
-"""embedstack.jobs._index (the HNSW index beside an output) and the exact Hamming kernels it is checked against."""
+"""embedstack.vectors.index (the HNSW index beside an output) and the exact Hamming kernels it is checked against."""
 
 from __future__ import annotations
 
@@ -12,15 +12,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import embedstack.quantize as qz
-from embedstack.jobs._output import OutputError
-from embedstack.quantize import binary_top_k, hamming_distances, quantize
+import embedstack.vectors.compact as qz
+from embedstack.errors import OutputError
+from embedstack.vectors import binary_top_k, hamming_distances, quantize
 
 
 @pytest.fixture(scope="module")
 def ix() -> Any:
-    """embedstack.jobs._index; its tests skip where faiss (the extra 'index') is not installed."""
-    return pytest.importorskip("embedstack.jobs._index", exc_type=ImportError)
+    """embedstack.vectors.index; its tests skip where faiss (the extra 'index') is not installed."""
+    return pytest.importorskip("embedstack.vectors.index", exc_type=ImportError)
 
 
 def clustered(n: int, dim: int, seed: int = 0) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""embedstack.quantize: truncation, scalar and binary codes, and searching them, against brute-force numpy."""
+"""embedstack.vectors.compact: truncation, scalar and binary codes, and searching them, against brute-force numpy."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from embedstack.quantize import (
+from embedstack.vectors import (
     PRECISIONS,
     binary_top_k,
     calibration_ranges,
@@ -144,7 +144,7 @@ def test_unknown_precision_and_bad_ranges() -> None:
 )
 def test_running_top_k_is_the_exact_top_k_with_ties_to_the_lower_row(keys: list[int], k: int, chunk: int) -> None:
     """Offered chunk by chunk (few distinct keys: many ties), it keeps what one sort of everything keeps."""
-    from embedstack.quantize import RunningTopK
+    from embedstack.vectors import RunningTopK
 
     top = RunningTopK(k)
     values = np.asarray(keys, dtype=np.float64)

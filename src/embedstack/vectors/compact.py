@@ -9,18 +9,16 @@ must be quantised with one set of ranges, never per batch.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any, Literal, Union, get_args
+from typing import Any, Union
 
 import numpy as np
 import numpy.typing as npt
 
-from embedstack.similarity import RunningTopK, top_k
-from embedstack.similarity import normalize as unit_rows
+from embedstack.vectors.exact import RunningTopK, top_k
+from embedstack.vectors.exact import normalize as unit_rows
+from embedstack.vectors.precision import DEFAULT_RESCORE, Precision, check_precision
 
 __all__ = [
-    "DEFAULT_RESCORE",
-    "PRECISIONS",
-    "Precision",
     "binary_top_k",
     "calibration_ranges",
     "dequantize",
@@ -31,11 +29,6 @@ __all__ = [
     "truncate_dimensions",
 ]
 
-#: Binary search's candidates per hit, rescored with the float query (the one default: library, CLI and search).
-DEFAULT_RESCORE = 10
-
-Precision = Literal["float32", "float16", "int8", "uint8", "binary", "ubinary"]
-PRECISIONS: tuple[str, ...] = get_args(Precision)
 Matrix = npt.NDArray[np.floating]
 Codes = npt.NDArray[Union[np.int8, np.uint8, np.float16, np.float32]]
 
@@ -92,8 +85,7 @@ def quantize(vectors: npt.ArrayLike, precision: Precision | str, ranges: npt.Arr
     only when they are the whole corpus). binary / ubinary: one bit per dimension (value > 0), packed
     eight to a byte (int8 codes are the uint8 ones shifted by -128, as sentence-transformers stores them).
     """
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
+    check_precision(precision)
     mat = _matrix(vectors)
     if precision == "float32":
         return mat

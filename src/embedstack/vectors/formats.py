@@ -7,7 +7,6 @@ output's metadata and read back from it, so an append or a search uses exactly t
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -15,43 +14,26 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from embedstack.quantize import PRECISIONS, calibration_ranges, dequantize, quantize, truncate_dimensions
+from embedstack.vectors.compact import calibration_ranges, dequantize, quantize, truncate_dimensions
+from embedstack.vectors.precision import BINARY, SCALAR, STORED_DTYPES, check_precision
 
 __all__ = [
-    "BINARY",
     "CALIBRATION_ROWS",
-    "RESCORE_PRECISION",
     "VectorFormat",
     "check_compact_args",
-    "matryoshka_warning",
     "unsigned_bits",
 ]
 
-#: Precisions stored as packed bits (one bit per dimension, eight to a byte).
-BINARY = frozenset({"binary", "ubinary"})
-#: Precisions that need per-dimension calibration ranges.
-SCALAR = frozenset({"int8", "uint8"})
-#: How the rescoring vectors kept beside binary codes are stored (4x smaller than float32, ~99.9% of its recall).
-RESCORE_PRECISION = "int8"
 #: int8/uint8 ranges (and binary outputs' rescoring ranges) come from the first this-many vectors of a new output.
 CALIBRATION_ROWS = 2048
-
-_STORED_DTYPES: dict[str, np.dtype[Any]] = {
-    "float32": np.dtype("<f4"),
-    "float16": np.dtype("<f2"),
-    "int8": np.dtype("i1"),
-    "uint8": np.dtype("u1"),
-    "binary": np.dtype("i1"),
-    "ubinary": np.dtype("u1"),
-}
 
 
 def check_compact_args(dimensions: int | None, precision: str | None) -> None:
     """Refuse a bad `dimensions` or `precision` before any work is done."""
     if dimensions is not None and (isinstance(dimensions, bool) or not isinstance(dimensions, int) or dimensions < 1):
         raise ValueError(f"dimensions must be a positive integer, got {dimensions!r}")
-    if precision is not None and precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
+    if precision is not None:
+        check_precision(precision)
 
 
 @dataclass(frozen=True)
@@ -87,7 +69,7 @@ class VectorFormat:
     @property
     def dtype(self) -> np.dtype[Any]:
         """The stored codes' numpy dtype (little-endian)."""
-        return _STORED_DTYPES[self.precision]
+        return STORED_DTYPES[self.precision]
 
     @property
     def needs_ranges(self) -> bool:
@@ -191,29 +173,3 @@ def unsigned_bits(codes: np.ndarray) -> npt.NDArray[np.uint8]:
     arr = np.asarray(codes)
     bits: npt.NDArray[np.uint8] = np.ascontiguousarray(arr).view(np.uint8)
     return bits ^ np.uint8(0x80) if arr.dtype == np.int8 else bits
-
-
-_WARNED: set[str] = set()
-
-
-def matryoshka_warning(provider: str | None, name: str | None, dimensions: int, source_dim: int) -> None:
-    """Warn once per model when `dimensions` truncates a model not known to be Matryoshka-trained."""
-    if dimensions >= source_dim:
-        return
-    from embedstack.providers.catalog import find
-
-    facts = find(provider, name) if provider and name else None
-    if facts is not None and facts.matryoshka:
-        return
-    key = f"{provider}:{name}"
-    if key in _WARNED:
-        return
-    _WARNED.add(key)
-    what = f"{name!r}" if name else "this model"
-    why = "is not Matryoshka-trained" if facts is not None else "is not known to be Matryoshka-trained"
-    warnings.warn(
-        f"{what} {why}: its first {dimensions} of {source_dim} dimensions may retrieve noticeably worse "
-        "than all of them; measure on your data, or use a Matryoshka model (see `embedstack models`)",
-        UserWarning,
-        stacklevel=3,
-    )
