@@ -18,9 +18,8 @@ import time
 import warnings
 import weakref
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -33,7 +32,7 @@ from embedstack.callbacks.manager import EventContext
 from embedstack.callbacks.schema import CBEventType, EventPayload
 from embedstack.errors import BadVectorsError, InvalidInputError
 from embedstack.instrumentation import get_dispatcher
-from embedstack.outputs import Dense, Rows
+from embedstack.outputs import Rows
 from embedstack.progress import Progress, ProgressArg
 from embedstack.provider import BatchOutput
 from embedstack.types import Batch, EmbedResult, PartialResult, Role
@@ -302,15 +301,21 @@ class EmbedJob:
         model (`dim_blob`), else the most common; an assumed length is checked again when the model runs.
         """
         recorded = self._recorded_dim = _decode_dim(dim_blob)
-        present = [s for s, b in enumerate(blobs) if b is not None]
-        readable = [s for s in present if isinstance(blobs[s], (bytes, bytearray)) and blobs[s]]
-        bad = len(present) - len(readable)
+        readable = [s for s, b in enumerate(blobs) if type(b) is bytes and b]
+        if len(readable) != len(blobs):  # misses, or a store that hands back other types
+            present = [s for s, b in enumerate(blobs) if b is not None]
+            readable = [s for s in present if isinstance(blobs[s], (bytes, bytearray)) and blobs[s]]
+            bad = len(present) - len(readable)
+        else:
+            bad = 0
         if readable:
             dim = None
             if self.kind.fixed_size:
-                sizes = Counter(len(blobs[s]) for s in readable)
-                dim = self.expected_dim or recorded or sizes.most_common(1)[0][0] // 4
-            rows, ok = self.kind.from_blobs([bytes(blobs[s]) for s in readable], dim)
+                dim = self.expected_dim or recorded
+                if dim is None:
+                    dim = Counter(len(blobs[s]) for s in readable).most_common(1)[0][0] // 4
+            found = blobs if len(readable) == len(blobs) else [blobs[s] for s in readable]
+            rows, ok = self.kind.from_blobs([b if type(b) is bytes else bytes(b) for b in found], dim)
             slots = [s for s, fits in zip(readable, ok) if fits]
             bad += len(readable) - len(slots)
             if slots:
@@ -387,37 +392,35 @@ class EmbedJob:
         repeats = {i: self._repeats[s] for i, s in enumerate(slots) if s in self._repeats}
         return Batch(items, self.role, self.label, self.positions(slots), repeats, prepared)
 
-    @contextmanager
-    def observe(self, batch: Planned) -> Iterator[Callable[[Any], Write | None]]:
-        """Events around one provider call; yields `finish(raw)`, which stores the result and says what to write."""
-        token = self._events.start() if self._events else None
+    def start(self) -> Any:
+        """Open one provider call's events; the token goes to `finish`, or to `fail` if the call fails."""
+        return self._events.start() if self._events else None
 
-        def finish(raw: Any) -> Write | None:
-            values, counts, cut = _unpack(raw)
-            try:
-                rows = self.kind.check(values, len(batch.items))
-            except BadVectorsError as e:
-                if e.positions:
-                    slots = [batch.slots[r] for r in e.positions]
-                    raise BadVectorsError(
-                        f"{e}: {self._names(slots)}; nothing was cached for them",
-                        self.positions(slots),
-                    ) from None
-                raise BadVectorsError(f"{e} (for {self._names(batch.slots)})") from None
-            with self._lock:
-                self._check_dim(batch.slots, rows)
-                self._fill(batch.slots, rows, True)
-                self._usage(batch, raw, counts, cut)
-            if self._events:
-                self._events.end(token, self.role, batch.items, self.kind, rows, raw)
-            return ([self.keys[s] for s in batch.slots], rows) if self.keys else None
-
+    def finish(self, batch: Planned, token: Any, raw: Any) -> Write | None:
+        """Store a provider call's result (checked by the output kind); the cache write it calls for."""
+        values, counts, cut = _unpack(raw)
         try:
-            yield finish
-        except BaseException as e:
-            if self._events:
-                self._events.fail(token, e)
-            raise
+            rows = self.kind.check(values, len(batch.items))
+        except BadVectorsError as e:
+            if e.positions:
+                slots = [batch.slots[r] for r in e.positions]
+                raise BadVectorsError(
+                    f"{e}: {self._names(slots)}; nothing was cached for them",
+                    self.positions(slots),
+                ) from None
+            raise BadVectorsError(f"{e} (for {self._names(batch.slots)})") from None
+        with self._lock:
+            self._check_dim(batch.slots, rows)
+            self._fill(batch.slots, rows, True)
+            self._usage(batch, raw, counts, cut)
+        if self._events:
+            self._events.end(token, self.role, batch.items, self.kind, rows, raw)
+        return ([self.keys[s] for s in batch.slots], rows) if self.keys else None
+
+    def fail(self, token: Any, exc: BaseException) -> None:
+        """Close a failed provider call's events."""
+        if self._events:
+            self._events.fail(token, exc)
 
     def _usage(self, batch: Planned, raw: Any, counts: Sequence[int] | None, cut: Sequence[bool] | None) -> None:
         """Record what a batch reported of its tokens: per item when it said, else its totals."""
@@ -558,7 +561,7 @@ class _Events:
         else:
             chunks = items
         # Dense rows (scores too: one-value rows) as lists of floats, the event's schema; other kinds as they are.
-        vectors = rows.tolist() if isinstance(kind, Dense) else kind.to_python(rows)
+        vectors = kind.to_python(rows)
         if ctx:
             ctx.on_end(payload={EventPayload.CHUNKS: chunks, EventPayload.EMBEDDINGS: vectors})
         if self.dispatcher:
@@ -717,8 +720,12 @@ def run_sync(job: EmbedJob) -> Rows:
             if failed:  # a batch already failed: start nothing new
                 return
             try:
-                with job.observe(batch) as finish:
-                    write = finish(provider.embed(batch.batch))
+                token = job.start()
+                try:
+                    write = job.finish(batch, token, provider.embed(batch.batch))
+                except BaseException as e:
+                    job.fail(token, e)
+                    raise
                 if cache:
                     cache.write(write)
             except Exception as e:
@@ -760,8 +767,12 @@ async def run_async(job: EmbedJob) -> Rows:
                 if failed:  # a batch already failed: start nothing new, let running ones finish
                     return
                 try:
-                    with job.observe(batch) as finish:
-                        write = finish(await provider.aembed(batch.batch))
+                    token = job.start()
+                    try:
+                        write = job.finish(batch, token, await provider.aembed(batch.batch))
+                    except BaseException as e:
+                        job.fail(token, e)
+                        raise
                     if cache:
                         await cache.awrite(write)
                 except Exception as e:

@@ -19,7 +19,7 @@ from embedstack._component import BaseComponent
 from embedstack.callbacks.manager import CallbackManager
 from embedstack.instrumentation import get_dispatcher
 from embedstack.kvstore.base import BaseKVStore
-from embedstack.outputs import Dense, OutputKind, as_matrix
+from embedstack.outputs import Dense, OutputKind, as_lists, as_matrix
 from embedstack.pipeline import DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_SIZE, Pipeline
 from embedstack.progress import ProgressArg
 from embedstack.provider import BatchOutput, Capabilities, TokenCounts
@@ -389,14 +389,14 @@ class BaseEmbedding(EmbeddingModel, TransformComponent):
     @dispatcher.span
     def get_text_embedding_batch(self, texts: list[str], show_progress: bool = False, **kwargs: Any) -> list[Embedding]:
         """Embed many texts in batches of embed_batch_size; results in input order."""
-        return self._run(texts, Role.TEXT, "texts", show_progress).tolist()  # type: ignore[no-any-return]
+        return as_lists(self._run(texts, Role.TEXT, "texts", show_progress))
 
     @dispatcher.span
     async def aget_text_embedding_batch(
         self, texts: list[str], show_progress: bool = False, **kwargs: Any
     ) -> list[Embedding]:
         """Embed many texts, batches running concurrently (at most num_workers at once)."""
-        return (await self._arun(texts, Role.TEXT, "texts", show_progress)).tolist()  # type: ignore[no-any-return]
+        return as_lists(await self._arun(texts, Role.TEXT, "texts", show_progress))
 
     def get_agg_embedding_from_queries(
         self, queries: list[str], agg_fn: Callable[..., Embedding] | None = None
@@ -538,14 +538,14 @@ class MultiModalEmbedding(BaseEmbedding):
         self, img_file_paths: list[ImageType], show_progress: bool = False
     ) -> list[Embedding]:
         """Embed many images in batches; results in input order."""
-        return self._run(img_file_paths, Role.IMAGE, "img_file_paths", show_progress).tolist()  # type: ignore[no-any-return]
+        return as_lists(self._run(img_file_paths, Role.IMAGE, "img_file_paths", show_progress))
 
     @dispatcher.span
     async def aget_image_embedding_batch(
         self, img_file_paths: list[ImageType], show_progress: bool = False
     ) -> list[Embedding]:
         """Embed many images asynchronously."""
-        return (await self._arun(img_file_paths, Role.IMAGE, "img_file_paths", show_progress)).tolist()  # type: ignore[no-any-return]
+        return as_lists(await self._arun(img_file_paths, Role.IMAGE, "img_file_paths", show_progress))
 
 
 class BatchEmbedding(BaseEmbedding):
