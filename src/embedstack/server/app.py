@@ -1,11 +1,12 @@
 """The FastAPI app: routes, the gate every request passes (size, key, metrics, server header) and the lifespan.
 
-`POST /v1/embeddings` answers cache hits at once (`Pipeline.cached`), hands the
-misses to the model's `Batcher`, and writes the answer as bytes (orjson). The route is a raw ASGI endpoint
+`POST /v1/embeddings` answers cache hits at once (`Pipeline.cached`), tokenises each input once on arrival
+(`Provider.prepare`: exact counts for the budget and usage, the tokens queued with the input), hands the
+misses to the model's `Batcher` (`embedstack.server.serving`), and writes the answer as bytes (orjson). The route is a raw ASGI endpoint
 in the router (the request parsed by pydantic from the raw body, the answer sent as
 two ASGI messages), without FastAPI's dependency layer; `_openapi` documents it for /docs.
-Models load in the background after start: `/health` says 503 until they are ready and again while
-draining. `POST /tokenize` answers each input's tokens in TEI's shape. With `cors_allow_origins`, Starlette's
+Models (dense, sparse and rerankers) load in the background after start: `/health` says 503 until every one
+is ready and again while draining. `POST /tokenize` answers each input's tokens in TEI's shape. With `cors_allow_origins`, Starlette's
 CORS middleware wraps everything (preflight OPTIONS requests are answered before the API key is asked for).
 """
 
