@@ -2,12 +2,13 @@
 
 `POST /v1/embeddings` answers cache hits at once (`Pipeline.cached`), tokenises each input once on arrival
 (`Provider.prepare`: exact counts for the budget and usage, the tokens queued with the input), hands the
-misses to the model's `Batcher` (`embedstack.server.serving`), and writes the answer as bytes (orjson). The route is a raw ASGI endpoint
-in the router (the request parsed by pydantic from the raw body, the answer sent as
-two ASGI messages), without FastAPI's dependency layer; `_openapi` documents it for /docs.
-Models (dense, sparse and rerankers) load in the background after start: `/health` says 503 until every one
-is ready and again while draining. `POST /tokenize` answers each input's tokens in TEI's shape. With `cors_allow_origins`, Starlette's
-CORS middleware wraps everything (preflight OPTIONS requests are answered before the API key is asked for).
+misses to the model's `Batcher` (`embedstack.server.serving`), and writes the answer as bytes (orjson).
+The route is a raw ASGI endpoint in the router (the request parsed by pydantic from the raw body, the
+answer sent as two ASGI messages), without FastAPI's dependency layer; `_openapi` documents it for /docs.
+Models (dense, sparse and rerankers) load in the background after start: `/health` says 503 until every
+one is ready and again while draining. `POST /tokenize` answers each input's tokens in TEI's shape. With
+`cors_allow_origins`, Starlette's CORS middleware wraps everything (preflight OPTIONS requests are
+answered before the API key is asked for).
 """
 
 from __future__ import annotations
