@@ -186,6 +186,7 @@ def create_app(
         state.loaded = asyncio.Event()
         for m in (*state.models.values(), *state.sparse.values()):
             m.batcher.start()
+            m.ready = m.ready or not state.warm_up  # nothing to load first: ready from the first request
         loader = asyncio.create_task(_load_all(state), name="embedstack-load-models")
         rerank_loader = start_rerank(app, state.warm_up)
         try:

@@ -367,6 +367,7 @@ def start_rerank(app: FastAPI, warm_up: bool) -> asyncio.Task[None] | None:
     served: dict[str, RerankServed] = getattr(app.state, "embedstack_rerank", {})
     for model in served.values():
         model.batcher.start()
+        model.ready = model.ready or not warm_up  # nothing to load first: ready from the first request
     if not served:
         return None
 
