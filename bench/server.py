@@ -9,6 +9,9 @@ on a free 127.0.0.1 port, waited on by polling its health/models endpoint and st
 - ``naive``        bench/peers/naive_st_server.py: FastAPI calling sentence-transformers' ``encode`` per request
 - ``inproc-onnx`` / ``inproc-openvino``: ``model.embed`` on the same texts in a worker process, one call at a
   time, no server: the reference for the cost of serving
+- ``es-onnx-base`` (with ``--baseline-src DIR``): ``es-onnx`` run from another source tree (``DIR`` is put first
+  on PYTHONPATH, e.g. ``git archive <commit> src | tar -x -C /tmp/base`` then ``--baseline-src /tmp/base/src``):
+  a change measured before and after in the same run
 
 Load: async clients in this process (aiohttp, or httpx with ``--client httpx``: the openai SDK's transport,
 which spends ~3 ms of CPU per request on this machine, on top of the server's latency), one keep-alive
@@ -69,7 +72,7 @@ INFINITY = Path(os.environ.get("INFINITY_BIN", "/work/bench-venvs/infinity/bin/i
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 SERVED = "minilm"
 ENV = {"HF_HUB_OFFLINE": "1", "DO_NOT_TRACK": "1", "INFINITY_ANONYMOUS_USAGE_STATS": "0", "PYTHONWARNINGS": "ignore"}
-TARGETS = ("es-onnx", "es-openvino", "infinity", "naive", "inproc-onnx", "inproc-openvino")
+TARGETS = ("es-onnx", "es-onnx-base", "es-openvino", "infinity", "naive", "inproc-onnx", "inproc-openvino")
 CHECK_TEXTS = 4
 
 
@@ -153,6 +156,7 @@ class Target:
     log: Path | None = None
     start_s: float = 0.0
     vectors: list[list[float]] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
 
     @property
     def inprocess(self) -> bool:
@@ -197,9 +201,14 @@ def make_target(name: str, args: argparse.Namespace, mdir: Path) -> Target:
         return Target(name, [*argv, "--data", str(args.data), "--field", args.field])
     port = free_port()
     host = ["--host", "127.0.0.1", "--port", str(port)]
-    if name == "es-onnx":
+    if name in ("es-onnx", "es-onnx-base"):
         argv = [py, "-m", "embedstack.cli", "serve", "--model", f"{SERVED}=local", "--no-cache", *host]
-        return Target(name, argv + args.serve_args, port, "/health")
+        env: dict[str, str] = {}
+        if name == "es-onnx-base":
+            if args.baseline_src is None:
+                raise SystemExit("es-onnx-base needs --baseline-src DIR (the other tree's src folder)")
+            env["PYTHONPATH"] = os.pathsep.join([str(args.baseline_src), os.environ.get("PYTHONPATH", "")])
+        return Target(name, argv + args.serve_args, port, "/health", env=env)
     if name == "es-openvino":
         argv = [py, "-m", "embedstack.cli", "serve", "--model", f"{SERVED}=openvino", "--no-cache", *host]
         return Target(name, argv + args.serve_args, port, "/health")
@@ -218,7 +227,7 @@ def start(target: Target, logdir: Path, timeout: float) -> None:
     import httpx
 
     target.log = logdir / f"{target.name}.log"
-    env = {**os.environ, **ENV}
+    env = {**os.environ, **ENV, **target.env}
     t0 = time.perf_counter()
     stderr = target.log.open("w")
     if target.inprocess:
@@ -464,6 +473,11 @@ def report(cells: list[Cell], targets: list[Target], checks: dict[str, float], a
     ))  # fmt: skip
     lines.append("")
     lines.append("Goals (ratios: median over rounds of same-round ratios):")
+    for clients in args.clients:
+        for size in args.sizes:
+            r = ratio(cells, ("es-onnx", size, clients), ("es-onnx-base", size, clients))
+            if r is not None:
+                lines.append(f"- es-onnx vs es-onnx-base (--baseline-src), {clients} clients x {size} texts: {r:.2f}x")
     for es in ("es-onnx", "es-openvino"):
         backend = es.removeprefix("es-")
         for peer, goal in (("naive", ">= 3x"), ("infinity", "> 1x")):
@@ -498,7 +512,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DATA, help="packages-retrieval.jsonl (default: %(default)s)")
     parser.add_argument("--field", default="query", choices=("query", "text"), help="which texts to send")
-    parser.add_argument("--targets", default=",".join(TARGETS), help="comma-separated, from: " + ", ".join(TARGETS))
+    parser.add_argument(
+        "--targets",
+        default=",".join(t for t in TARGETS if t != "es-onnx-base"),
+        help="comma-separated, from: " + ", ".join(TARGETS) + " (es-onnx-base joins with --baseline-src)",
+    )
     parser.add_argument("--clients", help="concurrent clients, comma-separated (default: 1,8,64; --quick: 1,64)")
     parser.add_argument("--sizes", default="1,32", help="texts per request (comma-separated)")
     parser.add_argument("--duration", type=float, default=3.0, help="timed seconds per cell (requests then drain)")
@@ -518,6 +536,9 @@ def main() -> None:
         choices=("aiohttp", "httpx"),
         default="aiohttp",
         help="load generator's HTTP client (default aiohttp; httpx adds ~3 ms of its own CPU per request here)",
+    )
+    parser.add_argument(
+        "--baseline-src", type=Path, help="source tree (its src folder) the es-onnx-base target runs from"
     )
     parser.add_argument("--start-timeout", type=float, default=180.0)
     parser.add_argument("--json", type=Path, help="write every cell and the environment here")
@@ -539,6 +560,8 @@ def main() -> None:
     args.clients = [int(c) for c in (args.clients or ("1,64" if args.quick else "1,8,64")).split(",")]
     args.sizes = [int(c) for c in args.sizes.split(",")]
     names = [n.strip() for n in args.targets.split(",") if n.strip()]
+    if args.baseline_src is not None and "es-onnx-base" not in names:
+        names.append("es-onnx-base")
     if "infinity" in names and not args.infinity.exists():
         print(
             f"infinity: {args.infinity} not found (see the set-up in this file's docstring); skipped", file=sys.stderr

@@ -34,8 +34,8 @@ from embedstack.errors import BadVectorsError, InvalidInputError
 from embedstack.instrumentation import get_dispatcher
 from embedstack.outputs import Rows
 from embedstack.progress import Progress, ProgressArg
-from embedstack.provider import BatchOutput
-from embedstack.types import Batch, EmbedResult, PartialResult, Role
+from embedstack.provider import BatchOutput, Prepared
+from embedstack.types import Batch, EmbedResult, PartialResult, Plan, Role
 
 if TYPE_CHECKING:
     from embedstack.kvstore.base import BaseKVStore
@@ -169,6 +169,7 @@ class EmbedJob:
         label: str,
         show_progress: ProgressArg = False,
         offset: int = 0,
+        prepared: Prepared | None = None,
     ):
         self.pipe = pipe
         self.provider = provider = pipe.provider
@@ -180,6 +181,10 @@ class EmbedJob:
         items = check_items(items, role, label, offset)
         provider.check(items, role, label, offset)
         self.n = len(items)
+        if prepared is not None and len(prepared) != self.n:
+            raise ValueError(f"{len(prepared)} prepared values for {self.n} {label}: pass one per item")
+        #: Each input's encoded form made ahead of the call (`Provider.prepare`): batches take these, not a plan.
+        self.prepared = prepared
         self.store = pipe.cache
         self.keys: list[str] = []
         key_of = pipe.key_factory(role) if self.store is not None else None
@@ -355,9 +360,7 @@ class EmbedJob:
             misses = np.flatnonzero(~self.have).tolist()
             if not misses:
                 return []
-        plan = self.provider.plan(
-            [self.uniques[s] for s in misses] if self.dups or not self._none_cached else self.uniques, self.role
-        )
+        plan = self._plan(misses)
         prepared = plan.prepared
         name = self.pipe.provider_name
         if prepared is not None and len(prepared) != len(misses):
@@ -376,6 +379,19 @@ class EmbedJob:
             )
             for i in range(0, len(misses), size)
         ]
+
+    def _plan(self, misses: Sequence[int]) -> Plan:
+        """The provider's plan for the missing slots; for items prepared ahead, their prepared values, most tokens
+        first (as a tokenising provider plans: each batch pads little), with no call into the provider."""
+        given = self.prepared
+        if given is None:
+            return self.provider.plan(
+                [self.uniques[s] for s in misses] if self.dups or not self._none_cached else self.uniques, self.role
+            )
+        first = [self._first[s] for s in misses] if self.dups else misses
+        counts = np.fromiter((given.token_counts[p] for p in first), dtype=np.int64, count=len(first))
+        order: list[int] = np.argsort(-counts, kind="stable").tolist()
+        return Plan(order=order, prepared=[given.values[p] for p in first])
 
     def _batch(self, slots: Slots, prepared: list[Any] | None = None) -> Batch:
         if not self.dups:

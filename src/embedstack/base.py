@@ -22,7 +22,7 @@ from embedstack.kvstore.base import BaseKVStore
 from embedstack.outputs import Dense, OutputKind, as_lists, as_matrix
 from embedstack.pipeline import DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_SIZE, Pipeline
 from embedstack.progress import ProgressArg
-from embedstack.provider import BatchOutput, Capabilities, TokenCounts
+from embedstack.provider import BatchOutput, Capabilities, Prepared, TokenCounts
 from embedstack.schema import BaseNode, MetadataMode, TransformComponent
 from embedstack.similarity import SimilarityMode, mean_agg
 from embedstack.similarity import similarity as _similarity
@@ -203,6 +203,11 @@ class EmbeddingModel(BaseComponent):
 
     def _count_tokens(self, items: list[Any], role: Role) -> TokenCounts | None:
         """Each item's tokens as the model sees them and whether it is truncated; None when it cannot count."""
+        return None
+
+    def _prepare(self, items: list[Any], role: Role) -> Prepared | None:
+        """Each item's encoded form for `_embed` (`Batch.prepared`) and exact token count, made ahead of a call and
+        safe to call while a batch runs in another thread (`Provider.prepare`); None (nothing prepared) by default."""
         return None
 
     def _warm_up(self) -> None:
@@ -612,6 +617,7 @@ class ModelProvider:
             plan_in_thread=cls.plan_in_thread,
             default_async_workers=cls.default_async_workers,
             catalog=cls.catalog_name,
+            prepares=cls._prepare is not EmbeddingModel._prepare,
         )
 
     def __repr__(self) -> str:
@@ -673,6 +679,10 @@ class ModelProvider:
     def count_tokens(self, items: list[Any], role: Role) -> TokenCounts | None:
         """The model's token counts (None when it cannot count)."""
         return self.model._count_tokens(items, role)
+
+    def prepare(self, items: list[Any], role: Role) -> Prepared | None:
+        """The model's encoded items and exact token counts, ahead of a call (None: it prepares nothing)."""
+        return self.model._prepare(items, role)
 
     def tokenize(self, texts: list[str], add_special_tokens: bool = True) -> list[list[dict[str, Any]]] | None:
         """The model's tokens for display (None: it has no tokenizer to show)."""

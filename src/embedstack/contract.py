@@ -27,7 +27,8 @@ class ProviderDeclarations(Protocol):
     ordering (`Batch.prepared`, e.g. tokens). Derived state (loaded weights, clients, located files):
     `_derived` names the private attributes rebuilt from the fields, `_refresh(changed, fresh)` rebuilds them.
     Concurrency: `max_concurrency`, `parallel_sync_batches`, `plan_in_thread`. Input checks:
-    `_check_items`. Capabilities: `is_remote`, `_count_tokens(items, role)` (exact counts), `_warm_up()`,
+    `_check_items`. Capabilities: `is_remote`, `_count_tokens(items, role)` (exact counts), `_prepare(items, role)`
+    (tokens made ahead of a call, e.g. on a server's arrival path: `Batch.prepared` then), `_warm_up()`,
     `_preferred_batch_size()`. Work: `_embed_batch(items, role)` (BatchEmbedding) or the LlamaIndex
     hooks, or `_embed(batch)` when positions are needed.
     """

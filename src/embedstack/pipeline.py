@@ -27,7 +27,7 @@ from embedstack._pipeline import EmbedJob, cached_rows, check_items, run_async, 
 from embedstack.cache_key import dim_key, identity_prefix, make_key_factory
 from embedstack.outputs import OutputKind, Rows
 from embedstack.progress import Progress, ProgressArg
-from embedstack.provider import Provider
+from embedstack.provider import Prepared, Provider
 from embedstack.types import Role
 
 if TYPE_CHECKING:
@@ -229,10 +229,14 @@ class Pipeline:
         show_progress: ProgressArg = False,
         label: str | None = None,
         offset: int = 0,
+        prepared: Prepared | None = None,
     ) -> EmbedOutput:
-        """Every item's row in input order, with usage; cached rows are reused, new ones cached."""
+        """Every item's row in input order, with usage; cached rows are reused, new ones cached.
+
+        `prepared`: the items as `provider.prepare(items, role)` made them (one per item): their batches
+        get those values and nothing is planned or tokenised again (a server tokenises on arrival)."""
         role = Role(role)
-        job = EmbedJob(self, items, role, label or _label(role), show_progress, offset)
+        job = EmbedJob(self, items, role, label or _label(role), show_progress, offset, prepared)
         return _output(job, run_sync(job))
 
     async def aembed(
@@ -243,10 +247,11 @@ class Pipeline:
         show_progress: ProgressArg = False,
         label: str | None = None,
         offset: int = 0,
+        prepared: Prepared | None = None,
     ) -> EmbedOutput:
         """Async `embed`; the event loop is never blocked by the provider or the cache."""
         role = Role(role)
-        job = EmbedJob(self, items, role, label or _label(role), show_progress, offset)
+        job = EmbedJob(self, items, role, label or _label(role), show_progress, offset, prepared)
         return _output(job, await run_async(job))
 
     def values(

@@ -5,6 +5,11 @@ declared before loading (`embedstack.outputs`: `Dense(dim)` today; sparse vector
 scores are other kinds), public capabilities, a plan for a round of items and `embed(batch)`.
 Everything else (cache, dedupe, order, events, async, usage) is the pipeline's.
 
+A provider that tokenises may also `prepare` items ahead of a call (`Capabilities.prepares`): each
+item's encoded form with its exact token count, made once, e.g. by a server as requests arrive
+(TEI's router does the same); `Pipeline.embed(..., prepared=...)` then hands those values to `embed`
+(`Batch.prepared`) instead of planning, so nothing is tokenised twice.
+
 `ProviderBase` gives every method a default, so a new provider writes `output`, `identity` and
 `embed` only; every `BaseEmbedding` is one through its `provider` property.
 """
@@ -19,7 +24,7 @@ from typing import Any, Protocol, runtime_checkable
 from embedstack.outputs import OutputKind
 from embedstack.types import Batch, Plan, Role
 
-__all__ = ["BatchOutput", "Capabilities", "Provider", "ProviderBase", "TokenCounts"]
+__all__ = ["BatchOutput", "Capabilities", "Prepared", "Provider", "ProviderBase", "TokenCounts"]
 
 #: (tokens per item, whether each item was truncated to the model's limit).
 TokenCounts = tuple[list[int], list[bool]]
@@ -40,6 +45,8 @@ class Capabilities:
       (None: unbounded; a remote API wants a bound).
     - `catalog`: the provider's name in `embedstack.providers.catalog` ("local", "openai", "clip"), where
       the model's facts (dimensions, Matryoshka training, limits) are looked up; None: not catalogued.
+    - `prepares`: `prepare` gives each item's encoded form (its tokens) and exact token count ahead of a
+      call, safely from any thread while `embed` runs in another (a server tokenises once, on arrival).
     """
 
     remote: bool = False
@@ -49,6 +56,7 @@ class Capabilities:
     plan_in_thread: bool = False
     default_async_workers: int | None = None
     catalog: str | None = None
+    prepares: bool = False
 
 
 @dataclass(frozen=True)
@@ -63,6 +71,35 @@ class BatchOutput:
     def vectors(self) -> Any:
         """The values (the name `EmbedResult` gives them, for dense outputs)."""
         return self.values
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """Items made ready for `embed` ahead of a call (`Provider.prepare`): per item, the value a batch hands
+    to `embed` as `Batch.prepared` (e.g. its tokens), the tokens the model sees (instruction and special
+    tokens included, after truncation: the exact count usage reports) and whether it was truncated."""
+
+    values: list[Any]
+    token_counts: list[int]
+    truncated: list[bool]
+
+    def __post_init__(self) -> None:
+        if not len(self.values) == len(self.token_counts) == len(self.truncated):
+            raise ValueError(
+                f"Prepared needs one value, count and flag per item, got {len(self.values)}, "
+                f"{len(self.token_counts)} and {len(self.truncated)}"
+            )
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def take(self, positions: Sequence[int]) -> Prepared:
+        """The prepared items at `positions`, in that order."""
+        return Prepared(
+            [self.values[i] for i in positions],
+            [self.token_counts[i] for i in positions],
+            [self.truncated[i] for i in positions],
+        )
 
 
 @runtime_checkable
@@ -105,6 +142,10 @@ class Provider(Protocol):
 
     def count_tokens(self, items: list[Any], role: Role) -> TokenCounts | None:
         """Each item's tokens as the model will see them, and whether it will be truncated (None: cannot)."""
+
+    def prepare(self, items: list[Any], role: Role) -> Prepared | None:
+        """Each item's encoded form for `embed` and its exact token count, made ahead of the call (safe to call
+        from any thread while `embed` runs); None when the provider prepares nothing (`Capabilities.prepares`)."""
 
     def tokenize(self, texts: list[str], add_special_tokens: bool = True) -> list[list[dict[str, Any]]] | None:
         """Each text's tokens, never truncated, as TEI's /tokenize shows them ({"id", "text", "special", "start",
@@ -157,6 +198,10 @@ class ProviderBase:
 
     def count_tokens(self, items: list[Any], role: Role) -> TokenCounts | None:
         """Unknown."""
+        return None
+
+    def prepare(self, items: list[Any], role: Role) -> Prepared | None:
+        """Nothing prepared ahead (a remote API tokenises on its side): `embed` gets the items alone."""
         return None
 
     def tokenize(self, texts: list[str], add_special_tokens: bool = True) -> list[list[dict[str, Any]]] | None:

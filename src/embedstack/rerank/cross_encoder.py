@@ -22,7 +22,7 @@ import numpy.typing as npt
 from embedstack._pipeline import check_texts
 from embedstack.outputs import Dense, OutputKind, Scores
 from embedstack.pipeline import Pipeline
-from embedstack.provider import BatchOutput, Capabilities, ProviderBase, TokenCounts
+from embedstack.provider import BatchOutput, Capabilities, Prepared, ProviderBase, TokenCounts
 from embedstack.providers.hub import ModelSource, locate_model, stamp_identity
 from embedstack.providers.huggingface.tokens import Tokens
 from embedstack.rerank._model import (
@@ -95,7 +95,7 @@ class _Weights:
 class _CrossEncoderProvider(ProviderBase):
     """The reranker as the pipeline sees it: Role.PAIR items in, one score (or num_labels logits) out."""
 
-    capabilities = Capabilities(counts_tokens=True, max_concurrency=1, plan_in_thread=True)
+    capabilities = Capabilities(counts_tokens=True, max_concurrency=1, plan_in_thread=True, prepares=True)
 
     def __init__(self, model: CrossEncoderReranker) -> None:
         self.model = model  # the pipeline names the provider by `model`'s class
@@ -133,11 +133,18 @@ class _CrossEncoderProvider(ProviderBase):
         if len(items) <= 1:
             return Plan()
         tokenizer = self.model.tokenizer()
-        with self.model.lock:  # a transformers tokenizer is not safe to call from two threads at once
-            tokens = tokenizer.tokenize(items)
+        tokens = tokenizer.tokenize(items)  # the tokenizer takes turns on its own lock, never the model's
         counts = np.fromiter((len(t.ids) for t in tokens), dtype=np.int64, count=len(tokens))
         order: list[int] = np.argsort(-counts, kind="stable").tolist()
         return Plan(order=order, prepared=[_Prepared(tokenizer, t) for t in tokens])
+
+    def prepare(self, items: list[Any], role: Role) -> Prepared | None:
+        """Each pair's tokens as `plan` makes them and their exact counts, without waiting for a running batch."""
+        tokenizer = self.model.tokenizer()
+        tokens = tokenizer.tokenize(items)
+        return Prepared(
+            [_Prepared(tokenizer, t) for t in tokens], [len(t.ids) for t in tokens], [t.truncated for t in tokens]
+        )
 
     def embed(self, batch: Batch) -> Any:
         return self.model.score_batch(batch.items, batch.prepared)
@@ -255,7 +262,11 @@ class CrossEncoderReranker:
         return self._identity
 
     def tokenizer(self) -> PairTokenizer:
-        """The pair tokenizer (its files only, no weights), made once."""
+        """The pair tokenizer (its files only, no weights), made once; safe to call from any thread (once made,
+        handed out without the model's lock, which a running batch holds)."""
+        made = self._weights.tokenizer
+        if made is not None:
+            return made
         with self.lock:
             if self._weights.tokenizer is None:
                 self._weights.tokenizer = PairTokenizer(
@@ -317,8 +328,7 @@ class CrossEncoderReranker:
         ):
             tokens = [p.tokens for p in prepared]
         else:
-            with self.lock:
-                tokens = tokenizer.tokenize(pairs)
+            tokens = tokenizer.tokenize(pairs)
         self.load()
         lengths = [len(t.ids) for t in tokens]
         order = sorted(range(len(tokens)), key=lambda i: -lengths[i])

@@ -3,9 +3,11 @@
 from embedstack.server import create_app
 app = create_app({"minilm": "local"})   # an ASGI app: run it with uvicorn, or mount it in another app
 
-Modules: `app` (routes, the request gate, lifespan), `batcher` (dynamic batching), `schemas` (the
-request/response models, i.e. the OpenAPI docs), `errors` (OpenAI error bodies), `metrics`
-(Prometheus), `tokens` (token counts by the model's tokenizer), `limits` (defaults, no dependencies).
+Modules: `app` (routes, the request gate, lifespan), `serving` (one served model and a request's path:
+cache hits, tokens, queue, wait, warm-up), `batcher` (dynamic batching), `schemas` (the request/response
+models, i.e. the OpenAPI docs), `errors` (OpenAI error bodies), `metrics` (Prometheus), `tokens` (each
+input tokenised once on arrival by the model's tokenizer), `sparse` (/embed_sparse), `rerank` (/v1/rerank,
+/rerank), `limits` (defaults, no dependencies).
 `create_app` is imported on first use, so `embedstack.server.limits` needs neither FastAPI nor uvicorn.
 """
 

@@ -1,12 +1,14 @@
 """The FastAPI app: routes, the gate every request passes (size, key, metrics, server header) and the lifespan.
 
-`POST /v1/embeddings` answers cache hits at once (`Pipeline.cached`), hands the
-misses to the model's `Batcher`, and writes the answer as bytes (orjson). The route is a raw ASGI endpoint
-in the router (the request parsed by pydantic from the raw body, the answer sent as
-two ASGI messages), without FastAPI's dependency layer; `_openapi` documents it for /docs.
-Models load in the background after start: `/health` says 503 until they are ready and again while
-draining. `POST /tokenize` answers each input's tokens in TEI's shape. With `cors_allow_origins`, Starlette's
-CORS middleware wraps everything (preflight OPTIONS requests are answered before the API key is asked for).
+`POST /v1/embeddings` answers cache hits at once (`Pipeline.cached`), tokenises each input once on arrival
+(`Provider.prepare`: exact counts for the budget and usage, the tokens queued with the input), hands the
+misses to the model's `Batcher` (`embedstack.server.serving`), and writes the answer as bytes (orjson).
+The route is a raw ASGI endpoint in the router (the request parsed by pydantic from the raw body, the
+answer sent as two ASGI messages), without FastAPI's dependency layer; `_openapi` documents it for /docs.
+Models (dense, sparse and rerankers) load in the background after start: `/health` says 503 until every
+one is ready and again while draining. `POST /tokenize` answers each input's tokens in TEI's shape. With
+`cors_allow_origins`, Starlette's CORS middleware wraps everything (preflight OPTIONS requests are
+answered before the API key is asked for).
 """
 
 from __future__ import annotations
@@ -32,8 +34,6 @@ from starlette.routing import Route
 
 from embedstack import __version__
 from embedstack.base import BaseEmbedding, MultiModalEmbedding
-from embedstack.errors import InvalidInputError
-from embedstack.server.batcher import Batcher, QueueFull, Ticket
 from embedstack.server.errors import APIError, error_body, install_handlers, invalid_request
 from embedstack.server.limits import (
     DEFAULT_MAX_BATCH_TOKENS,
@@ -54,8 +54,8 @@ from embedstack.server.schemas import (
     SimpleToken,
     TokenizeRequest,
 )
+from embedstack.server.serving import INLINE_INPUTS, Served, gather, load, make_served
 from embedstack.server.sparse import add_sparse_routes
-from embedstack.server.tokens import UsageCounter, counter_for
 from embedstack.sparse import BaseSparseEmbedding
 from embedstack.types import Role
 from embedstack.vectors import truncate_dimensions
@@ -64,8 +64,6 @@ __all__ = ["ServerState", "create_app"]
 
 logger = logging.getLogger("embedstack.server")
 
-#: Requests this small are counted and looked up on the loop; larger ones in a worker thread.
-_INLINE_INPUTS = 16
 _ROUTES = (
     frozenset(
         {"/v1/embeddings", "/v1/models", "/tokenize", "/embed_sparse", "/health", "/metrics", "/docs", "/openapi.json"}
@@ -90,35 +88,30 @@ Matrix = npt.NDArray[np.float32]
 
 
 @dataclass
-class _Served:
-    """One served model: the model, its batcher and token counter, and whether it is ready."""
-
-    name: str
-    model: BaseEmbedding
-    batcher: Batcher
-    counter: UsageCounter
-    created: int = field(default_factory=lambda: int(time.time()))
-    ready: bool = False
-    error: str | None = None
-    dim: int | None = None
-
-
-@dataclass
 class ServerState:
-    """What the routes share: the served models, the key, limits, metrics, and loading/draining."""
+    """What the routes share: the served models (dense, sparse, rerankers), the key, limits, metrics, and
+    loading/draining."""
 
-    models: dict[str, _Served]
+    models: dict[str, Served]
     metrics: Metrics
     api_key: str | None
     max_body_bytes: int
     warm_up: bool = True
     draining: bool = False
     loaded: asyncio.Event | None = None
+    #: The sparse models, answered at /embed_sparse.
+    sparse: dict[str, Served] = field(default_factory=dict)
+    #: The rerankers ({name: RerankServed}), answered at /v1/rerank and /rerank (set by `install_rerank`).
+    rerankers: Mapping[str, Any] = field(default_factory=dict)
+
+    def entries(self) -> list[Any]:
+        """Every served model of every kind (each has `name`, `ready`, `error` and `batcher`)."""
+        return [*self.models.values(), *self.sparse.values(), *self.rerankers.values()]
 
     @property
     def ready(self) -> bool:
-        """Every model loaded and not draining."""
-        return not self.draining and all(m.ready for m in self.models.values())
+        """Every model (dense, sparse, reranker) loaded and not draining."""
+        return not self.draining and all(m.ready for m in self.entries())
 
 
 def _named(
@@ -176,28 +169,24 @@ def create_app(
     if max_body_bytes < 1024:
         raise ValueError(f"max_body_bytes must be at least 1024, got {max_body_bytes}")
     metrics = Metrics()
-    served: dict[str, _Served] = {}
     models, rerankers = split_rerankers(models)  # "rerank:<path>" models: server/rerank.py
     dense, sparse = _named(models) if models or not rerankers else ({}, {})
-    for name, model in dense.items():
-        counter = counter_for(model)
-        batcher = Batcher(
-            model,
-            name,
-            metrics,
-            max_batch_tokens=max_batch_tokens,
-            max_wait=max_wait_ms / 1000,
-            max_queue=max_queue,
-            embed=counter.embed,
-        )
-        served[name] = _Served(name, model, batcher, counter)
-    state = ServerState(served, metrics, api_key or None, max_body_bytes, warm_up)
+    limits: dict[str, Any] = {"max_batch_tokens": max_batch_tokens, "max_wait_ms": max_wait_ms, "max_queue": max_queue}
+    state = ServerState(
+        {name: make_served(name, model, metrics, "dense", **limits) for name, model in dense.items()},
+        metrics,
+        api_key or None,
+        max_body_bytes,
+        warm_up,
+        sparse={name: make_served(name, model, metrics, "sparse", **limits) for name, model in sparse.items()},
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state.loaded = asyncio.Event()
-        for m in state.models.values():
+        for m in (*state.models.values(), *state.sparse.values()):
             m.batcher.start()
+            m.ready = m.ready or not state.warm_up  # nothing to load first: ready from the first request
         loader = asyncio.create_task(_load_all(state), name="embedstack-load-models")
         rerank_loader = start_rerank(app, state.warm_up)
         try:
@@ -210,7 +199,7 @@ def create_app(
                     with contextlib.suppress(asyncio.CancelledError):
                         await task
             await stop_rerank(app, APIError(503, "the server is shutting down", code="server_shutting_down"))
-            for m in state.models.values():
+            for m in (*state.models.values(), *state.sparse.values()):
                 await m.batcher.stop(APIError(503, "the server is shutting down", code="server_shutting_down"))
 
     app = FastAPI(
@@ -222,8 +211,8 @@ def create_app(
     app.state.embedstack = state
     install_handlers(app)
     _routes(app, state)
-    add_sparse_routes(app, sparse, metrics)
-    install_rerank(
+    add_sparse_routes(app, state)
+    state.rerankers = install_rerank(
         app, state, rerankers, max_batch_tokens=max_batch_tokens, max_wait_ms=max_wait_ms, max_queue=max_queue
     )
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
@@ -293,32 +282,10 @@ def _check_origins(origins: Sequence[str] | None) -> list[str]:
 
 # -- loading -------------------------------------------------------------------------------------------
 async def _load_all(state: ServerState) -> None:
-    for served in state.models.values():
-        if not state.warm_up:
-            served.ready = True
-            continue
-        try:
-            served.dim = await asyncio.to_thread(_warm_up, served.model, served.counter)
-        except Exception as e:
-            served.error = f"{type(e).__name__}: {e}"
-            logger.error("model %r failed to load: %s", served.name, served.error)
-            continue
-        served.ready = True
-        logger.info("model %r ready (%s dimensions)", served.name, served.dim)
+    """Load and warm the dense and sparse models (the rerankers load in a task of their own)."""
+    await load([*state.models.values(), *state.sparse.values()], state.warm_up)
     assert state.loaded is not None
     state.loaded.set()
-
-
-def _warm_up(model: BaseEmbedding, counter: UsageCounter) -> int | None:
-    """Load the weights and the tokenizer and run the model once (outside the cache), so the first request
-    pays none of it; returns the vector length, which the model's pipeline then knows (cache hits are
-    trusted from then on). A remote model sends no request before a client asks."""
-    provider, pipeline = model.provider, model.pipeline
-    provider.warm_up()
-    counter.estimate(["warm-up"], Role.TEXT)
-    if not provider.capabilities.remote:
-        pipeline.with_options(cache=None).embed(["warm-up"], label="warm-up")
-    return pipeline.known_size()[0]
 
 
 # -- the gate: body size, key, metrics, server header ---------------------------------------------------
@@ -510,7 +477,7 @@ def _routes(app: FastAPI, state: ServerState) -> None:
             message = f"'inputs' has {len(texts)} items; at most {MAX_INPUTS} per request"
             raise APIError(413, message, param="inputs", code="too_many_inputs")
         count = served.counter.tokens
-        if len(texts) <= _INLINE_INPUTS:
+        if len(texts) <= INLINE_INPUTS:
             found = count(texts, body.add_special_tokens)
         else:  # a large request tokenises in a worker thread, never on the loop
             found = await asyncio.to_thread(count, texts, body.add_special_tokens)
@@ -526,16 +493,15 @@ def _routes(app: FastAPI, state: ServerState) -> None:
 
     @app.get(
         "/health",
-        summary="200 when every model is ready; 503 while loading, after a model failed to load, or while draining",
+        summary="200 when every model (embedding, sparse, reranker) is ready; 503 while loading, after a model "
+        "failed to load, or while draining",
     )
     async def health() -> JSONResponse:
-        models = {
-            m.name: ("ready" if m.ready else "failed: " + m.error if m.error else "loading")
-            for m in state.models.values()
-        }
+        entries = state.entries()
+        models = {m.name: ("ready" if m.ready else "failed: " + m.error if m.error else "loading") for m in entries}
         if state.draining:
             status = "draining"
-        elif any(m.error for m in state.models.values()):
+        elif any(m.error for m in entries):
             status = "failed"
         else:
             status = "ok" if state.ready else "loading"
@@ -545,12 +511,12 @@ def _routes(app: FastAPI, state: ServerState) -> None:
 
     @app.get("/metrics", summary="Prometheus metrics", response_class=Response)
     async def metrics() -> Response:
-        for m in state.models.values():
+        for m in state.entries():
             state.metrics.queue_depth.labels(m.name).set(m.batcher.depth)
         return Response(state.metrics.render(), media_type=CONTENT_TYPE)
 
 
-def _tokenizing_model(state: ServerState, name: str | None) -> _Served:
+def _tokenizing_model(state: ServerState, name: str | None) -> Served:
     """The model whose tokenizer /tokenize uses: the named one, or the only one served."""
     if state.draining:
         raise APIError(503, "the server is shutting down", code="server_shutting_down", headers={"retry-after": "1"})
@@ -606,7 +572,7 @@ def _inputs(body: EmbeddingRequest) -> list[str]:
 _ROLES = {"query": Role.QUERY, "document": Role.TEXT, "image": Role.IMAGE}
 
 
-def _check_images(texts: list[str], served: _Served) -> None:
+def _check_images(texts: list[str], served: Served) -> None:
     if not isinstance(served.model, MultiModalEmbedding):
         raise APIError(
             400, f"the model {served.name!r} does not embed images", param="input_type", code="unsupported_input"
@@ -622,64 +588,6 @@ def _check_images(texts: list[str], served: _Served) -> None:
             )
 
 
-@dataclass
-class _Arrival:
-    """A request's inputs as known before the queue: cache hits, and each input's tokens so far.
-
-    `counts`/`truncated`: exact for the hits, and for every input when the counter counts on arrival;
-    for a model that counts its own inputs in the worker, the misses hold estimates until it has.
-    """
-
-    rows: Matrix | None
-    found: npt.NDArray[np.bool_]
-    counts: list[int]
-    truncated: list[bool]
-
-
-def _prepare(served: _Served, texts: list[str], role: Role, truncate: bool) -> _Arrival:
-    """The request's CPU work before the queue: input checks, cache hits and token counts (or estimates)."""
-    model, counter = served.model, served.counter
-    try:
-        pipeline = model.pipeline
-        if pipeline.cache is None and role is not Role.IMAGE:
-            pipeline.validate(texts, role, "input")  # what cached() checks first
-            rows, found = None, np.zeros(len(texts), dtype=bool)
-        else:
-            rows, found = pipeline.cached(texts, role, "input")
-    except (InvalidInputError, TypeError, ValueError) as e:
-        index = getattr(e, "index", None)
-        raise APIError(
-            400, str(e), param=f"input[{index}]" if index is not None else "input", code="invalid_value"
-        ) from None
-    if not counter.in_worker or not truncate:
-        # counted on arrival (with "truncate": false every input: an over-long one is refused before it queues)
-        counts, truncated = counter.count(texts, role)
-    elif found.any():  # hits never reach the model: count them here; the misses are estimated for the budget
-        counts, truncated = counter.estimate(texts, role), [False] * len(texts)
-        hits = np.flatnonzero(found).tolist()
-        exact, cut = counter.count([texts[i] for i in hits], role)
-        for j, i in enumerate(hits):
-            counts[i], truncated[i] = exact[j], cut[j]
-    else:
-        counts, truncated = counter.estimate(texts, role), [False] * len(texts)
-    if not truncate:
-        _refuse_truncated(truncated)
-    return _Arrival(rows, found, counts, truncated)
-
-
-def _refuse_truncated(truncated: list[bool]) -> None:
-    if not any(truncated):
-        return
-    over = [i for i, t in enumerate(truncated) if t]
-    shown = ", ".join(f"input[{i}]" for i in over[:5]) + (f" and {len(over) - 5} more" if len(over) > 5 else "")
-    raise APIError(
-        400,
-        f'{shown} {"is" if len(over) == 1 else "are"} over the model\'s token limit and "truncate" is false',
-        param=f"input[{over[0]}]",
-        code="context_length_exceeded",
-    )
-
-
 async def _embeddings(state: ServerState, body: EmbeddingRequest, receive: Receive) -> bytes:
     """The answer's body for a validated request (APIError for anything refused)."""
     if state.draining:
@@ -687,10 +595,7 @@ async def _embeddings(state: ServerState, body: EmbeddingRequest, receive: Recei
     served = state.models.get(body.model)
     if served is None:
         raise _unknown_model(state, body.model)
-    if not served.ready:
-        if served.error:
-            raise APIError(503, f"the model {served.name!r} failed to load: {served.error}", code="model_failed")
-        raise APIError(503, f"the model {served.name!r} is loading", code="model_loading", headers={"retry-after": "1"})
+    served.check_ready()
     texts = _inputs(body)
     role = _ROLES[body.input_type]
     if role is Role.IMAGE:
@@ -702,100 +607,16 @@ async def _embeddings(state: ServerState, body: EmbeddingRequest, receive: Recei
             param="dimensions",
             code="invalid_value",
         )
-    batcher = served.batcher
-    with batcher.arriving():  # an idle model waits (at most --max-wait-ms) for requests on their way
-        if len(texts) <= _INLINE_INPUTS:
-            known = _prepare(served, texts, role, body.truncate)
-        else:
-            known = await asyncio.to_thread(_prepare, served, texts, role, body.truncate)
-        misses = np.flatnonzero(~known.found).tolist()
-        ticket = (
-            _submit(served, [texts[i] for i in misses], role, [known.counts[i] for i in misses]) if misses else None
-        )
-    metrics = state.metrics
-    hits = len(texts) - len(misses)
-    if hits:
-        metrics.cache_hits.labels(served.name).inc(hits)
-    rows, counts, truncated = known.rows, known.counts, known.truncated
-    if ticket is not None:
-        computed = await _wait(served, receive, ticket)
-        counted = ticket.counts()
-        if counted is not None:  # the model's own counts of what it computed
-            for j, i in enumerate(misses):
-                counts[i], truncated[i] = counted[0][j], counted[1][j]
-            if not body.truncate:
-                _refuse_truncated(truncated)
-        if rows is None:
-            rows = computed if len(misses) == len(texts) else np.zeros((len(texts), computed.shape[1]), np.float32)
-        if rows is not computed:
-            rows[misses] = computed
-    assert rows is not None
+    rows, arrival = await gather(served, texts, role, body.truncate, "input", receive)
     if body.dimensions is not None:
         rows = _shorten(rows, body.dimensions)
-    tokens = int(sum(counts)) if role is not Role.IMAGE else 0
+    metrics = state.metrics
+    tokens = int(sum(arrival.counts)) if role is not Role.IMAGE else 0
     metrics.tokens.labels(served.name).inc(tokens)
-    cut = sum(truncated)
+    cut = sum(arrival.truncated)
     if cut:
         metrics.truncated.labels(served.name).inc(cut)
     return _encode(rows, served.name, tokens, body.encoding_format)
-
-
-def _submit(served: _Served, values: list[str], role: Role, costs: list[int]) -> Ticket:
-    """Queue the misses; 429 when the model's queue is full."""
-    try:
-        return served.batcher.submit(values, role, costs)
-    except QueueFull as e:
-        raise APIError(
-            429,
-            f"the queue of {served.name!r} is full ({e.depth} inputs waiting); retry after {e.retry_after}s",
-            code="queue_full",
-            headers={"retry-after": str(e.retry_after)},
-        ) from None
-
-
-class _ClientGone(Exception):
-    """The client disconnected while its request waited for the model."""
-
-
-async def _wait(served: _Served, receive: Receive, ticket: Ticket) -> Matrix:
-    """The model's vectors for the misses. While some of them are still queued, a client that goes away
-    cancels the request, so they are dropped before the model (once all run, nothing is left to save)."""
-    gone: asyncio.Future[None] | None = None
-    if ticket.waiting:
-        gone = asyncio.ensure_future(_disconnected(receive))
-        gone.add_done_callback(lambda g: _on_gone(g, ticket))
-    try:
-        await ticket.future
-    except asyncio.CancelledError:
-        served.batcher.cancel(ticket)
-        raise
-    except _ClientGone:
-        served.batcher.cancel(ticket)
-        raise APIError(499, "the client closed the request", code="client_closed_request") from None
-    except APIError:
-        raise
-    except (InvalidInputError, TypeError, ValueError) as error:
-        raise APIError(400, str(error), param="input", code="invalid_value") from error
-    except Exception as error:
-        logger.error("model %r failed: %s: %s", served.name, type(error).__name__, error)
-        raise APIError(500, f"the model failed: {type(error).__name__}: {error}", code="model_error") from error
-    finally:
-        if gone is not None and not gone.done():
-            gone.cancel()
-    return ticket.rows()
-
-
-def _on_gone(gone: asyncio.Future[None], ticket: Ticket) -> None:
-    if not gone.cancelled() and gone.exception() is None and not ticket.future.done():
-        ticket.future.set_exception(_ClientGone())
-
-
-async def _disconnected(receive: Receive) -> None:
-    """Returns when the client disconnects (the body was read already, so nothing else arrives)."""
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return
 
 
 def _shorten(rows: Matrix, dimensions: int) -> Matrix:

@@ -1,18 +1,21 @@
 """Dynamic batching: the inputs of concurrent requests merged into model calls, one at a time per model.
 
-A request hands its inputs (cache misses) to `Batcher.submit` and awaits its `Ticket`. Identical
-inputs share one `_Item`, whether queued or running, so a text asked for by two concurrent requests
-is computed once. Batches are taken round-robin across the waiting requests until the token budget
-is spent, so one request of 2,048 texts goes out a budget at a time while single-text requests
-behind it ride along in every batch, and run `model.embed` (cache, dedupe, events; through
-`UsageCounter.embed`, which also returns the token counts of the model's own tokenisation) in one
-worker thread, so the event loop never blocks. A request whose client went away is cancelled: its
-queued items are dropped before they reach the model unless another request still wants them.
+A request hands its inputs (cache misses), each with its token count and, for a model that prepares
+its inputs, its tokens (`embedstack.server.tokens`: tokenised once, on arrival), to `Batcher.submit`
+and awaits its `Ticket`. Identical inputs share one `_Item`, whether queued or running, so a text
+asked for by two concurrent requests is computed once. Batches are taken round-robin across the
+waiting requests until the token budget (exact counts, where the model counts) is spent, so one
+request of 2,048 texts goes out a budget at a time while single-text requests behind it ride along
+in every batch, and run through the model's public pipeline (`Pipeline.embed`: cache, dedupe,
+events; handed the arrival tokens as `prepared`, so nothing is tokenised again) in one worker
+thread, so the event loop never blocks. Any output kind travels: dense rows, scores, sparse vectors.
+A request whose client went away is cancelled: its queued items are dropped before they reach the
+model unless another request still wants them.
 
 Scheduling is callback-driven, with one hand-off each way: a submit to an idle worker starts the
 batch at once (no task to wake), and the worker thread hands the result back with one
 `call_soon_threadsafe`, which resolves the tickets and starts the next batch. When the worker is
-idle and other requests are on their way (announced with `arriving()`: counting tokens, reading
+idle and other requests are on their way (announced with `arriving()`: tokenising, reading
 the cache), the first input waits up to `max_wait` seconds for them; a lone request never waits,
 and when the worker is busy, inputs gather on their own. A full queue refuses new work
 (`QueueFull`, a 429) instead of growing.
@@ -32,18 +35,18 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from embedstack.base import BaseEmbedding
 from embedstack.errors import EmbedstackError
+from embedstack.pipeline import Pipeline
+from embedstack.provider import Prepared
 from embedstack.server.metrics import Metrics
 from embedstack.types import Role
 
 __all__ = ["Batcher", "QueueFull", "Ticket"]
 
-Matrix = npt.NDArray[np.float32]
-#: (tokens per input, whether each input was truncated), as `UsageCounter` returns them.
-Counts = tuple[list[int], list[bool]]
-#: One model call, run in the worker thread: (values, role) -> (vectors, the values' token counts or None).
-EmbedFn = Callable[[list[Any], Role], tuple[Matrix, "Counts | None"]]
+#: A batch's rows in item order: an (n, dim) float32 matrix (dense vectors, scores), or an object array of rows.
+Rows = npt.NDArray[Any]
+#: One model call, run in the worker thread: (values, role, their prepared tokens or None) -> rows.
+EmbedFn = Callable[[list[Any], Role, "Prepared | None"], Rows]
 
 _QUEUED, _RUNNING, _DONE, _DROPPED = range(4)
 
@@ -60,18 +63,22 @@ class QueueFull(EmbedstackError, RuntimeError):
 class _Item:
     """One distinct input, shared by every request that asked for it while it was queued or running."""
 
-    __slots__ = ("cost", "key", "role", "row", "state", "tickets", "tokens", "truncated", "value")
+    __slots__ = ("cost", "key", "prepared", "role", "row", "state", "tickets", "tokens", "value")
 
-    def __init__(self, key: Any, value: Any, role: Role, cost: int) -> None:
+    def __init__(self, key: Any, value: Any, role: Role, tokens: int, prepared: Any) -> None:
         self.key = key
         self.value = value
         self.role = role
-        self.cost = cost
+        self.tokens = tokens  # as tokenised on arrival (an estimate for a model that cannot count)
+        self.cost = max(1, tokens)  # its weight in the batch's token budget
+        self.prepared = prepared  # its tokens from arrival (`Provider.prepare`), or _NONE
         self.state = _QUEUED
-        self.row: Matrix | None = None
-        self.tokens: int | None = None  # as the model tokenised it, when the model call counted
-        self.truncated = False
+        self.row: Any = None
         self.tickets: set[Ticket] = set()
+
+
+#: An item with nothing prepared on arrival (its model call tokenises it).
+_NONE = object()
 
 
 class Ticket:
@@ -86,15 +93,16 @@ class Ticket:
         self.queue: deque[_Item] = deque()  # the items this request put in the queue, not yet taken
         self.remaining = 0  # distinct items still without a vector
 
-    def rows(self) -> Matrix:
-        """The vectors of the request's inputs, in input order (once the future is done)."""
-        return np.stack([item.row for item in self.items])  # type: ignore[misc]
-
-    def counts(self) -> Counts | None:
-        """The inputs' token counts from the model call that computed them (None when it did not count)."""
-        if any(item.tokens is None for item in self.items):
-            return None
-        return [item.tokens for item in self.items], [item.truncated for item in self.items]  # type: ignore[misc]
+    def rows(self) -> Rows:
+        """The rows of the request's inputs, in input order (once the future is done): a float32 matrix for
+        dense rows, else an object array (sparse vectors)."""
+        rows = [item.row for item in self.items]
+        if isinstance(rows[0], np.ndarray):
+            return np.stack(rows)
+        out = np.empty(len(rows), dtype=object)
+        for i, row in enumerate(rows):  # one by one: a row that is a tuple must not be unpacked
+            out[i] = row
+        return out
 
     @property
     def waiting(self) -> bool:
@@ -107,22 +115,24 @@ class Batcher:
 
     def __init__(
         self,
-        model: BaseEmbedding,
+        pipeline: Pipeline,
         name: str,
         metrics: Metrics,
         *,
         max_batch_tokens: int,
         max_wait: float,
         max_queue: int,
+        label: str = "input",
         embed: EmbedFn | None = None,
     ) -> None:
-        self.model = model
+        self.pipeline = pipeline
         self.name = name
         self.max_batch_tokens = max_batch_tokens
         self.max_wait = max_wait
         self.max_queue = max_queue
-        self._call: EmbedFn = embed or (lambda values, role: (model.embed(values, role), None))
-        self._metrics = metrics
+        self.label = label
+        self._call: EmbedFn = embed or self._pipeline_call
+        self.metrics = self._metrics = metrics
         self._queue_depth = metrics.queue_depth.labels(name)
         self._pending: dict[tuple[Role, Any], _Item] = {}  # queued or running items, for dedupe
         self._rotation: deque[Ticket] = deque()  # requests with queued items, served round-robin
@@ -179,8 +189,11 @@ class Batcher:
             self._arriving -= 1
             self._kick()
 
-    def submit(self, values: Sequence[Any], role: Role, costs: Sequence[int]) -> Ticket:
-        """Queue a request's inputs (each with its token cost); identical inputs already queued or running
+    def submit(
+        self, values: Sequence[Any], role: Role, tokens: Sequence[int], prepared: Sequence[Any] | None = None
+    ) -> Ticket:
+        """Queue a request's inputs, each with its token count (its cost in the budget) and, when given, its
+        prepared tokens (`Provider.prepare`, made on arrival); identical inputs already queued or running
         are joined, not queued again. Raises QueueFull when the queue cannot take the new ones."""
         assert self._loop is not None, "Batcher.start() was not called"
         fresh: dict[Any, int] = {}
@@ -199,7 +212,8 @@ class Batcher:
             key = (role, value)
             item = self._pending.get(key)
             if item is None:
-                item = self._pending[key] = _Item(key, value, role, max(1, int(costs[i])))
+                ready = prepared[i] if prepared is not None else _NONE
+                item = self._pending[key] = _Item(key, value, role, int(tokens[i]), ready)
                 ticket.queue.append(item)
                 self._depth += 1
                 self._queued_tokens += item.cost
@@ -343,12 +357,11 @@ class Batcher:
         if self._loop is None:  # stopped meanwhile: the tickets have failed already
             return
         if error is None:
-            matrix, counts = result
             self._seconds_per_token = seconds / max(1, sum(item.cost for item in batch))
             self._metrics.items.labels(self.name).inc(len(batch))
-            self._finish(batch, matrix, counts, None)
+            self._finish(batch, result, None)
         elif len(batch) == 1:
-            self._finish(batch, None, None, error)
+            self._finish(batch, None, error)
         else:  # one bad input must not fail the other requests: each input alone
             self._singles.extend(batch)
         self._kick(gather=False)
@@ -366,7 +379,7 @@ class Batcher:
             result: Any = None
             error: BaseException | None = None
             try:
-                result = self._embed([item.value for item in batch], role)
+                result = self._embed(batch, role)
             except Exception as e:
                 error = e
             try:
@@ -374,20 +387,26 @@ class Batcher:
             except RuntimeError:  # the loop is closed: the server has stopped
                 return
 
-    def _embed(self, values: list[Any], role: Role) -> tuple[Matrix, Counts | None]:
-        """One model call, in the worker thread: the model's own pipeline (cache, dedupe, events)."""
-        return self._call(values, role)
+    def _embed(self, batch: list[_Item], role: Role) -> Rows:
+        """One model call, in the worker thread, with the batch's arrival tokens when every item has them."""
+        values = [item.value for item in batch]
+        prepared = None
+        if all(item.prepared is not _NONE for item in batch):
+            tokens = [item.tokens for item in batch]
+            prepared = Prepared([item.prepared for item in batch], tokens, [False] * len(batch))
+        return self._call(values, role, prepared)
 
-    def _finish(
-        self, batch: list[_Item], matrix: Matrix | None, counts: Counts | None, error: BaseException | None
-    ) -> None:
+    def _pipeline_call(self, values: list[Any], role: Role, prepared: Prepared | None) -> Rows:
+        """The model's public pipeline (cache, dedupe, events) on one batch, reusing its arrival tokens."""
+        out = self.pipeline.embed(values, role, label=self.label, prepared=prepared)
+        return out.values  # type: ignore[no-any-return]
+
+    def _finish(self, batch: list[_Item], rows: Rows | None, error: BaseException | None) -> None:
         for i, item in enumerate(batch):
             item.state = _DONE
             self._pending.pop(item.key, None)
-            if matrix is not None:
-                item.row = matrix[i]
-            if counts is not None:
-                item.tokens, item.truncated = int(counts[0][i]), bool(counts[1][i])
+            if rows is not None:
+                item.row = rows[i]
             for ticket in item.tickets:
                 if ticket.future.done():
                     continue

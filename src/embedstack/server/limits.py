@@ -11,7 +11,7 @@ __all__ = [
     "SERVER_HEADER",
 ]
 
-#: Response header on every answer; clients (OpenAILikeEmbedding) detect an embedstack server by it.
+#: Response header on every answer (the server's version; exposed to browsers with CORS).
 SERVER_HEADER = "x-embedstack-server"
 #: Tokens per model call: small enough that a single-text request never waits long behind a big one on a CPU.
 DEFAULT_MAX_BATCH_TOKENS = 2048

@@ -1,9 +1,10 @@
 """Reranking routes: `POST /v1/rerank` (Cohere's and Jina's shape) and `POST /rerank` (TEI's), beside embeddings.
 
-A model served as `NAME=rerank:<name or path>` is a `CrossEncoderReranker`. Its pairs go through the same
-dynamic batcher as embedding inputs (each pair costs its token count against --max-batch-tokens; a pair
-asked for by two concurrent requests is scored once), with the server's key, limits, error bodies, metrics
-and drain. The batcher scores raw logits (the reranker's `with_activation("identity")` twin, so its cache
+A model served as `NAME=rerank:<name or path>` is a `CrossEncoderReranker`. Its pairs are tokenised once, on
+arrival (`Provider.prepare`), and go through the same dynamic batcher as embedding inputs with their tokens
+(each pair costs its exact token count against --max-batch-tokens; the batch reuses the tokens; a pair
+asked for by two concurrent requests is scored once), with the server's key, limits, error bodies, metrics,
+drain and /health. The batcher scores raw logits (the reranker's `with_activation("identity")` twin, so its cache
 keys are the logits'); each route then applies its activation: `/v1/rerank` the model's default (what
 `CrossEncoderReranker.rank` returns: sentence-transformers' default), `/rerank` TEI's (sigmoid, or the raw
 logits with `raw_scores: true`).
@@ -12,7 +13,6 @@ logits with `raw_scores: true`).
 from __future__ import annotations
 
 import asyncio
-import functools
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -24,6 +24,7 @@ from fastapi import FastAPI, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from embedstack.errors import InvalidInputError
+from embedstack.provider import Prepared
 from embedstack.rerank._model import activate
 from embedstack.rerank.cross_encoder import CrossEncoderReranker, resolve_rerank_model
 from embedstack.server.batcher import Batcher, QueueFull, Ticket
@@ -173,15 +174,6 @@ def split_rerankers(
     return others, rerankers
 
 
-def _score(raw: CrossEncoderReranker, pairs: list[Any], role: Role) -> tuple[Any, tuple[list[int], list[bool]] | None]:
-    """One batcher call, in its worker thread: the raw logits of `pairs` through the twin's pipeline."""
-    out = raw.pipeline.embed(pairs, Role.PAIR, label="pairs")
-    counts = None
-    if out.token_counts is not None and out.truncated is not None and (out.token_counts >= 0).all():
-        counts = (out.token_counts.tolist(), out.truncated.tolist())
-    return out.values, counts
-
-
 def install_rerank(
     app: FastAPI,
     state: ServerState,
@@ -197,14 +189,14 @@ def install_rerank(
         if name in state.models:
             raise ValueError(f"{name!r} names an embedding model and a reranker; give them different names")
         raw = reranker.with_activation("identity")
-        batcher = Batcher(
-            raw,  # type: ignore[arg-type]  # the batcher only calls `embed`
+        batcher = Batcher(  # the raw logits of the pairs, through the twin's pipeline
+            raw.pipeline,
             name,
             state.metrics,
             max_batch_tokens=max_batch_tokens,
             max_wait=max_wait_ms / 1000,
             max_queue=max_queue,
-            embed=functools.partial(_score, raw),
+            label="pairs",
         )
         served[name] = RerankServed(name, reranker, raw, batcher)
     app.state.embedstack_rerank = served
@@ -291,9 +283,15 @@ def _check(query: str, docs: list[str], label: str) -> list[tuple[str, str]]:
     return [(query, d) for d in docs]
 
 
-def _costs(model: RerankServed, pairs: list[tuple[str, str]]) -> tuple[list[int], list[bool]]:
-    tokens = model.reranker.tokenize(pairs)
-    return [len(t.ids) for t in tokens], [t.truncated for t in tokens]
+def _tokenized(model: RerankServed, pairs: list[tuple[str, str]]) -> Prepared:
+    """Each pair tokenised once, on arrival: its exact count (the budget, usage, "truncate") and its tokens, which
+    the batch reuses (`Provider.prepare`; the pair tokenizer never waits for a running batch)."""
+    provider = model.raw.pipeline.provider
+    prepared = provider.prepare(pairs, Role.PAIR)
+    if prepared is None:  # a provider that only counts
+        counted = provider.count_tokens(pairs, Role.PAIR) or ([1] * len(pairs), [False] * len(pairs))
+        return Prepared([None] * len(pairs), list(counted[0]), list(counted[1]))
+    return prepared
 
 
 async def _logits(
@@ -304,9 +302,10 @@ async def _logits(
     batcher = model.batcher
     with batcher.arriving():
         if len(pairs) <= _INLINE:
-            counts, cut = _costs(model, pairs)
+            tokenized = _tokenized(model, pairs)
         else:
-            counts, cut = await asyncio.to_thread(_costs, model, pairs)
+            tokenized = await asyncio.to_thread(_tokenized, model, pairs)
+        counts, cut = tokenized.token_counts, tokenized.truncated
         if not truncate and any(cut):
             first = cut.index(True)
             raise APIError(
@@ -318,7 +317,7 @@ async def _logits(
             )
         known = model.raw.pipeline.cached(pairs, Role.PAIR, label=label)
         misses = np.flatnonzero(~known.found).tolist()
-        ticket = _submit(model, [pairs[i] for i in misses], [counts[i] for i in misses]) if misses else None
+        ticket = _submit(model, [pairs[i] for i in misses], tokenized.take(misses)) if misses else None
     hits = len(pairs) - len(misses)
     if hits:
         state.metrics.cache_hits.labels(model.name).inc(hits)
@@ -334,9 +333,10 @@ async def _logits(
     return np.asarray(rows[:, 0], dtype=np.float32), tokens
 
 
-def _submit(model: RerankServed, pairs: list[tuple[str, str]], costs: list[int]) -> Ticket:
+def _submit(model: RerankServed, pairs: list[tuple[str, str]], tokenized: Prepared) -> Ticket:
+    values = tokenized.values if any(v is not None for v in tokenized.values) else None
     try:
-        return model.batcher.submit(pairs, Role.PAIR, costs)
+        return model.batcher.submit(pairs, Role.PAIR, tokenized.token_counts, values)
     except QueueFull as e:
         raise APIError(
             429,
@@ -367,6 +367,7 @@ def start_rerank(app: FastAPI, warm_up: bool) -> asyncio.Task[None] | None:
     served: dict[str, RerankServed] = getattr(app.state, "embedstack_rerank", {})
     for model in served.values():
         model.batcher.start()
+        model.ready = model.ready or not warm_up  # nothing to load first: ready from the first request
     if not served:
         return None
 

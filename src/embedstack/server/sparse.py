@@ -5,27 +5,39 @@ Request: `{"inputs": "text" | ["text", ...], "truncate": false, "model": NAME, "
 query side, e.g. inference-free SPLADE's lookup table). Answer, as TEI's: one list per input of
 `{"index": i, "value": v}` for its non-zero entries, indices ascending.
 
-Each request goes through the model's pipeline (its cache, dedupe, batches of the model's batch size,
-run off the event loop); the server's limits (body size, 2,048 inputs, the API key), error bodies and
-route metrics apply as on `/v1/embeddings`. Requests are not merged into shared batches across clients
-as `/v1/embeddings` requests are.
+Each request takes the path of `/v1/embeddings` (`embedstack.server.serving`): cache hits at once, the
+inputs tokenised once on arrival (exact counts for the budget and "truncate": false), the misses
+merged with other clients' into the model's dynamic batches, run off the event loop; the server's limits
+(body size, 2,048 inputs, the API key, the queue), error bodies, metrics, drain and startup loading apply.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import orjson
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from embedstack.errors import BadVectorsError, EmbedstackError, InvalidInputError
 from embedstack.server.errors import APIError
 from embedstack.server.limits import MAX_INPUTS
-from embedstack.sparse import BaseSparseEmbedding
+from embedstack.server.serving import Served, gather
 from embedstack.types import Role
+
+
+class ServerState(Protocol):
+    """What the sparse route reads of the app's state (`embedstack.server.app.ServerState`)."""
+
+    @property
+    def sparse(self) -> dict[str, Served]: ...
+
+    @property
+    def metrics(self) -> Any: ...
+
+    @property
+    def draining(self) -> bool: ...
+
 
 __all__ = ["SparseRequest", "add_sparse_routes"]
 
@@ -41,12 +53,18 @@ class SparseRequest(BaseModel):
     input_type: Literal["document", "query"] = "document"
 
 
-def add_sparse_routes(app: FastAPI, sparse: Mapping[str, BaseSparseEmbedding], metrics: Any) -> None:
-    """Serve `sparse` ({name: model}) at POST /embed_sparse."""
+def add_sparse_routes(app: FastAPI, state: ServerState) -> None:
+    """Serve `state.sparse` ({name: served sparse model}) at POST /embed_sparse."""
+    sparse = state.sparse
 
     @app.post("/embed_sparse", summary="Sparse vectors (TEI's API): [[{index, value}, ...], ...]")
-    async def embed_sparse(body: SparseRequest) -> Response:
-        name, model = _pick(sparse, body.model)
+    async def embed_sparse(body: SparseRequest, request: Request) -> Response:
+        if state.draining:
+            raise APIError(
+                503, "the server is shutting down", code="server_shutting_down", headers={"retry-after": "1"}
+            )
+        served = _pick(sparse, body.model)
+        served.check_ready("sparse model")
         texts = [body.inputs] if isinstance(body.inputs, str) else list(body.inputs)
         if not texts:
             raise APIError(400, "'inputs' is an empty array; send at least one text", param="inputs")
@@ -58,38 +76,16 @@ def add_sparse_routes(app: FastAPI, sparse: Mapping[str, BaseSparseEmbedding], m
             if not text:
                 raise APIError(400, f"'inputs[{i}]' is an empty string", param=f"inputs[{i}]", code="invalid_value")
         role = Role.QUERY if body.input_type == "query" else Role.TEXT
-        pipeline = model.pipeline
-        try:
-            if not body.truncate:
-                counted = pipeline.provider.count_tokens(texts, role)
-                if counted is not None and any(counted[1]):
-                    over = [i for i, cut in enumerate(counted[1]) if cut]
-                    raise APIError(
-                        400,
-                        f"'inputs[{over[0]}]' is over the model's token limit and \"truncate\" is false",
-                        param=f"inputs[{over[0]}]",
-                        code="context_length_exceeded",
-                    )
-            out = await pipeline.aembed(texts, role, label="inputs")
-        except APIError:
-            raise
-        except (InvalidInputError, TypeError) as e:
-            raise APIError(400, str(e), param="inputs", code="invalid_value") from None
-        except BadVectorsError as e:
-            raise APIError(500, f"the model failed: {e}", code="model_error") from None
-        except (ValueError, EmbedstackError) as e:  # a model that cannot run yet (BM25 without statistics)
-            raise APIError(500, f"the model {name!r} cannot embed: {e}", code="model_error") from None
-        if out.usage.tokens:
-            metrics.tokens.labels(name).inc(out.usage.tokens)
-        if out.usage.cached:
-            metrics.cache_hits.labels(name).inc(out.usage.cached)
-        answer = [
-            [{"index": i, "value": v} for i, v in zip(row.indices.tolist(), row.values.tolist())] for row in out.values
-        ]
+        rows, arrival = await gather(served, texts, role, body.truncate, "inputs", request.receive)
+        state.metrics.tokens.labels(served.name).inc(int(sum(arrival.counts)))
+        cut = sum(arrival.truncated)
+        if cut:
+            state.metrics.truncated.labels(served.name).inc(cut)
+        answer = [[{"index": i, "value": v} for i, v in zip(row.indices.tolist(), row.values.tolist())] for row in rows]
         return Response(orjson.dumps(answer), media_type="application/json")
 
 
-def _pick(sparse: Mapping[str, BaseSparseEmbedding], name: str | None) -> tuple[str, BaseSparseEmbedding]:
+def _pick(sparse: dict[str, Served], name: str | None) -> Served:
     if not sparse:
         raise APIError(
             404,
@@ -101,14 +97,14 @@ def _pick(sparse: Mapping[str, BaseSparseEmbedding], name: str | None) -> tuple[
             raise APIError(
                 400, f"several sparse models are served ({', '.join(sparse)}); name one in 'model'", param="model"
             )
-        return next(iter(sparse.items()))
-    model = sparse.get(name)
-    if model is None:
-        served = ", ".join(repr(n) for n in sparse)
+        return next(iter(sparse.values()))
+    served = sparse.get(name)
+    if served is None:
+        names = ", ".join(repr(n) for n in sparse)
         raise APIError(
             404,
-            f"the sparse model {name!r} is not served; this server serves {served}",
+            f"the sparse model {name!r} is not served; this server serves {names}",
             param="model",
             code="model_not_found",
         )
-    return name, model
+    return served

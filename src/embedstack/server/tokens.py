@@ -1,118 +1,81 @@
-"""Token counts per input, for `usage` and the batcher's token budget, by the served model's own tokenizer.
+"""Each input tokenised once, on arrival: exact token counts for `usage` and the batcher's budget, and the
+tokens themselves for the model call (as TEI's router queues encodings, not texts).
 
-A model whose provider counts tokens (`Capabilities.counts_tokens`: a local model's tokenizer, an
-OpenAI-style model's tiktoken) is asked through the public `Provider.count_tokens`. A local model's
-computed inputs are counted by the model itself in the worker thread: its pipeline reports each
-item's tokens (`EmbedOutput.token_counts`, instructions and special tokens included, after
-truncation), so on arrival such inputs only get an estimate for the batch budget (`estimate`), and
-cache hits, which never reach the model, are counted with `count_tokens`. Anything else is estimated
-(UTF-8 bytes / 4).
+A provider that prepares items (`Capabilities.prepares`: a local model's tokenizer, a reranker's pair
+tokenizer) gives, on arrival, each input's encoded form and its exact count (`Provider.prepare`); the
+batcher queues those values with the inputs and the model call reuses them (`Pipeline.embed(...,
+prepared=...)`), so nothing is tokenised twice and no estimate stands in for a count. A provider that
+only counts (`Capabilities.counts_tokens`: an OpenAI-style model's tiktoken, a sparse model) is counted
+with `Provider.count_tokens`; anything else is estimated (UTF-8 bytes / 4). Images weigh `IMAGE_COST`.
 
-With `"truncate": false` every input is counted exactly on arrival (`count`), so an over-long input is refused
-before it is queued and costs no model time. `tokens` answers `POST /tokenize` (TEI's shape) with the provider's
-`tokenize`, which never truncates.
+With `"truncate": false` an input over the limit is refused before it is queued (the counts are there
+already). `tokens` answers `POST /tokenize` (TEI's shape) with the provider's `tokenize`, which never truncates.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-import numpy.typing as npt
-
-from embedstack.base import BaseEmbedding
+from embedstack.provider import Prepared, Provider
 from embedstack.types import Role
 
-__all__ = ["IMAGE_COST", "Counts", "SimpleTokens", "UsageCounter", "counter_for"]
+__all__ = ["IMAGE_COST", "Arrival", "SimpleTokens", "UsageCounter", "counter_for"]
 
 #: What one image weighs in a batch's token budget (a ViT-B/32 sees 50 patches, each dearer than a text token).
 IMAGE_COST = 256
 
-#: (tokens per input, whether each input was truncated to the model's limit).
-Counts = tuple[list[int], list[bool]]
-
-
-Matrix = npt.NDArray[np.float32]
 #: One input's tokens as TEI's /tokenize gives them: {"id", "text", "special", "start", "stop"} each.
 SimpleTokens = list[dict[str, Any]]
 
 
+@dataclass(frozen=True)
+class Arrival:
+    """What tokenising a request's inputs on arrival gave: each input's token count and truncation, and its
+    encoded form for the model call (None when the provider prepares nothing: the call tokenises itself)."""
+
+    counts: list[int]
+    truncated: list[bool]
+    prepared: Prepared | None = None
+
+
 class UsageCounter:
-    """Estimated counts: UTF-8 bytes / 4, never truncated (the base of the exact counters)."""
+    """Tokens of each input, on arrival, by the most exact means the provider declares (see the module)."""
 
-    exact = False
-    #: The model's own call counts the inputs it computes (`embed`); on arrival only hits need `count`.
-    in_worker = False
+    def __init__(self, provider: Provider) -> None:
+        self.provider = provider
+        caps = provider.capabilities
+        self.prepares = caps.prepares
+        #: Whether the counts are the model's own (else estimates).
+        self.exact = caps.prepares or caps.counts_tokens
 
-    def __init__(self, model: BaseEmbedding) -> None:
-        self.model = model
-        self.provider = model.provider
+    def arrive(self, items: list[Any], role: Role) -> Arrival:
+        """Tokenise `items` once: exact counts (or estimates) and, where the provider prepares, their tokens."""
+        if role is Role.IMAGE:
+            return Arrival([IMAGE_COST] * len(items), [False] * len(items))
+        if self.prepares:
+            prepared = self.provider.prepare(items, role)
+            if prepared is not None:
+                return Arrival(list(prepared.token_counts), list(prepared.truncated), prepared)
+        counts, truncated = self.count(items, role)
+        return Arrival(counts, truncated)
 
-    def estimate(self, items: list[Any], role: Role) -> list[int]:
-        """Each item's weight in the batch budget before the model has seen it (an exact count when cheap)."""
-        return self.count(items, role)[0]
-
-    def embed(self, values: list[Any], role: Role) -> tuple[Matrix, Counts | None]:
-        """One model call through its pipeline (cache, dedupe, events), in the worker thread; no counts
-        (this counter counts on arrival)."""
-        return self.model.pipeline.embed(values, role, label="input").values, None
-
-    def count(self, items: list[Any], role: Role) -> Counts:
-        """Tokens of each item as the model sees it, and whether it was truncated; images weigh IMAGE_COST."""
+    def count(self, items: list[Any], role: Role) -> tuple[list[int], list[bool]]:
+        """Token counts without the tokens: the provider's `count_tokens`, else UTF-8 bytes / 4."""
         if role is Role.IMAGE:
             return [IMAGE_COST] * len(items), [False] * len(items)
-        return self._count_texts(items, role)
-
-    def _count_texts(self, texts: list[str], role: Role) -> Counts:
+        if self.exact:
+            counted = self.provider.count_tokens(items, role)
+            if counted is not None:
+                return list(counted[0]), list(counted[1])
         prefix = self.provider.instruction(role) or ""
-        return [max(1, len((prefix + t).encode("utf-8", "surrogatepass")) // 4) for t in texts], [False] * len(texts)
+        return [max(1, len((prefix + t).encode("utf-8", "surrogatepass")) // 4) for t in items], [False] * len(items)
 
     def tokens(self, texts: list[str], add_special_tokens: bool = True) -> list[SimpleTokens] | None:
         """Each text's tokens as the model's tokenizer makes them, untruncated (None: no tokenizer to show)."""
         return self.provider.tokenize(texts, add_special_tokens)
 
 
-class _ProviderCounter(UsageCounter):
-    """A provider that counts its own tokens (`Provider.count_tokens`), on arrival."""
-
-    exact = True
-
-    def _count_texts(self, texts: list[str], role: Role) -> Counts:
-        counted = self.provider.count_tokens(texts, role)
-        return counted if counted is not None else super()._count_texts(texts, role)
-
-
-class _LocalCounter(_ProviderCounter):
-    """A local model: the counts its own pipeline reports for what it computes (`embed`); `count_tokens` for
-    cache hits; an estimate for the budget on arrival."""
-
-    in_worker = True
-
-    def estimate(self, items: list[Any], role: Role) -> list[int]:
-        """UTF-8 bytes / 4 plus the instruction and two special tokens, at most the model's limit."""
-        counts = UsageCounter._count_texts(self, items, role)[0]
-        limit = int(getattr(self.model, "max_length", None) or 512)
-        return [min(limit, c + 2) for c in counts]
-
-    def embed(self, values: list[Any], role: Role) -> tuple[Matrix, Counts | None]:
-        """The model's pipeline on `values`, and each value's token count as the model tokenised it."""
-        out = self.model.pipeline.embed(values, role, label="input")
-        n = len(values)
-        counts = out.token_counts.tolist() if out.token_counts is not None else [-1] * n
-        cut = out.truncated.tolist() if out.truncated is not None else [False] * n
-        missing = [i for i, c in enumerate(counts) if c < 0]
-        if missing:  # found in the model's cache meanwhile (never tokenised)
-            extra, extra_cut = self.count([values[i] for i in missing], role)
-            for j, i in enumerate(missing):
-                counts[i], cut[i] = extra[j], extra_cut[j]
-        return out.values, (counts, cut)
-
-
-def counter_for(model: BaseEmbedding) -> UsageCounter:
-    """The most exact counter this server has for `model` (by its declared capabilities)."""
-    caps = model.provider.capabilities
-    if not caps.counts_tokens:
-        return UsageCounter(model)
-    if caps.remote:
-        return _ProviderCounter(model)
-    return _LocalCounter(model)
+def counter_for(provider: Provider) -> UsageCounter:
+    """The arrival tokeniser for a served model's provider."""
+    return UsageCounter(provider)

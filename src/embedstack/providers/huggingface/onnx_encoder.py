@@ -201,7 +201,10 @@ def onnx_problem(model_dir: Path) -> str | None:
 
 
 class OnnxTokenizer:
-    """A model directory's fast tokenizer, truncating to the model's limit: texts → Tokens, no graph needed."""
+    """A model directory's fast tokenizer, truncating to the model's limit: texts → Tokens, no graph needed.
+
+    Safe to call from several threads: its truncation and padding are set once, here, and encoding only
+    reads the Rust tokenizer (a server tokenises arrivals while a batch runs)."""
 
     def __init__(self, model_dir: Path, max_length: int | None = None) -> None:
         tokenizers = require("tokenizers", extra="onnx")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -84,7 +85,12 @@ _PROBE = ["  The Quick BROWN fox, déjà vu!  ", "a", "word " * 600]
 
 
 class TorchTokenizer:
-    """A model directory's transformers tokenizer and token limit, read without loading its weights."""
+    """A model directory's transformers tokenizer and token limit, read without loading its weights.
+
+    Safe to call from several threads: a transformers fast tokenizer sets its truncation on the Rust
+    tokenizer in each call ("Already borrowed" when two threads meet), so calls into it take turns
+    on a lock of the tokenizer's own (never the model's: a server tokenises arrivals while a batch runs).
+    """
 
     def __init__(self, model_dir: Path, *, max_length: int | None = None, trust_remote_code: bool = False) -> None:
         transformers = require("transformers", extra="local")
@@ -99,6 +105,7 @@ class TorchTokenizer:
                 str(folder), trust_remote_code=trust_remote_code, local_files_only=True
             )
         self.lowercase = bool(st_config.get("do_lower_case"))
+        self._lock = threading.Lock()
         positions = _config_max_positions(config)
         declared = getattr(self.hf, "model_max_length", None)
         declared = int(declared) if declared and declared < 1_000_000 else None  # transformers uses ~1e30 for "unset"
@@ -149,7 +156,10 @@ class TorchTokenizer:
         says (transformers' values), with whether each was cut and its token type ids when the tokenizer makes them.
         The texts are taken as they are (lower-casing is the caller's)."""
         sides = [firsts] if seconds is None else [firsts, seconds]
-        enc = self.hf(*sides, add_special_tokens=True, truncation=truncation, max_length=self.max_length, verbose=False)
+        with self._lock:
+            enc = self.hf(
+                *sides, add_special_tokens=True, truncation=truncation, max_length=self.max_length, verbose=False
+            )
         ids = enc["input_ids"]
         types = enc.get("token_type_ids")
         encodings = getattr(enc, "encodings", None)
@@ -159,12 +169,13 @@ class TorchTokenizer:
             cut = [False] * len(firsts)
             full = [i for i, row in enumerate(ids) if len(row) >= self.max_length]
             if full:
-                whole = self.hf(
-                    *[[side[i] for i in full] for side in sides],
-                    add_special_tokens=True,
-                    truncation=False,
-                    verbose=False,
-                )
+                with self._lock:
+                    whole = self.hf(
+                        *[[side[i] for i in full] for side in sides],
+                        add_special_tokens=True,
+                        truncation=False,
+                        verbose=False,
+                    )
                 for i, row in zip(full, whole["input_ids"]):
                     cut[i] = len(row) > self.max_length
         return [

@@ -33,7 +33,6 @@ from embedstack.providers.catalog import find
 from embedstack.providers.openai.answers import malformed, read_answer
 from embedstack.providers.openai.client import (
     Clients,
-    _response_class,
     apost,
     check_credentials,
     check_header_value,
@@ -93,10 +92,9 @@ DEFAULT_ASYNC_WORKERS = 8
 
 #: OpenAILikeEmbedding's stand-in key for servers that want none (not a secret).
 _PLACEHOLDER_KEY = "EMPTY"
-#: The header `embedstack serve` puts on every answer (embedstack.server.limits.SERVER_HEADER; providers
-#: never import the server), and the field it reads to apply a model's query instruction.
-_EMBEDSTACK_HEADER = "x-embedstack-server"
-_QUERY_FIELDS: dict[str, Any] = {"input_type": "query"}
+#: The request field, and its value per role, that `send_input_type=True` adds (what `embedstack serve` reads
+#: to apply a model's query or document instruction).
+_INPUT_TYPES = {Role.QUERY: {"input_type": "query"}, Role.TEXT: {"input_type": "document"}}
 
 
 class _OpenAIBase(BatchEmbedding):
@@ -558,7 +556,8 @@ class OpenAILikeEmbedding(_OpenAIBase):
 
     No OpenAI limits are assumed (set max_input_tokens / max_request_tokens if the server has them);
     a server's batch cap is learned from its 413/422. The OpenAI key in the environment is never
-    sent to it: pass api_key if the server wants one.
+    sent to it: pass api_key if the server wants one. Against `embedstack serve`, pass
+    `send_input_type=True` so queries get the served model's query instruction (nothing is probed).
     """
 
     max_input_tokens: int | None = Field(
@@ -567,6 +566,12 @@ class OpenAILikeEmbedding(_OpenAIBase):
     max_request_tokens: int | None = Field(default=None, gt=0, description="Token budget of one request (None: none).")
     token_encoding: str | None = Field(
         default=None, description="tiktoken encoding for counting tokens (None: estimate)."
+    )
+    send_input_type: bool = Field(
+        default=False,
+        description='Send each batch\'s role as "input_type" ("query" or "document"): `embedstack serve` then applies '
+        "the model's query or document instruction, as the model does in-process. Off by default: other servers "
+        "may refuse the field.",
     )
 
     def __init__(
@@ -586,10 +591,6 @@ class OpenAILikeEmbedding(_OpenAIBase):
             )
         super().__init__(model_name=model_name, api_key=api_key or "EMPTY", api_base=base, **kwargs)
 
-    #: Whether the server is `embedstack serve` (learned once, from GET /models; None: not known yet).
-    _derived: ClassVar[frozenset[str]] = _OpenAIBase._derived | {"_embedstack_server"}
-    _embedstack_server: bool | None = PrivateAttr(default=None)
-
     @classmethod
     def class_name(cls) -> str:
         """Name stored in to_dict()."""
@@ -598,58 +599,23 @@ class OpenAILikeEmbedding(_OpenAIBase):
     def _auth_hint(self) -> str:
         return "check the api_key this server expects"
 
-    def _refresh(self, changed: frozenset[str], fresh: bool) -> None:
-        """As the base, and another server (or key) may be another kind of server."""
-        super()._refresh(changed, fresh)
-        if not fresh and changed & self._server_fields:
-            self._embedstack_server = None
-
-    # -- embedstack serve: queries as queries -------------------------------------------------------------
-    # An embedstack server applies the model's query instruction when a request says input_type="query",
-    # so a query round-trips to the vector it has in-process. Other servers never see the field: the
-    # server is recognised first by its header on GET /models (one request, with the client's timeout).
+    # -- the role on the wire (send_input_type) -----------------------------------------------------------
+    # `embedstack serve` (and servers like it) applies a model's query or document instruction when a request
+    # says input_type, so a query round-trips to the vector it has in-process. Whether to send the field is the
+    # user's setting: no request is made to find out what the server is, and a server that refuses unknown
+    # fields never sees it unless asked.
     def _embed_batch(self, items: list[Any], role: Role) -> EmbedResult:
-        if role is Role.QUERY and self._is_embedstack(lambda: self._probe(self._sync_client().get)):
-            return drive_sync(self._flow(items, role), functools.partial(self._send_sync, extra=_QUERY_FIELDS))
-        return super()._embed_batch(items, role)
+        extra = _INPUT_TYPES.get(role) if self.send_input_type else None
+        if extra is None:
+            return super()._embed_batch(items, role)
+        return drive_sync(self._flow(items, role), functools.partial(self._send_sync, extra=extra))
 
     async def _aembed_batch(self, items: list[Any], role: Role) -> EmbedResult:
-        if role is Role.QUERY:
-            client = await self._async_client()
-            if self._embedstack_server is None:
-                self._embedstack_server = await self._aprobe(client)
-            if self._embedstack_server:
-                send = functools.partial(self._send_async, client, extra=_QUERY_FIELDS)
-                return await drive_async(self._flow(items, role), send)
-        return await super()._aembed_batch(items, role)
-
-    def _is_embedstack(self, probe: Callable[[], bool | None]) -> bool:
-        if self._embedstack_server is None:
-            self._embedstack_server = probe()
-        return bool(self._embedstack_server)
-
-    def _probe(self, get: Callable[..., Any]) -> bool | None:
-        """GET /models with the sync client: True for an embedstack server, False for another; None (ask again
-        next time) when the server could not be reached."""
-        openai = require("openai", extra="openai")
-        try:
-            response = get("/models", cast_to=_response_class(openai))
-        except openai.APIStatusError:
-            return False  # it answered, and it is not an embedstack server (those answer /models)
-        except openai.APIError:
-            return None
-        return _EMBEDSTACK_HEADER in response.headers
-
-    async def _aprobe(self, client: Any) -> bool | None:
-        """`_probe` with the async client."""
-        openai = require("openai", extra="openai")
-        try:
-            response = await client.get("/models", cast_to=_response_class(openai))
-        except openai.APIStatusError:
-            return False
-        except openai.APIError:
-            return None
-        return _EMBEDSTACK_HEADER in response.headers
+        extra = _INPUT_TYPES.get(role) if self.send_input_type else None
+        if extra is None:
+            return await super()._aembed_batch(items, role)
+        client = await self._async_client()
+        return await drive_async(self._flow(items, role), functools.partial(self._send_async, client, extra=extra))
 
 
 class AzureOpenAIEmbedding(_OpenAIBase):
