@@ -21,7 +21,7 @@ __all__ = ["CSR_NAMES", "CsrSink", "open_csr"]
 
 #: The .npz entries, in the order they are written.
 CSR_NAMES = ("indptr", "indices", "values")
-_DTYPES = {"indptr": np.dtype("<i8"), "indices": np.dtype("<i4"), "values": np.dtype("<f4")}
+_DTYPES: dict[str, np.dtype[Any]] = {"indptr": np.dtype("<i8"), "indices": np.dtype("<i4"), "values": np.dtype("<f4")}
 _BLOCK = 1 << 24
 
 
@@ -107,7 +107,9 @@ def open_csr(path: Path) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int32], 
             name_len, extra_len = struct.unpack("<HH", local[26:30])
             f.seek(info.header_offset + 30 + name_len + extra_len)
             version = np.lib.format.read_magic(f)
-            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            read_header = (
+                np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            )
             shape, fortran, dtype = read_header(f)
             if fortran or len(shape) != 1:
                 raise ValueError(f"{name} is not a flat array (shape {shape})")

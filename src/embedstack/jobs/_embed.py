@@ -294,7 +294,10 @@ def _check_sparse_only(target: Path, fmt: str, sparse: Any, compact: Compact) ->
             f"{target}: a .npy output holds a dense matrix; write sparse vectors alone to a .parquet or .jsonl output"
         )
     if any(x is not None for x in (compact.dimensions, compact.precision, compact.ranges, compact.rescore)):
-        raise ValueError("dimensions, precision, ranges and rescore shape dense vectors; leave them out with no model")
+        raise ValueError(
+            "dimensions, precision, ranges and rescore shape dense vectors; "
+            "leave them out with no dense model (--no-dense)"
+        )
 
 
 def _check_kinds(existing: dict[str, Any], target: Path, dense: bool, sparse: Any) -> None:

@@ -45,11 +45,11 @@ __all__ = [
     "Embeddings",
     "OutputError",
     "Writer",
+    "is_dense",
     "line_offsets",
     "load_embeddings",
     "meta_path",
     "offsets_path",
-    "is_dense",
     "open_writer",
     "output_format",
     "read_meta",
@@ -76,6 +76,8 @@ FORMAT_TAG = "embedstack-embeddings"
 DATASET_META = "_embedstack.json"
 #: The format name of such a directory.
 DATASET_FORMAT = "parquet-dataset"
+#: The BM25 statistics of a Parquet dataset directory (`embedstack embed --ray --sparse bm25`).
+DATASET_STATS = "_embedstack.bm25.json"
 #: Schema metadata key of a BM25 model's corpus statistics in a Parquet output.
 STATS_KEY = b"embedstack.bm25_stats"
 
@@ -153,7 +155,7 @@ def sparse_path(path: Path) -> Path:
 def stats_path(path: Path) -> Path:
     """Where the BM25 statistics of a .npy/.jsonl output (OUT.bm25.json) or a dataset directory are kept."""
     if path.is_dir():
-        return path / "_embedstack.bm25.json"
+        return path / DATASET_STATS
     return path.with_name(path.name + ".bm25.json")
 
 
@@ -178,8 +180,8 @@ def remove_stale_temps(target: Path) -> None:
     if os.name == "nt":  # os.kill(pid, 0) would terminate the process there
         return
     npz = sparse_path(target)
-    sidecars = (rows_path(target), meta_path(target), rescore_path(target), offsets_path(target), stats_path(target))
-    sidecars += (npz, npz.with_name(npz.name + ".indices"), npz.with_name(npz.name + ".values"))
+    sidecars = [rows_path(target), meta_path(target), rescore_path(target), offsets_path(target), stats_path(target)]
+    sidecars += [npz, npz.with_name(npz.name + ".indices"), npz.with_name(npz.name + ".values")]
     for name in (target.name, *(p.name for p in sidecars)):
         for p in target.parent.glob(f".{glob.escape(name)}.*.tmp"):
             parts = p.name[len(name) + 2 : -4].split(".")
@@ -277,10 +279,10 @@ def load_embeddings(path: str | os.PathLike[str], columns: bool = True) -> Embed
     fmt = output_format(path)
     count = int(meta["count"])
     if not is_dense(meta):
-        ids, cols = _ids_and_columns(path, meta, fmt, columns)
+        ids, named = _ids_and_columns(path, meta, fmt, columns)
         if len(ids) != count:
             raise OutputError(f"{path}: holds {len(ids)} rows, but its metadata says {count}; re-run the embed command")
-        return Embeddings(meta, ids, np.zeros((count, 0), np.float32), cols, read_sparse(path, meta))
+        return Embeddings(meta, ids, np.zeros((count, 0), np.float32), named, read_sparse(path, meta))
     vf = VectorFormat.from_meta(meta)
     dim, width = vf.dim, vf.width
     cols: dict[str, list[Any]] = {}
@@ -415,9 +417,7 @@ class Writer:
         self.temps.append(tmp)
         return tmp
 
-    def write(
-        self, records: Sequence[Record], vectors: np.ndarray | None, rescore: np.ndarray | None = None
-    ) -> None:
+    def write(self, records: Sequence[Record], vectors: np.ndarray | None, rescore: np.ndarray | None = None) -> None:
         """Append rows (one per record) to the temp output: their stored vectors (float, int or packed-bit
         codes, as the output's precision makes them; None for an output without dense vectors), for binary
         outputs their rescoring vectors, and their sparse vectors from `pending_sparse`."""
@@ -479,7 +479,11 @@ class Writer:
         raise NotImplementedError
 
     def _write(
-        self, records: Sequence[Record], vectors: np.ndarray | None, rescore: np.ndarray | None, sparse: list[Any] | None
+        self,
+        records: Sequence[Record],
+        vectors: np.ndarray | None,
+        rescore: np.ndarray | None,
+        sparse: list[Any] | None,
     ) -> None:
         raise NotImplementedError
 
@@ -587,7 +591,11 @@ class ParquetWriter(Writer):
                 self.written += table.num_rows
 
     def _write(
-        self, records: Sequence[Record], vectors: np.ndarray | None, rescore: np.ndarray | None, sparse: list[Any] | None
+        self,
+        records: Sequence[Record],
+        vectors: np.ndarray | None,
+        rescore: np.ndarray | None,
+        sparse: list[Any] | None,
     ) -> None:
         pa = self.pa
         arrays = [pa.array([r.id for r in records], type=pa.string())]
@@ -722,7 +730,11 @@ class NpyWriter(_SidecarWriter):
         self.csr.add(self._reweighed([json.loads(x) for x in lines], rows_path(self.target), first))
 
     def _write(
-        self, records: Sequence[Record], vectors: np.ndarray | None, rescore: np.ndarray | None, sparse: list[Any] | None
+        self,
+        records: Sequence[Record],
+        vectors: np.ndarray | None,
+        rescore: np.ndarray | None,
+        sparse: list[Any] | None,
     ) -> None:
         assert vectors is not None
         self.f.write(vectors.tobytes())
@@ -798,7 +810,11 @@ class JsonlWriter(_SidecarWriter):
         self.written += len(rows)
 
     def _write(
-        self, records: Sequence[Record], vectors: np.ndarray | None, rescore: np.ndarray | None, sparse: list[Any] | None
+        self,
+        records: Sequence[Record],
+        vectors: np.ndarray | None,
+        rescore: np.ndarray | None,
+        sparse: list[Any] | None,
     ) -> None:
         out = []
         n = len(records)

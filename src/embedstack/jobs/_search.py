@@ -19,7 +19,7 @@ import numpy.typing as npt
 from pydantic import BaseModel, Field
 
 from embedstack.jobs._embed import DEFAULT_CACHE, CacheArg, ModelMismatchError, _resolve, check_model, pipeline_for
-from embedstack.jobs._output import OutputError, read_meta
+from embedstack.jobs._output import OutputError, is_dense, read_meta
 from embedstack.jobs._stored import StoredRows, open_stored
 from embedstack.types import Role
 from embedstack.vectors.compact import hamming_distances, scalar_cosines
@@ -232,7 +232,8 @@ def search(
     index: bool | None = None,
     chunk_size: int | None = None,
 ) -> SearchResult:
-    """Cosine top-k of `query` over an output, with the model recorded in it (or an identical one).
+    """Cosine top-k of `query` over an output, with the model recorded in it (or an identical one); over an
+    output of sparse vectors only, the top k by their dot product with the query's (`jobs._sparse.sparse_search`).
 
     The output is read memory-mapped (.npy) or in chunks (Parquet, .jsonl) of `chunk_size` rows, so it
     may be larger than memory. Binary outputs: the `k × rescore` nearest by Hamming distance, rescored
@@ -250,6 +251,18 @@ def search(
     timings = dict.fromkeys(TIMING_KEYS, 0.0)
     path = Path(out)
     meta = read_meta(path)
+    if not is_dense(meta):  # sparse vectors only: search them (the model recorded in the output)
+        if index:
+            raise ValueError(
+                f"{path} holds sparse vectors only; an index is built over dense vectors, leave out --index"
+            )
+        if model is not None:
+            raise ModelMismatchError(
+                f"{path} holds sparse vectors only, searched with the sparse model recorded in it; leave out --model"
+            )
+        from embedstack.jobs._sparse import sparse_search
+
+        return sparse_search(path, query, k)
     stored = open_stored(path, meta)
     fmt = VectorFormat.from_meta(meta)
     q = _query_vector(path, meta, fmt, query, model, cache, timings)

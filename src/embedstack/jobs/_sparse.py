@@ -1,4 +1,9 @@
-"""Hybrid search (`search --hybrid`) over an output with sparse vectors beside its dense ones (`embed --sparse`).
+"""Sparse search (`search` on an output of sparse vectors only) and hybrid search (`search --hybrid`) over an
+output with sparse vectors beside its dense ones (`embed --sparse`).
+
+Sparse search is an exact scan of the stored sparse vectors in blocks (Parquet list columns, a .npy output's
+memory-mapped CSR .npz, a .jsonl output streamed): each row's dot product with the query's sparse vector, from
+the model recorded in the output (for BM25, with the statistics kept with it).
 
 Hybrid search fuses the dense top N (the usual search) and the sparse top N (an exact scan of the sparse
 columns in chunks: the dot product with the query's sparse vector) by reciprocal rank fusion
@@ -17,7 +22,7 @@ import numpy as np
 import numpy.typing as npt
 
 from embedstack.jobs._embed import DEFAULT_CACHE, CacheArg, ModelMismatchError
-from embedstack.jobs._output import SPARSE_COLUMNS, OutputError, _pq, read_meta
+from embedstack.jobs._output import OutputError, is_dense, read_meta
 from embedstack.jobs._search import (
     DEFAULT_RESCORE,
     TIMING_KEYS,
@@ -28,13 +33,13 @@ from embedstack.jobs._search import (
     _query_vector,
     _with_index,
 )
-from embedstack.jobs._sparse_write import STATS_KEY, resolve_sparse
-from embedstack.jobs._stored import open_stored
+from embedstack.jobs._sparse_write import resolve_sparse
+from embedstack.jobs._stored import open_stored, read_stats, sparse_batches
 from embedstack.sparse import BaseSparseEmbedding
 from embedstack.types import Role
 from embedstack.vectors.formats import VectorFormat
 
-__all__ = ["RRF_K", "hybrid_search", "sparse_model_of"]
+__all__ = ["RRF_K", "hybrid_search", "sparse_model_of", "sparse_search"]
 
 #: Reciprocal rank fusion's constant (the usual 60).
 RRF_K = 60
@@ -51,10 +56,10 @@ def sparse_model_of(path: Path, meta: dict[str, Any]) -> BaseSparseEmbedding:
         raise ModelMismatchError(f"{path}: its sparse vectors were made by a model object; search it in Python")
     model = resolve_sparse(entry["model"])
     if isinstance(model, BM25Embedding):
-        raw = (_pq().read_schema(path).metadata or {}).get(STATS_KEY)
+        raw = read_stats(path)
         if raw is None:
             raise OutputError(f"{path}: its BM25 statistics are missing; re-run the embed command")
-        model.use_stats(BM25Stats.from_json(raw.decode(), f"{path}'s BM25 statistics"))
+        model.use_stats(BM25Stats.from_json(raw, f"{path}'s BM25 statistics"))
     if dict(model.provider.model_identity()) != entry.get("model_identity"):
         raise ModelMismatchError(
             f"{path}: its sparse vectors were made by another {entry.get('model_class')} than {entry['model']!r} "
@@ -63,23 +68,72 @@ def sparse_model_of(path: Path, meta: dict[str, Any]) -> BaseSparseEmbedding:
     return model
 
 
-def _sparse_scores(path: Path, q_idx: npt.NDArray[np.int64], q_val: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
-    """Every row's dot product with the query's sparse vector, scanning the sparse columns in batches."""
-    pq = _pq()
-    lookup = dict(zip(q_idx.tolist(), q_val.tolist()))
+def _sparse_scores(
+    path: Path, meta: dict[str, Any], q_idx: npt.NDArray[np.int64], q_val: npt.NDArray[np.float64]
+) -> npt.NDArray[np.float64]:
+    """Every row's dot product with the query's sparse vector, scanning the stored sparse vectors in blocks."""
+    order = np.argsort(q_idx)
+    keys, weights_of = q_idx[order], q_val[order]
     parts = []
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=65536, columns=list(SPARSE_COLUMNS)):
-        idx_col, val_col = batch.column(0), batch.column(1)
-        offsets = np.asarray(idx_col.offsets)
-        flat_i = np.asarray(idx_col.values)
-        flat_v = np.asarray(val_col.values, dtype=np.float64)
+    for _, offsets, flat_i, flat_v in sparse_batches(path, meta):
+        rows = len(offsets) - 1
         weights = np.zeros(len(flat_i), dtype=np.float64)
-        hit = np.isin(flat_i, q_idx)
-        if hit.any():
-            weights[hit] = [lookup[i] for i in flat_i[hit].tolist()]
-        row_of = np.repeat(np.arange(len(offsets) - 1), np.diff(offsets))
-        parts.append(np.bincount(row_of, weights=weights * flat_v, minlength=len(offsets) - 1))
+        if len(keys):
+            at = np.minimum(np.searchsorted(keys, flat_i), len(keys) - 1)
+            hit = keys[at] == flat_i
+            weights[hit] = weights_of[at[hit]]
+        row_of = np.repeat(np.arange(rows), np.diff(offsets))
+        parts.append(np.bincount(row_of, weights=weights * flat_v, minlength=rows))
     return np.concatenate(parts) if parts else np.zeros(0)
+
+
+def _sparse_query(
+    path: Path, meta: dict[str, Any], query: str, timings: dict[str, float], model_key: str, query_key: str
+) -> Any:
+    """The query's sparse vector from the output's sparse model (loading timed under `model_key`, the
+    query under `query_key`)."""
+    t0 = time.perf_counter()
+    sparse = sparse_model_of(path, meta)
+    pipeline = sparse.pipeline.with_options(cache=None)
+    pipeline.provider.warm_up()
+    timings[model_key] = timings.get(model_key, 0.0) + time.perf_counter() - t0
+    t0 = time.perf_counter()
+    q = pipeline.embed([query], Role.QUERY, label="query").values[0]
+    timings[query_key] = time.perf_counter() - t0
+    return q
+
+
+def _sparse_best(path: Path, meta: dict[str, Any], q: Any, n: int) -> list[tuple[int, float]]:
+    """The best n rows (row, score) with a positive dot product with the query's sparse vector."""
+    scores = _sparse_scores(path, meta, q.indices.astype(np.int64), q.values.astype(np.float64))
+    return [(r, float(scores[r])) for r in _ranked(scores, n).tolist() if scores[r] > 0]
+
+
+def sparse_search(out: str | os.PathLike[str], query: str, k: int = 10) -> SearchResult:
+    """The top k rows of an output by the dot product of their sparse vectors with `query`'s (from the sparse
+    model recorded in the output; BM25: the BM25 score under the kept statistics). Rows that share no term
+    with the query score 0 and are left out. Returns the hits with `.timings` and `.method`."""
+    if k <= 0:
+        raise ValueError(f"k must be positive, got {k}")
+    start = time.perf_counter()
+    path = Path(out)
+    meta = read_meta(path)
+    timings = dict.fromkeys(TIMING_KEYS, 0.0)
+    q = _sparse_query(path, meta, query, timings, "model_load_s", "query_embedding_s")
+    t0 = time.perf_counter()
+    best = _sparse_best(path, meta, q, k)
+    timings["candidate_search_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    stored = open_stored(path, meta)
+    text_field = meta.get("text_field") or "text"
+    hits = [
+        Hit.from_row(rank, score, row, text_field)
+        for rank, ((_, score), row) in enumerate(zip(best, stored.records([r for r, _ in best])), 1)
+    ]
+    timings["read_hits_s"] = time.perf_counter() - t0
+    timings["total_s"] = time.perf_counter() - start
+    entry = meta.get("sparse") or {}
+    return SearchResult(hits, timings, f"sparse exact ({entry.get('model') or entry.get('model_class')} dot product)")
 
 
 def _ranked(scores: npt.NDArray[np.float64], n: int) -> npt.NDArray[np.int64]:
@@ -112,7 +166,9 @@ def hybrid_search(
     start = time.perf_counter()
     path = Path(out)
     meta = read_meta(path)
-    sparse = sparse_model_of(path, meta)
+    if not is_dense(meta):
+        raise OutputError(f"{path}: holds sparse vectors only, nothing to fuse them with; search it without --hybrid")
+    sparse_model_of(path, meta)  # refused before any work when the output has no (usable) sparse vectors
     n = max(candidates, k)
     stored = open_stored(path, meta)
     fmt = VectorFormat.from_meta(meta)
@@ -122,12 +178,9 @@ def hybrid_search(
     if found is None:
         found = _exact(stored, q_dense, n, DEFAULT_RESCORE, _chunk_rows(stored, None), timings)
     dense_best, dense_method = found
+    q = _sparse_query(path, meta, query, timings, "model_load_s", "sparse_query_s")
     t0 = time.perf_counter()
-    q = sparse.pipeline.with_options(cache=None).embed([query], Role.QUERY, label="query").values[0]
-    timings["sparse_query_s"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    scores = _sparse_scores(path, q.indices.astype(np.int64), q.values.astype(np.float64))
-    sparse_best = [(r, float(scores[r])) for r in _ranked(scores, n).tolist() if scores[r] > 0]
+    sparse_best = _sparse_best(path, meta, q, n)
     timings["sparse_search_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     fused = _fuse([dense_best, sparse_best], fusion, alpha)

@@ -215,7 +215,9 @@ class BM25Embedding(BatchSparseEmbedding):
         df = Counter(itertools.chain.from_iterable(set(doc) for doc in docs))
         terms = sorted(df)
         total = sum(map(len, docs))
-        return BM25Stats({t: i for i, t in enumerate(terms)}, [df[t] for t in terms], len(docs), max(total / len(docs), 1e-9))
+        return BM25Stats(
+            {t: i for i, t in enumerate(terms)}, [df[t] for t in terms], len(docs), max(total / len(docs), 1e-9)
+        )
 
     def _doc_rows(
         self, doc: npt.NDArray[np.int64], ids: npt.NDArray[np.int64], lengths: npt.NDArray[np.int64]
