@@ -70,7 +70,7 @@ class CsrSink:
                 f.close()
 
     def finish(self, npz: Path) -> None:
-        """Write the .npz (uncompressed) from the rows added."""
+        """Write the .npz (uncompressed) from the rows added, then remove the raw temp files."""
         self.close()
         nnz = self.indptr[-1]
         with zipfile.ZipFile(npz, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as z:
@@ -86,6 +86,8 @@ class CsrSink:
                     with open(self.raw[name], "rb") as src:
                         while block := src.read(_BLOCK):
                             f.write(block)
+        for raw in self.raw.values():  # streamed into the .npz: the raw files are done with
+            raw.unlink(missing_ok=True)
 
 
 def open_csr(path: Path) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int32], npt.NDArray[np.float32]]:
