@@ -219,7 +219,7 @@ def test_sparse_outputs_refuse_what_they_cannot_do(
     embed_records(sample_rows[:5], sparse_only, model=None, sparse="bm25", cache=None)
     with pytest.raises(ModelMismatchError, match="holds sparse vectors only; refusing to append rows with dense"):
         embed_records(sample_rows[5:9], sparse_only, model="fake:16", sparse="bm25", cache=None, append=True)
-    with pytest.raises(OutputError, match="holds sparse vectors only.*without --hybrid"):
+    with pytest.raises(OutputError, match=r"holds sparse vectors only.*without --hybrid"):
         hybrid_search(sparse_only, "q", cache=None)
     with pytest.raises(ModelMismatchError, match="leave out --model"):
         search(sparse_only, "q", model="fake:16", cache=None)

@@ -18,7 +18,7 @@ import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field
 
 from embedstack.base import BaseEmbedding
-from embedstack.errors import EmbedstackError
+from embedstack.errors import ModelMismatchError
 from embedstack.jobs._output import (
     FORMAT_TAG,
     OutputError,
@@ -58,10 +58,6 @@ class _DefaultCache:
 
 DEFAULT_CACHE: Any = _DefaultCache()
 CacheArg = Any  # DEFAULT_CACHE | None | str | os.PathLike[str] | BaseKVStore
-
-
-class ModelMismatchError(EmbedstackError, ValueError):
-    """The model asked for is not the one an output was embedded with."""
 
 
 def default_cache_path() -> Path:

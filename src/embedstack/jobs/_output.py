@@ -44,6 +44,7 @@ __all__ = [
     "STATS_KEY",
     "Embeddings",
     "OutputError",
+    "SparseBatch",
     "Writer",
     "is_dense",
     "line_offsets",
@@ -53,8 +54,11 @@ __all__ = [
     "open_writer",
     "output_format",
     "read_meta",
+    "read_sparse",
+    "read_stats",
     "rescore_path",
     "rows_path",
+    "sparse_batches",
     "sparse_path",
     "stats_path",
     "temp_beside",
@@ -271,7 +275,6 @@ def load_embeddings(path: str | os.PathLike[str], columns: bool = True) -> Embed
     binary: the rescoring vectors kept beside the codes, else the bits as ±1; (n, 0) for an output of
     sparse vectors only. `sparse`: each row's `SparseVector` where the output holds sparse vectors.
     """
-    from embedstack.jobs._stored import read_sparse
     from embedstack.vectors.formats import VectorFormat
 
     path = Path(path)
@@ -848,3 +851,101 @@ def open_writer(target: Path, meta: dict[str, Any], column_types: dict[str, set[
     target.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(target)
     return cls(target, meta, column_types, existing)
+
+
+# -- sparse vectors ------------------------------------------------------------------------------
+#: A block of consecutive rows' sparse vectors: (first row, offsets (rows + 1, from 0), indices, values).
+SparseBatch = tuple[int, np.ndarray, np.ndarray, np.ndarray]
+
+
+def sparse_batches(path: Path, meta: dict[str, Any], rows: int = 65536) -> Iterator[SparseBatch]:
+    """The sparse vectors of an output in blocks of about `rows` rows, in bounded memory: Parquet's list columns
+    a batch at a time, a .npy output's CSR .npz memory-mapped, a .jsonl output streamed; checked against the
+    metadata's row count."""
+    if not meta.get("sparse"):
+        raise OutputError(f"{path}: has no sparse vectors; embed it with --sparse bm25 (or splade:<model>)")
+    fmt = output_format(path)
+    count = int(meta["count"])
+    n = 0
+    if fmt in ("parquet", DATASET_FORMAT):
+        pq = _pq()
+        files = [Path(f) for f in pq.ParquetDataset(path).files] if path.is_dir() else [path]
+        for file in files:
+            for batch in pq.ParquetFile(file).iter_batches(batch_size=rows, columns=list(SPARSE_COLUMNS)):
+                idx_col, val_col = batch.column(0), batch.column(1)
+                offsets = np.asarray(idx_col.offsets, dtype=np.int64)
+                offsets = offsets - offsets[0]
+                indices = np.asarray(idx_col.flatten(), dtype=np.int32)
+                values = np.asarray(val_col.flatten(), dtype=np.float32)
+                val_offsets = np.asarray(val_col.offsets, dtype=np.int64)
+                if len(values) != len(indices) or not np.array_equal(val_offsets - val_offsets[0], offsets):
+                    raise OutputError(f"{file}: its sparse_indices and sparse_values differ in shape; re-run the embed")
+                yield n, offsets, indices, values
+                n += len(offsets) - 1
+    elif fmt == "npy":
+        from embedstack.jobs._csr import open_csr
+
+        where = sparse_path(path)
+        if not where.exists():
+            raise OutputError(f"{where}: missing; re-run the embed command")
+        try:
+            indptr, indices, values = open_csr(where)
+        except (OSError, ValueError) as e:
+            raise OutputError(f"{where}: unreadable sparse vectors ({e}); re-run the embed command") from None
+        for start in range(0, len(indptr) - 1, rows):
+            part = np.asarray(indptr[start : start + rows + 1], dtype=np.int64)
+            lo, hi = int(part[0]), int(part[-1])
+            yield start, part - lo, np.asarray(indices[lo:hi]), np.asarray(values[lo:hi])
+            n = start + len(part) - 1
+    else:
+        chunk: list[dict[str, Any]] = []
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                if not line.strip():
+                    continue
+                chunk.append(json.loads(line))
+                if len(chunk) == rows:
+                    yield n, *_jsonl_sparse(chunk, path)
+                    n, chunk = n + len(chunk), []
+        if chunk:
+            yield n, *_jsonl_sparse(chunk, path)
+            n += len(chunk)
+    if n != count:
+        raise OutputError(f"{path}: holds {n} sparse rows, but its metadata says {count}; re-run the embed command")
+
+
+def _jsonl_sparse(rows: list[dict[str, Any]], path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    try:
+        idx = [r[SPARSE_COLUMNS[0]] for r in rows]
+        val = [r[SPARSE_COLUMNS[1]] for r in rows]
+    except KeyError:
+        raise OutputError(f"{path}: a row has no sparse vector; re-run the embed command") from None
+    lengths = np.fromiter(map(len, idx), dtype=np.int64, count=len(idx))
+    if not np.array_equal(lengths, np.fromiter(map(len, val), dtype=np.int64, count=len(val))):
+        raise OutputError(f"{path}: a row's sparse_indices and sparse_values differ in length; re-run the embed")
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    flat_i = np.fromiter((i for r in idx for i in r), dtype=np.int32, count=int(offsets[-1]))
+    flat_v = np.fromiter((v for r in val for v in r), dtype=np.float32, count=int(offsets[-1]))
+    return offsets, flat_i, flat_v
+
+
+def read_sparse(path: Path, meta: dict[str, Any]) -> list[Any]:
+    """Every row's sparse vector (`SparseVector`), in row order."""
+    from embedstack.outputs import SparseVector
+
+    out: list[Any] = []
+    for _, offsets, indices, values in sparse_batches(path, meta):
+        for a, b in zip(offsets[:-1].tolist(), offsets[1:].tolist()):
+            out.append(SparseVector(np.array(indices[a:b], np.int32), np.array(values[a:b], np.float32)))
+    return out
+
+
+def read_stats(path: Path) -> str | None:
+    """The BM25 statistics (JSON) kept with an output: its Parquet schema metadata, else its statistics sidecar
+    (OUT.bm25.json; a dataset directory's _embedstack.bm25.json). None when there are none."""
+    fmt = output_format(path)
+    if fmt == "parquet":
+        raw = (_pq().read_schema(path).metadata or {}).get(STATS_KEY)
+        return None if raw is None else raw.decode()
+    where = stats_path(path)
+    return where.read_text(encoding="utf-8") if where.is_file() else None

@@ -16,8 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from embedstack.errors import OutputError
-from embedstack.jobs._embed import ModelMismatchError
+from embedstack.errors import ModelMismatchError, OutputError
 from embedstack.jobs._output import SPARSE_COLUMNS, STATS_KEY
 from embedstack.jobs._readers import InputError, RecordReader
 from embedstack.kvstore.base import BaseKVStore
