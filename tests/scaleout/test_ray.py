@@ -227,3 +227,25 @@ def test_sparse_columns_with_bm25_fitted_on_the_whole_dataset(ray_session: Any) 
     assert "embedding" not in alone[0] and len(alone) == 60
     with pytest.raises(ValueError, match="nothing to embed"):
         embed_dataset(ds, None)
+
+
+def test_splade_on_actors_equals_splade_in_process(ray_session: Any, tmp_path: Any, tiny_bert_checkpoint: Any) -> None:
+    pytest.importorskip("transformers")
+    import torch
+    import transformers
+
+    from embedstack.providers.splade import SpladeEmbedding
+
+    plain = tmp_path / "mlm"  # a plain masked-LM checkpoint: SPLADE max pooling over ReLU
+    transformers.AutoTokenizer.from_pretrained(str(tiny_bert_checkpoint)).save_pretrained(plain)
+    torch.manual_seed(1)
+    config = transformers.BertConfig.from_pretrained(str(tiny_bert_checkpoint))
+    transformers.BertForMaskedLM(config).eval().save_pretrained(plain)
+    items = _items(24)
+    out = embed_dataset(ray_session.data.from_items(items), None, concurrency=2, batch_size=6, sparse=f"splade:{plain}")
+    rows = {r["id"]: r for r in _rows(out)}
+    want = SpladeEmbedding(model_name=str(plain)).embed([i["text"] for i in items])
+    for item, vec in zip(items, want):
+        row = rows[item["id"]]
+        assert row["sparse_indices"] == vec.indices.tolist()
+        np.testing.assert_allclose(row["sparse_values"], vec.values, rtol=1e-5, atol=1e-6)
