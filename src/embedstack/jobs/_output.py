@@ -766,6 +766,11 @@ class NpyWriter(_SidecarWriter):
         if self.rescore_dim is not None:
             targets.append((self.extra_tmp, rescore_path(self.target)))
         if self.csr is not None:
+            if self.csr.rows != self.written:
+                raise OutputError(
+                    f"{rows_path(self.target)}: holds {self.csr.rows} rows, {self.target} {self.written}; "
+                    "output not replaced, embed into a new output"
+                )
             npz_tmp = self._temp(sparse_path(self.target))
             self.csr.finish(npz_tmp)
             targets.append((npz_tmp, sparse_path(self.target)))
