@@ -8,7 +8,14 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     from embedstack.types import Batch, PartialResult
 
-__all__ = ["BadVectorsError", "EmbeddingAPIError", "EmbedstackError", "InvalidInputError", "OutputError"]
+__all__ = [
+    "BadVectorsError",
+    "EmbeddingAPIError",
+    "EmbedstackError",
+    "InvalidInputError",
+    "ModelMismatchError",
+    "OutputError",
+]
 
 
 class EmbedstackError(Exception):
@@ -126,3 +133,7 @@ def _rebuild_error(message: str, status_code: int | None, attempts: int) -> Embe
 
 class OutputError(EmbedstackError, ValueError):
     """An output or index file that cannot be written or read (wrong extension, incomplete, not ours)."""
+
+
+class ModelMismatchError(EmbedstackError, ValueError):
+    """The model asked for is not the one an output was embedded with."""

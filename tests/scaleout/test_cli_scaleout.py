@@ -81,3 +81,38 @@ def test_cli_ray_writes_a_dataset_directory(
     (tmp_path / "other").mkdir()
     assert main(["embed", str(src), "-o", str(tmp_path / "other"), "--model", "fake:8", "--ray", "-q"]) == 1
     assert "not an embedstack dataset directory" in capsys.readouterr().err
+
+
+def test_cli_ray_sparse_only_dataset_searches_as_a_file(
+    ray_session: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("Stemmer")
+    src = tmp_path / "c.jsonl"
+    with open(src, "w", encoding="utf-8") as f:
+        for i in range(40):
+            word = ("json", "yaml", "http", "mock")[i % 4]
+            f.write(json.dumps({"id": f"doc{i}", "text": f"package {i} handles {word} {word if i % 5 else ''}"}) + "\n")
+    out, single = tmp_path / "sparse", tmp_path / "single.parquet"
+    args = ["--sparse", "bm25", "--no-dense", "--no-cache", "-q"]
+    assert main(["embed", str(src), "-o", str(out), "--ray", "--concurrency", "2", *args]) == 0
+    assert main(["embed", str(src), "-o", str(single), *args]) == 0
+    assert (out / "_embedstack.bm25.json").read_text() == read_meta_stats(single)  # fitted on all 40 rows
+    capsys.readouterr()
+    found = []
+    for target in (out, single):
+        assert main(["search", str(target), "json mock", "-k", "5", "--json"]) == 0
+        found.append(sorted((round(h["score"], 5), h["id"]) for h in json.loads(capsys.readouterr().out)))
+    assert found[0] == found[1] and len(found[0]) == 5
+    assert main(["info", str(out)]) == 0
+    shown = capsys.readouterr().out
+    assert "none (sparse vectors only)" in shown and "40 documents" in shown and "_embedstack.bm25.json" in shown
+    data = load_embeddings(out)
+    assert data.vectors.shape == (40, 0) and data.sparse is not None and len(data.sparse) == 40
+
+
+def read_meta_stats(path: Path) -> str:
+    from embedstack.jobs._stored import read_stats
+
+    stats = read_stats(path)
+    assert stats is not None
+    return stats

@@ -204,3 +204,48 @@ def test_a_small_file_read_lazily_is_spread_too(ray_session: Any, tmp_path: Any)
     assert sorted(r["id"] for r in _rows(out)) == sorted(i["id"] for i in _items(300))
     stats = embedder_stats(out.stats())
     assert stats["tasks"] >= 4 and stats["rows_min"] >= 60 and stats["rows_max"] <= 90, stats
+
+
+def test_sparse_columns_with_bm25_fitted_on_the_whole_dataset(ray_session: Any) -> None:
+    pytest.importorskip("Stemmer")
+    from embedstack.providers.bm25 import BM25Embedding
+
+    ray = ray_session
+    items = [
+        {"id": f"r{i}", "text": f"package {i} parses {'json' if i % 3 else 'yaml'} fast", "n": i} for i in range(60)
+    ]
+    ds = ray.data.from_items(items, override_num_blocks=4)
+    out = embed_dataset(ds, "fake:8", concurrency=2, batch_size=20, sparse="bm25")
+    rows = {r["id"]: r for r in _rows(out)}
+    texts = [i["text"] for i in items]
+    want = BM25Embedding().fit_transform(texts)  # one fit over all 60 rows, though the actors saw 20 at a time
+    for item, vec in zip(items, want):
+        row = rows[item["id"]]
+        assert row["sparse_indices"] == vec.indices.tolist() and row["sparse_values"] == vec.values.tolist()
+        np.testing.assert_array_equal(row["embedding"], FakeEmbedding(embed_dim=8).vector_for(item["text"]))
+    alone = _rows(embed_dataset(ds, None, concurrency=2, sparse="bm25"))
+    assert "embedding" not in alone[0] and len(alone) == 60
+    with pytest.raises(ValueError, match="nothing to embed"):
+        embed_dataset(ds, None)
+
+
+def test_splade_on_actors_equals_splade_in_process(ray_session: Any, tmp_path: Any, tiny_bert_checkpoint: Any) -> None:
+    pytest.importorskip("transformers")
+    import torch
+    import transformers
+
+    from embedstack.providers.splade import SpladeEmbedding
+
+    plain = tmp_path / "mlm"  # a plain masked-LM checkpoint: SPLADE max pooling over ReLU
+    transformers.AutoTokenizer.from_pretrained(str(tiny_bert_checkpoint)).save_pretrained(plain)
+    torch.manual_seed(1)
+    config = transformers.BertConfig.from_pretrained(str(tiny_bert_checkpoint))
+    transformers.BertForMaskedLM(config).eval().save_pretrained(plain)
+    items = _items(24)
+    out = embed_dataset(ray_session.data.from_items(items), None, concurrency=2, batch_size=6, sparse=f"splade:{plain}")
+    rows = {r["id"]: r for r in _rows(out)}
+    want = SpladeEmbedding(model_name=str(plain)).embed([i["text"] for i in items])
+    for item, vec in zip(items, want):
+        row = rows[item["id"]]
+        assert row["sparse_indices"] == vec.indices.tolist()
+        np.testing.assert_allclose(row["sparse_values"], vec.values, rtol=1e-5, atol=1e-6)

@@ -119,3 +119,17 @@ def test_fit_transform_equals_fit_then_embed_exactly() -> None:
         assert a.indices.tolist() == b.indices.tolist() and a.values.tobytes() == b.values.tobytes()
     assert fast[-1].indices.tolist() == [] and fast[-2].indices.tolist() == []
     assert model.pipeline.key_factory("text")("x") == BM25Embedding().fit(corpus).pipeline.key_factory("text")("x")
+
+
+def test_statistics_counted_in_pieces_merge_into_those_of_the_whole() -> None:
+    from embedstack.providers.bm25 import BM25Stats
+
+    model = BM25Embedding()
+    whole = BM25Embedding().fit(CORPUS).stats
+    pieces = [model.count(CORPUS[i : i + 3]) for i in range(0, len(CORPUS), 3)]
+    assert BM25Stats.merge(pieces).to_json() == whole.to_json()  # vocabulary order, df, N and avgdl all equal
+    assert BM25Stats.merge(reversed(pieces)).to_json() == whole.to_json()
+    assert whole.total_length == sum(len(doc) for doc in model.tokenize(CORPUS))
+    assert not model.fitted  # counting leaves the model's own statistics alone
+    with pytest.raises(ValueError, match="at least one non-empty part"):
+        BM25Stats.merge([])

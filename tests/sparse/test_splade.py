@@ -211,6 +211,28 @@ def test_splade_vectors_beside_dense_ones_in_an_output(tiny: Tiny, tmp_path: Pat
     assert hits[0].id == f"d{best}" and hits[0].fields["sparse_rank"] == 1
 
 
+def test_splade_vectors_alone_and_appended_in_jsonl_and_npy_outputs(tiny: Tiny, tmp_path: Path) -> None:
+    from embedstack.jobs import embed_records, load_embeddings, search
+
+    rows = [{"id": f"d{i}", "text": t} for i, t in enumerate(TEXTS)]
+    spec = f"splade:{tiny.splade}"
+    want = SpladeEmbedding(model_name=str(tiny.splade)).embed(TEXTS)
+    for out, dense in ((tmp_path / "alone.jsonl", None), (tmp_path / "beside.npy", "fake:8")):
+        embed_records(rows[:2], out, model=dense, cache=None, sparse=spec)
+        embed_records(rows[2:], out, model=dense, cache=None, sparse=spec, append=True)
+        got = load_embeddings(out).sparse
+        assert got is not None and [r.indices.tolist() for r in got] == [r.indices.tolist() for r in want]
+        for a, b in zip(got, want):  # other batches (other padding): equal up to float rounding
+            np.testing.assert_allclose(a.values, b.values, rtol=1e-5, atol=1e-6)
+    query = "the cat sat on the mat"
+    q = SpladeEmbedding(model_name=str(tiny.splade)).get_query_embedding(query)
+    scores = [sparse_dot(q, r.to_dict()) for r in want]
+    hits = search(tmp_path / "alone.jsonl", query, 3, cache=None)
+    order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))[:3]
+    assert [h.id for h in hits] == [f"d{i}" for i in order if scores[i] > 0]
+    assert [h.score for h in hits] == pytest.approx([scores[i] for i in order if scores[i] > 0], rel=1e-5)
+
+
 def test_embed_sparse_refuses_truncation_unless_asked(tiny: Tiny) -> None:
     import httpx
 

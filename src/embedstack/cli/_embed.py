@@ -36,7 +36,7 @@ def add_parser(sub: Any, parents: Parents) -> argparse.ArgumentParser:
     embed.add_argument(
         "-m",
         "--model",
-        default="local",
+        default=None,
         help="local (default), local:<name or path>, openai:<model>, default, fake:<dim>",
     )
     embed.add_argument("--field", default="text", help="field or column holding the text (default: text)")
@@ -97,9 +97,16 @@ def add_parser(sub: Any, parents: Parents) -> argparse.ArgumentParser:
         "--sparse",
         metavar="SPEC",
         help=(
-            "also write each text's sparse vector (Parquet list columns sparse_indices, sparse_values): bm25 "
-            "(fitted on the input; its statistics are stored in OUT), bm25:<stats.json> or splade:<model>"
+            "also write each text's sparse vector (Parquet/.jsonl: sparse_indices, sparse_values; .npy: "
+            "OUT.sparse.npz): bm25 (fitted on the input, statistics kept with OUT and updated by --append), "
+            "bm25:<stats.json> or splade:<model>"
         ),
+    )
+    embed.add_argument(
+        "--no-dense",
+        dest="dense",
+        action="store_false",
+        help="with --sparse: write the sparse vectors only, no dense model (.parquet or .jsonl OUT)",
     )
     embed.add_argument(
         "--append", action="store_true", help="add rows to an existing OUT (same model, dimensions and precision)"
@@ -133,12 +140,23 @@ def add_parser(sub: Any, parents: Parents) -> argparse.ArgumentParser:
     return embed
 
 
+def _model_arg(args: argparse.Namespace) -> Any:
+    """--model (default: local), or None with --no-dense; contradictions refused by name."""
+    if args.dense:
+        return args.model or "local"
+    if not args.sparse:
+        raise ValueError("--no-dense needs --sparse SPEC (bm25, splade:<model>): otherwise there is nothing to embed")
+    if args.model is not None:
+        raise ValueError(f"--no-dense writes no dense vectors, so --model {args.model} has nothing to do; drop one")
+    return None
+
+
 def _job_args(args: argparse.Namespace, keep: Any) -> dict[str, Any]:
     """The embed job's arguments that a file run and a Ray run share."""
     return {
         "inputs": args.inputs,
         "out": args.output,
-        "model": args.model,
+        "model": _model_arg(args),
         "field": args.field,
         "id_field": args.id_field,
         "keep": keep,
@@ -188,8 +206,6 @@ def _embed_on_ray(args: argparse.Namespace, keep: Any, show: bool) -> int:
 
     if args.append:
         raise ValueError("--append cannot be used with --ray; embed into a new OUT directory")
-    if args.sparse:
-        raise ValueError("--sparse cannot be used with --ray yet; embed without --ray")
     compact = [f"--{name}" for name in ("dimensions", "precision") if getattr(args, name, None) is not None]
     if compact or getattr(args, "rescore_vectors", None) is not None:
         raise ValueError(
@@ -203,12 +219,16 @@ def _embed_on_ray(args: argparse.Namespace, keep: Any, show: bool) -> int:
         address=args.ray,
         concurrency=args.concurrency,
         progress=show,
+        sparse=args.sparse,
     )
     if not args.quiet:
         for msg in report.skipped:
             print(f"embedstack: skipped {msg}", file=sys.stderr)
+        what = report.model if report.dense else f"{report.sparse} (sparse only)"
+        if report.dense and report.sparse:
+            what += f" + sparse {report.sparse}"
         print(
-            f"embedded {report.count} texts on Ray ({args.concurrency} actors) with {report.model} → {report.out}",
+            f"embedded {report.count} texts on Ray ({args.concurrency} actors) with {what} → {report.out}",
             file=sys.stderr,
         )
     return 0

@@ -87,6 +87,8 @@ def build_map(
 
     data = load_embeddings(path)
     meta: dict[str, Any] = data.meta
+    if data.vectors.shape[1] == 0:
+        raise ValueError(f"{path}: holds sparse vectors only; a map is drawn from dense vectors: embed with a model")
     notes = []
     rows = sample_rows(len(data), sample, seed)
     if len(rows) < len(data):

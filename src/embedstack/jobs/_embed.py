@@ -18,7 +18,7 @@ import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field
 
 from embedstack.base import BaseEmbedding
-from embedstack.errors import EmbedstackError
+from embedstack.errors import ModelMismatchError
 from embedstack.jobs._output import (
     FORMAT_TAG,
     OutputError,
@@ -58,10 +58,6 @@ class _DefaultCache:
 
 DEFAULT_CACHE: Any = _DefaultCache()
 CacheArg = Any  # DEFAULT_CACHE | None | str | os.PathLike[str] | BaseKVStore
-
-
-class ModelMismatchError(EmbedstackError, ValueError):
-    """The model asked for is not the one an output was embedded with."""
 
 
 def default_cache_path() -> Path:
@@ -158,7 +154,8 @@ class EmbedReport(BaseModel):
     duplicate_ids: int = 0
     first_duplicate: str | None = None
     seconds: float = 0.0
-    sparse: str | None = Field(default=None, description="The sparse model whose vectors were written beside.")
+    sparse: str | None = Field(default=None, description="The sparse model whose vectors were written.")
+    dense: bool = Field(default=True, description="Whether dense vectors were written (False: sparse only).")
 
     def summary(self) -> str:
         """One line: "embedded N texts (M computed, K from cache) with MODEL → OUT"."""
@@ -170,6 +167,8 @@ class EmbedReport(BaseModel):
             how += f", {reused} duplicates"
         texts = "text" if self.count == 1 else "texts"
         stored = f" ({self.precision}, {self.dim} dims)" if self.precision != "float32" else ""
+        if not self.dense:
+            return f"embedded {self.count} {texts} ({how}) with {self.sparse} (sparse only) → {self.out}"
         beside = f" + sparse {self.sparse}" if self.sparse else ""
         return f"embedded {self.count} {texts} ({how}) with {self.model}{beside} → {self.out}{stored}"
 
@@ -249,7 +248,10 @@ def _run(
     t0 = time.perf_counter()
     compact.check()
     target = Path(out)
-    output_format(target)
+    fmt = output_format(target)
+    dense = model is not None
+    if not dense:
+        _check_sparse_only(target, fmt, sparse, compact)
     if target.is_dir():
         raise InputError(f"{target}: is a folder; give an output file such as {target / 'embeddings.parquet'}")
     scan = reader.scan()
@@ -260,25 +262,75 @@ def _run(
     existing = None
     if append and target.exists():
         existing = read_meta(target)
-    emb, spec = _resolve(model)
-    pipeline = pipeline_for(emb, cache, batch_size)  # a copy: a caller's model object is left as it was
-    if existing is not None:
-        check_model(emb, existing, target, "append to it")
-        compact.against(VectorFormat.from_meta(existing), target)
+        _check_kinds(existing, target, dense, sparse)
+    emb: BaseEmbedding | None = None
+    spec: str | None = None
+    pipeline: Pipeline | None = None
+    if dense:
+        emb, spec = _resolve(model)
+        pipeline = pipeline_for(emb, cache, batch_size)  # a copy: a caller's model object is left as it was
+        if existing is not None:
+            check_model(emb, existing, target, "append to it")
+            compact.against(VectorFormat.from_meta(existing), target)
     plan = None
     if sparse is not None:
         from embedstack.jobs._sparse_write import prepare_sparse
 
-        plan = prepare_sparse(sparse, target, reader, scan.columns, pipeline.cache, append)
+        store = pipeline.cache if pipeline is not None else _store(cache)
+        plan = prepare_sparse(sparse, target, reader, scan.columns, store, existing, None if dense else batch_size)
     return _embed(reader, scan, target, emb, pipeline, spec, existing, chunk_size, progress, t0, compact, plan)
+
+
+def _check_sparse_only(target: Path, fmt: str, sparse: Any, compact: Compact) -> None:
+    """Refuse an output without dense vectors where it cannot be written."""
+    if sparse is None:
+        raise ValueError("nothing to embed: pass a model, a sparse model (sparse='bm25', 'splade:<model>'), or both")
+    if fmt == "npy":
+        raise InputError(
+            f"{target}: a .npy output holds a dense matrix; write sparse vectors alone to a .parquet or .jsonl output"
+        )
+    if any(x is not None for x in (compact.dimensions, compact.precision, compact.ranges, compact.rescore)):
+        raise ValueError(
+            "dimensions, precision, ranges and rescore shape dense vectors; "
+            "leave them out with no dense model (--no-dense)"
+        )
+
+
+def _check_kinds(existing: dict[str, Any], target: Path, dense: bool, sparse: Any) -> None:
+    """Refuse to append rows without a kind of vector the output's rows have (or with one they lack)."""
+    from embedstack.jobs._output import is_dense
+
+    if is_dense(existing) and not dense:
+        raise ModelMismatchError(
+            f"{target} holds dense vectors ({existing.get('model') or existing.get('model_class')}); refusing to "
+            f"append rows without them; use --model {existing.get('model') or '<the same model>'}"
+        )
+    if not is_dense(existing) and dense:
+        raise ModelMismatchError(
+            f"{target} holds sparse vectors only; refusing to append rows with dense ones; use --no-dense "
+            "(Python: model=None), or embed into a new output"
+        )
+    entry = existing.get("sparse")
+    if entry and sparse is None:
+        raise ModelMismatchError(
+            f"{target} holds sparse vectors ({entry.get('model') or entry.get('model_class')}) beside its rows; "
+            f"refusing to append rows without them; add --sparse {entry.get('model') or '<the same sparse model>'}"
+        )
+
+
+def _store(cache: CacheArg) -> BaseKVStore | None:
+    """The store a cache argument names when no dense model brings its own (DEFAULT_CACHE: the user cache file)."""
+    from embedstack.kvstore.sqlite import SQLiteKVStore
+
+    return SQLiteKVStore(default_cache_path()) if cache is DEFAULT_CACHE else open_store(cache)
 
 
 def _embed(
     reader: RecordReader,
     scan: ScanResult,
     target: Path,
-    emb: BaseEmbedding,
-    pipeline: Pipeline,
+    emb: BaseEmbedding | None,
+    pipeline: Pipeline | None,
     spec: str | None,
     existing: dict[str, Any] | None,
     chunk_size: int,
@@ -287,17 +339,18 @@ def _embed(
     compact: Compact,
     sparse: Any = None,
 ) -> EmbedReport:
-    name = spec or emb.class_name()
+    sparse_name = (sparse.meta["model"] or sparse.meta["model_class"]) if sparse is not None else None
+    name = (spec or emb.class_name()) if emb is not None else str(sparse_name)
     prior = int(existing["count"]) if existing else 0
     meta: dict[str, Any] = {
         "format": FORMAT_TAG,
         "version": 1,
         "embedstack": _version(),
         "model": spec,
-        "model_class": emb.class_name(),
+        "model_class": emb.class_name() if emb is not None else None,
         "model_name": getattr(emb, "model_name", None),
-        "model_identity": model_identity(emb),
-        "dim": existing["dim"] if existing else None,
+        "model_identity": model_identity(emb) if emb is not None else None,
+        "dim": existing.get("dim") if existing else None,
         "count": prior + scan.count,
         "text_field": reader.field,
         "id_field": reader.id_field,
@@ -305,6 +358,8 @@ def _embed(
         "inputs": (list(existing.get("inputs", [])) if existing else []) + reader.describe_inputs(),
         "created": existing.get("created") if existing else _now(),
     }
+    if emb is None:
+        meta["dense"] = False
     if existing:
         meta["updated"] = _now()
         meta["columns"] += [c for c in scan.columns if c not in meta["columns"]]
@@ -312,10 +367,14 @@ def _embed(
         meta["sparse"] = sparse.meta
     writer = open_writer(target, meta, scan.columns, existing=existing is not None)
     if sparse is not None:
-        writer.extra_metadata.update(sparse.schema_metadata)
+        sparse.attach(writer)
     progress = Progress(scan.count, progress_arg, desc="embedding", unit="text")
     pending: deque[Record] = deque()
-    shaper = _Shaper(writer, meta, VectorFormat.from_meta(existing) if existing else None, compact, emb)
+    shaper = (
+        _Shaper(writer, meta, VectorFormat.from_meta(existing) if existing else None, compact, emb)
+        if emb is not None
+        else None
+    )
 
     def texts() -> Iterator[str]:
         for record in reader:
@@ -324,14 +383,21 @@ def _embed(
 
     done = 0
     try:
-        for out in pipeline.iterate(texts(), chunk_size, Role.TEXT, show_progress=progress):
-            vectors = out.values
-            chunk = [pending.popleft() for _ in range(len(vectors))]
-            if sparse is not None:  # the same texts' sparse vectors, written beside in the same rows
-                writer.pending_sparse.extend(sparse.rows([r.text for r in chunk], done))
-            shaper.write(chunk, vectors)
-            done += len(chunk)
-        shaper.flush()
+        if pipeline is None or shaper is None:  # sparse vectors only: the sparse model's pipeline drives the run
+            for out in sparse.pipeline.iterate(texts(), chunk_size, Role.TEXT, show_progress=progress):
+                chunk = [pending.popleft() for _ in range(len(out.values))]
+                writer.pending_sparse.extend(out.values)
+                writer.write(chunk, None)
+                done += len(chunk)
+        else:
+            for out in pipeline.iterate(texts(), chunk_size, Role.TEXT, show_progress=progress):
+                vectors = out.values
+                chunk = [pending.popleft() for _ in range(len(vectors))]
+                if sparse is not None:  # the same texts' sparse vectors, written beside in the same rows
+                    writer.pending_sparse.extend(sparse.rows([r.text for r in chunk], done))
+                shaper.write(chunk, vectors)
+                done += len(chunk)
+            shaper.flush()
         if done != scan.count:
             raise InputError(f"the input changed while it was read ({scan.count} texts, then {done}); re-run")
         writer.commit()
@@ -340,20 +406,22 @@ def _embed(
         raise
     finally:
         progress.close()
+    cache = pipeline.cache if pipeline is not None else sparse.pipeline.cache
     return EmbedReport(
         out=target,
         count=done,
         total_rows=writer.written,
         computed=progress.computed,
-        cached=pipeline.cache is not None,
+        cached=cache is not None,
         model=name,
-        dim=int(meta["dim"]),
+        dim=int(meta["dim"] or 0),
         precision=str(meta.get("precision") or "float32"),
         skipped=scan.skipped,
         duplicate_ids=scan.duplicate_ids,
         first_duplicate=scan.first_duplicate,
         seconds=time.perf_counter() - t0,
-        sparse=(sparse.meta["model"] or sparse.meta["model_class"]) if sparse is not None else None,
+        sparse=sparse_name,
+        dense=emb is not None,
     )
 
 
@@ -443,8 +511,10 @@ def embed_files(
     `ranges` default to those of the first 2,048 vectors; binary outputs keep int8 rescoring vectors
     unless `rescore=False`. On append, None takes what the output has; anything else must match it.
     `sparse` ("bm25", "bm25:<stats.json>", "splade:<model>" or a BaseSparseEmbedding): also write each
-    text's sparse vector in list columns `sparse_indices` / `sparse_values` (Parquet outputs; a BM25 model
-    without statistics is fitted on the input, and its statistics are stored in the output).
+    text's sparse vector (Parquet and .jsonl: `sparse_indices` / `sparse_values`; .npy: OUT.npy.sparse.npz); a
+    BM25 model without statistics is fitted on the input, its statistics are kept with the output, and an
+    append updates them (the old rows' vectors are recomputed from their kept text). `model=None` with a
+    `sparse` model writes sparse vectors only (.parquet or .jsonl).
     """
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]

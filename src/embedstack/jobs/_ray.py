@@ -4,7 +4,10 @@ The model travels to the actors as a spec string and keyword arguments, or as a 
 with its fields (credentials and token providers included) but never its loaded weights or clients:
 each actor builds or rebuilds it once in `__init__` and keeps it for every batch. A cache given as a
 store travels pickled (RedisKVStore and SQLiteKVStore carry their settings, not their connections),
-so every actor reads and writes the same cache. Ray retries a batch whose actor
+so every actor reads and writes the same cache. A sparse model (`sparse=`) travels the same way and adds
+`sparse_indices` / `sparse_values` columns; BM25 without statistics is first fitted over the whole dataset by
+a counting pass (each block's statistics, merged on the driver: `BM25Stats.merge`), and every actor scores with
+those statistics. Ray retries a batch whose actor
 died (kill -9, a lost node) on a restarted actor; row order is not preserved, so match results by id.
 """
 
@@ -28,6 +31,7 @@ __all__ = [
     "default_num_cpus",
     "embed_dataset",
     "embed_files_ray",
+    "fit_sparse",
     "init_ray",
     "read_inputs",
     "spread",
@@ -70,20 +74,75 @@ def _build(recipe: tuple[Any, ...]) -> BaseEmbedding:
     return model
 
 
+def _sparse_recipe(sparse: Any) -> tuple[Any, ...]:
+    """What an actor needs to build the sparse model: ("spec", str) or ("model", a BaseSparseEmbedding)."""
+    from embedstack.sparse import BaseSparseEmbedding
+
+    if isinstance(sparse, str):
+        return ("spec", sparse)
+    if isinstance(sparse, BaseSparseEmbedding):
+        return ("model", sparse)
+    raise TypeError(
+        f"sparse takes a sparse model spec ('bm25', 'splade:<model>') or a BaseSparseEmbedding, "
+        f"not {type(sparse).__name__}"
+    )
+
+
+def _build_sparse(recipe: tuple[Any, ...], stats: str | None) -> Any:  # a BaseSparseEmbedding
+    """The actor's own sparse model; a BM25 model scores with the job's statistics (`stats`, JSON)."""
+    from embedstack.jobs._sparse_write import resolve_sparse
+
+    model: Any = resolve_sparse(recipe[1]) if recipe[0] == "spec" else recipe[1]
+    if stats is not None:
+        from embedstack.providers.bm25 import BM25Stats
+
+        model.use_stats(BM25Stats.from_json(stats, "the job's BM25 statistics"))
+    return model
+
+
+def _count_terms(table: Any, recipe: tuple[Any, ...], column: str) -> Any:
+    """One block's BM25 statistics (a one-row table of their JSON; none for a block without texts)."""
+    import pyarrow as pa
+
+    texts = [t for t in table.column(column).to_pylist() if isinstance(t, str)] if column in table.column_names else []
+    stats = [_build_sparse(recipe, None).count(texts).to_json()] if texts else []
+    return pa.table({"stats": pa.array(stats, type=pa.string())})
+
+
+def fit_sparse(ds: Any, sparse: Any, column: str = "text") -> Any:
+    """The sparse model of a Ray job, ready to score: a BM25 model without statistics gets those of the whole
+    dataset (counted block by block on Ray, merged here); others are returned as they are."""
+    from embedstack.jobs._sparse_write import resolve_sparse
+    from embedstack.providers.bm25 import BM25Embedding, BM25Stats
+
+    recipe = _sparse_recipe(sparse)
+    model = resolve_sparse(sparse)
+    if isinstance(model, BM25Embedding) and not model.fitted:
+        parts = ds.map_batches(_count_terms, fn_args=(recipe, column), batch_format="pyarrow").take_all()
+        if not parts:
+            raise InputError(f"no texts in column {column!r} to fit BM25 on")
+        model.use_stats(BM25Stats.merge(BM25Stats.from_json(p["stats"], "a block's BM25 statistics") for p in parts))
+    return model
+
+
 class _Embedder:
-    """The callable class each actor holds: builds the model once, embeds one Arrow batch per call."""
+    """The callable class each actor holds: builds the model(s) once, embeds one Arrow batch per call."""
 
     def __init__(
         self,
-        recipe: tuple[Any, ...],
+        recipe: tuple[Any, ...] | None,
         column: str,
         output_column: str,
         cache: Any,
         on_bad: str,
         id_column: str | None,
         role: str,
+        sparse: tuple[Any, ...] | None = None,
+        stats: str | None = None,
     ) -> None:
-        self.pipeline = _build(recipe).pipeline.with_options(cache=open_store(cache))
+        store = open_store(cache)
+        self.pipeline = _build(recipe).pipeline.with_options(cache=store) if recipe is not None else None
+        self.sparse = _build_sparse(sparse, stats).pipeline.with_options(cache=store) if sparse is not None else None
         self.column = column
         self.output_column = output_column
         self.on_bad = on_bad
@@ -103,6 +162,14 @@ class _Embedder:
         bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
         if bad:
             table, texts = self._bad_rows(table, texts, bad)
+        if self.sparse is not None:
+            from embedstack.jobs._output import SPARSE_COLUMNS, _sparse_arrays
+
+            rows = list(self.sparse.embed(texts, self.role).values) if texts else []
+            for name, array in zip(SPARSE_COLUMNS, _sparse_arrays(pa, rows)):
+                table = _put(table, name, array)
+        if self.pipeline is None:
+            return table
         if texts:
             mat = self.pipeline.embed(texts, self.role).values
             self.dim = int(mat.shape[1])
@@ -111,10 +178,7 @@ class _Embedder:
                 self.dim = int(self.pipeline.embed(["dimension probe"], self.role).values.shape[1])
             mat = np.zeros((0, self.dim), np.float32)
         flat = pa.array(np.ascontiguousarray(mat, dtype=np.float32).reshape(-1), type=pa.float32())
-        vectors = pa.FixedSizeListArray.from_arrays(flat, self.dim)
-        if self.output_column in table.column_names:
-            return table.set_column(table.column_names.index(self.output_column), self.output_column, vectors)
-        return table.append_column(self.output_column, vectors)
+        return _put(table, self.output_column, pa.FixedSizeListArray.from_arrays(flat, self.dim))
 
     def _bad_rows(self, table: Any, texts: list[Any], bad: list[int]) -> tuple[Any, list[Any]]:
         first = bad[0]
@@ -131,6 +195,13 @@ class _Embedder:
         bad_set = set(bad)
         keep = [i for i in range(len(texts)) if i not in bad_set]
         return table.take(keep), [texts[i] for i in keep]
+
+
+def _put(table: Any, name: str, array: Any) -> Any:
+    """`table` with column `name` set to `array` (replaced, or added at the end)."""
+    if name in table.column_names:
+        return table.set_column(table.column_names.index(name), name, array)
+    return table.append_column(name, array)
 
 
 def default_num_cpus(concurrency: int, num_gpus: float) -> float:
@@ -219,6 +290,7 @@ def embed_dataset(
     id_column: str | None = "id",
     role: Role | str = Role.TEXT,
     resources: Mapping[str, float] | None = None,
+    sparse: Any = None,
 ) -> Any:
     """A lazy `ray.data.Dataset`: `ds` with `output_column` added (a fixed-size float32 list per row).
 
@@ -232,6 +304,10 @@ def embed_dataset(
     `resources`: custom Ray resources each actor needs (to pin actors to a kind of node).
     Every actor of the pool gets work: a small input is cut into at least two batches per actor, and a
     materialized one with fewer blocks than actors is split first (`spread`).
+    `sparse`: a sparse model spec ("bm25", "bm25:<stats.json>", "splade:<model>") or a BaseSparseEmbedding whose
+    vectors are added as list columns `sparse_indices` (int32) / `sparse_values` (float32); BM25 without
+    statistics is fitted on the whole of `ds` first (`fit_sparse`: a counting pass on Ray). `model=None` with
+    a sparse model adds the sparse columns only.
     """
     from embedstack._optional import require
 
@@ -242,7 +318,17 @@ def embed_dataset(
         raise ValueError(f"concurrency must be a positive integer, got {concurrency!r}")
     if batch_size is not None and batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
-    recipe = _model_recipe(model, model_kwargs)
+    if model is None and sparse is None:
+        raise ValueError("nothing to embed: pass a model, a sparse model (sparse='bm25', 'splade:<model>'), or both")
+    recipe = _model_recipe(model, model_kwargs) if model is not None else None
+    sparse_recipe, stats = None, None
+    if sparse is not None:
+        sparse_recipe = _sparse_recipe(sparse)
+        fitted = fit_sparse(ds, sparse, column)
+        from embedstack.providers.bm25 import BM25Embedding
+
+        if isinstance(fitted, BM25Embedding):
+            stats = fitted.stats.to_json()  # every actor scores with the statistics of the whole dataset
     if isinstance(cache, BaseKVStore) and type(cache).__name__ == "SimpleKVStore":
         logger.warning("a SimpleKVStore lives in one process: each actor gets its own copy; use Redis to share")
     if batch_size is None:
@@ -252,7 +338,17 @@ def embed_dataset(
     ds, batch_size = spread(ds, concurrency, batch_size)
     return ds.map_batches(
         _Embedder,
-        fn_constructor_args=(recipe, column, output_column, cache, on_bad, id_column, Role(role).value),
+        fn_constructor_args=(
+            recipe,
+            column,
+            output_column,
+            cache,
+            on_bad,
+            id_column,
+            Role(role).value,
+            sparse_recipe,
+            stats,
+        ),
         batch_size=batch_size,
         batch_format="pyarrow",
         compute=ray_data.ActorPoolStrategy(size=concurrency),
@@ -323,7 +419,8 @@ def read_inputs(inputs: list[str], input_format: str | None = None) -> Any:
 
 
 class _Shape:
-    """Output rows as `embed_files` writes them: id (string), vector, kept columns; runs as a Ray task."""
+    """Output rows as `embed_files` writes them: id (string), vector, sparse_indices / sparse_values (each where
+    the job makes it), kept columns; runs as a Ray task."""
 
     def __init__(self, field: str, id_field: str | None, keep: Any) -> None:
         self.field, self.id_field, self.keep = field, id_field, keep
@@ -341,15 +438,18 @@ class _Shape:
             paths = table.column("path").to_pylist() if "path" in names else [""] * table.num_rows
             texts = table.column(self.field).to_pylist() if self.field in names else [""] * table.num_rows
             ids = [f"{os.path.basename(p or '')}:{_digest(t)}" for p, t in zip(paths, texts)]
-        drop = {"id", "vector", "path"} if id_col is None else {"id", "vector", id_col}
+        from embedstack.jobs._output import SPARSE_COLUMNS
+
+        vectors = [n for n in ("vector", *SPARSE_COLUMNS) if n in names]
+        drop = {"id", *vectors, "path" if id_col is None else id_col}
         if self.keep == "all":
             kept = [n for n in names if n not in drop]
         elif self.keep == "none":
             kept = []
         else:
             kept = [n for n in self.keep if n in names and n not in drop]
-        arrays = [pa.array(ids, type=pa.string()), table.column("vector")] + [table.column(n) for n in kept]
-        return pa.Table.from_arrays(arrays, names=["id", "vector", *kept])
+        arrays = [pa.array(ids, type=pa.string())] + [table.column(n) for n in (*vectors, *kept)]
+        return pa.Table.from_arrays(arrays, names=["id", *vectors, *kept])
 
 
 def _digest(text: Any) -> str:
@@ -362,7 +462,7 @@ def embed_files_ray(
     inputs: str | os.PathLike[str] | list[str | os.PathLike[str]],
     out: str | os.PathLike[str],
     *,
-    model: str = "local",
+    model: str | None = "local",
     field: str = "text",
     id_field: str | None = None,
     keep: Any = "all",
@@ -374,8 +474,13 @@ def embed_files_ray(
     concurrency: int = 2,
     num_gpus: float = 0,
     progress: bool = False,
+    sparse: Any = None,
 ) -> Any:
     """Embed files on Ray into OUT, a Parquet dataset directory with embedstack's metadata (`_embedstack.json`).
+
+    `sparse` adds sparse vectors (`sparse_indices` / `sparse_values`; `model=None`: those only); a BM25 model
+    without statistics is fitted on all the inputs (a counting pass on Ray), and its statistics are kept in
+    OUT/_embedstack.bm25.json.
 
     The same rows and metadata as `embed_files` writes to a .parquet file; `embedstack search/info` and
     `load_embeddings` read the directory. OUT appears complete or not at all (written beside it, renamed).
@@ -388,7 +493,9 @@ def embed_files_ray(
     from pathlib import Path
 
     from embedstack.jobs._embed import EmbedReport, _now, _resolve, _version, model_identity
-    from embedstack.jobs._output import DATASET_META, FORMAT_TAG, OutputError, _pq
+    from embedstack.jobs._output import DATASET_META, DATASET_STATS, FORMAT_TAG, SPARSE_COLUMNS, OutputError, _pq
+    from embedstack.jobs._sparse_write import resolve_sparse, sparse_entry
+    from embedstack.providers.bm25 import BM25Embedding
     from embedstack.vectors.formats import VectorFormat
 
     t0 = time.perf_counter()
@@ -400,9 +507,15 @@ def embed_files_ray(
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = bool(progress)
     ctx.print_on_execution_start = bool(progress)
-    emb, _ = _resolve(model)
+    emb = _resolve(model)[0] if model is not None else None
     ds = read_inputs(paths, input_format)
     total = ds.count() if skip_bad else None
+    fitted, entry = None, None
+    if sparse is not None:
+        fitted = resolve_sparse(sparse)
+        source = ("given" if fitted.fitted else "corpus") if isinstance(fitted, BM25Embedding) else None
+        fitted = fit_sparse(ds, fitted, field)
+        entry = sparse_entry(sparse, fitted, fitted.pipeline, source)
     embedded = embed_dataset(
         ds,
         model,
@@ -414,6 +527,7 @@ def embed_files_ray(
         cache=cache,
         on_bad="skip" if skip_bad else "fail",
         id_column=id_field or "id",
+        sparse=fitted,
     )
     shaped = embedded.map_batches(_Shape(field, id_field, keep), batch_format="pyarrow", batch_size=None)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -426,25 +540,32 @@ def embed_files_ray(
         if count == 0:
             raise InputError(f"{', '.join(paths)}: no texts to embed")
         schema = pq.read_schema(files[0])
-        dim = int(schema.field("vector").type.list_size)
+        dim = int(schema.field("vector").type.list_size) if emb is not None else None
         meta: dict[str, Any] = {
             "format": FORMAT_TAG,
             "version": 1,
             "embedstack": _version(),
             "model": model,
-            "model_class": emb.class_name(),
+            "model_class": emb.class_name() if emb is not None else None,
             "model_name": getattr(emb, "model_name", None),
-            "model_identity": model_identity(emb),
+            "model_identity": model_identity(emb) if emb is not None else None,
             "dim": dim,
             "count": count,
             "text_field": field,
             "id_field": id_field,
-            "columns": [n for n in schema.names if n not in ("id", "vector")],
+            "columns": [n for n in schema.names if n not in ("id", "vector", *SPARSE_COLUMNS)],
             "inputs": paths,
             "created": _now(),
             "ray": {"concurrency": concurrency, "num_gpus": num_gpus},
-            **VectorFormat(dim=dim, source_dim=dim).to_meta(),  # float32, full length: as a plain file output
         }
+        if dim is not None:  # float32, full length: as a plain file output
+            meta.update(VectorFormat(dim=dim, source_dim=dim).to_meta())
+        else:
+            meta["dense"] = False
+        if entry is not None:
+            meta["sparse"] = entry
+            if isinstance(fitted, BM25Embedding):
+                (tmp / DATASET_STATS).write_text(fitted.stats.to_json(), encoding="utf-8")
         (tmp / DATASET_META).write_text(json.dumps(meta, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
         if target.exists():
             old = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.old")
@@ -463,8 +584,10 @@ def embed_files_ray(
         total_rows=count,
         computed=count,
         cached=cache is not None,
-        model=model,
-        dim=dim,
+        model=model or str(sparse),
+        dim=dim or 0,
         skipped=skipped,
         seconds=time.perf_counter() - t0,
+        sparse=(entry["model"] or entry["model_class"]) if entry is not None else None,
+        dense=emb is not None,
     )

@@ -16,10 +16,10 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from pydantic import BaseModel, Field
 
 from embedstack.jobs._embed import DEFAULT_CACHE, CacheArg, ModelMismatchError, _resolve, check_model, pipeline_for
-from embedstack.jobs._output import OutputError, read_meta
+from embedstack.jobs._hits import TIMING_KEYS, Hit, SearchResult
+from embedstack.jobs._output import OutputError, is_dense, read_meta
 from embedstack.jobs._stored import StoredRows, open_stored
 from embedstack.types import Role
 from embedstack.vectors.compact import hamming_distances, scalar_cosines
@@ -29,58 +29,7 @@ from embedstack.vectors.precision import DEFAULT_RESCORE
 
 __all__ = ["DEFAULT_RESCORE", "TIMING_KEYS", "Hit", "SearchResult", "search"]
 
-#: Candidates per hit rescored on binary outputs (and with an index): 10 keeps 99.9% of float32's recall@10 on
-#: packages-retrieval with all-MiniLM-L6-v2 (4: 99.3%, 1: 96.0%), and 100 rescored rows cost next to nothing.
-#: Seconds per step, the keys of `SearchResult.timings` (steps that did not run are 0).
-TIMING_KEYS = (
-    "model_load_s",
-    "query_embedding_s",
-    "index_load_s",
-    "index_build_s",
-    "candidate_search_s",
-    "rescoring_s",
-    "read_hits_s",
-    "total_s",
-)
 _CHUNK_BYTES = 32 << 20  # stored bytes scored per step (float work arrays are at most 4x that for int8)
-
-
-class Hit(BaseModel):
-    """One search result: rank (1 = best), id, cosine score, the text and the other kept columns."""
-
-    rank: int
-    id: str
-    score: float
-    text: str | None = None
-    fields: dict[str, Any] = Field(default_factory=dict)
-
-    @classmethod
-    def from_row(cls, rank: int, score: float, row: dict[str, Any], text_field: str, **extra: Any) -> Hit:
-        """A hit from a stored row: its id, its text (the `text_field` column) and the other columns (+ `extra`)."""
-        fields = {name: value for name, value in row.items() if name != "id"}
-        text = fields.pop(text_field, None)
-        fields.update(extra)
-        return cls(
-            rank=rank, id=str(row.get("id")), score=score, text=text if isinstance(text, str) else None, fields=fields
-        )
-
-
-class SearchResult(list[Hit]):
-    """The hits, best first (a list), with where the time went (`timings`, seconds) and how (`method`)."""
-
-    def __init__(self, hits: list[Hit], timings: dict[str, float], method: str) -> None:
-        super().__init__(hits)
-        self.timings = timings
-        self.method = method
-
-    def timing_line(self) -> str:
-        """One line for stderr: each step's time and the method."""
-        t = self.timings
-        steps = [("model load", "model_load_s"), ("query", "query_embedding_s")]
-        steps += [("index load", "index_load_s"), ("index build", "index_build_s")]
-        steps += [("candidates", "candidate_search_s"), ("rescoring", "rescoring_s"), ("hits", "read_hits_s")]
-        shown = ", ".join(f"{name} {t[key]:.3f}s" for name, key in steps if t[key] or not key.startswith("index"))
-        return f"search: {shown}; total {t['total_s']:.3f}s ({self.method})"
 
 
 def _cosines(vectors: npt.NDArray[np.float32], q: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
@@ -232,7 +181,8 @@ def search(
     index: bool | None = None,
     chunk_size: int | None = None,
 ) -> SearchResult:
-    """Cosine top-k of `query` over an output, with the model recorded in it (or an identical one).
+    """Cosine top-k of `query` over an output, with the model recorded in it (or an identical one); over an
+    output of sparse vectors only, the top k by their dot product with the query's (`jobs._sparse.sparse_search`).
 
     The output is read memory-mapped (.npy) or in chunks (Parquet, .jsonl) of `chunk_size` rows, so it
     may be larger than memory. Binary outputs: the `k × rescore` nearest by Hamming distance, rescored
@@ -250,6 +200,18 @@ def search(
     timings = dict.fromkeys(TIMING_KEYS, 0.0)
     path = Path(out)
     meta = read_meta(path)
+    if not is_dense(meta):  # sparse vectors only: search them (the model recorded in the output)
+        if index:
+            raise ValueError(
+                f"{path} holds sparse vectors only; an index is built over dense vectors, leave out --index"
+            )
+        if model is not None:
+            raise ModelMismatchError(
+                f"{path} holds sparse vectors only, searched with the sparse model recorded in it; leave out --model"
+            )
+        from embedstack.jobs._sparse_search import sparse_search
+
+        return sparse_search(path, query, k)
     stored = open_stored(path, meta)
     fmt = VectorFormat.from_meta(meta)
     q = _query_vector(path, meta, fmt, query, model, cache, timings)

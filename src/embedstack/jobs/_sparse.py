@@ -14,10 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 
-from embedstack.jobs._embed import DEFAULT_CACHE, CacheArg, ModelMismatchError
-from embedstack.jobs._output import SPARSE_COLUMNS, OutputError, _pq, read_meta
+from embedstack.jobs._embed import DEFAULT_CACHE, CacheArg
+from embedstack.jobs._output import OutputError, is_dense, read_meta
 from embedstack.jobs._search import (
     DEFAULT_RESCORE,
     TIMING_KEYS,
@@ -28,66 +27,14 @@ from embedstack.jobs._search import (
     _query_vector,
     _with_index,
 )
-from embedstack.jobs._sparse_write import STATS_KEY, resolve_sparse
+from embedstack.jobs._sparse_search import sparse_model_of, sparse_query, sparse_ranked, sparse_search
 from embedstack.jobs._stored import open_stored
-from embedstack.sparse import BaseSparseEmbedding
-from embedstack.types import Role
 from embedstack.vectors.formats import VectorFormat
 
-__all__ = ["RRF_K", "hybrid_search", "sparse_model_of"]
+__all__ = ["RRF_K", "hybrid_search", "sparse_model_of", "sparse_search"]
 
 #: Reciprocal rank fusion's constant (the usual 60).
 RRF_K = 60
-
-
-def sparse_model_of(path: Path, meta: dict[str, Any]) -> BaseSparseEmbedding:
-    """The sparse model an output was embedded with (a BM25 model with the output's statistics)."""
-    from embedstack.providers.bm25 import BM25Embedding, BM25Stats
-
-    entry = meta.get("sparse")
-    if not entry:
-        raise OutputError(f"{path}: has no sparse vectors; embed it with --sparse bm25 (or splade:<model>)")
-    if not entry.get("model"):
-        raise ModelMismatchError(f"{path}: its sparse vectors were made by a model object; search it in Python")
-    model = resolve_sparse(entry["model"])
-    if isinstance(model, BM25Embedding):
-        raw = (_pq().read_schema(path).metadata or {}).get(STATS_KEY)
-        if raw is None:
-            raise OutputError(f"{path}: its BM25 statistics are missing; re-run the embed command")
-        model.use_stats(BM25Stats.from_json(raw.decode(), f"{path}'s BM25 statistics"))
-    if dict(model.provider.model_identity()) != entry.get("model_identity"):
-        raise ModelMismatchError(
-            f"{path}: its sparse vectors were made by another {entry.get('model_class')} than {entry['model']!r} "
-            "gives now (other weights or settings); re-embed the output"
-        )
-    return model
-
-
-def _sparse_scores(path: Path, q_idx: npt.NDArray[np.int64], q_val: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
-    """Every row's dot product with the query's sparse vector, scanning the sparse columns in batches."""
-    pq = _pq()
-    lookup = dict(zip(q_idx.tolist(), q_val.tolist()))
-    parts = []
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=65536, columns=list(SPARSE_COLUMNS)):
-        idx_col, val_col = batch.column(0), batch.column(1)
-        offsets = np.asarray(idx_col.offsets)
-        flat_i = np.asarray(idx_col.values)
-        flat_v = np.asarray(val_col.values, dtype=np.float64)
-        weights = np.zeros(len(flat_i), dtype=np.float64)
-        hit = np.isin(flat_i, q_idx)
-        if hit.any():
-            weights[hit] = [lookup[i] for i in flat_i[hit].tolist()]
-        row_of = np.repeat(np.arange(len(offsets) - 1), np.diff(offsets))
-        parts.append(np.bincount(row_of, weights=weights * flat_v, minlength=len(offsets) - 1))
-    return np.concatenate(parts) if parts else np.zeros(0)
-
-
-def _ranked(scores: npt.NDArray[np.float64], n: int) -> npt.NDArray[np.int64]:
-    n = min(n, len(scores))
-    if n == 0:
-        return np.zeros(0, dtype=np.int64)
-    top = np.argpartition(-scores, n - 1)[:n]
-    return top[np.lexsort((top, -scores[top]))]  # type: ignore[no-any-return]
 
 
 def hybrid_search(
@@ -112,7 +59,9 @@ def hybrid_search(
     start = time.perf_counter()
     path = Path(out)
     meta = read_meta(path)
-    sparse = sparse_model_of(path, meta)
+    if not is_dense(meta):
+        raise OutputError(f"{path}: holds sparse vectors only, nothing to fuse them with; search it without --hybrid")
+    sparse_model_of(path, meta)  # refused before any work when the output has no (usable) sparse vectors
     n = max(candidates, k)
     stored = open_stored(path, meta)
     fmt = VectorFormat.from_meta(meta)
@@ -122,12 +71,9 @@ def hybrid_search(
     if found is None:
         found = _exact(stored, q_dense, n, DEFAULT_RESCORE, _chunk_rows(stored, None), timings)
     dense_best, dense_method = found
+    q = sparse_query(path, meta, query, timings, "model_load_s", "sparse_query_s")
     t0 = time.perf_counter()
-    q = sparse.pipeline.with_options(cache=None).embed([query], Role.QUERY, label="query").values[0]
-    timings["sparse_query_s"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    scores = _sparse_scores(path, q.indices.astype(np.int64), q.values.astype(np.float64))
-    sparse_best = [(r, float(scores[r])) for r in _ranked(scores, n).tolist() if scores[r] > 0]
+    sparse_best = sparse_ranked(path, meta, q, n)
     timings["sparse_search_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     fused = _fuse([dense_best, sparse_best], fusion, alpha)

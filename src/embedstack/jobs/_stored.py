@@ -19,20 +19,26 @@ import numpy as np
 from embedstack.jobs._output import (
     DATASET_FORMAT,
     DATASET_META,
+    SPARSE_COLUMNS,
     OutputError,
+    SparseBatch,
     _fixed_list_numpy,
     _pq,
+    is_dense,
     line_offsets,
     meta_path,
     offsets_path,
     output_format,
+    read_sparse,
+    read_stats,
     rescore_path,
     rows_path,
+    sparse_batches,
     write_offsets,
 )
 from embedstack.vectors.formats import VectorFormat
 
-__all__ = ["StoredRows", "open_stored"]
+__all__ = ["SparseBatch", "StoredRows", "open_stored", "read_sparse", "read_stats", "sparse_batches"]
 
 
 class StoredRows:
@@ -41,8 +47,16 @@ class StoredRows:
     def __init__(self, path: Path, meta: dict[str, Any]) -> None:
         self.path = path
         self.meta = meta
-        self.fmt = VectorFormat.from_meta(meta)
+        #: The dense vectors' format (an output of sparse vectors only has none: `fmt` raises).
+        self._fmt = VectorFormat.from_meta(meta) if is_dense(meta) else None
         self.count = int(meta["count"])
+
+    @property
+    def fmt(self) -> VectorFormat:
+        """The dense vectors' format."""
+        if self._fmt is None:
+            raise OutputError(f"{self.path}: holds sparse vectors only (no dense ones); search it without --hybrid")
+        return self._fmt
 
     def width(self, column: str) -> int:
         """Values per row of `column`."""
@@ -253,8 +267,8 @@ class _Jsonl(StoredRows):
         out = []
         for p in positions:
             row = dict(found[int(p)])
-            row.pop("vector", None)
-            row.pop("rescore", None)
+            for name in ("vector", "rescore", *SPARSE_COLUMNS):
+                row.pop(name, None)
             out.append(row)
         return out
 
@@ -316,7 +330,7 @@ class _Parquet(StoredRows):
         found: dict[int, dict[str, Any]] = {}
         for g, rows in self._by_group(positions).items():
             first, file, group = self.groups[g]
-            skip = ("vector", "rescore", "sparse_indices", "sparse_values")
+            skip = ("vector", "rescore", *SPARSE_COLUMNS)
             names = [n for n in self.handles[file].schema_arrow.names if n not in skip]
             table = self.handles[file].read_row_group(group, columns=names)
             picked = table.take([p - first for p in rows]).to_pylist()

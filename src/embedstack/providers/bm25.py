@@ -88,6 +88,28 @@ class BM25Stats:
         """sha256 of the canonical JSON."""
         return hashlib.sha256(self.to_json().encode()).hexdigest()
 
+    @property
+    def total_length(self) -> int:
+        """The corpus's length in terms (n_docs × avgdl, exact: avgdl is their quotient in float64)."""
+        return round(self.avgdl * self.n_docs)
+
+    @classmethod
+    def merge(cls, parts: Iterable[BM25Stats]) -> BM25Stats:
+        """The statistics of the corpora of `parts` together (document frequencies, counts and lengths add up):
+        equal to fitting on all their documents at once, so statistics can be counted in pieces (Ray blocks,
+        the documents an append adds) and combined."""
+        parts = [p for p in parts if p.n_docs]
+        if not parts:
+            raise ValueError("BM25Stats.merge needs at least one non-empty part")
+        df: Counter[str] = Counter()
+        for part in parts:
+            for term, i in part.vocab.items():
+                df[term] += part.df[i]
+        terms = sorted(df)
+        n_docs = sum(p.n_docs for p in parts)
+        total = sum(p.total_length for p in parts)
+        return cls({t: i for i, t in enumerate(terms)}, [df[t] for t in terms], n_docs, max(total / n_docs, 1e-9))
+
 
 class BM25Embedding(BatchSparseEmbedding):
     """BM25 sparse vectors (see the module docstring); `fit(corpus)` or `stats_path` first.
@@ -184,6 +206,18 @@ class BM25Embedding(BatchSparseEmbedding):
         n_docs, total = len(words), int(lengths.sum())
         self._set_stats(BM25Stats(term_id, df.tolist(), n_docs, max(total / n_docs, 1e-9)))
         return self._doc_rows(doc, ids, lengths)
+
+    def count(self, corpus: Iterable[str]) -> BM25Stats:
+        """The statistics of `corpus` alone, leaving the model's own as they are (combine with `BM25Stats.merge`)."""
+        docs = self.tokenize(corpus)
+        if not docs:
+            raise ValueError("BM25Embedding.count needs at least one document")
+        df = Counter(itertools.chain.from_iterable(set(doc) for doc in docs))
+        terms = sorted(df)
+        total = sum(map(len, docs))
+        return BM25Stats(
+            {t: i for i, t in enumerate(terms)}, [df[t] for t in terms], len(docs), max(total / len(docs), 1e-9)
+        )
 
     def _doc_rows(
         self, doc: npt.NDArray[np.int64], ids: npt.NDArray[np.int64], lengths: npt.NDArray[np.int64]
