@@ -171,10 +171,11 @@ class HuggingFaceEmbedding(BatchEmbedding):
         description="Texts past the token limit: 'truncate' (cut and counted) or 'chunk' (split into overlapping "
         "pieces that fit, embedded in the same batches, averaged by token count into one vector).",
     )
-    chunk_overlap: int = Field(
-        default=DEFAULT_CHUNK_OVERLAP,
+    chunk_overlap: int | None = Field(
+        default=None,
         ge=0,
-        description="Tokens neighbouring pieces share (long_inputs='chunk', and embed_chunks' windows).",
+        description="Tokens neighbouring pieces share (long_inputs='chunk', and embed_chunks' windows); None: an "
+        "eighth of a piece, at most 32.",
     )
 
     _identity_exclude: ClassVar[frozenset[str]] = frozenset(
@@ -310,7 +311,9 @@ class HuggingFaceEmbedding(BatchEmbedding):
             data["int8_runtime"] = self.backend
         elif self.precision == "bf16" and self.backend != "torch":  # OpenVINO rounds other values than torch
             data["bf16_runtime"] = self.backend
-        if self.long_inputs != "truncate":  # long texts' vectors differ: their own keys (the default's stay as they were)
+        if (
+            self.long_inputs != "truncate"
+        ):  # long texts' vectors differ: their own keys (the default's stay as they were)
             data["long_inputs"] = self.long_inputs
             data["chunk_overlap"] = self.chunk_overlap
         return data
@@ -546,7 +549,7 @@ class HuggingFaceEmbedding(BatchEmbedding):
         wholes = whole.whole([str(items[i]) for i in long], prefix)
         out: dict[int, tuple[list[Piece], int]] = {}
         for i, w in zip(long, wholes):
-            out[i] = (pieces(w, tokenizer.max_length, self.chunk_overlap, f"text {i}"), w.total)
+            out[i] = (pieces(w, tokenizer.max_length, self.chunk_overlap), w.total)
         return out
 
     def _embed(self, batch: Batch) -> EmbedResult | BatchOutput:
@@ -686,7 +689,7 @@ class HuggingFaceEmbedding(BatchEmbedding):
             whole = self._whole_tokenizer(self._text_tokenizer()).whole([document], None)[0]
         if not len(whole.content):
             return []
-        ranges = windows(whole, chunk_tokens + whole.room, 0, "the document")
+        ranges = windows(whole, chunk_tokens + whole.room, 0)
         return [(int(whole.offsets[a, 0]), int(whole.offsets[b - 1, 1])) for a, b in ranges]
 
     def _postprocess(self, vectors: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:

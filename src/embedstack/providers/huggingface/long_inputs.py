@@ -35,7 +35,8 @@ __all__ = [
 
 #: What `HuggingFaceEmbedding(long_inputs=...)` accepts.
 LONG_INPUTS = ("truncate", "chunk")
-#: Tokens two neighbouring pieces share (and late chunking's macro windows), so no sentence is seen only cut.
+#: Tokens two neighbouring pieces share (and late chunking's macro windows) when `chunk_overlap` is None: an
+#: eighth of a piece, at most this many, so no sentence is seen only cut.
 DEFAULT_CHUNK_OVERLAP = 32
 
 
@@ -101,9 +102,10 @@ class WholeTokenizer:
         combined = [prefix + t for t in texts]
         seen = [t.lower() for t in combined] if self.lowercase else combined
         encodings = self.tokenizer.encode_batch(seen)
-        return [_whole(enc, s if len(s) != len(c) else c, len(prefix), self.with_types) for enc, s, c in zip(
-            encodings, seen, combined
-        )]
+        return [
+            _whole(enc, s if len(s) != len(c) else c, len(prefix), self.with_types)
+            for enc, s, c in zip(encodings, seen, combined)
+        ]
 
 
 def _whole(enc: Any, source: str, prefix_len: int, with_types: bool) -> Whole:
@@ -138,19 +140,22 @@ def _whole(enc: Any, source: str, prefix_len: int, with_types: bool) -> Whole:
     )
 
 
-def windows(whole: Whole, max_length: int, overlap: int, what: str) -> list[tuple[int, int]]:
+def windows(whole: Whole, max_length: int, overlap: int | None, what: str = "a piece") -> list[tuple[int, int]]:
     """(start, stop) ranges of the text's tokens, each fitting `max_length` with the special tokens and the
-    prompt, neighbours sharing about `overlap` tokens, cut at word starts where it can."""
+    prompt, neighbours sharing about `overlap` tokens (None: an eighth of a piece, at most
+    DEFAULT_CHUNK_OVERLAP), cut at word starts where it can."""
     size = max_length - whole.room
     if size < 1:
         raise ValueError(
-            f"{what}: the prompt and special tokens take {whole.room} of the model's {max_length} tokens, leaving "
-            "none for the text; use a shorter instruction"
+            f"the prompt and special tokens take {whole.room} of the model's {max_length} tokens, leaving none for "
+            f"the text of {what}; use a shorter instruction"
         )
-    if overlap >= size:
+    if overlap is None:
+        overlap = min(DEFAULT_CHUNK_OVERLAP, size // 8)
+    elif overlap >= size:
         raise ValueError(
-            f"chunk_overlap={overlap} is not less than the {size} text tokens a piece of {what} holds; "
-            f"use a chunk_overlap below {size} (default {DEFAULT_CHUNK_OVERLAP})"
+            f"chunk_overlap={overlap} is not less than the {size} text tokens {what} holds with this model and "
+            f"prompt; use a chunk_overlap below {size}, or None (an eighth of a piece)"
         )
     n = len(whole.content)
     if n <= size:
@@ -178,7 +183,7 @@ def _word_start_at_or_before(starts: npt.NDArray[np.bool_], at: int, lowest: int
     return int(hits[-1]) + lowest if len(hits) else None
 
 
-def pieces(whole: Whole, max_length: int, overlap: int, what: str) -> list[Piece]:
+def pieces(whole: Whole, max_length: int, overlap: int | None, what: str = "a piece") -> list[Piece]:
     """The pieces a long text is embedded as (one, the whole text, when it fits)."""
     out: list[Piece] = []
     for a, b in windows(whole, max_length, overlap, what):
@@ -240,7 +245,7 @@ def check_spans(spans: Any, length: int, label: str = "spans") -> list[tuple[int
 
 
 def late_chunk(
-    encoder: Any, whole: Whole, masks: npt.NDArray[np.bool_], max_length: int, overlap: int, what: str
+    encoder: Any, whole: Whole, masks: npt.NDArray[np.bool_], max_length: int, overlap: int | None, what: str
 ) -> npt.NDArray[np.float32]:
     """(spans, hidden): the mean of each span's token vectors, the document encoded once (in overlapping macro
     windows when it is past the limit: each token's vector from the window where it sits furthest from an
@@ -265,6 +270,8 @@ def late_chunk(
         parts.append(np.asarray(row[skip + lo - a : skip + hi - a], dtype=np.float32))
     tokens = np.concatenate(parts) if len(parts) > 1 else parts[0]
     if len(tokens) != len(whole.content):
-        raise RuntimeError(f"internal error: {len(tokens)} token vectors for {len(whole.content)} tokens; please report")
+        raise RuntimeError(
+            f"internal error: {len(tokens)} token vectors for {len(whole.content)} tokens; please report"
+        )
     weights = masks.astype(np.float32)
     return np.asarray((weights @ tokens) / weights.sum(1, keepdims=True), dtype=np.float32)
