@@ -44,6 +44,7 @@ __all__ = [
     "DEFAULT_CACHE",
     "Compact",
     "EmbedReport",
+    "LongInputs",
     "ModelMismatchError",
     "check_model",
     "default_cache_path",
@@ -51,6 +52,7 @@ __all__ = [
     "embed_records",
     "model_identity",
     "open_store",
+    "with_model_options",
 ]
 
 
@@ -125,6 +127,62 @@ def model_identity(model: BaseEmbedding) -> dict[str, Any]:
     return dict(model.provider.identity())
 
 
+def with_model_options(model: BaseEmbedding, options: Mapping[str, Any] | None) -> BaseEmbedding:
+    """A copy of `model` with `options` ({field: value}, validated as the model validates them), or the model
+    itself when there are none; a model without such a field is refused by name."""
+    if not options:
+        return model
+    from pydantic import ValidationError
+
+    fields = type(model).model_fields
+    unknown = [k for k in options if k not in fields]
+    if unknown:
+        flags = ", ".join("--" + k.replace("_", "-") for k in unknown)
+        raise ValueError(
+            f"{flags} applies to local models (local, local:<name or path>, torch:, onnx:, openvino:), not to "
+            f"{type(model).__name__}"
+        )
+    probe = model.model_copy()  # validated there as an assignment would be, then copied with _refresh
+    for name, value in options.items():
+        try:
+            type(model).__pydantic_validator__.validate_assignment(probe, name, value)
+        except ValidationError as e:
+            raise ValueError(f"{name}={value!r}: {e.errors()[0]['msg']}") from None
+    checked = {name: getattr(probe, name) for name in options}
+    return model.model_copy(update=checked)
+
+
+@dataclass(frozen=True)
+class LongInputs:
+    """How an embed job treats texts past the model's token limit: `long_inputs` ("truncate", "chunk") and
+    `chunk_overlap` set on the model (None: the model's own), or `late_chunks` tokens: each text is a document
+    cut into chunks of that many tokens, embedded by late chunking, one output row per chunk."""
+
+    long_inputs: str | None = None
+    chunk_overlap: int | None = None
+    late_chunks: int | None = None
+
+    def options(self) -> dict[str, Any]:
+        """The model settings to apply (recorded in the output, so a search embeds queries alike)."""
+        out: dict[str, Any] = {}
+        if self.long_inputs is not None and self.long_inputs != "truncate":
+            out["long_inputs"] = self.long_inputs
+        if self.chunk_overlap is not None:
+            out["chunk_overlap"] = self.chunk_overlap
+        return out
+
+    def check(self) -> None:
+        """Refuse bad combinations before any work."""
+        if self.late_chunks is not None:
+            if not isinstance(self.late_chunks, int) or self.late_chunks < 1:
+                raise ValueError(f"late_chunks must be a positive number of tokens, got {self.late_chunks!r}")
+            if self.long_inputs == "chunk":
+                raise ValueError(
+                    "--late-chunks embeds each chunk from its whole document; it cannot be combined with "
+                    "--long-inputs chunk (leave one out)"
+                )
+
+
 def _identity_diff(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
     return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
 
@@ -164,6 +222,7 @@ class EmbedReport(BaseModel):
     first_duplicate: str | None = None
     seconds: float = 0.0
     sparse: str | None = Field(default=None, description="The sparse model whose vectors were written beside.")
+    documents: int | None = Field(default=None, description="With late chunks: the documents they were cut from.")
 
     def summary(self) -> str:
         """One line: "embedded N texts (M computed, K from cache) with MODEL → OUT"."""
@@ -175,6 +234,12 @@ class EmbedReport(BaseModel):
             how += f", {reused} duplicates"
         texts = "text" if self.count == 1 else "texts"
         stored = f" ({self.precision}, {self.dim} dims)" if self.precision != "float32" else ""
+        if self.documents is not None:
+            docs = "document" if self.documents == 1 else "documents"
+            return (
+                f"embedded {self.documents} {docs} as {self.count} late chunks (not cached) with {self.model} → "
+                f"{self.out}{stored}"
+            )
         beside = f" + sparse {self.sparse}" if self.sparse else ""
         return f"embedded {self.count} {texts} ({how}) with {self.model}{beside} → {self.out}{stored}"
 
@@ -250,9 +315,11 @@ def _run(
     progress: bool | Callable[[int], Any],
     compact: Compact = Compact(),
     sparse: Any = None,
+    long: LongInputs = LongInputs(),
 ) -> EmbedReport:
     t0 = time.perf_counter()
     compact.check()
+    long.check()
     target = Path(out)
     output_format(target)
     if target.is_dir():
@@ -266,33 +333,49 @@ def _run(
     if append and target.exists():
         existing = read_meta(target)
     emb, spec = _resolve(model)
+    options = long.options()
+    if existing and spec and long.long_inputs is None and long.chunk_overlap is None:  # appended as it was made
+        options = dict(existing.get("model_options") or {})
+    emb = with_model_options(emb, options)  # a copy: a caller's model object is left as it was
     pipeline = pipeline_for(emb, cache, batch_size)  # a copy: a caller's model object is left as it was
     if existing is not None:
         check_model(emb, existing, target, "append to it")
         compact.against(VectorFormat.from_meta(existing), target)
+        if existing.get("late_chunks") != long.late_chunks:
+            was, now = existing.get("late_chunks"), long.late_chunks
+            raise ValueError(
+                f"{target} holds "
+                + (f"late chunks of {was} tokens" if was else "one row per text")
+                + "; refusing to append "
+                + (f"late chunks of {now} tokens" if now else "one row per text")
+                + (f" (use --late-chunks {was})" if was else " (leave out --late-chunks)")
+            )
+    if long.late_chunks is not None:
+        if sparse is not None:
+            raise ValueError("--sparse cannot be combined with --late-chunks yet; embed without one of them")
+        from embedstack.jobs._late import embed_late_chunks
+
+        meta = _meta(reader, scan, emb, spec, existing, options)
+        return embed_late_chunks(
+            reader, scan, target, emb, meta, existing, long.late_chunks, chunk_size, progress, t0, compact
+        )
     plan = None
     if sparse is not None:
         from embedstack.jobs._sparse_write import prepare_sparse
 
         plan = prepare_sparse(sparse, target, reader, scan.columns, pipeline.cache, append)
-    return _embed(reader, scan, target, emb, pipeline, spec, existing, chunk_size, progress, t0, compact, plan)
+    return _embed(reader, scan, target, emb, pipeline, spec, existing, chunk_size, progress, t0, compact, plan, options)
 
 
-def _embed(
+def _meta(
     reader: RecordReader,
     scan: ScanResult,
-    target: Path,
     emb: BaseEmbedding,
-    pipeline: Pipeline,
     spec: str | None,
     existing: dict[str, Any] | None,
-    chunk_size: int,
-    progress_arg: bool | Callable[[int], Any],
-    t0: float,
-    compact: Compact,
-    sparse: Any = None,
-) -> EmbedReport:
-    name = spec or emb.class_name()
+    options: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    """A new output's metadata, or an appended one's updated."""
     prior = int(existing["count"]) if existing else 0
     meta: dict[str, Any] = {
         "format": FORMAT_TAG,
@@ -310,9 +393,31 @@ def _embed(
         "inputs": (list(existing.get("inputs", [])) if existing else []) + reader.describe_inputs(),
         "created": existing.get("created") if existing else _now(),
     }
+    if options:
+        meta["model_options"] = dict(options)
     if existing:
         meta["updated"] = _now()
         meta["columns"] += [c for c in scan.columns if c not in meta["columns"]]
+    return meta
+
+
+def _embed(
+    reader: RecordReader,
+    scan: ScanResult,
+    target: Path,
+    emb: BaseEmbedding,
+    pipeline: Pipeline,
+    spec: str | None,
+    existing: dict[str, Any] | None,
+    chunk_size: int,
+    progress_arg: bool | Callable[[int], Any],
+    t0: float,
+    compact: Compact,
+    sparse: Any = None,
+    options: Mapping[str, Any] | None = None,
+) -> EmbedReport:
+    name = spec or emb.class_name()
+    meta = _meta(reader, scan, emb, spec, existing, options)
     if sparse is not None:
         meta["sparse"] = sparse.meta
     writer = open_writer(target, meta, scan.columns, existing=existing is not None)
@@ -438,6 +543,9 @@ def embed_files(
     ranges: Any = None,
     rescore: bool | None = None,
     sparse: Any = None,
+    long_inputs: str | None = None,
+    chunk_overlap: int | None = None,
+    late_chunks: int | None = None,
 ) -> EmbedReport:
     """Embed files (.txt/.jsonl/.json/.csv/.tsv/.parquet, folders, "-": stdin) into OUT.
 
@@ -450,6 +558,9 @@ def embed_files(
     `sparse` ("bm25", "bm25:<stats.json>", "splade:<model>" or a BaseSparseEmbedding): also write each
     text's sparse vector in list columns `sparse_indices` / `sparse_values` (Parquet outputs; a BM25 model
     without statistics is fitted on the input, and its statistics are stored in the output).
+    `long_inputs` ("truncate", "chunk") and `chunk_overlap` set those fields of a local model (recorded in OUT,
+    so a search embeds its queries alike); `late_chunks=N` writes one row per chunk of N tokens of each text,
+    embedded by late chunking (jobs._late).
     """
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
@@ -476,6 +587,7 @@ def embed_files(
         progress=progress,
         compact=Compact(dimensions, precision, ranges, rescore),
         sparse=sparse,
+        long=LongInputs(long_inputs, chunk_overlap, late_chunks),
     )
 
 
@@ -498,6 +610,9 @@ def embed_records(
     ranges: Any = None,
     rescore: bool | None = None,
     sparse: Any = None,
+    long_inputs: str | None = None,
+    chunk_overlap: int | None = None,
+    late_chunks: int | None = None,
 ) -> EmbedReport:
     """Embed an iterable of texts or mappings (read into memory once) into OUT, like embed_files."""
     items = records if isinstance(records, Sequence) and not isinstance(records, str) else list(records)
@@ -513,4 +628,5 @@ def embed_records(
         progress=progress,
         compact=Compact(dimensions, precision, ranges, rescore),
         sparse=sparse,
+        long=LongInputs(long_inputs, chunk_overlap, late_chunks),
     )

@@ -19,7 +19,15 @@ import numpy.typing as npt
 from pydantic import BaseModel, Field
 
 from embedstack.jobs._compact import VectorFormat, unsigned_bits
-from embedstack.jobs._embed import DEFAULT_CACHE, CacheArg, ModelMismatchError, _resolve, check_model, pipeline_for
+from embedstack.jobs._embed import (
+    DEFAULT_CACHE,
+    CacheArg,
+    ModelMismatchError,
+    _resolve,
+    check_model,
+    pipeline_for,
+    with_model_options,
+)
 from embedstack.jobs._output import OutputError, read_meta
 from embedstack.jobs._stored import StoredRows, open_stored
 from embedstack.quantize import DEFAULT_RESCORE, hamming_distances, scalar_cosines
@@ -283,7 +291,9 @@ def _query_vector(
                 f"{path} was embedded with a model object ({meta.get('model_class')}); pass the same model to search it"
             )
         model = meta["model"]
-    emb, _ = _resolve(model)
+    emb, spec = _resolve(model)
+    if spec is not None:  # a spec names the model; the output records the settings it was embedded with
+        emb = with_model_options(emb, meta.get("model_options"))
     check_model(emb, meta, path, "search it")
     pipeline = pipeline_for(emb, cache)  # a copy: a caller's model object is left as it was
     _, found = pipeline.cached([query], Role.QUERY, "query")
