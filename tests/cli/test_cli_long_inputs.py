@@ -83,10 +83,12 @@ def test_embed_late_chunks(
 
     assert main(["embed", "docs.jsonl", "-o", "late.npy", "--model", "torch", "--append", "--no-cache"]) == 1
     assert "holds late chunks of 64 tokens; refusing to append one row per text" in capsys.readouterr().err
-    assert main(["embed", "docs.jsonl", "-o", "x.npy", "--model", "fake:8", "--late-chunks", "64"]) == 1
+    assert main(["embed", "docs.jsonl", "-o", "x.npy", "--model", "fake:8", "--late-chunks", "64", "--no-cache"]) == 1
     assert "--late-chunks needs a local model" in capsys.readouterr().err
-    assert main(["embed", "docs.jsonl", "-o", "x.npy", "--model", "fake:8", "--long-inputs", "chunk"]) == 1
+    assert (
+        main(["embed", "docs.jsonl", "-o", "x.npy", "--model", "fake:8", "--long-inputs", "chunk", "--no-cache"]) == 1
+    )
     assert "--long-inputs applies to local models" in capsys.readouterr().err
     argv = ["embed", "docs.jsonl", "-o", "x.npy", "--model", "torch", "--late-chunks", "64", "--long-inputs", "chunk"]
-    assert main(argv) == 1
+    assert main([*argv, "--no-cache"]) == 1
     assert "cannot be combined with --long-inputs chunk" in capsys.readouterr().err
