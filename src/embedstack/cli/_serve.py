@@ -205,7 +205,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             continue
         model = resolve_embed_model(spec)  # sparse ones ("splade:...", "bm25:<stats.json>") at /embed_sparse
         if options and all(k in type(model).model_fields for k in options):  # local models: --long-inputs
-            from embedstack.jobs._embed import with_model_options
+            from embedstack.jobs import with_model_options
 
             model = with_model_options(model, options)  # type: ignore[arg-type]
             options_used = True
