@@ -311,9 +311,8 @@ class HuggingFaceEmbedding(BatchEmbedding):
             data["int8_runtime"] = self.backend
         elif self.precision == "bf16" and self.backend != "torch":  # OpenVINO rounds other values than torch
             data["bf16_runtime"] = self.backend
-        if (
-            self.long_inputs != "truncate"
-        ):  # long texts' vectors differ: their own keys (the default's stay as they were)
+        # long texts' vectors differ: keys of their own (the default's stay as they always were)
+        if self.long_inputs != "truncate":
             data["long_inputs"] = self.long_inputs
             data["chunk_overlap"] = self.chunk_overlap
         return data
@@ -670,6 +669,7 @@ class HuggingFaceEmbedding(BatchEmbedding):
                     "backend='torch' or backend='onnx'"
                 )
             whole = self._whole_tokenizer(encoder.text_tokenizer).whole([document], prefix)[0]
+            _check_aligned(whole, document)
             masks = span_masks(whole, checked)
             pooled = late_chunk(encoder, whole, masks, encoder.max_length, self.chunk_overlap, "the document")
             vectors = encoder.after_pooling(pooled)
@@ -687,6 +687,7 @@ class HuggingFaceEmbedding(BatchEmbedding):
         check_texts([document], "document")
         with self._lock:
             whole = self._whole_tokenizer(self._text_tokenizer()).whole([document], None)[0]
+        _check_aligned(whole, document)
         if not len(whole.content):
             return []
         ranges = windows(whole, chunk_tokens + whole.room, 0)
@@ -713,6 +714,15 @@ class HuggingFaceEmbedding(BatchEmbedding):
         )
         logger.warning(msg)
         warnings.warn(msg, UserWarning, stacklevel=2)
+
+
+def _check_aligned(whole: Any, document: str) -> None:
+    """Refuse a document whose character offsets the tokenizer's cannot match (lower-casing changed its length)."""
+    if len(whole.source) != whole.prefix_len + len(document):
+        raise ValueError(
+            "this model lower-cases texts, which changes this document's length (a character such as 'İ' becomes "
+            "two), so character spans cannot be mapped onto its tokens; replace such characters first"
+        )
 
 
 def from_spec(arg: str | None) -> HuggingFaceEmbedding:
