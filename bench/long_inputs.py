@@ -93,7 +93,8 @@ def main() -> None:
     print(
         f"{len(queries)} queries, {n_docs} documents of {args.group} descriptions "
         f"({np.mean(counts):.0f} tokens on average, {long_share:.0%} past the {limit}-token limit); "
-        f"all-MiniLM-L6-v2 on {args.backend}; chunks of {args.chunk} tokens; queries embedded in "
+        f"all-MiniLM-L6-v2 on {args.backend}; chunks of {args.chunk} tokens ({len(owner) / n_docs:.1f} per "
+        f"document); queries embedded in "
         f"{timings['queries']:.1f}s"
     )
     places = " | ".join(f"#{p + 1}" for p in range(args.group))
