@@ -353,11 +353,8 @@ def _run(
     if long.late_chunks is not None:
         if sparse is not None:
             raise ValueError("--sparse cannot be combined with --late-chunks yet; embed without one of them")
-        from embedstack.jobs._late import embed_late_chunks
-
-        meta = _meta(reader, scan, emb, spec, existing, options)
-        return embed_late_chunks(
-            reader, scan, target, emb, meta, existing, long.late_chunks, chunk_size, progress, t0, compact
+        return _embed_late(
+            reader, scan, target, emb, spec, existing, options, long.late_chunks, chunk_size, progress, t0, compact
         )
     plan = None
     if sparse is not None:
@@ -365,6 +362,54 @@ def _run(
 
         plan = prepare_sparse(sparse, target, reader, scan.columns, pipeline.cache, append)
     return _embed(reader, scan, target, emb, pipeline, spec, existing, chunk_size, progress, t0, compact, plan, options)
+
+
+def _embed_late(
+    reader: RecordReader,
+    scan: ScanResult,
+    target: Path,
+    emb: BaseEmbedding,
+    spec: str | None,
+    existing: dict[str, Any] | None,
+    options: Mapping[str, Any],
+    tokens: int,
+    chunk_size: int,
+    progress: bool | Callable[[int], Any],
+    t0: float,
+    compact: Compact,
+) -> EmbedReport:
+    """`--late-chunks`: one row per chunk of each text (jobs._late)."""
+    from embedstack.jobs._late import write_late_chunks
+
+    meta = _meta(reader, scan, emb, spec, existing, options)
+    fmt = VectorFormat.from_meta(existing) if existing else None
+    written = write_late_chunks(
+        reader,
+        scan,
+        target,
+        emb,
+        meta,
+        existing,
+        tokens,
+        chunk_size,
+        progress,
+        lambda writer: _Shaper(writer, meta, fmt, compact, emb),
+    )
+    return EmbedReport(
+        out=target,
+        count=written,
+        total_rows=int(meta["count"]),
+        computed=written,
+        cached=False,
+        model=spec or emb.class_name(),
+        dim=int(meta["dim"]),
+        precision=str(meta.get("precision") or "float32"),
+        skipped=scan.skipped,
+        duplicate_ids=scan.duplicate_ids,
+        first_duplicate=scan.first_duplicate,
+        seconds=time.perf_counter() - t0,
+        documents=scan.count,
+    )
 
 
 def _meta(

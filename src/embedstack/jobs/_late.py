@@ -9,7 +9,6 @@ is known before any row is written; the output is written atomically, as every e
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,19 +17,17 @@ import numpy as np
 import numpy.typing as npt
 
 from embedstack.base import BaseEmbedding
-from embedstack.jobs._compact import VectorFormat
-from embedstack.jobs._embed import Compact, EmbedReport, _Shaper
-from embedstack.jobs._output import open_writer
+from embedstack.jobs._output import Writer, open_writer
 from embedstack.jobs._readers import InputError, Record, RecordReader, ScanResult
 from embedstack.progress import Progress
 
-__all__ = ["LATE_COLUMNS", "embed_late_chunks"]
+__all__ = ["LATE_COLUMNS", "write_late_chunks"]
 
 #: The columns a late-chunk output adds to the kept fields.
 LATE_COLUMNS: dict[str, set[type]] = {"doc_id": {str}, "chunk_index": {int}, "chunk_start": {int}, "chunk_end": {int}}
 
 
-def embed_late_chunks(
+def write_late_chunks(
     reader: RecordReader,
     scan: ScanResult,
     target: Path,
@@ -40,10 +37,10 @@ def embed_late_chunks(
     tokens: int,
     chunk_size: int,
     progress_arg: bool | Callable[[int], Any],
-    t0: float,
-    compact: Compact,
-) -> EmbedReport:
-    """Write one row per chunk of each text (see the module's docstring)."""
+    shaper_for: Callable[[Writer], Any],
+) -> int:
+    """Write one row per chunk of each text (see the module's docstring); returns the rows written. `shaper_for(writer)`
+    makes what shapes vectors (dimensions, precision) and hands them to the writer (`write`, `flush`)."""
     chunk_spans = getattr(emb, "chunk_spans", None)
     embed_chunks = getattr(emb, "embed_chunks", None)
     if not callable(chunk_spans) or not callable(embed_chunks):
@@ -67,7 +64,7 @@ def embed_late_chunks(
     meta["columns"] = [*meta["columns"], *(c for c in LATE_COLUMNS if c not in meta["columns"])]
     writer = open_writer(target, meta, columns, existing=existing is not None)
     progress = Progress(scan.count, progress_arg, desc="late chunking", unit="doc")
-    shaper = _Shaper(writer, meta, VectorFormat.from_meta(existing) if existing else None, compact, emb)
+    shaper = shaper_for(writer)
     pending: list[Record] = []
     vectors: list[npt.NDArray[np.float32]] = []
     written = 0
@@ -98,21 +95,7 @@ def embed_late_chunks(
         raise
     finally:
         progress.close()
-    return EmbedReport(
-        out=target,
-        count=written,
-        total_rows=writer.written,
-        computed=written,
-        cached=False,
-        model=meta.get("model") or emb.class_name(),
-        dim=int(meta["dim"]),
-        precision=str(meta.get("precision") or "float32"),
-        skipped=scan.skipped,
-        duplicate_ids=scan.duplicate_ids,
-        first_duplicate=scan.first_duplicate,
-        seconds=time.perf_counter() - t0,
-        documents=scan.count,
-    )
+    return written
 
 
 def _rows(record: Record, spans: list[tuple[int, int]], field: str) -> list[Record]:
