@@ -709,7 +709,7 @@ class HuggingFaceEmbedding(BatchEmbedding):
             self._warned_truncation = True
         msg = (
             f"{count} text(s) longer than {self.model_name!r}'s limit of {max_length} tokens were "
-            f"truncated; split long texts into chunks to embed all of them (warned once per model; "
+            f"truncated; pass long_inputs='chunk' to embed them whole (warned once per model; "
             f"EmbeddingEndEvent.truncated has the counts)"
         )
         logger.warning(msg)
