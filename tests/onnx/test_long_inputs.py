@@ -258,3 +258,26 @@ def test_chunk_spans_cut_a_document_into_token_chunks(prompted: Path) -> None:
     spans = model.chunk_spans(document, 10)
     assert [document[s:e] for s, e in spans] == [" ".join(words[i : i + 10]) for i in range(0, 25, 10)]
     assert model.embed_chunks(document, spans).shape == (3, 32)
+
+
+def test_chunking_with_dimensions_and_without_normalisation(prompted: Path) -> None:
+    """Each piece's vector is made as the model's vectors are (Matryoshka truncation, normalisation or not)."""
+    from sentence_transformers import SentenceTransformer
+
+    st = _st(prompted)
+    words = _words(30, 8)
+    ranges = _windows(len(words), LIMIT - _room(st, PROMPTS["document"]), 3)
+    texts = [PROMPTS["document"] + " ".join(words[a:b]) for a, b in ranges]
+    weights = np.asarray([b - a for a, b in ranges], dtype=np.float64)[:, None]
+
+    cut = HuggingFaceEmbedding(str(prompted), backend="onnx", long_inputs="chunk", chunk_overlap=3, dimensions=12)
+    pieces = np.asarray(st.encode(texts), dtype=np.float64)[:, :12]
+    pieces /= np.linalg.norm(pieces, axis=1, keepdims=True)
+    want = (pieces * weights).sum(0) / weights.sum()
+    np.testing.assert_allclose(cut.embed([" ".join(words)])[0], want / np.linalg.norm(want), atol=2e-5)
+
+    raw = HuggingFaceEmbedding(str(prompted), backend="onnx", long_inputs="chunk", chunk_overlap=3, normalize=False)
+    unnormalised = SentenceTransformer(modules=[st[0], st[1]], device="cpu")  # without its Normalize module
+    pieces = np.asarray(unnormalised.encode(texts), dtype=np.float64)
+    want = (pieces * weights).sum(0) / weights.sum()
+    np.testing.assert_allclose(raw.embed([" ".join(words)])[0], want, atol=2e-5)
