@@ -48,6 +48,9 @@ def test_embed_long_inputs_chunk(
     data = load_embeddings("out.parquet")
     assert data.meta["model_options"] == {"long_inputs": "chunk"}
     assert data.meta["model_identity"]["long_inputs"] == "chunk"
+    capsys.readouterr()
+    assert main(["info", "out.parquet"]) == 0
+    assert "texts past the limit embedded whole (--long-inputs chunk" in capsys.readouterr().out
     want = chunking.embed([d["text"] for d in docs])
     np.testing.assert_allclose(data.vectors, want, atol=1e-5)
     truncated = HuggingFaceEmbedding(backend="torch").embed([d["text"] for d in docs])
@@ -73,6 +76,8 @@ def test_embed_late_chunks(
     spans = [chunking.chunk_spans(d["text"], 64) for d in docs]
     assert f"embedded 3 documents as {sum(map(len, spans))} late chunks" in err
     assert data.meta["late_chunks"] == 64
+    assert main(["info", "late.npy"]) == 0
+    assert "late chunks of 64 tokens, one row per chunk" in capsys.readouterr().out
     assert data.ids == [f"{d['id']}#{k}" for d, s in zip(docs, spans) for k in range(len(s))]
     assert data.columns["doc_id"] == [d["id"] for d, s in zip(docs, spans) for _ in s]
     assert data.columns["text"] == [d["text"][a:b] for d, s in zip(docs, spans) for a, b in s]
