@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from embedstack.cli import main
-from embedstack.jobs import load_embeddings
+from embedstack.jobs import embed_files, load_embeddings
+from embedstack.kvstore import SimpleKVStore
 from embedstack.providers.huggingface import HuggingFaceEmbedding
 
 pytestmark = pytest.mark.slow  # the bundled model, loaded
@@ -70,11 +71,12 @@ def test_embed_long_inputs_chunk(
 def test_embed_late_chunks(
     corpus: Path, docs: list[dict[str, str]], chunking: HuggingFaceEmbedding, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["embed", "docs.jsonl", "-o", "late.npy", "--model", "torch", "--late-chunks", "64", "--no-cache"]) == 0
+    argv = ["embed", "docs.jsonl", "--model", "torch", "--late-chunks", "64", "--cache", "c.sqlite"]
+    assert main([*argv, "-o", "late.npy"]) == 0
     err = capsys.readouterr().err
     data = load_embeddings("late.npy")
     spans = [chunking.chunk_spans(d["text"], 64) for d in docs]
-    assert f"embedded 3 documents as {sum(map(len, spans))} late chunks" in err
+    assert f"embedded 3 documents as {sum(map(len, spans))} late chunks (3 encoded, 0 from cache)" in err
     assert data.meta["late_chunks"] == 64
     assert main(["info", "late.npy"]) == 0
     assert "late chunks of 64 tokens, one row per chunk" in capsys.readouterr().out
@@ -85,6 +87,9 @@ def test_embed_late_chunks(
     assert data.columns["chunk_start"] == starts
     want = np.concatenate([chunking.embed_chunks(d["text"], s) for d, s in zip(docs, spans)])
     np.testing.assert_allclose(data.vectors, want, atol=1e-5)
+    assert main([*argv, "-o", "again.parquet"]) == 0  # a rerun (an interrupted one too) takes them from the cache
+    assert "(0 encoded, 3 from cache)" in capsys.readouterr().err
+    assert np.array_equal(load_embeddings("again.parquet").vectors, data.vectors)
 
     assert main(["embed", "docs.jsonl", "-o", "late.npy", "--model", "torch", "--append", "--no-cache"]) == 1
     assert "holds late chunks of 64 tokens; refusing to append one row per text" in capsys.readouterr().err
@@ -97,3 +102,19 @@ def test_embed_late_chunks(
     argv = ["embed", "docs.jsonl", "-o", "x.npy", "--model", "torch", "--late-chunks", "64", "--long-inputs", "chunk"]
     assert main([*argv, "--no-cache"]) == 1
     assert "cannot be combined with --long-inputs chunk" in capsys.readouterr().err
+
+
+class _BrokenStore(SimpleKVStore):
+    """A store whose reads fail (the injected fault)."""
+
+    def get_vector_blobs(self, keys: object, collection: str) -> list[object]:
+        raise OSError("disk I/O error")
+
+
+def test_late_chunks_survive_a_failing_cache(corpus: Path, docs: list[dict[str, str]]) -> None:
+    with pytest.warns(RuntimeWarning, match="could not be read .*late chunks are still written"):
+        report = embed_files("docs.jsonl", "late.npy", model="torch", late_chunks=64, cache=_BrokenStore())
+    assert report.documents == 3 and report.computed == 3
+    chunking = HuggingFaceEmbedding(backend="torch")
+    want = np.concatenate([chunking.embed_chunks(d["text"], chunking.chunk_spans(d["text"], 64)) for d in docs])
+    np.testing.assert_allclose(load_embeddings("late.npy").vectors, want, atol=1e-5)

@@ -212,7 +212,10 @@ class EmbedReport(BaseModel):
     out: Path
     count: int = Field(description="Texts embedded by this run (rows added).")
     total_rows: int = Field(description="Rows in the output (more than count after an append).")
-    computed: int = Field(description="Texts the model was asked for (the rest: from the cache, or duplicates).")
+    computed: int = Field(
+        description="Texts the model was asked for (the rest: from the cache, or duplicates); with late chunks, "
+        "documents encoded."
+    )
     cached: bool = Field(description="Whether a cache was used.")
     model: str
     dim: int
@@ -236,8 +239,11 @@ class EmbedReport(BaseModel):
         stored = f" ({self.precision}, {self.dim} dims)" if self.precision != "float32" else ""
         if self.documents is not None:
             docs = "document" if self.documents == 1 else "documents"
+            how = f"{self.computed} encoded, " + (
+                f"{self.documents - self.computed} from cache" if self.cached else "cache off"
+            )
             return (
-                f"embedded {self.documents} {docs} as {self.count} late chunks (not cached) with {self.model} → "
+                f"embedded {self.documents} {docs} as {self.count} late chunks ({how}) with {self.model} → "
                 f"{self.out}{stored}"
             )
         beside = f" + sparse {self.sparse}" if self.sparse else ""
@@ -353,9 +359,8 @@ def _run(
     if long.late_chunks is not None:
         if sparse is not None:
             raise ValueError("--sparse cannot be combined with --late-chunks yet; embed without one of them")
-        return _embed_late(
-            reader, scan, target, emb, spec, existing, options, long.late_chunks, chunk_size, progress, t0, compact
-        )
+        late = (long.late_chunks, chunk_size, progress, t0, compact, pipeline.cache)
+        return _embed_late(reader, scan, target, emb, spec, existing, options, *late)
     plan = None
     if sparse is not None:
         from embedstack.jobs._sparse_write import prepare_sparse
@@ -377,13 +382,14 @@ def _embed_late(
     progress: bool | Callable[[int], Any],
     t0: float,
     compact: Compact,
+    store: BaseKVStore | None,
 ) -> EmbedReport:
-    """`--late-chunks`: one row per chunk of each text (jobs._late)."""
+    """`--late-chunks`: one row per chunk of each text (jobs._late), cached in `store` when there is one."""
     from embedstack.jobs._late import write_late_chunks
 
     meta = _meta(reader, scan, emb, spec, existing, options)
     fmt = VectorFormat.from_meta(existing) if existing else None
-    written = write_late_chunks(
+    written, computed = write_late_chunks(
         reader,
         scan,
         target,
@@ -394,13 +400,14 @@ def _embed_late(
         chunk_size,
         progress,
         lambda writer: _Shaper(writer, meta, fmt, compact, emb),
+        store,
     )
     return EmbedReport(
         out=target,
         count=written,
         total_rows=int(meta["count"]),
-        computed=written,
-        cached=False,
+        computed=computed,
+        cached=store is not None,
         model=spec or emb.class_name(),
         dim=int(meta["dim"]),
         precision=str(meta.get("precision") or "float32"),
