@@ -281,3 +281,18 @@ def test_chunking_with_dimensions_and_without_normalisation(prompted: Path) -> N
     pieces = np.asarray(unnormalised.encode(texts), dtype=np.float64)
     want = (pieces * weights).sum(0) / weights.sum()
     np.testing.assert_allclose(raw.embed([" ".join(words)])[0], want, atol=2e-5)
+
+
+def test_spans_are_refused_where_lower_casing_moves_characters(prompted: Path, tmp_path: Path) -> None:
+    """A model that lower-cases (do_lower_case) turns "İ" into two characters: offsets would shift, so it refuses."""
+    import json
+    import shutil
+
+    folder = tmp_path / "lower"
+    shutil.copytree(prompted, folder)
+    config = folder / "sentence_bert_config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "do_lower_case": True}))
+    model = HuggingFaceEmbedding(str(folder), backend="onnx")
+    assert model.embed_chunks("The Cat sat", [(4, 7)]).shape == (1, 32)  # lower-casing that keeps the length
+    with pytest.raises(ValueError, match="character spans cannot be mapped"):
+        model.embed_chunks("İstanbul cat", [(9, 12)])
