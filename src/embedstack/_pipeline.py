@@ -365,6 +365,9 @@ class EmbedJob:
         name = self.pipe.provider_name
         if prepared is not None and len(prepared) != len(misses):
             raise ValueError(f"{name}: its plan returned {len(prepared)} prepared values for {len(misses)} items")
+        weights = plan.weights
+        if weights is not None and (len(weights) != len(misses) or any(int(w) < 1 for w in weights)):
+            raise ValueError(f"{name}: its plan returned weights that are not one positive int per item")
         if plan.order is not None:
             order = plan.order
             if sorted(order) != list(range(len(misses))):
@@ -372,12 +375,12 @@ class EmbedJob:
             misses = [misses[i] for i in order]
             if prepared is not None:
                 prepared = [prepared[i] for i in order]
+            if weights is not None:
+                weights = [weights[i] for i in order]
         size = self.pipe.batch_size
         return [
-            Planned(
-                misses[i : i + size], self._batch(misses[i : i + size], prepared[i : i + size] if prepared else None)
-            )
-            for i in range(0, len(misses), size)
+            Planned(misses[a:b], self._batch(misses[a:b], prepared[a:b] if prepared else None))
+            for a, b in _cuts(len(misses), size, weights)
         ]
 
     def _plan(self, misses: Sequence[int]) -> Plan:
@@ -508,6 +511,22 @@ def _unpack(raw: Any) -> tuple[Any, Sequence[int] | None, Sequence[bool] | None]
     if isinstance(raw, EmbedResult):
         return raw.vectors, None, None
     return raw, None, None
+
+
+def _cuts(n: int, size: int, weights: Sequence[int] | None) -> list[tuple[int, int]]:
+    """(start, stop) of each batch: `size` items, or with weights as many as fit in `size` (at least one)."""
+    if weights is None:
+        return [(i, min(i + size, n)) for i in range(0, n, size)]
+    cuts: list[tuple[int, int]] = []
+    start, used = 0, 0
+    for i, w in enumerate(weights):
+        if i > start and used + int(w) > size:
+            cuts.append((start, i))
+            start, used = i, 0
+        used += int(w)
+    if start < n:
+        cuts.append((start, n))
+    return cuts
 
 
 def _decode_dim(blob: Any) -> int | None:

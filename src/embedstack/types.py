@@ -60,11 +60,14 @@ class Plan:
 
     `prepared[i]` belongs to `items[i]` (e.g. its tokens, made while ordering by token count); the
     pipeline hands each batch the prepared values of its own items (`Batch.prepared`), so a provider
-    never recomputes them and needs no side channel.
+    never recomputes them and needs no side channel. `weights[i]` is what `items[i]` costs of a batch's
+    size (e.g. the pieces a long text is embedded as; None: one each): a batch holds items until their
+    weights fill the batch size, and an item heavier than that gets a batch of its own.
     """
 
     order: list[int] | None = None
     prepared: list[Any] | None = None
+    weights: list[int] | None = None
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Parents", "cache_arg", "on_off", "positive_int"]
+__all__ = ["Parents", "cache_arg", "non_negative_int", "on_off", "positive_int"]
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,17 @@ def positive_int(value: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}") from None
     if n <= 0:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {n}")
+    return n
+
+
+def non_negative_int(value: str) -> int:
+    """An argparse type: an integer >= 0, else a message naming the bad value."""
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {n}")
     return n
 
 

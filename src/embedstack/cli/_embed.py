@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from embedstack.cli._args import Parents, cache_arg, on_off, positive_int
+from embedstack.cli._args import Parents, cache_arg, non_negative_int, on_off, positive_int
 
 __all__ = ["add_parser", "cmd_embed"]
 
@@ -109,6 +109,29 @@ def add_parser(sub: Any, parents: Parents) -> argparse.ArgumentParser:
         help="with --sparse: write the sparse vectors only, no dense model (.parquet or .jsonl OUT)",
     )
     embed.add_argument(
+        "--long-inputs",
+        choices=["truncate", "chunk"],
+        help=(
+            "texts past a local model's token limit: truncate (the default: cut, counted) or chunk (split into "
+            "overlapping pieces that fit, averaged by token count into one vector)"
+        ),
+    )
+    embed.add_argument(
+        "--chunk-overlap",
+        type=non_negative_int,
+        metavar="N",
+        help="tokens neighbouring pieces share (default: an eighth of a piece, at most 32)",
+    )
+    embed.add_argument(
+        "--late-chunks",
+        type=positive_int,
+        metavar="TOKENS",
+        help=(
+            "late chunking: cut each text into chunks of TOKENS tokens and embed each from the whole document "
+            "(one row per chunk: id DOC#K, columns doc_id, chunk_index, chunk_start, chunk_end)"
+        ),
+    )
+    embed.add_argument(
         "--append", action="store_true", help="add rows to an existing OUT (same model, dimensions and precision)"
     )
     embed.add_argument(
@@ -184,6 +207,9 @@ def cmd_embed(args: argparse.Namespace) -> int:
         precision=args.precision,
         rescore=args.rescore_vectors,
         sparse=args.sparse,
+        long_inputs=args.long_inputs,
+        chunk_overlap=args.chunk_overlap,
+        late_chunks=args.late_chunks,
     )
     if not args.quiet:
         for msg in report.skipped[:5]:
@@ -206,6 +232,11 @@ def _embed_on_ray(args: argparse.Namespace, keep: Any, show: bool) -> int:
 
     if args.append:
         raise ValueError("--append cannot be used with --ray; embed into a new OUT directory")
+    long = [
+        f"--{n.replace('_', '-')}" for n in ("long_inputs", "chunk_overlap", "late_chunks") if getattr(args, n, None)
+    ]
+    if long:
+        raise ValueError(f"{' and '.join(long)} cannot be used with --ray yet; embed without --ray")
     compact = [f"--{name}" for name in ("dimensions", "precision") if getattr(args, name, None) is not None]
     if compact or getattr(args, "rescore_vectors", None) is not None:
         raise ValueError(

@@ -118,6 +118,13 @@ def cmd_info(args: argparse.Namespace) -> int:
     ]
     if meta.get("updated"):
         rows.append(("updated", str(meta["updated"])))
+    options = meta.get("model_options") or {}
+    if options.get("long_inputs") == "chunk":
+        overlap = options.get("chunk_overlap")
+        shown = "the default" if overlap is None else f"{overlap} tokens"
+        rows.append(("long", f"texts past the limit embedded whole (--long-inputs chunk, overlap {shown})"))
+    if meta.get("late_chunks"):
+        rows.append(("chunks", f"late chunks of {meta['late_chunks']} tokens, one row per chunk (--late-chunks)"))
     if sparse:
         rows.append(("sparse", _sparse_line(sparse, stats_where)))
     if vf is not None and vf.ranges is not None:

@@ -16,7 +16,7 @@ import sys
 from types import FrameType
 from typing import Any
 
-from embedstack.cli._args import Parents, positive_int
+from embedstack.cli._args import Parents, non_negative_int, positive_int
 
 __all__ = ["add_parser", "cmd_serve", "parse_models"]
 
@@ -70,6 +70,19 @@ def _add(
         help="a model to serve, repeatable: SPEC as --model of embed (local, local:<path>, clip:<path>, "
         "openai:<model>, or rerank:<path> for a cross-encoder at /v1/rerank and /rerank); NAME is what clients "
         "send as 'model' (default: the model's own name). Default: local",
+    )
+    serve.add_argument(
+        "--long-inputs",
+        choices=["truncate", "chunk"],
+        help="texts past a local model's token limit: truncate (the default) or chunk (embedded whole: overlapping "
+        "pieces averaged by token count); applies to every local model served",
+    )
+    serve.add_argument(
+        "--chunk-overlap",
+        type=non_negative_int,
+        metavar="N",
+        help="with --long-inputs chunk, and for POST /embed_chunks' long documents: tokens neighbouring pieces share "
+        "(default: an eighth of a piece, at most 32)",
     )
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
     serve.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default: {DEFAULT_PORT})")
@@ -176,6 +189,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if cache is DEFAULT_CACHE:
         cache = SQLiteKVStore(default_cache_path())
     models: dict[str, Any] = {}
+    options_used = False
+    options = {
+        k: v for k, v in (("long_inputs", args.long_inputs), ("chunk_overlap", args.chunk_overlap)) if v is not None
+    }
     for name, spec in parse_models(args.models):
         if spec.startswith("rerank:"):  # a cross-encoder, served at /v1/rerank and /rerank
             from embedstack.rerank import resolve_rerank_model
@@ -187,11 +204,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
             models[key] = reranker
             continue
         model = resolve_embed_model(spec)  # sparse ones ("splade:...", "bm25:<stats.json>") at /embed_sparse
+        if options and all(k in type(model).model_fields for k in options):  # local models: --long-inputs
+            from embedstack.jobs import with_model_options
+
+            model = with_model_options(model, options)  # type: ignore[arg-type]
+            options_used = True
         model.embeddings_cache = cache
         key = name or model.model_name
         if key in models:
             raise ValueError(f"two models would be served as {key!r}; name them: --model NAME=SPEC")
         models[key] = model
+    if options and not options_used:
+        flags = " and ".join("--" + k.replace("_", "-") for k in options)
+        raise ValueError(f"{flags} applies to local models (local, local:<name or path>), and none is served")
     app = create_app(
         models,
         api_key=api_key,

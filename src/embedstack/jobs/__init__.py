@@ -12,6 +12,7 @@ from embedstack.jobs._embed import (
     default_cache_path,
     embed_files,
     embed_records,
+    with_model_options,
 )
 from embedstack.jobs._output import Embeddings, OutputError, load_embeddings, read_meta
 from embedstack.jobs._ray import embed_dataset
@@ -40,4 +41,5 @@ __all__ = [
     "load_embeddings",
     "read_meta",
     "search",
+    "with_model_options",
 ]

@@ -39,6 +39,7 @@ __all__ = [
     "DEFAULT_CACHE",
     "Compact",
     "EmbedReport",
+    "LongInputs",
     "ModelMismatchError",
     "check_model",
     "default_cache_path",
@@ -46,6 +47,7 @@ __all__ = [
     "embed_records",
     "model_identity",
     "open_store",
+    "with_model_options",
 ]
 
 
@@ -116,6 +118,62 @@ def model_identity(model: BaseEmbedding) -> dict[str, Any]:
     return dict(model.provider.identity())
 
 
+def with_model_options(model: BaseEmbedding, options: Mapping[str, Any] | None) -> BaseEmbedding:
+    """A copy of `model` with `options` ({field: value}, validated as the model validates them), or the model
+    itself when there are none; a model without such a field is refused by name."""
+    if not options:
+        return model
+    from pydantic import ValidationError
+
+    fields = type(model).model_fields
+    unknown = [k for k in options if k not in fields]
+    if unknown:
+        flags = ", ".join("--" + k.replace("_", "-") for k in unknown)
+        raise ValueError(
+            f"{flags} applies to local models (local, local:<name or path>, torch:, onnx:, openvino:), not to "
+            f"{type(model).__name__}"
+        )
+    probe = model.model_copy()  # validated there as an assignment would be, then copied with _refresh
+    for name, value in options.items():
+        try:
+            type(model).__pydantic_validator__.validate_assignment(probe, name, value)
+        except ValidationError as e:
+            raise ValueError(f"{name}={value!r}: {e.errors()[0]['msg']}") from None
+    checked = {name: getattr(probe, name) for name in options}
+    return model.model_copy(update=checked)
+
+
+@dataclass(frozen=True)
+class LongInputs:
+    """How an embed job treats texts past the model's token limit: `long_inputs` ("truncate", "chunk") and
+    `chunk_overlap` set on the model (None: the model's own), or `late_chunks` tokens: each text is a document
+    cut into chunks of that many tokens, embedded by late chunking, one output row per chunk."""
+
+    long_inputs: str | None = None
+    chunk_overlap: int | None = None
+    late_chunks: int | None = None
+
+    def options(self) -> dict[str, Any]:
+        """The model settings to apply (recorded in the output, so a search embeds queries alike)."""
+        out: dict[str, Any] = {}
+        if self.long_inputs is not None and self.long_inputs != "truncate":
+            out["long_inputs"] = self.long_inputs
+        if self.chunk_overlap is not None:
+            out["chunk_overlap"] = self.chunk_overlap
+        return out
+
+    def check(self) -> None:
+        """Refuse bad combinations before any work."""
+        if self.late_chunks is not None:
+            if not isinstance(self.late_chunks, int) or self.late_chunks < 1:
+                raise ValueError(f"late_chunks must be a positive number of tokens, got {self.late_chunks!r}")
+            if self.long_inputs == "chunk":
+                raise ValueError(
+                    "--late-chunks embeds each chunk from its whole document; it cannot be combined with "
+                    "--long-inputs chunk (leave one out)"
+                )
+
+
 def _identity_diff(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
     return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
 
@@ -145,7 +203,10 @@ class EmbedReport(BaseModel):
     out: Path
     count: int = Field(description="Texts embedded by this run (rows added).")
     total_rows: int = Field(description="Rows in the output (more than count after an append).")
-    computed: int = Field(description="Texts the model was asked for (the rest: from the cache, or duplicates).")
+    computed: int = Field(
+        description="Texts the model was asked for (the rest: from the cache, or duplicates); with late chunks, "
+        "documents encoded."
+    )
     cached: bool = Field(description="Whether a cache was used.")
     model: str
     dim: int
@@ -156,6 +217,7 @@ class EmbedReport(BaseModel):
     seconds: float = 0.0
     sparse: str | None = Field(default=None, description="The sparse model whose vectors were written.")
     dense: bool = Field(default=True, description="Whether dense vectors were written (False: sparse only).")
+    documents: int | None = Field(default=None, description="With late chunks: the documents they were cut from.")
 
     def summary(self) -> str:
         """One line: "embedded N texts (M computed, K from cache) with MODEL → OUT"."""
@@ -169,6 +231,15 @@ class EmbedReport(BaseModel):
         stored = f" ({self.precision}, {self.dim} dims)" if self.precision != "float32" else ""
         if not self.dense:
             return f"embedded {self.count} {texts} ({how}) with {self.sparse} (sparse only) → {self.out}"
+        if self.documents is not None:
+            docs = "document" if self.documents == 1 else "documents"
+            how = f"{self.computed} encoded, " + (
+                f"{self.documents - self.computed} from cache" if self.cached else "cache off"
+            )
+            return (
+                f"embedded {self.documents} {docs} as {self.count} late chunks ({how}) with {self.model} → "
+                f"{self.out}{stored}"
+            )
         beside = f" + sparse {self.sparse}" if self.sparse else ""
         return f"embedded {self.count} {texts} ({how}) with {self.model}{beside} → {self.out}{stored}"
 
@@ -244,14 +315,21 @@ def _run(
     progress: bool | Callable[[int], Any],
     compact: Compact = Compact(),
     sparse: Any = None,
+    long: LongInputs = LongInputs(),
 ) -> EmbedReport:
     t0 = time.perf_counter()
     compact.check()
+    long.check()
     target = Path(out)
     fmt = output_format(target)
     dense = model is not None
     if not dense:
         _check_sparse_only(target, fmt, sparse, compact)
+        if long.long_inputs is not None or long.chunk_overlap is not None or long.late_chunks is not None:
+            raise ValueError(
+                "long_inputs, chunk_overlap and late_chunks shape a dense model's vectors; leave them out with no "
+                "dense model (--no-dense)"
+            )
     if target.is_dir():
         raise InputError(f"{target}: is a folder; give an output file such as {target / 'embeddings.parquet'}")
     scan = reader.scan()
@@ -266,19 +344,39 @@ def _run(
     emb: BaseEmbedding | None = None
     spec: str | None = None
     pipeline: Pipeline | None = None
+    options: dict[str, Any] = {}
     if dense:
         emb, spec = _resolve(model)
+        options = long.options()
+        if existing and spec and long.long_inputs is None and long.chunk_overlap is None:  # appended as it was made
+            options = dict(existing.get("model_options") or {})
+        emb = with_model_options(emb, options)  # a copy: a caller's model object is left as it was
         pipeline = pipeline_for(emb, cache, batch_size)  # a copy: a caller's model object is left as it was
         if existing is not None:
             check_model(emb, existing, target, "append to it")
             compact.against(VectorFormat.from_meta(existing), target)
+    if existing is not None and existing.get("late_chunks") != long.late_chunks:
+        was, now = existing.get("late_chunks"), long.late_chunks
+        raise ValueError(
+            f"{target} holds "
+            + (f"late chunks of {was} tokens" if was else "one row per text")
+            + "; refusing to append "
+            + (f"late chunks of {now} tokens" if now else "one row per text")
+            + (f" (use --late-chunks {was})" if was else " (leave out --late-chunks)")
+        )
+    if long.late_chunks is not None:
+        if sparse is not None:
+            raise ValueError("--sparse cannot be combined with --late-chunks yet; embed without one of them")
+        assert emb is not None and pipeline is not None  # no dense model with late_chunks is refused above
+        late = (long.late_chunks, chunk_size, progress, t0, compact, pipeline.cache)
+        return _embed_late(reader, scan, target, emb, spec, existing, options, *late)
     plan = None
     if sparse is not None:
         from embedstack.jobs._sparse_write import prepare_sparse
 
         store = pipeline.cache if pipeline is not None else _store(cache)
         plan = prepare_sparse(sparse, target, reader, scan.columns, store, existing, None if dense else batch_size)
-    return _embed(reader, scan, target, emb, pipeline, spec, existing, chunk_size, progress, t0, compact, plan)
+    return _embed(reader, scan, target, emb, pipeline, spec, existing, chunk_size, progress, t0, compact, plan, options)
 
 
 def _check_sparse_only(target: Path, fmt: str, sparse: Any, compact: Compact) -> None:
@@ -325,22 +423,65 @@ def _store(cache: CacheArg) -> BaseKVStore | None:
     return SQLiteKVStore(default_cache_path()) if cache is DEFAULT_CACHE else open_store(cache)
 
 
-def _embed(
+def _embed_late(
     reader: RecordReader,
     scan: ScanResult,
     target: Path,
-    emb: BaseEmbedding | None,
-    pipeline: Pipeline | None,
+    emb: BaseEmbedding,
     spec: str | None,
     existing: dict[str, Any] | None,
+    options: Mapping[str, Any],
+    tokens: int,
     chunk_size: int,
-    progress_arg: bool | Callable[[int], Any],
+    progress: bool | Callable[[int], Any],
     t0: float,
     compact: Compact,
-    sparse: Any = None,
+    store: BaseKVStore | None,
 ) -> EmbedReport:
-    sparse_name = (sparse.meta["model"] or sparse.meta["model_class"]) if sparse is not None else None
-    name = (spec or emb.class_name()) if emb is not None else str(sparse_name)
+    """`--late-chunks`: one row per chunk of each text (jobs._late), cached in `store` when there is one."""
+    from embedstack.jobs._late import write_late_chunks
+
+    meta = _meta(reader, scan, emb, spec, existing, options)
+    fmt = VectorFormat.from_meta(existing) if existing else None
+    written, computed = write_late_chunks(
+        reader,
+        scan,
+        target,
+        emb,
+        meta,
+        existing,
+        tokens,
+        chunk_size,
+        progress,
+        lambda writer: _Shaper(writer, meta, fmt, compact, emb),
+        store,
+    )
+    return EmbedReport(
+        out=target,
+        count=written,
+        total_rows=int(meta["count"]),
+        computed=computed,
+        cached=store is not None,
+        model=spec or emb.class_name(),
+        dim=int(meta["dim"]),
+        precision=str(meta.get("precision") or "float32"),
+        skipped=scan.skipped,
+        duplicate_ids=scan.duplicate_ids,
+        first_duplicate=scan.first_duplicate,
+        seconds=time.perf_counter() - t0,
+        documents=scan.count,
+    )
+
+
+def _meta(
+    reader: RecordReader,
+    scan: ScanResult,
+    emb: BaseEmbedding | None,
+    spec: str | None,
+    existing: dict[str, Any] | None,
+    options: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    """A new output's metadata, or an appended one's updated."""
     prior = int(existing["count"]) if existing else 0
     meta: dict[str, Any] = {
         "format": FORMAT_TAG,
@@ -360,9 +501,32 @@ def _embed(
     }
     if emb is None:
         meta["dense"] = False
+    if options:
+        meta["model_options"] = dict(options)
     if existing:
         meta["updated"] = _now()
         meta["columns"] += [c for c in scan.columns if c not in meta["columns"]]
+    return meta
+
+
+def _embed(
+    reader: RecordReader,
+    scan: ScanResult,
+    target: Path,
+    emb: BaseEmbedding | None,
+    pipeline: Pipeline | None,
+    spec: str | None,
+    existing: dict[str, Any] | None,
+    chunk_size: int,
+    progress_arg: bool | Callable[[int], Any],
+    t0: float,
+    compact: Compact,
+    sparse: Any = None,
+    options: Mapping[str, Any] | None = None,
+) -> EmbedReport:
+    sparse_name = (sparse.meta["model"] or sparse.meta["model_class"]) if sparse is not None else None
+    name = (spec or emb.class_name()) if emb is not None else str(sparse_name)
+    meta = _meta(reader, scan, emb, spec, existing, options)
     if sparse is not None:
         meta["sparse"] = sparse.meta
     writer = open_writer(target, meta, scan.columns, existing=existing is not None)
@@ -501,6 +665,9 @@ def embed_files(
     ranges: Any = None,
     rescore: bool | None = None,
     sparse: Any = None,
+    long_inputs: str | None = None,
+    chunk_overlap: int | None = None,
+    late_chunks: int | None = None,
 ) -> EmbedReport:
     """Embed files (.txt/.jsonl/.json/.csv/.tsv/.parquet, folders, "-": stdin) into OUT.
 
@@ -515,6 +682,9 @@ def embed_files(
     BM25 model without statistics is fitted on the input, its statistics are kept with the output, and an
     append updates them (the old rows' vectors are recomputed from their kept text). `model=None` with a
     `sparse` model writes sparse vectors only (.parquet or .jsonl).
+    `long_inputs` ("truncate", "chunk") and `chunk_overlap` set those fields of a local model (recorded in OUT,
+    so a search embeds its queries alike); `late_chunks=N` writes one row per chunk of N tokens of each text,
+    embedded by late chunking (jobs._late).
     """
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
@@ -541,6 +711,7 @@ def embed_files(
         progress=progress,
         compact=Compact(dimensions, precision, ranges, rescore),
         sparse=sparse,
+        long=LongInputs(long_inputs, chunk_overlap, late_chunks),
     )
 
 
@@ -563,6 +734,9 @@ def embed_records(
     ranges: Any = None,
     rescore: bool | None = None,
     sparse: Any = None,
+    long_inputs: str | None = None,
+    chunk_overlap: int | None = None,
+    late_chunks: int | None = None,
 ) -> EmbedReport:
     """Embed an iterable of texts or mappings (read into memory once) into OUT, like embed_files."""
     items = records if isinstance(records, Sequence) and not isinstance(records, str) else list(records)
@@ -578,6 +752,7 @@ def embed_records(
         progress=progress,
         compact=Compact(dimensions, precision, ranges, rescore),
         sparse=sparse,
+        long=LongInputs(long_inputs, chunk_overlap, late_chunks),
     )
 
 

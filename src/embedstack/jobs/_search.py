@@ -17,7 +17,15 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from embedstack.jobs._embed import DEFAULT_CACHE, CacheArg, ModelMismatchError, _resolve, check_model, pipeline_for
+from embedstack.jobs._embed import (
+    DEFAULT_CACHE,
+    CacheArg,
+    ModelMismatchError,
+    _resolve,
+    check_model,
+    pipeline_for,
+    with_model_options,
+)
 from embedstack.jobs._hits import TIMING_KEYS, Hit, SearchResult
 from embedstack.jobs._output import OutputError, is_dense, read_meta
 from embedstack.jobs._stored import StoredRows, open_stored
@@ -246,7 +254,9 @@ def _query_vector(
                 f"{path} was embedded with a model object ({meta.get('model_class')}); pass the same model to search it"
             )
         model = meta["model"]
-    emb, _ = _resolve(model)
+    emb, spec = _resolve(model)
+    if spec is not None:  # a spec names the model; the output records the settings it was embedded with
+        emb = with_model_options(emb, meta.get("model_options"))
     check_model(emb, meta, path, "search it")
     pipeline = pipeline_for(emb, cache)  # a copy: a caller's model object is left as it was
     _, found = pipeline.cached([query], Role.QUERY, "query")

@@ -34,6 +34,8 @@ from starlette.routing import Route
 
 from embedstack import __version__
 from embedstack.base import BaseEmbedding, MultiModalEmbedding
+from embedstack.server.chunks import ROUTE as CHUNKS_ROUTE
+from embedstack.server.chunks import add_chunk_routes
 from embedstack.server.errors import APIError, error_body, install_handlers, invalid_request
 from embedstack.server.limits import (
     DEFAULT_MAX_BATCH_TOKENS,
@@ -69,9 +71,10 @@ _ROUTES = (
         {"/v1/embeddings", "/v1/models", "/tokenize", "/embed_sparse", "/health", "/metrics", "/docs", "/openapi.json"}
     )
     | RERANK_ROUTES
+    | {CHUNKS_ROUTE}
 )
-#: Routes the API key guards: the OpenAI API, the tokenizer, the sparse and the rerank routes.
-_GUARDED = ("/v1/", "/tokenize", "/embed_sparse", *sorted(RERANK_ROUTES))
+#: Routes the API key guards: the OpenAI API, the tokenizer, the sparse, late-chunking and rerank routes.
+_GUARDED = ("/v1/", "/tokenize", "/embed_sparse", CHUNKS_ROUTE, *sorted(RERANK_ROUTES))
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody, "description": text}
     for code, text in {
@@ -212,6 +215,7 @@ def create_app(
     install_handlers(app)
     _routes(app, state)
     add_sparse_routes(app, state)
+    add_chunk_routes(app, state)  # late chunking: server/chunks.py
     state.rerankers = install_rerank(
         app, state, rerankers, max_batch_tokens=max_batch_tokens, max_wait_ms=max_wait_ms, max_queue=max_queue
     )

@@ -15,13 +15,15 @@ import json
 import logging
 import threading
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar, Literal, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
 from pydantic import Field, PrivateAttr, field_validator
 
+from embedstack._pipeline import check_texts
 from embedstack.base import BatchEmbedding
 from embedstack.pooling import Pooling
 from embedstack.provider import BatchOutput, Prepared
@@ -32,13 +34,25 @@ from embedstack.providers.hub import (
     locate_model,
     stamp_identity,
 )
-from embedstack.providers.huggingface.encoder import Encoder, TextTokenizer
+from embedstack.providers.huggingface.encoder import Encoder, TextTokenizer, TokenEncoder
 from embedstack.providers.huggingface.instructions import instructions_for
+from embedstack.providers.huggingface.long_inputs import (
+    DEFAULT_CHUNK_OVERLAP,
+    Piece,
+    WholeTokenizer,
+    check_spans,
+    late_chunk,
+    pieces,
+    pool_pieces,
+    span_masks,
+    windows,
+)
 from embedstack.providers.huggingface.tokens import Tokens
 from embedstack.types import Batch, EmbedResult, Plan, Role
 
 __all__ = [
     "DEFAULT_ACCELERATOR_BATCH_SIZE",
+    "DEFAULT_CHUNK_OVERLAP",
     "DEFAULT_LOCAL_BATCH_SIZE",
     "DEFAULT_MODEL",
     "HuggingFaceEmbedding",
@@ -71,11 +85,14 @@ _TEXT_PROMPT_NAMES = ("document", "passage", "corpus", "text")
 
 class _Prepared(NamedTuple):
     """One item's tokens as `_plan` made them, with what they are valid for: the tokenizer that made them
-    and the instruction in front of the text (the encoder takes them only when both still hold)."""
+    and the instruction in front of the text (the encoder takes them only when both still hold); with
+    long_inputs="chunk", a long text's pieces and its whole token count."""
 
     tokenizer: TextTokenizer
     prefix: str | None
     tokens: Tokens
+    pieces: list[Piece] | None = None
+    total: int | None = None
 
 
 def _default_runtime(model_name: str, model_dir: Path | None = None) -> tuple[str, str]:
@@ -120,7 +137,8 @@ class HuggingFaceEmbedding(BatchEmbedding):
     `query_instruction` / `text_instruction`: None uses the model's own prompts or the built-in
     table for its family (BGE, E5, Nomic, ...); "" means none. `dimensions` truncates
     Matryoshka-style and re-normalises. Over-long texts are truncated to the model's maximum
-    length and counted.
+    length and counted (`long_inputs="truncate"`), or embedded whole (`long_inputs="chunk"`: split into
+    overlapping pieces that fit, pooled by token count). `embed_chunks` is late chunking.
     """
 
     model_name: str = Field(
@@ -149,6 +167,17 @@ class HuggingFaceEmbedding(BatchEmbedding):
         description="torch: fp32, fp16 or bf16; onnx: fp32 or int8; openvino: fp32, bf16 (native-bf16 CPUs) or int8.",
     )
     revision: str | None = Field(default=None, description="Hub revision (branch, tag or commit).")
+    long_inputs: Literal["truncate", "chunk"] = Field(
+        default="truncate",
+        description="Texts past the token limit: 'truncate' (cut and counted) or 'chunk' (split into overlapping "
+        "pieces that fit, embedded in the same batches, averaged by token count into one vector).",
+    )
+    chunk_overlap: int | None = Field(
+        default=None,
+        ge=0,
+        description="Tokens neighbouring pieces share (long_inputs='chunk', and embed_chunks' windows); None: an "
+        "eighth of a piece, at most 32.",
+    )
 
     _identity_exclude: ClassVar[frozenset[str]] = frozenset(
         # The effective instruction of each role is in the cache key already (via _instruction).
@@ -159,6 +188,8 @@ class HuggingFaceEmbedding(BatchEmbedding):
             "backend",
             "query_instruction",
             "text_instruction",
+            "long_inputs",  # in the identity with chunk_overlap when "chunk" (_identity): the default keeps old keys
+            "chunk_overlap",
         }
     )
     max_concurrency: ClassVar[int | None] = 1
@@ -176,6 +207,7 @@ class HuggingFaceEmbedding(BatchEmbedding):
             "_lock",
             "_counting",
             "_counting_lock",
+            "_whole",
         }
     )
 
@@ -191,6 +223,8 @@ class HuggingFaceEmbedding(BatchEmbedding):
     _lock: threading.RLock = PrivateAttr(default_factory=threading.RLock)
     _warned_truncation: bool = PrivateAttr(default=False)
     _prompt_pooled: bool = PrivateAttr(default=True)
+    #: Untruncated tokenizers for long inputs: the model's (under `_lock`) and the counting one's.
+    _whole: dict[str, WholeTokenizer] = PrivateAttr(default_factory=dict)
 
     def __init__(self, model_name: str = DEFAULT_MODEL, **kwargs: Any) -> None:
         super().__init__(model_name=model_name, **kwargs)
@@ -228,6 +262,7 @@ class HuggingFaceEmbedding(BatchEmbedding):
                 self._encoder = None
                 self._tokenizer, self._tokenizer_made = None, False
                 self._warned_truncation = False
+                self._whole = {}
 
     # -- files and defaults ------------------------------------------------------------------
     def _use(self, source: ModelSource) -> None:
@@ -277,6 +312,10 @@ class HuggingFaceEmbedding(BatchEmbedding):
             data["int8_runtime"] = self.backend
         elif self.precision == "bf16" and self.backend != "torch":  # OpenVINO rounds other values than torch
             data["bf16_runtime"] = self.backend
+        # long texts' vectors differ: keys of their own (the default's stay as they always were)
+        if self.long_inputs != "truncate":
+            data["long_inputs"] = self.long_inputs
+            data["chunk_overlap"] = self.chunk_overlap
         return data
 
     def _instruction(self, role: Role) -> str | None:
@@ -406,7 +445,15 @@ class HuggingFaceEmbedding(BatchEmbedding):
             if tokenizer is None:
                 return None
             tokens = tokenizer.tokenize(texts)
-        return [len(t.ids) for t in tokens], [bool(t.truncated) for t in tokens]
+            counts, cut = [len(t.ids) for t in tokens], [bool(t.truncated) for t in tokens]
+            long = [i for i, c in enumerate(cut) if c]
+            if long and self.long_inputs == "chunk":  # embedded whole: every token counts, nothing is cut
+                if "counting" not in self._whole:
+                    self._whole["counting"] = WholeTokenizer(tokenizer)
+                wholes = self._whole["counting"].whole([str(items[i]) for i in long], self._prefix(role))
+                for i, whole in zip(long, wholes):
+                    counts[i], cut[i] = whole.total, False
+        return counts, cut
 
     def load(self) -> HuggingFaceEmbedding:
         """Load the weights now rather than on the first call; returns self."""
@@ -459,6 +506,7 @@ class HuggingFaceEmbedding(BatchEmbedding):
         prefix = self._prefix(role)
         texts = self._texts(items, role)
         prepared: list[Any] | None = None
+        weights: list[int] | None = None
         tokenizer = self._text_tokenizer()  # thread-safe on its own: never waits for a running batch
         if tokenizer is None:
             counts = np.fromiter((len(t) for t in texts), dtype=np.int64, count=len(texts))
@@ -466,8 +514,43 @@ class HuggingFaceEmbedding(BatchEmbedding):
             tokens = tokenizer.tokenize(texts)
             counts = np.fromiter((len(t.ids) for t in tokens), dtype=np.int64, count=len(texts))
             prepared = [_Prepared(tokenizer, prefix, t) for t in tokens]
+            long = self._add_pieces(tokenizer, items, prefix, tokens, prepared)
+            if long:  # a long text's pieces count in the batch size and their tokens in the order
+                weights = [1] * len(items)
+                for i, (parts, _) in long.items():
+                    counts[i] = sum(len(p.tokens.ids) for p in parts)
+                    weights[i] = len(parts)
         order: list[int] = np.argsort(-counts, kind="stable").tolist()
-        return Plan(order=order, prepared=prepared)
+        return Plan(order=order, prepared=prepared, weights=weights)
+
+    def _whole_tokenizer(self, tokenizer: TextTokenizer | None) -> WholeTokenizer:
+        """The model's tokenizer without truncation (call with `_lock` held)."""
+        whole = self._whole.get("model")
+        if whole is None:
+            if tokenizer is None:
+                raise ValueError(
+                    f"{self.model_name!r} has no text tokenizer embedstack can read (its first module is no "
+                    "Transformer), so long_inputs='chunk' and embed_chunks cannot split its texts; use "
+                    "long_inputs='truncate'"
+                )
+            whole = self._whole["model"] = WholeTokenizer(tokenizer)
+        return whole
+
+    def _split_long(
+        self,
+        tokenizer: TextTokenizer,
+        items: Sequence[Any],
+        prefix: str | None,
+        tokens: Sequence[Tokens],
+        whole: WholeTokenizer,
+    ) -> dict[int, tuple[list[Piece], int]]:
+        """{i: (pieces, whole token count)} of the texts `tokens` says were cut."""
+        long = [i for i, t in enumerate(tokens) if t.truncated]
+        wholes = whole.whole([str(items[i]) for i in long], prefix)
+        out: dict[int, tuple[list[Piece], int]] = {}
+        for i, w in zip(long, wholes):
+            out[i] = (pieces(w, tokenizer.max_length, self.chunk_overlap), w.total)
+        return out
 
     def _prepare(self, items: list[Any], role: Role) -> Prepared | None:
         """Each text's tokens as `_plan` makes them (the encoder takes them as they are) and their exact counts,
@@ -479,11 +562,24 @@ class HuggingFaceEmbedding(BatchEmbedding):
         if tokenizer is None:
             return None
         tokens = tokenizer.tokenize(self._texts(items, role))
-        return Prepared(
-            [_Prepared(tokenizer, prefix, t) for t in tokens],
-            [len(t.ids) for t in tokens],
-            [bool(t.truncated) for t in tokens],
-        )
+        prepared = [_Prepared(tokenizer, prefix, t) for t in tokens]
+        counts, cut = [len(t.ids) for t in tokens], [bool(t.truncated) for t in tokens]
+        for i, (_, total) in self._add_pieces(tokenizer, items, prefix, tokens, prepared).items():
+            counts[i], cut[i] = total, False  # embedded whole: every token counts, nothing is cut
+        return Prepared(prepared, counts, cut)
+
+    def _add_pieces(
+        self, tokenizer: TextTokenizer, items: list[Any], prefix: str | None, tokens: list[Tokens], prepared: list[Any]
+    ) -> dict[int, tuple[Any, int]]:
+        """With long_inputs="chunk", each long text's pieces set on its prepared tokens; {index: (pieces, total
+        tokens of the whole text)} (empty when nothing is long or the model truncates)."""
+        if self.long_inputs != "chunk" or not any(t.truncated for t in tokens):
+            return {}
+        with self._lock:  # the untruncated tokenizer is made and used under the model's lock
+            long = self._split_long(tokenizer, items, prefix, tokens, self._whole_tokenizer(tokenizer))
+        for i, (parts, total) in long.items():
+            prepared[i] = prepared[i]._replace(pieces=parts, total=total)
+        return long
 
     def _embed(self, batch: Batch) -> EmbedResult | BatchOutput:
         """One batch, fed the tokens `_plan` made for its items when they fit the loaded encoder."""
@@ -508,6 +604,8 @@ class HuggingFaceEmbedding(BatchEmbedding):
             if prepared is not None and source is not None and len(prepared) == len(items):
                 if all(isinstance(p, _Prepared) and p.tokenizer is source and p.prefix == prefix for p in prepared):
                     tokens = [p.tokens for p in prepared]
+            if self.long_inputs == "chunk":
+                return self._encode_whole(encoder, items, texts, prefix, tokens, prepared)
             raw = encoder.encode(texts, tokens)
         vectors = self._postprocess(np.asarray(raw.vectors, dtype=np.float32))
         if raw.truncated:
@@ -517,6 +615,113 @@ class HuggingFaceEmbedding(BatchEmbedding):
         if len(items) == 1 and raw.token_count is not None:
             return BatchOutput(vectors, [int(raw.token_count)], [bool(raw.truncated)])
         return EmbedResult(vectors, token_count=raw.token_count, truncated=raw.truncated)
+
+    def _encode_whole(
+        self,
+        encoder: Encoder,
+        items: list[Any],
+        texts: list[str],
+        prefix: str | None,
+        tokens: list[Tokens] | None,
+        prepared: list[Any] | None,
+    ) -> BatchOutput:
+        """long_inputs="chunk" (with `_lock` held): texts that fit as they are; a long one as the token-weighted
+        mean of its pieces' vectors, each normalised as the model's vectors are, then normalised again."""
+        source = encoder.text_tokenizer
+        if source is None:
+            self._whole_tokenizer(None)  # raises: no tokenizer to split with
+        assert source is not None
+        if tokens is None:
+            tokens = source.tokenize(texts)
+            prepared = None
+        long: dict[int, tuple[list[Piece], int]] = {}
+        if prepared is not None:
+            long = {i: (p.pieces, int(p.total)) for i, p in enumerate(prepared) if p.pieces is not None}
+        if any(t.truncated and i not in long for i, t in enumerate(tokens)):
+            todo = [t._replace(truncated=t.truncated and i not in long) for i, t in enumerate(tokens)]
+            long.update(self._split_long(source, items, prefix, todo, self._whole_tokenizer(source)))
+        rows: list[tuple[Tokens, str, int, int]] = []  # (tokens, text, owner, weight)
+        for i, t in enumerate(tokens):
+            if i in long:
+                rows.extend((p.tokens, p.text, i, p.weight) for p in long[i][0])
+            else:
+                rows.append((t, texts[i], i, 1))
+        order = sorted(range(len(rows)), key=lambda r: -len(rows[r][0].ids))
+        step = max(1, self._preferred_batch_size())
+        parts: list[npt.NDArray[np.float32]] = []
+        for start in range(0, len(order), step):
+            group = [rows[r] for r in order[start : start + step]]
+            raw = encoder.encode([g[1] for g in group], [g[0] for g in group])
+            parts.append(np.asarray(raw.vectors, dtype=np.float32))
+        flat = np.empty((len(rows), parts[0].shape[1]), dtype=np.float32)
+        flat[order] = np.concatenate(parts)
+        flat = self._postprocess(flat)
+        if not long:
+            vectors = flat
+        else:
+            owners = [r[2] for r in rows]
+            vectors = pool_pieces(flat, owners, [r[3] for r in rows], len(items))
+            if self.normalize:
+                vectors = self._renormalize(vectors)
+            singles = [i for i in range(len(items)) if i not in long]
+            if singles:  # a text that fits keeps its vector bit for bit
+                first = {o: r for r, o in reversed(list(enumerate(owners)))}
+                vectors[singles] = flat[[first[i] for i in singles]]
+        counts = [long[i][1] if i in long else len(t.ids) for i, t in enumerate(tokens)]
+        return BatchOutput(np.ascontiguousarray(vectors, dtype=np.float32), counts, [False] * len(items))
+
+    @staticmethod
+    def _renormalize(vectors: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        return np.ascontiguousarray(vectors / np.maximum(norms, np.float32(1e-12)), dtype=np.float32)
+
+    # -- late chunking -----------------------------------------------------------------------
+    def embed_chunks(self, document: str, spans: Sequence[tuple[int, int]]) -> npt.NDArray[np.float32]:
+        """Late chunking: one vector per span ((start, end) character offsets into `document`), the mean of the
+        span's token vectors with the whole document encoded once, so each chunk's vector sees its context.
+
+        The document is embedded as a text (the document prompt in front; the spans index the document itself).
+        A document past the model's limit is encoded in overlapping macro windows (`chunk_overlap` tokens; each
+        token's vector from the window where it has the most context). The vectors go through the model's
+        modules after its pooling (Dense layers), `dimensions` and normalisation, as `embed` vectors do; they
+        are not cached. Returns a (len(spans), dim) float32 array.
+        """
+        check_texts([document], "document")
+        checked = check_spans(spans, len(document))
+        prefix = self._prefix(Role.TEXT)
+        with self._lock:
+            encoder = self._loaded()
+            if not checked:
+                return np.zeros((0, self.dimensions or encoder.dim), dtype=np.float32)
+            if not isinstance(encoder, TokenEncoder):
+                raise ValueError(
+                    f"backend={self.backend!r} hands out no token vectors, which late chunking needs; use "
+                    "backend='torch' or backend='onnx'"
+                )
+            whole = self._whole_tokenizer(encoder.text_tokenizer).whole([document], prefix)[0]
+            _check_aligned(whole, document)
+            masks = span_masks(whole, checked)
+            pooled = late_chunk(encoder, whole, masks, encoder.max_length, self.chunk_overlap, "the document")
+            vectors = encoder.after_pooling(pooled)
+        return self._postprocess(vectors)
+
+    async def aembed_chunks(self, document: str, spans: Sequence[tuple[int, int]]) -> npt.NDArray[np.float32]:
+        """Async `embed_chunks` (in a worker thread: the model never runs on the event loop)."""
+        return await asyncio.to_thread(self.embed_chunks, document, spans)
+
+    def chunk_spans(self, document: str, chunk_tokens: int) -> list[tuple[int, int]]:
+        """The document cut into consecutive chunks of at most `chunk_tokens` of its tokens (at word starts where
+        it can), as (start, end) character spans for `embed_chunks`; loads only the tokenizer."""
+        if not isinstance(chunk_tokens, int) or isinstance(chunk_tokens, bool) or chunk_tokens < 1:
+            raise ValueError(f"chunk_tokens must be a positive number of tokens, got {chunk_tokens!r}")
+        check_texts([document], "document")
+        with self._lock:
+            whole = self._whole_tokenizer(self._text_tokenizer()).whole([document], None)[0]
+        _check_aligned(whole, document)
+        if not len(whole.content):
+            return []
+        ranges = windows(whole, chunk_tokens + whole.room, 0)
+        return [(int(whole.offsets[a, 0]), int(whole.offsets[b - 1, 1])) for a, b in ranges]
 
     def _postprocess(self, vectors: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         """Matryoshka truncation, then L2 normalisation (truncated vectors are unit length too)."""
@@ -534,11 +739,20 @@ class HuggingFaceEmbedding(BatchEmbedding):
             self._warned_truncation = True
         msg = (
             f"{count} text(s) longer than {self.model_name!r}'s limit of {max_length} tokens were "
-            f"truncated; split long texts into chunks to embed all of them (warned once per model; "
+            f"truncated; pass long_inputs='chunk' to embed them whole (warned once per model; "
             f"EmbeddingEndEvent.truncated has the counts)"
         )
         logger.warning(msg)
         warnings.warn(msg, UserWarning, stacklevel=2)
+
+
+def _check_aligned(whole: Any, document: str) -> None:
+    """Refuse a document whose character offsets the tokenizer's cannot match (lower-casing changed its length)."""
+    if len(whole.source) != whole.prefix_len + len(document):
+        raise ValueError(
+            "this model lower-cases texts, which changes this document's length (a character such as 'İ' becomes "
+            "two), so character spans cannot be mapped onto its tokens; replace such characters first"
+        )
 
 
 def from_spec(arg: str | None) -> HuggingFaceEmbedding:

@@ -10,10 +10,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
+import numpy as np
+import numpy.typing as npt
+
 from embedstack.providers.huggingface.tokens import Tokens
 from embedstack.types import EmbedResult
 
-__all__ = ["Encoder", "TextTokenizer"]
+__all__ = ["Encoder", "TextTokenizer", "TokenEncoder"]
 
 
 @runtime_checkable
@@ -57,4 +60,18 @@ class Encoder(Protocol):
     def encode(self, texts: list[str], tokens: Sequence[Tokens] | None = None) -> EmbedResult:
         """Vectors for `texts` (from `tokens`, their text_tokenizer's tokens, when given), with
         token_count and the number of truncated texts."""
+        ...
+
+
+@runtime_checkable
+class TokenEncoder(Protocol):
+    """A backend that also hands out token vectors (late chunking pools them by span)."""
+
+    def token_vectors(self, tokens: Sequence[Tokens]) -> list[npt.NDArray[np.float32]]:
+        """Each row's token vectors, (len(row.ids), hidden) float32, as the model's pooling sees them."""
+        ...
+
+    def after_pooling(self, pooled: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        """Mean-pooled token vectors through the model's modules after its pooling (Dense layers), not normalised
+        at the end; raises ValueError naming what it cannot compute."""
         ...

@@ -568,3 +568,26 @@ class OnnxEncoder:
             hidden = self.session.run([self.output], {k: feeds[k] for k in self.inputs})[0]
             vectors[rows] = self.head.apply(hidden, feeds["attention_mask"])
         return EmbedResult(vectors, token_count=int(lengths.sum()), truncated=truncated)
+
+    # -- token vectors (late chunking) -----------------------------------------------------------
+    def token_vectors(self, tokens: Sequence[Tokens]) -> list[npt.NDArray[np.float32]]:
+        """Each row's token vectors, (len(row.ids), hidden) float32: the graph's output, batched by the token budget."""
+        lengths = np.fromiter((len(t.ids) for t in tokens), dtype=np.int64, count=len(tokens))
+        out: list[npt.NDArray[np.float32]] = [np.zeros((0, 0), dtype=np.float32)] * len(tokens)
+        for rows in self._batches(lengths):
+            feeds = self._feeds(tokens, rows)
+            hidden = self.session.run([self.output], {k: feeds[k] for k in self.inputs})[0]
+            for r, i in enumerate(rows):
+                out[i] = np.ascontiguousarray(hidden[r, : lengths[i]], dtype=np.float32)
+        return out
+
+    def after_pooling(self, pooled: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        """Mean-pooled token vectors through the model's Dense layers (and inner Normalize steps)."""
+        if len(self.head.modes) != 1:
+            raise ValueError(
+                f"{self.model_dir} concatenates several pooling modes; late chunking computes one (mean) per span, "
+                "which its later modules cannot take"
+            )
+        head = Head(modes=(Pooling.MEAN,), steps=self.head.steps)
+        ones = np.ones((len(pooled), 1), dtype=np.int64)
+        return head.apply(np.asarray(pooled, dtype=np.float32)[:, None, :], ones)

@@ -395,3 +395,55 @@ class TorchEncoder:
             hf = getattr(self.st[0], "tokenizer", None) if self.st is not None else None
             truncated = _count_truncated(hf, texts, lengths, self.max_length) if hf is not None else 0
         return EmbedResult(vectors, token_count=int(lengths.sum()), truncated=truncated)
+
+    # -- token vectors (late chunking) ---------------------------------------------------------
+    def token_vectors(self, tokens: Sequence[Tokens], rows_per_call: int = 16) -> list[np.ndarray]:
+        """Each row's token vectors, (len(row.ids), hidden) float32: the Transformer module's output."""
+        if self.text_tokenizer is None or (self.st is not None and not self.reuses_tokens):
+            raise ValueError(
+                f"{self.model_dir} tokenises its texts its own way in sentence-transformers, so token offsets cannot "
+                "be mapped onto its token vectors on backend='torch'; use backend='onnx'"
+            )
+        torch = self.torch
+        out: list[np.ndarray] = []
+        for start in range(0, len(tokens), rows_per_call):
+            rows = tokens[start : start + rows_per_call]
+            features = {**self.text_tokenizer.pad(rows), **self._extras}
+            with torch.inference_mode():
+                moved = {k: v.to(self.device) if hasattr(v, "to") else v for k, v in features.items()}
+                if self.st is not None:
+                    hidden = self.st[0](moved)["token_embeddings"]
+                else:
+                    inputs = {k: v for k, v in moved.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+                    hidden = self.model(**inputs).last_hidden_state
+                values = hidden.float().cpu().numpy()
+            mask = features["attention_mask"].numpy().astype(bool)
+            out.extend(np.ascontiguousarray(values[r][mask[r]], dtype=np.float32) for r in range(len(rows)))
+        return out
+
+    def after_pooling(self, pooled: np.ndarray) -> np.ndarray:
+        """Mean-pooled token vectors through the modules after the model's Pooling (Dense; not the final Normalize)."""
+        if self.st is None:
+            return np.asarray(pooled, dtype=np.float32)
+        modules = list(self.st)
+        kinds = [type(m).__name__ for m in modules]
+        if len(kinds) < 2 or kinds[1] != "Pooling":
+            raise ValueError(
+                f"{self.model_dir} has no Pooling module right after its Transformer ({kinds}); late chunking pools "
+                "token vectors by span and cannot place them in this pipeline"
+            )
+        pool = modules[1]
+        width = getattr(pool, "embedding_dimension", None) or getattr(pool, "word_embedding_dimension", None)
+        if getattr(pool, "pooling_output_dimension", width) != width:
+            raise ValueError(
+                f"{self.model_dir} concatenates several pooling modes; late chunking computes one (mean) per span, "
+                "which its later modules cannot take"
+            )
+        torch = self.torch
+        with torch.inference_mode():
+            features: dict[str, Any] = {
+                "sentence_embedding": torch.from_numpy(np.asarray(pooled, dtype=np.float32)).to(self.device, self.dtype)
+            }
+            for module in modules[2:]:
+                features = module(features)
+            return np.asarray(features["sentence_embedding"].float().cpu().numpy(), dtype=np.float32)
