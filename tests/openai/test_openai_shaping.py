@@ -12,7 +12,7 @@ from openai_fake_server import FakeOpenAIServer, Faults
 from openai_testutil import embed
 
 from embedstack.providers.openai import OpenAILikeEmbedding, shaping
-from embedstack.providers.openai.retry import (
+from embedstack.providers.remote.retry import (
     Failure,
     RetryPolicy,
     parse_batch_cap,
