@@ -83,10 +83,7 @@ class EmbeddingAPIError(EmbedstackError, RuntimeError):
         """Name the failed items by every place they have in the caller's input."""
         wanted = {x for x in self.items if isinstance(x, (str, tuple))}
         found = sorted(
-            p
-            for i, x in enumerate(batch.items)
-            if isinstance(x, (str, tuple)) and x in wanted
-            for p in batch.where(i)
+            p for i, x in enumerate(batch.items) if isinstance(x, (str, tuple)) and x in wanted for p in batch.where(i)
         )
         label = batch.label
         if found:

@@ -12,8 +12,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from embedstack.providers.remote.retry import _Malformed
-from embedstack.providers.remote.retry import Outcome, Success, malformed
+from embedstack.providers.remote.retry import Outcome, Success, _Malformed, malformed
 
 __all__ = ["malformed", "read_answer"]
 
