@@ -1,12 +1,14 @@
 """Reranking routes: `POST /v1/rerank` (Cohere's and Jina's shape) and `POST /rerank` (TEI's), beside embeddings.
 
-A model served as `NAME=rerank:<name or path>` is a `CrossEncoderReranker`. Its pairs go through the same
+A model served as `NAME=rerank:<name or path>` is a `CrossEncoderReranker`; `NAME=cohere:<model>[@<url>]`,
+`jina:<model>` or `tei:<url>` a `RemoteReranker` (this server then proxies another). Its pairs go through the same
 dynamic batcher as embedding inputs (each pair costs its token count against --max-batch-tokens; a pair
 asked for by two concurrent requests is scored once), with the server's key, limits, error bodies, metrics
 and drain. The batcher scores raw logits (the reranker's `with_activation("identity")` twin, so its cache
 keys are the logits'); each route then applies its activation: `/v1/rerank` the model's default (what
 `CrossEncoderReranker.rank` returns: sentence-transformers' default), `/rerank` TEI's (sigmoid, or the raw
-logits with `raw_scores: true`).
+logits with `raw_scores: true`). A remote reranker in Cohere's shape has no logits, only its server's scores:
+`/v1/rerank` passes them on and `/rerank` refuses it (400) rather than return numbers of another kind.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from embedstack.errors import InvalidInputError
 from embedstack.rerank._model import activate
-from embedstack.rerank.cross_encoder import CrossEncoderReranker, resolve_rerank_model
+from embedstack.rerank.base import BaseReranker
+from embedstack.rerank.resolve import is_rerank_spec, resolve_rerank_model
 from embedstack.server.batcher import Batcher, QueueFull, Ticket
 from embedstack.server.errors import APIError
 from embedstack.server.limits import MAX_INPUTS
@@ -129,24 +132,20 @@ class RerankServed:
     """One served reranker: the model, its raw-logit twin, the batcher, and whether it is loaded."""
 
     name: str
-    reranker: CrossEncoderReranker
-    raw: CrossEncoderReranker
+    reranker: BaseReranker
+    raw: BaseReranker
     batcher: Batcher
     created: int = field(default_factory=lambda: int(time.time()))
     ready: bool = False
     error: str | None = None
 
 
-def _is_reranker(spec: Any) -> bool:
-    return isinstance(spec, CrossEncoderReranker) or (isinstance(spec, str) and spec.startswith("rerank:"))
-
-
 def split_rerankers(
     models: Mapping[str, Any] | Sequence[Any] | Any,
-) -> tuple[Mapping[str, Any] | Sequence[Any] | Any, dict[str, CrossEncoderReranker]]:
+) -> tuple[Mapping[str, Any] | Sequence[Any] | Any, dict[str, BaseReranker]]:
     """The embedding models (as given, without the rerankers) and the rerankers by name
-    ("rerank:<path>" specs and CrossEncoderReranker objects; unnamed ones by their model_name)."""
-    rerankers: dict[str, CrossEncoderReranker] = {}
+    (reranker specs such as "rerank:<path>" and BaseReranker objects; unnamed ones by their model_name)."""
+    rerankers: dict[str, BaseReranker] = {}
 
     def add(name: str, spec: Any) -> None:
         if name in rerankers:
@@ -156,16 +155,16 @@ def split_rerankers(
     if isinstance(models, Mapping):
         rest: dict[str, Any] = {}
         for name, spec in models.items():
-            if _is_reranker(spec):
+            if is_rerank_spec(spec):
                 add(str(name), spec)
             else:
                 rest[str(name)] = spec
         return rest, rerankers
-    if isinstance(models, (str, CrossEncoderReranker)) or not isinstance(models, Sequence):
+    if isinstance(models, (str, BaseReranker)) or not isinstance(models, Sequence):
         models = [models]
     others = []
     for spec in models:
-        if _is_reranker(spec):
+        if is_rerank_spec(spec):
             reranker = resolve_rerank_model(spec)
             add(reranker.model_name, reranker)
         else:
@@ -173,7 +172,7 @@ def split_rerankers(
     return others, rerankers
 
 
-def _score(raw: CrossEncoderReranker, pairs: list[Any], role: Role) -> tuple[Any, tuple[list[int], list[bool]] | None]:
+def _score(raw: BaseReranker, pairs: list[Any], role: Role) -> tuple[Any, tuple[list[int], list[bool]] | None]:
     """One batcher call, in its worker thread: the raw logits of `pairs` through the twin's pipeline."""
     out = raw.pipeline.embed(pairs, Role.PAIR, label="pairs")
     counts = None
@@ -185,7 +184,7 @@ def _score(raw: CrossEncoderReranker, pairs: list[Any], role: Role) -> tuple[Any
 def install_rerank(
     app: FastAPI,
     state: ServerState,
-    rerankers: Mapping[str, CrossEncoderReranker],
+    rerankers: Mapping[str, BaseReranker],
     *,
     max_batch_tokens: int,
     max_wait_ms: float,
@@ -196,7 +195,8 @@ def install_rerank(
     for name, reranker in rerankers.items():
         if name in state.models:
             raise ValueError(f"{name!r} names an embedding model and a reranker; give them different names")
-        raw = reranker.with_activation("identity")
+        # the raw logits, activated per route; a reranker whose logits are unknown serves its own scores
+        raw = reranker.with_activation("identity") if reranker.activation is not None else reranker
         batcher = Batcher(
             raw,  # type: ignore[arg-type]  # the batcher only calls `embed`
             name,
@@ -216,7 +216,8 @@ def install_rerank(
         model = _find(state, served, body.model)
         docs = [d if isinstance(d, str) else d.text for d in body.documents]
         logits, tokens = await _logits(state, model, body.query, docs, "documents", truncate=True)
-        scores = activate(logits, model.reranker.activation)
+        activation = model.reranker.activation
+        scores = activate(logits, activation) if activation is not None else logits
         order = np.argsort(-scores, kind="stable").tolist()[: body.top_n]
         results = [
             CohereResult(
@@ -244,6 +245,14 @@ def install_rerank(
                 code="invalid_value",
             )
         model = _find(state, served, body.model or next(iter(served)))
+        if model.reranker.activation is None:
+            raise APIError(
+                400,
+                f"the reranker {model.name!r} returns its server's relevance scores, not logits, so it cannot "
+                "answer in TEI's shape (sigmoid or raw scores); use POST /v1/rerank",
+                param="model",
+                code="invalid_value",
+            )
         logits, _ = await _logits(state, model, body.query, body.texts, "texts", truncate=body.truncate)
         scores = logits if body.raw_scores else activate(logits, "sigmoid")
         order = np.argsort(-scores, kind="stable").tolist()
@@ -292,8 +301,11 @@ def _check(query: str, docs: list[str], label: str) -> list[tuple[str, str]]:
 
 
 def _costs(model: RerankServed, pairs: list[tuple[str, str]]) -> tuple[list[int], list[bool]]:
-    tokens = model.reranker.tokenize(pairs)
-    return [len(t.ids) for t in tokens], [t.truncated for t in tokens]
+    counted = model.reranker.pipeline.provider.count_tokens(pairs, Role.PAIR)
+    if counted is not None:
+        return counted
+    # a remote reranker: its own server counts and cuts; the batch budget takes an estimate (4 bytes a token)
+    return [(len(q.encode()) + len(d.encode())) // 4 + 4 for q, d in pairs], [False] * len(pairs)
 
 
 async def _logits(
@@ -312,7 +324,7 @@ async def _logits(
             raise APIError(
                 400,
                 f"{label}[{first}] with the query is over {model.name!r}'s limit of "
-                f"{model.reranker.tokenizer().max_length} tokens; send truncate=true or a shorter text",
+                f"{model.reranker.max_input_tokens()} tokens; send truncate=true or a shorter text",
                 param=label,
                 code="input_too_long",
             )
@@ -385,7 +397,8 @@ def start_rerank(app: FastAPI, warm_up: bool) -> asyncio.Task[None] | None:
 
 def _warm(model: RerankServed) -> None:
     model.raw.load()
-    model.raw.pipeline.with_options(cache=None).embed([("warm-up", "warm-up")], Role.PAIR, label="warm-up")
+    if not model.raw.pipeline.provider.capabilities.remote:  # a remote server is not sent a warm-up request
+        model.raw.pipeline.with_options(cache=None).embed([("warm-up", "warm-up")], Role.PAIR, label="warm-up")
 
 
 async def stop_rerank(app: FastAPI, error: BaseException) -> None:
