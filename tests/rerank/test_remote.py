@@ -314,6 +314,10 @@ def test_401_fails_at_once_naming_the_pairs_and_never_the_key(
     assert "reranking pairs[0:5]" in message and "HTTP 401" in message and "check the API key" in message
     assert "***" in message
     seen = [message, repr(remote), json.dumps(remote.identity()), json.dumps(remote.descriptor()), caplog.text]
+    pytest.importorskip("llama_index.core")
+    from embedstack.rerank.llama_index import EmbedstackRerank
+
+    seen.append(EmbedstackRerank(remote).to_json())  # the adapter's to_dict: the reranker's description
     assert not any(KEY in s for s in seen)
 
 

@@ -56,36 +56,53 @@ def _run_openvino(path: Path, feeds: Feeds, precision: str = "fp32") -> npt.NDAr
     return np.asarray(np.concatenate(parts), dtype=np.float32)
 
 
-def _after_gelu(model: Any) -> list[str]:
-    """The MatMuls that read a GELU's output (each layer's FFN output projection, where post-GELU outliers live):
-    in the plain graph GELU is a few standard ops (Erf, Mul, Add), so they are found a few producers up."""
+_GELU_OPS = ("Erf", "Gelu", "BiasGelu", "FastGelu", "QuickGelu")
+_ELEMENTWISE = ("Mul", "Add", "Div", "Cast")
+
+
+def _ffn_matmuls(model: Any) -> tuple[list[str], list[str]]:
+    """Each layer's FFN MatMuls: those whose output reaches a GELU, and those that read one (where post-GELU
+    outliers live). In the plain graph GELU is a few standard ops (Erf, Mul, Add), a few hops away."""
     producer = {out: node for node in model.graph.node for out in node.output}
-    found = []
+    consumers: dict[str, list[Any]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    into, after = [], []
     for node in model.graph.node:
         if node.op_type != "MatMul" or not node.input:
             continue
-        frontier, hops = [node.input[0]], 0
-        while frontier and hops < 4:
+        frontier = [node.input[0]]
+        for _ in range(4):
             parents = [producer[name] for name in frontier if name in producer]
-            if any(p.op_type in ("Erf", "Gelu", "BiasGelu", "FastGelu", "QuickGelu") for p in parents):
-                found.append(node.name)
+            if any(p.op_type in _GELU_OPS for p in parents):
+                after.append(node.name)
                 break
-            frontier = [i for p in parents if p.op_type in ("Mul", "Add", "Div", "Cast") for i in p.input]
-            hops += 1
-    return found
+            frontier = [i for p in parents if p.op_type in _ELEMENTWISE for i in p.input]
+        outputs = list(node.output)
+        for _ in range(3):
+            children = [c for name in outputs for c in consumers.get(name, [])]
+            if any(c.op_type in _GELU_OPS for c in children):
+                into.append(node.name)
+                break
+            outputs = [o for c in children if c.op_type in _ELEMENTWISE for o in c.output]
+    return into, after
 
 
 def build_nncf_int8(base: Path, dst: Path, calibration: Feeds) -> float:
-    """NNCF int8 of the plain graph `base` into `dst`, the most quantised of two recipes whose OpenVINO scores
-    rank the calibration pairs as fp32 does (every layer; the FFN output projections kept fp32); returns its
-    Spearman correlation to fp32. ExportError when neither does."""
+    """NNCF int8 of the plain graph `base` into `dst`, the most quantised of three recipes whose OpenVINO scores
+    rank the calibration pairs as fp32 does (every layer; the FFN output projections kept fp32; the attention
+    only, every FFN MatMul fp32); returns its Spearman correlation to fp32. ExportError when none does."""
     onnx = require("onnx", extra="onnx")
     reference = _run_openvino(base, calibration)[:, 0]
-    sensitive = _after_gelu(onnx.load(str(base), load_external_data=False))
+    into, after = _ffn_matmuls(onnx.load(str(base), load_external_data=False))
+    recipes = [("every layer", None)]
+    if after:
+        recipes.append((f"FFN output MatMuls kept fp32 ({len(after)})", after))
+    if into:
+        recipes.append((f"attention only ({len(into) + len(after)} FFN MatMuls kept fp32)", into + after))
     tried: list[str] = []
-    for name, ignored in (("every layer", None), (f"FFN output MatMuls kept fp32 ({len(sensitive)})", sensitive)):
-        if ignored is not None and not ignored:
-            continue
+    for name, ignored in recipes:
         ox._build_nncf(base, dst, calibration, ignored)
         rho = spearman(_run_openvino(dst, calibration)[:, 0], reference)
         tried.append(f"{name}: {rho:.4f}")
