@@ -203,9 +203,11 @@ def prepare_classifier_graph(
     feeds: Callable[[], Feeds],
     calibration: Callable[[], Feeds],
     cache_dir: Path | None,
+    build_int8: Callable[[Path, Path, Feeds], object] | None = None,
 ) -> Path:
     """The cached classifier graph of `model_dir` of one kind, built and checked when missing: ONNX Runtime's
-    "fp32" (fused) and "int8", or OpenVINO's "plain" (unfused fp32) and "nncf-int8" (`embedstack.rerank._openvino`)."""
+    "fp32" (fused) and "int8", or OpenVINO's "plain" (unfused fp32) and "nncf-int8" (built by `build_int8`:
+    `embedstack.rerank._openvino.build_nncf_int8`; ONNX Runtime's int8 recipe by default)."""
     if precision not in ox.GRAPH_KINDS:
         raise ValueError(
             f"precision {precision!r} is not available with backend='onnx'; use one of {ox.ONNX_PRECISIONS}"
@@ -227,12 +229,7 @@ def prepare_classifier_graph(
         else:
             tmp = ox._tmp_path(final)
             try:
-                if precision == "nncf-int8":
-                    from embedstack.rerank._openvino import build_nncf_int8
-
-                    build_nncf_int8(base, tmp, calibration())
-                else:
-                    _build_int8(base, tmp, calibration())
+                (build_int8 or _build_int8)(base, tmp, calibration())
                 ox._publish(tmp, final)
             finally:
                 with contextlib.suppress(FileNotFoundError):

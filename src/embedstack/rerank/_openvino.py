@@ -96,7 +96,7 @@ def build_nncf_int8(base: Path, dst: Path, calibration: Feeds) -> float:
     onnx = require("onnx", extra="onnx")
     reference = _run_openvino(base, calibration)[:, 0]
     into, after = _ffn_matmuls(onnx.load(str(base), load_external_data=False))
-    recipes = [("every layer", None)]
+    recipes: list[tuple[str, list[str] | None]] = [("every layer", None)]
     if after:
         recipes.append((f"FFN output MatMuls kept fp32 ({len(after)})", after))
     if into:
@@ -143,6 +143,7 @@ class OpenVinoScorer:
             lambda: _feeds(tokenizer, pairs[:24]),
             lambda: _feeds(tokenizer, pairs),
             cache_dir,
+            build_int8=build_nncf_int8,
         )
         self.session = _OpenVinoSession(ov, self.graph_path, threads or physical_cores(), precision)
         self.inputs = [p.name for p in self.session.get_inputs()]
