@@ -23,6 +23,8 @@ dependency pins (only the local-folder path is used, which needs no hub):
 
     flock /tmp/embedstack-cpu.lock .venv/bin/python bench/rerank.py
     flock /tmp/embedstack-cpu.lock .venv/bin/python bench/rerank.py --queries 20 --rounds 3  # quick
+
+The servers (`embedstack serve`'s /v1/rerank against infinity's, 16 concurrent clients): bench/rerank_server.py.
 """
 
 from __future__ import annotations
