@@ -54,7 +54,7 @@ def request_path(texts: list[str], repeats: int) -> dict[str, float]:
     import openai
     from embedstack.providers.openai.answers import read_answer
     from embedstack.providers.openai.client import _response_class
-    from embedstack.providers.openai.retry import Success
+    from embedstack.providers.remote.retry import Success
 
     # The httpx flavour this SDK is built on (httpx, or httpx2 for openai 3.x), as embedstack finds it.
     httpx: Any = importlib.import_module(_response_class(openai).__module__.split(".")[0])

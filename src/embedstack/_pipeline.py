@@ -32,7 +32,7 @@ from embedstack.callbacks.manager import EventContext
 from embedstack.callbacks.schema import CBEventType, EventPayload
 from embedstack.errors import BadVectorsError, InvalidInputError
 from embedstack.instrumentation import get_dispatcher
-from embedstack.outputs import Rows
+from embedstack.outputs import Dense, Rows, as_lists
 from embedstack.progress import Progress, ProgressArg
 from embedstack.provider import BatchOutput, Prepared
 from embedstack.types import Batch, EmbedResult, PartialResult, Plan, Role
@@ -596,7 +596,7 @@ class _Events:
         else:
             chunks = items
         # Dense rows (scores too: one-value rows) as lists of floats, the event's schema; other kinds as they are.
-        vectors = kind.to_python(rows)
+        vectors = as_lists(rows) if isinstance(kind, Dense) else kind.to_python(rows)
         if ctx:
             ctx.on_end(payload={EventPayload.CHUNKS: chunks, EventPayload.EMBEDDINGS: vectors})
         if self.dispatcher:

@@ -69,8 +69,11 @@ class EmbeddingAPIError(EmbedstackError, RuntimeError):
         items: Sequence[Any],
         endpoint: str = "",
         hint: str = "",
+        action: str = "embedding",
     ) -> None:
         self.provider = provider
+        #: What failed, as the message says it ("embedding", "reranking").
+        self.action = action
         self.failure = failure
         #: What the failed batch did obtain (earlier requests of it); the pipeline caches it.
         self.partial: PartialResult | None = None
@@ -85,9 +88,9 @@ class EmbeddingAPIError(EmbedstackError, RuntimeError):
 
     def locate(self, batch: Batch) -> None:
         """Name the failed items by every place they have in the caller's input."""
-        wanted = set(self.items)
+        wanted = {x for x in self.items if isinstance(x, (str, tuple))}
         found = sorted(
-            p for i, x in enumerate(batch.items) if isinstance(x, str) and x in wanted for p in batch.where(i)
+            p for i, x in enumerate(batch.items) if isinstance(x, (str, tuple)) and x in wanted for p in batch.where(i)
         )
         label = batch.label
         if found:
@@ -111,7 +114,7 @@ class EmbeddingAPIError(EmbedstackError, RuntimeError):
         where = f" from {self.endpoint}" if self.endpoint else ""
         hint = f"; {self.hint}" if self.hint else ""
         what = self.failure.describe()
-        return f"{self.provider}: embedding {self._where()} failed after {tries}{retried}: {what}{where}{hint}"
+        return f"{self.provider}: {self.action} {self._where()} failed after {tries}{retried}: {what}{where}{hint}"
 
     def __reduce__(self) -> tuple[Any, ...]:
         # The message, status and attempts travel; the failure, items and partial result stay behind.
@@ -125,6 +128,7 @@ class _PickledEmbeddingAPIError(EmbeddingAPIError):
         self.attempts = attempts
         self.items = []
         self.indexes = None
+        self.action = "embedding"
 
 
 def _rebuild_error(message: str, status_code: int | None, attempts: int) -> EmbeddingAPIError:

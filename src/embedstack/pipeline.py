@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 import numpy.typing as npt
 
-from embedstack._pipeline import EmbedJob, cached_rows, check_items, run_async, run_sync
+from embedstack._pipeline import EmbedJob, cached_rows, check_items, check_texts, run_async, run_sync
 from embedstack.cache_key import dim_key, identity_prefix, make_key_factory
 from embedstack.outputs import OutputKind, Rows
 from embedstack.progress import Progress, ProgressArg
@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from embedstack.callbacks.manager import CallbackManager
     from embedstack.kvstore.base import BaseKVStore
 
-__all__ = ["DEFAULT_BATCH_SIZE", "DEFAULT_CHUNK_SIZE", "CachedRows", "EmbedOutput", "Pipeline", "Usage"]
+__all__ = ["DEFAULT_BATCH_SIZE", "DEFAULT_CHUNK_SIZE", "CachedRows", "EmbedOutput", "Pipeline", "Usage", "check_texts"]
 
 #: Items per provider call when neither the caller nor the provider says otherwise (LlamaIndex's default).
 DEFAULT_BATCH_SIZE = 10

@@ -93,7 +93,7 @@ def test_public_import_paths_still_work() -> None:
     from embedstack.jobs._readers import InputError
     from embedstack.providers._image_decode import ImageDecodeError
     from embedstack.providers.openai import EmbeddingAPIError as from_provider
-    from embedstack.providers.openai.retry import EmbeddingAPIError as from_retry
+    from embedstack.providers.remote.retry import EmbeddingAPIError as from_retry
 
     assert embedstack.EmbeddingAPIError is EmbeddingAPIError is from_provider is from_retry
     for cls in (InputError, ImageDecodeError, EmbeddingAPIError, InvalidInputError, BadVectorsError):
@@ -110,7 +110,7 @@ def test_except_builtin_still_catches() -> None:
 
 
 def test_embedding_api_error_pickles() -> None:
-    from embedstack.providers.openai.retry import Failure
+    from embedstack.providers.remote.retry import Failure
 
     failure = Failure("status", "service unavailable", True, status=503)
     err = EmbeddingAPIError("openai", failure, attempts=3, items=["a", "b"], endpoint="https://x/v1")

@@ -21,7 +21,7 @@ from embedstack import AzureOpenAIEmbedding, OpenAIEmbedding, OpenAILikeEmbeddin
 from embedstack.callbacks.base_handler import BaseCallbackHandler
 from embedstack.callbacks.manager import CallbackManager
 from embedstack.providers.openai import EmbeddingAPIError
-from embedstack.providers.openai.redact import scrub
+from embedstack.providers.remote.redact import scrub
 
 
 class _Recorder(BaseCallbackHandler):

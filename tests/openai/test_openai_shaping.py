@@ -12,7 +12,8 @@ from openai_fake_server import FakeOpenAIServer, Faults
 from openai_testutil import embed
 
 from embedstack.providers.openai import OpenAILikeEmbedding, shaping
-from embedstack.providers.openai.retry import (
+from embedstack.providers.openai.shaping import EstimateCounter, UnitPlan, combine, pack, plan_units
+from embedstack.providers.remote.retry import (
     Failure,
     RetryPolicy,
     parse_batch_cap,
@@ -20,7 +21,6 @@ from embedstack.providers.openai.retry import (
     server_message,
     status_failure,
 )
-from embedstack.providers.openai.shaping import EstimateCounter, UnitPlan, combine, pack, plan_units
 
 
 @pytest.mark.parametrize("status", [413, 422])

@@ -70,7 +70,10 @@ def add_parser(sub: Any, parents: Parents) -> argparse.ArgumentParser:
         "--rerank",
         metavar="MODEL",
         default=None,
-        help="rerank the best --candidates hits with a cross-encoder (rerank:<name or path>, or the name or path)",
+        help=(
+            "rerank the best --candidates hits: a cross-encoder (rerank:<name or path>, or the name or path) or a "
+            "reranking API (cohere:<model>, jina:<model>, cohere:<model>@<url>, tei:<url>)"
+        ),
     )
     search.add_argument(
         "--candidates",
@@ -108,7 +111,9 @@ def _reranked(hits: Any, args: argparse.Namespace) -> Any:
         )
     cache = cache_arg(args)
     store = open_store(default_cache_path() if cache is DEFAULT_CACHE else cache)
-    spec = args.rerank if args.rerank.startswith("rerank:") else f"rerank:{args.rerank}"
+    from embedstack.rerank.resolve import RERANK_PREFIXES
+
+    spec = args.rerank if args.rerank.startswith(RERANK_PREFIXES) else f"rerank:{args.rerank}"
     t0 = time.perf_counter()
     reranker = resolve_rerank_model(spec, cache=store).load()
     loaded = time.perf_counter()

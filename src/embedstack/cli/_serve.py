@@ -68,7 +68,8 @@ def _add(
         action="append",
         metavar="[NAME=]SPEC",
         help="a model to serve, repeatable: SPEC as --model of embed (local, local:<path>, clip:<path>, "
-        "openai:<model>, or rerank:<path> for a cross-encoder at /v1/rerank and /rerank); NAME is what clients "
+        "openai:<model>, or a reranker at /v1/rerank and /rerank: rerank:<path> (a cross-encoder), "
+        "cohere:<model>[@<url>], jina:<model> or tei:<url> (a reranking API, proxied)); NAME is what clients "
         "send as 'model' (default: the model's own name). Default: local",
     )
     serve.add_argument(
@@ -188,13 +189,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     cache: Any = None if args.no_cache else (SQLiteKVStore(args.cache) if args.cache else DEFAULT_CACHE)
     if cache is DEFAULT_CACHE:
         cache = SQLiteKVStore(default_cache_path())
+    from embedstack.rerank.resolve import is_rerank_spec
+
     models: dict[str, Any] = {}
     options_used = False
     options = {
         k: v for k, v in (("long_inputs", args.long_inputs), ("chunk_overlap", args.chunk_overlap)) if v is not None
     }
     for name, spec in parse_models(args.models):
-        if spec.startswith("rerank:"):  # a cross-encoder, served at /v1/rerank and /rerank
+        if is_rerank_spec(spec):  # a reranker, served at /v1/rerank and /rerank
             from embedstack.rerank import resolve_rerank_model
 
             reranker = resolve_rerank_model(spec, cache=cache)

@@ -112,7 +112,9 @@ def _export(model_dir: Path, out: Path, feeds: Feeds) -> npt.NDArray[np.float32]
     return ox.export_output(model, names, feeds, out, "logits", sequence_output=False)
 
 
-def _build_fp32(model_dir: Path, final: Path, feeds: Feeds) -> None:
+def _build_fp32(model_dir: Path, final: Path, feeds: Feeds, fuse: bool = True) -> None:
+    """The checked export, fused for ONNX Runtime when the fusions pass the same check (`fuse` off: the plain
+    graph of standard ops, which OpenVINO reads)."""
     raw, fused = ox._tmp_path(final), ox._tmp_path(final)
     try:
         reference = _export(model_dir, raw, feeds)
@@ -122,6 +124,9 @@ def _build_fp32(model_dir: Path, final: Path, feeds: Feeds) -> None:
                 f"the ONNX export of {model_dir} does not reproduce the torch model (logits differ by {error:.2e}); "
                 "use backend='torch' for this model"
             )
+        if not fuse:
+            ox._publish(raw, final)
+            return
         try:
             stats = ox._optimise(raw, fused, model_dir)
             fused_error = _error(_run(fused, feeds), reference)
@@ -187,7 +192,7 @@ def _key(fingerprint: str, precision: str) -> str:
         "rerank_format": RERANK_EXPORT_FORMAT,
         "graph": ox.cache_key(fingerprint, precision),
         "fp32_max_error": FP32_MAX_ERROR,
-        "int8_min_spearman": INT8_MIN_SPEARMAN if precision == "int8" else None,
+        "int8_min_spearman": INT8_MIN_SPEARMAN if precision in ("int8", "nncf-int8") else None,
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
@@ -198,9 +203,12 @@ def prepare_classifier_graph(
     feeds: Callable[[], Feeds],
     calibration: Callable[[], Feeds],
     cache_dir: Path | None,
+    build_int8: Callable[[Path, Path, Feeds], object] | None = None,
 ) -> Path:
-    """The cached classifier graph of `model_dir` at `precision` ("fp32" or "int8"), built and checked when missing."""
-    if precision not in ox.ONNX_PRECISIONS:
+    """The cached classifier graph of `model_dir` of one kind, built and checked when missing: ONNX Runtime's
+    "fp32" (fused) and "int8", or OpenVINO's "plain" (unfused fp32) and "nncf-int8" (built by `build_int8`:
+    `embedstack.rerank._openvino.build_nncf_int8`; ONNX Runtime's int8 recipe by default)."""
+    if precision not in ox.GRAPH_KINDS:
         raise ValueError(
             f"precision {precision!r} is not available with backend='onnx'; use one of {ox.ONNX_PRECISIONS}"
         )
@@ -210,17 +218,18 @@ def prepare_classifier_graph(
     final = folder / f"classifier-{precision}-{_key(fingerprint, precision)[:16]}.onnx"
     if ox._verified(final):
         return final
-    base = None if precision == "fp32" else prepare_classifier_graph(model_dir, "fp32", feeds, calibration, root)
+    base_kind = ox._BASE_OF.get(precision)
+    base = None if base_kind is None else prepare_classifier_graph(model_dir, base_kind, feeds, calibration, root)
     with ox._build_lock(folder):
         if ox._verified(final):  # another process built it while we waited
             return final
         ox.discard(final)
         if base is None:
-            _build_fp32(model_dir, final, feeds())
+            _build_fp32(model_dir, final, feeds(), fuse=precision == "fp32")
         else:
             tmp = ox._tmp_path(final)
             try:
-                _build_int8(base, tmp, calibration())
+                (build_int8 or _build_int8)(base, tmp, calibration())
                 ox._publish(tmp, final)
             finally:
                 with contextlib.suppress(FileNotFoundError):

@@ -12,14 +12,11 @@ from __future__ import annotations
 import copy
 import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
-import numpy.typing as npt
 
-from embedstack._pipeline import check_texts
 from embedstack.outputs import Dense, OutputKind, Scores
 from embedstack.pipeline import Pipeline
 from embedstack.provider import BatchOutput, Capabilities, Prepared, ProviderBase, TokenCounts
@@ -33,6 +30,7 @@ from embedstack.rerank._model import (
     activate,
     read_checkpoint,
 )
+from embedstack.rerank.base import BaseReranker, RerankResult
 from embedstack.types import Batch, Plan, Role
 
 if TYPE_CHECKING:
@@ -44,26 +42,18 @@ __all__ = [
     "DEFAULT_TOKEN_BUDGET",
     "CrossEncoderReranker",
     "RerankResult",
-    "resolve_rerank_model",
 ]
 
-BACKENDS = ("torch", "onnx")
+BACKENDS = ("torch", "onnx", "openvino")
+#: Precisions per backend (int8: the fast modes, ONNX Runtime dynamic or OpenVINO NNCF).
+PRECISIONS = {"torch": ("fp32", "fp16", "bf16"), "onnx": ("fp32", "int8"), "openvino": ("fp32", "bf16", "int8")}
 #: Padded tokens per forward pass (rows x longest pair), per backend: small, so activations and attention scores
 #: stay cache-sized on a CPU (bench/rerank.py: ONNX Runtime at 1,024 ran 1.5x its speed at 8,192; torch at 2,048 1.3x).
-DEFAULT_TOKEN_BUDGET = {"torch": 2048, "onnx": 1024}
+DEFAULT_TOKEN_BUDGET = {"torch": 2048, "onnx": 1024, "openvino": 1024}
 #: The torch budget on an accelerator (cuda, mps), where larger passes pay off (not measured here: no GPU).
 ACCELERATOR_TOKEN_BUDGET = 32768
 #: Pairs per provider call (the pipeline's batch); each is cut further by the token budget.
 DEFAULT_RERANK_BATCH_SIZE = 64
-
-
-@dataclass(frozen=True)
-class RerankResult:
-    """One document's place in a ranking: its index in the documents passed, its score, and the document."""
-
-    index: int
-    score: float
-    document: str
 
 
 def _locate(model_name: str, cache_folder: str | None, revision: str | None) -> ModelSource:
@@ -157,14 +147,16 @@ class _CrossEncoderProvider(ProviderBase):
         self.model.load()
 
 
-class CrossEncoderReranker:
+class CrossEncoderReranker(BaseReranker):
     """A Hugging Face sequence-classification checkpoint (BERT, XLM-RoBERTa, ...) as a reranker.
 
     Scores are what sentence-transformers' `CrossEncoder.predict` returns on the same weights: the model's
     default activation (the one its files save, else sigmoid for one label and raw logits for more);
     `activation="identity"` gives raw logits, `"sigmoid"` probabilities. `backend`: "torch" (fp32, fp16,
-    bf16) or "onnx" (ONNX Runtime on the CPU: fp32, checked against torch when built, or int8, a fast mode
-    that keeps the ranking). `cache`: a `BaseKVStore` keyed by (model identity, query, document).
+    bf16), "onnx" (ONNX Runtime on the CPU: fp32, checked against torch when built, or int8, a fast mode
+    that keeps the ranking) or "openvino" (OpenVINO on the CPU: fp32, bf16 where the CPU has it natively, or
+    NNCF int8, a fast mode that keeps the ranking). `cache`: a `BaseKVStore` keyed by (model identity, query,
+    document).
     """
 
     def __init__(
@@ -187,11 +179,11 @@ class CrossEncoderReranker:
     ) -> None:
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; use one of {list(BACKENDS)}")
-        allowed = ("fp32", "fp16", "bf16") if backend == "torch" else ("fp32", "int8")
+        allowed = PRECISIONS[backend]
         if precision not in allowed:
             raise ValueError(
                 f"precision {precision!r} is not available with backend={backend!r}; use one of {list(allowed)}"
-                + (" (int8 needs backend='onnx')" if precision == "int8" else "")
+                + (" (int8 needs backend='onnx' or 'openvino')" if precision == "int8" else "")
             )
         if activation is not None and activation not in ACTIVATIONS:
             raise ValueError(f"unknown activation {activation!r}; use one of {list(ACTIVATIONS)} or None (the model's)")
@@ -212,7 +204,7 @@ class CrossEncoderReranker:
         self.source = _locate(model_name, cache_folder, revision)
         self.info: CheckpointInfo = read_checkpoint(self.source.path)
         #: The activation applied to the logits (the model's default unless one was passed).
-        self.activation = activation or self.info.activation
+        self.activation: str = activation or self.info.activation
         self.lock = threading.RLock()
         self._counting_lock = threading.Lock()
         #: The tokenizers and the backend, loaded once and shared with `with_activation` twins.
@@ -290,9 +282,19 @@ class CrossEncoderReranker:
             return TorchScorer(
                 self.source.path, device=self.device, precision=self.precision, trust_remote_code=self.trust_remote_code
             )
+        if self.backend == "openvino":
+            from embedstack.rerank._openvino import OpenVinoScorer
+
+            return OpenVinoScorer(
+                self.source.path, self.tokenizer(), precision=self.precision, cache_dir=self.onnx_cache_dir
+            )
         from embedstack.rerank._onnx import OnnxScorer
 
         return OnnxScorer(self.source.path, self.tokenizer(), precision=self.precision, cache_dir=self.onnx_cache_dir)
+
+    def max_input_tokens(self) -> int | None:
+        """The most tokens a pair may have before it is cut (the tokenizer's limit)."""
+        return self.tokenizer().max_length
 
     def load(self) -> CrossEncoderReranker:
         """Load the tokenizer and weights now rather than on the first call; returns self."""
@@ -344,68 +346,3 @@ class CrossEncoderReranker:
                     logits = logits[:, None]
                 out[rows] = activate(logits, self.activation)
         return BatchOutput(out, lengths, [t.truncated for t in tokens])
-
-    # -- scoring -------------------------------------------------------------------------------
-    def _values(self, rows: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-        return np.asarray(rows[:, 0] if self.num_labels == 1 else rows, dtype=np.float32)
-
-    def score(self, pairs: Sequence[tuple[str, str]], *, show_progress: bool = False) -> npt.NDArray[np.float32]:
-        """Each (query, document) pair's score, in input order: shape (n,), or (n, num_labels) for several
-        labels (as `CrossEncoder.predict`); cached scores are reused, repeated pairs scored once."""
-        rows = self.pipeline.embed(pairs, Role.PAIR, label="pairs", show_progress=show_progress).values
-        return self._values(rows)
-
-    async def ascore(self, pairs: Sequence[tuple[str, str]]) -> npt.NDArray[np.float32]:
-        """Async `score`: the tokenizer and the model run in worker threads, never on the event loop."""
-        rows = (await self.pipeline.aembed(pairs, Role.PAIR, label="pairs")).values
-        return self._values(rows)
-
-    def _pairs(self, query: Any, documents: Any) -> list[tuple[str, str]]:
-        if not isinstance(query, str):
-            raise TypeError(f"query is {type(query).__name__}, expected str")
-        if isinstance(documents, (str, bytes, bytearray)):
-            raise TypeError(
-                f"documents must be a list of texts, not a single {type(documents).__name__}; wrap it in a list"
-            )
-        if self.num_labels != 1:
-            raise ValueError(
-                f"rank() needs one score per document, but {self.model_name!r} has num_labels={self.num_labels}; "
-                "use score(pairs) for its logits"
-            )
-        docs = list(documents)
-        check_texts(docs, "documents")
-        return [(query, d) for d in docs]
-
-    @staticmethod
-    def _ranked(scores: npt.NDArray[np.float32], documents: list[str], top_n: int | None) -> list[RerankResult]:
-        if top_n is not None and (not isinstance(top_n, int) or isinstance(top_n, bool) or top_n < 0):
-            raise ValueError(f"top_n must be a non-negative int or None, got {top_n!r}")
-        order = np.argsort(-scores, kind="stable").tolist()
-        return [RerankResult(i, float(scores[i]), documents[i]) for i in order[:top_n]]
-
-    def rank(self, query: str, documents: Sequence[str], top_n: int | None = None) -> list[RerankResult]:
-        """`documents` by relevance to `query`, best first (ties keep input order): the first `top_n`, or all."""
-        pairs = self._pairs(query, documents)
-        if not pairs:
-            return []
-        return self._ranked(self.score(pairs), [d for _, d in pairs], top_n)
-
-    async def arank(self, query: str, documents: Sequence[str], top_n: int | None = None) -> list[RerankResult]:
-        """Async `rank`; never blocks the event loop."""
-        pairs = self._pairs(query, documents)
-        if not pairs:
-            return []
-        return self._ranked(await self.ascore(pairs), [d for _, d in pairs], top_n)
-
-
-def resolve_rerank_model(spec: Any, **kwargs: Any) -> CrossEncoderReranker:
-    """A reranker from "rerank:<name or path>" (a CrossEncoderReranker is returned as it is); `kwargs` go
-    to `CrossEncoderReranker` (backend, precision, cache, ...)."""
-    if isinstance(spec, CrossEncoderReranker):
-        return spec
-    if not isinstance(spec, str) or not spec.startswith("rerank:") or not spec[len("rerank:") :].strip():
-        raise ValueError(
-            f"cannot resolve reranker {spec!r}; pass 'rerank:<model name or path>' (e.g. "
-            "'rerank:cross-encoder/ms-marco-MiniLM-L6-v2') or a CrossEncoderReranker"
-        )
-    return CrossEncoderReranker(spec[len("rerank:") :].strip(), **kwargs)

@@ -1,4 +1,5 @@
-"""A CrossEncoderReranker as a LangChain document compressor (`ContextualCompressionRetriever(base_compressor=...)`).
+"""A reranker (local or remote) as a LangChain document compressor
+(`ContextualCompressionRetriever(base_compressor=...)`).
 
 `EmbedstackCrossEncoderCompressor` scores each document's `page_content` against the query and returns the
 best `top_n`, best first, each with its score in `metadata["relevance_score"]` (as LangChain's rerank
@@ -14,7 +15,8 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ConfigDict, Field, field_serializer
 
 from embedstack._optional import require
-from embedstack.rerank.cross_encoder import CrossEncoderReranker, resolve_rerank_model
+from embedstack.rerank.base import BaseReranker
+from embedstack.rerank.resolve import resolve_rerank_model
 
 if TYPE_CHECKING:
     from langchain_core.callbacks import Callbacks
@@ -28,18 +30,20 @@ __all__ = ["EmbedstackCrossEncoderCompressor"]
 
 
 class EmbedstackCrossEncoderCompressor(BaseDocumentCompressor):  # type: ignore[misc]
-    """Keeps the `top_n` documents (None: all) a cross-encoder scores highest for the query, best first."""
+    """Keeps the `top_n` documents (None: all) a reranker scores highest for the query, best first."""
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
-    reranker: CrossEncoderReranker = Field(description="The cross-encoder that scores (query, document) pairs.")
+    reranker: BaseReranker = Field(
+        description="The reranker that scores (query, document) pairs (a BaseReranker or a spec string)."
+    )
     top_n: int | None = Field(default=3, ge=0, description="Documents to keep, best first (None: all).")
 
     def __init__(self, reranker: Any, **kwargs: Any) -> None:
         super().__init__(reranker=resolve_rerank_model(reranker), **kwargs)
 
     @field_serializer("reranker")
-    def _describe(self, reranker: CrossEncoderReranker) -> dict[str, Any]:
+    def _describe(self, reranker: BaseReranker) -> dict[str, Any]:
         """The reranker as its description (model, backend, precision, activation): serialisable, no weights."""
         return dict(reranker.pipeline.descriptor())
 

@@ -1,4 +1,4 @@
-"""A CrossEncoderReranker as a LlamaIndex node postprocessor (`index.as_query_engine(node_postprocessors=[...])`).
+"""A reranker (local or remote) as a LlamaIndex node postprocessor (`index.as_query_engine(node_postprocessors=[...])`).
 
 `EmbedstackRerank` scores each node's text (as LlamaIndex embeds it, metadata included) against the
 query, sets `node.score` to the reranker's score and keeps the best `top_n`, as LlamaIndex's
@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ConfigDict, Field, field_serializer
 
 from embedstack._optional import require
-from embedstack.rerank.cross_encoder import CrossEncoderReranker, resolve_rerank_model
+from embedstack.rerank.base import BaseReranker
+from embedstack.rerank.resolve import resolve_rerank_model
 
 if TYPE_CHECKING:
     from llama_index.core.postprocessor.types import BaseNodePostprocessor
@@ -30,11 +31,13 @@ __all__ = ["EmbedstackRerank"]
 
 
 class EmbedstackRerank(BaseNodePostprocessor):  # type: ignore[misc]
-    """Reorders retrieved nodes by a cross-encoder's score and keeps the best `top_n` (None: all)."""
+    """Reorders retrieved nodes by a reranker's score and keeps the best `top_n` (None: all)."""
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
-    reranker: CrossEncoderReranker = Field(description="The cross-encoder that scores (query, node text) pairs.")
+    reranker: BaseReranker = Field(
+        description="The reranker that scores (query, node text) pairs (a BaseReranker or a spec string)."
+    )
     top_n: int | None = Field(default=2, ge=0, description="Nodes to keep, best first (None: all).")
     keep_retrieval_score: bool = Field(
         default=False, description="Keep each node's retrieval score in its metadata as 'retrieval_score'."
@@ -44,7 +47,7 @@ class EmbedstackRerank(BaseNodePostprocessor):  # type: ignore[misc]
         super().__init__(reranker=resolve_rerank_model(reranker), **kwargs)
 
     @field_serializer("reranker")
-    def _describe(self, reranker: CrossEncoderReranker) -> dict[str, Any]:
+    def _describe(self, reranker: BaseReranker) -> dict[str, Any]:
         """The reranker as its description (model, backend, precision, activation): serialisable, no weights."""
         return dict(reranker.pipeline.descriptor())
 

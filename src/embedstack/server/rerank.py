@@ -1,13 +1,15 @@
 """Reranking routes: `POST /v1/rerank` (Cohere's and Jina's shape) and `POST /rerank` (TEI's), beside embeddings.
 
-A model served as `NAME=rerank:<name or path>` is a `CrossEncoderReranker`. Its pairs are tokenised once, on
-arrival (`Provider.prepare`), and go through the same dynamic batcher as embedding inputs with their tokens
-(each pair costs its exact token count against --max-batch-tokens; the batch reuses the tokens; a pair
+A model served as `NAME=rerank:<name or path>` is a `CrossEncoderReranker`; `NAME=cohere:<model>[@<url>]`,
+`jina:<model>` or `tei:<url>` a `RemoteReranker` (this server then proxies another). A local reranker's pairs are
+tokenised once, on arrival (`Provider.prepare`), and go through the same dynamic batcher as embedding inputs with
+their tokens (each pair costs its exact token count against --max-batch-tokens; the batch reuses the tokens; a pair
 asked for by two concurrent requests is scored once), with the server's key, limits, error bodies, metrics,
 drain and /health. The batcher scores raw logits (the reranker's `with_activation("identity")` twin, so its cache
 keys are the logits'); each route then applies its activation: `/v1/rerank` the model's default (what
 `CrossEncoderReranker.rank` returns: sentence-transformers' default), `/rerank` TEI's (sigmoid, or the raw
-logits with `raw_scores: true`).
+logits with `raw_scores: true`). A remote reranker in Cohere's shape has no logits, only its server's scores:
+`/v1/rerank` passes them on and `/rerank` refuses it (400) rather than return numbers of another kind.
 """
 
 from __future__ import annotations
@@ -25,8 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from embedstack.errors import InvalidInputError
 from embedstack.provider import Prepared
-from embedstack.rerank._model import activate
-from embedstack.rerank.cross_encoder import CrossEncoderReranker, resolve_rerank_model
+from embedstack.rerank import BaseReranker, activate, is_rerank_spec, resolve_rerank_model
 from embedstack.server.batcher import Batcher, QueueFull, Ticket
 from embedstack.server.errors import APIError
 from embedstack.server.limits import MAX_INPUTS
@@ -130,24 +131,20 @@ class RerankServed:
     """One served reranker: the model, its raw-logit twin, the batcher, and whether it is loaded."""
 
     name: str
-    reranker: CrossEncoderReranker
-    raw: CrossEncoderReranker
+    reranker: BaseReranker
+    raw: BaseReranker
     batcher: Batcher
     created: int = field(default_factory=lambda: int(time.time()))
     ready: bool = False
     error: str | None = None
 
 
-def _is_reranker(spec: Any) -> bool:
-    return isinstance(spec, CrossEncoderReranker) or (isinstance(spec, str) and spec.startswith("rerank:"))
-
-
 def split_rerankers(
     models: Mapping[str, Any] | Sequence[Any] | Any,
-) -> tuple[Mapping[str, Any] | Sequence[Any] | Any, dict[str, CrossEncoderReranker]]:
+) -> tuple[Mapping[str, Any] | Sequence[Any] | Any, dict[str, BaseReranker]]:
     """The embedding models (as given, without the rerankers) and the rerankers by name
-    ("rerank:<path>" specs and CrossEncoderReranker objects; unnamed ones by their model_name)."""
-    rerankers: dict[str, CrossEncoderReranker] = {}
+    (reranker specs such as "rerank:<path>" and BaseReranker objects; unnamed ones by their model_name)."""
+    rerankers: dict[str, BaseReranker] = {}
 
     def add(name: str, spec: Any) -> None:
         if name in rerankers:
@@ -157,16 +154,16 @@ def split_rerankers(
     if isinstance(models, Mapping):
         rest: dict[str, Any] = {}
         for name, spec in models.items():
-            if _is_reranker(spec):
+            if is_rerank_spec(spec):
                 add(str(name), spec)
             else:
                 rest[str(name)] = spec
         return rest, rerankers
-    if isinstance(models, (str, CrossEncoderReranker)) or not isinstance(models, Sequence):
+    if isinstance(models, (str, BaseReranker)) or not isinstance(models, Sequence):
         models = [models]
     others = []
     for spec in models:
-        if _is_reranker(spec):
+        if is_rerank_spec(spec):
             reranker = resolve_rerank_model(spec)
             add(reranker.model_name, reranker)
         else:
@@ -177,7 +174,7 @@ def split_rerankers(
 def install_rerank(
     app: FastAPI,
     state: ServerState,
-    rerankers: Mapping[str, CrossEncoderReranker],
+    rerankers: Mapping[str, BaseReranker],
     *,
     max_batch_tokens: int,
     max_wait_ms: float,
@@ -188,8 +185,9 @@ def install_rerank(
     for name, reranker in rerankers.items():
         if name in state.models:
             raise ValueError(f"{name!r} names an embedding model and a reranker; give them different names")
-        raw = reranker.with_activation("identity")
-        batcher = Batcher(  # the raw logits of the pairs, through the twin's pipeline
+        # the raw logits, activated per route; a reranker whose logits are unknown serves its own scores
+        raw = reranker.with_activation("identity") if reranker.activation is not None else reranker
+        batcher = Batcher(  # the pairs through the raw twin's pipeline
             raw.pipeline,
             name,
             state.metrics,
@@ -208,7 +206,8 @@ def install_rerank(
         model = _find(state, served, body.model)
         docs = [d if isinstance(d, str) else d.text for d in body.documents]
         logits, tokens = await _logits(state, model, body.query, docs, "documents", truncate=True)
-        scores = activate(logits, model.reranker.activation)
+        activation = model.reranker.activation
+        scores = activate(logits, activation) if activation is not None else logits
         order = np.argsort(-scores, kind="stable").tolist()[: body.top_n]
         results = [
             CohereResult(
@@ -236,6 +235,14 @@ def install_rerank(
                 code="invalid_value",
             )
         model = _find(state, served, body.model or next(iter(served)))
+        if model.reranker.activation is None:
+            raise APIError(
+                400,
+                f"the reranker {model.name!r} returns its server's relevance scores, not logits, so it cannot "
+                "answer in TEI's shape (sigmoid or raw scores); use POST /v1/rerank",
+                param="model",
+                code="invalid_value",
+            )
         logits, _ = await _logits(state, model, body.query, body.texts, "texts", truncate=body.truncate)
         scores = logits if body.raw_scores else activate(logits, "sigmoid")
         order = np.argsort(-scores, kind="stable").tolist()
@@ -272,7 +279,7 @@ def _check(query: str, docs: list[str], label: str) -> list[tuple[str, str]]:
         raise APIError(
             413, f"{len(docs)} {label} in one request; at most {MAX_INPUTS}", param=label, code="too_many_inputs"
         )
-    from embedstack._pipeline import check_texts
+    from embedstack.pipeline import check_texts
 
     for value, name in (([query], "query"), (docs, label)):
         try:
@@ -289,7 +296,11 @@ def _tokenized(model: RerankServed, pairs: list[tuple[str, str]]) -> Prepared:
     provider = model.raw.pipeline.provider
     prepared = provider.prepare(pairs, Role.PAIR)
     if prepared is None:  # a provider that only counts
-        counted = provider.count_tokens(pairs, Role.PAIR) or ([1] * len(pairs), [False] * len(pairs))
+        counted = provider.count_tokens(pairs, Role.PAIR) or (
+            # a remote reranker: its own server counts and cuts; the batch budget takes an estimate (4 bytes a token)
+            [(len(q.encode()) + len(d.encode())) // 4 + 4 for q, d in pairs],
+            [False] * len(pairs),
+        )
         return Prepared([None] * len(pairs), list(counted[0]), list(counted[1]))
     return prepared
 
@@ -311,7 +322,7 @@ async def _logits(
             raise APIError(
                 400,
                 f"{label}[{first}] with the query is over {model.name!r}'s limit of "
-                f"{model.reranker.tokenizer().max_length} tokens; send truncate=true or a shorter text",
+                f"{model.reranker.max_input_tokens()} tokens; send truncate=true or a shorter text",
                 param=label,
                 code="input_too_long",
             )
@@ -386,7 +397,8 @@ def start_rerank(app: FastAPI, warm_up: bool) -> asyncio.Task[None] | None:
 
 def _warm(model: RerankServed) -> None:
     model.raw.load()
-    model.raw.pipeline.with_options(cache=None).embed([("warm-up", "warm-up")], Role.PAIR, label="warm-up")
+    if not model.raw.pipeline.provider.capabilities.remote:  # a remote server is not sent a warm-up request
+        model.raw.pipeline.with_options(cache=None).embed([("warm-up", "warm-up")], Role.PAIR, label="warm-up")
 
 
 async def stop_rerank(app: FastAPI, error: BaseException) -> None:

@@ -543,10 +543,11 @@ def _build_int8(base: Path, dst: Path, calibration: Feeds) -> None:
     )
 
 
-def _build_nncf(base: Path, dst: Path, calibration: Feeds) -> None:
+def _build_nncf(base: Path, dst: Path, calibration: Feeds, ignored: list[str] | None = None) -> None:
     """NNCF post-training int8 (SmoothQuant, bias correction) of the plain graph: one QDQ .onnx file.
 
-    Each calibration text is its own unpadded sample, so padding does not skew the activation ranges.
+    Each calibration text is its own unpadded sample, so padding does not skew the activation ranges;
+    the nodes named in `ignored` stay fp32.
     """
     onnx = require("onnx", extra="onnx")
     nncf = require("nncf", extra="openvino")
@@ -560,6 +561,8 @@ def _build_nncf(base: Path, dst: Path, calibration: Feeds) -> None:
     declared = [i.name for i in model.graph.input]
     dataset = nncf.Dataset([{k: s[k] for k in declared} for s in samples])
     options: dict[str, Any] = {}
+    if ignored:
+        options["ignored_scope"] = nncf.IgnoredScope(names=ignored, validate=False)
     if external:  # past 2 GB NNCF reads the weights from their file (it refuses them loaded)
         advanced = require("nncf.quantization.advanced_parameters", extra="openvino", package="nncf")
         backend = require("nncf.onnx.quantization.backend_parameters", extra="openvino", package="nncf")

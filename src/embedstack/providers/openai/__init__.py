@@ -2,10 +2,9 @@
 
 Modules, one job each: `embedding` (OpenAIEmbedding, AzureOpenAIEmbedding, OpenAILikeEmbedding:
 fields, and one batch's flow of requests), `shaping` (token counting, long-input windows, packing
-items into requests), `retry` (classifying a failed attempt, the policy, the one retry loop and its
-sync and async drivers), `client` (credential checks, the SDK clients, the HTTP call), `answers`
-(decoding a 200 answer), `redact` (secrets out of errors and logs). `EmbeddingAPIError` lives in
-`embedstack.errors`.
+items into requests), `client` (the SDK's HTTP call), `answers` (decoding a 200 answer). The retry loop,
+secret scrubbing, credential checks and per-loop clients are shared with the other remote providers
+(`embedstack.providers.remote`). `EmbeddingAPIError` lives in `embedstack.errors`.
 """
 
 from __future__ import annotations

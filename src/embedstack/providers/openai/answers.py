@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from embedstack.providers.openai.retry import Failure, Outcome, Success
+from embedstack.providers.remote.retry import Outcome, Success, _Malformed, malformed
 
 __all__ = ["malformed", "read_answer"]
 
@@ -22,29 +22,6 @@ def _b64decode(text: str) -> bytes:
     if sys.version_info >= (3, 11):
         return binascii.a2b_base64(text, strict_mode=True)
     return base64.b64decode(text, validate=True)
-
-
-class _Malformed(Exception):
-    """An unusable answer: what is wrong, with the request positions each problem hits (None: all)."""
-
-    def __init__(self, problems: dict[str, Any], whole: bool = False) -> None:
-        super().__init__()
-        self.problems = {why: sorted(set(rows)) for why, rows in problems.items()}
-        hit = {r for rows in self.problems.values() for r in rows}
-        self.rows: tuple[int, ...] | None = None if whole else tuple(sorted(hit))
-
-    def failure(self, n: int) -> Failure:
-        """The retryable failure it is, in an answer to `n` inputs."""
-        if self.rows is None:
-            why = "; ".join(self.problems)
-        else:
-            why = "; ".join(f"{why}: {len(rows)} of {n} inputs" for why, rows in self.problems.items())
-        return Failure("malformed", f"malformed response body: {why}", True, rows=self.rows)
-
-
-def malformed(problems: dict[str, Any], n: int, whole: bool = False) -> Failure:
-    """The retryable failure of an unusable answer to `n` inputs: what is wrong → the request positions it hits."""
-    return _Malformed(problems, whole).failure(n)
 
 
 def read_answer(content: bytes, n: int, want: tuple[int, str] | None) -> Outcome:

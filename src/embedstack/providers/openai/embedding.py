@@ -31,30 +31,7 @@ from embedstack.base import BaseEmbedding, BatchEmbedding
 from embedstack.errors import EmbeddingAPIError
 from embedstack.providers.catalog import find
 from embedstack.providers.openai.answers import malformed, read_answer
-from embedstack.providers.openai.client import (
-    Clients,
-    apost,
-    check_credentials,
-    check_header_value,
-    env,
-    post,
-    split_query,
-    url_secrets,
-)
-from embedstack.providers.openai.redact import is_sensitive_name, protect_logs, scrub
-from embedstack.providers.openai.retry import (
-    Cooldown,
-    Failure,
-    Flow,
-    GiveUp,
-    Outcome,
-    RetryPolicy,
-    Split,
-    Success,
-    drive_async,
-    drive_sync,
-    request,
-)
+from embedstack.providers.openai.client import apost, post
 from embedstack.providers.openai.shaping import (
     MAX_INPUTS_PER_REQUEST,
     OPENAI_MAX_INPUT_TOKENS,
@@ -68,6 +45,28 @@ from embedstack.providers.openai.shaping import (
     plan_units,
     refine_costs,
     utf8_len,
+)
+from embedstack.providers.remote.clients import Clients
+from embedstack.providers.remote.credentials import (
+    check_credentials,
+    check_header_value,
+    env,
+    split_query,
+    url_secrets,
+)
+from embedstack.providers.remote.redact import is_sensitive_name, protect_logs, scrub
+from embedstack.providers.remote.retry import (
+    Cooldown,
+    Failure,
+    Flow,
+    GiveUp,
+    Outcome,
+    RetryPolicy,
+    Split,
+    Success,
+    drive_async,
+    drive_sync,
+    request,
 )
 from embedstack.types import Batch, EmbedResult, Role
 
@@ -345,7 +344,7 @@ class _OpenAIBase(BatchEmbedding):
                 pending.extendleft(reversed(pack(plan.costs, cap, self.max_request_tokens, chunk.start, chunk.stop)))
                 continue
             inputs = plan.texts[chunk.start : chunk.stop]
-            result = yield from request(inputs, policy, self._cooldown, type(self).__name__)
+            result = yield from request(inputs, policy, self._cooldown, type(self).__name__, logger)
             if isinstance(result, Split):
                 self._learn_cap(result.cap, result.failure)
                 pending.extendleft(
@@ -383,7 +382,7 @@ class _OpenAIBase(BatchEmbedding):
         )
         if dim is None:
             policy = self._policy()
-            probe = yield from request([" "], policy, self._cooldown, type(self).__name__)
+            probe = yield from request([" "], policy, self._cooldown, type(self).__name__, logger)
             if not isinstance(probe, Success):  # a GiveUp (one input is never split)
                 raise self._final_error(probe.failure, probe.attempts, [""], policy)
             dim = probe.vectors.shape[1]

@@ -1,4 +1,4 @@
-"""Retries for remote embedding APIs: classify a failed attempt, the policy, and the one retry loop.
+"""Retries for remote APIs (embeddings, rerankers): classify a failed attempt, the policy, and the one retry loop.
 
 A failed attempt is classified into a `Failure`; `RetryPolicy` says how long to wait and when to
 stop; `request` is the one place that decides, for one request, whether to retry, wait, split or
@@ -25,7 +25,7 @@ import numpy as np
 import numpy.typing as npt
 
 from embedstack.errors import EmbeddingAPIError
-from embedstack.providers.openai.redact import scrub
+from embedstack.providers.remote.redact import scrub
 
 __all__ = [
     "Call",
@@ -42,6 +42,7 @@ __all__ = [
     "drive_async",
     "drive_sync",
     "is_retryable_status",
+    "malformed",
     "parse_batch_cap",
     "parse_retry_after",
     "request",
@@ -49,7 +50,7 @@ __all__ = [
     "status_failure",
 ]
 
-logger = logging.getLogger("embedstack.openai")
+logger = logging.getLogger("embedstack.remote")
 
 #: Statuses worth another try: the request may succeed unchanged.
 RETRYABLE_STATUSES = frozenset({408, 409, 429})
@@ -254,13 +255,13 @@ class Sleep(NamedTuple):
 
 
 class Call(NamedTuple):
-    """Send one request with these inputs (the driver sends back its `Outcome`)."""
+    """Send one request with these inputs (texts, or (query, document) pairs; the driver sends back its `Outcome`)."""
 
-    inputs: list[str]
+    inputs: list[Any]
 
 
 class Success(NamedTuple):
-    """A usable answer: one vector per input, in input order, and the tokens the server counted."""
+    """A usable answer: one vector (or score) per input, in input order, and the tokens the server counted."""
 
     vectors: npt.NDArray[np.float32]
     tokens: int | None
@@ -282,19 +283,44 @@ class GiveUp(NamedTuple):
 
 
 Outcome = Union[Success, Failure]
+
+
+class _Malformed(Exception):
+    """An unusable 200 answer: what is wrong, with the request positions each problem hits (whole: all)."""
+
+    def __init__(self, problems: Mapping[str, Any], whole: bool = False) -> None:
+        super().__init__()
+        self.problems = {why: sorted(set(rows)) for why, rows in problems.items()}
+        hit = {r for rows in self.problems.values() for r in rows}
+        self.rows: tuple[int, ...] | None = None if whole else tuple(sorted(hit))
+
+    def failure(self, n: int) -> Failure:
+        """The retryable failure it is, in an answer to `n` inputs."""
+        if self.rows is None:
+            why = "; ".join(self.problems)
+        else:
+            why = "; ".join(f"{why}: {len(rows)} of {n} inputs" for why, rows in self.problems.items())
+        return Failure("malformed", f"malformed response body: {why}", True, rows=self.rows)
+
+
+def malformed(problems: Mapping[str, Any], n: int, whole: bool = False) -> Failure:
+    """The retryable failure of an unusable answer to `n` inputs: what is wrong → the request positions it hits."""
+    return _Malformed(problems, whole).failure(n)
+
+
 _T = TypeVar("_T")
 #: A flow yields calls and sleeps, is sent each call's outcome (None after a sleep) and returns its result.
 Flow = Generator[Union[Call, Sleep], Union[Outcome, None], _T]
 
 
 def request(
-    inputs: list[str], policy: RetryPolicy, cooldown: Cooldown, who: str
+    inputs: list[Any], policy: RetryPolicy, cooldown: Cooldown, who: str, log: logging.Logger | None = None
 ) -> Flow[Union[Success, Split, GiveUp]]:
     """Send `inputs` until they succeed, the server asks for smaller requests, or the policy gives up.
 
     The one place that decides retry, backoff and failure (use it with `yield from`): waits out the
     model's cooldown before each attempt, backs off per `policy` (a 429 pauses every worker of the
-    model), and logs each retry under `who`.
+    model), and logs each retry under `who` (on `log`, by default the "embedstack.remote" logger).
     """
     attempts = 0
     while True:
@@ -313,7 +339,7 @@ def request(
         delay = policy.delay(attempts, outcome.retry_after)
         if outcome.status == 429:  # the limit is shared: pause every worker of this model
             cooldown.extend(delay)
-        logger.info(
+        (log or logger).info(
             "%s: %s; retry %d/%d in %.2fs (%d inputs)",
             who,
             outcome.describe(),
@@ -325,7 +351,7 @@ def request(
         yield Sleep(delay)
 
 
-def drive_sync(flow: Flow[_T], send: Callable[[list[str]], Outcome]) -> _T:
+def drive_sync(flow: Flow[_T], send: Callable[[list[Any]], Outcome]) -> _T:
     """Drive `flow` with blocking requests (`send`) and time.sleep."""
     try:
         step = next(flow)
@@ -339,7 +365,7 @@ def drive_sync(flow: Flow[_T], send: Callable[[list[str]], Outcome]) -> _T:
         return cast(_T, stop.value)
 
 
-async def drive_async(flow: Flow[_T], send: Callable[[list[str]], Awaitable[Outcome]]) -> _T:
+async def drive_async(flow: Flow[_T], send: Callable[[list[Any]], Awaitable[Outcome]]) -> _T:
     """Drive `flow` on the event loop with async requests (`send`) and asyncio.sleep."""
     try:
         step = next(flow)
