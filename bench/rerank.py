@@ -8,12 +8,14 @@ bench/data/packages-retrieval.jsonl, each against --candidates "text" fields (it
 Every backend scores the same pairs, loaded once, interleaved round after round (the machine is shared and its
 speed drifts, so a ratio is the median over rounds of that round's ratio; pairs/s is each backend's best round):
 sentence-transformers `CrossEncoder.predict` (its default batch size, 32), embedstack torch fp32, ONNX Runtime
-fp32 and int8 (the fast mode). No cache: every round computes every pair. Fidelity: the largest score
-difference to sentence-transformers, and the Spearman correlation of int8 to fp32 per query (mean and worst).
+fp32 and int8 (a fast mode), OpenVINO fp32 and bf16 (a fast mode, on CPUs with native bfloat16). No cache: every
+round computes every pair. Fidelity: the largest score difference to sentence-transformers, and each fast mode's
+Spearman correlation to ONNX Runtime fp32 per query (mean and worst).
 fastembed's TextCrossEncoder and infinity are not installed here, so they are not compared.
 
     flock /tmp/embedstack-cpu.lock .venv/bin/python bench/rerank.py
     flock /tmp/embedstack-cpu.lock .venv/bin/python bench/rerank.py --queries 20 --rounds 3  # quick
+    flock /tmp/embedstack-cpu.lock .venv/bin/python bench/rerank.py --backends st,onnx-fp32,openvino-fp32,openvino-bf16
 """
 
 from __future__ import annotations
@@ -78,7 +80,9 @@ def main() -> None:
     parser.add_argument("--candidates", type=int, default=50)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument(
-        "--backends", default="st,torch,onnx-fp32,onnx-int8", help="comma-separated; NAME:TOKENS sets a token budget"
+        "--backends",
+        default="st,torch,onnx-fp32,onnx-int8,openvino-fp32,openvino-bf16",
+        help="comma-separated; NAME:TOKENS sets a token budget",
     )
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
@@ -98,7 +102,16 @@ def main() -> None:
 
     scorers: dict[str, Any] = {}
     build: dict[str, float] = {}
-    for name in args.backends.split(","):
+    names = args.backends.split(",")
+    if "openvino-bf16" in names:
+        import openvino as ov
+
+        from embedstack.providers.huggingface.onnx_encoder import native_bf16
+
+        if not native_bf16(ov):
+            names.remove("openvino-bf16")
+            print("(openvino-bf16 skipped: this CPU has no native bfloat16)")
+    for name in names:
         t0 = time.perf_counter()
         if name == "st":
             ce = CrossEncoder(str(model_dir), local_files_only=True)
@@ -126,14 +139,14 @@ def main() -> None:
             seconds[name].append(time.perf_counter() - t0)
 
     results: dict[str, Any] = {"pairs": len(pairs), "rounds": args.rounds, "backends": {}}
-    print(f"\n{'backend':<12} {'pairs/s':>9} {'vs st':>7} {'load+build s':>13}  fidelity")
+    print(f"\n{"backend":<14} {'pairs/s':>9} {'vs st':>7} {'load+build s':>13}  fidelity")
     for name in scorers:
         best = len(pairs) / min(seconds[name])
         ratio = median_ratio(seconds["st"], seconds[name]) if "st" in seconds else None
         fidelity: dict[str, float] = {}
         if "st" in scores and name != "st":
             fidelity["max_abs_diff_vs_st"] = float(np.abs(scores[name] - scores["st"]).max())
-        if name.startswith("onnx-int8") and "onnx-fp32" in scores:
+        if ("int8" in name or "bf16" in name) and "onnx-fp32" in scores:
             per_query = [
                 spearman(scores[name][i : i + args.candidates], scores["onnx-fp32"][i : i + args.candidates])
                 for i in range(0, len(pairs), args.candidates)
@@ -142,7 +155,7 @@ def main() -> None:
             fidelity["spearman_vs_fp32_min"] = min(per_query)
             fidelity["spearman_vs_fp32_all"] = spearman(scores[name], scores["onnx-fp32"])
         shown = ", ".join(f"{k} {v:.2e}" if "diff" in k else f"{k} {v:.4f}" for k, v in fidelity.items())
-        print(f"{name:<12} {best:>9.1f} {ratio or 1:>6.2f}x {build[name]:>13.1f}  {shown}")
+        print(f"{name:<14} {best:>9.1f} {ratio or 1:>6.2f}x {build[name]:>13.1f}  {shown}")
         results["backends"][name] = {
             "pairs_per_s": best,
             "ratio_vs_st": ratio,

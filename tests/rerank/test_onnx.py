@@ -76,3 +76,41 @@ def test_spearman() -> None:
     assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
     assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
     assert spearman([1, 1, 2], [5, 5, 9]) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("fixture", ["ce_bert", "ce_xlmr", "ce_bert3"])
+def test_openvino_fp32_equals_torch(fixture: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    """OpenVINO runs the plain graph in f32, padded to shape buckets: the scores are torch's, the cache shared."""
+    pytest.importorskip("openvino")
+    path = request.getfixturevalue(fixture)
+    pairs = [*PAIRS, *_ranking_pairs()]
+    torch_scores = CrossEncoderReranker(str(path)).score(pairs)
+    ov = CrossEncoderReranker(str(path), backend="openvino", onnx_cache_dir=tmp_path)
+    np.testing.assert_allclose(ov.score(pairs), torch_scores, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(ov.score(pairs[:1]), torch_scores[:1], atol=1e-5, rtol=0)  # a batch of one
+    assert ov.identity() == CrossEncoderReranker(str(path)).identity()
+    assert [p.name.split("-")[1] for p in tmp_path.rglob("classifier-*.onnx")] == ["plain"]  # unfused: standard ops
+
+
+def test_openvino_bf16_is_a_named_fast_mode(ce_bert: Path, tmp_path: Path) -> None:
+    """bf16 runs where the CPU has native bfloat16 (its own cache identity), and is refused by name elsewhere."""
+    ov = pytest.importorskip("openvino")
+    from embedstack.providers.huggingface.onnx_encoder import native_bf16
+
+    pairs = _ranking_pairs()
+    reranker = CrossEncoderReranker(str(ce_bert), backend="openvino", precision="bf16", onnx_cache_dir=tmp_path)
+    if not native_bf16(ov):
+        with pytest.raises(ValueError, match="native bfloat16"):
+            reranker.score(pairs)
+        return
+    fp32 = CrossEncoderReranker(str(ce_bert), backend="openvino", onnx_cache_dir=tmp_path).score(pairs)
+    assert spearman(reranker.score(pairs), fp32) >= 0.99
+    assert reranker.identity()["bf16_runtime"] == "openvino"
+    assert reranker.identity() != CrossEncoderReranker(str(ce_bert), precision="bf16").identity()
+
+
+@pytest.mark.parametrize("precision", ["fp16", "int8"])
+def test_openvino_refuses_what_it_does_not_run(ce_bert: Path, precision: str) -> None:
+    """fp16 has no CPU kernels; int8 (NNCF's static int8) reordered the benchmark's pairs, so it is refused by name."""
+    with pytest.raises(ValueError, match=rf"precision '{precision}' is not available with backend='openvino'.*'bf16'"):
+        CrossEncoderReranker(str(ce_bert), backend="openvino", precision=precision)

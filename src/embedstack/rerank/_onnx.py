@@ -1,11 +1,15 @@
-"""The ONNX Runtime backend of `CrossEncoderReranker`: a sequence-classification graph, built once and cached.
+"""The ONNX Runtime and OpenVINO backends of `CrossEncoderReranker`: a sequence-classification graph, built once
+and cached.
 
 The fp32 graph is `torch.onnx.export` of the checkpoint's *ForSequenceClassification logits, checked
 against torch on probe pairs (every logit within `FP32_MAX_ERROR`), then ONNX Runtime's transformer
 fusions when they pass the same check. The int8 graph is dynamically quantised from it (the same recipe
 as the embedding models', `onnx_export._quantise`) and kept only when its scores rank calibration pairs
 as fp32 does (Spearman >= `INT8_MIN_SPEARMAN`; otherwise the FFN output projections stay fp32, and if
-that is not enough the build is refused). Graphs live beside the embedding graphs in the same cache,
+that is not enough the build is refused). OpenVINO runs the plain (unfused) fp32 export, checked the same way,
+in f32 or, on CPUs with native bfloat16, bf16 (a fast mode). It runs no int8: NNCF's static int8 (the embedding
+models' OpenVINO recipe) passed the calibration pairs yet ranked the benchmark's pairs at Spearman 0.984 to fp32
+(docs/benchmarks.md#rerankers), below the bar. Graphs live beside the embedding graphs in the same cache,
 under their own names, written and checked the same way (`onnx_export`'s atomic publish, sha256
 sidecars and build locks).
 """
@@ -18,6 +22,7 @@ import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -27,7 +32,14 @@ from embedstack.providers.huggingface import onnx_export as ox
 from embedstack.providers.huggingface.onnx_encoder import _CALIBRATION, physical_cores
 from embedstack.rerank._model import Feeds, PairTokenizer, load_classifier
 
-__all__ = ["FP32_MAX_ERROR", "INT8_MIN_SPEARMAN", "OnnxScorer", "prepare_classifier_graph", "spearman"]
+__all__ = [
+    "FP32_MAX_ERROR",
+    "GRAPH_OF",
+    "INT8_MIN_SPEARMAN",
+    "OnnxScorer",
+    "prepare_classifier_graph",
+    "spearman",
+]
 
 logger = logging.getLogger("embedstack")
 
@@ -38,6 +50,12 @@ FP32_MAX_ERROR = 1e-5
 #: int8 is kept when it ranks the calibration pairs as fp32 does to at least this Spearman correlation.
 INT8_MIN_SPEARMAN = 0.99
 _KNOWN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+#: The cached graph each runtime runs for a precision: ONNX Runtime's fused fp32 and dynamic int8; for OpenVINO
+#: the plain fp32 export (f32 or bf16 kernels).
+GRAPH_OF = {
+    "onnxruntime": {"fp32": "fp32", "int8": "int8"},
+    "openvino": {"fp32": "plain", "bf16": "plain"},
+}
 #: Rows per graph run while checking a build.
 _CHECK_ROWS = 16
 
@@ -83,7 +101,9 @@ def _feeds(tokenizer: PairTokenizer, pairs: list[tuple[str, str]]) -> Feeds:
     return tokenizer.pad(tokenizer.tokenize(pairs))
 
 
-def _run(path: Path, feeds: Feeds) -> npt.NDArray[np.float32]:
+def _run(path: Path, feeds: Feeds, runtime: str = "onnxruntime") -> npt.NDArray[np.float32]:
+    if runtime == "openvino":
+        return _run_openvino(path, feeds)
     ort = require("onnxruntime", extra="onnx")
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -95,6 +115,24 @@ def _run(path: Path, feeds: Feeds) -> npt.NDArray[np.float32]:
         session.run(["logits"], {n: feeds[n][i : i + _CHECK_ROWS] for n in names})[0]
         for i in range(0, rows, _CHECK_ROWS)
     ]
+    return np.asarray(np.concatenate(parts), dtype=np.float32)
+
+
+def _run_openvino(path: Path, feeds: Feeds) -> npt.NDArray[np.float32]:
+    """OpenVINO's f32 logits for `feeds` (the runtime that will serve the graph checks it)."""
+    from embedstack.providers.huggingface.onnx_encoder import _OpenVinoSession
+
+    ov = require("openvino", extra="openvino")
+    session = _OpenVinoSession(ov, path, physical_cores(), "fp32")
+    try:
+        names = [i.name for i in session.get_inputs()]
+        rows = len(feeds["input_ids"])
+        parts = [
+            session.run(["logits"], {n: feeds[n][i : i + _CHECK_ROWS] for n in names})[0]
+            for i in range(0, rows, _CHECK_ROWS)
+        ]
+    finally:
+        session.close()
     return np.asarray(np.concatenate(parts), dtype=np.float32)
 
 
@@ -112,7 +150,9 @@ def _export(model_dir: Path, out: Path, feeds: Feeds) -> npt.NDArray[np.float32]
     return ox.export_output(model, names, feeds, out, "logits", sequence_output=False)
 
 
-def _build_fp32(model_dir: Path, final: Path, feeds: Feeds) -> None:
+def _build_fp32(model_dir: Path, final: Path, feeds: Feeds, fuse: bool = True) -> None:
+    """Export and check the fp32 graph; with `fuse`, ONNX Runtime's fusions when they pass the same check
+    (without: the plain graph OpenVINO reads, standard ops only)."""
     raw, fused = ox._tmp_path(final), ox._tmp_path(final)
     try:
         reference = _export(model_dir, raw, feeds)
@@ -122,6 +162,9 @@ def _build_fp32(model_dir: Path, final: Path, feeds: Feeds) -> None:
                 f"the ONNX export of {model_dir} does not reproduce the torch model (logits differ by {error:.2e}); "
                 "use backend='torch' for this model"
             )
+        if not fuse:
+            ox._publish(raw, final)
+            return
         try:
             stats = ox._optimise(raw, fused, model_dir)
             fused_error = _error(_run(fused, feeds), reference)
@@ -199,8 +242,9 @@ def prepare_classifier_graph(
     calibration: Callable[[], Feeds],
     cache_dir: Path | None,
 ) -> Path:
-    """The cached classifier graph of `model_dir` at `precision` ("fp32" or "int8"), built and checked when missing."""
-    if precision not in ox.ONNX_PRECISIONS:
+    """The cached classifier graph of `model_dir` of one kind (ONNX Runtime's "fp32" or "int8", OpenVINO's
+    "plain"), built and checked when missing."""
+    if precision not in (*ox.ONNX_PRECISIONS, "plain"):
         raise ValueError(
             f"precision {precision!r} is not available with backend='onnx'; use one of {ox.ONNX_PRECISIONS}"
         )
@@ -210,13 +254,13 @@ def prepare_classifier_graph(
     final = folder / f"classifier-{precision}-{_key(fingerprint, precision)[:16]}.onnx"
     if ox._verified(final):
         return final
-    base = None if precision == "fp32" else prepare_classifier_graph(model_dir, "fp32", feeds, calibration, root)
+    base = None if precision != "int8" else prepare_classifier_graph(model_dir, "fp32", feeds, calibration, root)
     with ox._build_lock(folder):
         if ox._verified(final):  # another process built it while we waited
             return final
         ox.discard(final)
         if base is None:
-            _build_fp32(model_dir, final, feeds())
+            _build_fp32(model_dir, final, feeds(), fuse=precision == "fp32")
         else:
             tmp = ox._tmp_path(final)
             try:
@@ -229,7 +273,7 @@ def prepare_classifier_graph(
 
 
 class OnnxScorer:
-    """A checkpoint's classifier graph on ONNX Runtime (CPU): padded pairs → raw float32 logits."""
+    """A checkpoint's classifier graph on ONNX Runtime or OpenVINO (CPU): padded pairs → raw float32 logits."""
 
     def __init__(
         self,
@@ -239,25 +283,46 @@ class OnnxScorer:
         precision: str = "fp32",
         cache_dir: Path | None = None,
         threads: int | None = None,
+        runtime: str = "onnxruntime",
     ) -> None:
-        ort = require("onnxruntime", extra="onnx")
+        from embedstack.providers.huggingface.onnx_encoder import _OpenVinoSession
+
+        if runtime not in GRAPH_OF:
+            raise ValueError(f"unknown runtime {runtime!r}; use one of {list(GRAPH_OF)}")
+        backend = "openvino" if runtime == "openvino" else "onnx"
+        if precision not in GRAPH_OF[runtime]:
+            raise ValueError(
+                f"precision {precision!r} is not available with backend={backend!r}; use one of "
+                f"{list(GRAPH_OF[runtime])}"
+            )
+        self.ov = require("openvino", extra="openvino") if runtime == "openvino" else None
+        if self.ov is not None:
+            _OpenVinoSession.check(self.ov, precision)
         self.device = "cpu"
         self.precision = precision
+        self.runtime = runtime
+        self.pad_id, self.pad_type_id = tokenizer.pad_id, tokenizer.pad_type_id
+        self.max_length = tokenizer.max_length
         pairs = _calibration_pairs(tokenizer)
         self.graph_path = prepare_classifier_graph(
             Path(model_dir),
-            precision,
+            GRAPH_OF[runtime][precision],
             lambda: _feeds(tokenizer, pairs[:24]),
             lambda: _feeds(tokenizer, pairs),
             cache_dir,
         )
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.intra_op_num_threads = threads or physical_cores()
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.log_severity_level = 3
-        self.session = ort.InferenceSession(str(self.graph_path), options, providers=["CPUExecutionProvider"])
+        self.session: Any
+        if self.ov is not None:
+            self.session = _OpenVinoSession(self.ov, self.graph_path, threads or physical_cores(), precision)
+        else:
+            ort = require("onnxruntime", extra="onnx")
+            options = ort.SessionOptions()
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            options.intra_op_num_threads = threads or physical_cores()
+            options.inter_op_num_threads = 1
+            options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+            options.log_severity_level = 3
+            self.session = ort.InferenceSession(str(self.graph_path), options, providers=["CPUExecutionProvider"])
         self.inputs = [i.name for i in self.session.get_inputs()]
         unknown = [n for n in self.inputs if n not in _KNOWN_INPUTS]
         if unknown:
@@ -265,7 +330,25 @@ class OnnxScorer:
                 f"{self.graph_path} declares inputs {unknown} that pairs cannot provide; use backend='torch'"
             )
 
+    def _bucketed(self, feeds: Feeds) -> Feeds:
+        """OpenVINO compiles kernels per input shape: pad the batch further, to one of a few dozen lengths
+        (`shape_bucket`), with masked pad tokens that change no logit."""
+        from embedstack.providers.huggingface.onnx_encoder import shape_bucket
+
+        length = feeds["input_ids"].shape[1]
+        target = min(shape_bucket(length), max(length, self.max_length))
+        if target == length:
+            return feeds
+        extra = ((0, 0), (0, target - length))
+        return {
+            "input_ids": np.pad(feeds["input_ids"], extra, constant_values=self.pad_id),
+            "attention_mask": np.pad(feeds["attention_mask"], extra, constant_values=0),
+            "token_type_ids": np.pad(feeds["token_type_ids"], extra, constant_values=self.pad_type_id),
+        }
+
     def logits(self, feeds: Feeds) -> npt.NDArray[np.float32]:
         """Raw logits for one padded batch."""
+        if self.ov is not None:
+            feeds = self._bucketed(feeds)
         out = self.session.run(["logits"], {n: feeds[n] for n in self.inputs})[0]
         return np.asarray(out, dtype=np.float32)

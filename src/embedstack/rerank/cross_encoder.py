@@ -47,10 +47,12 @@ __all__ = [
     "resolve_rerank_model",
 ]
 
-BACKENDS = ("torch", "onnx")
+BACKENDS = ("torch", "onnx", "openvino")
+#: The precisions each backend runs (int8 and OpenVINO's bf16: fast modes that keep the ranking).
+PRECISIONS = {"torch": ("fp32", "fp16", "bf16"), "onnx": ("fp32", "int8"), "openvino": ("fp32", "bf16")}
 #: Padded tokens per forward pass (rows x longest pair), per backend: small, so activations and attention scores
 #: stay cache-sized on a CPU (bench/rerank.py: ONNX Runtime at 1,024 ran 1.5x its speed at 8,192; torch at 2,048 1.3x).
-DEFAULT_TOKEN_BUDGET = {"torch": 2048, "onnx": 1024}
+DEFAULT_TOKEN_BUDGET = {"torch": 2048, "onnx": 1024, "openvino": 1024}
 #: The torch budget on an accelerator (cuda, mps), where larger passes pay off (not measured here: no GPU).
 ACCELERATOR_TOKEN_BUDGET = 32768
 #: Pairs per provider call (the pipeline's batch); each is cut further by the token budget.
@@ -156,8 +158,9 @@ class CrossEncoderReranker:
     Scores are what sentence-transformers' `CrossEncoder.predict` returns on the same weights: the model's
     default activation (the one its files save, else sigmoid for one label and raw logits for more);
     `activation="identity"` gives raw logits, `"sigmoid"` probabilities. `backend`: "torch" (fp32, fp16,
-    bf16) or "onnx" (ONNX Runtime on the CPU: fp32, checked against torch when built, or int8, a fast mode
-    that keeps the ranking). `cache`: a `BaseKVStore` keyed by (model identity, query, document).
+    bf16), "onnx" (ONNX Runtime on the CPU: fp32, checked against torch when built, or int8, a fast mode
+    that keeps the ranking) or "openvino" (fp32, or bf16 on CPUs with native bfloat16: a fast mode).
+    `cache`: a `BaseKVStore` keyed by (model identity, query, document).
     """
 
     def __init__(
@@ -180,7 +183,7 @@ class CrossEncoderReranker:
     ) -> None:
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; use one of {list(BACKENDS)}")
-        allowed = ("fp32", "fp16", "bf16") if backend == "torch" else ("fp32", "int8")
+        allowed = PRECISIONS[backend]
         if precision not in allowed:
             raise ValueError(
                 f"precision {precision!r} is not available with backend={backend!r}; use one of {list(allowed)}"
@@ -251,6 +254,8 @@ class CrossEncoderReranker:
             }
             if self.precision == "int8":
                 data["int8_runtime"] = self.backend
+            if self.precision == "bf16" and self.backend != "torch":  # another runtime's bf16, other scores
+                data["bf16_runtime"] = self.backend
             self._identity = stamp_identity(data, self.source)
         return self._identity
 
@@ -281,7 +286,13 @@ class CrossEncoderReranker:
             )
         from embedstack.rerank._onnx import OnnxScorer
 
-        return OnnxScorer(self.source.path, self.tokenizer(), precision=self.precision, cache_dir=self.onnx_cache_dir)
+        return OnnxScorer(
+            self.source.path,
+            self.tokenizer(),
+            precision=self.precision,
+            cache_dir=self.onnx_cache_dir,
+            runtime="openvino" if self.backend == "openvino" else "onnxruntime",
+        )
 
     def load(self) -> CrossEncoderReranker:
         """Load the tokenizer and weights now rather than on the first call; returns self."""
