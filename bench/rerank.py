@@ -139,7 +139,7 @@ def main() -> None:
             seconds[name].append(time.perf_counter() - t0)
 
     results: dict[str, Any] = {"pairs": len(pairs), "rounds": args.rounds, "backends": {}}
-    print(f"\n{"backend":<14} {'pairs/s':>9} {'vs st':>7} {'load+build s':>13}  fidelity")
+    print(f"\n{'backend':<14} {'pairs/s':>9} {'vs st':>7} {'load+build s':>13}  fidelity")
     for name in scorers:
         best = len(pairs) / min(seconds[name])
         ratio = median_ratio(seconds["st"], seconds[name]) if "st" in seconds else None
