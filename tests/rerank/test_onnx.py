@@ -114,3 +114,16 @@ def test_openvino_refuses_what_it_does_not_run(ce_bert: Path, precision: str) ->
     """fp16 has no CPU kernels; int8 (NNCF's static int8) reordered the benchmark's pairs, so it is refused by name."""
     with pytest.raises(ValueError, match=rf"precision '{precision}' is not available with backend='openvino'.*'bf16'"):
         CrossEncoderReranker(str(ce_bert), backend="openvino", precision=precision)
+
+
+def test_openvino_bf16_without_native_bfloat16_is_refused(
+    ce_bert: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A CPU without native bf16 (injected) gets an error naming what runs instead, never fp32 under the bf16 name."""
+    pytest.importorskip("openvino")
+    from embedstack.providers.huggingface import onnx_encoder
+
+    monkeypatch.setattr(onnx_encoder, "native_bf16", lambda ov: False)
+    reranker = CrossEncoderReranker(str(ce_bert), backend="openvino", precision="bf16", onnx_cache_dir=tmp_path)
+    with pytest.raises(ValueError, match=r"native bfloat16.*precision='fp32', or backend='onnx' with precision='int8'"):
+        reranker.score(PAIRS[:2])

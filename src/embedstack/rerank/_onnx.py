@@ -285,7 +285,7 @@ class OnnxScorer:
         threads: int | None = None,
         runtime: str = "onnxruntime",
     ) -> None:
-        from embedstack.providers.huggingface.onnx_encoder import _OpenVinoSession
+        from embedstack.providers.huggingface.onnx_encoder import _OpenVinoSession, native_bf16
 
         if runtime not in GRAPH_OF:
             raise ValueError(f"unknown runtime {runtime!r}; use one of {list(GRAPH_OF)}")
@@ -296,8 +296,11 @@ class OnnxScorer:
                 f"{list(GRAPH_OF[runtime])}"
             )
         self.ov = require("openvino", extra="openvino") if runtime == "openvino" else None
-        if self.ov is not None:
-            _OpenVinoSession.check(self.ov, precision)
+        if self.ov is not None and precision == "bf16" and not native_bf16(self.ov):
+            raise ValueError(
+                "precision='bf16' needs a CPU with native bfloat16 (AVX512_BF16 or AMX) and this one has none; "
+                "use precision='fp32', or backend='onnx' with precision='int8' (a fast mode)"
+            )
         self.device = "cpu"
         self.precision = precision
         self.runtime = runtime
