@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 __all__ = [
     "BACKENDS",
     "DEFAULT_TOKEN_BUDGET",
+    "PRECISIONS",
     "CrossEncoderReranker",
     "RerankResult",
     "resolve_rerank_model",
