@@ -20,7 +20,7 @@ from typing import Any
 
 from embedstack.kvstore import SimpleKVStore, SQLiteKVStore
 from embedstack.providers.clip import DEFAULT_CLIP_MODEL, ClipEmbedding, ImageDecodeError
-from embedstack.similarity import cosine_top_k
+from embedstack.vectors import cosine_top_k
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"}
 

@@ -18,6 +18,7 @@ import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -27,7 +28,7 @@ from embedstack.providers.huggingface import onnx_export as ox
 from embedstack.providers.huggingface.onnx_encoder import _CALIBRATION, physical_cores
 from embedstack.rerank._model import Feeds, PairTokenizer, load_classifier
 
-__all__ = ["FP32_MAX_ERROR", "INT8_MIN_SPEARMAN", "OnnxScorer", "prepare_classifier_graph", "spearman"]
+__all__ = ["FP32_MAX_ERROR", "INT8_MIN_SPEARMAN", "GraphScorer", "OnnxScorer", "prepare_classifier_graph", "spearman"]
 
 logger = logging.getLogger("embedstack")
 
@@ -237,7 +238,29 @@ def prepare_classifier_graph(
     return final
 
 
-class OnnxScorer:
+class GraphScorer:
+    """What every runtime's classifier graph shares: its inputs (checked once) and raw float32 logits per batch."""
+
+    graph_path: Path
+    session: Any  # a runtime session with ONNX Runtime's get_inputs() / run(outputs, feeds)
+    inputs: list[str]
+
+    def _take_inputs(self) -> None:
+        """The graph's inputs; refused by name when pairs cannot provide one."""
+        self.inputs = [i.name for i in self.session.get_inputs()]
+        unknown = [n for n in self.inputs if n not in _KNOWN_INPUTS]
+        if unknown:
+            raise ValueError(
+                f"{self.graph_path} declares inputs {unknown} that pairs cannot provide; use backend='torch'"
+            )
+
+    def logits(self, feeds: Feeds) -> npt.NDArray[np.float32]:
+        """Raw logits for one padded batch."""
+        out = self.session.run(["logits"], {n: feeds[n] for n in self.inputs})[0]
+        return np.asarray(out, dtype=np.float32)
+
+
+class OnnxScorer(GraphScorer):
     """A checkpoint's classifier graph on ONNX Runtime (CPU): padded pairs → raw float32 logits."""
 
     def __init__(
@@ -267,14 +290,4 @@ class OnnxScorer:
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.log_severity_level = 3
         self.session = ort.InferenceSession(str(self.graph_path), options, providers=["CPUExecutionProvider"])
-        self.inputs = [i.name for i in self.session.get_inputs()]
-        unknown = [n for n in self.inputs if n not in _KNOWN_INPUTS]
-        if unknown:
-            raise ValueError(
-                f"{self.graph_path} declares inputs {unknown} that pairs cannot provide; use backend='torch'"
-            )
-
-    def logits(self, feeds: Feeds) -> npt.NDArray[np.float32]:
-        """Raw logits for one padded batch."""
-        out = self.session.run(["logits"], {n: feeds[n] for n in self.inputs})[0]
-        return np.asarray(out, dtype=np.float32)
+        self._take_inputs()

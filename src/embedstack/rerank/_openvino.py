@@ -23,8 +23,8 @@ from embedstack.providers.huggingface import onnx_export as ox
 from embedstack.providers.huggingface.onnx_encoder import _OpenVinoSession, physical_cores
 from embedstack.rerank._model import Feeds, PairTokenizer
 from embedstack.rerank._onnx import (
-    _KNOWN_INPUTS,
     INT8_MIN_SPEARMAN,
+    GraphScorer,
     _calibration_pairs,
     _feeds,
     prepare_classifier_graph,
@@ -115,7 +115,7 @@ def build_nncf_int8(base: Path, dst: Path, calibration: Feeds) -> float:
     )
 
 
-class OpenVinoScorer:
+class OpenVinoScorer(GraphScorer):
     """A checkpoint's classifier graph on OpenVINO (CPU): padded pairs → raw float32 logits."""
 
     def __init__(
@@ -146,14 +146,4 @@ class OpenVinoScorer:
             build_int8=build_nncf_int8,
         )
         self.session = _OpenVinoSession(ov, self.graph_path, threads or physical_cores(), precision)
-        self.inputs = [p.name for p in self.session.get_inputs()]
-        unknown = [n for n in self.inputs if n not in _KNOWN_INPUTS]
-        if unknown:
-            raise ValueError(
-                f"{self.graph_path} declares inputs {unknown} that pairs cannot provide; use backend='torch'"
-            )
-
-    def logits(self, feeds: Feeds) -> npt.NDArray[np.float32]:
-        """Raw logits for one padded batch."""
-        out = self.session.run(["logits"], {n: feeds[n] for n in self.inputs})[0]
-        return np.asarray(out, dtype=np.float32)
+        self._take_inputs()
