@@ -180,8 +180,9 @@ def main() -> None:
         fidelity: dict[str, float] = {}
         if "st" in scores and name != "st":
             fidelity["max_abs_diff_vs_st"] = float(np.abs(scores[name] - scores["st"]).max())
-        fp32 = name.split(":")[0].replace("-int8", "-fp32")
-        if "-int8" in name and fp32 in scores:
+        fast = next((p for p in ("-int8", "-bf16") if p in name), None)  # a fast mode: its ranking against fp32
+        fp32 = name.split(":")[0].replace(fast or "-fp32", "-fp32")
+        if fast and fp32 in scores:
             per_query = [
                 spearman(scores[name][i : i + args.candidates], scores[fp32][i : i + args.candidates])
                 for i in range(0, len(pairs), args.candidates)
