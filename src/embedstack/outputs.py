@@ -310,7 +310,7 @@ class Dense(OutputKind):
         width = 4 * size
         ok = [len(b) == width for b in blobs]
         good = [b for b, fits in zip(blobs, ok) if fits]
-        mat = np.frombuffer(b"".join(good), dtype="<f4").reshape(len(good), size)
+        mat = np.frombuffer(bytearray().join(good), dtype="<f4").reshape(len(good), size)  # writable: no copy later
         finite = np.isfinite(mat).all(axis=1)
         if not finite.all():
             it = iter(finite.tolist())
