@@ -38,6 +38,8 @@ from embedstack.provider import BatchOutput, Prepared
 from embedstack.types import Batch, EmbedResult, PartialResult, Plan, Role
 
 if TYPE_CHECKING:
+    from embedstack.callbacks.manager import CallbackManager
+    from embedstack.instrumentation import Dispatcher
     from embedstack.kvstore.base import BaseKVStore
     from embedstack.outputs import OutputKind
     from embedstack.provider import Provider
@@ -96,6 +98,9 @@ class Pipeline(Protocol):
     def learn_size(self, size: int) -> None: ...
 
 
+_STR = frozenset((str,))
+
+
 def check_texts(items: Sequence[Any], label: str, offset: int = 0) -> None:
     """Refuse what is not a list of valid Unicode strings, naming `label[i]` (the first check of every call)."""
     if isinstance(items, (str, bytes, bytearray)):
@@ -103,7 +108,10 @@ def check_texts(items: Sequence[Any], label: str, offset: int = 0) -> None:
             f"{label} must be a list of texts, not a single {type(items).__name__} "
             f"(it would be embedded one character at a time); wrap it in a list: [text]"
         )
-    if set(map(type, items)) <= {str} and all(map(str.isascii, items)):
+    if len(items) == 1:  # a single call: no set to build
+        if type(items[0]) is str and items[0].isascii():
+            return
+    elif set(map(type, items)) <= _STR and all(map(str.isascii, items)):
         return  # the common case, checked at C speed; otherwise find and name the bad item
     for i, item in enumerate(items, offset):
         if not isinstance(item, str):
@@ -161,6 +169,27 @@ class EmbedJob:
     before; a cached entry of another length is a miss.
     """
 
+    # State every job starts with, as class defaults (immutable values; a job assigns its own when it changes),
+    # so that a single call sets only what it uses.
+    keys: Sequence[str] = ()  # each slot's cache key (when the pipeline has a cache)
+    out: Rows | None = None
+    _whole = False  # every row arrived at once (`have` is all True)
+    _cached: Sequence[int] = ()  # slots filled from the cache while the length was only assumed
+    _cached_dim: int | None = None  # the length assumed for them
+    _recorded_dim: int | None = None  # the length the cache records for this model
+    _counts: npt.NDArray[np.intp] | None = None
+    _repeats: dict[int, list[int]] | None = None  # slot → later positions of a repeated item
+    _planned = False  # batches() has planned the first round
+    redo = False  # cache hits were found wrong after planning: plan another round
+    _none_cached = True  # no slot was filled from the cache
+    #: Usage: per-slot token counts and truncation flags the provider reported (-1: not reported),
+    #: and batch totals reported without a per-item split.
+    tokens: npt.NDArray[np.int64] | None = None
+    cut: npt.NDArray[np.bool_] | None = None
+    batch_tokens = 0
+    batch_truncated = 0
+    computed = 0
+
     def __init__(
         self,
         pipe: Pipeline,
@@ -186,7 +215,6 @@ class EmbedJob:
         #: Each input's encoded form made ahead of the call (`Provider.prepare`): batches take these, not a plan.
         self.prepared = prepared
         self.store = pipe.cache
-        self.keys: list[str] = []
         key_of = pipe.key_factory(role) if self.store is not None else None
         if key_of:
             idents: Sequence[Any] = [key_of(i) for i in items]
@@ -205,27 +233,11 @@ class EmbedJob:
         if key_of:
             self.keys = list(seen)
         self.have = np.zeros(len(seen), dtype=bool)
-        self.out: Rows | None = None
         #: The row length, when the provider declared one or returned rows before (trusted).
         self.expected_dim, self._dim_source = pipe.known_size()
-        self._cached: list[int] = []  # slots filled from the cache while the length was only assumed
-        self._cached_dim: int | None = None  # the length assumed for them
-        self._recorded_dim: int | None = None  # the length the cache records for this model
         self._lock = threading.Lock()  # batches may finish together in worker threads
-        self._events = _Events(pipe) if seen else None
+        self._events = _Events.open(pipe) if seen else None
         self._progress, self._own_progress = _progress(self.n, show_progress)
-        self._counts: npt.NDArray[np.intp] | None = None
-        self._repeats: dict[int, list[int]] | None = None  # slot → later positions of a repeated item
-        self._planned = False  # batches() has planned the first round
-        self.redo = False  # cache hits were found wrong after planning: plan another round
-        self._none_cached = True  # no slot was filled from the cache
-        #: Usage: per-slot token counts and truncation flags the provider reported (-1: not reported),
-        #: and batch totals reported without a per-item split.
-        self.tokens: npt.NDArray[np.int64] | None = None
-        self.cut: npt.NDArray[np.bool_] | None = None
-        self.batch_tokens = 0
-        self.batch_truncated = 0
-        self.computed = 0
 
     @property
     def dim(self) -> int | None:
@@ -251,6 +263,7 @@ class EmbedJob:
                 whole = rows[np.argsort(slots)]
             self.out = whole if whole.flags.writeable else whole.copy()
             self.have[:] = True
+            self._whole = True
             return
         if self.out is None:
             self.out = self.kind.empty(len(self.have), rows)
@@ -296,7 +309,7 @@ class EmbedJob:
             )
             if self.out is not None and self.kind.row_size(self.out) != dim:
                 self.out = None
-        self._cached = []
+        self._cached = ()
 
     # -- cache -------------------------------------------------------------------------------
     def accept_cached(self, blobs: Sequence[Any], dim_blob: Any = None) -> None:
@@ -362,21 +375,26 @@ class EmbedJob:
                 return []
         plan = self._plan(misses)
         prepared = plan.prepared
-        name = self.pipe.provider_name
         if prepared is not None and len(prepared) != len(misses):
-            raise ValueError(f"{name}: its plan returned {len(prepared)} prepared values for {len(misses)} items")
+            raise ValueError(
+                f"{self.pipe.provider_name}: its plan returned {len(prepared)} prepared values for {len(misses)} items"
+            )
         weights = plan.weights
         if weights is not None and (len(weights) != len(misses) or any(int(w) < 1 for w in weights)):
-            raise ValueError(f"{name}: its plan returned weights that are not one positive int per item")
+            raise ValueError(
+                f"{self.pipe.provider_name}: its plan returned weights that are not one positive int per item"
+            )
         if plan.order is not None:
             order = plan.order
             if sorted(order) != list(range(len(misses))):
-                raise ValueError(f"{name}: its plan returned an order that is not a permutation")
+                raise ValueError(f"{self.pipe.provider_name}: its plan returned an order that is not a permutation")
             misses = [misses[i] for i in order]
             if prepared is not None:
                 prepared = [prepared[i] for i in order]
             if weights is not None:
                 weights = [weights[i] for i in order]
+        if len(misses) == 1:  # one item is one batch, whatever the batch size
+            return [Planned(misses, self._batch(misses, prepared))]
         size = self.pipe.batch_size
         return [
             Planned(misses[a:b], self._batch(misses[a:b], prepared[a:b] if prepared else None))
@@ -401,7 +419,7 @@ class EmbedJob:
             items = (
                 self.uniques[slots.start : slots.stop] if isinstance(slots, range) else [self.uniques[s] for s in slots]
             )
-            return Batch(items, self.role, self.label, self.positions(slots), prepared=prepared)
+            return Batch(items, self.role, self.label, self.positions(slots), {}, prepared)
         items = [self.uniques[s] for s in slots]
         if self._repeats is None:
             self._repeats = {}
@@ -481,12 +499,15 @@ class EmbedJob:
     # -- result ------------------------------------------------------------------------------
     def result(self) -> Rows:
         """All rows in input order (a writeable (n, dim) float32 matrix for dense outputs)."""
-        self.close()
+        if self._own_progress:
+            self.close()
         if self.out is None:
             if self.kind.fixed_size:
                 return np.zeros((0, self.expected_dim or 0), dtype=np.float32)
             return np.empty(0, dtype=object)
-        if not self.have.all():  # never hand out uninitialised memory
+        if self._whole and not self.dups:
+            return self.out  # one answer for every item, made writeable by `_fill`
+        if not self._whole and not self.have.all():  # never hand out uninitialised memory
             missing = np.flatnonzero(~self.have).tolist()
             raise RuntimeError(f"internal error: no vector for {self._names(missing)}; please report this")
         out = self.out[self.slot_of] if self.dups else self.out
@@ -552,25 +573,39 @@ def _first_positions(slot_of: Sequence[int], n_unique: int) -> list[int]:
 
 def _progress(total: int, show: ProgressArg) -> tuple[Progress | None, bool]:
     """The job's progress reporter and whether the job owns it (a bool makes one; a Progress is shared)."""
+    if show is False or total == 0:
+        return None, False
     if isinstance(show, Progress):
         return show, False
-    if not show or total == 0:
+    if not show:
         return None, False
     return Progress(total), True
 
 
 class _Events:
-    """Start/end events and legacy callbacks for one call; does nothing when nobody listens."""
+    """Start/end events and legacy callbacks for one call (made only when somebody listens)."""
 
-    def __init__(self, pipe: Pipeline) -> None:
-        dispatcher = get_dispatcher("embedstack.base")  # the one BaseEmbedding's spans report to
+    #: The dispatcher BaseEmbedding's spans report to (looked up once).
+    _dispatcher: Dispatcher | None = None
 
+    def __init__(self, pipe: Pipeline, dispatcher: Dispatcher | None, callbacks: CallbackManager | None) -> None:
         self.pipe = pipe
-        self.dispatcher = dispatcher if dispatcher.has_event_handlers() else None
-        callbacks = pipe.callback_manager
-        self.callbacks = callbacks if callbacks is not None and callbacks.handlers else None
+        self.dispatcher = dispatcher
+        self.callbacks = callbacks
         #: Sparse rows are reported with LlamaIndex's sparse events ({index: value} embeddings).
         self.sparse = pipe.output.name == "sparse"
+
+    @classmethod
+    def open(cls, pipe: Pipeline) -> _Events | None:
+        """The call's events, or None when no event handler and no callback handler listens."""
+        dispatcher = cls._dispatcher
+        if dispatcher is None:
+            dispatcher = cls._dispatcher = get_dispatcher("embedstack.base")
+        listening = dispatcher if dispatcher.has_event_handlers() else None
+        callbacks = pipe.callback_manager
+        if callbacks is not None and not callbacks.handlers:
+            callbacks = None
+        return cls(pipe, listening, callbacks) if listening or callbacks else None
 
     def start(self) -> tuple[float, EventContext | None]:
         descriptor = self.pipe.descriptor() if (self.dispatcher or self.callbacks) else {}

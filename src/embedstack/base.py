@@ -40,6 +40,8 @@ __all__ = [
 
 DEFAULT_EMBED_BATCH_SIZE = DEFAULT_BATCH_SIZE
 dispatcher = get_dispatcher(__name__)
+#: The plan of a model that keeps input order and prepares nothing (a frozen Plan, shared).
+_INPUT_ORDER = Plan()
 
 _UNPICKLABLE = (type(threading.Lock()), type(threading.RLock()))
 
@@ -188,7 +190,8 @@ class EmbeddingModel(BaseComponent):
 
     def _plan(self, items: list[Any], role: Role) -> Plan:
         """The order of one round's missing items and per-item work done for them (`Plan`); `_batch_order`."""
-        return Plan(order=self._batch_order(items))
+        order = self._batch_order(items)
+        return _INPUT_ORDER if order is None else Plan(order=order)
 
     def _identity(self) -> dict[str, Any]:
         """What makes this model's vectors what they are: class and every output-changing field."""

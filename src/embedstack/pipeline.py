@@ -139,7 +139,10 @@ class Pipeline:
     @property
     def provider_name(self) -> str:
         """How errors and warnings name the provider."""
-        return type(getattr(self.provider, "model", self.provider)).__name__
+        name = self._memo.get("name")
+        if name is None:
+            name = self._memo["name"] = type(getattr(self.provider, "model", self.provider)).__name__
+        return name  # type: ignore[no-any-return]
 
     @property
     def batch_size(self) -> int:
@@ -151,8 +154,10 @@ class Pipeline:
 
     def sync_workers(self) -> int:
         """Batches of one sync call that may run at once."""
+        if not self.workers or self.workers < 2:
+            return 1
         caps = self.provider.capabilities
-        if caps.parallel_sync_batches and self.workers and self.workers > 1:
+        if caps.parallel_sync_batches:
             return min(self.workers, caps.max_concurrency or self.workers)
         return 1
 

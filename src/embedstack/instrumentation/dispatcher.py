@@ -60,7 +60,12 @@ class Dispatcher:
 
     def has_event_handlers(self) -> bool:
         """Whether any event handler would see an event dispatched here."""
-        return any(d.event_handlers for d in self._chain())
+        node: Dispatcher | None = self
+        while node is not None:  # a plain loop: this runs on every embedding call
+            if node.event_handlers:
+                return True
+            node = node.parent if node.propagate else None
+        return False
 
     def event(self, event: BaseEvent, **kwargs: Any) -> None:
         """Send an event to every handler here and above."""
@@ -69,7 +74,13 @@ class Dispatcher:
                 h.handle(event, **kwargs)
 
     def _span_handlers(self) -> list[BaseSpanHandler[Any]]:
-        return [h for d in self._chain() for h in d.span_handlers]
+        found: list[BaseSpanHandler[Any]] = []
+        node: Dispatcher | None = self
+        while node is not None:  # a plain loop: every public embedding method asks
+            if node.span_handlers:
+                found.extend(node.span_handlers)
+            node = node.parent if node.propagate else None
+        return found
 
     @contextmanager
     def _span_scope(
