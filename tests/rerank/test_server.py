@@ -112,9 +112,14 @@ async def test_errors_are_openai_shaped_and_name_the_field(ce_bert: Path) -> Non
 
 async def test_embeddings_and_a_reranker_on_one_server(ce_bert: Path) -> None:
     from embedstack import FakeEmbedding
+    from embedstack.providers.bm25 import BM25Embedding
 
-    app = create_app({"emb": FakeEmbedding(embed_dim=4), "ce": f"rerank:{ce_bert}"})
+    app = create_app({"emb": FakeEmbedding(embed_dim=4), "ce": f"rerank:{ce_bert}", "bm": BM25Embedding()})
     async with serving(app) as client:
+        listed = (await client.get("/v1/models")).json()["data"]  # every model, each with what it serves
+        assert sorted((m["id"], m["kind"]) for m in listed) == [("bm", "sparse"), ("ce", "rerank"), ("emb", "dense")]
+        assert (await client.get("/v1/models/ce")).json()["kind"] == "rerank"
+        assert (await client.get("/v1/models/nope")).status_code == 404
         r = await client.post("/v1/embeddings", json={"model": "emb", "input": ["a"]})
         assert r.status_code == 200 and len(r.json()["data"][0]["embedding"]) == 4
         r = await client.post("/v1/rerank", json={"model": "ce", "query": "q", "documents": ["a", "b"]})

@@ -130,3 +130,32 @@ def test_concurrent_clients_get_the_models_vectors(tiny_prompts_dir: Path) -> No
     for batch, (got, usage) in zip(requests, answers):
         np.testing.assert_allclose(got, reference.get_text_embedding_batch(batch), atol=1e-6)
         assert usage == sum(len(t.ids) for t in tokenizer.tokenize(["blue house " + t for t in batch]))
+
+
+@pytest.mark.parametrize(
+    ("batch", "on_loop"),
+    [
+        (["cat"], True),  # a short query: no thread hop
+        ([LONG], False),  # one long text: ~0.7 ms of tokenising would hold every other request
+        (texts(40), False),  # many short texts, past 256 characters in all
+    ],
+)
+async def test_only_small_requests_are_tokenised_on_the_event_loop(
+    tiny_prompts_dir: Path, monkeypatch: pytest.MonkeyPatch, batch: list[str], on_loop: bool
+) -> None:
+    model = HuggingFaceEmbedding(str(tiny_prompts_dir), backend="torch")
+    app = create_app({"tiny": model})
+    async with serving(app) as c:
+        loop_thread = threading.get_ident()
+        where: list[bool] = []
+        real = TorchTokenizer.tokenize
+
+        def spying(self: TorchTokenizer, items: list[str]) -> Any:
+            where.append(threading.get_ident() == loop_thread)
+            return real(self, items)
+
+        monkeypatch.setattr(TorchTokenizer, "tokenize", spying)
+        r = await c.post("/v1/embeddings", json={"input": batch, "model": "tiny"})
+        assert r.status_code == 200, r.text
+    assert where and where[0] is on_loop  # the arrival tokenising (the first call) ran where it should
+    assert (sum(len(t) for t in batch) <= 256) is on_loop  # the cases say what they claim to

@@ -56,7 +56,7 @@ from embedstack.server.schemas import (
     SimpleToken,
     TokenizeRequest,
 )
-from embedstack.server.serving import INLINE_INPUTS, Served, gather, load, make_served
+from embedstack.server.serving import Served, gather, inline, load, make_served
 from embedstack.server.sparse import add_sparse_routes
 from embedstack.sparse import BaseSparseEmbedding
 from embedstack.types import Role
@@ -457,14 +457,14 @@ def _routes(app: FastAPI, state: ServerState) -> None:
 
     @app.get("/v1/models", response_model=ModelList, summary="The served models")
     async def list_models() -> ModelList:
-        return ModelList(data=[ModelCard(id=m.name, created=m.created) for m in state.models.values()])
+        return ModelList(data=[_card(m) for m in state.entries()])
 
     @app.get("/v1/models/{model_id:path}", response_model=ModelCard, responses={404: _ERRORS[404]})
     async def get_model(model_id: str) -> ModelCard:
-        served = state.models.get(model_id)
-        if served is None:
-            raise _unknown_model(state, model_id)
-        return ModelCard(id=served.name, created=served.created)
+        for served in state.entries():
+            if served.name == model_id:
+                return _card(served)
+        raise _unknown_model(state, model_id)
 
     @app.post(
         "/tokenize",
@@ -481,7 +481,7 @@ def _routes(app: FastAPI, state: ServerState) -> None:
             message = f"'inputs' has {len(texts)} items; at most {MAX_INPUTS} per request"
             raise APIError(413, message, param="inputs", code="too_many_inputs")
         count = served.counter.tokens
-        if len(texts) <= INLINE_INPUTS:
+        if inline(texts):
             found = count(texts, body.add_special_tokens)
         else:  # a large request tokenises in a worker thread, never on the loop
             found = await asyncio.to_thread(count, texts, body.add_special_tokens)
@@ -533,6 +533,11 @@ def _tokenizing_model(state: ServerState, name: str | None) -> Served:
     if found is None:
         raise _unknown_model(state, name)
     return found
+
+
+def _card(served: Any) -> ModelCard:
+    """A served model of any kind (dense, sparse, reranker) as /v1/models lists it."""
+    return ModelCard(id=served.name, created=served.created, kind=served.kind)
 
 
 def _unknown_model(state: ServerState, name: str) -> APIError:

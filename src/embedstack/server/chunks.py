@@ -10,6 +10,7 @@ it is not cached. The server's key, body limit, error bodies and route metrics a
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import orjson
@@ -62,7 +63,8 @@ def add_chunk_routes(app: FastAPI, state: Any) -> None:
             message = str(e)
             param = message.split(" ", 1)[0] if message.startswith("spans[") else "input"
             raise APIError(400, message, param=param, code="invalid_value") from None
-        counted = model.provider.count_tokens([body.input], Role.TEXT)
+        # a long document: counted in a worker thread, never on the loop
+        counted = await asyncio.to_thread(model.provider.count_tokens, [body.input], Role.TEXT)
         tokens = int(counted[0][0]) if counted is not None else 0
         answer = {
             "object": "list",

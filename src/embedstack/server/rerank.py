@@ -32,6 +32,7 @@ from embedstack.server.batcher import Batcher, QueueFull, Ticket
 from embedstack.server.errors import APIError
 from embedstack.server.limits import MAX_INPUTS
 from embedstack.server.metrics import Metrics
+from embedstack.server.serving import inline
 from embedstack.types import Role
 
 
@@ -62,8 +63,6 @@ __all__ = [
 ]
 
 RERANK_ROUTES = frozenset({"/v1/rerank", "/rerank"})
-#: Requests with this many documents or fewer are tokenised on the loop; larger ones in a worker thread.
-_INLINE = 16
 
 
 # -- request and response shapes ---------------------------------------------------------------------------
@@ -137,6 +136,8 @@ class RerankServed:
     created: int = field(default_factory=lambda: int(time.time()))
     ready: bool = False
     error: str | None = None
+    #: What /v1/models says it serves.
+    kind: str = "rerank"
 
 
 def split_rerankers(
@@ -312,7 +313,7 @@ async def _logits(
     pairs = _check(query, docs, label)
     batcher = model.batcher
     with batcher.arriving():
-        if len(pairs) <= _INLINE:
+        if inline(pairs):
             tokenized = _tokenized(model, pairs)
         else:
             tokenized = await asyncio.to_thread(_tokenized, model, pairs)

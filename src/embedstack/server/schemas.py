@@ -94,6 +94,11 @@ class ModelCard(BaseModel):
     object: Literal["model"] = "model"
     created: int
     owned_by: str = Field(default="embedstack", description="Always 'embedstack' (clients detect the server by it).")
+    kind: Literal["dense", "sparse", "rerank"] = Field(
+        default="dense",
+        description="What the model serves: dense vectors at /v1/embeddings, sparse ones at /embed_sparse, rerank "
+        "scores at /v1/rerank and /rerank (an extra field: OpenAI clients ignore it).",
+    )
 
 
 class ModelList(BaseModel):
