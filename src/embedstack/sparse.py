@@ -314,14 +314,15 @@ class BatchSparseEmbedding(BaseSparseEmbedding):
     """Base for sparse providers with one native batched hook, `_vectors(texts, role)` (queries and texts), from
     which LlamaIndex's single-item hooks are derived; the async hooks run it in a worker thread."""
 
-    def _vectors(self, texts: list[str], role: Role) -> Any:
-        """Sparse rows (or a `BatchOutput` of them) for a batch of `role` texts."""
-        raise NotImplementedError(f"{type(self).__name__} must implement _vectors(texts, role)")
+    def _vectors(self, texts: list[str], role: Role, prepared: list[Any] | None = None) -> Any:
+        """Sparse rows (or a `BatchOutput` of them) for a batch of `role` texts; `prepared`: their tokens as the
+        model's `_plan` or `_prepare` made them (None: the model tokenises them itself)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement _vectors(texts, role, prepared=None)")
 
     def _embed(self, batch: Batch) -> Any:
         if batch.role not in (Role.QUERY, Role.TEXT):
             raise TypeError(f"{type(self).__name__} embeds texts and queries, not {batch.role.value} items")
-        return self._vectors(list(batch.items), batch.role)
+        return self._vectors(list(batch.items), batch.role, batch.prepared)
 
     async def _aembed(self, batch: Batch) -> Any:
         return await asyncio.to_thread(self._embed, batch)

@@ -112,3 +112,24 @@ def test_embedstack_serve_serves_a_sparse_model_from_its_statistics(tmp_path: Pa
             assert got.json() == _tei(model.embed(CORPUS[:2]))
     finally:
         assert server.stop() == 0
+
+
+async def test_bm25_terms_are_made_once_on_arrival(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = BM25Embedding().fit(CORPUS)
+    assert model.provider.capabilities.prepares
+    want = _tei(model.embed(CORPUS))
+    app = create_app({"bm25": model})
+    async with serving(app) as c:
+        seen: list[str] = []
+        real = BM25Embedding.tokenize
+
+        def spying(self: BM25Embedding, texts: object) -> list[list[str]]:
+            texts = list(texts)  # type: ignore[call-overload]
+            seen.extend(texts)
+            return real(self, texts)
+
+        monkeypatch.setattr(BM25Embedding, "tokenize", spying)
+        answer = await c.post("/embed_sparse", json={"inputs": CORPUS})
+    assert answer.status_code == 200, answer.text
+    assert answer.json() == want
+    assert sorted(seen) == sorted(CORPUS)  # each text's terms made once, on arrival; the batch reuses them

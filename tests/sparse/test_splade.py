@@ -266,3 +266,47 @@ def test_max_active_dims_breaks_ties_by_the_lower_index() -> None:
     kept = top_k(rows, 3)[0]
     assert kept.indices.tolist() == [1, 2, 3] and kept.values.tolist() == [1.0, 2.0, 1.0]
     assert top_k(rows, None)[0].indices.tolist() == [1, 2, 3, 4]
+
+
+def test_each_text_is_tokenised_once_in_the_library_and_on_the_server(
+    tiny: Tiny, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import httpx
+
+    from embedstack.providers.splade import _Tokenizer
+    from embedstack.server import create_app
+
+    model = SpladeEmbedding(model_name=str(tiny.sum_log1p), embed_batch_size=2)  # prompts: tokens carry them
+    assert model.provider.capabilities.prepares
+    seen: list[str] = []
+    real = _Tokenizer.encode
+
+    def spying(self: _Tokenizer, texts: list[str]) -> Any:
+        seen.extend(texts)
+        return real(self, texts)
+
+    monkeypatch.setattr(_Tokenizer, "encode", spying)  # every text any SPLADE tokenizer sees
+    batch = [*TEXTS, "a fifth text", "and a sixth"]
+    rows = model.embed(batch, "query")  # several batches, one tokenising pass
+    assert sorted(seen) == sorted("query: " + t for t in batch)
+    _assert_same(rows, _reference(tiny.sum_log1p, "query", batch))  # sorted and batched: still exact
+
+    app = create_app({"s": model})
+    seen.clear()
+
+    async def run() -> httpx.Response:
+        async with app.router.lifespan_context(app):
+            await app.state.embedstack.loaded.wait()
+            seen.clear()  # the warm-up's text
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=60) as client:
+                return await client.post("/embed_sparse", json={"inputs": batch, "truncate": True})
+
+    answer = asyncio.run(run())
+    assert answer.status_code == 200, answer.text
+    assert sorted(seen) == sorted("passage: " + t for t in batch)  # on arrival only, never again in the batch
+    served = [{int(e["index"]): e["value"] for e in row} for row in answer.json()]
+    want = _reference(tiny.sum_log1p, "document", batch)
+    for row, ref in zip(served, want):
+        assert sorted(row) == np.flatnonzero(ref).tolist()
+        assert max(abs(v - ref[i]) for i, v in row.items()) <= 1e-5

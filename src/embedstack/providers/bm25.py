@@ -33,7 +33,7 @@ from pydantic import Field, PrivateAttr
 from embedstack._optional import require
 from embedstack.errors import EmbedstackError
 from embedstack.outputs import SparseVector
-from embedstack.provider import BatchOutput, TokenCounts
+from embedstack.provider import BatchOutput, Prepared, TokenCounts
 from embedstack.sparse import BatchSparseEmbedding, SparseEmbedding
 from embedstack.types import Role
 
@@ -308,9 +308,14 @@ class BM25Embedding(BatchSparseEmbedding):
         counts = [len(t) for t in self.tokenize(items)]
         return counts, [False] * len(counts)
 
-    def _vectors(self, texts: list[str], role: Role) -> BatchOutput:
+    def _prepare(self, items: list[Any], role: Role) -> Prepared:
+        """Each text's terms, made once (a server's arrival: its exact count, and the batch reuses them)."""
+        terms = self.tokenize(items)
+        return Prepared(terms, [len(t) for t in terms], [False] * len(terms))
+
+    def _vectors(self, texts: list[str], role: Role, prepared: list[Any] | None = None) -> BatchOutput:
         stats = self.stats
-        vocab, terms = stats.vocab, self.tokenize(texts)
+        vocab, terms = stats.vocab, (prepared if prepared is not None else self.tokenize(texts))
         rows: list[SparseVector] = []
         if role is Role.QUERY:
             for doc in terms:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -28,9 +29,10 @@ from pydantic import Field, PrivateAttr, field_validator, model_validator
 from embedstack._optional import require
 from embedstack.errors import EmbedstackError
 from embedstack.outputs import SparseVector
-from embedstack.provider import BatchOutput, TokenCounts
+from embedstack.provider import BatchOutput, Prepared, TokenCounts
+from embedstack.providers.huggingface.tokens import Tokens, encode_tokens, pad_tokens
 from embedstack.sparse import BatchSparseEmbedding, SparseEmbedding
-from embedstack.types import Role
+from embedstack.types import Plan, Role
 
 __all__ = ["SpladeEmbedding", "from_spec"]
 
@@ -136,24 +138,24 @@ class _Tokenizer:
         self.max_length = int(length)
         self.lowercase = bool(st.get("do_lower_case"))
         self.special_tokens = special_tokens
+        self._lock = threading.Lock()  # a fast tokenizer is not safe across threads (a server tokenises arrivals)
 
-    def __call__(self, texts: list[str], tensors: str) -> dict[str, Any]:
+    def encode(self, texts: list[str]) -> list[Tokens]:
+        """Each text's ids, cut to max_length, with whether it was cut: one tokenising pass (the count is their
+        length), which the batch pads and runs on."""
         texts = [t.lower() for t in texts] if self.lowercase else texts
-        return dict(
-            self.hf(
-                texts,
-                padding=True,
-                truncation="longest_first",
-                max_length=self.max_length,
-                add_special_tokens=self.special_tokens,
-                return_tensors=tensors,
-            )
+        return encode_tokens(
+            self.hf,
+            [texts],
+            self.max_length,
+            truncation="longest_first",
+            add_special_tokens=self.special_tokens,
+            lock=self._lock,
         )
 
-    def count(self, texts: list[str]) -> TokenCounts:
-        texts = [t.lower() for t in texts] if self.lowercase else texts
-        ids = self.hf(texts, add_special_tokens=self.special_tokens, truncation=False, verbose=False)["input_ids"]
-        return [min(len(i), self.max_length) for i in ids], [len(i) > self.max_length for i in ids]
+    def pad(self, tokens: Sequence[Tokens]) -> dict[str, npt.NDArray[np.int64]]:
+        """The batch's padded input_ids, attention_mask (and token_type_ids), as the tokenizer pads."""
+        return pad_tokens(tokens, self.hf)
 
 
 def top_k(dense: npt.NDArray[np.float32], k: int | None) -> list[SparseVector]:
@@ -205,26 +207,26 @@ class _Side:
             return int(self.model.config.vocab_size)
         return int(self.session.get_outputs()[0].shape[-1])
 
-    def weights(self, texts: list[str]) -> npt.NDArray[np.float32]:
+    def weights(self, tokens: Sequence[Tokens]) -> npt.NDArray[np.float32]:
+        """(batch, vocab) weights of tokenised texts (`_Tokenizer.encode`)."""
+        enc = self.tokenizer.pad(tokens)
         if self.route.kind == "static":
-            enc = self.tokenizer(texts, "np")
-            out = np.zeros((len(texts), len(self.table)), dtype=np.float32)
+            out = np.zeros((len(tokens), len(self.table)), dtype=np.float32)
             for r, (ids, mask) in enumerate(zip(enc["input_ids"], enc["attention_mask"])):
                 present = np.unique(ids[mask.astype(bool)])
                 out[r, present] = self.table[present]
             return out
         if self.backend == "torch":
             torch = self.torch
-            enc = {k: v.to(self.device) for k, v in self.tokenizer(texts, "pt").items()}
+            feeds = {k: torch.from_numpy(v).to(self.device) for k, v in enc.items()}
             with torch.inference_mode():
-                logits = self.model(**enc).logits.float()
-                mask = enc["attention_mask"].unsqueeze(-1).to(logits.dtype)
+                logits = self.model(**feeds).logits.float()
+                mask = feeds["attention_mask"].unsqueeze(-1).to(logits.dtype)
                 x = torch.log1p(torch.relu(logits * mask))
                 if self.route.activation == "log1p_relu":
                     x = torch.log1p(x)
                 pooled = x.max(dim=1).values if self.route.pooling == "max" else x.sum(dim=1)
             return pooled.cpu().numpy().astype(np.float32)  # type: ignore[no-any-return]
-        enc = self.tokenizer(texts, "np")
         feeds = {i.name: enc[i.name].astype(np.int64) for i in self.session.get_inputs() if i.name in enc}
         if "token_type_ids" in {i.name for i in self.session.get_inputs()} and "token_type_ids" not in feeds:
             feeds["token_type_ids"] = np.zeros_like(enc["input_ids"], dtype=np.int64)
@@ -359,19 +361,38 @@ class SpladeEmbedding(BatchSparseEmbedding):
     def _warm_up(self) -> None:
         self._model()
 
-    def _count_tokens(self, items: list[Any], role: Role) -> TokenCounts | None:
+    def _side(self, role: Role) -> tuple[_Side, str]:
+        """The loaded route for `role` and its prompt."""
         loaded = self._model()
-        side = loaded.query if role is Role.QUERY else loaded.document
-        prompt = loaded.prompts.get(role, "")
-        return side.tokenizer.count([prompt + t for t in items])
+        return (loaded.query if role is Role.QUERY else loaded.document), loaded.prompts.get(role, "")
 
-    def _vectors(self, texts: list[str], role: Role) -> BatchOutput:
-        loaded = self._model()
-        side = loaded.query if role is Role.QUERY else loaded.document
-        prompt = loaded.prompts.get(role, "")
-        texts = [prompt + t for t in texts]
-        counts, cut = side.tokenizer.count(texts)
-        return BatchOutput(top_k(side.weights(texts), self._active_dims()), counts, cut)
+    def _tokens(self, items: list[Any], role: Role) -> list[Tokens]:
+        """Each item tokenised once, with the role's prompt, by the role's side."""
+        side, prompt = self._side(role)
+        return side.tokenizer.encode([prompt + t for t in items])
+
+    def _prepare(self, items: list[Any], role: Role) -> Prepared:
+        """Each text's tokens and exact count, made once (a server's arrival); the batch runs on them."""
+        tokens = self._tokens(items, role)
+        return Prepared(tokens, [len(t.ids) for t in tokens], [bool(t.truncated) for t in tokens])
+
+    def _plan(self, items: list[Any], role: Role) -> Plan:
+        """Most tokens first (each batch pads little), each text's tokens going to its batch: one tokenising pass."""
+        if len(items) <= 1:
+            return Plan()
+        tokens = self._tokens(items, role)
+        lengths = np.fromiter((len(t.ids) for t in tokens), dtype=np.int64, count=len(tokens))
+        return Plan(order=np.argsort(-lengths, kind="stable").tolist(), prepared=tokens)
+
+    def _count_tokens(self, items: list[Any], role: Role) -> TokenCounts | None:
+        prepared = self._prepare(items, role)
+        return list(prepared.token_counts), list(prepared.truncated)
+
+    def _vectors(self, texts: list[str], role: Role, prepared: list[Any] | None = None) -> BatchOutput:
+        side, _ = self._side(role)
+        tokens: list[Tokens] = prepared if prepared is not None else self._tokens(texts, role)
+        counts, cut = [len(t.ids) for t in tokens], [bool(t.truncated) for t in tokens]
+        return BatchOutput(top_k(side.weights(tokens), self._active_dims()), counts, cut)
 
     def decode(self, embedding: SparseEmbedding | SparseVector, top_k: int | None = None) -> list[tuple[str, float]]:
         """(token, weight) pairs of a vector, largest weight first (the `top_k` largest when set)."""

@@ -1,13 +1,16 @@
-"""Tokens: one text as a backend's tokenizer made it, shared by every encoder backend."""
+"""Tokens: one text as a backend's tokenizer made it, shared by every encoder backend; one tokenising pass with
+exact truncation flags, and padding, for the transformers tokenizers (local models, SPLADE, cross-encoders)."""
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["Tokens"]
+__all__ = ["Tokens", "encode_tokens", "pad_tokens"]
 
 
 class Tokens(NamedTuple):
@@ -17,3 +20,69 @@ class Tokens(NamedTuple):
     ids: npt.NDArray[np.int64]
     truncated: bool
     type_ids: npt.NDArray[np.int64] | None = None
+
+
+def encode_tokens(
+    hf: Any,
+    sides: list[list[str]],
+    max_length: int,
+    *,
+    truncation: bool | str = True,
+    add_special_tokens: bool = True,
+    lock: AbstractContextManager[Any] | None = None,
+) -> list[Tokens]:
+    """Texts (one side) or (first, second) pairs (two sides) through a transformers tokenizer `hf`, cut to
+    `max_length` as `truncation` says, each with whether it was cut (a fast tokenizer's overflow, else a second
+    look at the rows that filled `max_length`) and its token type ids when the tokenizer makes them.
+
+    One tokenising pass gives the ids a model runs on and the exact truncation flags (the count is the ids'
+    length). `lock`: taken around each call into `hf` (a fast tokenizer is not safe across threads)."""
+    guard = lock if lock is not None else nullcontext()
+    with guard:
+        enc = hf(
+            *sides, add_special_tokens=add_special_tokens, truncation=truncation, max_length=max_length, verbose=False
+        )
+    ids = enc["input_ids"]
+    types = enc.get("token_type_ids")
+    encodings = getattr(enc, "encodings", None)
+    if encodings:
+        cut = [bool(e.overflowing) for e in encodings]
+    else:  # a slow tokenizer: re-tokenise only the rows that filled max_length
+        cut = [False] * len(ids)
+        full = [i for i, row in enumerate(ids) if len(row) >= max_length]
+        if full:
+            with guard:
+                whole = hf(
+                    *[[side[i] for i in full] for side in sides],
+                    add_special_tokens=add_special_tokens,
+                    truncation=False,
+                    verbose=False,
+                )
+            for i, row in zip(full, whole["input_ids"]):
+                cut[i] = len(row) > max_length
+    return [
+        Tokens(np.asarray(row, dtype=np.int64), cut[i], None if types is None else np.asarray(types[i], dtype=np.int64))
+        for i, row in enumerate(ids)
+    ]
+
+
+def pad_tokens(tokens: Sequence[Tokens], hf: Any) -> dict[str, npt.NDArray[np.int64]]:
+    """input_ids, attention_mask (and token_type_ids when every row has them) padded as the tokenizer `hf` pads:
+    its pad token and type id, on its padding side."""
+    length = max(len(t.ids) for t in tokens)
+    left = getattr(hf, "padding_side", "right") == "left"
+    pad_id = hf.pad_token_id if hf.pad_token_id is not None else 0
+    ids = np.full((len(tokens), length), pad_id, dtype=np.int64)
+    mask = np.zeros((len(tokens), length), dtype=np.int64)
+    with_types = all(t.type_ids is not None for t in tokens)
+    types = np.full((len(tokens), length), getattr(hf, "pad_token_type_id", 0) or 0, dtype=np.int64)
+    for r, t in enumerate(tokens):
+        cols = slice(length - len(t.ids), length) if left else slice(0, len(t.ids))
+        ids[r, cols] = t.ids
+        mask[r, cols] = 1
+        if with_types and t.type_ids is not None:
+            types[r, cols] = t.type_ids
+    out = {"input_ids": ids, "attention_mask": mask}
+    if with_types:
+        out["token_type_ids"] = types
+    return out

@@ -24,7 +24,7 @@ import numpy as np
 from embedstack._optional import require
 from embedstack.pooling import Pooling
 from embedstack.providers._device import pick_device
-from embedstack.providers.huggingface.tokens import Tokens
+from embedstack.providers.huggingface.tokens import Tokens, encode_tokens, pad_tokens
 from embedstack.types import EmbedResult
 
 __all__ = ["TORCH_PRECISIONS", "TorchEncoder", "TorchTokenizer"]
@@ -156,57 +156,12 @@ class TorchTokenizer:
         says (transformers' values), with whether each was cut and its token type ids when the tokenizer makes them.
         The texts are taken as they are (lower-casing is the caller's)."""
         sides = [firsts] if seconds is None else [firsts, seconds]
-        with self._lock:
-            enc = self.hf(
-                *sides, add_special_tokens=True, truncation=truncation, max_length=self.max_length, verbose=False
-            )
-        ids = enc["input_ids"]
-        types = enc.get("token_type_ids")
-        encodings = getattr(enc, "encodings", None)
-        if encodings:
-            cut = [bool(e.overflowing) for e in encodings]
-        else:  # a slow tokenizer: re-tokenise only the rows that filled max_length
-            cut = [False] * len(firsts)
-            full = [i for i, row in enumerate(ids) if len(row) >= self.max_length]
-            if full:
-                with self._lock:
-                    whole = self.hf(
-                        *[[side[i] for i in full] for side in sides],
-                        add_special_tokens=True,
-                        truncation=False,
-                        verbose=False,
-                    )
-                for i, row in zip(full, whole["input_ids"]):
-                    cut[i] = len(row) > self.max_length
-        return [
-            Tokens(
-                np.asarray(row, dtype=np.int64),
-                cut[i],
-                None if types is None else np.asarray(types[i], dtype=np.int64),
-            )
-            for i, row in enumerate(ids)
-        ]
+        return encode_tokens(self.hf, sides, self.max_length, truncation=truncation, lock=self._lock)
 
     def pad(self, tokens: Sequence[Tokens]) -> dict[str, Any]:
         """input_ids, attention_mask (and token_type_ids when the tokenizer makes them) as padded tensors."""
         torch = require("torch", extra="local")
-        length = max(len(t.ids) for t in tokens)
-        left = getattr(self.hf, "padding_side", "right") == "left"
-        pad_id = self.hf.pad_token_id if self.hf.pad_token_id is not None else 0
-        ids = np.full((len(tokens), length), pad_id, dtype=np.int64)
-        mask = np.zeros((len(tokens), length), dtype=np.int64)
-        with_types = all(t.type_ids is not None for t in tokens)
-        types = np.full((len(tokens), length), getattr(self.hf, "pad_token_type_id", 0) or 0, dtype=np.int64)
-        for r, t in enumerate(tokens):
-            cols = slice(length - len(t.ids), length) if left else slice(0, len(t.ids))
-            ids[r, cols] = t.ids
-            mask[r, cols] = 1
-            if with_types and t.type_ids is not None:
-                types[r, cols] = t.type_ids
-        out = {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask)}
-        if with_types:
-            out["token_type_ids"] = torch.from_numpy(types)
-        return out
+        return {name: torch.from_numpy(array) for name, array in pad_tokens(tokens, self.hf).items()}
 
 
 class _NoTextTokenizer(ValueError):
