@@ -106,26 +106,26 @@ async def test_a_big_request_does_not_starve_small_ones(tiny_model: Any) -> None
     app = create_app({"tiny": tiny_model}, max_batch_tokens=128)
     async with serving(app) as c:
         big_texts = texts(2048, "big")
-        t0 = time.perf_counter()
         big = asyncio.ensure_future(c.post("/v1/embeddings", json=body(big_texts, "tiny")))
         batcher = app.state.embedstack.models["tiny"].batcher
         await until(lambda: batcher.calls >= 2)  # the big one is being computed
 
-        async def small(i: int) -> tuple[float, float]:
-            s = time.perf_counter()
+        async def small(i: int) -> tuple[float, int]:
             r = await c.post("/v1/embeddings", json=body(f"small {i}", "tiny"))
             assert r.status_code == 200
-            return time.perf_counter() - s, time.perf_counter()
+            return time.perf_counter(), batcher.calls
 
+        calls_before = batcher.calls
         smalls = await asyncio.gather(*(small(i) for i in range(50)))
         r = await big
         big_done = time.perf_counter()
+        calls_after = batcher.calls
     assert r.status_code == 200 and len(r.json()["data"]) == 2048
-    latencies = np.array([lat for lat, _ in smalls])
-    big_time = big_done - t0
-    p99 = float(np.percentile(latencies, 99))
-    assert max(done for _, done in smalls) < big_done  # every small one finished while the big one ran
-    assert p99 < big_time / 3, (p99, big_time)
+    assert max(done for done, _ in smalls) < big_done  # every small one finished while the big one ran
+    # ... and early in it, counted in model calls rather than seconds (a busy machine slows both alike): the
+    # smalls waited for a few of the big one's batches, not for the rest of them
+    waited = max(calls for _, calls in smalls) - calls_before
+    assert waited <= (calls_after - calls_before) / 2, (waited, calls_after - calls_before)
     vectors = np.float32([d["embedding"] for d in r.json()["data"]])
     np.testing.assert_allclose(vectors[:5], tiny_model.embed(big_texts[:5]), atol=1e-5)
 
