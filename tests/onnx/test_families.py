@@ -23,6 +23,8 @@ from embedstack.providers.huggingface.onnx_encoder import FAST_PATH_FAMILIES, On
 
 from .conftest import FAMILIES
 
+pytestmark = pytest.mark.slow  # ONNX exports and OpenVINO compiles of every family
+
 BACKENDS = ("torch", "onnx", "openvino")
 #: Texts of many lengths in one call, so batches are padded (and one is cut at 16 tokens).
 TEXTS = [

@@ -25,6 +25,8 @@ from embedstack.types import Role
 
 from .conftest import WORDS
 
+pytestmark = pytest.mark.slow  # ONNX exports and OpenVINO compiles of every family
+
 BACKENDS = ("torch", "onnx", "openvino")
 PROMPTS = {"query": "query: ", "document": "search data: "}
 LIMIT = 16
