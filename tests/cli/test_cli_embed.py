@@ -268,7 +268,9 @@ def test_models_lists_forms_extras_and_the_bundled_model(cli: Run) -> None:
     assert r.returncode == 0, r.stderr
     assert '"local" or "local:<model name or path>"' in r.stdout
     assert "cli          installed" in r.stdout
+    assert '"rerank:<model name or path>"' in r.stdout and '"tei:<server url>"' in r.stdout  # rerankers too
     info = json.loads(cli("models", "--json").stdout)
+    assert any(f.startswith('"cohere:<model>"') for f in info["rerank_forms"])
     assert info["extras"]["cli"] is True
     bundled = [m for m in info["offline"] if m["spec"] == "local"]
     assert bundled and Path(bundled[0]["where"], "config.json").is_file()

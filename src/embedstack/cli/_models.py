@@ -128,6 +128,7 @@ def cmd_models(args: argparse.Namespace) -> int:
     """embedstack models [--provider P] [--json]."""
     from embedstack.providers.catalog import MODELS
     from embedstack.registry import accepted_forms
+    from embedstack.rerank.resolve import RERANK_FORMS
 
     provider = getattr(args, "provider", None)
     extras = {name: all(_installed(m) for m in mods) for name, mods in EXTRAS.items()}
@@ -136,12 +137,16 @@ def cmd_models(args: argparse.Namespace) -> int:
         known: list[dict[str, Any]] = [
             dataclasses.asdict(m) for m in MODELS if provider is None or m.provider == provider
         ]
-        print(json.dumps({"forms": accepted_forms(), "extras": extras, "offline": offline, "known": known}, indent=1))
+        answer = {"forms": accepted_forms(), "rerank_forms": list(RERANK_FORMS), "extras": extras}
+        print(json.dumps({**answer, "offline": offline, "known": known}, indent=1))
         return 0
     print("model forms (--model):")
     for form in accepted_forms():
         if form.startswith('"'):  # the string specs; objects are for the Python API
             print(f"  {form}")
+    print("reranker forms (search --rerank, serve --model NAME=...):")
+    for form in RERANK_FORMS:
+        print(f"  {form}")
     print("extras:")
     for name, ok in extras.items():
         hint = "installed" if ok else f"missing (pip install 'embedstack[{name}]')"

@@ -19,13 +19,29 @@ from urllib.parse import urlsplit, urlunsplit
 from embedstack.providers.remote.credentials import env
 from embedstack.rerank.base import BaseReranker
 
-__all__ = ["COHERE_URL", "JINA_URL", "RERANK_PREFIXES", "SELF_HOSTED_KEY_ENV", "is_rerank_spec", "resolve_rerank_model"]
+__all__ = [
+    "COHERE_URL",
+    "JINA_URL",
+    "RERANK_FORMS",
+    "RERANK_PREFIXES",
+    "SELF_HOSTED_KEY_ENV",
+    "is_rerank_spec",
+    "resolve_rerank_model",
+]
 
 COHERE_URL = "https://api.cohere.com/v2/rerank"
 JINA_URL = "https://api.jina.ai/v1/rerank"
 #: The key sent to a reranking server of your own (`cohere:<model>@<url>`, `tei:<url>`), when set.
 SELF_HOSTED_KEY_ENV = "EMBEDSTACK_RERANK_API_KEY"
 RERANK_PREFIXES = ("rerank:", "cohere:", "jina:", "tei:")
+#: Every reranker spec, as `embedstack models` lists them.
+RERANK_FORMS = (
+    '"rerank:<model name or path>" (a local cross-encoder; backend and precision in Python)',
+    '"cohere:<model>" (Cohere\'s API; COHERE_API_KEY or CO_API_KEY)',
+    '"jina:<model>" (Jina\'s API; JINA_API_KEY)',
+    f'"cohere:<model>@<server url>" (Cohere\'s shape at a server of your own; {SELF_HOSTED_KEY_ENV} when set)',
+    f"\"tei:<server url>\" (TEI's /rerank, or embedstack serve's; {SELF_HOSTED_KEY_ENV} when set)",
+)
 _HOSTED = {"cohere": (COHERE_URL, ("COHERE_API_KEY", "CO_API_KEY")), "jina": (JINA_URL, ("JINA_API_KEY",))}
 _EXAMPLES = (
     "'rerank:<model name or path>' (a local cross-encoder), 'cohere:<model>', 'jina:<model>', "
