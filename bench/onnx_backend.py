@@ -58,8 +58,17 @@ def rss_mb() -> float:
 
 
 # -- worker side (one backend per process) ---------------------------------------------------------
+def label(name: str) -> str:
+    """A path's row label: "onnx-fp32@16" is onnx fp32 at an explicit embed_batch_size=16."""
+    base, _, size = name.partition("@")
+    return BACKENDS.get(base, base) + (f" (embed_batch_size={size})" if size else "")
+
+
 def make_backend(name: str, threads: int, batch_size: int | None, token_budget: int = 0) -> Any:
-    """(bulk(texts, role) -> array, one(text) -> vector) for a backend."""
+    """(bulk(texts, role) -> array, one(text) -> vector) for a backend; a suffix "@N" (e.g. "onnx-fp32@16")
+    sets embed_batch_size=N for that path alone."""
+    name, _, size = name.partition("@")
+    batch_size = int(size) if size else batch_size
     if name == "st":
         import torch
         from sentence_transformers import SentenceTransformer
