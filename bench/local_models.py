@@ -204,6 +204,12 @@ def ceilings(shapes: list[tuple[int, int]], rows: int, threads: int) -> dict[str
     return found
 
 
+def ceiling_of(name: str) -> str:
+    """The ceiling a path is held to ("onnx-fp32@16": onnx-fp32's)."""
+    base = name.partition("@")[0]
+    return CEILING_OF.get(base, "int8" if "int8" in base else "bf16" if "bf16" in base else "fp32")
+
+
 #: Which ceiling each path is held to (int8 paths: the int8 GEMM, though their attention core stays fp32).
 CEILING_OF = {
     "st": "fp32",
@@ -320,7 +326,7 @@ def report_paths(
     exact = vecs.get("onnx-fp32") or ref
     summary: dict[str, dict[str, float]] = {}
     for name in names:
-        kind = CEILING_OF.get(name, "int8" if "int8" in name else "bf16" if "bf16" in name else "fp32")
+        kind = ceiling_of(name)
         row: dict[str, float] = {}
         cells = []
         for f in FIELDS:
@@ -339,18 +345,18 @@ def report_paths(
         row["p50"] = results[name]["p50_ms"]
         summary[name] = row
         print(
-            f"| {ob.BACKENDS.get(name, name)} | {kind} | "
+            f"| {ob.label(name)} | {kind} | "
             + " | ".join(cells)
             + f" | {results[name]['p50_ms']:.2f} | {cos} | {r10:.2f} | {d10} |"
         )
     print("\nGoals (issue 23):")
-    fp32 = [n for n in names if CEILING_OF.get(n) == "fp32" and n not in ("st", "torch")]
+    fp32 = [n for n in names if ceiling_of(n) == "fp32" and n not in ("st", "torch")]
     for n in fp32:
         shares = [summary[n][f"{f}_share"] for f in FIELDS]
         verdict = "met" if min(shares) >= 0.9 else "not met"
         print(f"  fp32 >= 90% of its ceiling: {n} {100 * shares[0]:.0f}% / {100 * shares[1]:.0f}% ({verdict})")
     for n in names:
-        if CEILING_OF.get(n, "int8") == "fp32" or "st" not in times:
+        if ceiling_of(n) == "fp32" or "st" not in times:
             continue
         s = summary[n]
         ok = min(s["query"], s["text"]) >= 6 and abs(s["d10"]) <= 0.5
@@ -372,7 +378,11 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("-n", type=int, default=2000, help="records to use (default 2000)")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds (medians over them)")
-    parser.add_argument("--paths", default=",".join(CEILING_OF), help="comma-separated paths (default: every one)")
+    parser.add_argument(
+        "--paths",
+        default=",".join(CEILING_OF),
+        help='comma-separated paths (default: every one); "NAME@N" runs a path at embed_batch_size=N',
+    )
     parser.add_argument("--threads", type=int, default=0, help="threads for every path (default: physical cores)")
     parser.add_argument("--latency", type=int, default=200, help="single queries timed for the p50")
     parser.add_argument("--cache-dir", default="", help="ONNX graph cache (default: a fresh temp folder)")

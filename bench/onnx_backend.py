@@ -58,8 +58,17 @@ def rss_mb() -> float:
 
 
 # -- worker side (one backend per process) ---------------------------------------------------------
+def label(name: str) -> str:
+    """A path's row label: "onnx-fp32@16" is onnx fp32 at an explicit embed_batch_size=16."""
+    base, _, size = name.partition("@")
+    return BACKENDS.get(base, base) + (f" (embed_batch_size={size})" if size else "")
+
+
 def make_backend(name: str, threads: int, batch_size: int | None, token_budget: int = 0) -> Any:
-    """(bulk(texts, role) -> array, one(text) -> vector) for a backend."""
+    """(bulk(texts, role) -> array, one(text) -> vector) for a backend; a suffix "@N" (e.g. "onnx-fp32@16")
+    sets embed_batch_size=N for that path alone."""
+    name, _, size = name.partition("@")
+    batch_size = int(size) if size else batch_size
     if name == "st":
         import torch
         from sentence_transformers import SentenceTransformer
@@ -272,7 +281,7 @@ def main(args: argparse.Namespace) -> None:
     )
     for name in results:
         rates = [gflop[f] / min(times[name][f]) for f in FIELDS]
-        print(f"  {BACKENDS[name]}: queries {rates[0]:.0f}, texts {rates[1]:.0f} GFLOP/s")
+        print(f"  {label(name)}: queries {rates[0]:.0f}, texts {rates[1]:.0f} GFLOP/s")
 
 
 def _native_bf16() -> bool:
@@ -316,7 +325,7 @@ def report(
             fid = "-"
         q, t = vecs[name]["query"], vecs[name]["text"]
         print(
-            f"| {BACKENDS[name]} | {r['query_per_s']:.0f} | {ratios['query']} | {r['text_per_s']:.1f} | "
+            f"| {label(name)} | {r['query_per_s']:.0f} | {ratios['query']} | {r['text_per_s']:.1f} | "
             f"{ratios['text']} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['peak_rss_mb']:.0f} | {fid} | "
             f"{recall_pct(q, t, 1):.2f} | {recall_pct(q, t, 10):.2f} |"
         )
@@ -330,7 +339,7 @@ def report(
         verdict = "meets" if cos.mean() >= 0.99 and abs(d10) <= 0.5 else "MISSES"
         print()
         print(
-            f"{BACKENDS[fast]} vs onnx fp32: cosine mean {cos.mean():.5f}, min {cos.min():.5f}, "
+            f"{label(fast)} vs onnx fp32: cosine mean {cos.mean():.5f}, min {cos.min():.5f}, "
             f"p1 {np.percentile(cos, 1):.5f}; recall@10 {d10:+.2f} points, recall@1 {d1:+.2f} points "
             f"({verdict} the bar: mean cosine >= 0.99, |recall@10 change| <= 0.5)."
         )
@@ -340,7 +349,7 @@ def report(
         cos = np.concatenate([row_cosines(vecs[exact][f], ref[f]) for f in FIELDS])
         below = int((cos < 0.9999).sum())
         print(
-            f"{BACKENDS[exact]} vs sentence-transformers: {below} of {cos.size} texts below cosine 0.9999 "
+            f"{label(exact)} vs sentence-transformers: {below} of {cos.size} texts below cosine 0.9999 "
             f"(min {cos.min():.6f})."
         )
     print(
