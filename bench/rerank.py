@@ -125,6 +125,7 @@ def main() -> None:
         help="comma-separated; NAME:TOKENS sets a token budget",
     )
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--graphs", type=Path, help="keep the built ONNX graphs here (reused by later runs)")
     args = parser.parse_args()
 
     import torch
@@ -157,7 +158,7 @@ def main() -> None:
                 str(model_dir),
                 backend=backend,
                 precision=precision or "fp32",
-                onnx_cache_dir=work / "onnx",
+                onnx_cache_dir=args.graphs or work / "onnx",
                 **({"token_budget": int(budget)} if budget else {}),
             ).load()
             scorers[name] = lambda r=reranker: r.score(pairs)
