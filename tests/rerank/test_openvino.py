@@ -61,7 +61,8 @@ def test_openvino_int8_keeps_every_querys_ranking(
     ce_minilm: Path, graphs: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The fast mode on a MiniLM-L6-sized cross-encoder: NNCF int8 with the classifier head unquantised,
-    built and cached apart from fp32, ranks held-out queries' documents as fp32 does (Spearman >= 0.99, mean per query)."""
+    built and cached apart from fp32, ranks held-out queries' documents as fp32 does (Spearman >= 0.99, mean
+    per query)."""
     import openvino
 
     import onnx
