@@ -346,9 +346,11 @@ class CrossEncoderReranker(BaseReranker):
         with self.lock:
             scorer = self._weights.scorer
             assert scorer is not None
-            for part in self._chunks(sorted_lengths):
-                rows = order[part]
-                logits = scorer.logits(tokenizer.pad([tokens[i] for i in rows]))
+            parts = [order[part] for part in self._chunks(sorted_lengths)]
+            batches = [tokenizer.pad([tokens[i] for i in rows]) for rows in parts]
+            many = getattr(scorer, "logits_many", None)  # OpenVINO: the forward passes on its streams at once
+            results = many(batches) if many is not None else [scorer.logits(b) for b in batches]
+            for rows, logits in zip(parts, results):
                 if logits.ndim == 1:
                     logits = logits[:, None]
                 out[rows] = activate(logits, self.activation)
