@@ -8,7 +8,9 @@ NNCF's post-training quantisation of that graph (SmoothQuant, bias correction; e
 unpadded sample; the classifier head kept, and more layers kept by recipe), whose unquantised ops run in bf16
 where the CPU has it natively. int8 is kept only when OpenVINO's int8 scores rank every calibration query's
 documents as the fp32 graph does (Spearman >= `INT8_MIN_SPEARMAN` for the worst query), else refused by name.
-Graphs share the ONNX cache (`prepare_classifier_graph`: kinds "plain" and "nncf-int8").
+Every precision runs batches at `shape_bucket` lengths (OpenVINO reuses compiled shapes) and a batch's forward
+passes on two OpenVINO streams at once. Graphs share the ONNX cache (`prepare_classifier_graph`: kinds "plain" and
+"nncf-int8").
 """
 
 from __future__ import annotations
@@ -178,7 +180,7 @@ STREAMS = 2
 
 class _StreamSession(_OpenVinoSession):
     """The graph compiled for `STREAMS` streams (OpenVINO's THROUGHPUT hint): `run_many` runs several padded
-    batches at once, one per stream (bench/rerank.py: 1.08x to 1.12x one stream of every thread, on 2 cores)."""
+    batches at once, one per stream (1.04x to 1.13x one stream of every thread, measured on 2 cores)."""
 
     def __init__(self, ov: Any, path: Path, threads: int, precision: str) -> None:
         streams = max(1, min(STREAMS, threads))
