@@ -12,8 +12,10 @@ sentence-transformers `CrossEncoder.predict` (its default batch size, 32), faste
 (batch size 64, ONNX Runtime) on the same weights (the plain fp32 ONNX export embedstack checks against torch,
 registered with `TextCrossEncoder.add_custom_model` and loaded from its folder with `specific_model_path`; its raw
 logits put through the same sigmoid), embedstack torch fp32, ONNX Runtime fp32 and int8, OpenVINO fp32 and int8
-(the fast modes). No cache: every round computes every pair. Fidelity: the largest score difference to
-sentence-transformers, and the Spearman correlation of each int8 to its runtime's fp32 per query (mean and worst).
+(the fast modes; `openvino-bf16` on CPUs with native bfloat16 is another). No cache: every round computes every
+pair. Fidelity: the largest score difference to sentence-transformers, and the Spearman correlation of each fast
+mode (int8, bf16) to its runtime's fp32 per query (mean and worst). `--graphs DIR` keeps the built ONNX graphs
+for later runs (the NNCF int8 build takes a minute or two).
 
 fastembed 0.9 caps huggingface-hub below 2 while transformers 5 needs 2.4 or later, so pip cannot resolve both
 into one environment and fastembed is not in the `bench` extra; it runs here installed beside them without its
@@ -23,6 +25,8 @@ dependency pins (only the local-folder path is used, which needs no hub):
 
     flock /tmp/embedstack-cpu.lock .venv/bin/python bench/rerank.py
     flock /tmp/embedstack-cpu.lock .venv/bin/python bench/rerank.py --queries 20 --rounds 3  # quick
+    flock /tmp/embedstack-cpu.lock .venv/bin/python bench/rerank.py --queries 4 --candidates 50 --rounds 3 \
+        --backends st,onnx-fp32,onnx-int8,openvino-fp32,openvino-bf16,openvino-int8  # the docs' table
 
 The servers (`embedstack serve`'s /v1/rerank against infinity's, 16 concurrent clients): bench/rerank_server.py.
 """
@@ -125,6 +129,7 @@ def main() -> None:
         help="comma-separated; NAME:TOKENS sets a token budget",
     )
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--graphs", type=Path, help="keep the built ONNX graphs here (reused by later runs)")
     args = parser.parse_args()
 
     import torch
@@ -157,7 +162,7 @@ def main() -> None:
                 str(model_dir),
                 backend=backend,
                 precision=precision or "fp32",
-                onnx_cache_dir=work / "onnx",
+                onnx_cache_dir=args.graphs or work / "onnx",
                 **({"token_budget": int(budget)} if budget else {}),
             ).load()
             scorers[name] = lambda r=reranker: r.score(pairs)

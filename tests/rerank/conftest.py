@@ -109,3 +109,25 @@ def ce_st_identity(ce_bert: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     folder = tmp_path_factory.mktemp("ce-st") / "model"
     CrossEncoder(str(ce_bert), local_files_only=True, activation_fn=torch.nn.Identity()).save(str(folder))
     return folder
+
+
+@pytest.fixture(scope="session")
+def ce_minilm(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The bundled all-MiniLM-L6-v2 encoder (trained weights, 6 layers, 384 wide) under a seeded one-label head,
+    as bench/rerank.py builds it: a cross-encoder of ms-marco-MiniLM-L6-v2's size whose activations are a real
+    model's (int8 of a tiny random model cannot keep a ranking; a trained encoder's can)."""
+    import torch
+    import transformers
+
+    from embedstack.providers.hub import DEFAULT_MODEL, locate_model
+
+    source = locate_model(DEFAULT_MODEL).path
+    folder = tmp_path_factory.mktemp("ce-minilm") / "model"
+    config = transformers.BertConfig.from_pretrained(str(source), num_labels=1)
+    config.architectures = ["BertForSequenceClassification"]
+    torch.manual_seed(0)
+    model = transformers.BertForSequenceClassification(config)
+    model.bert.load_state_dict(transformers.BertModel.from_pretrained(str(source)).state_dict(), strict=True)
+    model.eval().save_pretrained(str(folder))
+    transformers.AutoTokenizer.from_pretrained(str(source)).save_pretrained(str(folder))
+    return folder

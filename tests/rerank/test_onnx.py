@@ -10,7 +10,7 @@ import pytest
 from embedstack.kvstore import SimpleKVStore
 from embedstack.providers.huggingface.onnx_export import ExportError
 from embedstack.rerank import CrossEncoderReranker
-from embedstack.rerank._onnx import spearman
+from embedstack.rerank._onnx import per_query_spearman, spearman
 from embedstack.types import Role
 
 from .conftest import PAIRS, WORDS
@@ -76,3 +76,9 @@ def test_spearman() -> None:
     assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
     assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
     assert spearman([1, 1, 2], [5, 5, 9]) == pytest.approx(1.0)
+
+
+def test_per_query_spearman() -> None:
+    scores = [1, 2, 3, 3, 2, 1, 5]
+    reference = [10, 20, 30, 1, 2, 3, 7]
+    assert per_query_spearman(scores, reference, [3, 3, 1]) == pytest.approx([1.0, -1.0, 1.0])

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,16 @@ from embedstack.providers.huggingface import onnx_export as ox
 from embedstack.providers.huggingface.onnx_encoder import _CALIBRATION, physical_cores
 from embedstack.rerank._model import Feeds, PairTokenizer, load_classifier
 
-__all__ = ["FP32_MAX_ERROR", "INT8_MIN_SPEARMAN", "GraphScorer", "OnnxScorer", "prepare_classifier_graph", "spearman"]
+__all__ = [
+    "FP32_MAX_ERROR",
+    "INT8_MIN_SPEARMAN",
+    "GraphScorer",
+    "OnnxScorer",
+    "calibration_groups",
+    "per_query_spearman",
+    "prepare_classifier_graph",
+    "spearman",
+]
 
 logger = logging.getLogger("embedstack")
 
@@ -63,9 +73,10 @@ def spearman(a: npt.ArrayLike, b: npt.ArrayLike) -> float:
     return float(np.corrcoef(ra, rb)[0, 1])
 
 
-def _calibration_pairs(tokenizer: PairTokenizer) -> list[tuple[str, str]]:
-    """Varied pairs: the embedding calibration texts against each other, and texts of words drawn (seeded)
-    from the model's own vocabulary (so a model of any vocabulary gets pairs it can tell apart)."""
+def calibration_groups(tokenizer: PairTokenizer) -> list[list[tuple[str, str]]]:
+    """Calibration queries, each with its documents: the embedding calibration texts against each other, and
+    texts of words drawn (seeded) from the model's own vocabulary (so a model of any vocabulary gets pairs it can
+    tell apart); every third text is a query, against every other text."""
     texts = list(_CALIBRATION)
     rng = np.random.default_rng(0)
     vocab = [t for t, _ in sorted(tokenizer.hf.get_vocab().items(), key=lambda kv: kv[1])]
@@ -76,8 +87,20 @@ def _calibration_pairs(tokenizer: PairTokenizer) -> list[tuple[str, str]]:
             texts += [
                 " ".join(w.replace("▁", "").replace("Ġ", "") for w in rng.choice(words, size=n)) for _ in range(4)
             ]
-    queries = texts[::3]
-    return [(q, d) for q in queries for d in texts if d != q][:160]
+    return [[(q, d) for d in texts if d != q] for q in texts[::3]]
+
+
+def _calibration_pairs(tokenizer: PairTokenizer) -> list[tuple[str, str]]:
+    """The first 160 calibration pairs (the first few queries' groups): int8 calibration and build checks."""
+    return [pair for group in calibration_groups(tokenizer) for pair in group][:160]
+
+
+def per_query_spearman(scores: npt.ArrayLike, reference: npt.ArrayLike, sizes: list[int]) -> list[float]:
+    """Spearman of `scores` to `reference` within each query's consecutive `sizes` rows: how a reranker is read."""
+    a = np.asarray(scores, dtype=np.float64).ravel()
+    b = np.asarray(reference, dtype=np.float64).ravel()
+    bounds = np.cumsum([0, *sizes])
+    return [spearman(a[lo:hi], b[lo:hi]) for lo, hi in itertools.pairwise(bounds)]
 
 
 def _feeds(tokenizer: PairTokenizer, pairs: list[tuple[str, str]]) -> Feeds:
@@ -188,13 +211,15 @@ def _build_int8(base: Path, dst: Path, calibration: Feeds) -> float:
     )
 
 
-def _key(fingerprint: str, precision: str) -> str:
+def _key(fingerprint: str, precision: str, recipe: Mapping[str, Any] | None = None) -> str:
     parts = {
         "rerank_format": RERANK_EXPORT_FORMAT,
         "graph": ox.cache_key(fingerprint, precision),
         "fp32_max_error": FP32_MAX_ERROR,
         "int8_min_spearman": INT8_MIN_SPEARMAN if precision in ("int8", "nncf-int8") else None,
     }
+    if recipe:  # what else decides the graph (OpenVINO's int8 recipe, the precision its check ran at)
+        parts["recipe"] = dict(recipe)
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
@@ -205,10 +230,12 @@ def prepare_classifier_graph(
     calibration: Callable[[], Feeds],
     cache_dir: Path | None,
     build_int8: Callable[[Path, Path, Feeds], object] | None = None,
+    recipe: Mapping[str, Any] | None = None,
 ) -> Path:
     """The cached classifier graph of `model_dir` of one kind, built and checked when missing: ONNX Runtime's
     "fp32" (fused) and "int8", or OpenVINO's "plain" (unfused fp32) and "nncf-int8" (built by `build_int8`:
-    `embedstack.rerank._openvino.build_nncf_int8`; ONNX Runtime's int8 recipe by default)."""
+    `embedstack.rerank._openvino.build_nncf_int8`; ONNX Runtime's int8 recipe by default). `recipe`: what
+    else decides the built graph, part of its cache key."""
     if precision not in ox.GRAPH_KINDS:
         raise ValueError(
             f"precision {precision!r} is not available with backend='onnx'; use one of {ox.ONNX_PRECISIONS}"
@@ -216,7 +243,7 @@ def prepare_classifier_graph(
     root = Path(cache_dir) if cache_dir is not None else ox.default_cache_dir()
     fingerprint = ox.model_fingerprint(model_dir, root)
     folder = root / f"rerank-{ox._slug(model_dir)}-{fingerprint[:16]}"
-    final = folder / f"classifier-{precision}-{_key(fingerprint, precision)[:16]}.onnx"
+    final = folder / f"classifier-{precision}-{_key(fingerprint, precision, recipe)[:16]}.onnx"
     if ox._verified(final):
         return final
     base_kind = ox._BASE_OF.get(precision)

@@ -154,8 +154,9 @@ class CrossEncoderReranker(BaseReranker):
     default activation (the one its files save, else sigmoid for one label and raw logits for more);
     `activation="identity"` gives raw logits, `"sigmoid"` probabilities. `backend`: "torch" (fp32, fp16,
     bf16), "onnx" (ONNX Runtime on the CPU: fp32, checked against torch when built, or int8, a fast mode
-    that keeps the ranking) or "openvino" (OpenVINO on the CPU: fp32, bf16 where the CPU has it natively, or
-    NNCF int8, a fast mode that keeps the ranking). `cache`: a `BaseKVStore` keyed by (model identity, query,
+    that keeps the ranking) or "openvino" (OpenVINO on the CPU: fp32; the fast modes bf16, where the CPU has it
+    natively, and NNCF int8, the fastest, kept only when it ranks every calibration query's documents as fp32
+    does, else refused by name). `cache`: a `BaseKVStore` keyed by (model identity, query,
     document).
     """
 
@@ -239,7 +240,8 @@ class CrossEncoderReranker(BaseReranker):
 
     def identity(self) -> dict[str, Any]:
         """What makes the scores what they are (the cache key hashes it): the model's files, token limit,
-        activation and precision (and the runtime for int8, whose graphs differ)."""
+        activation and precision (and the runtime for int8, whose graphs differ, and on OpenVINO the precision of its
+        unquantised ops)."""
         if self._identity is None:
             data: dict[str, Any] = {
                 "py_class": "embedstack.rerank.CrossEncoderReranker",
@@ -250,6 +252,11 @@ class CrossEncoderReranker(BaseReranker):
             }
             if self.precision == "int8":
                 data["int8_runtime"] = self.backend
+                if self.backend == "openvino":  # its unquantised ops: bf16 where the CPU has it natively
+                    from embedstack._optional import require
+                    from embedstack.rerank._openvino import int8_compute
+
+                    data["int8_compute"] = int8_compute(require("openvino", extra="openvino"))
             self._identity = stamp_identity(data, self.source)
         return self._identity
 
@@ -339,9 +346,11 @@ class CrossEncoderReranker(BaseReranker):
         with self.lock:
             scorer = self._weights.scorer
             assert scorer is not None
-            for part in self._chunks(sorted_lengths):
-                rows = order[part]
-                logits = scorer.logits(tokenizer.pad([tokens[i] for i in rows]))
+            parts = [order[part] for part in self._chunks(sorted_lengths)]
+            batches = [tokenizer.pad([tokens[i] for i in rows]) for rows in parts]
+            many = getattr(scorer, "logits_many", None)  # OpenVINO: the forward passes on its streams at once
+            results = many(batches) if many is not None else [scorer.logits(b) for b in batches]
+            for rows, logits in zip(parts, results):
                 if logits.ndim == 1:
                     logits = logits[:, None]
                 out[rows] = activate(logits, self.activation)
