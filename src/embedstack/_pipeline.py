@@ -814,6 +814,8 @@ def run_sync(job: EmbedJob) -> Rows:
             else:
                 for batch in batches:
                     one(batch)
+            if not job.redo:  # no cache hit was found wrong: every round is done
+                break
         if failed:
             raise failed[0]
         return job.result()
@@ -856,6 +858,8 @@ async def run_async(job: EmbedJob) -> Rows:
             if failed or not batches:
                 break
             await asyncio.gather(*(one(b) for b in batches))
+            if not job.redo:  # no cache hit was found wrong: no second round to plan (in a thread)
+                break
         if failed:
             raise failed[0]
         return job.result()

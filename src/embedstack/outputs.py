@@ -14,7 +14,7 @@ import struct
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from operator import getitem
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar, NamedTuple, NoReturn
 
 import numpy as np
 import numpy.typing as npt
@@ -244,7 +244,8 @@ def as_matrix(raw: Any, n: int) -> Matrix:
             raise BadVectorsError(f"the model returned an array of dtype {raw.dtype}, expected numbers")
         arr = raw
     elif (packed := _packed(raw, n) if isinstance(raw, (list, tuple)) else None) is not None:
-        arr = packed  # booleans refused inside
+        # (n, dim > 0) float32 by construction, booleans refused inside: only finiteness is left to check
+        return packed if _all_finite(packed) else _refuse_non_finite(packed, n)
     else:
         rows = raw if isinstance(raw, (list, tuple)) else list(raw) if hasattr(raw, "__iter__") else raw
         found: npt.NDArray[Any] | None
@@ -273,14 +274,17 @@ def as_matrix(raw: Any, n: int) -> Matrix:
         raise BadVectorsError(f"the model returned an array of shape {mat.shape} for {n} items, expected ({n}, dim)")
     if mat.shape[1] == 0:
         raise BadVectorsError(f"the model returned empty vectors for {n} items")
-    if not _all_finite(mat):
-        bad_rows = np.flatnonzero(~np.isfinite(mat).all(axis=1)).tolist()
-        raise BadVectorsError(
-            f"the model returned non-finite values (NaN or infinity, or beyond float32's range) for {len(bad_rows)} "
-            f"of {n} items",
-            bad_rows,
-        )
-    return mat
+    return mat if _all_finite(mat) else _refuse_non_finite(mat, n)
+
+
+def _refuse_non_finite(mat: Matrix, n: int) -> NoReturn:
+    """BadVectorsError naming the rows of `mat` with NaN or infinity (`positions`: their row numbers)."""
+    bad_rows = np.flatnonzero(~np.isfinite(mat).all(axis=1)).tolist()
+    raise BadVectorsError(
+        f"the model returned non-finite values (NaN or infinity, or beyond float32's range) for {len(bad_rows)} "
+        f"of {n} items",
+        bad_rows,
+    )
 
 
 #: Below this many rows, making lists costs too little for the garbage collector to matter.
