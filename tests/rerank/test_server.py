@@ -202,3 +202,20 @@ def test_embedstack_serve_a_reranker_over_http(ce_bert: Path, tmp_path: Path) ->
             except subprocess.TimeoutExpired:
                 os.kill(proc.pid, signal.SIGKILL)
                 proc.wait(timeout=10)
+
+
+async def test_a_full_rerank_queue_is_a_429_with_retry_after(ce_bert: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from embedstack.server.batcher import QueueFull
+
+    app = create_app({"ce": CrossEncoderReranker(str(ce_bert))})
+    async with serving(app) as client:
+        batcher = app.state.embedstack_rerank["ce"].batcher
+
+        def full(*args: Any, **kwargs: Any) -> Any:  # fault injection: a queue that cannot take more
+            raise QueueFull(7, 3)
+
+        monkeypatch.setattr(batcher, "submit", full)
+        r = await client.post("/v1/rerank", json={"model": "ce", "query": "q", "documents": ["a", "b"]})
+    assert r.status_code == 429 and r.headers["retry-after"] == "3"
+    error = r.json()["error"]
+    assert error["code"] == "queue_full" and "'ce'" in error["message"] and "7 pairs waiting" in error["message"]

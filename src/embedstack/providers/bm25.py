@@ -305,8 +305,8 @@ class BM25Embedding(BatchSparseEmbedding):
         self._stem()
 
     def _count_tokens(self, items: list[Any], role: Role) -> TokenCounts | None:
-        counts = [len(t) for t in self.tokenize(items)]
-        return counts, [False] * len(counts)
+        prepared = self._prepare(items, role)
+        return list(prepared.token_counts), list(prepared.truncated)
 
     def _prepare(self, items: list[Any], role: Role) -> Prepared:
         """Each text's terms, made once (a server's arrival: its exact count, and the batch reuses them)."""

@@ -32,7 +32,7 @@ from embedstack.server.batcher import Batcher, QueueFull, Ticket
 from embedstack.server.errors import APIError
 from embedstack.server.limits import MAX_INPUTS
 from embedstack.server.metrics import Metrics
-from embedstack.server.serving import inline
+from embedstack.server.serving import inline, queue_full
 from embedstack.types import Role
 
 
@@ -350,12 +350,7 @@ def _submit(model: RerankServed, pairs: list[tuple[str, str]], tokenized: Prepar
     try:
         return model.batcher.submit(pairs, Role.PAIR, tokenized.token_counts, values)
     except QueueFull as e:
-        raise APIError(
-            429,
-            f"the queue of {model.name!r} is full ({e.depth} pairs waiting); retry after {e.retry_after}s",
-            code="queue_full",
-            headers={"retry-after": str(e.retry_after)},
-        ) from None
+        raise queue_full(model.name, e, "pairs") from None
 
 
 async def _wait(model: RerankServed, ticket: Ticket) -> Any:

@@ -33,6 +33,7 @@ __all__ = [
     "load",
     "make_served",
     "prepare",
+    "queue_full",
     "refuse_truncated",
     "submit",
     "wait",
@@ -230,12 +231,17 @@ def submit(served: Served, texts: list[str], role: Role, known: Known, misses: l
             [prepared.values[i] for i in misses] if prepared is not None else None,
         )
     except QueueFull as e:
-        raise APIError(
-            429,
-            f"the queue of {served.name!r} is full ({e.depth} inputs waiting); retry after {e.retry_after}s",
-            code="queue_full",
-            headers={"retry-after": str(e.retry_after)},
-        ) from None
+        raise queue_full(served.name, e, "inputs") from None
+
+
+def queue_full(name: str, e: QueueFull, waiting: str) -> APIError:
+    """The 429 for a model whose queue is full (`waiting`: what its queue holds, "inputs" or "pairs")."""
+    return APIError(
+        429,
+        f"the queue of {name!r} is full ({e.depth} {waiting} waiting); retry after {e.retry_after}s",
+        code="queue_full",
+        headers={"retry-after": str(e.retry_after)},
+    )
 
 
 class _ClientGone(Exception):
