@@ -186,10 +186,8 @@ def _packed(rows: Sequence[Any], n: int) -> Matrix | None:
     return mat
 
 
-#: float32 0.0 and 1.0 as stored (where booleans, False and True, would have been packed): both start with
-#: two zero bytes, and differ in the high two.
-_LOW_HALF = b"\x00\x00"
-_HIGH_HALVES = (struct.pack("<f", 0.0)[2:], struct.pack("<f", 1.0)[2:])
+#: float32 0.0 and 1.0 as stored (where booleans, False and True, would have been packed).
+_SUSPECT_WORDS = (struct.pack("=f", 0.0), struct.pack("=f", 1.0))
 #: Up to this many packed bytes (a few rows), a byte search beats numpy's fixed costs.
 _SEARCH_BYTES = 4096
 #: ... and while it finds at most this many exact 0s and 1s.
@@ -207,18 +205,19 @@ def _packed_non_numeric(rows: Sequence[Any], buf: bytearray, step: int, mat: Mat
     find = buf.find
     bad: set[type] = set()
     budget = _SEARCH_VALUES
-    pos = find(_LOW_HALF)  # one search finds both suspects: they share their two low bytes
-    while pos >= 0:
-        if pos & 3 or buf[pos + 2 : pos + 4] not in _HIGH_HALVES:  # not a whole 0.0 or 1.0
-            pos = find(_LOW_HALF, pos + 1)
-            continue
-        budget -= 1
-        if budget < 0:
-            return _non_numeric(rows, mat, plain=True)
-        kind = type(rows[pos // step][(pos % step) >> 2])
-        if kind is not float and issubclass(kind, _NOT_NUMBERS):
-            bad.add(kind)
-        pos = find(_LOW_HALF, pos + 4)
+    for word in _SUSPECT_WORDS:
+        pos = find(word)
+        while pos >= 0:
+            if pos & 3:  # the bytes straddle two values
+                pos = find(word, pos + 1)
+                continue
+            budget -= 1
+            if budget < 0:
+                return _non_numeric(rows, mat, plain=True)
+            kind = type(rows[pos // step][(pos % step) >> 2])
+            if kind is not float and issubclass(kind, _NOT_NUMBERS):
+                bad.add(kind)
+            pos = find(word, pos + 4)
     return ", ".join(sorted(_type_name(t) for t in bad)) if bad else None
 
 

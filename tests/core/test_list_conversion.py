@@ -43,8 +43,10 @@ def test_number_types_numpy_accepts_are_packed_the_same(rows: list[Any]) -> None
 @pytest.mark.parametrize("dim", [4, 384, 3000])  # a single short row, a single real row (byte search), a big one
 @pytest.mark.parametrize("zeros", [0, 5, 100])  # exact 0.0s beside the boolean (the search's budget)
 @pytest.mark.parametrize("flag", [True, False, np.bool_(True), np.bool_(False)])
-def test_booleans_are_refused_wherever_they_hide(dim: int, zeros: int, flag: Any) -> None:
-    row: list[Any] = [0.0] * min(zeros, dim - 1) + [0.5] * (dim - min(zeros, dim - 1))
+@pytest.mark.parametrize("filler", [[0.5], [1e-41, 0.5]])  # the second: 4 zero bytes straddling two values
+def test_booleans_are_refused_wherever_they_hide(dim: int, zeros: int, flag: Any, filler: list[float]) -> None:
+    rest = dim - min(zeros, dim - 1)
+    row: list[Any] = [0.0] * min(zeros, dim - 1) + (filler * rest)[:rest]
     row[-1] = flag
     for rows in ([row], [[0.25] * dim, row, [0.75] * dim] * 4):
         with pytest.raises(BadVectorsError, match="bool values"):
