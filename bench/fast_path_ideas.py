@@ -13,6 +13,13 @@ the first N records of bench/data/packages-retrieval.jsonl, batched as OnnxEncod
 - streams: ONNX Runtime fp32 and OpenVINO int8 with two runs at once of one thread each (two callers of one ORT
   session; OpenVINO NUM_STREAMS=2 and two infer requests) against one run of two threads: queries and texts
   tokens/s, one-query p50.
+- int8-limits: the bare graphs, no embedstack around them, against sentence-transformers in the same rounds: the
+  shipped NNCF int8 graph; with two streams and the bf16 hint together; an NNCF graph that leaves the attention
+  MatMuls in floating point (so OpenVINO runs its attention in bf16); and the OpenVINO fp32 graph. Each one's op
+  profile (FullyConnected against the fused attention Subgraph) and its mean cosine to the fp32 graph on the texts:
+  how far the fast mode and the fp32 path can go on this machine, whatever runs around the graph.
+- budget: the bare NNCF int8 graph fed runs of at most 512, 1,024 (OnnxEncoder's default), 2,048 and 4,096 padded
+  tokens: queries and texts tokens/s.
 """
 
 from __future__ import annotations
@@ -41,6 +48,20 @@ Feeds = dict[str, np.ndarray]
 Run = Callable[[Feeds], Any]
 
 
+class Field(list):  # type: ignore[type-arg]
+    """A field's batches, carrying its texts (for sentence-transformers, which tokenises them itself)."""
+
+    texts: list[str]
+
+
+def batched(enc: Any, tokens: list[Any], texts: list[str]) -> Field:
+    """`texts` (tokenised as `tokens`) in the runs `enc` makes: longest first, within its token budget."""
+    lengths = np.array([len(t.ids) for t in tokens])
+    batches = Field(enc._feeds(tokens, rows) for rows in enc._batches(lengths))
+    batches.texts = texts
+    return batches
+
+
 def prepared(args: argparse.Namespace) -> tuple[dict[str, Path], list[Feeds], list[Feeds], list[Feeds], int, int]:
     """The cached graphs (ORT fp32, OpenVINO plain and NNCF int8), budgeted query and text batches, single queries,
     and the real token counts of the queries and texts."""
@@ -55,13 +76,12 @@ def prepared(args: argparse.Namespace) -> tuple[dict[str, Path], list[Feeds], li
     graphs = {k: e.graph_path for k, e in encoders.items()}
     enc = encoders["fp32"]
     data = columns(args.data, args.n)
-    out: list[list[Feeds]] = []
+    out: list[Field] = []
     counts = []
     for field in ("query", "text"):
         tokens = enc.text_tokenizer.tokenize(data[field])
-        lengths = np.array([len(t.ids) for t in tokens])
-        counts.append(int(lengths.sum()))
-        out.append([enc._feeds(tokens, rows) for rows in enc._batches(lengths)])
+        counts.append(sum(len(t.ids) for t in tokens))
+        out.append(batched(enc, tokens, data[field]))
     singles = [enc._feeds(enc.text_tokenizer.tokenize([q]), [0]) for q in data["query"][: args.latency]]
     return graphs, out[0], out[1], singles, counts[0], counts[1]
 
@@ -242,9 +262,111 @@ def streams(graphs: dict[str, Path], work: dict[str, Any], rounds: int, threads:
     )
 
 
+def _attention_matmuls(path: Path) -> list[str]:
+    """The MatMuls of two activations (scores and context: attention), not of an activation and a weight."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    consts = {i.name for i in model.graph.initializer}
+    consts |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    return [n.name for n in model.graph.node if n.op_type == "MatMul" and not consts.intersection(n.input)]
+
+
+def _op_profile(compiled: Any, batches: list[Feeds]) -> str:
+    """Each kernel kind's share of the op time over `batches` (the least of 3 passes)."""
+    request = compiled.create_infer_request()
+    names = [p.get_any_name() for p in compiled.inputs]
+    best: tuple[float, collections.Counter[str]] | None = None
+    for _ in range(3):
+        ops: collections.Counter[str] = collections.Counter()
+        for f in batches:
+            request.infer({k: f[k] for k in names})
+            for info in request.profiling_info:
+                ops[str(info.node_type)] += info.real_time.total_seconds()
+        if best is None or sum(ops.values()) < best[0]:
+            best = (sum(ops.values()), ops)
+    assert best is not None
+    return ", ".join(f"{op} {t / best[0]:.0%}" for op, t in best[1].most_common(4))
+
+
+def int8_limits(graphs: dict[str, Path], work: dict[str, Any], rounds: int, threads: int) -> None:
+    from sentence_transformers import SentenceTransformer
+
+    from embedstack.providers.huggingface import onnx_export as ox
+    from embedstack.providers.huggingface.onnx_encoder import OnnxEncoder
+
+    plain = graphs["plain"]
+    loose = plain.with_name("int8-attention-fp-experiment.onnx")
+    if not loose.exists():
+        encoder = OnnxEncoder(bundled_model_dir(), precision="int8", runtime="openvino", cache_dir=plain.parent.parent)
+        ox._build_nncf(plain, loose, encoder._nncf_calibration_feeds(), _attention_matmuls(plain))
+    st = SentenceTransformer(str(bundled_model_dir()), device="cpu")
+    texts = {id(work[f]): work[f].texts for f in ("query", "text")}
+
+    def st_many(batches: list[Feeds]) -> None:
+        st.encode(texts.get(id(batches), work["query"].texts[:8]), batch_size=32)
+
+    def st_one(f: Feeds) -> None:
+        st.encode(work["query"].texts[:1])
+
+    builds = {
+        "openvino int8, shipped graph and settings": (graphs["nncf-int8"], "f32", 1),
+        "openvino int8, 2 streams + bf16 hint": (graphs["nncf-int8"], "bf16", 2),
+        "openvino int8, attention left in floating point, 2 streams + bf16 hint": (loose, "bf16", 2),
+        "openvino fp32": (plain, "f32", 1),
+    }
+    reference = ov_runs(ov_compiled(plain, "f32", threads), 1)
+    variants: dict[str, tuple[Run, Callable[[list[Feeds]], None]]] = {
+        "sentence-transformers encode (the 1x; p50 of one query text)": (st_one, st_many)
+    }
+    print("\nop profiles (share of op time, 4 text batches) and mean cosine to fp32 on the texts:")
+    for name, (path, hint, streams) in builds.items():
+        run = ov_runs(ov_compiled(path, hint, threads, streams), streams)
+        variants[name] = (run, bulk(run, streams))
+        cos = []
+        for f in work["text"]:
+            keep = f["attention_mask"][:, :, None]
+            a, b = (((np.asarray(r(f)[0]) * keep).sum(1) / keep.sum(1)) for r in (reference, run))
+            cos.append((a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1))
+        profile = _op_profile(ov_compiled(path, hint, threads, profile=True), work["text"][:4])
+        print(f"  {name}: {profile}; cosine {np.concatenate(cos).mean():.5f}")
+    race(variants, work, rounds)
+    print(
+        "\n6x sentence-transformers needs 6 x its tokens/s above; 90% of the fp32 ceiling needs the fp32 graph's "
+        "attention Subgraph (~4% of its FLOPs) to run as fast as its FullyConnected kernels."
+    )
+
+
+def budget(graphs: dict[str, Path], work: dict[str, Any], rounds: int, threads: int) -> None:
+    from embedstack.providers.huggingface.onnx_encoder import OnnxEncoder
+
+    enc = OnnxEncoder(bundled_model_dir(), cache_dir=graphs["fp32"].parent.parent)
+    tokens = {f: enc.text_tokenizer.tokenize(work[f].texts) for f in ("query", "text")}
+    feeds: dict[int, dict[str, Field]] = {}
+    for size in (512, 1024, 2048, 4096):
+        enc.token_budget = size
+        feeds[size] = {f: batched(enc, tokens[f], work[f].texts) for f in tokens}
+    many = bulk(ov_runs(ov_compiled(graphs["nncf-int8"], "f32", threads), 1), 1)
+    times: dict[tuple[int, str], list[float]] = collections.defaultdict(list)
+    for _ in range(rounds):
+        for size, fields in feeds.items():
+            for field, batches in fields.items():
+                time.sleep(0.3)
+                many(batches[:2])
+                t0 = time.perf_counter()
+                many(batches)
+                times[size, field].append(time.perf_counter() - t0)
+    print("\n| token budget (padded tokens per run) | query tokens/s best / median | text tokens/s best / median |")
+    print("|--:|--:|--:|")
+    for size in feeds:
+        rates = {f: [work[f + "_tokens"] / t for t in times[size, f]] for f in ("query", "text")}
+        cells = [f"{max(v):,.0f} / {statistics.median(v):,.0f}" for v in rates.values()]
+        print(f"| {size:,}{' (default)' if size == 1024 else ''} | {cells[0]} | {cells[1]} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("idea", choices=["gelu", "bf16-hint", "streams"])
+    parser.add_argument("idea", choices=["gelu", "bf16-hint", "streams", "int8-limits", "budget"])
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("-n", type=int, default=300, help="records (default 300)")
     parser.add_argument("--rounds", type=int, default=4, help="alternating rounds (default 4)")
@@ -257,7 +379,8 @@ def main() -> None:
     graphs, queries, texts, singles, nq, nt = prepared(args)
     work = {"query": queries, "text": texts, "singles": singles, "query_tokens": nq, "text_tokens": nt}
     print(f"{args.n} records ({nq} query and {nt} text tokens), {threads} threads, {args.rounds} rounds")
-    {"gelu": gelu, "bf16-hint": bf16_hint, "streams": streams}[args.idea](graphs, work, args.rounds, threads)
+    ideas = {"gelu": gelu, "bf16-hint": bf16_hint, "streams": streams, "int8-limits": int8_limits, "budget": budget}
+    ideas[args.idea](graphs, work, args.rounds, threads)
 
 
 if __name__ == "__main__":
