@@ -309,3 +309,59 @@ def test_gelu_is_exact_with_or_without_scipy(monkeypatch: pytest.MonkeyPatch) ->
     np.testing.assert_allclose(st_modules._gelu(x), want, rtol=1e-5, atol=1e-6)  # torch rounds in float32
     monkeypatch.setitem(sys.modules, "scipy.special", None)  # import fails: the math.erf fallback
     np.testing.assert_allclose(st_modules._gelu(x), want, rtol=1e-5, atol=1e-6)  # torch rounds in float32
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_prompt_named_text_is_not_put_in_front_of_documents(
+    st_model: Callable[..., Path], env_cache: Path, tmp_path: Path, backend: str
+) -> None:
+    """Was: a model declaring {"query": ..., "text": ...} had "text" put in front of every document (cosine 0.963
+    to sentence-transformers' encode_document, which never looks that name up)."""
+    folder = tmp_path / "tiny"
+    shutil.copytree(st_model("bert", "mean"), folder)
+    config_path = folder / "config_sentence_transformers.json"
+    config = json.loads(config_path.read_text())
+    prompts = {"query": "q: ", "text": "t: "}  # as saved before sentence-transformers wrote "document": ""
+    config_path.write_text(json.dumps({**config, "prompts": prompts, "default_prompt_name": None}))
+    model = HuggingFaceEmbedding(model_name=str(folder), backend=backend)
+    _assert_exact(np.asarray(model.get_text_embedding_batch(TEXTS)), _reference(folder, TEXTS, "encode_document"))
+    queries = np.asarray([model.get_query_embedding(t) for t in TEXTS[:3]])
+    _assert_exact(queries, _reference(folder, TEXTS[:3], "encode_query"))
+    with_text = HuggingFaceEmbedding(model_name=str(folder), backend=backend, text_instruction="t: ")
+    assert _cos(np.asarray([with_text.get_text_embedding("cat")]), _reference(folder, ["cat"]))[0] < EXACT
+
+
+def _greek_tokenizer(folder: Path) -> None:
+    """A word-level tokenizer (no normaliser) that tells σ from ς, as a cased multilingual vocabulary does."""
+    import transformers
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+
+    vocab = {t: i for i, t in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "οδοσ", "οδος", "και", "σ", "ς"])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])]
+    )
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        (folder / name).unlink(missing_ok=True)
+    fast = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]"
+    )
+    fast.save_pretrained(str(folder))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_do_lower_case_lowers_a_final_sigma_as_sentence_transformers_does(
+    st_model: Callable[..., Path], env_cache: Path, tmp_path: Path, backend: str
+) -> None:
+    """Was: do_lower_case ran str.lower(), which writes a word-final Σ as ς; sentence-transformers lower-cases with
+    the tokenizers Lowercase normaliser, character by character (σ): other tokens, cosine far below 0.9999."""
+    folder = tmp_path / "greek" / "tiny"
+    shutil.copytree(st_model("bert", "mean"), folder)
+    _greek_tokenizer(folder)
+    config_path = folder / "sentence_bert_config.json"
+    config_path.write_text(json.dumps({**json.loads(config_path.read_text()), "do_lower_case": True}))
+    texts = ["ΟΔΟΣ", "ΚΑΙ ΟΔΟΣ ΚΑΙ", "Σ", "οδος"]
+    want = _reference(folder, texts)
+    assert _cos(want[:1], want[3:])[0] < 0.99  # σ and ς are different tokens here: the test can fail
+    _assert_exact(_ours(folder, backend, texts), want)

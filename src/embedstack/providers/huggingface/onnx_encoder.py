@@ -39,7 +39,7 @@ from embedstack.providers.huggingface.onnx_export import (
     prepare_graph,
 )
 from embedstack.providers.huggingface.st_modules import Head, UnsupportedModule, read_head
-from embedstack.providers.huggingface.tokens import Tokens
+from embedstack.providers.huggingface.tokens import Tokens, lowercase
 from embedstack.types import EmbedResult
 
 __all__ = [
@@ -263,7 +263,7 @@ class OnnxTokenizer:
     def tokenize(self, texts: list[str]) -> list[Tokens]:
         """Token ids (special tokens included, truncated; lower-cased first when the model says so)."""
         if self.lowercase:
-            texts = [t.lower() for t in texts]
+            texts = [lowercase(t) for t in texts]
         fast = getattr(self.backend_tokenizer, "encode_batch_fast", None)  # no offsets: tokenizers >= 0.20
         encodings = fast(texts) if fast is not None else self.backend_tokenizer.encode_batch(texts)
         return [Tokens(np.asarray(e.ids, dtype=np.int64), bool(e.overflowing)) for e in encodings]

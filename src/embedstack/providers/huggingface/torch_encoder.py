@@ -24,7 +24,7 @@ import numpy as np
 from embedstack._optional import require
 from embedstack.pooling import Pooling
 from embedstack.providers._device import pick_device
-from embedstack.providers.huggingface.tokens import Tokens, encode_tokens, pad_tokens
+from embedstack.providers.huggingface.tokens import Tokens, encode_tokens, lowercase, pad_tokens
 from embedstack.types import EmbedResult
 
 __all__ = ["TORCH_PRECISIONS", "TorchEncoder", "TorchTokenizer"]
@@ -146,7 +146,7 @@ class TorchTokenizer:
     def tokenize(self, texts: list[str]) -> list[Tokens]:
         """Token ids (special tokens included, truncated to max_length) and whether each text was cut."""
         if self.lowercase:
-            texts = [t.lower() for t in texts]
+            texts = [lowercase(t) for t in texts]
         return self.encode(texts, truncation=True)
 
     def encode(
