@@ -365,3 +365,56 @@ def test_do_lower_case_lowers_a_final_sigma_as_sentence_transformers_does(
     want = _reference(folder, texts)
     assert _cos(want[:1], want[3:])[0] < 0.99  # σ and ς are different tokens here: the test can fail
     _assert_exact(_ours(folder, backend, texts), want)
+
+
+# -- the tokenizer transformers builds, not tokenizer.json as it is ---------------------------------------------
+TOKENIZER_SETTINGS: list[Any] = [
+    pytest.param({"do_lower_case": False}, id="do_lower_case-false"),
+    pytest.param({"strip_accents": False}, id="strip_accents-false"),
+]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("settings", TOKENIZER_SETTINGS)
+def test_tokenizer_config_settings_apply_as_transformers_applies_them(
+    st_model: Callable[..., Path], env_cache: Path, tmp_path: Path, settings: dict[str, Any], backend: str
+) -> None:
+    """Was: the fast path read tokenizer.json as it is (a lower-casing, accent-stripping BertNormalizer), while
+    transformers builds BERT's normaliser from tokenizer_config.json: cased text gave other tokens (cosine 0.905)."""
+    folder = tmp_path / "tiny"
+    shutil.copytree(st_model("bert", "mean"), folder)
+    config_path = folder / "tokenizer_config.json"
+    config_path.write_text(json.dumps({**json.loads(config_path.read_text()), **settings}))
+    texts = ["The Quick brown FOX", "Café déjà vu", "the dog sat", "DATA data Data"]
+    want = _reference(folder, texts)
+    _assert_exact(_ours(folder, backend, texts), want)
+
+
+def test_the_tokenizer_transformers_builds_is_cached(
+    st_model: Callable[..., Path], env_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A second load reads the cached tokenizer (no transformers); a damaged cache entry is built again."""
+    import transformers
+
+    from embedstack.providers.huggingface.onnx_encoder import OnnxTokenizer
+
+    folder = tmp_path / "tiny"
+    shutil.copytree(st_model("bert", "mean"), folder)
+    config_path = folder / "tokenizer_config.json"
+    config = {**json.loads(config_path.read_text()), "do_lower_case": False, "comment": "files of this test only"}
+    config_path.write_text(json.dumps(config))  # other files than any other test's: a cache entry of its own
+    texts = ["The Quick brown FOX", "cat"]
+    before = set((env_cache / "tokenizers").glob("*.json")) if (env_cache / "tokenizers").is_dir() else set()
+    first = [t.ids.tolist() for t in OnnxTokenizer(folder).tokenize(texts)]
+    (entry,) = set((env_cache / "tokenizers").glob("*.json")) - before
+    assert first[0][1] == 1  # "The" is not lower-cased: [UNK]
+
+    def no_transformers(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the cached tokenizer should have been read")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(transformers.AutoTokenizer, "from_pretrained", no_transformers)
+        assert [t.ids.tolist() for t in OnnxTokenizer(folder).tokenize(texts)] == first
+    entry.write_text("{ damaged")
+    assert [t.ids.tolist() for t in OnnxTokenizer(folder).tokenize(texts)] == first
+    assert json.loads(entry.read_text())  # written again

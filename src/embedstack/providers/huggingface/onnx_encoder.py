@@ -16,6 +16,7 @@ compiled model released at interpreter exit, before module teardown.
 from __future__ import annotations
 
 import atexit
+import hashlib
 import json
 import logging
 import os
@@ -28,6 +29,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from embedstack._atomic import atomic_write_bytes
 from embedstack._optional import require
 from embedstack.pooling import Pooling
 from embedstack.providers.catalog import FAST_PATH_FAMILIES
@@ -95,6 +97,18 @@ _CALIBRATION = [
 ]
 _ROBERTA_LIKE = {"roberta", "xlm-roberta", "camembert"}
 _KNOWN_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "position_ids")
+#: The files transformers builds a tokenizer from (besides any *.model SentencePiece file).
+_TOKENIZER_FILES = {
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "config.json",
+    "chat_template.jinja",
+}
 
 
 def physical_cores() -> int:
@@ -232,23 +246,54 @@ class OnnxTokenizer:
         return requested
 
     def _load(self, tokenizers: Any) -> Any:
-        path = self.layout.transformer / "tokenizer.json"
-        if path.is_file():
-            tokenizer = tokenizers.Tokenizer.from_file(str(path))
-        else:  # only a slow tokenizer's files: let transformers convert them once
-            transformers = require("transformers", extra="local")
-            fast = transformers.AutoTokenizer.from_pretrained(
-                str(self.layout.transformer), use_fast=True, local_files_only=True
-            )
-            tokenizer = getattr(fast, "backend_tokenizer", None)
-            if tokenizer is None:
+        tokenizer = self._as_transformers_builds_it(tokenizers)
+        if tokenizer is None:
+            path = self.layout.transformer / "tokenizer.json"
+            if not path.is_file():
                 raise ValueError(
                     f"{self.layout.transformer} has no tokenizer.json and its tokenizer has no "
                     f"fast version; use backend='torch'"
                 )
+            tokenizer = tokenizers.Tokenizer.from_file(str(path))
         tokenizer.no_padding()
         tokenizer.enable_truncation(self.max_length)
         return tokenizer
+
+    def _as_transformers_builds_it(self, tokenizers: Any) -> Any:
+        """The Rust tokenizer that transformers (so sentence-transformers) runs for this folder, or None where
+        transformers cannot make one. Not tokenizer.json as it is: a tokenizer class rebuilds parts of it from
+        tokenizer_config.json (BERT's normaliser from do_lower_case and strip_accents, for one), so reading the
+        file alone can tokenise differently. Kept in the cache (keyed by the tokenizer's files and the transformers
+        version), so a warm start reads one JSON file and imports no transformers."""
+        from embedstack.providers.huggingface.onnx_export import _version, default_cache_dir
+
+        folder = self.layout.transformer
+        digest = hashlib.sha256(_version("transformers").encode())
+        for path in sorted(folder.iterdir()):
+            if path.is_file() and (path.name in _TOKENIZER_FILES or path.suffix == ".model"):
+                digest.update(path.name.encode() + b"\0" + path.read_bytes())
+        cached = default_cache_dir() / "tokenizers" / f"{digest.hexdigest()}.json"
+        if cached.is_file():
+            try:
+                return tokenizers.Tokenizer.from_str(cached.read_text(encoding="utf-8"))
+            except Exception as e:  # a damaged cache entry is built again
+                logger.info("onnx: cached tokenizer %s is unreadable (%s); rebuilding", cached, e)
+        try:
+            transformers = require("transformers", extra="local")
+            fast = transformers.AutoTokenizer.from_pretrained(str(folder), use_fast=True, local_files_only=True)
+        except Exception as e:  # a tokenizer transformers cannot load: tokenizer.json as it is
+            logger.info("onnx: transformers could not load the tokenizer of %s (%s); reading tokenizer.json", folder, e)
+            return None
+        backend = getattr(fast, "backend_tokenizer", None)
+        if backend is None:
+            return None
+        text = backend.to_str()
+        try:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(cached, text.encode("utf-8"))
+        except OSError as e:  # a read-only cache costs the next start time, not correctness
+            logger.info("onnx: could not cache the tokenizer in %s (%s)", cached, e)
+        return tokenizers.Tokenizer.from_str(text)
 
     def _pad_id(self) -> int:
         value = self.layout.config.get("pad_token_id")
