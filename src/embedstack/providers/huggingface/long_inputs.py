@@ -115,7 +115,9 @@ def _whole(enc: Any, source: str, prefix_len: int, with_types: bool) -> Whole:
     real = np.flatnonzero(~special)
     first, last = (int(real[0]), int(real[-1]) + 1) if len(real) else (len(ids), len(ids))
     body = np.arange(first, last)
-    in_prompt = offsets[body, 0] < prefix_len
+    # A prompt token ends inside the prompt: a token that also takes the text's first characters (byte-level BPE
+    # joins the prompt's trailing space to the first word, " the") is the text's, or every piece would repeat it.
+    in_prompt = offsets[body, 1] <= prefix_len
     n_prompt = int(np.argmin(in_prompt)) if not in_prompt.all() else len(body)
     content = body[n_prompt:]
     words = enc.word_ids
@@ -194,7 +196,10 @@ def pieces(whole: Whole, max_length: int, overlap: int | None, what: str = "a pi
             types = np.concatenate([lead, prompt, content[a:b], trail])
         start, stop = int(whole.offsets[a, 0]), int(whole.offsets[b - 1, 1])
         p = whole.prefix_len
-        text = whole.source[:p] + whole.source[p + start : p + stop]
+        head, body = whole.source[: p + min(start, 0)], whole.source[p + start : p + stop]
+        if start > 0 and head[-1:].isspace() and body[:1].isspace():  # the window's token brings its own space
+            head = head[:-1]
+        text = head + body
         out.append(Piece(Tokens(ids, False, types), text, b - a))
     return out
 
