@@ -418,3 +418,35 @@ def test_the_tokenizer_transformers_builds_is_cached(
     entry.write_text("{ damaged")
     assert [t.ids.tolist() for t in OnnxTokenizer(folder).tokenize(texts)] == first
     assert json.loads(entry.read_text())  # written again
+
+
+# -- sentence_bert_config.json settings that change tokens --------------------------------------------------
+def _with_transformer_settings(st_model: Callable[..., Path], folder: Path, settings: dict[str, Any]) -> Path:
+    shutil.copytree(st_model("bert", "mean"), folder)
+    config_path = folder / "sentence_bert_config.json"
+    config_path.write_text(json.dumps({**json.loads(config_path.read_text()), **settings}))
+    return folder
+
+
+def test_processing_kwargs_run_on_torch_and_are_refused_by_name_on_the_fast_path(
+    st_model: Callable[..., Path], env_cache: Path, tmp_path: Path
+) -> None:
+    """Was: the fast path ignored processing_kwargs (a text max_length of 6: cosine 0.948, silently)."""
+    folder = _with_transformer_settings(st_model, tmp_path / "tiny", {"processing_kwargs": {"text": {"max_length": 6}}})
+    _assert_exact(_ours(folder, "torch"), _reference(folder))  # sentence-transformers' own preprocessing
+    for backend in ("onnx", "openvino"):
+        with pytest.raises(ValueError, match=r"processing_kwargs.*backend='torch'"):
+            HuggingFaceEmbedding(model_name=str(folder), backend=backend).get_text_embedding("a")
+    assert "processing_kwargs" in str(onnx_problem(folder))
+
+
+@pytest.mark.parametrize("setting", ["query_length", "document_length"])
+def test_per_role_token_limits_are_refused_by_name_on_every_backend(
+    st_model: Callable[..., Path], env_cache: Path, tmp_path: Path, setting: str
+) -> None:
+    """Was: query_length / document_length (sentence-transformers >= 6 cuts that role's texts) were ignored on
+    every backend (cosine 0.948)."""
+    folder = _with_transformer_settings(st_model, tmp_path / "tiny", {setting: 6})
+    for backend in BACKENDS:
+        with pytest.raises(ValueError, match=f"{setting}=6.*sentence-transformers directly"):
+            HuggingFaceEmbedding(model_name=str(folder), backend=backend).get_text_embedding("a")

@@ -40,7 +40,12 @@ from embedstack.providers.huggingface.onnx_export import (
     pick_output,
     prepare_graph,
 )
-from embedstack.providers.huggingface.st_modules import Head, UnsupportedModule, read_head
+from embedstack.providers.huggingface.st_modules import (
+    Head,
+    UnsupportedModule,
+    read_head,
+    transformer_settings_problem,
+)
 from embedstack.providers.huggingface.tokens import Tokens, lowercase
 from embedstack.types import EmbedResult
 
@@ -157,6 +162,11 @@ class _Layout:
         )
         self.config = _read_json(self.transformer / "config.json")
         self.tokenizer_config = _read_json(self.transformer / "tokenizer_config.json")
+        where = str(self.transformer / "sentence_bert_config.json")
+        #: A setting no backend applies (refused by the tokenizer, whatever the backend).
+        self.settings_problem = transformer_settings_problem(self.st_config, where, fast_path=False)
+        if self.head_problem is None and self.settings_problem is None:
+            self.head_problem = transformer_settings_problem(self.st_config, where, fast_path=True)
 
     @staticmethod
     def _first_module(model_dir: Path) -> Path:
@@ -211,7 +221,7 @@ def onnx_problem(model_dir: Path) -> str | None:
         layout = _Layout(Path(model_dir))
     except (ValueError, OSError) as e:
         return str(e)
-    return layout.head_problem or layout.family_problem()
+    return layout.settings_problem or layout.head_problem or layout.family_problem()
 
 
 class OnnxTokenizer:
@@ -226,6 +236,8 @@ class OnnxTokenizer:
         if not self.model_dir.is_dir():
             raise FileNotFoundError(f"model directory {self.model_dir} does not exist")
         self.layout = _Layout(self.model_dir)
+        if self.layout.settings_problem:
+            raise ValueError(self.layout.settings_problem)
         self.lowercase = bool(self.layout.st_config.get("do_lower_case"))
         self.max_length = self._max_length(max_length)
         self.backend_tokenizer = self._load(tokenizers)
