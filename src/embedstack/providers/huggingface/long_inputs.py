@@ -115,12 +115,21 @@ def _whole(enc: Any, source: str, prefix_len: int, with_types: bool) -> Whole:
     real = np.flatnonzero(~special)
     first, last = (int(real[0]), int(real[-1]) + 1) if len(real) else (len(ids), len(ids))
     body = np.arange(first, last)
-    # A prompt token ends inside the prompt: a token that also takes the text's first characters (byte-level BPE
-    # joins the prompt's trailing space to the first word, " the") is the text's, or every piece would repeat it.
-    in_prompt = offsets[body, 1] <= prefix_len
+    words = enc.word_ids
+    # A prompt token's whole word ends inside the prompt: a word that also takes the text's first characters is the
+    # text's (byte-level BPE joins the prompt's trailing space to the first word, " the"; SentencePiece may make it
+    # a lone "▁" before the word's other tokens), or every piece would repeat its first tokens.
+    ends = offsets[body, 1].copy()
+    word_end: dict[int, int] = {}
+    for k, i in enumerate(body):
+        if words[i] is not None:
+            word_end[words[i]] = max(word_end.get(words[i], 0), int(ends[k]))
+    for k, i in enumerate(body):
+        if words[i] is not None:
+            ends[k] = word_end[words[i]]
+    in_prompt = ends <= prefix_len
     n_prompt = int(np.argmin(in_prompt)) if not in_prompt.all() else len(body)
     content = body[n_prompt:]
-    words = enc.word_ids
     word = np.asarray([-1 if words[i] is None else words[i] for i in content], dtype=np.int64)
     starts = np.ones(len(content), dtype=bool)
     if len(content) > 1:
