@@ -309,3 +309,144 @@ def test_gelu_is_exact_with_or_without_scipy(monkeypatch: pytest.MonkeyPatch) ->
     np.testing.assert_allclose(st_modules._gelu(x), want, rtol=1e-5, atol=1e-6)  # torch rounds in float32
     monkeypatch.setitem(sys.modules, "scipy.special", None)  # import fails: the math.erf fallback
     np.testing.assert_allclose(st_modules._gelu(x), want, rtol=1e-5, atol=1e-6)  # torch rounds in float32
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_prompt_named_text_is_not_put_in_front_of_documents(
+    st_model: Callable[..., Path], env_cache: Path, tmp_path: Path, backend: str
+) -> None:
+    """Was: a model declaring {"query": ..., "text": ...} had "text" put in front of every document (cosine 0.963
+    to sentence-transformers' encode_document, which never looks that name up)."""
+    folder = tmp_path / "tiny"
+    shutil.copytree(st_model("bert", "mean"), folder)
+    config_path = folder / "config_sentence_transformers.json"
+    config = json.loads(config_path.read_text())
+    prompts = {"query": "q: ", "text": "t: "}  # as saved before sentence-transformers wrote "document": ""
+    config_path.write_text(json.dumps({**config, "prompts": prompts, "default_prompt_name": None}))
+    model = HuggingFaceEmbedding(model_name=str(folder), backend=backend)
+    _assert_exact(np.asarray(model.get_text_embedding_batch(TEXTS)), _reference(folder, TEXTS, "encode_document"))
+    queries = np.asarray([model.get_query_embedding(t) for t in TEXTS[:3]])
+    _assert_exact(queries, _reference(folder, TEXTS[:3], "encode_query"))
+    with_text = HuggingFaceEmbedding(model_name=str(folder), backend=backend, text_instruction="t: ")
+    assert _cos(np.asarray([with_text.get_text_embedding("cat")]), _reference(folder, ["cat"]))[0] < EXACT
+
+
+def _greek_tokenizer(folder: Path) -> None:
+    """A word-level tokenizer (no normaliser) that tells σ from ς, as a cased multilingual vocabulary does."""
+    import transformers
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+
+    vocab = {t: i for i, t in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "οδοσ", "οδος", "και", "σ", "ς"])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])]
+    )
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        (folder / name).unlink(missing_ok=True)
+    fast = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]"
+    )
+    fast.save_pretrained(str(folder))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_do_lower_case_lowers_a_final_sigma_as_sentence_transformers_does(
+    st_model: Callable[..., Path], env_cache: Path, tmp_path: Path, backend: str
+) -> None:
+    """Was: do_lower_case ran str.lower(), which writes a word-final Σ as ς; sentence-transformers lower-cases with
+    the tokenizers Lowercase normaliser, character by character (σ): other tokens, cosine far below 0.9999."""
+    folder = tmp_path / "greek" / "tiny"
+    shutil.copytree(st_model("bert", "mean"), folder)
+    _greek_tokenizer(folder)
+    config_path = folder / "sentence_bert_config.json"
+    config_path.write_text(json.dumps({**json.loads(config_path.read_text()), "do_lower_case": True}))
+    texts = ["ΟΔΟΣ", "ΚΑΙ ΟΔΟΣ ΚΑΙ", "Σ", "οδος"]
+    want = _reference(folder, texts)
+    assert _cos(want[:1], want[3:])[0] < 0.99  # σ and ς are different tokens here: the test can fail
+    _assert_exact(_ours(folder, backend, texts), want)
+
+
+# -- the tokenizer transformers builds, not tokenizer.json as it is ---------------------------------------------
+TOKENIZER_SETTINGS: list[Any] = [
+    pytest.param({"do_lower_case": False}, id="do_lower_case-false"),
+    pytest.param({"strip_accents": False}, id="strip_accents-false"),
+]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("settings", TOKENIZER_SETTINGS)
+def test_tokenizer_config_settings_apply_as_transformers_applies_them(
+    st_model: Callable[..., Path], env_cache: Path, tmp_path: Path, settings: dict[str, Any], backend: str
+) -> None:
+    """Was: the fast path read tokenizer.json as it is (a lower-casing, accent-stripping BertNormalizer), while
+    transformers builds BERT's normaliser from tokenizer_config.json: cased text gave other tokens (cosine 0.905)."""
+    folder = tmp_path / "tiny"
+    shutil.copytree(st_model("bert", "mean"), folder)
+    config_path = folder / "tokenizer_config.json"
+    config_path.write_text(json.dumps({**json.loads(config_path.read_text()), **settings}))
+    texts = ["The Quick brown FOX", "Café déjà vu", "the dog sat", "DATA data Data"]
+    want = _reference(folder, texts)
+    _assert_exact(_ours(folder, backend, texts), want)
+
+
+def test_the_tokenizer_transformers_builds_is_cached(
+    st_model: Callable[..., Path], env_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A second load reads the cached tokenizer (no transformers); a damaged cache entry is built again."""
+    import transformers
+
+    from embedstack.providers.huggingface.onnx_encoder import OnnxTokenizer
+
+    folder = tmp_path / "tiny"
+    shutil.copytree(st_model("bert", "mean"), folder)
+    config_path = folder / "tokenizer_config.json"
+    config = {**json.loads(config_path.read_text()), "do_lower_case": False, "comment": "files of this test only"}
+    config_path.write_text(json.dumps(config))  # other files than any other test's: a cache entry of its own
+    texts = ["The Quick brown FOX", "cat"]
+    before = set((env_cache / "tokenizers").glob("*.json")) if (env_cache / "tokenizers").is_dir() else set()
+    first = [t.ids.tolist() for t in OnnxTokenizer(folder).tokenize(texts)]
+    (entry,) = set((env_cache / "tokenizers").glob("*.json")) - before
+    assert first[0][1] == 1  # "The" is not lower-cased: [UNK]
+
+    def no_transformers(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the cached tokenizer should have been read")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(transformers.AutoTokenizer, "from_pretrained", no_transformers)
+        assert [t.ids.tolist() for t in OnnxTokenizer(folder).tokenize(texts)] == first
+    entry.write_text("{ damaged")
+    assert [t.ids.tolist() for t in OnnxTokenizer(folder).tokenize(texts)] == first
+    assert json.loads(entry.read_text())  # written again
+
+
+# -- sentence_bert_config.json settings that change tokens --------------------------------------------------
+def _with_transformer_settings(st_model: Callable[..., Path], folder: Path, settings: dict[str, Any]) -> Path:
+    shutil.copytree(st_model("bert", "mean"), folder)
+    config_path = folder / "sentence_bert_config.json"
+    config_path.write_text(json.dumps({**json.loads(config_path.read_text()), **settings}))
+    return folder
+
+
+def test_processing_kwargs_run_on_torch_and_are_refused_by_name_on_the_fast_path(
+    st_model: Callable[..., Path], env_cache: Path, tmp_path: Path
+) -> None:
+    """Was: the fast path ignored processing_kwargs (a text max_length of 6: cosine 0.948, silently)."""
+    folder = _with_transformer_settings(st_model, tmp_path / "tiny", {"processing_kwargs": {"text": {"max_length": 6}}})
+    _assert_exact(_ours(folder, "torch"), _reference(folder))  # sentence-transformers' own preprocessing
+    for backend in ("onnx", "openvino"):
+        with pytest.raises(ValueError, match=r"processing_kwargs.*backend='torch'"):
+            HuggingFaceEmbedding(model_name=str(folder), backend=backend).get_text_embedding("a")
+    assert "processing_kwargs" in str(onnx_problem(folder))
+
+
+@pytest.mark.parametrize("setting", ["query_length", "document_length"])
+def test_per_role_token_limits_are_refused_by_name_on_every_backend(
+    st_model: Callable[..., Path], env_cache: Path, tmp_path: Path, setting: str
+) -> None:
+    """Was: query_length / document_length (sentence-transformers >= 6 cuts that role's texts) were ignored on
+    every backend (cosine 0.948)."""
+    folder = _with_transformer_settings(st_model, tmp_path / "tiny", {setting: 6})
+    for backend in BACKENDS:
+        with pytest.raises(ValueError, match=f"{setting}=6.*sentence-transformers directly"):
+            HuggingFaceEmbedding(model_name=str(folder), backend=backend).get_text_embedding("a")

@@ -298,3 +298,132 @@ def test_spans_are_refused_where_lower_casing_moves_characters(prompted: Path, t
     assert model.embed_chunks("The Cat sat", [(4, 7)]).shape == (1, 32)  # lower-casing that keeps the length
     with pytest.raises(ValueError, match="character spans cannot be mapped"):
         model.embed_chunks("İstanbul cat", [(9, 12)])
+
+
+@pytest.fixture(scope="module")
+def byte_level_decoder(family_checkpoint: Callable[[str], Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A Qwen3 sentence-transformers model with a byte-level BPE tokenizer, as Qwen3-Embedding's: the space in front
+    of a word belongs to the word's token (" dog"), so a prompt's trailing space joins the text's first token."""
+    import transformers
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    rng = np.random.default_rng(0)
+    corpus = [" ".join(_words(12, int(s))) for s in rng.integers(0, 10_000, 300)] + ["passage: query: "] * 50
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    specials = ["<|endoftext|>"]
+    tok.train_from_iterator(
+        corpus,
+        trainers.BpeTrainer(
+            vocab_size=700, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        ),
+    )
+    eos = tok.token_to_id("<|endoftext|>")
+    tok.post_processor = processors.Sequence(
+        [
+            processors.ByteLevel(trim_offsets=False),
+            processors.TemplateProcessing(single="$A <|endoftext|>", special_tokens=[("<|endoftext|>", eos)]),
+        ]
+    )
+    plain = tmp_path_factory.mktemp("byte-level") / "plain"
+    transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>", padding_side="left"
+    ).save_pretrained(str(plain))
+    weights = family_checkpoint("qwen3")
+    config = transformers.AutoConfig.from_pretrained(str(weights))
+    config.vocab_size, config.pad_token_id, config.eos_token_id, config.bos_token_id = (
+        tok.get_vocab_size(),
+        eos,
+        eos,
+        eos,
+    )
+    torch.manual_seed(5)
+    transformers.AutoModel.from_config(config).eval().save_pretrained(str(plain))
+    modules = [Transformer(str(plain), max_seq_length=LIMIT), Pooling(32, pooling_mode="lasttoken"), Normalize()]
+    folder = plain.parent / "tiny"
+    SentenceTransformer(modules=modules, device="cpu", prompts={"query": "query: ", "document": "passage: "}).save(
+        str(folder)
+    )
+    return folder
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_a_prompts_trailing_space_joined_to_the_first_word_is_not_repeated_in_every_piece(
+    byte_level_decoder: Path, env_cache: Path, backend: str
+) -> None:
+    """Was: with a byte-level tokenizer the text's first token (" the", which starts at the prompt's trailing
+    space) was taken for part of the prompt, so every piece of a long text carried the first word again."""
+    st = _st(byte_level_decoder)
+    words = [w for w in VOCAB if len(st.tokenizer(" " + w, add_special_tokens=False)["input_ids"]) == 1]
+    words = [words[i] for i in np.random.default_rng(3).integers(0, len(words), 30)]
+    assert len(st.tokenizer(" ".join(words))["input_ids"]) == len(words) + 1  # one token a word, then <|endoftext|>
+    room = len(st.tokenizer("passage:")["input_ids"])  # "passage", ":" and <|endoftext|>: the space joins the word
+    ranges = _windows(len(words), LIMIT - room, 3)
+    texts = ["passage: " + " ".join(words[a:b]) for a, b in ranges]
+    assert all(len(st.tokenizer(t)["input_ids"]) == LIMIT for t in texts[:-1])  # full pieces, none cut
+    vectors = np.asarray(st.encode(texts, normalize_embeddings=True), dtype=np.float64)
+    weights = np.asarray([b - a for a, b in ranges], dtype=np.float64)[:, None]
+    want = (vectors * weights).sum(0)
+    model = HuggingFaceEmbedding(str(byte_level_decoder), backend=backend, long_inputs="chunk", chunk_overlap=3)
+    assert _cos(model.get_text_embedding(" ".join(words)), want) >= 0.99999
+    # late chunking: the first word is the document's (a span over it alone was "covers no token")
+    document = " ".join(words[:5])
+    assert model.embed_chunks(document, [(0, len(words[0])), (0, len(document))]).shape == (2, 32)
+
+
+@pytest.fixture(scope="module")
+def sentencepiece_encoder(family_checkpoint: Callable[[str], Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An XLM-RoBERTa sentence-transformers model with a SentencePiece-style (Unigram, "▁") tokenizer, as
+    multilingual-e5's, and e5's prompts."""
+    import transformers
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    rng = np.random.default_rng(1)
+    corpus = [" ".join(_words(12, int(s))) for s in rng.integers(0, 10_000, 400)] + ["passage: query: "] * 50
+    tok = Tokenizer(models.Unigram())
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    specials = ["<s>", "<pad>", "</s>", "<unk>"]
+    tok.train_from_iterator(corpus, trainers.UnigramTrainer(vocab_size=300, special_tokens=specials, unk_token="<unk>"))
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A </s>", special_tokens=[("<s>", 0), ("</s>", 2)])
+    plain = tmp_path_factory.mktemp("sentencepiece") / "plain"
+    transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>"
+    ).save_pretrained(str(plain))
+    config = transformers.AutoConfig.from_pretrained(str(family_checkpoint("xlm-roberta")))
+    config.vocab_size, config.pad_token_id, config.bos_token_id, config.eos_token_id = tok.get_vocab_size(), 1, 0, 2
+    torch.manual_seed(6)
+    transformers.AutoModel.from_config(config).eval().save_pretrained(str(plain))
+    modules = [Transformer(str(plain), max_seq_length=LIMIT), Pooling(32, pooling_mode="mean"), Normalize()]
+    folder = plain.parent / "tiny"
+    SentenceTransformer(modules=modules, device="cpu", prompts={"query": "query: ", "document": "passage: "}).save(
+        str(folder)
+    )
+    return folder
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_a_lone_space_token_of_the_first_word_is_not_taken_for_the_prompt(
+    sentencepiece_encoder: Path, env_cache: Path, backend: str
+) -> None:
+    """Was: a first word SentencePiece splits as "▁", "z", "q" put its "▁" (the prompt's trailing space) into the
+    prompt, so every later piece of a long text started with a stray "▁"."""
+    st = _st(sentencepiece_encoder)
+    ids = st.tokenizer("passage: zq", add_special_tokens=False)["input_ids"]
+    assert st.tokenizer.convert_ids_to_tokens(ids)[-3:] == ["▁", "z", "q"]
+    words = [w for w in VOCAB if len(st.tokenizer(w, add_special_tokens=False)["input_ids"]) == 1]
+    words = ["zq"] + [words[i] for i in np.random.default_rng(4).integers(0, len(words), 30)]
+    token_word = [0, 0, 0, *range(1, len(words))]  # the word each of the text's tokens belongs to
+    room = len(st.tokenizer("passage:")["input_ids"])  # <s>, the prompt's tokens, </s>
+    ranges = _windows(len(token_word), LIMIT - room, 3)
+    texts = ["passage: " + " ".join(words[token_word[a] : token_word[b - 1] + 1]) for a, b in ranges]
+    assert all(len(st.tokenizer(t)["input_ids"]) == LIMIT for t in texts[:-1])  # full pieces, none cut
+    vectors = np.asarray(st.encode(texts, normalize_embeddings=True), dtype=np.float64)
+    weights = np.asarray([b - a for a, b in ranges], dtype=np.float64)[:, None]
+    model = HuggingFaceEmbedding(str(sentencepiece_encoder), backend=backend, long_inputs="chunk", chunk_overlap=3)
+    assert _cos(model.get_text_embedding(" ".join(words)), (vectors * weights).sum(0)) >= 0.99999

@@ -47,7 +47,7 @@ from embedstack.providers.huggingface.long_inputs import (
     span_masks,
     windows,
 )
-from embedstack.providers.huggingface.tokens import Tokens
+from embedstack.providers.huggingface.tokens import Tokens, lowercase
 from embedstack.types import Batch, EmbedResult, Plan, Role
 
 __all__ = [
@@ -80,7 +80,9 @@ _RELOAD = _RELOCATE | {
     "pooling",
     "trust_remote_code",
 }
-_TEXT_PROMPT_NAMES = ("document", "passage", "corpus", "text")
+#: The prompt names encode_document looks up, in its order ("text" is none of them: sentence-transformers never
+#: puts a prompt so named in front of documents).
+_TEXT_PROMPT_NAMES = ("document", "passage", "corpus")
 
 
 class _Prepared(NamedTuple):
@@ -418,7 +420,7 @@ class HuggingFaceEmbedding(BatchEmbedding):
             if untruncated is None:
                 return None
             lower = bool(getattr(made, "lowercase", False))
-            seen = [t.lower() for t in texts] if lower else texts
+            seen = [lowercase(t) for t in texts] if lower else texts
             encodings = untruncated.encode_batch(seen, add_special_tokens=add_special_tokens)
         out: list[list[dict[str, Any]]] = []
         for text, shown, enc in zip(texts, seen, encodings):

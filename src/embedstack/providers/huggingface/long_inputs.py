@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import numpy.typing as npt
 
-from embedstack.providers.huggingface.tokens import Tokens
+from embedstack.providers.huggingface.tokens import Tokens, lowercase
 
 __all__ = [
     "DEFAULT_CHUNK_OVERLAP",
@@ -100,7 +100,7 @@ class WholeTokenizer:
         """Each text (with `prefix` in front) tokenised whole."""
         prefix = prefix or ""
         combined = [prefix + t for t in texts]
-        seen = [t.lower() for t in combined] if self.lowercase else combined
+        seen = [lowercase(t) for t in combined] if self.lowercase else combined
         encodings = self.tokenizer.encode_batch(seen)
         return [
             _whole(enc, s if len(s) != len(c) else c, len(prefix), self.with_types)
@@ -115,10 +115,21 @@ def _whole(enc: Any, source: str, prefix_len: int, with_types: bool) -> Whole:
     real = np.flatnonzero(~special)
     first, last = (int(real[0]), int(real[-1]) + 1) if len(real) else (len(ids), len(ids))
     body = np.arange(first, last)
-    in_prompt = offsets[body, 0] < prefix_len
+    words = enc.word_ids
+    # A prompt token's whole word ends inside the prompt: a word that also takes the text's first characters is the
+    # text's (byte-level BPE joins the prompt's trailing space to the first word, " the"; SentencePiece may make it
+    # a lone "▁" before the word's other tokens), or every piece would repeat its first tokens.
+    ends = offsets[body, 1].copy()
+    word_end: dict[int, int] = {}
+    for k, i in enumerate(body):
+        if words[i] is not None:
+            word_end[words[i]] = max(word_end.get(words[i], 0), int(ends[k]))
+    for k, i in enumerate(body):
+        if words[i] is not None:
+            ends[k] = word_end[words[i]]
+    in_prompt = ends <= prefix_len
     n_prompt = int(np.argmin(in_prompt)) if not in_prompt.all() else len(body)
     content = body[n_prompt:]
-    words = enc.word_ids
     word = np.asarray([-1 if words[i] is None else words[i] for i in content], dtype=np.int64)
     starts = np.ones(len(content), dtype=bool)
     if len(content) > 1:
@@ -194,7 +205,10 @@ def pieces(whole: Whole, max_length: int, overlap: int | None, what: str = "a pi
             types = np.concatenate([lead, prompt, content[a:b], trail])
         start, stop = int(whole.offsets[a, 0]), int(whole.offsets[b - 1, 1])
         p = whole.prefix_len
-        text = whole.source[:p] + whole.source[p + start : p + stop]
+        head, body = whole.source[: p + min(start, 0)], whole.source[p + start : p + stop]
+        if start > 0 and head[-1:].isspace() and body[:1].isspace():  # the window's token brings its own space
+            head = head[:-1]
+        text = head + body
         out.append(Piece(Tokens(ids, False, types), text, b - a))
     return out
 

@@ -16,6 +16,7 @@ compiled model released at interpreter exit, before module teardown.
 from __future__ import annotations
 
 import atexit
+import hashlib
 import json
 import logging
 import os
@@ -28,6 +29,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from embedstack._atomic import atomic_write_bytes
 from embedstack._optional import require
 from embedstack.pooling import Pooling
 from embedstack.providers.catalog import FAST_PATH_FAMILIES
@@ -38,8 +40,13 @@ from embedstack.providers.huggingface.onnx_export import (
     pick_output,
     prepare_graph,
 )
-from embedstack.providers.huggingface.st_modules import Head, UnsupportedModule, read_head
-from embedstack.providers.huggingface.tokens import Tokens
+from embedstack.providers.huggingface.st_modules import (
+    Head,
+    UnsupportedModule,
+    read_head,
+    transformer_settings_problem,
+)
+from embedstack.providers.huggingface.tokens import Tokens, lowercase
 from embedstack.types import EmbedResult
 
 __all__ = [
@@ -95,6 +102,18 @@ _CALIBRATION = [
 ]
 _ROBERTA_LIKE = {"roberta", "xlm-roberta", "camembert"}
 _KNOWN_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "position_ids")
+#: The files transformers builds a tokenizer from (besides any *.model SentencePiece file).
+_TOKENIZER_FILES = {
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "config.json",
+    "chat_template.jinja",
+}
 
 
 def physical_cores() -> int:
@@ -143,6 +162,11 @@ class _Layout:
         )
         self.config = _read_json(self.transformer / "config.json")
         self.tokenizer_config = _read_json(self.transformer / "tokenizer_config.json")
+        where = str(self.transformer / "sentence_bert_config.json")
+        #: A setting no backend applies (refused by the tokenizer, whatever the backend).
+        self.settings_problem = transformer_settings_problem(self.st_config, where, fast_path=False)
+        if self.head_problem is None and self.settings_problem is None:
+            self.head_problem = transformer_settings_problem(self.st_config, where, fast_path=True)
 
     @staticmethod
     def _first_module(model_dir: Path) -> Path:
@@ -197,7 +221,7 @@ def onnx_problem(model_dir: Path) -> str | None:
         layout = _Layout(Path(model_dir))
     except (ValueError, OSError) as e:
         return str(e)
-    return layout.head_problem or layout.family_problem()
+    return layout.settings_problem or layout.head_problem or layout.family_problem()
 
 
 class OnnxTokenizer:
@@ -212,6 +236,8 @@ class OnnxTokenizer:
         if not self.model_dir.is_dir():
             raise FileNotFoundError(f"model directory {self.model_dir} does not exist")
         self.layout = _Layout(self.model_dir)
+        if self.layout.settings_problem:
+            raise ValueError(self.layout.settings_problem)
         self.lowercase = bool(self.layout.st_config.get("do_lower_case"))
         self.max_length = self._max_length(max_length)
         self.backend_tokenizer = self._load(tokenizers)
@@ -232,23 +258,54 @@ class OnnxTokenizer:
         return requested
 
     def _load(self, tokenizers: Any) -> Any:
-        path = self.layout.transformer / "tokenizer.json"
-        if path.is_file():
-            tokenizer = tokenizers.Tokenizer.from_file(str(path))
-        else:  # only a slow tokenizer's files: let transformers convert them once
-            transformers = require("transformers", extra="local")
-            fast = transformers.AutoTokenizer.from_pretrained(
-                str(self.layout.transformer), use_fast=True, local_files_only=True
-            )
-            tokenizer = getattr(fast, "backend_tokenizer", None)
-            if tokenizer is None:
+        tokenizer = self._as_transformers_builds_it(tokenizers)
+        if tokenizer is None:
+            path = self.layout.transformer / "tokenizer.json"
+            if not path.is_file():
                 raise ValueError(
                     f"{self.layout.transformer} has no tokenizer.json and its tokenizer has no "
                     f"fast version; use backend='torch'"
                 )
+            tokenizer = tokenizers.Tokenizer.from_file(str(path))
         tokenizer.no_padding()
         tokenizer.enable_truncation(self.max_length)
         return tokenizer
+
+    def _as_transformers_builds_it(self, tokenizers: Any) -> Any:
+        """The Rust tokenizer that transformers (so sentence-transformers) runs for this folder, or None where
+        transformers cannot make one. Not tokenizer.json as it is: a tokenizer class rebuilds parts of it from
+        tokenizer_config.json (BERT's normaliser from do_lower_case and strip_accents, for one), so reading the
+        file alone can tokenise differently. Kept in the cache (keyed by the tokenizer's files and the transformers
+        version), so a warm start reads one JSON file and imports no transformers."""
+        from embedstack.providers.huggingface.onnx_export import _version, default_cache_dir
+
+        folder = self.layout.transformer
+        digest = hashlib.sha256(_version("transformers").encode())
+        for path in sorted(folder.iterdir()):
+            if path.is_file() and (path.name in _TOKENIZER_FILES or path.suffix == ".model"):
+                digest.update(path.name.encode() + b"\0" + path.read_bytes())
+        cached = default_cache_dir() / "tokenizers" / f"{digest.hexdigest()}.json"
+        if cached.is_file():
+            try:
+                return tokenizers.Tokenizer.from_str(cached.read_text(encoding="utf-8"))
+            except Exception as e:  # a damaged cache entry is built again
+                logger.info("onnx: cached tokenizer %s is unreadable (%s); rebuilding", cached, e)
+        try:
+            transformers = require("transformers", extra="local")
+            fast = transformers.AutoTokenizer.from_pretrained(str(folder), use_fast=True, local_files_only=True)
+        except Exception as e:  # a tokenizer transformers cannot load: tokenizer.json as it is
+            logger.info("onnx: transformers could not load the tokenizer of %s (%s); reading tokenizer.json", folder, e)
+            return None
+        backend = getattr(fast, "backend_tokenizer", None)
+        if backend is None:
+            return None
+        text = backend.to_str()
+        try:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(cached, text.encode("utf-8"))
+        except OSError as e:  # a read-only cache costs the next start time, not correctness
+            logger.info("onnx: could not cache the tokenizer in %s (%s)", cached, e)
+        return tokenizers.Tokenizer.from_str(text)
 
     def _pad_id(self) -> int:
         value = self.layout.config.get("pad_token_id")
@@ -263,7 +320,7 @@ class OnnxTokenizer:
     def tokenize(self, texts: list[str]) -> list[Tokens]:
         """Token ids (special tokens included, truncated; lower-cased first when the model says so)."""
         if self.lowercase:
-            texts = [t.lower() for t in texts]
+            texts = [lowercase(t) for t in texts]
         fast = getattr(self.backend_tokenizer, "encode_batch_fast", None)  # no offsets: tokenizers >= 0.20
         encodings = fast(texts) if fast is not None else self.backend_tokenizer.encode_batch(texts)
         return [Tokens(np.asarray(e.ids, dtype=np.int64), bool(e.overflowing)) for e in encodings]

@@ -31,6 +31,7 @@ __all__ = [
     "UnsupportedModule",
     "pooling_modes",
     "read_head",
+    "transformer_settings_problem",
 ]
 
 #: The old boolean keys of 1_Pooling/config.json, in the order sentence-transformers concatenates them.
@@ -269,3 +270,28 @@ def read_head(model_dir: Path) -> tuple[Path, Head | None]:
     while head.steps and head.steps[-1] == "normalize":  # the provider normalises (after truncation)
         head.steps.pop()
     return transformer, head
+
+
+#: sentence_bert_config.json settings (sentence-transformers >= 6) that change a role's tokens and that no
+#: embedstack backend applies: per-task token limits and query expansion.
+UNAPPLIED_SETTINGS = ("query_length", "document_length", "query_expansion")
+
+
+def transformer_settings_problem(config: dict[str, Any], where: str, *, fast_path: bool) -> str | None:
+    """Why a Transformer module's sentence_bert_config.json settings would give other tokens than
+    sentence-transformers makes, or None. The torch backend tokenises through sentence-transformers' own
+    preprocessing when it differs (so processing_kwargs and modalities hold there); the fast path does not."""
+    for key in UNAPPLIED_SETTINGS:
+        if config.get(key) is not None:
+            return (
+                f"{where} sets {key}={config[key]!r}, which sentence-transformers applies to one role's texts and "
+                f"embedstack does not; use sentence-transformers directly, or remove the setting"
+            )
+    if not fast_path:
+        return None
+    if config.get("processing_kwargs"):
+        return f"{where} sets processing_kwargs={config['processing_kwargs']!r}, which the fast path does not apply"
+    modalities = config.get("modality_config")
+    if isinstance(modalities, dict) and set(modalities) - {"text"}:
+        return f"{where} declares modalities {sorted(modalities)}; the fast path embeds plain text only"
+    return None

@@ -10,7 +10,13 @@ from typing import Any, NamedTuple
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["Tokens", "encode_tokens", "pad_tokens"]
+__all__ = ["Tokens", "encode_tokens", "lowercase", "pad_tokens"]
+
+
+def lowercase(text: str) -> str:
+    """`text` lower-cased as the `tokenizers` Lowercase normaliser does (what sentence-transformers adds for
+    do_lower_case): character by character, so a word-final capital sigma becomes σ, not the ς of str.lower()."""
+    return text.replace("\u03a3", "\u03c3").lower() if "\u03a3" in text else text.lower()
 
 
 class Tokens(NamedTuple):

@@ -24,7 +24,8 @@ import numpy as np
 from embedstack._optional import require
 from embedstack.pooling import Pooling
 from embedstack.providers._device import pick_device
-from embedstack.providers.huggingface.tokens import Tokens, encode_tokens, pad_tokens
+from embedstack.providers.huggingface.st_modules import transformer_settings_problem
+from embedstack.providers.huggingface.tokens import Tokens, encode_tokens, lowercase, pad_tokens
 from embedstack.types import EmbedResult
 
 __all__ = ["TORCH_PRECISIONS", "TorchEncoder", "TorchTokenizer"]
@@ -97,6 +98,9 @@ class TorchTokenizer:
         self.model_dir = Path(model_dir)
         self.sentence_transformers = (self.model_dir / "modules.json").is_file()
         folder, st_config = self._transformer_module()
+        problem = transformer_settings_problem(st_config, str(folder / "sentence_bert_config.json"), fast_path=False)
+        if problem:
+            raise ValueError(problem)
         with _quiet_loading():
             self.hf = transformers.AutoTokenizer.from_pretrained(
                 str(folder), trust_remote_code=trust_remote_code, local_files_only=True
@@ -146,7 +150,7 @@ class TorchTokenizer:
     def tokenize(self, texts: list[str]) -> list[Tokens]:
         """Token ids (special tokens included, truncated to max_length) and whether each text was cut."""
         if self.lowercase:
-            texts = [t.lower() for t in texts]
+            texts = [lowercase(t) for t in texts]
         return self.encode(texts, truncation=True)
 
     def encode(
