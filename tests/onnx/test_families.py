@@ -418,6 +418,9 @@ def test_the_tokenizer_transformers_builds_is_cached(
     entry.write_text("{ damaged")
     assert [t.ids.tolist() for t in OnnxTokenizer(folder).tokenize(texts)] == first
     assert json.loads(entry.read_text())  # written again
+    own = tmp_path / "own-cache"  # an encoder's own cache folder holds its tokenizer too
+    assert [t.ids.tolist() for t in OnnxTokenizer(folder, cache_dir=own).tokenize(texts)] == first
+    assert [p.name for p in (own / "tokenizers").glob("*.json")] == [entry.name]
 
 
 # -- sentence_bert_config.json settings that change tokens --------------------------------------------------

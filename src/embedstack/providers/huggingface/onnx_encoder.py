@@ -230,8 +230,10 @@ class OnnxTokenizer:
     Safe to call from several threads: its truncation and padding are set once, here, and encoding only
     reads the Rust tokenizer (a server tokenises arrivals while a batch runs)."""
 
-    def __init__(self, model_dir: Path, max_length: int | None = None) -> None:
+    def __init__(self, model_dir: Path, max_length: int | None = None, cache_dir: Path | None = None) -> None:
+        """`cache_dir`: where the tokenizer transformers builds is kept (default: the ONNX graph cache)."""
         tokenizers = require("tokenizers", extra="onnx")
+        self._cache_dir = cache_dir
         self.model_dir = Path(model_dir)
         if not self.model_dir.is_dir():
             raise FileNotFoundError(f"model directory {self.model_dir} does not exist")
@@ -284,7 +286,8 @@ class OnnxTokenizer:
         for path in sorted(folder.iterdir()):
             if path.is_file() and (path.name in _TOKENIZER_FILES or path.suffix == ".model"):
                 digest.update(path.name.encode() + b"\0" + path.read_bytes())
-        cached = default_cache_dir() / "tokenizers" / f"{digest.hexdigest()}.json"
+        root = Path(self._cache_dir) if self._cache_dir is not None else default_cache_dir()
+        cached = root / "tokenizers" / f"{digest.hexdigest()}.json"
         if cached.is_file():
             try:
                 return tokenizers.Tokenizer.from_str(cached.read_text(encoding="utf-8"))
@@ -473,7 +476,7 @@ class OnnxEncoder:
             raise ValueError(f"token_budget={token_budget} must be a positive number of tokens")
         self.model_dir = Path(model_dir)
         if tokenizer is None:
-            tokenizer = OnnxTokenizer(self.model_dir, max_length)
+            tokenizer = OnnxTokenizer(self.model_dir, max_length, cache_dir)
         elif tokenizer.model_dir != self.model_dir:
             raise ValueError(f"the tokenizer of {tokenizer.model_dir} cannot feed {self.model_dir}")
         self.text_tokenizer = tokenizer
