@@ -182,6 +182,8 @@ class EmbedJob:
     _planned = False  # batches() has planned the first round
     redo = False  # cache hits were found wrong after planning: plan another round
     _none_cached = True  # no slot was filled from the cache
+    _progress: Progress | None = None  # the call's progress reporter, if it asked for one
+    _own_progress = False  # the job made it (and closes it); a Progress passed in is its owner's to close
     #: Usage: per-slot token counts and truncation flags the provider reported (-1: not reported),
     #: and batch totals reported without a per-item split.
     tokens: npt.NDArray[np.int64] | None = None
@@ -237,7 +239,8 @@ class EmbedJob:
         self.expected_dim, self._dim_source = pipe.known_size()
         self._lock = threading.Lock()  # batches may finish together in worker threads
         self._events = _Events.open(pipe) if seen else None
-        self._progress, self._own_progress = _progress(self.n, show_progress)
+        if show_progress is not False:  # False (the default) leaves the class's state: no progress reporter
+            self._progress, self._own_progress = _progress(self.n, show_progress)
 
     @property
     def dim(self) -> int | None:
@@ -803,12 +806,11 @@ def run_sync(job: EmbedJob) -> Rows:
                 if cache:
                     cache.write(job.salvage(batch, e))
 
-        workers = job.pipe.sync_workers()
         for _ in range(_MAX_ROUNDS):
             batches = job.batches()
             if failed or not batches:
                 break
-            if workers > 1 and len(batches) > 1:
+            if len(batches) > 1 and (workers := job.pipe.sync_workers()) > 1:
                 with ThreadPoolExecutor(workers) as pool:
                     list(pool.map(lambda b: contextvars.copy_context().run(one, b), batches))
             else:
