@@ -310,3 +310,35 @@ def test_pickle_carries_the_fields_only(tiny_clip: ClipEmbedding) -> None:
     private = tiny_clip.__getstate__()["__pydantic_private__"]
     assert not {"_source", "_loaded", "_lock"} & set(private)
     assert len(pickle.dumps(tiny_clip)) < 5_000  # no weights, processor or located files travel
+
+
+def _with_transparency(mode: str) -> Image.Image:
+    """A noisy 40x48 image whose top half is fully transparent (hidden pixels keep their colours)."""
+    rng = np.random.default_rng(3)
+    rgba = rng.integers(0, 256, (48, 40, 4), dtype=np.uint8)
+    rgba[:24, :, 3] = 0
+    img = Image.fromarray(rgba, "RGBA")
+    if mode == "P+tRNS":
+        img = img.convert("RGB").convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
+        img.info["transparency"] = 3
+        return img
+    if mode == "RGB+tRNS":
+        img = img.convert("RGB")
+        img.info["transparency"] = tuple(int(v) for v in rgba[30, 5, :3])
+        return img
+    return img.convert(mode)
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "P+tRNS", "RGB+tRNS"])
+def test_transparency_is_composited_onto_white_as_transformers_does(tiny_clip: ClipEmbedding, mode: str) -> None:
+    """RGBA/LA and tRNS images: transformers' processor composites onto white; a plain convert('RGB') showed the
+    hidden pixels' colours instead (cosine 0.67 to the reference for this RGBA image)."""
+    model, processor = _reference(Path(tiny_clip.source.path))
+    img = _with_transparency(mode)
+    data = io.BytesIO()
+    img.save(data, format="PNG")
+    with torch.no_grad():
+        pixels = processor(images=[img], return_tensors="pt")["pixel_values"]
+        want = torch.nn.functional.normalize(_pooled(model.get_image_features(pixel_values=pixels)), dim=-1)[0]
+    for item in (img, data.getvalue()):
+        np.testing.assert_allclose(tiny_clip.get_image_embedding(item), want.numpy(), atol=1e-5)

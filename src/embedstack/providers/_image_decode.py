@@ -108,7 +108,7 @@ def decode_image(item: Any, *, min_side: int, where: str = "image", resample: An
 
 
 def _finish(ImageOps: Any, img: Any, min_side: int, resample: Any, where: str, label: str) -> Any:
-    """Check the mode, load the pixels, apply EXIF orientation, shrink, and convert to RGB."""
+    """Check the mode, load the pixels, apply EXIF orientation, flatten transparency onto white, shrink, to RGB."""
     if img.mode not in SUPPORTED_MODES:
         raise ImageDecodeError(
             where,
@@ -121,8 +121,19 @@ def _finish(ImageOps: Any, img: Any, min_side: int, resample: Any, where: str, l
         img = ImageOps.exif_transpose(img) or img
     except Exception:  # a malformed EXIF block must not lose an otherwise good image
         pass
+    img = _flatten(img)
     img = _shrink(img, min_side, resample)
     return img if img.mode == "RGB" else img.convert("RGB")
+
+
+def _flatten(img: Any) -> Any:
+    """An image with transparency (an alpha band, or a tRNS colour/palette index) composited onto white, as
+    transformers' CLIP processor does (convert_to_rgb); plain convert("RGB") would keep the hidden pixels' colours."""
+    if "A" not in img.getbands() and img.info.get("transparency") is None:
+        return img
+    Image = require("PIL.Image", extra="clip", package="pillow")
+    rgba = img.convert("RGBA")
+    return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
 
 
 def decode_images(
