@@ -17,7 +17,7 @@ from PIL import Image
 from pydantic import PrivateAttr
 
 from embedstack import MultiModalEmbedding, Role
-from embedstack.kvstore import SimpleKVStore
+from embedstack.kvstore import SimpleKVStore, SQLiteKVStore
 from embedstack.providers.clip import ClipEmbedding
 
 TINY_DIM, TINY_MAX_TOKENS = 24, 16  # as built by conftest.build_tiny_clip
@@ -342,3 +342,39 @@ def test_transparency_is_composited_onto_white_as_transformers_does(tiny_clip: C
         want = torch.nn.functional.normalize(_pooled(model.get_image_features(pixel_values=pixels)), dim=-1)[0]
     for item in (img, data.getvalue()):
         np.testing.assert_allclose(tiny_clip.get_image_embedding(item), want.numpy(), atol=1e-5)
+
+
+def _oriented_jpeg(orientation: int | None) -> Image.Image:
+    img = Image.new("RGB", (40, 30), (200, 10, 10))
+    img.paste((10, 10, 200), (0, 0, 20, 30))
+    buf = io.BytesIO()
+    exif = Image.Exif()
+    if orientation is not None:
+        exif[0x0112] = orientation
+    img.save(buf, format="JPEG", exif=exif)
+    out = Image.open(io.BytesIO(buf.getvalue()))
+    out.load()
+    return out
+
+
+def test_pil_images_differing_only_in_what_the_decoder_reads_do_not_share_cache_keys(
+    tiny_clip_path: Path, tmp_path: Path
+) -> None:
+    """Same mode, size and pixels, but another EXIF orientation or tRNS colour: other vectors, so other keys (a warm
+    cache returned the first image's vector for the second)."""
+    pairs = [(_oriented_jpeg(None), _oriented_jpeg(6))]
+    plain = Image.new("RGB", (40, 48), (10, 20, 30))
+    plain.paste((200, 0, 0), (0, 0, 20, 48))
+    keyed = plain.copy()
+    keyed.info["transparency"] = (200, 0, 0)
+    pairs.append((plain, keyed))
+    uncached = ClipEmbedding(model_name=str(tiny_clip_path), device="cpu")
+    for a, b in pairs:
+        assert a.tobytes() == b.tobytes()
+        cached = ClipEmbedding(
+            model_name=str(tiny_clip_path), device="cpu", embeddings_cache=SQLiteKVStore(tmp_path / "c.sqlite")
+        )
+        cached.get_image_embedding(a)
+        got, want = cached.get_image_embedding(b), uncached.get_image_embedding(b)
+        assert not np.allclose(want, uncached.get_image_embedding(a))
+        np.testing.assert_array_equal(got, want)
