@@ -378,3 +378,48 @@ def test_pil_images_differing_only_in_what_the_decoder_reads_do_not_share_cache_
         got, want = cached.get_image_embedding(b), uncached.get_image_embedding(b)
         assert not np.allclose(want, uncached.get_image_embedding(a))
         np.testing.assert_array_equal(got, want)
+
+
+def _variant(src: Path, dst: Path, **image_processor: Any) -> Path:
+    """A copy of the tiny CLIP whose processor config has other image settings."""
+    import json
+    import shutil
+
+    shutil.copytree(src, dst)
+    config = json.loads((dst / "processor_config.json").read_text())
+    config["image_processor"].update(image_processor)
+    (dst / "processor_config.json").write_text(json.dumps(config))
+    return dst
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {},
+        {"do_resize": False},  # center crop of the full image: a shrink first gave cosine 0.89
+        {"size": {"height": 32, "width": 32}, "do_center_crop": False},  # squash: shrink-then-resize, max diff 7e-3
+        {"size": {"shortest_edge": 48}, "resample": 0},  # nearest: a reduced-scale JPEG decode gave cosine 0.96
+    ],
+    ids=["default", "no-resize", "height-width", "nearest"],
+)
+def test_images_match_transformers_for_the_processor_settings(
+    tiny_clip_path: Path, tmp_path: Path, settings: dict[str, Any]
+) -> None:
+    """Large JPEG and PNG inputs: the processor's own resize/crop from the fully decoded image, as CLIPProcessor
+    on Image.open(...) does; no pre-shrink or DCT-scaled decode of ours changes the pixels."""
+    path = _variant(tiny_clip_path, tmp_path / "clip", **settings)
+    model, processor = _reference(path)
+    rng = np.random.default_rng(5)
+    big = Image.fromarray(rng.integers(0, 256, (500, 400, 3), dtype=np.uint8))
+    wide = Image.fromarray(rng.integers(0, 256, (60, 300, 3), dtype=np.uint8))
+    data = []
+    for img, fmt in ((big, "JPEG"), (wide, "PNG")):
+        buf = io.BytesIO()
+        img.save(buf, format=fmt)
+        data.append(buf.getvalue())
+    opened = [Image.open(io.BytesIO(d)) for d in data]
+    with torch.no_grad():
+        pixels = processor(images=opened, return_tensors="pt")["pixel_values"]
+        want = torch.nn.functional.normalize(_pooled(model.get_image_features(pixel_values=pixels)), dim=-1)
+    got = ClipEmbedding(model_name=str(path), device="cpu").embed(data, role="image")
+    np.testing.assert_allclose(got, want.numpy(), atol=1e-5)
