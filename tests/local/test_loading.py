@@ -654,3 +654,20 @@ def test_every_backend_satisfies_the_encoder_protocol(
     for lost in ENCODER_MEMBERS:  # the check sees any member a backend would lose
         kept = {k: getattr(encoder, k) for k in ENCODER_MEMBERS - {lost}}
         assert not isinstance(type("Stripped", (), kept)(), Encoder), lost
+
+
+@pytest.mark.parametrize(
+    "name", ["modeling_custom.py", "onnx/model.onnx_data", "openvino/openvino_model.xml", "tokenizer.tiktoken"]
+)
+def test_files_stamp_covers_code_external_weights_and_ir(tiny: Any, tmp_path: Path, name: str) -> None:
+    """A trust_remote_code model's .py, an ONNX graph's external data and OpenVINO's .xml graph change vectors: a
+    rewrite of any of them is a new stamp, so a warm cache never serves the old files' vectors (they were unstamped)."""
+    import shutil
+
+    model_dir = tmp_path / "m"
+    shutil.copytree(tiny.plain, model_dir)
+    (model_dir / name).parent.mkdir(parents=True, exist_ok=True)
+    (model_dir / name).write_text("one")
+    before = HuggingFaceEmbedding(str(model_dir), backend="torch").source.files_stamp()
+    (model_dir / name).write_text("other version")
+    assert HuggingFaceEmbedding(str(model_dir), backend="torch").source.files_stamp() != before
