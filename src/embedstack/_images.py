@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import os
+import re
 from io import IOBase
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,11 @@ def _not_an_image(item: Any, where: str) -> TypeError:
 
 
 def _existing_file(item: Any, where: str) -> Path:
+    if isinstance(item, str) and re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", item):
+        raise FileNotFoundError(
+            f"{where}: {item!r} is a URL; images are never fetched over the network: download it and pass the file's "
+            "path or its bytes"
+        )
     path = Path(item)
     if not path.is_file():
         raise FileNotFoundError(f"{where}: image file {str(path)!r} does not exist (or is not a file)")
