@@ -82,7 +82,9 @@ class EmbeddingModel(BaseComponent):
     catalog_name: ClassVar[str | None] = None
     #: Fields that change only the arithmetic, left out of `model_identity()`: outputs made at another precision
     #: (cosine >= 0.9999 apart for fp32/bf16; an int8 corpus is searchable with fp32 queries) stay usable.
-    _arithmetic_fields: ClassVar[frozenset[str]] = frozenset({"precision", "int8_runtime", "bf16_runtime"})
+    _arithmetic_fields: ClassVar[frozenset[str]] = frozenset(
+        {"precision", "int8_runtime", "int8_recipe", "bf16_runtime"}
+    )
 
     _memo: dict[str, Any] = PrivateAttr(default_factory=dict)
 
