@@ -83,7 +83,7 @@ class EmbeddingModel(BaseComponent):
     #: Fields that change only the arithmetic, left out of `model_identity()`: outputs made at another precision
     #: (cosine >= 0.9999 apart for fp32/bf16; an int8 corpus is searchable with fp32 queries) stay usable.
     _arithmetic_fields: ClassVar[frozenset[str]] = frozenset(
-        {"precision", "int8_runtime", "int8_recipe", "bf16_runtime"}
+        {"precision", "int8_runtime", "int8_recipe", "bf16_runtime", "fp32_from"}
     )
 
     _memo: dict[str, Any] = PrivateAttr(default_factory=dict)

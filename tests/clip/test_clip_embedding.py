@@ -423,3 +423,12 @@ def test_images_match_transformers_for_the_processor_settings(
         want = torch.nn.functional.normalize(_pooled(model.get_image_features(pixel_values=pixels)), dim=-1)
     got = ClipEmbedding(model_name=str(path), device="cpu").embed(data, role="image")
     np.testing.assert_allclose(got, want.numpy(), atol=1e-5)
+
+
+def test_image_keys_change_with_the_decoding_version(tiny_clip_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Vectors cached by an older decoding (no white compositing, a pre-shrink) are other pixels': their keys miss."""
+    from embedstack.providers import clip as clip_module
+
+    key = ClipEmbedding(model_name=str(tiny_clip_path), device="cpu").pipeline.key_factory("image")(b"img")
+    monkeypatch.setattr(clip_module, "_IMAGE_DECODE", clip_module._IMAGE_DECODE + 1)
+    assert ClipEmbedding(model_name=str(tiny_clip_path), device="cpu").pipeline.key_factory("image")(b"img") != key

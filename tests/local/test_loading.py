@@ -702,5 +702,7 @@ def test_fp16_checkpoint_runs_in_fp32_at_precision_fp32(fp16_checkpoint: Path, b
     texts = ["the cat sat on the mat", "a dog"]
     ref = SentenceTransformer(str(fp16_checkpoint), device="cpu", model_kwargs={"dtype": torch.float32})
     want = ref.encode(texts, normalize_embeddings=True)
-    got = HuggingFaceEmbedding(str(fp16_checkpoint), backend=backend, device="cpu").embed(texts)
-    np.testing.assert_allclose(got, want, atol=2e-6)
+    model = HuggingFaceEmbedding(str(fp16_checkpoint), backend=backend, device="cpu")
+    np.testing.assert_allclose(model.embed(texts), want, atol=2e-6)
+    # vectors cached when this ran at the saved dtype are not served: the key says fp32 from float16
+    assert model.provider.identity()["fp32_from"] == "float16" and "fp32_from" not in model.provider.model_identity()

@@ -41,6 +41,8 @@ _RESNET_CLIP = ("RN50", "RN101", "RN50x4", "RN50x16", "RN50x64")
 # Fields that change which files are used, and which change how the weights are loaded.
 _RELOCATE = frozenset({"model_name", "cache_folder", "revision"})
 _RELOAD = _RELOCATE | {"device"}
+#: Bumped when our decoding gives other pixels to the processor (cached image vectors of the old one then miss).
+_IMAGE_DECODE = 2
 
 
 def hf_clip_name(name: str) -> str:
@@ -175,8 +177,11 @@ class ClipEmbedding(BatchEmbedding, MultiModalEmbedding):
         self._source = source
 
     def _identity(self) -> dict[str, Any]:
-        """The fields that change vectors, plus a stamp of a local directory's files (see files_stamp)."""
-        return stamp_identity(super()._identity(), self.source)
+        """The fields that change vectors, a stamp of a local directory's files (see files_stamp) and the version of
+        our image decoding (2: transparency onto white, full-scale decode, the processor's own resize)."""
+        data = stamp_identity(super()._identity(), self.source)
+        data["image_decode"] = _IMAGE_DECODE
+        return data
 
     @property
     def source(self) -> ModelSource:
