@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import os
+import re
 from io import IOBase
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,11 @@ def _not_an_image(item: Any, where: str) -> TypeError:
 
 
 def _existing_file(item: Any, where: str) -> Path:
+    if isinstance(item, str) and re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", item):
+        raise FileNotFoundError(
+            f"{where}: {item!r} is a URL; images are never fetched over the network: download it and pass the file's "
+            "path or its bytes"
+        )
     path = Path(item)
     if not path.is_file():
         raise FileNotFoundError(f"{where}: image file {str(path)!r} does not exist (or is not a file)")
@@ -100,14 +106,28 @@ def read_image(item: Any, where: str = "image") -> Path | bytes:
 
 
 def image_bytes(item: Any) -> bytes:
-    """The bytes that identify an image: file contents, decoded data URI, or PIL mode+size+pixels."""
+    """The bytes that identify an image: file contents, decoded data URI, or a PIL image's mode, size, pixels
+    and what else the decoder reads (palette, transparency, EXIF orientation)."""
     if is_pil_image(item):
         head = f"{item.mode}:{item.size}:".encode()
         if item.mode in ("P", "PA"):  # pixels are palette indexes: the palette is part of the image
             head += bytes(item.getpalette() or ()) + repr(item.info.get("transparency")).encode() + b":"
+        elif item.info.get("transparency") is not None:  # a tRNS colour: those pixels are composited onto white
+            head += b"transparency=" + repr(item.info["transparency"]).encode() + b":"
+        orientation = _orientation(item)
+        if orientation not in (None, 1):  # decoders apply EXIF orientation: a turned image is another image
+            head += f"orientation={orientation}:".encode()
         return head + bytes(item.tobytes())
     source = read_image(item)
     return source.read_bytes() if isinstance(source, Path) else source
+
+
+def _orientation(img: Any) -> Any:
+    """A PIL image's EXIF orientation tag (274), or None (no EXIF, or an unreadable block)."""
+    try:
+        return img.getexif().get(0x0112)
+    except Exception:  # a malformed EXIF block: the decoder skips it too
+        return None
 
 
 def materialize(item: Any) -> Any:

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import difflib
+import sys
 import threading
+import warnings
 from abc import abstractmethod
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
 import numpy.typing as npt
-from pydantic import Field, PrivateAttr, field_validator
+from pydantic import Field, PrivateAttr, field_validator, model_validator
 from typing_extensions import Self
 
 from embedstack._async_hooks import call_hook, gather_hook
@@ -49,11 +52,47 @@ _UNPICKLABLE = (type(threading.Lock()), type(threading.RLock()))
 _RUNTIME_FIELDS = frozenset({"callback_manager", "embed_batch_size", "num_workers", "embeddings_cache"})
 
 
+def _caller_level() -> int:
+    """The warnings stacklevel of the first frame outside embedstack and pydantic (the caller's line)."""
+    frame, level = sys._getframe(2), 2  # 1: the validator that warns
+    while frame.f_back is not None and str(frame.f_globals.get("__name__", "")).startswith(("embedstack", "pydantic")):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+#: Other libraries' names of a setting (the OpenAI SDK's and LangChain's base_url is our api_base).
+_SETTING_HINTS = {"base_url": "api_base", "openai_api_base": "api_base", "normalize_embeddings": "normalize"}
+
+
 class EmbeddingModel(BaseComponent):
     """What every model class shares (dense `BaseEmbedding`, `BaseSparseEmbedding`): LlamaIndex's common fields,
     the derived-state lifecycle, pickling, identity and descriptor, and the model as a provider (`provider`) behind
     its pipeline (`pipeline`). A subclass declares its output kind (`_output_kind`) and implements `_embed(batch)`.
     """
+
+    @model_validator(mode="before")
+    @classmethod
+    def _warn_unknown_settings(cls, data: Any) -> Any:
+        """Warn about settings the class does not have: ignored (as LlamaIndex does), they would change nothing, so
+        a misspelt `normalise=False` or `dimension=256` silently gave the default's vectors."""
+        if isinstance(data, dict):
+            fields = cls.model_fields
+            known = set(fields) | {f.alias for f in fields.values() if f.alias} | {"class_name"}
+            unknown = sorted(k for k in data if isinstance(k, str) and k not in known)
+            if unknown:
+                hints = []
+                for name in unknown:
+                    matches = difflib.get_close_matches(name, fields, 1, 0.8)
+                    hint = _SETTING_HINTS.get(name)
+                    close = hint if hint in fields else (matches[0] if matches else None)
+                    hints.append(f"{name!r} (did you mean {close!r}?)" if close else repr(name))
+                warnings.warn(
+                    f"{cls.__name__} has no setting {', '.join(hints)}: ignored, it changes nothing; "
+                    "remove it or use the setting's name (see the class's fields)",
+                    UserWarning,
+                    stacklevel=_caller_level(),
+                )
+        return data
 
     model_name: str = Field(default="unknown", description="The name of the embedding model.")
     embed_batch_size: int = Field(
@@ -82,7 +121,9 @@ class EmbeddingModel(BaseComponent):
     catalog_name: ClassVar[str | None] = None
     #: Fields that change only the arithmetic, left out of `model_identity()`: outputs made at another precision
     #: (cosine >= 0.9999 apart for fp32/bf16; an int8 corpus is searchable with fp32 queries) stay usable.
-    _arithmetic_fields: ClassVar[frozenset[str]] = frozenset({"precision", "int8_runtime", "bf16_runtime"})
+    _arithmetic_fields: ClassVar[frozenset[str]] = frozenset(
+        {"precision", "int8_runtime", "int8_recipe", "bf16_runtime", "fp32_from"}
+    )
 
     _memo: dict[str, Any] = PrivateAttr(default_factory=dict)
 

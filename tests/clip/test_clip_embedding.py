@@ -17,7 +17,7 @@ from PIL import Image
 from pydantic import PrivateAttr
 
 from embedstack import MultiModalEmbedding, Role
-from embedstack.kvstore import SimpleKVStore
+from embedstack.kvstore import SimpleKVStore, SQLiteKVStore
 from embedstack.providers.clip import ClipEmbedding
 
 TINY_DIM, TINY_MAX_TOKENS = 24, 16  # as built by conftest.build_tiny_clip
@@ -310,3 +310,125 @@ def test_pickle_carries_the_fields_only(tiny_clip: ClipEmbedding) -> None:
     private = tiny_clip.__getstate__()["__pydantic_private__"]
     assert not {"_source", "_loaded", "_lock"} & set(private)
     assert len(pickle.dumps(tiny_clip)) < 5_000  # no weights, processor or located files travel
+
+
+def _with_transparency(mode: str) -> Image.Image:
+    """A noisy 40x48 image whose top half is fully transparent (hidden pixels keep their colours)."""
+    rng = np.random.default_rng(3)
+    rgba = rng.integers(0, 256, (48, 40, 4), dtype=np.uint8)
+    rgba[:24, :, 3] = 0
+    img = Image.fromarray(rgba, "RGBA")
+    if mode == "P+tRNS":
+        img = img.convert("RGB").convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
+        img.info["transparency"] = 3
+        return img
+    if mode == "RGB+tRNS":
+        img = img.convert("RGB")
+        img.info["transparency"] = tuple(int(v) for v in rgba[30, 5, :3])
+        return img
+    return img.convert(mode)
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "P+tRNS", "RGB+tRNS"])
+def test_transparency_is_composited_onto_white_as_transformers_does(tiny_clip: ClipEmbedding, mode: str) -> None:
+    """RGBA/LA and tRNS images: transformers' processor composites onto white; a plain convert('RGB') showed the
+    hidden pixels' colours instead (cosine 0.67 to the reference for this RGBA image)."""
+    model, processor = _reference(Path(tiny_clip.source.path))
+    img = _with_transparency(mode)
+    data = io.BytesIO()
+    img.save(data, format="PNG")
+    with torch.no_grad():
+        pixels = processor(images=[img], return_tensors="pt")["pixel_values"]
+        want = torch.nn.functional.normalize(_pooled(model.get_image_features(pixel_values=pixels)), dim=-1)[0]
+    for item in (img, data.getvalue()):
+        np.testing.assert_allclose(tiny_clip.get_image_embedding(item), want.numpy(), atol=1e-5)
+
+
+def _oriented_jpeg(orientation: int | None) -> Image.Image:
+    img = Image.new("RGB", (40, 30), (200, 10, 10))
+    img.paste((10, 10, 200), (0, 0, 20, 30))
+    buf = io.BytesIO()
+    exif = Image.Exif()
+    if orientation is not None:
+        exif[0x0112] = orientation
+    img.save(buf, format="JPEG", exif=exif)
+    out = Image.open(io.BytesIO(buf.getvalue()))
+    out.load()
+    return out
+
+
+def test_pil_images_differing_only_in_what_the_decoder_reads_do_not_share_cache_keys(
+    tiny_clip_path: Path, tmp_path: Path
+) -> None:
+    """Same mode, size and pixels, but another EXIF orientation or tRNS colour: other vectors, so other keys (a warm
+    cache returned the first image's vector for the second)."""
+    pairs = [(_oriented_jpeg(None), _oriented_jpeg(6))]
+    plain = Image.new("RGB", (40, 48), (10, 20, 30))
+    plain.paste((200, 0, 0), (0, 0, 20, 48))
+    keyed = plain.copy()
+    keyed.info["transparency"] = (200, 0, 0)
+    pairs.append((plain, keyed))
+    uncached = ClipEmbedding(model_name=str(tiny_clip_path), device="cpu")
+    for a, b in pairs:
+        assert a.tobytes() == b.tobytes()
+        cached = ClipEmbedding(
+            model_name=str(tiny_clip_path), device="cpu", embeddings_cache=SQLiteKVStore(tmp_path / "c.sqlite")
+        )
+        cached.get_image_embedding(a)
+        got, want = cached.get_image_embedding(b), uncached.get_image_embedding(b)
+        assert not np.allclose(want, uncached.get_image_embedding(a))
+        np.testing.assert_array_equal(got, want)
+
+
+def _variant(src: Path, dst: Path, **image_processor: Any) -> Path:
+    """A copy of the tiny CLIP whose processor config has other image settings."""
+    import json
+    import shutil
+
+    shutil.copytree(src, dst)
+    config = json.loads((dst / "processor_config.json").read_text())
+    config["image_processor"].update(image_processor)
+    (dst / "processor_config.json").write_text(json.dumps(config))
+    return dst
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {},
+        {"do_resize": False},  # center crop of the full image: a shrink first gave cosine 0.89
+        {"size": {"height": 32, "width": 32}, "do_center_crop": False},  # squash: shrink-then-resize, max diff 7e-3
+        {"size": {"shortest_edge": 48}, "resample": 0},  # nearest: a reduced-scale JPEG decode gave cosine 0.96
+    ],
+    ids=["default", "no-resize", "height-width", "nearest"],
+)
+def test_images_match_transformers_for_the_processor_settings(
+    tiny_clip_path: Path, tmp_path: Path, settings: dict[str, Any]
+) -> None:
+    """Large JPEG and PNG inputs: the processor's own resize/crop from the fully decoded image, as CLIPProcessor
+    on Image.open(...) does; no pre-shrink or DCT-scaled decode of ours changes the pixels."""
+    path = _variant(tiny_clip_path, tmp_path / "clip", **settings)
+    model, processor = _reference(path)
+    rng = np.random.default_rng(5)
+    big = Image.fromarray(rng.integers(0, 256, (500, 400, 3), dtype=np.uint8))
+    wide = Image.fromarray(rng.integers(0, 256, (60, 300, 3), dtype=np.uint8))
+    data = []
+    for img, fmt in ((big, "JPEG"), (wide, "PNG")):
+        buf = io.BytesIO()
+        img.save(buf, format=fmt)
+        data.append(buf.getvalue())
+    opened = [Image.open(io.BytesIO(d)) for d in data]
+    with torch.no_grad():
+        pixels = processor(images=opened, return_tensors="pt")["pixel_values"]
+        want = torch.nn.functional.normalize(_pooled(model.get_image_features(pixel_values=pixels)), dim=-1)
+    got = ClipEmbedding(model_name=str(path), device="cpu").embed(data, role="image")
+    np.testing.assert_allclose(got, want.numpy(), atol=1e-5)
+
+
+def test_image_keys_change_with_the_decoding_version(tiny_clip_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Vectors cached by an older decoding (no white compositing, a pre-shrink) are other pixels': their keys miss."""
+    from embedstack.providers import clip as clip_module
+
+    key = ClipEmbedding(model_name=str(tiny_clip_path), device="cpu").pipeline.key_factory("image")(b"img")
+    monkeypatch.setattr(clip_module, "_IMAGE_DECODE", clip_module._IMAGE_DECODE + 1)
+    assert ClipEmbedding(model_name=str(tiny_clip_path), device="cpu").pipeline.key_factory("image")(b"img") != key

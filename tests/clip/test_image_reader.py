@@ -53,3 +53,13 @@ def test_empty_sources_read_as_empty_and_the_decoder_says_why() -> None:
     spent.read()
     with pytest.raises(ImageDecodeError, match="already read to the end; pass its bytes instead"):
         decode_image(spent, min_side=32)
+
+
+@pytest.mark.parametrize("url", ["http://10.255.255.1/x.png", "https://example.com/a.jpg", "s3://bucket/x.png"])
+def test_urls_are_refused_by_name_without_network(url: str) -> None:
+    """A URL was reported as a missing file named 'http:/10...' (Path collapses the '//'); it is never fetched."""
+    with pytest.raises(FileNotFoundError, match="is a URL; images are never fetched") as info:
+        check_image(url, 2, "img_file_paths")
+    assert url in str(info.value) and "img_file_paths[2]" in str(info.value)
+    with pytest.raises(FileNotFoundError, match="download it"):
+        read_image(url)

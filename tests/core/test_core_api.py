@@ -197,3 +197,18 @@ def test_secrets_never_leak(event_recorder: Any, caplog: pytest.LogCaptureFixtur
     serialized = [p[EventPayload.SERIALIZED] for t, p in rec.payloads if p and EventPayload.SERIALIZED in p]
     assert serialized and all("api_key" not in s for s in serialized)
     assert rec.payloads[0][0] == CBEventType.EMBEDDING
+
+
+def test_unknown_settings_warn_by_name_with_the_likely_one() -> None:
+    """A misspelt setting was silently ignored (normalise=False gave normalised vectors); it still is, as in
+    LlamaIndex, but a warning names it and the setting meant."""
+    with pytest.warns(UserWarning, match=r"'embed_batch_sise' \(did you mean 'embed_batch_size'\?\).*ignored") as info:
+        model = MockEmbedding(embed_dim=4, embed_batch_sise=3)
+    assert model.embed_batch_size != 3 and info[0].filename == __file__  # points at the caller's line
+    with pytest.warns(UserWarning, match=r"no setting 'base_url': ignored"):  # no api_base here: no hint
+        MockEmbedding(embed_dim=4, base_url="http://127.0.0.1:9/v1")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        MockEmbedding.from_dict(MockEmbedding(embed_dim=4, embed_batch_size=3).to_dict())  # known settings: silent

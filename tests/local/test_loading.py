@@ -654,3 +654,55 @@ def test_every_backend_satisfies_the_encoder_protocol(
     for lost in ENCODER_MEMBERS:  # the check sees any member a backend would lose
         kept = {k: getattr(encoder, k) for k in ENCODER_MEMBERS - {lost}}
         assert not isinstance(type("Stripped", (), kept)(), Encoder), lost
+
+
+@pytest.mark.parametrize(
+    "name", ["modeling_custom.py", "onnx/model.onnx_data", "openvino/openvino_model.xml", "tokenizer.tiktoken"]
+)
+def test_files_stamp_covers_code_external_weights_and_ir(tiny: Any, tmp_path: Path, name: str) -> None:
+    """A trust_remote_code model's .py, an ONNX graph's external data and OpenVINO's .xml graph change vectors: a
+    rewrite of any of them is a new stamp, so a warm cache never serves the old files' vectors (they were unstamped)."""
+    import shutil
+
+    model_dir = tmp_path / "m"
+    shutil.copytree(tiny.plain, model_dir)
+    (model_dir / name).parent.mkdir(parents=True, exist_ok=True)
+    (model_dir / name).write_text("one")
+    before = HuggingFaceEmbedding(str(model_dir), backend="torch").source.files_stamp()
+    (model_dir / name).write_text("other version")
+    assert HuggingFaceEmbedding(str(model_dir), backend="torch").source.files_stamp() != before
+
+
+@pytest.fixture(scope="module")
+def fp16_checkpoint(tiny: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny BERT saved in fp16 (config dtype float16) as a sentence-transformers model (mean pooling)."""
+    import transformers
+    from sentence_transformers import SentenceTransformer, models
+
+    plain = tmp_path_factory.mktemp("fp16") / "plain"
+    transformers.BertModel.from_pretrained(str(tiny.plain)).half().save_pretrained(plain)
+    transformers.AutoTokenizer.from_pretrained(str(tiny.plain)).save_pretrained(plain)
+    st_dir = plain.parent / "st"
+    SentenceTransformer(modules=[models.Transformer(str(plain)), models.Pooling(32, "mean")], device="cpu").save(
+        str(st_dir)
+    )
+    return st_dir
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_fp16_checkpoint_runs_in_fp32_at_precision_fp32(fp16_checkpoint: Path, backend: str) -> None:
+    """transformers loads a checkpoint at its saved dtype: the sentence-transformers path ran fp16 weights and the
+    ONNX export made an fp16 graph while the cache key said fp32 (torch vs onnx 3.7e-4 under one key). fp32 is fp32:
+    equal to sentence-transformers loaded in float32."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    if backend == "onnx":
+        pytest.importorskip("onnxruntime")
+    texts = ["the cat sat on the mat", "a dog"]
+    ref = SentenceTransformer(str(fp16_checkpoint), device="cpu", model_kwargs={"dtype": torch.float32})
+    want = ref.encode(texts, normalize_embeddings=True)
+    model = HuggingFaceEmbedding(str(fp16_checkpoint), backend=backend, device="cpu")
+    np.testing.assert_allclose(model.embed(texts), want, atol=2e-6)
+    # vectors cached when this ran at the saved dtype are not served: the key says fp32 from float16
+    assert model.provider.identity()["fp32_from"] == "float16" and "fp32_from" not in model.provider.model_identity()

@@ -200,6 +200,22 @@ def test_cache_key_tracks_weights_versions_and_precision(
     assert cache_key(fp, "fp32") != before
 
 
+@pytest.mark.parametrize(("backend", "recipe"), [("onnx", "INT8_RECIPE"), ("openvino", "NNCF_RECIPE")])
+def test_embedding_cache_key_tracks_the_int8_recipe(
+    tiny_bert: Path, monkeypatch: pytest.MonkeyPatch, backend: str, recipe: str
+) -> None:
+    """A new int8 recipe re-exports the graph (other vectors): the embeddings' cache key changes with it, or a warm
+    cache mixes the old recipe's vectors with the new one's (the key held only int8_runtime)."""
+    from embedstack.providers.huggingface import HuggingFaceEmbedding
+
+    model = HuggingFaceEmbedding(str(tiny_bert), backend=backend, precision="int8")
+    before = model.pipeline.key_factory("text")("a cat")
+    monkeypatch.setattr(_onnx_export, recipe, getattr(_onnx_export, recipe) + 1)
+    again = HuggingFaceEmbedding(str(tiny_bert), backend=backend, precision="int8")
+    assert again.pipeline.key_factory("text")("a cat") != before
+    assert "int8_recipe" not in again.provider.model_identity()  # a corpus stays searchable, as for int8_runtime
+
+
 def _shipping(model_dir: Path, folder: Path, graph: Path, weights: bool = True) -> Path:
     """A copy of `model_dir` that ships `graph` as onnx/model.onnx (with or without its torch weights)."""
     shutil.copytree(model_dir, folder, ignore=None if weights else shutil.ignore_patterns("*.safetensors"))

@@ -83,3 +83,16 @@ def test_a_batch_split_into_requests_keeps_the_requests_that_succeeded(
     np.testing.assert_array_equal(out[0], server.vectors(["part a"])[0])
     full = embed(model(), texts, mode)  # all cached now, same vectors
     np.testing.assert_array_equal(full, out)
+
+
+@pytest.mark.parametrize("cls", ["OpenAIEmbedding", "OpenAILikeEmbedding"])
+def test_base_url_is_the_api_base(server: FakeOpenAIServer, tmp_path: Path, cls: str) -> None:
+    """base_url (the OpenAI SDK's name) was silently ignored: requests went to api.openai.com, and the cache key
+    named that host. Now it is api_base: the fake server answers, and the key names it."""
+    from embedstack.providers import openai as openai_module
+
+    model = getattr(openai_module, cls)(
+        model="text-embedding-3-small", api_key=KEY, base_url=server.url, embeddings_cache=SQLiteKVStore(tmp_path / "c")
+    )
+    assert model.api_base == server.url and model.provider.identity()["api_base"] == server.url
+    assert model.embed(["hello"]).shape == (1, 16)

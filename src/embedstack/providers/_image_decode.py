@@ -1,13 +1,15 @@
 """Decode image inputs for a vision model: a whole batch up front, bounded memory, named errors.
 
-Pillow's decompression-bomb guard (Image.MAX_IMAGE_PIXELS) stays on; JPEGs are decoded at a
-reduced DCT scale (Image.draft) and every image is shrunk to the model's input size right after
-decoding, so a batch never holds full-size pixels and no image loads beyond Pillow's limit.
+Pillow's decompression-bomb guard (Image.MAX_IMAGE_PIXELS) stays on. A provider passes `prepare`
+(its processor on one image) so each image becomes model input right after decoding and a batch
+never holds full-size pixels; pixels are the ones the reference decodes (full scale). `min_side`
+(opt-in, off for the providers) shrinks instead, JPEGs at a reduced DCT scale: other pixels, so
+other vectors than a full decode (cosine 0.9998 on a tiny CLIP).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from io import BytesIO
 from pathlib import Path
 from typing import Any
@@ -69,8 +71,8 @@ def _shrink(img: Any, min_side: int, resample: Any) -> Any:
     return img.resize(size, resample)
 
 
-def decode_image(item: Any, *, min_side: int, where: str = "image", resample: Any = None) -> Any:
-    """One image input as an RGB PIL image whose shorter side is at most `min_side`.
+def decode_image(item: Any, *, min_side: int | None = None, where: str = "image", resample: Any = None) -> Any:
+    """One image input as an RGB PIL image (with `min_side`, shrunk so its shorter side is at most that).
 
     Raises FileNotFoundError (missing file), TypeError (not an image input) or ImageDecodeError
     (corrupt, truncated, unsupported mode, over the decompression-bomb limit), naming `where`.
@@ -83,7 +85,7 @@ def decode_image(item: Any, *, min_side: int, where: str = "image", resample: An
         if is_pil_image(item):
             return _finish(ImageOps, item, min_side, resample, where, label)
         with Image.open(_open_arg(item, where, label)) as img:
-            if img.format == "JPEG" and min(img.size) > 2 * min_side:
+            if min_side is not None and img.format == "JPEG" and min(img.size) > 2 * min_side:
                 # DCT-domain downscale while decoding: the full-size pixels are never allocated.
                 w, h = img.size
                 scale = 2 * min_side / min(w, h)
@@ -107,8 +109,8 @@ def decode_image(item: Any, *, min_side: int, where: str = "image", resample: An
         raise ImageDecodeError(where, label, f"corrupt or truncated image ({type(e).__name__}: {e})") from e
 
 
-def _finish(ImageOps: Any, img: Any, min_side: int, resample: Any, where: str, label: str) -> Any:
-    """Check the mode, load the pixels, apply EXIF orientation, shrink, and convert to RGB."""
+def _finish(ImageOps: Any, img: Any, min_side: int | None, resample: Any, where: str, label: str) -> Any:
+    """Check the mode, load the pixels, apply EXIF orientation, flatten transparency onto white, shrink, to RGB."""
     if img.mode not in SUPPORTED_MODES:
         raise ImageDecodeError(
             where,
@@ -121,24 +123,39 @@ def _finish(ImageOps: Any, img: Any, min_side: int, resample: Any, where: str, l
         img = ImageOps.exif_transpose(img) or img
     except Exception:  # a malformed EXIF block must not lose an otherwise good image
         pass
-    img = _shrink(img, min_side, resample)
+    img = _flatten(img)
+    if min_side is not None:
+        img = _shrink(img, min_side, resample)
     return img if img.mode == "RGB" else img.convert("RGB")
+
+
+def _flatten(img: Any) -> Any:
+    """An image with transparency (an alpha band, or a tRNS colour/palette index) composited onto white, as
+    transformers' CLIP processor does (convert_to_rgb); plain convert("RGB") would keep the hidden pixels' colours."""
+    if "A" not in img.getbands() and img.info.get("transparency") is None:
+        return img
+    Image = require("PIL.Image", extra="clip", package="pillow")
+    rgba = img.convert("RGBA")
+    return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
 
 
 def decode_images(
     items: Sequence[Any],
     *,
-    min_side: int,
+    min_side: int | None = None,
     wheres: Sequence[str] | None = None,
     indexes: Sequence[int | None] | None = None,
     resample: Any = None,
+    prepare: Callable[[Any], Any] | None = None,
 ) -> list[Any]:
-    """Decode every item of a batch (before any model call); the first bad one raises, named."""
+    """Decode every item of a batch (before any model call), each through `prepare` if given (the processor on
+    that one image: only its output is kept); the first bad one raises, named."""
     out = []
     for i, item in enumerate(items):
         where = wheres[i] if wheres else f"image {i} of the batch"
         try:
-            out.append(decode_image(item, min_side=min_side, where=where, resample=resample))
+            img = decode_image(item, min_side=min_side, where=where, resample=resample)
+            out.append(prepare(img) if prepare is not None else img)
         except (TypeError, ValueError, OSError) as e:
             if isinstance(e, ImageDecodeError):
                 e.index = indexes[i] if indexes else None

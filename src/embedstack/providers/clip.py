@@ -41,6 +41,8 @@ _RESNET_CLIP = ("RN50", "RN101", "RN50x4", "RN50x16", "RN50x64")
 # Fields that change which files are used, and which change how the weights are loaded.
 _RELOCATE = frozenset({"model_name", "cache_folder", "revision"})
 _RELOAD = _RELOCATE | {"device"}
+#: Bumped when our decoding gives other pixels to the processor (cached image vectors of the old one then miss).
+_IMAGE_DECODE = 2
 
 
 def hf_clip_name(name: str) -> str:
@@ -81,18 +83,6 @@ class _Loaded:
         tok_max = getattr(self.tokenizer, "model_max_length", None)
         self.max_length = min(text_max, tok_max) if isinstance(tok_max, int) and 0 < tok_max < 1_000_000 else text_max
         self.dim = int(self.model.config.projection_dim)
-        self.min_side = self._input_side()
-        self.resample = getattr(self.image_processor, "resample", None)
-
-    def _input_side(self) -> int:
-        """The shorter side the processor resizes images to (its crop is never larger)."""
-        size = getattr(self.image_processor, "size", None)
-
-        def get(key: str) -> Any:
-            return size.get(key) if isinstance(size, dict) else getattr(size, key, None)
-
-        sides = [x for x in (get("shortest_edge"), get("height"), get("width")) if x]
-        return int(sides[0] if get("shortest_edge") else min(sides)) if sides else 224
 
     def encode_texts(self, texts: list[str]) -> tuple[Any, int, int]:
         enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
@@ -108,8 +98,13 @@ class _Loaded:
             )
         return feats, token_count, truncated
 
-    def encode_images(self, images: list[Any]) -> Any:
-        pixels = self.image_processor(images=images, return_tensors="pt")["pixel_values"]
+    def prepare(self, image: Any) -> Any:
+        """One decoded image as the processor's pixel values (its own resize, crop and normalisation, as read
+        from the model's processor config), so a batch holds model inputs, never full-size pixels."""
+        return self.image_processor(images=[image], return_tensors="pt")["pixel_values"]
+
+    def encode_images(self, prepared: list[Any]) -> Any:
+        pixels = self.torch.cat(prepared)
         with self.torch.inference_mode():
             return _features(self.model.get_image_features(pixel_values=pixels.to(self.device, dtype=self.model.dtype)))
 
@@ -182,8 +177,11 @@ class ClipEmbedding(BatchEmbedding, MultiModalEmbedding):
         self._source = source
 
     def _identity(self) -> dict[str, Any]:
-        """The fields that change vectors, plus a stamp of a local directory's files (see files_stamp)."""
-        return stamp_identity(super()._identity(), self.source)
+        """The fields that change vectors, a stamp of a local directory's files (see files_stamp) and the version of
+        our image decoding (2: transparency onto white, full-scale decode, the processor's own resize)."""
+        data = stamp_identity(super()._identity(), self.source)
+        data["image_decode"] = _IMAGE_DECODE
+        return data
 
     @property
     def source(self) -> ModelSource:
@@ -226,13 +224,7 @@ class ClipEmbedding(BatchEmbedding, MultiModalEmbedding):
         model = self._model()
         if role is Role.IMAGE:
             wheres, indexes = [f"image {i} of the batch" for i in range(len(items))], [None] * len(items)
-            images = decode_images(
-                items,
-                min_side=model.min_side,
-                wheres=wheres,
-                indexes=indexes,
-                resample=model.resample,
-            )
+            images = decode_images(items, wheres=wheres, indexes=indexes, prepare=model.prepare)
             with self._lock:
                 feats = model.encode_images(images)
             token_count, truncated = None, 0

@@ -58,8 +58,23 @@ _WEIGHTS = ("*.safetensors", "pytorch_model*.bin", "model.onnx", "*.pt")
 _REPO_ID = re.compile(r"[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?")
 
 
-#: Files whose change changes a local model's vectors (weights, configs, tokenizer, ONNX graphs).
-_STAMPED = ("*.safetensors", "*.bin", "*.pt", "*.onnx", "*.json", "*.txt", "*.model")
+#: Files whose change changes a local model's vectors (weights, configs, tokenizer, ONNX graphs and their external
+#: data, OpenVINO IR, a trust_remote_code model's own code).
+_STAMPED = (
+    "*.safetensors",
+    "*.bin",
+    "*.pt",
+    "*.pth",
+    "*.onnx",
+    "*.onnx_data",
+    "*.onnx.data",
+    "*.xml",
+    "*.json",
+    "*.txt",
+    "*.model",
+    "*.tiktoken",
+    "*.py",
+)
 
 
 class ModelNotFoundError(EmbedstackError, FileNotFoundError):

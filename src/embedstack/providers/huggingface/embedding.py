@@ -133,6 +133,16 @@ def _pools_prompt(model_dir: Path) -> bool:
     return not isinstance(config, dict) or bool(config.get("include_prompt", True))
 
 
+def _saved_dtype(path: Path) -> str | None:
+    """The dtype config.json says the weights were saved in, when not float32 (None: float32 or unknown)."""
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+        saved = config.get("dtype") or config.get("torch_dtype")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return saved if isinstance(saved, str) and saved not in ("float32", "auto") else None
+
+
 class HuggingFaceEmbedding(BatchEmbedding):
     """A Hugging Face sentence-embedding model run locally (LlamaIndex's HuggingFaceEmbedding API).
 
@@ -310,10 +320,16 @@ class HuggingFaceEmbedding(BatchEmbedding):
     def _identity(self) -> dict[str, Any]:
         """The fields that change vectors, plus a stamp of a local directory's files (see files_stamp)."""
         data = stamp_identity(super()._identity(), self.source)
-        if self.precision == "int8":  # the int8 graphs of ONNX Runtime and OpenVINO differ
+        if self.precision == "int8":  # the int8 graphs of ONNX Runtime and OpenVINO differ, and each recipe's
+            from embedstack.providers.huggingface.onnx_export import INT8_RECIPE, NNCF_RECIPE
+
             data["int8_runtime"] = self.backend
+            data["int8_recipe"] = INT8_RECIPE if self.backend == "onnx" else NNCF_RECIPE
         elif self.precision == "bf16" and self.backend != "torch":  # OpenVINO rounds other values than torch
             data["bf16_runtime"] = self.backend
+        saved = _saved_dtype(self.source.path)
+        if saved is not None and self.precision == "fp32":  # computed in fp32 since format 3 (it was the saved dtype)
+            data["fp32_from"] = saved
         # long texts' vectors differ: keys of their own (the default's stay as they always were)
         if self.long_inputs != "truncate":
             data["long_inputs"] = self.long_inputs

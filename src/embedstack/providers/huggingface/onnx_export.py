@@ -59,8 +59,9 @@ __all__ = [
 logger = logging.getLogger("embedstack")
 
 #: Bump when the export recipe changes so that older cached graphs are not reused (2: a graph's external
-#: weights live in one `.data` file of its own, checked by the sidecar; format 1 left them loose and unchecked).
-EXPORT_FORMAT = 2
+#: weights live in one `.data` file of its own, checked by the sidecar; format 1 left them loose and unchecked;
+#: 3: a checkpoint saved in fp16/bf16 is exported in fp32, format 2 exported it at its saved dtype).
+EXPORT_FORMAT = 3
 OPSET = 17
 #: What the ONNX backend runs: fp32, or int8 (dynamic, per-channel; sensitive layers fp32 if needed).
 ONNX_PRECISIONS = ("fp32", "int8")
@@ -407,7 +408,7 @@ def _torch_model(model_dir: Path) -> tuple[Any, list[str]]:
     finally:
         if was_on:
             tlog.enable_progress_bar()
-    model.eval()
+    model.float().eval()  # a checkpoint saved in fp16/bf16 loads so (dtype "auto"): the graphs are fp32
     accepted = set(inspect.signature(model.forward).parameters)
     return model, [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in accepted]
 

@@ -270,8 +270,7 @@ class TorchEncoder:
         # other modules stays: what follows it sees normalised vectors).
         while len(st) and type(st[-1]).__name__ == "Normalize":
             del st._modules[list(st._modules)[-1]]
-        if self.dtype != self.torch.float32:
-            st.to(self.dtype)
+        st.to(self.dtype)  # always: a checkpoint saved in fp16 loads as fp16 (dtype "auto"); fp32 means fp32
         st.eval()
         self.st = st
         first = st[0]

@@ -541,6 +541,8 @@ class OpenAIEmbedding(_OpenAIBase):
                 "or use a local model instead: embed_model='local' (pip install 'embedstack[local]')."
             )
         check_credentials(key, "api_key" if api_key is not None else "OPENAI_API_KEY")
+        # base_url: the OpenAI SDK's name for api_base (once ignored: requests went to api.openai.com)
+        api_base = api_base or kwargs.pop("base_url", None)
         base = api_base or env("OPENAI_BASE_URL", "OPENAI_API_BASE") or DEFAULT_OPENAI_BASE
         super().__init__(model_name=model_name, dimensions=dimensions, api_key=key, api_base=base, **kwargs)
 
@@ -583,6 +585,7 @@ class OpenAILikeEmbedding(_OpenAIBase):
         model_name = model or kwargs.pop("model_name", None)
         if not model_name:
             raise ValueError("OpenAILikeEmbedding needs model=... (the name the server knows the model by)")
+        api_base = api_base or kwargs.pop("base_url", None)  # the OpenAI SDK's name for it
         base = api_base or env("OPENAI_BASE_URL", "OPENAI_API_BASE")
         if not base:
             raise ValueError(
