@@ -31,7 +31,7 @@ from embedstack.errors import EmbedstackError
 from embedstack.outputs import SparseVector
 from embedstack.provider import BatchOutput, Prepared, TokenCounts
 from embedstack.providers.huggingface.st_modules import transformer_settings_problem
-from embedstack.providers.huggingface.tokens import Tokens, encode_tokens, pad_tokens
+from embedstack.providers.huggingface.tokens import Tokens, add_lowercase, encode_tokens, pad_tokens
 from embedstack.sparse import BatchSparseEmbedding, SparseEmbedding
 from embedstack.types import Plan, Role
 
@@ -125,23 +125,6 @@ def read_routes(root: Path) -> tuple[_Route, _Route]:
     return route, route
 
 
-def _add_lowercase(hf: Any, path: Path) -> None:
-    """do_lower_case as sentence-transformers applies it: a `Lowercase` normaliser first in the tokenizer's
-    own normaliser (added tokens such as "[MASK]" in a text stay special; a word-final Σ becomes σ)."""
-    if not getattr(hf, "is_fast", False):
-        raise SpladeModelError(
-            f"{path} sets do_lower_case and has no fast tokenizer (tokenizer.json); save the model's fast tokenizer "
-            "or use sentence_transformers.SparseEncoder"
-        )
-    from tokenizers.normalizers import Lowercase
-    from tokenizers.normalizers import Sequence as NormalizerSequence
-
-    normalizer = hf.backend_tokenizer.normalizer
-    parts = list(normalizer) if isinstance(normalizer, NormalizerSequence) else [normalizer] if normalizer else []
-    if not any(isinstance(n, Lowercase) for n in parts):
-        hf.backend_tokenizer.normalizer = NormalizerSequence([Lowercase(), *parts])
-
-
 class _Tokenizer:
     """A route's tokenizer with sentence-transformers' settings (max length, lowercasing)."""
 
@@ -162,7 +145,7 @@ class _Tokenizer:
             length = positions if isinstance(positions, int) and positions > 0 else 512
         self.max_length = int(length)
         if st.get("do_lower_case"):
-            _add_lowercase(self.hf, path)
+            add_lowercase(self.hf)
         self.special_tokens = special_tokens
         self._lock = threading.Lock()  # a fast tokenizer is not safe across threads (a server tokenises arrivals)
 

@@ -21,7 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from embedstack._optional import require
-from embedstack.providers.huggingface.tokens import Tokens
+from embedstack.providers.huggingface.tokens import Tokens, add_lowercase
 
 __all__ = [
     "ACTIVATIONS",
@@ -161,6 +161,8 @@ class PairTokenizer:
         pad = self.hf.pad_token_id
         self.pad_id = int(pad) if pad is not None else 0
         self.pad_type_id = int(getattr(self.hf, "pad_token_type_id", 0) or 0)
+        if self.text.lowercase:  # as sentence-transformers does: in the tokenizer, not str.lower on the texts
+            add_lowercase(self.hf)
 
     def tokenize(self, pairs: Sequence[tuple[str, str]]) -> list[Tokens]:
         """Each pair's ids (special tokens included, the longer side cut first to max_length), whether it was
@@ -169,9 +171,6 @@ class PairTokenizer:
             return []
         queries = [q for q, _ in pairs]
         documents = [d for _, d in pairs]
-        if self.text.lowercase:
-            queries = [q.lower() for q in queries]
-            documents = [d.lower() for d in documents]
         return self.text.encode(queries, documents, truncation="longest_first")
 
     def pad(self, tokens: Sequence[Tokens]) -> Feeds:
