@@ -387,3 +387,22 @@ def test_per_role_token_limits_and_processing_kwargs_are_refused_by_name(
         (path / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 64, key: value}))
         with pytest.raises(SpladeModelError, match=key):
             SpladeEmbedding(model_name=str(path)).embed(["cat"])
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_a_left_padding_tokenizer_gives_each_text_its_vector_alone(
+    tiny: Tiny, backend: str, tmp_path: Path, private_cache_dirs: Path
+) -> None:
+    # padding_side='left' in tokenizer_config.json shifts a BERT's absolute positions by each row's padding:
+    # sentence-transformers' vectors then depend on the batch (0.14 apart); ours were too. Padding on the right,
+    # every text gets the vector it has alone.
+    import shutil
+
+    path = tmp_path / "left"
+    shutil.copytree(tiny.splade, path)
+    config = json.loads((path / "tokenizer_config.json").read_text())
+    (path / "tokenizer_config.json").write_text(json.dumps({**config, "padding_side": "left"}))
+    texts = ["a dog", "the quick brown fox jumps over the lazy dog", "cat"]
+    together = SpladeEmbedding(model_name=str(path), backend=backend, embed_batch_size=8).embed(texts)
+    alone = np.concatenate([_reference(path, "document", [t]) for t in texts])
+    _assert_same(together, alone)

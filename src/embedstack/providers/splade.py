@@ -146,6 +146,10 @@ class _Tokenizer:
         self.max_length = int(length)
         if st.get("do_lower_case"):
             add_lowercase(self.hf)
+        # Padding on the right whatever tokenizer_config.json says: a left-padded BERT shifts its absolute positions
+        # by the row's padding, so a text's vector would depend on the batch it is in (sentence-transformers' does);
+        # on the right every row's vector is the one it has alone.
+        self.hf.padding_side = "right"
         self.special_tokens = special_tokens
         self._lock = threading.Lock()  # a fast tokenizer is not safe across threads (a server tokenises arrivals)
 
