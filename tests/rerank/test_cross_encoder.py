@@ -78,6 +78,21 @@ def test_do_lower_case_lowercases_as_the_tokenizer_normaliser_does(
     np.testing.assert_allclose(reranker.score(pairs), _st(ce_st_lowercase).predict(pairs), atol=1e-5, rtol=0)
 
 
+def test_processing_kwargs_are_refused_by_name(ce_st_identity: Path, tmp_path: Path) -> None:
+    # processing_kwargs={"text": {"max_length": 8}} in sentence_bert_config.json: sentence-transformers cuts pairs
+    # at 8 tokens; ignored, the scores were up to 0.57 off (torch).
+    import json
+    import shutil
+
+    path = tmp_path / "model"
+    shutil.copytree(ce_st_identity, path)
+    config = json.loads((path / "sentence_bert_config.json").read_text())
+    config["processing_kwargs"] = {"text": {"max_length": 8}}
+    (path / "sentence_bert_config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="processing_kwargs"):
+        CrossEncoderReranker(str(path)).score(PAIRS[:2])
+
+
 @pytest.mark.parametrize("activation", ["identity", "sigmoid", "tanh"])
 def test_an_explicit_activation_equals_sentence_transformers(ce_bert: Path, activation: str) -> None:
     import torch

@@ -153,9 +153,14 @@ class PairTokenizer:
     """(query, document) pairs → token ids and type ids, as sentence-transformers' CrossEncoder makes them."""
 
     def __init__(self, model_dir: Path, *, max_length: int | None = None, trust_remote_code: bool = False) -> None:
+        from embedstack.providers.huggingface.st_modules import transformer_settings_problem
         from embedstack.providers.huggingface.torch_encoder import TorchTokenizer
 
         self.text = TorchTokenizer(model_dir, max_length=max_length, trust_remote_code=trust_remote_code)
+        folder, st_config = self.text._transformer_module()
+        problem = transformer_settings_problem(st_config, str(folder / "sentence_bert_config.json"), fast_path=True)
+        if problem:  # sentence-transformers would tokenise the pairs otherwise than this tokenizer does
+            raise ValueError(f"{problem}; use sentence_transformers.CrossEncoder for this model")
         self.hf = self.text.hf
         self.max_length = self.text.max_length
         pad = self.hf.pad_token_id
