@@ -119,6 +119,14 @@ def read_checkpoint(path: Path) -> CheckpointInfo:
             "CrossEncoderReranker runs *ForSequenceClassification models such as cross-encoder/ms-marco-MiniLM-L6-v2 "
             "(an embedding model belongs in HuggingFaceEmbedding)"
         )
+    st_config = _read_json(path / "config_sentence_transformers.json")
+    default_prompt = st_config.get("default_prompt_name")
+    if default_prompt and (st_config.get("prompts") or {}).get(default_prompt):
+        raise ValueError(
+            f"{path}/config_sentence_transformers.json sets default_prompt_name={default_prompt!r}: "
+            "sentence-transformers' CrossEncoder adds that prompt to every pair and CrossEncoderReranker does not; use "
+            "sentence_transformers.CrossEncoder, or set default_prompt_name to null"
+        )
     transformers = require("transformers", extra="local")
     cfg = transformers.AutoConfig.from_pretrained(str(path), local_files_only=True)
     num_labels = int(cfg.num_labels)
