@@ -367,7 +367,6 @@ def test_do_lower_case_lowers_a_final_sigma_as_sentence_transformers_does(
     _assert_exact(_ours(folder, backend, texts), want)
 
 
-
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_do_lower_case_keeps_a_special_token_in_a_text_special(
     st_model: Callable[..., Path], env_cache: Path, tmp_path: Path, backend: str
@@ -381,6 +380,7 @@ def test_do_lower_case_keeps_a_special_token_in_a_text_special(
     config_path.write_text(json.dumps({**json.loads(config_path.read_text()), "do_lower_case": True}))
     texts = ["the [MASK] cat", "CAT [SEP] dog", "The Cat"]
     _assert_exact(_ours(folder, backend, texts), _reference(folder, texts))
+
 
 # -- the tokenizer transformers builds, not tokenizer.json as it is ---------------------------------------------
 TOKENIZER_SETTINGS: list[Any] = [
