@@ -367,6 +367,21 @@ def test_do_lower_case_lowers_a_final_sigma_as_sentence_transformers_does(
     _assert_exact(_ours(folder, backend, texts), want)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_do_lower_case_keeps_a_special_token_in_a_text_special(
+    st_model: Callable[..., Path], env_cache: Path, tmp_path: Path, backend: str
+) -> None:
+    """Was: do_lower_case lower-cased the text before the tokenizer, so a literal "[MASK]" or "[SEP]" became the
+    words "[mask]", "[sep]" (cosine 0.927 to sentence-transformers, torch and ONNX); sentence-transformers
+    lower-cases in the tokenizer's normaliser, after special tokens are split off."""
+    folder = tmp_path / "lower" / "tiny"
+    shutil.copytree(st_model("bert", "mean"), folder)
+    config_path = folder / "sentence_bert_config.json"
+    config_path.write_text(json.dumps({**json.loads(config_path.read_text()), "do_lower_case": True}))
+    texts = ["the [MASK] cat", "CAT [SEP] dog", "The Cat"]
+    _assert_exact(_ours(folder, backend, texts), _reference(folder, texts))
+
+
 # -- the tokenizer transformers builds, not tokenizer.json as it is ---------------------------------------------
 TOKENIZER_SETTINGS: list[Any] = [
     pytest.param({"do_lower_case": False}, id="do_lower_case-false"),

@@ -131,3 +131,38 @@ def ce_minilm(tmp_path_factory: pytest.TempPathFactory) -> Path:
     model.eval().save_pretrained(str(folder))
     transformers.AutoTokenizer.from_pretrained(str(source)).save_pretrained(str(folder))
     return folder
+
+
+@pytest.fixture(scope="session")
+def ce_st_lowercase(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A CrossEncoder saved by sentence-transformers over a cased BERT tokenizer with Σ's lower cases (σ, ς) in its
+    vocabulary, its sentence_bert_config.json then told do_lower_case (as a hand-edited or older config says it)."""
+    import json
+
+    import torch
+    import transformers
+    from sentence_transformers import CrossEncoder
+
+    root = tmp_path_factory.mktemp("ce-lower")
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, "σ", "ς", "ab", "##σ", "##ς", "[", "]", "sep"]
+    tokenizer = transformers.BertTokenizer(
+        vocab={w: i for i, w in enumerate(vocab)}, model_max_length=64, do_lower_case=False
+    )
+    tokenizer.save_pretrained(root / "plain")
+    torch.manual_seed(3)
+    config = transformers.BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=37,
+        max_position_embeddings=64,
+        num_labels=1,
+        initializer_range=0.3,
+    )
+    transformers.BertForSequenceClassification(config).eval().save_pretrained(root / "plain")
+    folder = root / "model"
+    CrossEncoder(str(root / "plain"), local_files_only=True).save(str(folder))
+    st_config = json.loads((folder / "sentence_bert_config.json").read_text())
+    (folder / "sentence_bert_config.json").write_text(json.dumps({**st_config, "do_lower_case": True}))
+    return folder

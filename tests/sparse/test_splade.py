@@ -17,6 +17,7 @@ from embedstack import BaseSparseEmbedding, resolve_embed_model
 from embedstack.kvstore import SQLiteKVStore
 from embedstack.providers.splade import SpladeEmbedding, SpladeModelError
 from embedstack.sparse import sparse_dot
+from embedstack.types import Role
 
 pytestmark = pytest.mark.slow
 
@@ -310,3 +311,98 @@ def test_each_text_is_tokenised_once_in_the_library_and_on_the_server(
     for row, ref in zip(served, want):
         assert sorted(row) == np.flatnonzero(ref).tolist()
         assert max(abs(v - ref[i]) for i, v in row.items()) <= 1e-5
+
+
+@pytest.fixture(scope="module")
+def cased(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(a legacy SPLADE directory whose sentence_bert_config says do_lower_case over a cased tokenizer with Σ, σ
+    and ς in its vocabulary; a plain masked-LM checkpoint whose tokenizer allows 512 tokens and model 64)."""
+    import torch
+    import transformers
+    from sentence_transformers import SparseEncoder
+    from sentence_transformers.sparse_encoder.modules import MLMTransformer, SpladePooling
+
+    root = tmp_path_factory.mktemp("cased-splade")
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "cat", "dog", "the", "mask", "ab", "σ", "ς", "##σ", "##ς"]
+    vocab += ["[", "]"]
+    tokenizer = transformers.BertTokenizer(
+        vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=False, model_max_length=512
+    )
+    plain = root / "plain"
+    tokenizer.save_pretrained(plain)
+    torch.manual_seed(3)
+    config = transformers.BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=37,
+        max_position_embeddings=64,
+    )
+    transformers.BertForMaskedLM(config).eval().save_pretrained(plain)
+    legacy = root / "legacy"
+    SparseEncoder(modules=[MLMTransformer(str(plain)), SpladePooling("max")]).save(str(legacy))
+    modules = json.loads((legacy / "modules.json").read_text())
+    modules[0]["type"] = "sentence_transformers.sparse_encoder.models.MLMTransformer"  # as 5.x saved it
+    (legacy / "modules.json").write_text(json.dumps(modules))
+    (legacy / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 64, "do_lower_case": True}))
+    return legacy, plain
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_do_lower_case_lowercases_as_the_tokenizer_normaliser_does(
+    cased: tuple[Path, Path], backend: str, private_cache_dirs: Path
+) -> None:
+    # sentence-transformers puts a Lowercase normaliser first in the tokenizer: a word-final Σ becomes σ (str.lower
+    # gives ς: relative error 0.32 seen) and "[MASK]" stays the special token (str.lower made it "[mask]").
+    legacy, _ = cased
+    texts = ["abΣ cat", "the [MASK] cat", "ΑΣ dog [SEP]", "Σ"]
+    ours = SpladeEmbedding(model_name=str(legacy), backend=backend).embed(texts)
+    _assert_same(ours, _reference(legacy, "document", texts))
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_the_token_limit_is_capped_at_the_model_positions(
+    cased: tuple[Path, Path], backend: str, private_cache_dirs: Path
+) -> None:
+    # The tokenizer allows 512 tokens, the model has 64 positions: sentence-transformers cuts at 64 (a 182-token
+    # text made torch raise a size mismatch).
+    _, plain = cased
+    texts = ["the cat " * 90, "dog", "cat " * 63]
+    model = SpladeEmbedding(model_name=str(plain), backend=backend)
+    _assert_same(model.embed(texts), _reference(plain, "document", texts))
+    counts, cut = model._count_tokens(texts, Role.TEXT) or ([], [])
+    assert counts[0] == 64 and cut[0]
+
+
+def test_per_role_token_limits_and_processing_kwargs_are_refused_by_name(
+    cased: tuple[Path, Path], tmp_path: Path
+) -> None:
+    import shutil
+
+    legacy, _ = cased
+    for key, value in (("document_length", 8), ("processing_kwargs", {"text": {"max_length": 8}})):
+        path = tmp_path / key
+        shutil.copytree(legacy, path)
+        (path / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 64, key: value}))
+        with pytest.raises(SpladeModelError, match=key):
+            SpladeEmbedding(model_name=str(path)).embed(["cat"])
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_a_left_padding_tokenizer_gives_each_text_its_vector_alone(
+    tiny: Tiny, backend: str, tmp_path: Path, private_cache_dirs: Path
+) -> None:
+    # padding_side='left' in tokenizer_config.json shifts a BERT's absolute positions by each row's padding:
+    # sentence-transformers' vectors then depend on the batch (0.14 apart); ours were too. Padding on the right,
+    # every text gets the vector it has alone.
+    import shutil
+
+    path = tmp_path / "left"
+    shutil.copytree(tiny.splade, path)
+    config = json.loads((path / "tokenizer_config.json").read_text())
+    (path / "tokenizer_config.json").write_text(json.dumps({**config, "padding_side": "left"}))
+    texts = ["a dog", "the quick brown fox jumps over the lazy dog", "cat"]
+    together = SpladeEmbedding(model_name=str(path), backend=backend, embed_batch_size=8).embed(texts)
+    alone = np.concatenate([_reference(path, "document", [t]) for t in texts])
+    _assert_same(together, alone)

@@ -30,7 +30,8 @@ from embedstack._optional import require
 from embedstack.errors import EmbedstackError
 from embedstack.outputs import SparseVector
 from embedstack.provider import BatchOutput, Prepared, TokenCounts
-from embedstack.providers.huggingface.tokens import Tokens, encode_tokens, pad_tokens
+from embedstack.providers.huggingface.st_modules import transformer_settings_problem
+from embedstack.providers.huggingface.tokens import Tokens, add_lowercase, encode_tokens, pad_tokens
 from embedstack.sparse import BatchSparseEmbedding, SparseEmbedding
 from embedstack.types import Plan, Role
 
@@ -131,19 +132,30 @@ class _Tokenizer:
         transformers = require("transformers", extra="local")
         self.hf = transformers.AutoTokenizer.from_pretrained(str(path))
         st = _read_json(path / "sentence_bert_config.json")
-        length = st.get("max_seq_length") or getattr(self.hf, "model_max_length", None)
+        problem = transformer_settings_problem(st, str(path / "sentence_bert_config.json"), fast_path=True)
+        if problem:
+            raise SpladeModelError(f"{problem}; use sentence_transformers.SparseEncoder for this model")
+        positions = _read_json(path / "config.json").get("max_position_embeddings")
+        length = st.get("max_seq_length")
+        if not isinstance(length, int):  # sentence-transformers caps the tokenizer's limit at the model's positions
+            length = getattr(self.hf, "model_max_length", None)
+            if isinstance(positions, int) and positions > 0 and (not isinstance(length, int) or length > positions):
+                length = positions
         if not isinstance(length, int) or length > _HUGE:
-            config = _read_json(path / "config.json")
-            length = config.get("max_position_embeddings", 512)
+            length = positions if isinstance(positions, int) and positions > 0 else 512
         self.max_length = int(length)
-        self.lowercase = bool(st.get("do_lower_case"))
+        if st.get("do_lower_case"):
+            add_lowercase(self.hf)
+        # Padding on the right whatever tokenizer_config.json says: a left-padded BERT shifts its absolute positions
+        # by the row's padding, so a text's vector would depend on the batch it is in (sentence-transformers' does);
+        # on the right every row's vector is the one it has alone.
+        self.hf.padding_side = "right"
         self.special_tokens = special_tokens
         self._lock = threading.Lock()  # a fast tokenizer is not safe across threads (a server tokenises arrivals)
 
     def encode(self, texts: list[str]) -> list[Tokens]:
         """Each text's ids, cut to max_length, with whether it was cut: one tokenising pass (the count is their
         length), which the batch pads and runs on."""
-        texts = [t.lower() for t in texts] if self.lowercase else texts
         return encode_tokens(
             self.hf,
             [texts],

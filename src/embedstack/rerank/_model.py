@@ -21,7 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from embedstack._optional import require
-from embedstack.providers.huggingface.tokens import Tokens
+from embedstack.providers.huggingface.tokens import Tokens, add_lowercase
 
 __all__ = [
     "ACTIVATIONS",
@@ -119,6 +119,14 @@ def read_checkpoint(path: Path) -> CheckpointInfo:
             "CrossEncoderReranker runs *ForSequenceClassification models such as cross-encoder/ms-marco-MiniLM-L6-v2 "
             "(an embedding model belongs in HuggingFaceEmbedding)"
         )
+    st_config = _read_json(path / "config_sentence_transformers.json")
+    default_prompt = st_config.get("default_prompt_name")
+    if default_prompt and (st_config.get("prompts") or {}).get(default_prompt):
+        raise ValueError(
+            f"{path}/config_sentence_transformers.json sets default_prompt_name={default_prompt!r}: "
+            "sentence-transformers' CrossEncoder adds that prompt to every pair and CrossEncoderReranker does not; use "
+            "sentence_transformers.CrossEncoder, or set default_prompt_name to null"
+        )
     transformers = require("transformers", extra="local")
     cfg = transformers.AutoConfig.from_pretrained(str(path), local_files_only=True)
     num_labels = int(cfg.num_labels)
@@ -153,14 +161,21 @@ class PairTokenizer:
     """(query, document) pairs → token ids and type ids, as sentence-transformers' CrossEncoder makes them."""
 
     def __init__(self, model_dir: Path, *, max_length: int | None = None, trust_remote_code: bool = False) -> None:
+        from embedstack.providers.huggingface.st_modules import transformer_settings_problem
         from embedstack.providers.huggingface.torch_encoder import TorchTokenizer
 
         self.text = TorchTokenizer(model_dir, max_length=max_length, trust_remote_code=trust_remote_code)
+        folder, st_config = self.text._transformer_module()
+        problem = transformer_settings_problem(st_config, str(folder / "sentence_bert_config.json"), fast_path=True)
+        if problem:  # sentence-transformers would tokenise the pairs otherwise than this tokenizer does
+            raise ValueError(f"{problem}; use sentence_transformers.CrossEncoder for this model")
         self.hf = self.text.hf
         self.max_length = self.text.max_length
         pad = self.hf.pad_token_id
         self.pad_id = int(pad) if pad is not None else 0
         self.pad_type_id = int(getattr(self.hf, "pad_token_type_id", 0) or 0)
+        if self.text.lowercase:  # as sentence-transformers does: in the tokenizer, not str.lower on the texts
+            add_lowercase(self.hf)
 
     def tokenize(self, pairs: Sequence[tuple[str, str]]) -> list[Tokens]:
         """Each pair's ids (special tokens included, the longer side cut first to max_length), whether it was
@@ -169,9 +184,6 @@ class PairTokenizer:
             return []
         queries = [q for q, _ in pairs]
         documents = [d for _, d in pairs]
-        if self.text.lowercase:
-            queries = [q.lower() for q in queries]
-            documents = [d.lower() for d in documents]
         return self.text.encode(queries, documents, truncation="longest_first")
 
     def pad(self, tokens: Sequence[Tokens]) -> Feeds:

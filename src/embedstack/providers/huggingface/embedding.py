@@ -47,7 +47,7 @@ from embedstack.providers.huggingface.long_inputs import (
     span_masks,
     windows,
 )
-from embedstack.providers.huggingface.tokens import Tokens, lowercase
+from embedstack.providers.huggingface.tokens import Tokens
 from embedstack.types import Batch, EmbedResult, Plan, Role
 
 __all__ = [
@@ -435,8 +435,7 @@ class HuggingFaceEmbedding(BatchEmbedding):
             made, untruncated = self._counting
             if untruncated is None:
                 return None
-            lower = bool(getattr(made, "lowercase", False))
-            seen = [lowercase(t) for t in texts] if lower else texts
+            seen = texts  # lower-casing (do_lower_case) is the tokenizer's own normaliser: offsets index the text
             encodings = untruncated.encode_batch(seen, add_special_tokens=add_special_tokens)
         out: list[list[dict[str, Any]]] = []
         for text, shown, enc in zip(texts, seen, encodings):

@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import numpy.typing as npt
 
-from embedstack.providers.huggingface.tokens import Tokens, lowercase
+from embedstack.providers.huggingface.tokens import Tokens
 
 __all__ = [
     "DEFAULT_CHUNK_OVERLAP",
@@ -100,7 +100,7 @@ class WholeTokenizer:
         """Each text (with `prefix` in front) tokenised whole."""
         prefix = prefix or ""
         combined = [prefix + t for t in texts]
-        seen = [lowercase(t) for t in combined] if self.lowercase else combined
+        seen = combined  # lower-casing (do_lower_case) is the tokenizer's own normaliser: offsets index the text
         encodings = self.tokenizer.encode_batch(seen)
         return [
             _whole(enc, s if len(s) != len(c) else c, len(prefix), self.with_types)

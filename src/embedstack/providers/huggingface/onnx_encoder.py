@@ -46,7 +46,7 @@ from embedstack.providers.huggingface.st_modules import (
     read_head,
     transformer_settings_problem,
 )
-from embedstack.providers.huggingface.tokens import Tokens, lowercase
+from embedstack.providers.huggingface.tokens import Tokens, lowercase_normaliser
 from embedstack.types import EmbedResult
 
 __all__ = [
@@ -271,6 +271,8 @@ class OnnxTokenizer:
             tokenizer = tokenizers.Tokenizer.from_file(str(path))
         tokenizer.no_padding()
         tokenizer.enable_truncation(self.max_length)
+        if self.lowercase:  # in the tokenizer, as sentence-transformers does (a literal "[MASK]" stays special)
+            lowercase_normaliser(tokenizer)
         return tokenizer
 
     def _as_transformers_builds_it(self, tokenizers: Any) -> Any:
@@ -322,8 +324,6 @@ class OnnxTokenizer:
 
     def tokenize(self, texts: list[str]) -> list[Tokens]:
         """Token ids (special tokens included, truncated; lower-cased first when the model says so)."""
-        if self.lowercase:
-            texts = [lowercase(t) for t in texts]
         fast = getattr(self.backend_tokenizer, "encode_batch_fast", None)  # no offsets: tokenizers >= 0.20
         encodings = fast(texts) if fast is not None else self.backend_tokenizer.encode_batch(texts)
         return [Tokens(np.asarray(e.ids, dtype=np.int64), bool(e.overflowing)) for e in encodings]

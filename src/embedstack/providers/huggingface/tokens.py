@@ -10,13 +10,40 @@ from typing import Any, NamedTuple
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["Tokens", "encode_tokens", "lowercase", "pad_tokens"]
+__all__ = ["Tokens", "add_lowercase", "encode_tokens", "lowercase", "lowercase_normaliser", "pad_tokens"]
 
 
 def lowercase(text: str) -> str:
     """`text` lower-cased as the `tokenizers` Lowercase normaliser does (what sentence-transformers adds for
     do_lower_case): character by character, so a word-final capital sigma becomes σ, not the ς of str.lower()."""
     return text.replace("\u03a3", "\u03c3").lower() if "\u03a3" in text else text.lower()
+
+
+def lowercase_normaliser(backend: Any) -> None:
+    """Put a `Lowercase` normaliser first in a `tokenizers.Tokenizer`'s own normaliser (in place), as
+    sentence-transformers does for do_lower_case; nothing when it has one."""
+    from tokenizers.normalizers import Lowercase
+    from tokenizers.normalizers import Sequence as NormalizerSequence
+
+    normalizer = backend.normalizer
+    parts: list[Any] = [normalizer] if normalizer is not None else []
+    if isinstance(normalizer, NormalizerSequence):
+        parts = list(normalizer)  # type: ignore[call-overload]  # a Sequence iterates its normalizers
+    if not any(isinstance(n, Lowercase) for n in parts):
+        backend.normalizer = NormalizerSequence([Lowercase(), *parts])
+
+
+def add_lowercase(hf: Any) -> None:
+    """do_lower_case as sentence-transformers applies it to a transformers tokenizer `hf` (in place): a fast one gets a
+    `Lowercase` normaliser first in its own normaliser (so a literal "[MASK]" or "[SEP]" in a text stays the special
+    token, and a word-final Σ becomes σ), a slow one its `do_lower_case` flag. Texts then go in as they are."""
+    if getattr(hf, "is_fast", False):
+        lowercase_normaliser(hf.backend_tokenizer)
+        return
+    try:
+        hf.do_lower_case = True
+    except AttributeError:
+        hf.basic_tokenizer.do_lower_case = True
 
 
 class Tokens(NamedTuple):

@@ -25,7 +25,7 @@ from embedstack._optional import require
 from embedstack.pooling import Pooling
 from embedstack.providers._device import pick_device
 from embedstack.providers.huggingface.st_modules import transformer_settings_problem
-from embedstack.providers.huggingface.tokens import Tokens, encode_tokens, lowercase, pad_tokens
+from embedstack.providers.huggingface.tokens import Tokens, add_lowercase, encode_tokens, pad_tokens
 from embedstack.types import EmbedResult
 
 __all__ = ["TORCH_PRECISIONS", "TorchEncoder", "TorchTokenizer"]
@@ -109,6 +109,8 @@ class TorchTokenizer:
                 str(folder), trust_remote_code=trust_remote_code, local_files_only=True
             )
         self.lowercase = bool(st_config.get("do_lower_case"))
+        if self.lowercase:  # in the tokenizer, as sentence-transformers does (a literal "[MASK]" stays special)
+            add_lowercase(self.hf)
         self._lock = threading.Lock()
         positions = _config_max_positions(config)
         declared = getattr(self.hf, "model_max_length", None)
@@ -149,8 +151,6 @@ class TorchTokenizer:
 
     def tokenize(self, texts: list[str]) -> list[Tokens]:
         """Token ids (special tokens included, truncated to max_length) and whether each text was cut."""
-        if self.lowercase:
-            texts = [lowercase(t) for t in texts]
         return self.encode(texts, truncation=True)
 
     def encode(
