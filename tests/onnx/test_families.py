@@ -87,6 +87,22 @@ def test_qwen3_tokenizer_pads_left_and_the_fast_path_still_takes_the_last_real_t
     np.testing.assert_allclose(batched[:1], alone, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_bert_whose_tokenizer_pads_left_gives_each_text_its_vector_alone(
+    st_model: Callable[..., Path], env_cache: Path, tmp_path: Path, backend: str
+) -> None:
+    """padding_side='left' in tokenizer_config.json shifts a BERT's absolute positions by each row's padding: the
+    torch path's vectors depended on the batch (cosine 0.825 alone vs batched). Every backend pads on the right."""
+    path = tmp_path / "tiny"
+    shutil.copytree(st_model("bert", "mean"), path)
+    config = json.loads((path / "tokenizer_config.json").read_text())
+    (path / "tokenizer_config.json").write_text(json.dumps({**config, "padding_side": "left"}))
+    texts = ["x", "the cat sat on the mat the cat sat on", "cat"]
+    together = _ours(path, backend, texts)
+    alone = np.concatenate([_reference(path, [t]) for t in texts])
+    _assert_exact(together, alone)
+
+
 # -- architectures ------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("family", FAMILIES)

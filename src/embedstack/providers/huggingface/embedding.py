@@ -764,11 +764,13 @@ class HuggingFaceEmbedding(BatchEmbedding):
 
 
 def _check_aligned(whole: Any, document: str) -> None:
-    """Refuse a document whose character offsets the tokenizer's cannot match (lower-casing changed its length)."""
+    """Refuse a document whose tokens' character offsets do not index it (spans would land on other tokens).
+
+    The tokenizer sees the document as given (lower-casing is its own normaliser), so this guards an invariant."""
     if len(whole.source) != whole.prefix_len + len(document):
         raise ValueError(
-            "this model lower-cases texts, which changes this document's length (a character such as 'İ' becomes "
-            "two), so character spans cannot be mapped onto its tokens; replace such characters first"
+            "the tokenizer's character offsets do not index this document as given, so spans cannot be mapped "
+            "onto its tokens; please report this with the document"
         )
 
 

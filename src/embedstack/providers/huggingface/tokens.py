@@ -10,13 +10,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["Tokens", "add_lowercase", "encode_tokens", "lowercase", "lowercase_normaliser", "pad_tokens"]
-
-
-def lowercase(text: str) -> str:
-    """`text` lower-cased as the `tokenizers` Lowercase normaliser does (what sentence-transformers adds for
-    do_lower_case): character by character, so a word-final capital sigma becomes σ, not the ς of str.lower()."""
-    return text.replace("\u03a3", "\u03c3").lower() if "\u03a3" in text else text.lower()
+__all__ = ["Tokens", "add_lowercase", "encode_tokens", "lowercase_normaliser", "pad_tokens"]
 
 
 def lowercase_normaliser(backend: Any) -> None:
@@ -100,17 +94,18 @@ def encode_tokens(
 
 
 def pad_tokens(tokens: Sequence[Tokens], hf: Any) -> dict[str, npt.NDArray[np.int64]]:
-    """input_ids, attention_mask (and token_type_ids when every row has them) padded as the tokenizer `hf` pads:
-    its pad token and type id, on its padding side."""
+    """input_ids, attention_mask (and token_type_ids when every row has them) padded with the tokenizer `hf`'s pad
+    token and type id, always on the right, whatever its padding side: left padding shifts a BERT's absolute
+    positions by each row's padding, so a text's vector would depend on its batch; on the right every row sits
+    where it sits alone (a decoder's causal attention never sees the pads after it; pooling reads the mask)."""
     length = max(len(t.ids) for t in tokens)
-    left = getattr(hf, "padding_side", "right") == "left"
     pad_id = hf.pad_token_id if hf.pad_token_id is not None else 0
     ids = np.full((len(tokens), length), pad_id, dtype=np.int64)
     mask = np.zeros((len(tokens), length), dtype=np.int64)
     with_types = all(t.type_ids is not None for t in tokens)
     types = np.full((len(tokens), length), getattr(hf, "pad_token_type_id", 0) or 0, dtype=np.int64)
     for r, t in enumerate(tokens):
-        cols = slice(length - len(t.ids), length) if left else slice(0, len(t.ids))
+        cols = slice(0, len(t.ids))
         ids[r, cols] = t.ids
         mask[r, cols] = 1
         if with_types and t.type_ids is not None:

@@ -274,6 +274,8 @@ class TorchEncoder:
         st.eval()
         self.st = st
         first = st[0]
+        if getattr(getattr(first, "tokenizer", None), "padding_side", "right") != "right":
+            first.tokenizer.padding_side = "right"  # as `pad_tokens`: a text's vector never depends on its batch
         auto = getattr(first, "auto_model", None) or getattr(first, "model", None)
         positions = _config_max_positions(auto.config) if auto is not None and hasattr(auto, "config") else None
         dim_fn = getattr(st, "get_embedding_dimension", None) or st.get_sentence_embedding_dimension
