@@ -111,27 +111,40 @@ TINY_WORDS = (
 
 
 @pytest.fixture(scope="session")
-def tiny_bert_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def save_tiny_bert() -> Callable[..., Path]:
+    """(folder, vocab, seed, head="BertModel", tokenizer={...}, **config) → `folder` holding a tiny random BERT (32
+    hidden, 2 layers, 2 heads, 64 positions; `config` overrides) under `head`, with a WordPiece tokenizer over `vocab`
+    (64 tokens; `tokenizer` overrides), saved as transformers saves them."""
+
+    def save(
+        folder: Path,
+        vocab: list[str],
+        seed: int,
+        head: str = "BertModel",
+        tokenizer: dict[str, Any] | None = None,
+        **config: Any,
+    ) -> Path:
+        import torch
+        import transformers
+
+        ids = {w: i for i, w in enumerate(vocab)}
+        transformers.BertTokenizer(vocab=ids, **{"model_max_length": 64, **(tokenizer or {})}).save_pretrained(folder)
+        torch.manual_seed(seed)
+        settings = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37)
+        settings |= {"max_position_embeddings": 64, **config}
+        model = getattr(transformers, head)(transformers.BertConfig(vocab_size=len(vocab), **settings))
+        model.eval().save_pretrained(folder)
+        return folder
+
+    return save
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_checkpoint(tmp_path_factory: pytest.TempPathFactory, save_tiny_bert: Callable[..., Path]) -> Path:
     """A tiny random BERT (32 hidden, 2 layers, 64 positions, seed 0) saved once per session as a plain
     transformers checkpoint with its tokenizer: the base of every tiny local model the tests build. Read-only."""
-    import torch
-    import transformers
-
-    plain = tmp_path_factory.mktemp("tiny-bert") / "plain"
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *TINY_WORDS, "##s", "##ing"]
-    tokenizer = transformers.BertTokenizer(vocab={w: i for i, w in enumerate(vocab)}, model_max_length=64)
-    tokenizer.save_pretrained(plain)
-    torch.manual_seed(0)
-    config = transformers.BertConfig(
-        vocab_size=len(vocab),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=37,
-        max_position_embeddings=64,
-    )
-    transformers.BertModel(config).eval().save_pretrained(plain)
-    return plain
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny-bert") / "plain", vocab, 0)
 
 
 # ---- the command line in a subprocess, and the bundled sample corpus ----

@@ -301,13 +301,27 @@ def test_spans_index_the_text_where_lower_casing_moves_characters(prompted: Path
     np.testing.assert_allclose(got, model.embed_chunks("Istanbul cat", [(9, 12)]), atol=1e-6)  # the same tokens
 
 
+def _save_e5_style(plain: Path, config: Any, seed: int, pooling: str) -> Path:
+    """A random model of `config` saved in `plain` (beside its tokenizer), then a sentence-transformers model over it
+    ("tiny", beside `plain`): Transformer (LIMIT tokens), Pooling, Normalize, with e5's query and passage prompts."""
+    import transformers
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
+
+    torch.manual_seed(seed)
+    transformers.AutoModel.from_config(config).eval().save_pretrained(str(plain))
+    modules = [Transformer(str(plain), max_seq_length=LIMIT), Pooling(32, pooling_mode=pooling), Normalize()]
+    folder = plain.parent / "tiny"
+    prompts = {"query": "query: ", "document": "passage: "}
+    SentenceTransformer(modules=modules, device="cpu", prompts=prompts).save(str(folder))
+    return folder
+
+
 @pytest.fixture(scope="module")
 def byte_level_decoder(family_checkpoint: Callable[[str], Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A Qwen3 sentence-transformers model with a byte-level BPE tokenizer, as Qwen3-Embedding's: the space in front
     of a word belongs to the word's token (" dog"), so a prompt's trailing space joins the text's first token."""
     import transformers
-    from sentence_transformers import SentenceTransformer
-    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
     rng = np.random.default_rng(0)
@@ -341,14 +355,7 @@ def byte_level_decoder(family_checkpoint: Callable[[str], Path], tmp_path_factor
         eos,
         eos,
     )
-    torch.manual_seed(5)
-    transformers.AutoModel.from_config(config).eval().save_pretrained(str(plain))
-    modules = [Transformer(str(plain), max_seq_length=LIMIT), Pooling(32, pooling_mode="lasttoken"), Normalize()]
-    folder = plain.parent / "tiny"
-    SentenceTransformer(modules=modules, device="cpu", prompts={"query": "query: ", "document": "passage: "}).save(
-        str(folder)
-    )
-    return folder
+    return _save_e5_style(plain, config, 5, "lasttoken")
 
 
 @pytest.mark.parametrize("backend", ["torch", "onnx"])
@@ -380,8 +387,6 @@ def sentencepiece_encoder(family_checkpoint: Callable[[str], Path], tmp_path_fac
     """An XLM-RoBERTa sentence-transformers model with a SentencePiece-style (Unigram, "▁") tokenizer, as
     multilingual-e5's, and e5's prompts."""
     import transformers
-    from sentence_transformers import SentenceTransformer
-    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
     rng = np.random.default_rng(1)
@@ -398,14 +403,7 @@ def sentencepiece_encoder(family_checkpoint: Callable[[str], Path], tmp_path_fac
     ).save_pretrained(str(plain))
     config = transformers.AutoConfig.from_pretrained(str(family_checkpoint("xlm-roberta")))
     config.vocab_size, config.pad_token_id, config.bos_token_id, config.eos_token_id = tok.get_vocab_size(), 1, 0, 2
-    torch.manual_seed(6)
-    transformers.AutoModel.from_config(config).eval().save_pretrained(str(plain))
-    modules = [Transformer(str(plain), max_seq_length=LIMIT), Pooling(32, pooling_mode="mean"), Normalize()]
-    folder = plain.parent / "tiny"
-    SentenceTransformer(modules=modules, device="cpu", prompts={"query": "query: ", "document": "passage: "}).save(
-        str(folder)
-    )
-    return folder
+    return _save_e5_style(plain, config, 6, "mean")
 
 
 @pytest.mark.parametrize("backend", ["torch", "onnx"])

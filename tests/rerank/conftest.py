@@ -7,7 +7,7 @@ with initializer_range 0.3, so scores spread far enough apart for rankings to me
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -37,38 +37,21 @@ def _offline() -> Iterator[None]:
         yield
 
 
-def _bert(folder: Path, num_labels: int, seed: int) -> Path:
-    import torch
-    import transformers
-
+def _bert(save: Callable[..., Path], folder: Path, num_labels: int, seed: int) -> Path:
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, "##s", "##ing"]
-    tokenizer = transformers.BertTokenizer(vocab={w: i for i, w in enumerate(vocab)}, model_max_length=64)
-    tokenizer.save_pretrained(folder)
-    torch.manual_seed(seed)
-    config = transformers.BertConfig(
-        vocab_size=len(vocab),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=37,
-        max_position_embeddings=64,
-        num_labels=num_labels,
-        initializer_range=0.3,
-    )
-    transformers.BertForSequenceClassification(config).eval().save_pretrained(folder)
-    return folder
+    return save(folder, vocab, seed, "BertForSequenceClassification", num_labels=num_labels, initializer_range=0.3)
 
 
 @pytest.fixture(scope="session")
-def ce_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def ce_bert(tmp_path_factory: pytest.TempPathFactory, save_tiny_bert: Callable[..., Path]) -> Path:
     """A BertForSequenceClassification with one label, as a plain transformers checkpoint."""
-    return _bert(tmp_path_factory.mktemp("ce-bert") / "model", 1, 0)
+    return _bert(save_tiny_bert, tmp_path_factory.mktemp("ce-bert") / "model", 1, 0)
 
 
 @pytest.fixture(scope="session")
-def ce_bert3(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def ce_bert3(tmp_path_factory: pytest.TempPathFactory, save_tiny_bert: Callable[..., Path]) -> Path:
     """A BertForSequenceClassification with three labels (an NLI-style cross-encoder)."""
-    return _bert(tmp_path_factory.mktemp("ce-bert3") / "model", 3, 1)
+    return _bert(save_tiny_bert, tmp_path_factory.mktemp("ce-bert3") / "model", 3, 1)
 
 
 @pytest.fixture(scope="session")
@@ -134,33 +117,18 @@ def ce_minilm(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def ce_st_lowercase(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def ce_st_lowercase(tmp_path_factory: pytest.TempPathFactory, save_tiny_bert: Callable[..., Path]) -> Path:
     """A CrossEncoder saved by sentence-transformers over a cased BERT tokenizer with Σ's lower cases (σ, ς) in its
     vocabulary, its sentence_bert_config.json then told do_lower_case (as a hand-edited or older config says it)."""
     import json
 
-    import torch
-    import transformers
     from sentence_transformers import CrossEncoder
 
     root = tmp_path_factory.mktemp("ce-lower")
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, "σ", "ς", "ab", "##σ", "##ς", "[", "]", "sep"]
-    tokenizer = transformers.BertTokenizer(
-        vocab={w: i for i, w in enumerate(vocab)}, model_max_length=64, do_lower_case=False
-    )
-    tokenizer.save_pretrained(root / "plain")
-    torch.manual_seed(3)
-    config = transformers.BertConfig(
-        vocab_size=len(vocab),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=37,
-        max_position_embeddings=64,
-        num_labels=1,
-        initializer_range=0.3,
-    )
-    transformers.BertForSequenceClassification(config).eval().save_pretrained(root / "plain")
+    head = "BertForSequenceClassification"
+    cased = {"do_lower_case": False}
+    save_tiny_bert(root / "plain", vocab, 3, head, tokenizer=cased, num_labels=1, initializer_range=0.3)
     folder = root / "model"
     CrossEncoder(str(root / "plain"), local_files_only=True).save(str(folder))
     st_config = json.loads((folder / "sentence_bert_config.json").read_text())

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -314,32 +315,18 @@ def test_each_text_is_tokenised_once_in_the_library_and_on_the_server(
 
 
 @pytest.fixture(scope="module")
-def cased(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+def cased(tmp_path_factory: pytest.TempPathFactory, save_tiny_bert: Callable[..., Path]) -> tuple[Path, Path]:
     """(a legacy SPLADE directory whose sentence_bert_config says do_lower_case over a cased tokenizer with Σ, σ
     and ς in its vocabulary; a plain masked-LM checkpoint whose tokenizer allows 512 tokens and model 64)."""
-    import torch
-    import transformers
     from sentence_transformers import SparseEncoder
     from sentence_transformers.sparse_encoder.modules import MLMTransformer, SpladePooling
 
     root = tmp_path_factory.mktemp("cased-splade")
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "cat", "dog", "the", "mask", "ab", "σ", "ς", "##σ", "##ς"]
     vocab += ["[", "]"]
-    tokenizer = transformers.BertTokenizer(
-        vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=False, model_max_length=512
+    plain = save_tiny_bert(
+        root / "plain", vocab, 3, "BertForMaskedLM", tokenizer={"do_lower_case": False, "model_max_length": 512}
     )
-    plain = root / "plain"
-    tokenizer.save_pretrained(plain)
-    torch.manual_seed(3)
-    config = transformers.BertConfig(
-        vocab_size=len(vocab),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=37,
-        max_position_embeddings=64,
-    )
-    transformers.BertForMaskedLM(config).eval().save_pretrained(plain)
     legacy = root / "legacy"
     SparseEncoder(modules=[MLMTransformer(str(plain)), SpladePooling("max")]).save(str(legacy))
     modules = json.loads((legacy / "modules.json").read_text())
