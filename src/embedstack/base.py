@@ -119,10 +119,11 @@ class EmbeddingModel(BaseComponent):
     default_async_workers: ClassVar[int | None] = None
     #: The provider's name in `embedstack.providers.catalog`, where this model's facts are (`Capabilities.catalog`).
     catalog_name: ClassVar[str | None] = None
-    #: Fields that change only the arithmetic, left out of `model_identity()`: outputs made at another precision
-    #: (cosine >= 0.9999 apart for fp32/bf16; an int8 corpus is searchable with fp32 queries) stay usable.
+    #: Fields that change only the arithmetic (or, for "lowercase", the tokens of rare texts), left out of
+    #: `model_identity()`: outputs made at another precision (cosine >= 0.9999 apart for fp32/bf16; an int8 corpus
+    #: is searchable with fp32 queries) or before a tokenisation fix stay usable.
     _arithmetic_fields: ClassVar[frozenset[str]] = frozenset(
-        {"precision", "int8_runtime", "int8_recipe", "bf16_runtime", "fp32_from"}
+        {"precision", "int8_runtime", "int8_recipe", "bf16_runtime", "fp32_from", "lowercase"}
     )
 
     _memo: dict[str, Any] = PrivateAttr(default_factory=dict)

@@ -396,6 +396,10 @@ def test_do_lower_case_keeps_a_special_token_in_a_text_special(
     config_path.write_text(json.dumps({**json.loads(config_path.read_text()), "do_lower_case": True}))
     texts = ["the [MASK] cat", "CAT [SEP] dog", "The Cat"]
     _assert_exact(_ours(folder, backend, texts), _reference(folder, texts))
+    # vectors cached by the older lower-casing miss (a key of their own), and corpora made with it stay searchable
+    provider = HuggingFaceEmbedding(model_name=str(folder), backend=backend).provider
+    assert provider.identity()["lowercase"] == "normaliser" and "lowercase" not in provider.model_identity()
+    assert "lowercase" not in HuggingFaceEmbedding(model_name=str(st_model("bert", "mean"))).provider.identity()
 
 
 # -- the tokenizer transformers builds, not tokenizer.json as it is ---------------------------------------------

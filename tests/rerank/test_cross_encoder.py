@@ -76,6 +76,7 @@ def test_do_lower_case_lowercases_as_the_tokenizer_normaliser_does(
     pairs = [("abΣ", "ΑΣ cat"), ("Σ", "Σ dog"), ("the [SEP] man", "cat [MASK] dog"), ("THE MAN", "Eating")]
     reranker = CrossEncoderReranker(str(ce_st_lowercase), backend=backend, onnx_cache_dir=tmp_path)
     np.testing.assert_allclose(reranker.score(pairs), _st(ce_st_lowercase).predict(pairs), atol=1e-5, rtol=0)
+    assert reranker.identity()["lowercase"] == "normaliser"  # scores cached by the older lower-casing miss
 
 
 def test_processing_kwargs_are_refused_by_name(ce_st_identity: Path, tmp_path: Path) -> None:

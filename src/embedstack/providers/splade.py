@@ -31,7 +31,13 @@ from embedstack.errors import EmbedstackError
 from embedstack.outputs import SparseVector
 from embedstack.provider import BatchOutput, Prepared, TokenCounts
 from embedstack.providers.huggingface.st_modules import transformer_settings_problem
-from embedstack.providers.huggingface.tokens import Tokens, add_lowercase, encode_tokens, pad_tokens
+from embedstack.providers.huggingface.tokens import (
+    Tokens,
+    add_lowercase,
+    declares_lowercase,
+    encode_tokens,
+    pad_tokens,
+)
 from embedstack.sparse import BatchSparseEmbedding, SparseEmbedding
 from embedstack.types import Plan, Role
 
@@ -352,7 +358,10 @@ class SpladeEmbedding(BatchSparseEmbedding):
     def _identity(self) -> dict[str, Any]:
         from embedstack.providers.hub import stamp_identity
 
-        return stamp_identity(super()._identity(), self._source())  # the files' stamp: changed weights, new keys
+        data = stamp_identity(super()._identity(), self._source())  # the files' stamp: changed weights, new keys
+        if declares_lowercase(self._source().path):  # older cached vectors miss (see declares_lowercase)
+            data["lowercase"] = "normaliser"
+        return data
 
     def _settings(self) -> _Settings:
         """The model's prompts, max_active_dims and vocabulary size, read from its config files (no weights)."""

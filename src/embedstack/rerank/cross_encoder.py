@@ -21,7 +21,7 @@ from embedstack.outputs import Dense, OutputKind, Scores
 from embedstack.pipeline import Pipeline
 from embedstack.provider import BatchOutput, Capabilities, Prepared, ProviderBase, TokenCounts
 from embedstack.providers.hub import ModelSource, locate_model, stamp_identity
-from embedstack.providers.huggingface.tokens import Tokens
+from embedstack.providers.huggingface.tokens import Tokens, declares_lowercase
 from embedstack.rerank._model import (
     ACTIVATIONS,
     CheckpointInfo,
@@ -257,6 +257,8 @@ class CrossEncoderReranker(BaseReranker):
                     from embedstack.rerank._openvino import int8_compute
 
                     data["int8_compute"] = int8_compute(require("openvino", extra="openvino"))
+            if declares_lowercase(self.source.path):  # older cached scores miss (see declares_lowercase)
+                data["lowercase"] = "normaliser"
             self._identity = stamp_identity(data, self.source)
         return self._identity
 

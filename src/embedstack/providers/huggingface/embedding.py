@@ -47,7 +47,7 @@ from embedstack.providers.huggingface.long_inputs import (
     span_masks,
     windows,
 )
-from embedstack.providers.huggingface.tokens import Tokens
+from embedstack.providers.huggingface.tokens import Tokens, declares_lowercase
 from embedstack.types import Batch, EmbedResult, Plan, Role
 
 __all__ = [
@@ -330,6 +330,8 @@ class HuggingFaceEmbedding(BatchEmbedding):
         saved = _saved_dtype(self.source.path)
         if saved is not None and self.precision == "fp32":  # computed in fp32 since format 3 (it was the saved dtype)
             data["fp32_from"] = saved
+        if declares_lowercase(self.source.path):  # older cached vectors miss (see declares_lowercase)
+            data["lowercase"] = "normaliser"
         # long texts' vectors differ: keys of their own (the default's stay as they always were)
         if self.long_inputs != "truncate":
             data["long_inputs"] = self.long_inputs

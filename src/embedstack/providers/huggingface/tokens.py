@@ -3,14 +3,30 @@ exact truncation flags, and padding, for the transformers tokenizers (local mode
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["Tokens", "add_lowercase", "encode_tokens", "lowercase_normaliser", "pad_tokens"]
+__all__ = ["Tokens", "add_lowercase", "declares_lowercase", "encode_tokens", "lowercase_normaliser", "pad_tokens"]
+
+
+def declares_lowercase(model_dir: Path) -> bool:
+    """Whether a sentence-transformers model's sentence_bert_config.json (its own or a module folder's) says
+    do_lower_case: since 2026-12-06 its tokenizer's normaliser lower-cases (a word-final Σ and literal special
+    tokens tokenise otherwise than before), so cache keys mark it."""
+    for config in (model_dir / "sentence_bert_config.json", *model_dir.glob("*/sentence_bert_config.json")):
+        try:
+            data = json.loads(config.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict) and data.get("do_lower_case"):
+            return True
+    return False
 
 
 def lowercase_normaliser(backend: Any) -> None:
