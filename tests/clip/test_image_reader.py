@@ -25,7 +25,7 @@ def test_every_source_reads_to_the_same_bytes(tmp_path: Path, make_png: Any) -> 
     assert read_image(stream) == data and stream.tell() == 2  # read, then put back where it was
     for item in (path, uri, data, stream):
         assert image_bytes(item) == data
-    decoded = [decode_image(item, min_side=32).tobytes() for item in (path, uri, data, stream)]
+    decoded = [decode_image(item).tobytes() for item in (path, uri, data, stream)]
     assert decoded.count(decoded[0]) == 4 and stream.tell() == 2
 
 
@@ -40,7 +40,7 @@ def test_errors_name_the_item_and_the_fix(tmp_path: Path) -> None:
         read_image("data:image/png;base64,abc")  # wrong padding
     assert not isinstance(bad.value, ImageDecodeError)  # core knows nothing of the decoder's error type
     with pytest.raises(ImageDecodeError, match=r"^imgs\[5\] \(data:image/png;base64,abc\.\.\.\): not a valid base64"):
-        decode_image("data:image/png;base64,abc", min_side=32, where="imgs[5]")
+        decode_image("data:image/png;base64,abc", where="imgs[5]")
     with pytest.raises(FileNotFoundError, match=r"^images\[4\]: image file"):
         check_image(str(tmp_path), 4, "images")  # a folder is not an image file
 
@@ -48,11 +48,11 @@ def test_errors_name_the_item_and_the_fix(tmp_path: Path) -> None:
 def test_empty_sources_read_as_empty_and_the_decoder_says_why() -> None:
     assert read_image(b"") == b"" and image_bytes(io.BytesIO()) == b""  # keying an empty source is no error
     with pytest.raises(ImageDecodeError, match="the image data is empty"):
-        decode_image(b"", min_side=32)
+        decode_image(b"")
     spent = io.BytesIO(b"\x89PNG")
     spent.read()
     with pytest.raises(ImageDecodeError, match="already read to the end; pass its bytes instead"):
-        decode_image(spent, min_side=32)
+        decode_image(spent)
 
 
 @pytest.mark.parametrize("url", ["http://10.255.255.1/x.png", "https://example.com/a.jpg", "s3://bucket/x.png"])

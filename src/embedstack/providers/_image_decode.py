@@ -2,9 +2,8 @@
 
 Pillow's decompression-bomb guard (Image.MAX_IMAGE_PIXELS) stays on. A provider passes `prepare`
 (its processor on one image) so each image becomes model input right after decoding and a batch
-never holds full-size pixels; pixels are the ones the reference decodes (full scale). `min_side`
-(opt-in, off for the providers) shrinks instead, JPEGs at a reduced DCT scale: other pixels, so
-other vectors than a full decode (cosine 0.9998 on a tiny CLIP).
+never holds full-size pixels; pixels are the ones the reference decodes (full scale: a reduced
+DCT-scale decode or a shrink of our own gives other pixels, so other vectors).
 """
 
 from __future__ import annotations
@@ -58,21 +57,8 @@ def _open_arg(item: Any, where: str, label: str) -> Path | BytesIO:
     return BytesIO(source)
 
 
-def _shrink(img: Any, min_side: int, resample: Any) -> Any:
-    """`img` with its shorter side brought down to `min_side` (never up), as CLIP's resize does."""
-    w, h = img.size
-    short, long = (w, h) if w <= h else (h, w)
-    if short <= min_side:
-        return img
-    new_long = int(min_side * long / short)
-    size = (min_side, new_long) if w <= h else (new_long, min_side)
-    if img.mode in ("1", "P", "PA"):  # resize() would fall back to nearest-neighbour: convert first
-        img = img.convert("RGBA" if img.mode == "PA" or "transparency" in img.info else "RGB")
-    return img.resize(size, resample)
-
-
-def decode_image(item: Any, *, min_side: int | None = None, where: str = "image", resample: Any = None) -> Any:
-    """One image input as an RGB PIL image (with `min_side`, shrunk so its shorter side is at most that).
+def decode_image(item: Any, *, where: str = "image") -> Any:
+    """One image input as an RGB PIL image, at full scale.
 
     Raises FileNotFoundError (missing file), TypeError (not an image input) or ImageDecodeError
     (corrupt, truncated, unsupported mode, over the decompression-bomb limit), naming `where`.
@@ -80,17 +66,11 @@ def decode_image(item: Any, *, min_side: int | None = None, where: str = "image"
     Image = require("PIL.Image", extra="clip", package="pillow")
     ImageOps = require("PIL.ImageOps", extra="clip", package="pillow")
     label = image_label(item)
-    resample = Image.Resampling.BICUBIC if resample is None else resample
     try:
         if is_pil_image(item):
-            return _finish(ImageOps, item, min_side, resample, where, label)
+            return _finish(ImageOps, item, where, label)
         with Image.open(_open_arg(item, where, label)) as img:
-            if min_side is not None and img.format == "JPEG" and min(img.size) > 2 * min_side:
-                # DCT-domain downscale while decoding: the full-size pixels are never allocated.
-                w, h = img.size
-                scale = 2 * min_side / min(w, h)
-                img.draft("RGB", (max(1, int(w * scale)), max(1, int(h * scale))))
-            out = _finish(ImageOps, img, min_side, resample, where, label)
+            out = _finish(ImageOps, img, where, label)
             # leaving the `with` closes `img`: hand back an independent image, never that one
             return out.copy() if out is img else out
     except Image.DecompressionBombError as e:
@@ -109,8 +89,8 @@ def decode_image(item: Any, *, min_side: int | None = None, where: str = "image"
         raise ImageDecodeError(where, label, f"corrupt or truncated image ({type(e).__name__}: {e})") from e
 
 
-def _finish(ImageOps: Any, img: Any, min_side: int | None, resample: Any, where: str, label: str) -> Any:
-    """Check the mode, load the pixels, apply EXIF orientation, flatten transparency onto white, shrink, to RGB."""
+def _finish(ImageOps: Any, img: Any, where: str, label: str) -> Any:
+    """Check the mode, load the pixels, apply EXIF orientation, flatten transparency onto white, convert to RGB."""
     if img.mode not in SUPPORTED_MODES:
         raise ImageDecodeError(
             where,
@@ -124,8 +104,6 @@ def _finish(ImageOps: Any, img: Any, min_side: int | None, resample: Any, where:
     except Exception:  # a malformed EXIF block must not lose an otherwise good image
         pass
     img = _flatten(img)
-    if min_side is not None:
-        img = _shrink(img, min_side, resample)
     return img if img.mode == "RGB" else img.convert("RGB")
 
 
@@ -142,10 +120,8 @@ def _flatten(img: Any) -> Any:
 def decode_images(
     items: Sequence[Any],
     *,
-    min_side: int | None = None,
     wheres: Sequence[str] | None = None,
     indexes: Sequence[int | None] | None = None,
-    resample: Any = None,
     prepare: Callable[[Any], Any] | None = None,
 ) -> list[Any]:
     """Decode every item of a batch (before any model call), each through `prepare` if given (the processor on
@@ -154,7 +130,7 @@ def decode_images(
     for i, item in enumerate(items):
         where = wheres[i] if wheres else f"image {i} of the batch"
         try:
-            img = decode_image(item, min_side=min_side, where=where, resample=resample)
+            img = decode_image(item, where=where)
             out.append(prepare(img) if prepare is not None else img)
         except (TypeError, ValueError, OSError) as e:
             if isinstance(e, ImageDecodeError):

@@ -421,7 +421,7 @@ class HuggingFaceEmbedding(BatchEmbedding):
 
     def _tokenize(self, texts: list[str], add_special_tokens: bool) -> list[list[dict[str, Any]]] | None:
         """TEI's /tokenize: ids, token texts (a special token's own text; else the input's characters
-        `start:stop`), never truncated, lower-cased first when the model's tokenizer does that."""
+        `start:stop`), never truncated."""
         with self._counting_lock:
             if len(self._counting) < 2:
                 made = self._counting[0] if self._counting else self._make_tokenizer()
@@ -437,16 +437,15 @@ class HuggingFaceEmbedding(BatchEmbedding):
             made, untruncated = self._counting
             if untruncated is None:
                 return None
-            seen = texts  # lower-casing (do_lower_case) is the tokenizer's own normaliser: offsets index the text
-            encodings = untruncated.encode_batch(seen, add_special_tokens=add_special_tokens)
+            # lower-casing (do_lower_case) is the tokenizer's own normaliser: offsets index the texts as given
+            encodings = untruncated.encode_batch(texts, add_special_tokens=add_special_tokens)
         out: list[list[dict[str, Any]]] = []
-        for text, shown, enc in zip(texts, seen, encodings):
-            source = text if len(shown) == len(text) else shown  # offsets index the text the tokenizer saw
+        for text, enc in zip(texts, encodings):
             out.append(
                 [
                     {"id": int(i), "text": tok, "special": True, "start": None, "stop": None}
                     if special
-                    else {"id": int(i), "text": source[a:b], "special": False, "start": int(a), "stop": int(b)}
+                    else {"id": int(i), "text": text[a:b], "special": False, "start": int(a), "stop": int(b)}
                     for i, tok, special, (a, b) in zip(enc.ids, enc.tokens, enc.special_tokens_mask, enc.offsets)
                 ]
             )
@@ -718,7 +717,6 @@ class HuggingFaceEmbedding(BatchEmbedding):
                     "backend='torch' or backend='onnx'"
                 )
             whole = self._whole_tokenizer(encoder.text_tokenizer).whole([document], prefix)[0]
-            _check_aligned(whole, document)
             masks = span_masks(whole, checked)
             pooled = late_chunk(encoder, whole, masks, encoder.max_length, self.chunk_overlap, "the document")
             vectors = encoder.after_pooling(pooled)
@@ -736,7 +734,6 @@ class HuggingFaceEmbedding(BatchEmbedding):
         check_texts([document], "document")
         with self._lock:
             whole = self._whole_tokenizer(self._text_tokenizer()).whole([document], None)[0]
-        _check_aligned(whole, document)
         if not len(whole.content):
             return []
         ranges = windows(whole, chunk_tokens + whole.room, 0)
@@ -763,17 +760,6 @@ class HuggingFaceEmbedding(BatchEmbedding):
         )
         logger.warning(msg)
         warnings.warn(msg, UserWarning, stacklevel=2)
-
-
-def _check_aligned(whole: Any, document: str) -> None:
-    """Refuse a document whose tokens' character offsets do not index it (spans would land on other tokens).
-
-    The tokenizer sees the document as given (lower-casing is its own normaliser), so this guards an invariant."""
-    if len(whole.source) != whole.prefix_len + len(document):
-        raise ValueError(
-            "the tokenizer's character offsets do not index this document as given, so spans cannot be mapped "
-            "onto its tokens; please report this with the document"
-        )
 
 
 def from_spec(arg: str | None) -> HuggingFaceEmbedding:

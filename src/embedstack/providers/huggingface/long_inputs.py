@@ -92,20 +92,15 @@ class WholeTokenizer:
         self.tokenizer.no_truncation()
         self.tokenizer.no_padding()
         self.max_length = int(tokenizer.max_length)
-        self.lowercase = bool(getattr(tokenizer, "lowercase", False))
         probe = tokenizer.tokenize(["a"])[0]
         self.with_types = probe.type_ids is not None
 
     def whole(self, texts: Sequence[str], prefix: str | None) -> list[Whole]:
         """Each text (with `prefix` in front) tokenised whole."""
         prefix = prefix or ""
-        combined = [prefix + t for t in texts]
-        seen = combined  # lower-casing (do_lower_case) is the tokenizer's own normaliser: offsets index the text
-        encodings = self.tokenizer.encode_batch(seen)
-        return [
-            _whole(enc, s if len(s) != len(c) else c, len(prefix), self.with_types)
-            for enc, s, c in zip(encodings, seen, combined)
-        ]
+        combined = [prefix + t for t in texts]  # lower-casing is the tokenizer's normaliser: offsets index these
+        encodings = self.tokenizer.encode_batch(combined)
+        return [_whole(enc, c, len(prefix), self.with_types) for enc, c in zip(encodings, combined)]
 
 
 def _whole(enc: Any, source: str, prefix_len: int, with_types: bool) -> Whole:
