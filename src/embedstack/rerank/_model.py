@@ -21,7 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from embedstack._optional import require
-from embedstack.providers.huggingface.tokens import Tokens, add_lowercase
+from embedstack.providers.huggingface.tokens import Tokens
 
 __all__ = [
     "ACTIVATIONS",
@@ -165,8 +165,7 @@ class PairTokenizer:
         from embedstack.providers.huggingface.torch_encoder import TorchTokenizer
 
         self.text = TorchTokenizer(model_dir, max_length=max_length, trust_remote_code=trust_remote_code)
-        folder, st_config = self.text._transformer_module()
-        problem = transformer_settings_problem(st_config, str(folder / "sentence_bert_config.json"), fast_path=True)
+        problem = transformer_settings_problem(self.text.st_config, str(self.text.st_config_path), fast_path=True)
         if problem:  # sentence-transformers would tokenise the pairs otherwise than this tokenizer does
             raise ValueError(f"{problem}; use sentence_transformers.CrossEncoder for this model")
         self.hf = self.text.hf
@@ -174,8 +173,6 @@ class PairTokenizer:
         pad = self.hf.pad_token_id
         self.pad_id = int(pad) if pad is not None else 0
         self.pad_type_id = int(getattr(self.hf, "pad_token_type_id", 0) or 0)
-        if self.text.lowercase:  # as sentence-transformers does: in the tokenizer, not str.lower on the texts
-            add_lowercase(self.hf)
 
     def tokenize(self, pairs: Sequence[tuple[str, str]]) -> list[Tokens]:
         """Each pair's ids (special tokens included, the longer side cut first to max_length), whether it was

@@ -98,7 +98,9 @@ class TorchTokenizer:
         self.model_dir = Path(model_dir)
         self.sentence_transformers = (self.model_dir / "modules.json").is_file()
         folder, st_config = self._transformer_module()
-        problem = transformer_settings_problem(st_config, str(folder / "sentence_bert_config.json"), fast_path=False)
+        #: The Transformer module's sentence_bert_config.json settings, and where they were read.
+        self.st_config, self.st_config_path = st_config, folder / "sentence_bert_config.json"
+        problem = transformer_settings_problem(st_config, str(self.st_config_path), fast_path=False)
         if problem:
             raise ValueError(problem)
         with _quiet_loading():
