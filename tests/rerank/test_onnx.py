@@ -10,7 +10,7 @@ import pytest
 from embedstack.kvstore import SimpleKVStore
 from embedstack.providers.huggingface.onnx_export import ExportError
 from embedstack.rerank import CrossEncoderReranker
-from embedstack.rerank._onnx import per_query_spearman, spearman
+from embedstack.rerank._onnx import RERANK_EXPORT_FORMAT, per_query_spearman, spearman
 from embedstack.types import Role
 
 from .conftest import PAIRS, WORDS
@@ -51,6 +51,7 @@ def test_onnx_int8_keeps_the_ranking(fixture: str, request: pytest.FixtureReques
     assert spearman(fast, fp32) >= 0.99
     assert not np.array_equal(fast, fp32)  # it is another graph
     assert int8.identity()["int8_runtime"] == "onnx"  # never shares cached scores with fp32
+    assert int8.identity()["int8_recipe"] == RERANK_EXPORT_FORMAT  # nor with another recipe's graph
     cache = SimpleKVStore()
     CrossEncoderReranker(str(path), backend="onnx", cache=cache, onnx_cache_dir=tmp_path).score(pairs[:5])
     int8_cached = CrossEncoderReranker(

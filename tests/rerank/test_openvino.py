@@ -87,6 +87,7 @@ def test_openvino_int8_keeps_every_querys_ranking(
     assert isinstance(scorer, _openvino.OpenVinoScorer) and scorer.compute == compute
     identity = int8.identity()
     assert identity["int8_runtime"] == "openvino" and identity["int8_compute"] == compute
+    assert identity["int8_recipe"] == _openvino.NNCF_RERANK_RECIPE  # another recipe's scores never served
     cache = SimpleKVStore()
     CrossEncoderReranker(str(ce_minilm), cache=cache).score(pairs[:5])
     assert not int8.pipeline.with_options(cache=cache).cached(pairs[:5], Role.PAIR).found.any()

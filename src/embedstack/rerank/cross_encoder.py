@@ -254,9 +254,14 @@ class CrossEncoderReranker(BaseReranker):
                 data["int8_runtime"] = self.backend
                 if self.backend == "openvino":  # its unquantised ops: bf16 where the CPU has it natively
                     from embedstack._optional import require
-                    from embedstack.rerank._openvino import int8_compute
+                    from embedstack.rerank._openvino import NNCF_RERANK_RECIPE, int8_compute
 
                     data["int8_compute"] = int8_compute(require("openvino", extra="openvino"))
+                    data["int8_recipe"] = NNCF_RERANK_RECIPE  # another recipe quantises other nodes: other scores
+                else:
+                    from embedstack.rerank._onnx import RERANK_EXPORT_FORMAT
+
+                    data["int8_recipe"] = RERANK_EXPORT_FORMAT
             if declares_lowercase(self.source.path):  # older cached scores miss (see declares_lowercase)
                 data["lowercase"] = "normaliser"
             self._identity = stamp_identity(data, self.source)
