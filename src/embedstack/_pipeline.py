@@ -222,7 +222,8 @@ class EmbedJob:
             idents: Sequence[Any] = [key_of(i) for i in items]
         else:  # texts and pairs are their own identity; an image object its id
             idents = [id(i) for i in items] if role is Role.IMAGE else items
-        seen: dict[Any, Any] = dict.fromkeys(idents)
+        # One item (a single call) cannot repeat: no dict to build.
+        seen: dict[Any, Any] | Sequence[Any] = dict.fromkeys(idents) if self.n > 1 else idents
         self.dups = len(seen) != self.n
         if self.dups:
             seen = {}
@@ -234,7 +235,7 @@ class EmbedJob:
         self.uniques = [items[i] for i in self._first] if self.dups else list(items)
         if key_of:
             self.keys = list(seen)
-        self.have = np.zeros(len(seen), dtype=bool)
+        self.have = np.zeros(len(seen), bool)
         #: The row length, when the provider declared one or returned rows before (trusted).
         self.expected_dim, self._dim_source = pipe.known_size()
         self._lock = threading.Lock()  # batches may finish together in worker threads
@@ -265,7 +266,7 @@ class EmbedJob:
             else:
                 whole = rows[np.argsort(slots)]
             self.out = whole if whole.flags.writeable else whole.copy()
-            self.have[:] = True
+            self.have.fill(True)
             self._whole = True
             return
         if self.out is None:
@@ -780,6 +781,27 @@ def _first_failure(store: Any, op: str) -> bool:
         return True
 
 
+def _run_batch(
+    job: EmbedJob, provider: Provider, cache: CacheIO | None, failed: list[BaseException], batch: Planned
+) -> None:
+    """One batch of a blocking job: embed it, store its rows and cache them; a failure joins `failed`."""
+    if failed:  # a batch already failed: start nothing new
+        return
+    try:
+        token = job.start()
+        try:
+            write = job.finish(batch, token, provider.embed(batch.batch))
+        except BaseException as e:
+            job.fail(token, e)
+            raise
+        if cache:
+            cache.write(write)
+    except Exception as e:
+        failed.append(e)
+        if cache:
+            cache.write(job.salvage(batch, e))
+
+
 def run_sync(job: EmbedJob) -> Rows:
     """Drive a job with blocking calls; batches run in a thread pool when the provider allows it."""
     provider = job.provider
@@ -788,34 +810,21 @@ def run_sync(job: EmbedJob) -> Rows:
         if cache:
             cache.read()
         failed: list[BaseException] = []
-
-        def one(batch: Planned) -> None:
-            if failed:  # a batch already failed: start nothing new
-                return
-            try:
-                token = job.start()
-                try:
-                    write = job.finish(batch, token, provider.embed(batch.batch))
-                except BaseException as e:
-                    job.fail(token, e)
-                    raise
-                if cache:
-                    cache.write(write)
-            except Exception as e:
-                failed.append(e)
-                if cache:
-                    cache.write(job.salvage(batch, e))
-
         for _ in range(_MAX_ROUNDS):
             batches = job.batches()
             if failed or not batches:
                 break
             if len(batches) > 1 and (workers := job.pipe.sync_workers()) > 1:
                 with ThreadPoolExecutor(workers) as pool:
-                    list(pool.map(lambda b: contextvars.copy_context().run(one, b), batches))
+                    list(
+                        pool.map(
+                            lambda b: contextvars.copy_context().run(_run_batch, job, provider, cache, failed, b),
+                            batches,
+                        )
+                    )
             else:
                 for batch in batches:
-                    one(batch)
+                    _run_batch(job, provider, cache, failed, batch)
             if not job.redo:  # no cache hit was found wrong: every round is done
                 break
         if failed:

@@ -347,7 +347,7 @@ class BaseEmbedding(EmbeddingModel, TransformComponent):
 
     def _get_text_embeddings(self, texts: list[str]) -> Vectors:
         """Embed a batch of texts; by default one _get_text_embedding per text."""
-        return [self._get_text_embedding(t) for t in texts]
+        return list(map(self._get_text_embedding, texts))
 
     async def _aget_text_embeddings(self, texts: list[str]) -> Vectors:
         """Embed a batch asynchronously: the native async hook if there is one, else the sync batch in a thread."""
@@ -357,7 +357,7 @@ class BaseEmbedding(EmbeddingModel, TransformComponent):
 
     def _get_query_embeddings(self, queries: list[str]) -> Vectors:
         """Embed a batch of queries; by default one _get_query_embedding per query."""
-        return [self._get_query_embedding(q) for q in queries]
+        return list(map(self._get_query_embedding, queries))
 
     async def _aget_query_embeddings(self, queries: list[str]) -> Vectors:
         """Embed a batch of queries asynchronously (a sync-bodied async hook runs in a worker thread)."""
@@ -366,18 +366,16 @@ class BaseEmbedding(EmbeddingModel, TransformComponent):
     # -- what the pipeline asks of a dense model ----------------------------------------------------
     def _embed(self, batch: Batch) -> Any:
         """Embed one batch (its items, role and the caller's positions); by default the role's sync hook."""
-        return self._embed_batch_sync(batch.items, batch.role)
+        items, role = batch.items, batch.role
+        if role is Role.TEXT:
+            return self._get_text_embeddings(items)
+        if role is Role.QUERY:
+            return self._get_query_embeddings(items)
+        return self._image_batch_sync(items)
 
     async def _aembed(self, batch: Batch) -> Any:
         """Async _embed; by default the role's async hook."""
         return await self._embed_batch_async(batch.items, batch.role)
-
-    def _embed_batch_sync(self, items: list[Any], role: Role) -> Any:
-        if role is Role.QUERY:
-            return self._get_query_embeddings(items)
-        if role is Role.TEXT:
-            return self._get_text_embeddings(items)
-        return self._image_batch_sync(items)
 
     async def _embed_batch_async(self, items: list[Any], role: Role) -> Any:
         if role is Role.QUERY:
@@ -613,8 +611,9 @@ class BatchEmbedding(BaseEmbedding):
         """Async _embed_batch; by default the sync one in a worker thread."""
         return await asyncio.to_thread(self._embed_batch, items, role)
 
-    def _embed_batch_sync(self, items: list[Any], role: Role) -> Any:
-        return self._embed_batch(items, role)
+    def _embed(self, batch: Batch) -> Any:
+        """One batch through the native batched hook, whatever its role."""
+        return self._embed_batch(batch.items, batch.role)
 
     async def _embed_batch_async(self, items: list[Any], role: Role) -> Any:
         return await call_hook(self._aembed_batch, items, role)
@@ -648,12 +647,13 @@ class ModelProvider:
     would otherwise key and check with the old settings); a call already running finishes as it began.
     """
 
-    __slots__ = ("_memo", "capabilities", "model")
+    __slots__ = ("_checks", "_memo", "capabilities", "model")
 
     def __init__(self, model: EmbeddingModel) -> None:
         self.model = model
         self._memo = model._memo  # cleared (not replaced) when a field of the model changes
         cls = type(model)
+        self._checks = cls._check_items is not EmbeddingModel._check_items  # the default checks nothing
         self.capabilities = Capabilities(
             remote=cls.is_remote,
             counts_tokens=cls._count_tokens is not EmbeddingModel._count_tokens,
@@ -707,7 +707,9 @@ class ModelProvider:
     def check(self, items: Sequence[Any], role: Role, label: str, offset: int) -> None:
         """The model's own input checks (every call starts with them: a pipeline kept from before a field
         changed is refused here, not after it keyed a cache with the old settings)."""
-        self._current()._check_items(items, role, label, offset)
+        model = self._current()
+        if self._checks:
+            model._check_items(items, role, label, offset)
 
     def plan(self, items: list[Any], role: Role) -> Plan:
         """The model's order and prepared values for a round's items."""

@@ -179,45 +179,48 @@ def _packed(rows: Sequence[Any], n: int) -> Matrix | None:
             offset += step
     except (struct.error, TypeError, OverflowError, ValueError):
         return None
-    mat = np.frombuffer(buf, dtype=_FLOAT32).reshape(n, dim)
+    mat: Matrix = np.ndarray((n, dim), _FLOAT32, buf)  # a view of buf (one call, not frombuffer + reshape)
     bad_type = _packed_non_numeric(rows, buf, step, mat)
     if bad_type:
         raise BadVectorsError(f"the model returned {bad_type} values in its vectors, expected numbers")
     return mat
 
 
-#: float32 0.0 and 1.0 as stored (where booleans, False and True, would have been packed).
+#: float32 0.0 and 1.0 as stored (where booleans, False and True, would have been packed): both hold zero bytes.
 _SUSPECT_WORDS = (struct.pack("=f", 0.0), struct.pack("=f", 1.0))
 #: Up to this many packed bytes (a few rows), a byte search beats numpy's fixed costs.
 _SEARCH_BYTES = 4096
-#: ... and while it finds at most this many exact 0s and 1s.
+#: ... and while at most this many values hold a zero byte.
 _SEARCH_VALUES = 32
 
 
 def _packed_non_numeric(rows: Sequence[Any], buf: bytearray, step: int, mat: Matrix) -> str | None:
     """`_non_numeric` for rows just packed into `buf`: only values packed as 0.0 or 1.0 can be booleans.
 
-    A few rows (single calls) are searched byte-wise, which skips numpy's fixed costs; a batch, or rows
-    with many exact 0s and 1s, go to the vectorised search.
+    A few rows (single calls) are searched byte-wise, which skips numpy's fixed costs: both suspect values
+    hold a zero byte, which one memchr-speed scan finds, so only the few values holding a zero byte are
+    looked at. A batch, or rows with many zero bytes, go to the vectorised search.
     """
     if len(buf) > _SEARCH_BYTES:
         return _non_numeric(rows, mat, plain=True)
-    find = buf.find
-    bad: set[type] = set()
+    find, holds = buf.find, buf.startswith
+    row = rows[0] if len(rows) == 1 else None  # a single call's row: its values are indexed directly
+    dim = step >> 2
+    bad: set[type] | None = None
     budget = _SEARCH_VALUES
-    for word in _SUSPECT_WORDS:
-        pos = find(word)
-        while pos >= 0:
-            if pos & 3:  # the bytes straddle two values
-                pos = find(word, pos + 1)
-                continue
-            budget -= 1
-            if budget < 0:
-                return _non_numeric(rows, mat, plain=True)
-            kind = type(rows[pos // step][(pos % step) >> 2])
+    pos = find(0)
+    while pos >= 0:
+        start = pos & -4  # the value this zero byte belongs to
+        if holds(_SUSPECT_WORDS, start):
+            at = start >> 2
+            kind = type(row[at] if row is not None else rows[at // dim][at % dim])
             if kind is not float and issubclass(kind, _NOT_NUMBERS):
+                bad = bad or set()
                 bad.add(kind)
-            pos = find(word, pos + 4)
+        budget -= 1
+        if not budget:
+            return _non_numeric(rows, mat, plain=True)
+        pos = find(0, start + 4)
     return ", ".join(sorted(_type_name(t) for t in bad)) if bad else None
 
 
@@ -322,7 +325,7 @@ class Dense(OutputKind):
 
     def row_size(self, rows: Rows) -> int | None:
         """The vectors' length."""
-        return int(rows.shape[1])
+        return rows.shape[1]  # type: ignore[no-any-return]
 
     def to_blobs(self, rows: Rows) -> list[bytes]:
         """Each vector's little-endian float32 bytes."""

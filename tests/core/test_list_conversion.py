@@ -43,7 +43,9 @@ def test_number_types_numpy_accepts_are_packed_the_same(rows: list[Any]) -> None
 @pytest.mark.parametrize("dim", [4, 384, 3000])  # a single short row, a single real row (byte search), a big one
 @pytest.mark.parametrize("zeros", [0, 5, 100])  # exact 0.0s beside the boolean (the search's budget)
 @pytest.mark.parametrize("flag", [True, False, np.bool_(True), np.bool_(False)])
-@pytest.mark.parametrize("filler", [[0.5], [1e-41, 0.5]])  # the second: 4 zero bytes straddling two values
+# fillers: zero bytes in every value; 4 zero bytes straddling two values; a few values with zero bytes (2.0 is
+# 00 00 00 40) that are neither 0.0 nor 1.0
+@pytest.mark.parametrize("filler", [[0.5], [1e-41, 0.5], [0.3] * 40 + [2.0]])
 def test_booleans_are_refused_wherever_they_hide(dim: int, zeros: int, flag: Any, filler: list[float]) -> None:
     rest = dim - min(zeros, dim - 1)
     row: list[Any] = [0.0] * min(zeros, dim - 1) + (filler * rest)[:rest]
