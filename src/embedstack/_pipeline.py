@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     from embedstack.outputs import OutputKind
     from embedstack.provider import Provider
 
-__all__ = ["EmbedJob", "cached_rows", "check_items", "check_texts", "run_async", "run_sync"]
+__all__ = ["EmbedJob", "cached_rows", "check_items", "check_texts", "run_async", "run_sync", "run_values"]
 
 logger = logging.getLogger("embedstack")
 Matrix = npt.NDArray[np.float32]
@@ -256,8 +256,7 @@ class EmbedJob:
         return [p + self.offset for p in first] if self.offset else list(first)
 
     def _names(self, slots: Sequence[int]) -> str:
-        shown = ", ".join(f"{self.label}[{p}]" for p in self.positions(slots[:5]))
-        return shown + (f" and {len(slots) - 5} more" if len(slots) > 5 else "")
+        return _names(self.label, self.positions(slots))
 
     def _fill(self, slots: Slots | npt.NDArray[np.intp], rows: Rows, computed: bool) -> None:
         if self.out is None and len(slots) == len(self.have) and self._progress is None:
@@ -288,20 +287,14 @@ class EmbedJob:
             items = int(self._counts[list(slots)].sum())
         self._progress.advance(sign * items, sign * len(slots) if computed else 0)
 
-    def _check_dim(self, slots: Slots, rows: Rows) -> None:
+    def _check_dim(self, batch: Batch, rows: Rows) -> None:
         """Hold the provider to one row length: what it declared, returned before, or in this call."""
         dim = self.kind.row_size(rows)
         if dim is None:
             return
+        check_size(self.pipe, batch, dim, self.expected_dim, self._dim_source)
         if self.expected_dim is None:
             self.expected_dim, self._dim_source = dim, "returned earlier in this call"
-            self.pipe.learn_size(dim)
-        elif dim != self.expected_dim:
-            raise BadVectorsError(
-                f"the model returned {dim}-dim vectors for {self._names(slots)}, but its vectors have "
-                f"{self.expected_dim} dimensions ({self._dim_source}); a model must always return one length",
-                self.positions(slots),
-            )
         if self._cached and self._cached_dim != dim:  # what the cache claimed was wrong: recompute those
             self.have[self._cached] = False
             if self._progress is not None:
@@ -378,20 +371,9 @@ class EmbedJob:
             if not misses:
                 return []
         plan = self._plan(misses)
-        prepared = plan.prepared
-        if prepared is not None and len(prepared) != len(misses):
-            raise ValueError(
-                f"{self.pipe.provider_name}: its plan returned {len(prepared)} prepared values for {len(misses)} items"
-            )
-        weights = plan.weights
-        if weights is not None and (len(weights) != len(misses) or any(int(w) < 1 for w in weights)):
-            raise ValueError(
-                f"{self.pipe.provider_name}: its plan returned weights that are not one positive int per item"
-            )
-        if plan.order is not None:
-            order = plan.order
-            if sorted(order) != list(range(len(misses))):
-                raise ValueError(f"{self.pipe.provider_name}: its plan returned an order that is not a permutation")
+        check_plan(self.pipe, plan, len(misses))
+        prepared, weights, order = plan.prepared, plan.weights, plan.order
+        if order is not None:
             misses = [misses[i] for i in order]
             if prepared is not None:
                 prepared = [prepared[i] for i in order]
@@ -440,18 +422,9 @@ class EmbedJob:
     def finish(self, batch: Planned, token: Any, raw: Any) -> Write | None:
         """Store a provider call's result (checked by the output kind); the cache write it calls for."""
         values, counts, cut = _unpack(raw)
-        try:
-            rows = self.kind.check(values, len(batch.items))
-        except BadVectorsError as e:
-            if e.positions:
-                slots = [batch.slots[r] for r in e.positions]
-                raise BadVectorsError(
-                    f"{e}: {self._names(slots)}; nothing was cached for them",
-                    self.positions(slots),
-                ) from None
-            raise BadVectorsError(f"{e} (for {self._names(batch.slots)})") from None
+        rows = checked_rows(self.kind, values, batch.batch)
         with self._lock:
-            self._check_dim(batch.slots, rows)
+            self._check_dim(batch.batch, rows)
             self._fill(batch.slots, rows, True)
             self._usage(batch, raw, counts, cut)
         if self._events:
@@ -779,6 +752,68 @@ def _first_failure(store: Any, op: str) -> bool:
             return False
         ops.add(op)
         return True
+
+
+def _names(label: str, positions: Sequence[int]) -> str:
+    """How errors name items: `texts[3], texts[7]` (the first five, then how many more)."""
+    shown = ", ".join(f"{label}[{p}]" for p in positions[:5])
+    return shown + (f" and {len(positions) - 5} more" if len(positions) > 5 else "")
+
+
+def check_plan(pipe: Pipeline, plan: Plan, n: int) -> None:
+    """Refuse a provider's plan for `n` items that is not one (prepared value, weight, place) per item."""
+    if plan.prepared is not None and len(plan.prepared) != n:
+        raise ValueError(f"{pipe.provider_name}: its plan returned {len(plan.prepared)} prepared values for {n} items")
+    weights = plan.weights
+    if weights is not None and (len(weights) != n or any(int(w) < 1 for w in weights)):
+        raise ValueError(f"{pipe.provider_name}: its plan returned weights that are not one positive int per item")
+    if plan.order is not None and sorted(plan.order) != list(range(n)):
+        raise ValueError(f"{pipe.provider_name}: its plan returned an order that is not a permutation")
+
+
+def checked_rows(kind: OutputKind, values: Any, batch: Batch) -> Rows:
+    """A provider call's values as the output kind's rows; BadVectorsError naming the batch's bad items."""
+    try:
+        return kind.check(values, len(batch.items))
+    except BadVectorsError as e:
+        if e.positions:
+            where = [batch.positions[r] for r in e.positions]
+            raise BadVectorsError(f"{e}: {_names(batch.label, where)}; nothing was cached for them", where) from None
+        raise BadVectorsError(f"{e} (for {_names(batch.label, batch.positions)})") from None
+
+
+def check_size(pipe: Pipeline, batch: Batch, size: int, expected: int | None, source: str) -> None:
+    """Hold a provider to one row length: `expected` (known from `source`), or else the first it returns."""
+    if expected is None:
+        pipe.learn_size(size)
+    elif size != expected:
+        raise BadVectorsError(
+            f"the model returned {size}-dim vectors for {_names(batch.label, batch.positions)}, but its vectors "
+            f"have {expected} dimensions ({source}); a model must always return one length",
+            list(batch.positions),
+        )
+
+
+def run_values(
+    pipe: Pipeline, items: Sequence[Any], role: Role, label: str, show_progress: ProgressArg = False, offset: int = 0
+) -> Rows:
+    """A blocking call's rows. A single item with no cache, no progress and nobody listening to events (a
+    LlamaIndex single call) skips a job's bookkeeping of slots, rounds and threads: the same checks, plan,
+    provider call and row checks, one after the other."""
+    if len(items) != 1 or pipe.cache is not None or show_progress is not False or _Events.open(pipe) is not None:
+        return run_sync(EmbedJob(pipe, items, role, label, show_progress, offset))
+    items = list(check_items(items, role, label, offset))
+    provider = pipe.provider
+    provider.check(items, role, label, offset)
+    plan = provider.plan(items, role)
+    check_plan(pipe, plan, 1)
+    batch = Batch(items, role, label, [offset], {}, plan.prepared)
+    kind = pipe.output
+    rows = checked_rows(kind, _unpack(provider.embed(batch))[0], batch)
+    size = kind.row_size(rows)
+    if size is not None:
+        check_size(pipe, batch, size, *pipe.known_size())
+    return rows if rows.flags.writeable else rows.copy()
 
 
 def _run_batch(

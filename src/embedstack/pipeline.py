@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 import numpy.typing as npt
 
-from embedstack._pipeline import EmbedJob, cached_rows, check_items, check_texts, run_async, run_sync
+from embedstack._pipeline import EmbedJob, cached_rows, check_items, check_texts, run_async, run_sync, run_values
 from embedstack.cache_key import dim_key, identity_prefix, make_key_factory
 from embedstack.outputs import OutputKind, Rows
 from embedstack.progress import Progress, ProgressArg
@@ -263,7 +263,7 @@ class Pipeline:
         self, items: Sequence[Any], role: Role, label: str, show_progress: ProgressArg = False, offset: int = 0
     ) -> Rows:
         """`embed(...).values`, without building the usage (the LlamaIndex methods' path)."""
-        return run_sync(EmbedJob(self, items, role, label, show_progress, offset))
+        return run_values(self, items, role, label, show_progress, offset)
 
     async def avalues(
         self, items: Sequence[Any], role: Role, label: str, show_progress: ProgressArg = False, offset: int = 0
