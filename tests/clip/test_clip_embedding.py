@@ -39,10 +39,10 @@ class CountingClip(ClipEmbedding):
         return [item for _, items in self._batches for item in items]
 
 
-def _reference(path: Path) -> tuple[Any, Any]:
+def _reference(path: Path, **kwargs: Any) -> tuple[Any, Any]:
     from transformers import CLIPModel, CLIPProcessor
 
-    return CLIPModel.from_pretrained(str(path)).eval(), CLIPProcessor.from_pretrained(str(path))
+    return CLIPModel.from_pretrained(str(path), **kwargs).eval(), CLIPProcessor.from_pretrained(str(path))
 
 
 def _pooled(out: Any) -> torch.Tensor:
@@ -432,3 +432,33 @@ def test_image_keys_change_with_the_decoding_version(tiny_clip_path: Path, monke
     key = ClipEmbedding(model_name=str(tiny_clip_path), device="cpu").pipeline.key_factory("image")(b"img")
     monkeypatch.setattr(clip_module, "_IMAGE_DECODE", clip_module._IMAGE_DECODE + 1)
     assert ClipEmbedding(model_name=str(tiny_clip_path), device="cpu").pipeline.key_factory("image")(b"img") != key
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_a_checkpoint_saved_in_half_precision_runs_in_fp32(
+    tiny_clip_path: Path, tmp_path: Path, image_dir: Path, dtype: str
+) -> None:
+    """transformers loads a checkpoint at its saved dtype: a CLIP saved in fp16 computed in fp16 (these text
+    vectors 4.0e-4 from fp32's, a red image's 2.1e-4; bf16: 6.3e-3 and 2.7e-3) under the key of its fp32 vectors.
+    Ours are fp32's, equal to transformers' CLIPModel loaded with dtype float32, and the key names the saved dtype
+    (`fp32_from`), so vectors cached when it ran at that dtype miss."""
+    import shutil
+
+    from transformers import CLIPModel
+
+    path = tmp_path / dtype
+    shutil.copytree(tiny_clip_path, path)
+    CLIPModel.from_pretrained(str(tiny_clip_path)).to(getattr(torch, dtype)).save_pretrained(str(path))
+    model, processor = _reference(path, dtype=torch.float32)
+    texts = ["a cat", "dog 2 mats!"]
+    names = [image_dir / "red.png", image_dir / "green.png"]
+    enc = processor.tokenizer(texts, padding=True, return_tensors="pt")
+    pixels = processor.image_processor(images=[Image.open(n).convert("RGB") for n in names], return_tensors="pt")
+    with torch.inference_mode():
+        t = torch.nn.functional.normalize(_pooled(model.get_text_features(**enc)), dim=-1).numpy()
+        i = torch.nn.functional.normalize(_pooled(model.get_image_features(**pixels)), dim=-1).numpy()
+    clip = ClipEmbedding(model_name=str(path), device="cpu")
+    np.testing.assert_allclose(clip.embed(texts), t, atol=1e-6)
+    np.testing.assert_allclose(clip.embed(names, role="image"), i, atol=1e-6)
+    assert clip.provider.identity()["fp32_from"] == dtype and "fp32_from" not in clip.provider.model_identity()
+    assert "fp32_from" not in ClipEmbedding(model_name=str(tiny_clip_path), device="cpu").provider.identity()

@@ -394,3 +394,61 @@ def test_a_left_padding_tokenizer_gives_each_text_its_vector_alone(
     together = SpladeEmbedding(model_name=str(path), backend=backend, embed_batch_size=8).embed(texts)
     alone = np.concatenate([_reference(path, "document", [t]) for t in texts])
     _assert_same(together, alone)
+
+
+@pytest.fixture(scope="module")
+def half_saved(tiny: Tiny, tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], tuple[Path, Path]]:
+    """dtype name → (a SparseEncoder over the tiny masked LM saved in that dtype, the same as a Router whose
+    document route is that masked LM in a folder of its own), built once per dtype."""
+    import torch
+    import transformers
+    from sentence_transformers import SparseEncoder
+    from sentence_transformers.base.modules import Router
+    from sentence_transformers.sparse_encoder.modules import MLMTransformer, SparseStaticEmbedding, SpladePooling
+
+    built: dict[str, tuple[Path, Path]] = {}
+
+    def build(dtype: str) -> tuple[Path, Path]:
+        if dtype not in built:
+            root = tmp_path_factory.mktemp(f"splade-{dtype}")
+            plain = root / "plain"
+            model = transformers.BertForMaskedLM.from_pretrained(str(tiny.plain))
+            model.to(getattr(torch, dtype)).save_pretrained(plain)
+            transformers.AutoTokenizer.from_pretrained(str(tiny.plain)).save_pretrained(plain)
+            SparseEncoder(modules=[MLMTransformer(str(plain)), SpladePooling("max")]).save(str(root / "splade"))
+            doc = MLMTransformer(str(plain))
+            torch.manual_seed(3)
+            static = SparseStaticEmbedding(tokenizer=doc.tokenizer, weight=torch.rand(model.config.vocab_size))
+            router = Router.for_query_document(query_modules=[static], document_modules=[doc, SpladePooling("max")])
+            SparseEncoder(modules=[router], similarity_fn_name="dot").save(str(root / "ifree"))
+            built[dtype] = root / "splade", root / "ifree"
+        return built[dtype]
+
+    return build
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_a_checkpoint_saved_in_half_precision_runs_in_fp32(
+    half_saved: Callable[[str], tuple[Path, Path]], dtype: str, backend: str, private_cache_dirs: Path
+) -> None:
+    """transformers loads a masked LM at its saved dtype: torch computed an fp16-saved SPLADE in fp16 (weights here
+    2.4e-4 from fp32's, bf16 1.5e-3; sentence-transformers' SparseEncoder does too unless given dtype float32) under
+    the fp32 key, and the ONNX export of the half model was refused (its graph 2.3e-4 from torch's; bf16: no ONNX
+    Runtime kernel). Both are now fp32, equal to SparseEncoder loaded with dtype float32, and the key names the saved
+    dtype (`fp32_from`: vectors cached at the saved dtype miss), the Router's document route's included."""
+    import torch
+    from sentence_transformers import SparseEncoder
+
+    for path in half_saved(dtype):
+        ref = SparseEncoder(str(path), device="cpu", model_kwargs={"dtype": torch.float32})
+        model = SpladeEmbedding(model_name=str(path), backend=backend)
+        _assert_same(model.embed(TEXTS, "text"), ref.encode_document(TEXTS).to_dense().numpy())
+        _assert_same(model.embed(TEXTS, "query"), ref.encode_query(TEXTS).to_dense().numpy())
+        assert model.provider.identity()["fp32_from"] == dtype and "fp32_from" not in model.provider.model_identity()
+
+
+def test_a_checkpoint_saved_in_fp32_keeps_its_keys(tiny: Tiny) -> None:
+    """Only a checkpoint saved in fp16/bf16 is keyed `fp32_from`: an fp32 one's cached vectors stay valid."""
+    for path in (tiny.splade, tiny.inference_free, tiny.plain):
+        assert "fp32_from" not in SpladeEmbedding(model_name=str(path)).provider.identity()

@@ -18,7 +18,7 @@ from embedstack.base import DEFAULT_EMBED_BATCH_SIZE, BatchEmbedding, MultiModal
 from embedstack.providers._device import pick_device
 from embedstack.providers._image_decode import ImageDecodeError, decode_images
 from embedstack.providers.catalog import MODELS
-from embedstack.providers.hub import ModelSource, locate_model, stamp_identity
+from embedstack.providers.hub import ModelSource, locate_model, stamp_fp32_from, stamp_identity
 from embedstack.types import Batch, EmbedResult, Role
 
 __all__ = [
@@ -75,7 +75,9 @@ class _Loaded:
         self.torch = torch
         self.device = pick_device(device, extra="clip")
         path = str(source.path)
-        self.model = transformers.CLIPModel.from_pretrained(path, local_files_only=True).to(self.device).eval()
+        # fp32 whatever the checkpoint was saved in (transformers loads an fp16/bf16 checkpoint at that dtype)
+        model = transformers.CLIPModel.from_pretrained(path, local_files_only=True, dtype=torch.float32)
+        self.model = model.to(self.device).eval()
         processor = transformers.CLIPProcessor.from_pretrained(path, local_files_only=True)
         self.tokenizer = processor.tokenizer
         self.image_processor = processor.image_processor
@@ -177,9 +179,10 @@ class ClipEmbedding(BatchEmbedding, MultiModalEmbedding):
         self._source = source
 
     def _identity(self) -> dict[str, Any]:
-        """The fields that change vectors, a stamp of a local directory's files (see files_stamp) and the version of
-        our image decoding (2: transparency onto white, full-scale decode, the processor's own resize)."""
-        data = stamp_identity(super()._identity(), self.source)
+        """The fields that change vectors, a stamp of a local directory's files (see files_stamp), the version of
+        our image decoding (2: transparency onto white, full-scale decode, the processor's own resize) and, for a
+        checkpoint saved in fp16/bf16, that dtype (`fp32_from`: it ran at that dtype before it was cast to fp32)."""
+        data = stamp_fp32_from(stamp_identity(super()._identity(), self.source), self.source.path)
         data["image_decode"] = _IMAGE_DECODE
         return data
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import json
 import os
 import re
 import socket
@@ -28,6 +29,8 @@ __all__ = [
     "ModelSource",
     "hub_offline",
     "locate_model",
+    "saved_dtype",
+    "stamp_fp32_from",
     "stamp_identity",
     "verify_bundled",
 ]
@@ -127,6 +130,29 @@ def stamp_identity(identity: dict[str, Any], source: ModelSource) -> dict[str, A
         stamp = source.files_stamp()
         if stamp is not None:
             identity["files"] = stamp
+    return identity
+
+
+def saved_dtype(model_dir: Path) -> str | None:
+    """The dtype config.json says the weights were saved in, when not float32 (None: float32 or unknown).
+
+    transformers loads such a checkpoint at that dtype unless told otherwise: a local model that computes in fp32
+    loads it with `dtype=torch.float32` (or casts it), whatever it was saved in."""
+    try:
+        config = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
+        saved = config.get("dtype") or config.get("torch_dtype")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return saved if isinstance(saved, str) and saved not in ("float32", "auto") else None
+
+
+def stamp_fp32_from(identity: dict[str, Any], model_dir: Path) -> dict[str, Any]:
+    """An fp32 identity plus `fp32_from`: the dtype a checkpoint saved in fp16/bf16 was saved in. Outputs cached
+    when such a model ran at its saved dtype (before it was cast to fp32) then miss; other models' keys are
+    unchanged. An arithmetic field: `model_identity` leaves it out."""
+    saved = saved_dtype(model_dir)
+    if saved is not None:
+        identity["fp32_from"] = saved
     return identity
 
 

@@ -191,6 +191,18 @@ def top_k(dense: npt.NDArray[np.float32], k: int | None) -> list[SparseVector]:
     return out
 
 
+def load_mlm(path: Path, **kwargs: Any) -> Any:
+    """transformers' AutoModelForMaskedLM of `path` in fp32 (a checkpoint saved in fp16/bf16 loads at that dtype
+    otherwise: its logits would be half precision's) and eval mode; `kwargs` go to from_pretrained."""
+    torch = require("torch", extra="local")
+    transformers = require("transformers", extra="local")
+    from embedstack.providers.huggingface.torch_encoder import _quiet_loading
+
+    with _quiet_loading():
+        model = transformers.AutoModelForMaskedLM.from_pretrained(str(path), dtype=torch.float32, **kwargs)
+    return model.eval()
+
+
 class _Side:
     """One route, loaded: computes (batch, vocab) weights for texts."""
 
@@ -203,15 +215,9 @@ class _Side:
             weights = safetensors.load_file(str(route.path / "model.safetensors"))
             self.table = np.asarray(weights["weight"], dtype=np.float32)
         elif backend == "torch":
-            torch = require("torch", extra="local")
-            transformers = require("transformers", extra="local")
             self.device = device or "cpu"
-            from embedstack.providers.huggingface.torch_encoder import _quiet_loading
-
-            with _quiet_loading():
-                model = transformers.AutoModelForMaskedLM.from_pretrained(str(route.path))
-            self.model = model.to(self.device).eval()
-            self.torch = torch
+            self.model = load_mlm(route.path).to(self.device)
+            self.torch = require("torch", extra="local")
         else:
             from embedstack.providers.splade_onnx import mlm_session
 
@@ -356,9 +362,12 @@ class SpladeEmbedding(BatchSparseEmbedding):
         return loaded
 
     def _identity(self) -> dict[str, Any]:
-        from embedstack.providers.hub import stamp_identity
+        from embedstack.providers.hub import stamp_fp32_from, stamp_identity
 
         data = stamp_identity(super()._identity(), self._source())  # the files' stamp: changed weights, new keys
+        if self.precision == "fp32":  # a masked LM saved in fp16/bf16 ran at that dtype before it was cast to fp32
+            for path in dict.fromkeys(r.path for r in read_routes(self._source().path) if r.kind == "mlm"):
+                stamp_fp32_from(data, path)
         if declares_lowercase(self._source().path):  # older cached vectors miss (see declares_lowercase)
             data["lowercase"] = "normaliser"
         return data

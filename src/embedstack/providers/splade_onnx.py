@@ -1,8 +1,9 @@
 """SPLADE on ONNX Runtime: a masked-LM graph that outputs logits, exported once and cached (fp32).
 
-The graph is `torch.onnx.export` of AutoModelForMaskedLM returning `logits`, in the same on-disk
-cache as the dense graphs (`embedstack.providers.huggingface.onnx_export`: keyed by the model files'
-sha256 and library versions, written atomically, checked against a sha256 sidecar on load). Before
+The graph is `torch.onnx.export` of AutoModelForMaskedLM returning `logits`, made in fp32 whatever
+dtype the checkpoint was saved in, in the same on-disk cache as the dense graphs
+(`embedstack.providers.huggingface.onnx_export`: keyed by the model files' sha256, library versions
+and `SPLADE_EXPORT_FORMAT`, written atomically, checked against a sha256 sidecar on load). Before
 it is published, its SPLADE weights on probe texts must equal torch's (each within 1e-5); otherwise
 the export is refused by name. Pooling runs in numpy (`splade_pool`).
 """
@@ -21,7 +22,7 @@ import numpy.typing as npt
 from embedstack._optional import require
 from embedstack.providers.huggingface import onnx_export as ox
 
-__all__ = ["MAX_ABS_DIFF", "int8_fidelity", "mlm_session", "prepare_mlm_graph", "splade_pool"]
+__all__ = ["MAX_ABS_DIFF", "SPLADE_EXPORT_FORMAT", "int8_fidelity", "mlm_session", "prepare_mlm_graph", "splade_pool"]
 
 #: The largest difference a built graph's SPLADE weights may have from torch's on the probe texts.
 MAX_ABS_DIFF = 1e-5
@@ -30,6 +31,9 @@ _PROBES = [
     "a",
     "sparse retrieval with learned term weights, expanded over the vocabulary " * 3,
 ]
+#: Bump when the export changes so that older cached graphs (and int8 graphs built from them) are rebuilt
+#: (2: a checkpoint saved in fp16/bf16 is exported in fp32; 1 exported it at its saved dtype).
+SPLADE_EXPORT_FORMAT = 2
 _KIND = "splade-mlm-fp32"
 #: The int8 graph's cache kind: the recipe (dynamic, per-channel, the dense path's fidelity bar) is part of it.
 _KIND_INT8 = f"splade-mlm-int8-r{ox.INT8_RECIPE}"
@@ -72,12 +76,9 @@ def _pooled(logits: npt.NDArray[Any], mask: npt.NDArray[Any]) -> npt.NDArray[np.
 
 
 def _export(model_dir: Path, out: Path) -> None:
-    transformers = require("transformers", extra="local")
-    from embedstack.providers.huggingface.torch_encoder import _quiet_loading
+    from embedstack.providers.splade import load_mlm
 
-    with _quiet_loading():
-        model = transformers.AutoModelForMaskedLM.from_pretrained(str(model_dir), attn_implementation="eager")
-    model.eval()
+    model = load_mlm(model_dir, attn_implementation="eager")  # fp32 whatever the checkpoint's saved dtype
     accepted = set(inspect.signature(model.forward).parameters)
     names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in accepted]
     feeds = _probe_feeds(model_dir, names)
@@ -150,7 +151,7 @@ def prepare_mlm_graph(model_dir: Path, cache_dir: Path | None = None, precision:
     fingerprint = ox.model_fingerprint(model_dir, root)
     folder = root / f"{ox._slug(model_dir)}-{fingerprint[:16]}"
     kind = _KIND if precision == "fp32" else _KIND_INT8
-    final = folder / f"{kind}-{ox.cache_key(fingerprint, kind)[:16]}.onnx"
+    final = folder / f"{kind}-{ox.cache_key(fingerprint, f'{kind}-f{SPLADE_EXPORT_FORMAT}')[:16]}.onnx"
     if ox._verified(final):
         return final
     base = prepare_mlm_graph(model_dir, cache_dir, "fp32") if precision == "int8" else None

@@ -214,16 +214,17 @@ TORCH_PRECISIONS = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 def load_classifier(
     path: Path, *, trust_remote_code: bool = False, dtype: Any = None, eager: bool = False
 ) -> tuple[Any, list[str]]:
-    """transformers' AutoModelForSequenceClassification of `path` in eval mode, and the inputs its forward takes;
+    """transformers' AutoModelForSequenceClassification of `path` in eval mode at `dtype` (None: float32, whatever
+    dtype the checkpoint was saved in, which transformers would load it at), and the inputs its forward takes;
     ValueError when a weight of the model is missing from the files (it would be random: wrong scores)."""
     import inspect
 
+    torch = require("torch", extra="local")
     transformers = require("transformers", extra="local")
     from embedstack.providers.huggingface.torch_encoder import _quiet_loading
 
     kwargs: dict[str, Any] = {"local_files_only": True, "trust_remote_code": trust_remote_code}
-    if dtype is not None:
-        kwargs["dtype"] = dtype
+    kwargs["dtype"] = torch.float32 if dtype is None else dtype
     if eager:  # eager attention exports the pattern ONNX Runtime fuses into one Attention op
         kwargs["attn_implementation"] = "eager"
     with _quiet_loading():

@@ -42,8 +42,9 @@ __all__ = [
 
 logger = logging.getLogger("embedstack")
 
-#: Bump when the recipe changes, so older cached graphs are not reused.
-RERANK_EXPORT_FORMAT = 2
+#: Bump when the recipe changes, so older cached graphs are not reused (3: a checkpoint saved in fp16/bf16 is
+#: exported in fp32; 2 exported it at its saved dtype).
+RERANK_EXPORT_FORMAT = 3
 #: A built fp32 graph's logits may differ from torch's by at most this (relative to the logits' scale, at least 1).
 FP32_MAX_ERROR = 1e-5
 #: int8 is kept when it ranks the calibration pairs as fp32 does to at least this Spearman correlation.
@@ -131,7 +132,8 @@ def _error(got: npt.NDArray[np.float32], reference: npt.NDArray[np.float32]) -> 
 
 
 def _export(model_dir: Path, out: Path, feeds: Feeds) -> npt.NDArray[np.float32]:
-    """torch.onnx.export of the classifier's logits; returns torch's logits for `feeds`."""
+    """torch.onnx.export of the classifier's logits (fp32, whatever the saved dtype); returns torch's logits for
+    `feeds`."""
     model, names = load_classifier(model_dir, eager=True)
     return ox.export_output(model, names, feeds, out, "logits", sequence_output=False)
 

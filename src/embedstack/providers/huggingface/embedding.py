@@ -32,6 +32,7 @@ from embedstack.providers.hub import (
     ModelNotFoundError,
     ModelSource,
     locate_model,
+    stamp_fp32_from,
     stamp_identity,
 )
 from embedstack.providers.huggingface.encoder import Encoder, TextTokenizer, TokenEncoder
@@ -131,16 +132,6 @@ def _pools_prompt(model_dir: Path) -> bool:
     except (OSError, ValueError, IndexError, AttributeError, TypeError):
         return True
     return not isinstance(config, dict) or bool(config.get("include_prompt", True))
-
-
-def _saved_dtype(path: Path) -> str | None:
-    """The dtype config.json says the weights were saved in, when not float32 (None: float32 or unknown)."""
-    try:
-        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
-        saved = config.get("dtype") or config.get("torch_dtype")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return saved if isinstance(saved, str) and saved not in ("float32", "auto") else None
 
 
 class HuggingFaceEmbedding(BatchEmbedding):
@@ -327,9 +318,8 @@ class HuggingFaceEmbedding(BatchEmbedding):
             data["int8_recipe"] = INT8_RECIPE if self.backend == "onnx" else NNCF_RECIPE
         elif self.precision == "bf16" and self.backend != "torch":  # OpenVINO rounds other values than torch
             data["bf16_runtime"] = self.backend
-        saved = _saved_dtype(self.source.path)
-        if saved is not None and self.precision == "fp32":  # computed in fp32 since format 3 (it was the saved dtype)
-            data["fp32_from"] = saved
+        if self.precision == "fp32":  # computed in fp32 since format 3 (it was the saved dtype)
+            stamp_fp32_from(data, self.source.path)
         if declares_lowercase(self.source.path):  # older cached vectors miss (see declares_lowercase)
             data["lowercase"] = "normaliser"
         # long texts' vectors differ: keys of their own (the default's stay as they always were)
