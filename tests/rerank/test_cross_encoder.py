@@ -108,6 +108,14 @@ def test_a_checkpoint_saved_in_half_precision_scores_in_fp32(
     assert reranker.identity() == fp32  # one cache for every fp32 backend
     halves = [CrossEncoderReranker(str(path), precision=p).identity() for p in ("fp16", "bf16")]
     assert len({json.dumps(i, sort_keys=True) for i in (fp32, *halves)}) == 3
+    # ... and model_identity() leaves out what changes only the arithmetic, as a dense model's does
+    models = {
+        json.dumps(
+            dict(CrossEncoderReranker(str(path), precision=p).pipeline.provider.model_identity()), sort_keys=True
+        )
+        for p in ("fp32", "fp16", "bf16")
+    }
+    assert len(models) == 1 and "fp32_from" not in next(iter(models))
 
 
 def test_processing_kwargs_are_refused_by_name(ce_st_identity: Path, tmp_path: Path) -> None:

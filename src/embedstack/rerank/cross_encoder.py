@@ -66,6 +66,13 @@ def _locate(model_name: str, cache_folder: str | None, revision: str | None) -> 
     return locate_model(model_name, cache_folder, revision)
 
 
+#: Identity fields that change only the arithmetic (as dense models' `_arithmetic_fields`): left out of
+#: `model_identity()`.
+_ARITHMETIC_FIELDS = frozenset(
+    {"precision", "int8_runtime", "int8_recipe", "int8_compute", "bf16_runtime", "fp32_from", "lowercase"}
+)
+
+
 class _Prepared(NamedTuple):
     """A pair's tokens as `plan` made them, with the tokenizer that made them."""
 
@@ -103,7 +110,7 @@ class _CrossEncoderProvider(ProviderBase):
         return self.model.identity()
 
     def model_identity(self) -> Mapping[str, Any]:
-        return {k: v for k, v in self.model.identity().items() if k not in ("precision", "int8_runtime")}
+        return {k: v for k, v in self.model.identity().items() if k not in _ARITHMETIC_FIELDS}
 
     def descriptor(self) -> Mapping[str, Any]:
         m = self.model
