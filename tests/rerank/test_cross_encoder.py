@@ -78,6 +78,7 @@ def test_do_lower_case_lowercases_as_the_tokenizer_normaliser_does(
     reranker = CrossEncoderReranker(str(ce_st_lowercase), backend=backend, onnx_cache_dir=tmp_path)
     np.testing.assert_allclose(reranker.score(pairs), _st(ce_st_lowercase).predict(pairs), atol=1e-5, rtol=0)
     assert reranker.identity()["lowercase"] == "normaliser"  # scores cached by the older lower-casing miss
+    assert "lowercase" not in reranker.pipeline.provider.model_identity()  # an arithmetic-only marker
 
 
 @pytest.mark.parametrize("backend", ["torch", "onnx", "openvino"])
