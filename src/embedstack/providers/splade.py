@@ -191,18 +191,6 @@ def top_k(dense: npt.NDArray[np.float32], k: int | None) -> list[SparseVector]:
     return out
 
 
-def load_mlm(path: Path, **kwargs: Any) -> Any:
-    """transformers' AutoModelForMaskedLM of `path` in fp32 (a checkpoint saved in fp16/bf16 loads at that dtype
-    otherwise: its logits would be half precision's) and eval mode; `kwargs` go to from_pretrained."""
-    torch = require("torch", extra="local")
-    transformers = require("transformers", extra="local")
-    from embedstack.providers.huggingface.torch_encoder import _quiet_loading
-
-    with _quiet_loading():
-        model = transformers.AutoModelForMaskedLM.from_pretrained(str(path), dtype=torch.float32, **kwargs)
-    return model.eval()
-
-
 class _Side:
     """One route, loaded: computes (batch, vocab) weights for texts."""
 
@@ -216,6 +204,8 @@ class _Side:
             self.table = np.asarray(weights["weight"], dtype=np.float32)
         elif backend == "torch":
             self.device = device or "cpu"
+            from embedstack.providers.splade_onnx import load_mlm  # one fp32 loader for torch and the export
+
             self.model = load_mlm(route.path).to(self.device)
             self.torch = require("torch", extra="local")
         else:

@@ -22,7 +22,15 @@ import numpy.typing as npt
 from embedstack._optional import require
 from embedstack.providers.huggingface import onnx_export as ox
 
-__all__ = ["MAX_ABS_DIFF", "SPLADE_EXPORT_FORMAT", "int8_fidelity", "mlm_session", "prepare_mlm_graph", "splade_pool"]
+__all__ = [
+    "MAX_ABS_DIFF",
+    "SPLADE_EXPORT_FORMAT",
+    "int8_fidelity",
+    "load_mlm",
+    "mlm_session",
+    "prepare_mlm_graph",
+    "splade_pool",
+]
 
 #: The largest difference a built graph's SPLADE weights may have from torch's on the probe texts.
 MAX_ABS_DIFF = 1e-5
@@ -75,9 +83,19 @@ def _pooled(logits: npt.NDArray[Any], mask: npt.NDArray[Any]) -> npt.NDArray[np.
     return splade_pool(np.asarray(logits, dtype=np.float32), mask, "max", "relu")
 
 
-def _export(model_dir: Path, out: Path) -> None:
-    from embedstack.providers.splade import load_mlm
+def load_mlm(path: Path, **kwargs: Any) -> Any:
+    """transformers' AutoModelForMaskedLM of `path` in fp32 (a checkpoint saved in fp16/bf16 loads at that dtype
+    otherwise: its logits would be half precision's) and eval mode; `kwargs` go to from_pretrained."""
+    torch = require("torch", extra="local")
+    transformers = require("transformers", extra="local")
+    from embedstack.providers.huggingface.torch_encoder import _quiet_loading
 
+    with _quiet_loading():
+        model = transformers.AutoModelForMaskedLM.from_pretrained(str(path), dtype=torch.float32, **kwargs)
+    return model.eval()
+
+
+def _export(model_dir: Path, out: Path) -> None:
     model = load_mlm(model_dir, attn_implementation="eager")  # fp32 whatever the checkpoint's saved dtype
     accepted = set(inspect.signature(model.forward).parameters)
     names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in accepted]
