@@ -200,6 +200,37 @@ def test_cache_key_tracks_weights_versions_and_precision(
     assert cache_key(fp, "fp32") != before
 
 
+def test_weights_rewritten_with_same_size_and_mtime_rebuild_the_graph(
+    tiny_bert: Path, tmp_path: Path, count_exports: list[Path], sentences: list[str], torch_reference: Any
+) -> None:
+    """A cached graph is keyed by its files' contents: new weights copied over the old ones with their size and
+    mtime (cp -p, touch -r, rsync -t) are a new export, never the old weights' graph (the memo had (path, size,
+    mtime) only)."""
+    import os
+
+    import transformers
+
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_bert, copy)
+    first = OnnxEncoder(copy, cache_dir=tmp_path / "c")
+    old = first.encode(sentences).vectors
+    retrained = transformers.BertModel.from_pretrained(str(copy))
+    for p in retrained.parameters():
+        p.data.mul_(-1.5)
+    retrained.save_pretrained(str(tmp_path / "retrained"))
+    weights = copy / "model.safetensors"
+    st = weights.stat()
+    shutil.copyfile(tmp_path / "retrained" / "model.safetensors", weights)
+    os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert (weights.stat().st_size, weights.stat().st_mtime_ns) == (st.st_size, st.st_mtime_ns)
+
+    again = OnnxEncoder(copy, cache_dir=tmp_path / "c")
+    assert len(count_exports) == 2 and again.graph_path != first.graph_path
+    new = again.encode(sentences).vectors
+    assert _cos(new, torch_reference(copy, sentences, max_length=64)).min() >= 0.9999
+    assert not np.allclose(new, old, atol=1e-3)  # the old graph would have served other numbers
+
+
 @pytest.mark.parametrize(("backend", "recipe"), [("onnx", "INT8_RECIPE"), ("openvino", "NNCF_RECIPE")])
 def test_embedding_cache_key_tracks_the_int8_recipe(
     tiny_bert: Path, monkeypatch: pytest.MonkeyPatch, backend: str, recipe: str

@@ -145,21 +145,13 @@ def _sha256_file(path: Path) -> str:
 
 
 def model_fingerprint(model_dir: Path, cache_dir: Path) -> str:
-    """sha256 over the graph's source files, memoised by (path, size, mtime) to skip rehashing."""
+    """sha256 over the graph's source files' names and contents (each hashed once per version of the file: see
+    `embedstack._file_hashes`, whose memo lives in `cache_dir`)."""
+    from embedstack._file_hashes import file_sha256
+
     digest = hashlib.sha256()
     for path in _graph_files(model_dir):
-        stat = path.stat()
-        stamp = f"{path.resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}"
-        memo = cache_dir / "hashes" / hashlib.sha1(stamp.encode()).hexdigest()
-        try:
-            file_hash = memo.read_text().strip()
-        except OSError:
-            file_hash = ""
-        if not re.fullmatch(r"[0-9a-f]{64}", file_hash):
-            file_hash = _sha256_file(path)
-            with contextlib.suppress(OSError):
-                _atomic_write(memo, file_hash.encode())
-        digest.update(f"{path.name}\0{file_hash}\n".encode())
+        digest.update(f"{path.name}\0{file_sha256(path, cache_dir)}\n".encode())
     return digest.hexdigest()
 
 
