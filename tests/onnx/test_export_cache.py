@@ -247,6 +247,32 @@ def test_embedding_cache_key_tracks_the_int8_recipe(
     assert "int8_recipe" not in again.provider.model_identity()  # a corpus stays searchable, as for int8_runtime
 
 
+@pytest.mark.parametrize(
+    ("backend", "tool"), [("onnx", "onnxruntime"), ("openvino", "nncf"), ("openvino", "openvino")]
+)
+def test_int8_cache_key_tracks_the_quantisers_version(
+    tiny_bert: Path, monkeypatch: pytest.MonkeyPatch, backend: str, tool: str
+) -> None:
+    """int8 numbers depend on the version of the tool that quantised (and compiles) the graph: another version is
+    another key (the int8 graph is rebuilt for it, so a warm cache would mix two quantisations); fp32 keys and
+    model_identity() stay as they were."""
+    from embedstack.providers.huggingface import HuggingFaceEmbedding
+
+    def key(precision: str) -> str:
+        model = HuggingFaceEmbedding(str(tiny_bert), backend=backend, precision=precision)
+        return model.pipeline.key_factory("text")("a cat")
+
+    int8, fp32 = key("int8"), key("fp32")
+    identity = HuggingFaceEmbedding(str(tiny_bert), backend=backend, precision="int8").provider.model_identity()
+    real = _onnx_export._version
+    monkeypatch.setattr(_onnx_export, "_version", lambda dist: "0.0-other" if dist == tool else real(dist))
+    assert key("int8") != int8
+    assert key("fp32") == fp32
+    again = HuggingFaceEmbedding(str(tiny_bert), backend=backend, precision="int8")
+    assert again.provider.identity()["int8_versions"][tool] == "0.0-other"
+    assert again.provider.model_identity() == identity  # a corpus stays searchable, as for int8_recipe
+
+
 def _shipping(model_dir: Path, folder: Path, graph: Path, weights: bool = True) -> Path:
     """A copy of `model_dir` that ships `graph` as onnx/model.onnx (with or without its torch weights)."""
     shutil.copytree(model_dir, folder, ignore=None if weights else shutil.ignore_patterns("*.safetensors"))

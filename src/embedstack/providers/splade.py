@@ -361,6 +361,10 @@ class SpladeEmbedding(BatchSparseEmbedding):
         data = stamp_identity(super()._identity(), self._source())  # the files' stamp: changed weights, new keys
         if declares_lowercase(self._source().path):  # older cached vectors miss (see declares_lowercase)
             data["lowercase"] = "normaliser"
+        if self.precision == "int8":  # ONNX Runtime's quantiser makes the int8 graph: another version, other numbers
+            from embedstack.providers.huggingface.onnx_export import int8_versions
+
+            data["int8_versions"] = int8_versions("onnx")
         return data
 
     def _settings(self) -> _Settings:

@@ -103,7 +103,8 @@ class _CrossEncoderProvider(ProviderBase):
         return self.model.identity()
 
     def model_identity(self) -> Mapping[str, Any]:
-        return {k: v for k, v in self.model.identity().items() if k not in ("precision", "int8_runtime")}
+        arithmetic = ("precision", "int8_runtime", "int8_versions")
+        return {k: v for k, v in self.model.identity().items() if k not in arithmetic}
 
     def descriptor(self) -> Mapping[str, Any]:
         m = self.model
@@ -251,7 +252,10 @@ class CrossEncoderReranker(BaseReranker):
                 "precision": self.precision,
             }
             if self.precision == "int8":
+                from embedstack.providers.huggingface.onnx_export import int8_versions
+
                 data["int8_runtime"] = self.backend
+                data["int8_versions"] = int8_versions(self.backend)  # another quantiser version: other scores
                 if self.backend == "openvino":  # its unquantised ops: bf16 where the CPU has it natively
                     from embedstack._optional import require
                     from embedstack.rerank._openvino import NNCF_RERANK_RECIPE, int8_compute

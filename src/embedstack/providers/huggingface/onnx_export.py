@@ -49,6 +49,7 @@ __all__ = [
     "export_output",
     "has_external_data",
     "int8_fidelity",
+    "int8_versions",
     "model_fingerprint",
     "pick_output",
     "prepare_graph",
@@ -160,6 +161,18 @@ def _version(dist: str) -> str:
         return importlib.metadata.version(dist)
     except importlib.metadata.PackageNotFoundError:
         return "none"
+
+
+#: What makes an int8 graph's numbers on each runtime, beyond the fp32 graph it quantises: ONNX Runtime's quantiser
+#: (and its int8 kernels); NNCF, the ONNX Runtime its calibration runs on, and OpenVINO, which compiles the
+#: quantised graph into its int8 kernels.
+_INT8_TOOLS = {"onnx": ("onnxruntime",), "openvino": ("nncf", "onnxruntime", "openvino")}
+
+
+def int8_versions(runtime: str) -> dict[str, str]:
+    """The versions of the tools that quantise and run `runtime`'s ("onnx", "openvino") int8 graphs: part of int8
+    outputs' cache identity, so an upgrade that quantises otherwise never serves the old quantisation's outputs."""
+    return {dist: _version(dist) for dist in _INT8_TOOLS[runtime]}
 
 
 def cache_key(fingerprint: str, precision: str) -> str:
