@@ -247,9 +247,7 @@ def test_embedding_cache_key_tracks_the_int8_recipe(
     assert "int8_recipe" not in again.provider.model_identity()  # a corpus stays searchable, as for int8_runtime
 
 
-@pytest.mark.parametrize(
-    ("backend", "tool"), [("onnx", "onnxruntime"), ("openvino", "nncf"), ("openvino", "openvino")]
-)
+@pytest.mark.parametrize(("backend", "tool"), [("onnx", "onnxruntime"), ("openvino", "nncf"), ("openvino", "openvino")])
 def test_int8_cache_key_tracks_the_quantisers_version(
     tiny_bert: Path, monkeypatch: pytest.MonkeyPatch, backend: str, tool: str
 ) -> None:
