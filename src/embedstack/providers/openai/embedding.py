@@ -17,10 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import hashlib
 import logging
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -55,7 +54,7 @@ from embedstack.providers.remote.credentials import (
     split_query,
     url_secrets,
 )
-from embedstack.providers.remote.redact import is_sensitive_name, protect_logs, scrub
+from embedstack.providers.remote.redact import header_identity, is_sensitive_name, protect_logs, scrub
 from embedstack.providers.remote.retry import (
     Cooldown,
     Failure,
@@ -95,21 +94,6 @@ _PLACEHOLDER_KEY = "EMPTY"
 #: The request field, and its value per role, that `send_input_type=True` adds (what `embedstack serve` reads
 #: to apply a model's query or document instruction).
 _INPUT_TYPES = {Role.QUERY: {"input_type": "query"}, Role.TEXT: {"input_type": "document"}}
-
-
-#: Extra headers that only trace or label a request: never part of the cache identity.
-_UNKEYED_HEADERS = frozenset({"user-agent", "x-request-id", "x-correlation-id", "traceparent", "tracestate", "baggage"})
-
-
-def _header_identity(headers: Mapping[str, str] | None) -> dict[str, str]:
-    """The extra headers in a cache identity: a header may select a model version or deployment on a compatible
-    server, so each one's lower-cased name with the sha256 of its value; credentials (`is_sensitive_name`) and
-    tracing headers are left out, and no value ever appears as is."""
-    return {
-        name.lower(): "sha256:" + hashlib.sha256(str(value).encode("utf-8", "surrogatepass")).hexdigest()
-        for name, value in sorted((headers or {}).items())
-        if name.lower() not in _UNKEYED_HEADERS and not is_sensitive_name(name)
-    }
 
 
 class _OpenAIBase(BatchEmbedding):
@@ -242,9 +226,9 @@ class _OpenAIBase(BatchEmbedding):
 
     # -- the pipeline's hooks ------------------------------------------------------------------------
     def _identity(self) -> dict[str, Any]:
-        """The fields that change vectors, plus the extra headers that can (see `_header_identity`)."""
+        """The fields that change vectors, plus the extra headers that can (see `header_identity`)."""
         data = super()._identity()
-        headers = _header_identity(self.default_headers)
+        headers = header_identity(self.default_headers)
         if headers:  # none (or only credentials and tracing): the keys stay as they were
             data["default_headers"] = headers
         return data
