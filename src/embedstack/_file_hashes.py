@@ -22,7 +22,7 @@ from pathlib import Path
 
 from embedstack._atomic import atomic_write_text
 
-__all__ = ["MEMO_NAME", "cache_root", "file_sha256"]
+__all__ = ["MEMO_NAME", "cache_root", "file_sha256", "sha256_file"]
 
 #: The memo's file name (in embedstack's cache directory, or the folder a caller passes).
 MEMO_NAME = "file-hashes.json"
@@ -59,7 +59,8 @@ def _blob_sha256(real: Path) -> str | None:
     return None
 
 
-def _hash(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """The sha256 of `path`'s content, read now (no memo)."""
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
@@ -112,10 +113,10 @@ def file_sha256(path: Path, memo_dir: Path | None = None) -> str:
         with _lock:
             _in_process[stamp] = found
         return found
-    sha256 = _hash(real)
+    sha256 = sha256_file(real)
     after = _stamp(str(real), os.stat(real))
     if after != stamp:  # written while it was read: hash what is there now, remember nothing
-        return _hash(real)
+        return sha256_file(real)
     with _lock:
         _in_process[stamp] = sha256
         _remember(memo, stamp, sha256)

@@ -42,13 +42,13 @@ def _rewrite_keeping_size_and_mtime(model_dir: Path) -> None:
 def hash_calls(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
     """Records each file that is read and hashed (the cost the memo saves); the in-process memo starts empty."""
     calls: list[Path] = []
-    real = _file_hashes._hash
+    real = _file_hashes.sha256_file
 
     def counting(path: Path) -> str:
         calls.append(path)
         return real(path)
 
-    monkeypatch.setattr(_file_hashes, "_hash", counting)
+    monkeypatch.setattr(_file_hashes, "sha256_file", counting)
     monkeypatch.setattr(_file_hashes, "_in_process", {})
     return calls
 

@@ -30,6 +30,8 @@ import numpy as np
 import numpy.typing as npt
 
 from embedstack._atomic import atomic_write_bytes, publish
+from embedstack._file_hashes import file_sha256
+from embedstack._file_hashes import sha256_file as _sha256_file
 from embedstack._optional import require
 from embedstack.errors import EmbedstackError
 
@@ -137,19 +139,9 @@ def _graph_files(model_dir: Path) -> list[Path]:
     return sorted({*files, config} if config.is_file() else set(files))  # sorted: keys stay as before
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def model_fingerprint(model_dir: Path, cache_dir: Path) -> str:
     """sha256 over the graph's source files' names and contents (each hashed once per version of the file: see
     `embedstack._file_hashes`, whose memo lives in `cache_dir`)."""
-    from embedstack._file_hashes import file_sha256
-
     digest = hashlib.sha256()
     for path in _graph_files(model_dir):
         digest.update(f"{path.name}\0{file_sha256(path, cache_dir)}\n".encode())
