@@ -123,7 +123,7 @@ class EmbeddingModel(BaseComponent):
     #: `model_identity()`: outputs made at another precision (cosine >= 0.9999 apart for fp32/bf16; an int8 corpus
     #: is searchable with fp32 queries) or before a tokenisation fix stay usable.
     _arithmetic_fields: ClassVar[frozenset[str]] = frozenset(
-        {"precision", "int8_runtime", "int8_recipe", "bf16_runtime", "fp32_from", "lowercase"}
+        {"precision", "int8_runtime", "int8_recipe", "int8_versions", "bf16_runtime", "fp32_from", "lowercase"}
     )
 
     _memo: dict[str, Any] = PrivateAttr(default_factory=dict)

@@ -174,6 +174,67 @@ def test_identity_has_model_settings_and_never_secrets() -> None:
     )
 
 
+class FakeTokenSettingsEmbeddings(BaseModel, Embeddings):
+    """Settings named with "token" or "key" that change vectors, beside credentials that must stay out."""
+
+    model: str = "m"
+    token_limit: int = 512
+    max_token: int = 256
+    pad_token: str = "[PAD]"
+    key_column: str = "title"
+    hf_token: str | None = "hf_SECRET_one"
+    auth_token: str | None = None
+    access_token: SecretStr = SecretStr("at-SECRET")
+    model_kwargs: dict[str, Any] = {"token_limit": 128, "token": "kw-SECRET", "api_key": "kw-SECRET-2"}
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        return [[float(min(len(t), self.token_limit))] for t in texts]
+
+    def embed_query(self, text: str) -> list[float]:
+        return [float(min(len(text), self.token_limit))]
+
+
+def test_token_named_settings_change_the_key_and_credentials_never_appear() -> None:
+    """A setting is left out as a secret by what it holds, not because "token" or "key" is in its name: token_limit
+    changes vectors, so it changes the key; hf_token and api_key (set, unset or rotated) never change it nor show."""
+
+    def key(**kw: Any) -> str:
+        return LangchainEmbedding(FakeTokenSettingsEmbeddings(**kw)).pipeline.key_factory(Role.TEXT)("x")
+
+    config = langchain_identity(FakeTokenSettingsEmbeddings())["config"]
+    assert config["token_limit"] == 512 and config["max_token"] == 256 and config["pad_token"] == "[PAD]"
+    assert config["key_column"] == "title" and config["model_kwargs"] == {"token_limit": 128}
+    assert not {"hf_token", "auth_token", "access_token"} & set(config)
+    base = key()
+    assert key(token_limit=64) != base
+    assert key(max_token=8) != base
+    assert key(model_kwargs={"token_limit": 64, "token": "kw-SECRET"}) != key(model_kwargs={"token_limit": 128})
+    assert key(hf_token="hf_SECRET_two") == key(hf_token=None) == base
+    assert key(auth_token="Bearer SECRET", access_token=SecretStr("at-SECRET-rotated")) == base
+    model = LangchainEmbedding(FakeTokenSettingsEmbeddings(auth_token="Bearer SECRET"))
+    for blob in (json.dumps(model.provider.identity()), json.dumps(model.provider.model_identity()), repr(model)):
+        assert "SECRET" not in blob
+    assert LangchainEmbedding(FakeTokenSettingsEmbeddings(token_limit=4)).embed(["abcdefgh"])[0][0] == 4.0
+
+
+class FakeHeaderEmbeddings(FakeRemoteEmbeddings):
+    default_headers: dict[str, str] | None = None
+
+
+def test_headers_that_can_select_a_model_change_the_key_credentials_never_appear() -> None:
+    def model(**headers: str) -> LangchainEmbedding:
+        return LangchainEmbedding(FakeHeaderEmbeddings(default_headers=headers or None))
+
+    base = model().pipeline.key_factory(Role.TEXT)("x")
+    assert "default_headers" not in langchain_identity(FakeHeaderEmbeddings(default_headers={}))["config"]
+    secret = model(Authorization="Bearer SECRET", **{"api-key": "SECRET", "User-Agent": "me"})
+    assert secret.pipeline.key_factory(Role.TEXT)("x") == base  # credentials and tracing: the same key
+    v1, v2 = model(**{"X-Model-Version": "1"}), model(**{"X-Model-Version": "2", "Authorization": "Bearer SECRET"})
+    assert v1.pipeline.key_factory(Role.TEXT)("x") not in (base, v2.pipeline.key_factory(Role.TEXT)("x"))
+    assert list(langchain_identity(v2.langchain_embeddings)["config"]["default_headers"]) == ["x-model-version"]
+    assert "SECRET" not in json.dumps(v2.provider.identity()) + json.dumps(secret.provider.identity())
+
+
 def test_identity_of_plain_objects_uses_public_plain_attributes_only() -> None:
     lc = RecordingEmbeddings(dim=3)
     lc.api_key = "sk-SECRET"  # type: ignore[attr-defined]

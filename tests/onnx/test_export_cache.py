@@ -200,6 +200,37 @@ def test_cache_key_tracks_weights_versions_and_precision(
     assert cache_key(fp, "fp32") != before
 
 
+def test_weights_rewritten_with_same_size_and_mtime_rebuild_the_graph(
+    tiny_bert: Path, tmp_path: Path, count_exports: list[Path], sentences: list[str], torch_reference: Any
+) -> None:
+    """A cached graph is keyed by its files' contents: new weights copied over the old ones with their size and
+    mtime (cp -p, touch -r, rsync -t) are a new export, never the old weights' graph (the memo had (path, size,
+    mtime) only)."""
+    import os
+
+    import transformers
+
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_bert, copy)
+    first = OnnxEncoder(copy, cache_dir=tmp_path / "c")
+    old = first.encode(sentences).vectors
+    retrained = transformers.BertModel.from_pretrained(str(copy))
+    for p in retrained.parameters():
+        p.data.mul_(-1.5)
+    retrained.save_pretrained(str(tmp_path / "retrained"))
+    weights = copy / "model.safetensors"
+    st = weights.stat()
+    shutil.copyfile(tmp_path / "retrained" / "model.safetensors", weights)
+    os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert (weights.stat().st_size, weights.stat().st_mtime_ns) == (st.st_size, st.st_mtime_ns)
+
+    again = OnnxEncoder(copy, cache_dir=tmp_path / "c")
+    assert len(count_exports) == 2 and again.graph_path != first.graph_path
+    new = again.encode(sentences).vectors
+    assert _cos(new, torch_reference(copy, sentences, max_length=64)).min() >= 0.9999
+    assert not np.allclose(new, old, atol=1e-3)  # the old graph would have served other numbers
+
+
 @pytest.mark.parametrize(("backend", "recipe"), [("onnx", "INT8_RECIPE"), ("openvino", "NNCF_RECIPE")])
 def test_embedding_cache_key_tracks_the_int8_recipe(
     tiny_bert: Path, monkeypatch: pytest.MonkeyPatch, backend: str, recipe: str
@@ -214,6 +245,30 @@ def test_embedding_cache_key_tracks_the_int8_recipe(
     again = HuggingFaceEmbedding(str(tiny_bert), backend=backend, precision="int8")
     assert again.pipeline.key_factory("text")("a cat") != before
     assert "int8_recipe" not in again.provider.model_identity()  # a corpus stays searchable, as for int8_runtime
+
+
+@pytest.mark.parametrize(("backend", "tool"), [("onnx", "onnxruntime"), ("openvino", "nncf"), ("openvino", "openvino")])
+def test_int8_cache_key_tracks_the_quantisers_version(
+    tiny_bert: Path, monkeypatch: pytest.MonkeyPatch, backend: str, tool: str
+) -> None:
+    """int8 numbers depend on the version of the tool that quantised (and compiles) the graph: another version is
+    another key (the int8 graph is rebuilt for it, so a warm cache would mix two quantisations); fp32 keys and
+    model_identity() stay as they were."""
+    from embedstack.providers.huggingface import HuggingFaceEmbedding
+
+    def key(precision: str) -> str:
+        model = HuggingFaceEmbedding(str(tiny_bert), backend=backend, precision=precision)
+        return model.pipeline.key_factory("text")("a cat")
+
+    int8, fp32 = key("int8"), key("fp32")
+    identity = HuggingFaceEmbedding(str(tiny_bert), backend=backend, precision="int8").provider.model_identity()
+    real = _onnx_export._version
+    monkeypatch.setattr(_onnx_export, "_version", lambda dist: "0.0-other" if dist == tool else real(dist))
+    assert key("int8") != int8
+    assert key("fp32") == fp32
+    again = HuggingFaceEmbedding(str(tiny_bert), backend=backend, precision="int8")
+    assert again.provider.identity()["int8_versions"][tool] == "0.0-other"
+    assert again.provider.model_identity() == identity  # a corpus stays searchable, as for int8_recipe
 
 
 def _shipping(model_dir: Path, folder: Path, graph: Path, weights: bool = True) -> Path:

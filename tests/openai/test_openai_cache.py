@@ -11,6 +11,7 @@ from openai_testutil import FAST, KEY, embed
 
 from embedstack.kvstore.sqlite import SQLiteKVStore
 from embedstack.providers.openai import EmbeddingAPIError, OpenAIEmbedding
+from embedstack.types import Role
 
 
 @pytest.mark.parametrize("workers", [None, 4])
@@ -96,3 +97,31 @@ def test_base_url_is_the_api_base(server: FakeOpenAIServer, tmp_path: Path, cls:
     )
     assert model.api_base == server.url and model.provider.identity()["api_base"] == server.url
     assert model.embed(["hello"]).shape == (1, 16)
+
+
+def test_a_header_that_can_select_the_model_is_part_of_the_cache_key(server: FakeOpenAIServer, tmp_path: Path) -> None:
+    """default_headers can pick a model version or deployment on compatible servers: vectors cached under one
+    header value are never served for another (each other value asks the server); tracing headers and
+    credentials do not split the cache, and models without extra headers keep their keys."""
+
+    def model(**headers: str) -> OpenAIEmbedding:
+        return OpenAIEmbedding(
+            api_key=KEY,
+            api_base=server.url,
+            default_headers=headers or None,
+            embeddings_cache=SQLiteKVStore(tmp_path / "cache.sqlite"),
+            **FAST,
+        )
+
+    texts = ["a cat", "a dog"]
+    model(**{"X-Model-Version": "2024-01"}).embed(texts)
+    assert len(server.ok_records) == 1
+    model(**{"X-Model-Version": "2024-01", "User-Agent": "me/1"}).embed(texts)  # a hit: only tracing differs
+    assert len(server.ok_records) == 1
+    model(**{"X-Model-Version": "2025-06"}).embed(texts)  # another version: a miss, asked again
+    assert len(server.ok_records) == 2
+    assert server.ok_records[-1].headers["x-model-version"] == "2025-06"
+
+    plain = model().pipeline.key_factory(Role.TEXT)("a cat")
+    assert "default_headers" not in model().provider.identity()
+    assert model(**{"Authorization": "Bearer other-credential"}).pipeline.key_factory(Role.TEXT)("a cat") == plain

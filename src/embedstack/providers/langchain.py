@@ -19,20 +19,27 @@ from pydantic import Field, PrivateAttr, SecretBytes, SecretStr
 from typing_extensions import Self
 
 from embedstack.base import DEFAULT_EMBED_BATCH_SIZE, BaseEmbedding, BatchEmbedding
+from embedstack.providers.remote.redact import header_identity
 from embedstack.types import Role, Vectors
 
 __all__ = ["LangchainEmbedding", "langchain_identity"]
 
 logger = logging.getLogger("embedstack")
 
-# Name parts that mark a credential: the whole field is left out of the identity.
-_SECRET_PARTS = frozenset(
+# A name holding one of these anywhere names a credential (openai_api_key, client_secret, db_password, ...).
+_SECRET_SUBSTRINGS = tuple(
     (
-        "key apikey secret token password passwd pwd credential credentials auth authorization "
-        "cookie cookies bearer signature private jwt sas"
+        "api_key apikey access_key secret_key private_key secret password passwd credential cookie auth_header "
+        "authorization bearer jwt"
     ).split()
 )
-_SECRET_SUBSTRINGS = tuple("api_key apikey access_key secret password credential auth_header".split())
+# A name ending with one of these parts names a credential (hf_token, huggingfacehub_api_token, subscription_key,
+# auth, sas, ...); where the part is elsewhere (token_limit, key_column) it names a setting.
+_SECRET_LAST_PARTS = frozenset("key token auth pwd signature sig sas".split())
+# Tokenizer settings named like credentials: their values are special tokens ("[PAD]"), never secrets.
+_NOT_SECRET_NAMES = frozenset(
+    "pad_token eos_token bos_token unk_token cls_token sep_token mask_token add_bos_token add_eos_token".split()
+)
 # Fields of LangChain embeddings that never change a vector: clients, retries, batching, progress.
 _RUNTIME_NAMES = frozenset(
     (
@@ -43,15 +50,30 @@ _RUNTIME_NAMES = frozenset(
         "multi_process rate_limiter device devices"
     ).split()
 )
+# Extra HTTP headers: in the identity as names and value hashes, credentials left out (see header_identity).
+_HEADER_NAMES = frozenset({"default_headers", "headers"})
 _URL_USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
 _MODEL_NAME_ATTRS = ("model_name", "model", "model_id", "deployment", "deployment_name", "repo_id")
 
 
-def _secret_looking(name: str) -> bool:
+def _secret_name(name: str) -> bool:
+    """Whether `name` names a credential (see _SECRET_SUBSTRINGS and _SECRET_LAST_PARTS)."""
     low = name.lower()
+    if low in _NOT_SECRET_NAMES:
+        return False
     if any(s in low for s in _SECRET_SUBSTRINGS):
         return True
-    return any(part in _SECRET_PARTS for part in re.split(r"[_\-.]", low))
+    parts = [p for p in re.split(r"[_\-.]", low) if p]
+    return bool(parts) and parts[-1] in _SECRET_LAST_PARTS
+
+
+def _is_secret(name: str, value: Any) -> bool:
+    """Whether the setting `name` = `value` is a credential, left out of the identity: a SecretStr/SecretBytes
+    value whatever its name, and a credential-named setting unless its value is a number or a flag (those are
+    settings: max_token=512), so a key set or not, or rotated, never changes the identity."""
+    if isinstance(value, (SecretStr, SecretBytes)):
+        return True
+    return _secret_name(name) and (value is None or not isinstance(value, (bool, int, float)))
 
 
 def _plain(value: Any, depth: int = 0) -> tuple[bool, Any]:
@@ -68,7 +90,7 @@ def _plain(value: Any, depth: int = 0) -> tuple[bool, Any]:
     if isinstance(value, Mapping):
         out = {}
         for k, v in value.items():
-            if not isinstance(k, str) or k.lower() in _RUNTIME_NAMES or _secret_looking(k):
+            if not isinstance(k, str) or k.lower() in _RUNTIME_NAMES or _is_secret(k, v):
                 continue
             ok, pv = _plain(v, depth + 1)
             if ok:
@@ -96,16 +118,21 @@ def _public_fields(obj: Any) -> tuple[dict[str, Any], bool]:
 def langchain_identity(obj: Any) -> dict[str, Any]:
     """What identifies a LangChain object's vectors: its class and its plain, non-secret settings.
 
-    Credentials (SecretStr values, secret-looking names), clients and runtime knobs (timeouts,
-    retries, chunk sizes) are left out; only JSON-safe values are kept, never a repr. Of a plain
-    (non-pydantic) object only scalar attributes (and embedstack models) count: its lists and
+    Credentials (SecretStr values, credential-named settings such as api_key or hf_token: see `_is_secret`),
+    clients and runtime knobs (timeouts, retries, chunk sizes) are left out; only JSON-safe values are kept, never
+    a repr. Of a plain (non-pydantic) object only scalar attributes (and embedstack models) count: its lists and
     dicts are more often state.
     """
     cls = type(obj)
     config: dict[str, Any] = {}
     fields, declared = _public_fields(obj)
     for name, value in fields.items():
-        if name.lower() in _RUNTIME_NAMES or _secret_looking(name):
+        if name.lower() in _HEADER_NAMES and isinstance(value, Mapping):  # a header can select a model
+            headers = header_identity(value)
+            if headers:  # none, or only credentials and tracing: the key stays as it was
+                config[name] = headers
+            continue
+        if name.lower() in _RUNTIME_NAMES or _is_secret(name, value):
             continue
         scalar = value is None or isinstance(value, (str, bool, int, float, Enum, BaseEmbedding))
         if not declared and not scalar:

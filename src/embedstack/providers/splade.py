@@ -360,6 +360,10 @@ class SpladeEmbedding(BatchSparseEmbedding):
                 stamp_fp32_from(data, path)
         if declares_lowercase(self._source().path):  # older cached vectors miss (see declares_lowercase)
             data["lowercase"] = "normaliser"
+        if self.precision == "int8":  # ONNX Runtime's quantiser makes the int8 graph: another version, other numbers
+            from embedstack.providers.huggingface.onnx_export import int8_versions
+
+            data["int8_versions"] = int8_versions("onnx")
         return data
 
     def _settings(self) -> _Settings:

@@ -69,7 +69,16 @@ def _locate(model_name: str, cache_folder: str | None, revision: str | None) -> 
 #: Identity fields that change only the arithmetic (as dense models' `_arithmetic_fields`): left out of
 #: `model_identity()`.
 _ARITHMETIC_FIELDS = frozenset(
-    {"precision", "int8_runtime", "int8_recipe", "int8_compute", "bf16_runtime", "fp32_from", "lowercase"}
+    {
+        "precision",
+        "int8_runtime",
+        "int8_recipe",
+        "int8_compute",
+        "int8_versions",
+        "bf16_runtime",
+        "fp32_from",
+        "lowercase",
+    }
 )
 
 
@@ -258,7 +267,10 @@ class CrossEncoderReranker(BaseReranker):
                 "precision": self.precision,
             }
             if self.precision == "int8":
+                from embedstack.providers.huggingface.onnx_export import int8_versions
+
                 data["int8_runtime"] = self.backend
+                data["int8_versions"] = int8_versions(self.backend)  # another quantiser version: other scores
                 if self.backend == "openvino":  # its unquantised ops: bf16 where the CPU has it natively
                     from embedstack._optional import require
                     from embedstack.rerank._openvino import NNCF_RERANK_RECIPE, int8_compute

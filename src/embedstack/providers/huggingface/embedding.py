@@ -312,10 +312,11 @@ class HuggingFaceEmbedding(BatchEmbedding):
         """The fields that change vectors, plus a stamp of a local directory's files (see files_stamp)."""
         data = stamp_identity(super()._identity(), self.source)
         if self.precision == "int8":  # the int8 graphs of ONNX Runtime and OpenVINO differ, and each recipe's
-            from embedstack.providers.huggingface.onnx_export import INT8_RECIPE, NNCF_RECIPE
+            from embedstack.providers.huggingface.onnx_export import INT8_RECIPE, NNCF_RECIPE, int8_versions
 
             data["int8_runtime"] = self.backend
             data["int8_recipe"] = INT8_RECIPE if self.backend == "onnx" else NNCF_RECIPE
+            data["int8_versions"] = int8_versions(self.backend)  # another quantiser version: other numbers
         elif self.precision == "bf16" and self.backend != "torch":  # OpenVINO rounds other values than torch
             data["bf16_runtime"] = self.backend
         if self.precision == "fp32":  # computed in fp32 since format 3 (it was the saved dtype)

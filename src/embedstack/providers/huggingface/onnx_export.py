@@ -30,6 +30,8 @@ import numpy as np
 import numpy.typing as npt
 
 from embedstack._atomic import atomic_write_bytes, publish
+from embedstack._file_hashes import file_sha256
+from embedstack._file_hashes import sha256_file as _sha256_file
 from embedstack._optional import require
 from embedstack.errors import EmbedstackError
 
@@ -49,6 +51,7 @@ __all__ = [
     "export_output",
     "has_external_data",
     "int8_fidelity",
+    "int8_versions",
     "model_fingerprint",
     "pick_output",
     "prepare_graph",
@@ -136,30 +139,12 @@ def _graph_files(model_dir: Path) -> list[Path]:
     return sorted({*files, config} if config.is_file() else set(files))  # sorted: keys stay as before
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def model_fingerprint(model_dir: Path, cache_dir: Path) -> str:
-    """sha256 over the graph's source files, memoised by (path, size, mtime) to skip rehashing."""
+    """sha256 over the graph's source files' names and contents (each hashed once per version of the file: see
+    `embedstack._file_hashes`, whose memo lives in `cache_dir`)."""
     digest = hashlib.sha256()
     for path in _graph_files(model_dir):
-        stat = path.stat()
-        stamp = f"{path.resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}"
-        memo = cache_dir / "hashes" / hashlib.sha1(stamp.encode()).hexdigest()
-        try:
-            file_hash = memo.read_text().strip()
-        except OSError:
-            file_hash = ""
-        if not re.fullmatch(r"[0-9a-f]{64}", file_hash):
-            file_hash = _sha256_file(path)
-            with contextlib.suppress(OSError):
-                _atomic_write(memo, file_hash.encode())
-        digest.update(f"{path.name}\0{file_hash}\n".encode())
+        digest.update(f"{path.name}\0{file_sha256(path, cache_dir)}\n".encode())
     return digest.hexdigest()
 
 
@@ -168,6 +153,18 @@ def _version(dist: str) -> str:
         return importlib.metadata.version(dist)
     except importlib.metadata.PackageNotFoundError:
         return "none"
+
+
+#: What makes an int8 graph's numbers on each runtime, beyond the fp32 graph it quantises: ONNX Runtime's quantiser
+#: (and its int8 kernels); NNCF, the ONNX Runtime its calibration runs on, and OpenVINO, which compiles the
+#: quantised graph into its int8 kernels.
+_INT8_TOOLS = {"onnx": ("onnxruntime",), "openvino": ("nncf", "onnxruntime", "openvino")}
+
+
+def int8_versions(runtime: str) -> dict[str, str]:
+    """The versions of the tools that quantise and run `runtime`'s ("onnx", "openvino") int8 graphs: part of int8
+    outputs' cache identity, so an upgrade that quantises otherwise never serves the old quantisation's outputs."""
+    return {dist: _version(dist) for dist in _INT8_TOOLS[runtime]}
 
 
 def cache_key(fingerprint: str, precision: str) -> str:

@@ -54,7 +54,7 @@ from embedstack.providers.remote.credentials import (
     split_query,
     url_secrets,
 )
-from embedstack.providers.remote.redact import is_sensitive_name, protect_logs, scrub
+from embedstack.providers.remote.redact import header_identity, is_sensitive_name, protect_logs, scrub
 from embedstack.providers.remote.retry import (
     Cooldown,
     Failure,
@@ -225,6 +225,14 @@ class _OpenAIBase(BatchEmbedding):
             self._cooldown = Cooldown()
 
     # -- the pipeline's hooks ------------------------------------------------------------------------
+    def _identity(self) -> dict[str, Any]:
+        """The fields that change vectors, plus the extra headers that can (see `header_identity`)."""
+        data = super()._identity()
+        headers = header_identity(self.default_headers)
+        if headers:  # none (or only credentials and tracing): the keys stay as they were
+            data["default_headers"] = headers
+        return data
+
     def _instruction(self, role: Role) -> str | None:
         """The instruction prepended for `role` (part of the cache key)."""
         if role is Role.QUERY:

@@ -8,13 +8,14 @@ record they emit carries one.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from urllib.parse import quote, unquote
 
-__all__ = ["ScrubFilter", "is_sensitive_name", "protect_logs", "scrub"]
+__all__ = ["ScrubFilter", "header_identity", "is_sensitive_name", "protect_logs", "scrub"]
 
 #: Parts of a header or query-parameter name that mark its value as a credential.
 _SENSITIVE_PARTS = ("key", "token", "secret", "passw", "auth", "cookie", "credential", "session")
@@ -28,6 +29,21 @@ def is_sensitive_name(name: str) -> bool:
     """Whether a header or query parameter called `name` carries a credential (api-key, token, sig, ...)."""
     lower = name.lower()
     return any(p in lower for p in _SENSITIVE_PARTS) or _SENSITIVE_WORD.search(lower) is not None
+
+
+#: Extra headers that only trace or label a request: never part of a cache identity.
+_UNKEYED_HEADERS = frozenset({"user-agent", "x-request-id", "x-correlation-id", "traceparent", "tracestate", "baggage"})
+
+
+def header_identity(headers: Mapping[str, str] | None) -> dict[str, str]:
+    """Extra HTTP headers as a cache identity holds them: a header may select a model version or deployment on a
+    compatible server, so each one's lower-cased name with the sha256 of its value; credentials
+    (`is_sensitive_name`) and tracing headers are left out, and no value ever appears as is."""
+    return {
+        name.lower(): "sha256:" + hashlib.sha256(str(value).encode("utf-8", "surrogatepass")).hexdigest()
+        for name, value in sorted((headers or {}).items())
+        if isinstance(name, str) and name.lower() not in _UNKEYED_HEADERS and not is_sensitive_name(name)
+    }
 
 
 def _mask_param(m: re.Match[str]) -> str:
