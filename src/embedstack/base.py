@@ -25,7 +25,7 @@ from embedstack.kvstore.base import BaseKVStore
 from embedstack.outputs import Dense, OutputKind, as_lists, as_matrix
 from embedstack.pipeline import DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_SIZE, Pipeline
 from embedstack.progress import ProgressArg
-from embedstack.provider import BatchOutput, Capabilities, Prepared, TokenCounts
+from embedstack.provider import ARITHMETIC_FIELDS, BatchOutput, Capabilities, Prepared, TokenCounts
 from embedstack.schema import BaseNode, MetadataMode, TransformComponent
 from embedstack.similarity import SimilarityMode, mean_agg
 from embedstack.similarity import similarity as _similarity
@@ -119,12 +119,8 @@ class EmbeddingModel(BaseComponent):
     default_async_workers: ClassVar[int | None] = None
     #: The provider's name in `embedstack.providers.catalog`, where this model's facts are (`Capabilities.catalog`).
     catalog_name: ClassVar[str | None] = None
-    #: Fields that change only the arithmetic (or, for "lowercase", the tokens of rare texts), left out of
-    #: `model_identity()`: outputs made at another precision (cosine >= 0.9999 apart for fp32/bf16; an int8 corpus
-    #: is searchable with fp32 queries) or before a tokenisation fix stay usable.
-    _arithmetic_fields: ClassVar[frozenset[str]] = frozenset(
-        {"precision", "int8_runtime", "int8_recipe", "int8_versions", "bf16_runtime", "fp32_from", "lowercase"}
-    )
+    #: Fields that change only the arithmetic, left out of `model_identity()` (see `ARITHMETIC_FIELDS`).
+    _arithmetic_fields: ClassVar[frozenset[str]] = ARITHMETIC_FIELDS
 
     _memo: dict[str, Any] = PrivateAttr(default_factory=dict)
 

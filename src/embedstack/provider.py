@@ -24,7 +24,23 @@ from typing import Any, Protocol, runtime_checkable
 from embedstack.outputs import OutputKind
 from embedstack.types import Batch, Plan, Role
 
-__all__ = ["BatchOutput", "Capabilities", "Prepared", "Provider", "ProviderBase", "TokenCounts"]
+__all__ = ["ARITHMETIC_FIELDS", "BatchOutput", "Capabilities", "Prepared", "Provider", "ProviderBase", "TokenCounts"]
+
+#: Identity fields that change only the arithmetic (or, for "lowercase", the tokens of rare texts), left out of
+#: `Provider.model_identity()`: outputs made at another precision (cosine >= 0.9999 apart for fp32/bf16; an int8
+#: corpus is searchable with fp32 queries) or before a tokenisation fix stay usable.
+ARITHMETIC_FIELDS = frozenset(
+    {
+        "precision",
+        "int8_runtime",
+        "int8_recipe",
+        "int8_compute",
+        "int8_versions",
+        "bf16_runtime",
+        "fp32_from",
+        "lowercase",
+    }
+)
 
 #: (tokens per item, whether each item was truncated to the model's limit).
 TokenCounts = tuple[list[int], list[bool]]

@@ -19,7 +19,7 @@ import numpy as np
 
 from embedstack.outputs import Dense, OutputKind, Scores
 from embedstack.pipeline import Pipeline
-from embedstack.provider import BatchOutput, Capabilities, Prepared, ProviderBase, TokenCounts
+from embedstack.provider import ARITHMETIC_FIELDS, BatchOutput, Capabilities, Prepared, ProviderBase, TokenCounts
 from embedstack.providers.hub import ModelSource, locate_model, stamp_identity
 from embedstack.providers.huggingface.tokens import Tokens, declares_lowercase
 from embedstack.rerank._model import (
@@ -66,22 +66,6 @@ def _locate(model_name: str, cache_folder: str | None, revision: str | None) -> 
     return locate_model(model_name, cache_folder, revision)
 
 
-#: Identity fields that change only the arithmetic (as dense models' `_arithmetic_fields`): left out of
-#: `model_identity()`.
-_ARITHMETIC_FIELDS = frozenset(
-    {
-        "precision",
-        "int8_runtime",
-        "int8_recipe",
-        "int8_compute",
-        "int8_versions",
-        "bf16_runtime",
-        "fp32_from",
-        "lowercase",
-    }
-)
-
-
 class _Prepared(NamedTuple):
     """A pair's tokens as `plan` made them, with the tokenizer that made them."""
 
@@ -119,7 +103,7 @@ class _CrossEncoderProvider(ProviderBase):
         return self.model.identity()
 
     def model_identity(self) -> Mapping[str, Any]:
-        return {k: v for k, v in self.model.identity().items() if k not in _ARITHMETIC_FIELDS}
+        return {k: v for k, v in self.model.identity().items() if k not in ARITHMETIC_FIELDS}
 
     def descriptor(self) -> Mapping[str, Any]:
         m = self.model
