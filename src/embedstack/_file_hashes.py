@@ -68,12 +68,25 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+#: The memo files read in this process, with the (mtime_ns, size) they had: a model's files are looked up one by
+#: one, and the file is parsed again only when it changed.
+_parsed: dict[str, tuple[tuple[int, int], dict[str, dict[str, object]]]] = {}
+
+
 def _read_memo(memo: Path) -> dict[str, dict[str, object]]:
     try:
+        st = memo.stat()
+        version = (st.st_mtime_ns, st.st_size)
+        known = _parsed.get(str(memo))
+        if known is not None and known[0] == version:
+            return dict(known[1])
         data = json.loads(memo.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
-    return data if isinstance(data, dict) else {}
+    if not isinstance(data, dict):
+        return {}
+    _parsed[str(memo)] = (version, data)
+    return dict(data)
 
 
 def _entry(stamp: tuple[str, int, int, int, int], sha256: str) -> dict[str, object]:
