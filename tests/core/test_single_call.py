@@ -40,11 +40,10 @@ class Hook(BaseEmbedding):
     def _get_query_embedding(self, query: str) -> Any:
         return self._answer(query)
 
+    _get_text_embedding = _get_query_embedding
+
     async def _aget_query_embedding(self, query: str) -> Any:
         return self._answer(query)
-
-    def _get_text_embedding(self, text: str) -> Any:
-        return self._answer(text)
 
     def _plan(self, items: list[Any], role: Role) -> Plan:
         return self._plan_given if self._plan_given is not None else super()._plan(items, role)
