@@ -46,9 +46,7 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return {"rows": rows, "vectors": vectors, "queries": queries, "qv": qv, "model": model}
 
 
-def test_rows_stay_in_input_order_through_cache_repeats_and_append(
-    corpus: dict[str, Any], tmp_path: Path
-) -> None:
+def test_rows_stay_in_input_order_through_cache_repeats_and_append(corpus: dict[str, Any], tmp_path: Path) -> None:
     rows, want, model = corpus["rows"], corpus["vectors"], corpus["model"]
     cache = tmp_path / "cache.sqlite"
     records = [{"id": r["id"], "text": r["text"]} for r in rows]

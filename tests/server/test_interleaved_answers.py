@@ -54,7 +54,7 @@ async def test_interleaved_requests_each_get_their_own_vectors(tiny_prompts_dir:
     app = create_app({"tiny": model}, max_batch_tokens=48, max_wait_ms=5)  # small batches: requests split and mix
     rng = random.Random(7)
     requests: list[dict[str, Any]] = []
-    for i in range(60):
+    for _ in range(60):
         n = rng.choice([1, 1, 2, 3, 5, 8, 13])
         body: dict[str, Any] = {
             "model": "tiny",
