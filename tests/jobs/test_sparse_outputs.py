@@ -230,3 +230,24 @@ def test_sparse_outputs_refuse_what_they_cannot_do(
         embed_records(sample_rows[5:9], textless, model=None, sparse="bm25", keep="none", cache=None, append=True)
     assert _files(textless) == kept
     assert not (tmp_path / "o.parquet").exists() and not (tmp_path / "o.npy").exists()
+
+
+@pytest.mark.parametrize("ext", ["parquet", "jsonl"])
+def test_sparse_search_ties_go_to_the_lower_row_as_every_top_k(tmp_path: Path, ext: str) -> None:
+    """1000 rows with the very same BM25 score: the top k are the first k of them, as the dense searches and
+    `embedstack.vectors.top_k` break ties (an unstable partition returned rows 1960, 1962, 1964 here)."""
+    from embedstack.vectors import top_k
+
+    texts = ["quick fox" if i % 2 == 0 else f"filler {i}" for i in range(2000)]
+    out = tmp_path / f"s.{ext}"
+    embed_records(texts, out, model=None, sparse="bm25", cache=None)
+    hits = search(out, "quick fox", k=3)
+    assert [h.id for h in hits] == ["0", "2", "4"]
+    assert len({h.score for h in hits}) == 1 and hits[0].score > 0
+    from embedstack.types import Role
+
+    q = sparse_model_of(out, read_meta(out)).pipeline.embed(["quick fox"], Role.QUERY).values[0].to_dict()
+    rows = load_embeddings(out).sparse
+    assert rows is not None
+    scores = np.array([sparse_dot(r.to_dict(), q) for r in rows])
+    assert [h.id for h in search(out, "quick fox", k=7)] == [str(i) for i in top_k(scores, 7)]

@@ -219,3 +219,28 @@ async def test_a_full_rerank_queue_is_a_429_with_retry_after(ce_bert: Path, monk
     assert r.status_code == 429 and r.headers["retry-after"] == "3"
     error = r.json()["error"]
     assert error["code"] == "queue_full" and "'ce'" in error["message"] and "7 pairs waiting" in error["message"]
+
+
+async def test_repeated_documents_tie_in_input_order_and_top_n_edges(ce_bert: Path) -> None:
+    docs = [DOCS[2], DOCS[1], DOCS[2], DOCS[0], DOCS[1], DOCS[2]]  # exact ties: the same pair thrice, twice
+    want = CrossEncoderReranker(str(ce_bert)).rank(QUERY, docs)
+    app = create_app({"ce": f"rerank:{ce_bert}"})
+    async with serving(app) as client:
+
+        async def ranked(top_n: int | None) -> list[tuple[int, float]]:
+            body: dict[str, Any] = {"model": "ce", "query": QUERY, "documents": docs}
+            if top_n is not None:
+                body["top_n"] = top_n
+            r = await client.post("/v1/rerank", json=body)
+            assert r.status_code == 200, r.text
+            return [(x["index"], x["relevance_score"]) for x in r.json()["results"]]
+
+        full = await ranked(None)
+        assert [i for i, _ in full] == [w.index for w in want]  # ties keep input order, as the library's rank
+        by_index = dict(full)
+        assert by_index[0] == by_index[2] == by_index[5] and by_index[1] == by_index[4]
+        assert await ranked(0) == []
+        assert await ranked(2) == full[:2]
+        assert await ranked(len(docs) + 5) == full
+        tei = (await client.post("/rerank", json={"query": QUERY, "texts": docs, "raw_scores": True})).json()
+        assert [x["index"] for x in tei] == [w.index for w in want]

@@ -23,6 +23,7 @@ from embedstack.jobs._sparse_write import resolve_sparse
 from embedstack.jobs._stored import open_stored
 from embedstack.sparse import BaseSparseEmbedding
 from embedstack.types import Role
+from embedstack.vectors.exact import top_k
 
 __all__ = ["sparse_model_of", "sparse_query", "sparse_ranked", "sparse_search"]
 
@@ -86,9 +87,10 @@ def sparse_query(
 
 
 def sparse_ranked(path: Path, meta: dict[str, Any], q: Any, n: int) -> list[tuple[int, float]]:
-    """The best n rows (row, score) with a positive dot product with the query's sparse vector."""
+    """The best n rows (row, score) with a positive dot product with the query's sparse vector, ties to the
+    lower row (the one top-k, `embedstack.vectors.top_k`)."""
     scores = _sparse_scores(path, meta, q.indices.astype(np.int64), q.values.astype(np.float64))
-    return [(r, float(scores[r])) for r in _ranked(scores, n).tolist() if scores[r] > 0]
+    return [(r, float(scores[r])) for r in top_k(scores, n).tolist() if scores[r] > 0]
 
 
 def sparse_search(out: str | os.PathLike[str], query: str, k: int = 10) -> SearchResult:
@@ -116,11 +118,3 @@ def sparse_search(out: str | os.PathLike[str], query: str, k: int = 10) -> Searc
     timings["total_s"] = time.perf_counter() - start
     entry = meta.get("sparse") or {}
     return SearchResult(hits, timings, f"sparse exact ({entry.get('model') or entry.get('model_class')} dot product)")
-
-
-def _ranked(scores: npt.NDArray[np.float64], n: int) -> npt.NDArray[np.int64]:
-    n = min(n, len(scores))
-    if n == 0:
-        return np.zeros(0, dtype=np.int64)
-    top = np.argpartition(-scores, n - 1)[:n]
-    return top[np.lexsort((top, -scores[top]))]  # type: ignore[no-any-return]
