@@ -216,6 +216,21 @@ def test_the_same_model_at_another_precision_may_search_and_append(tmp_path: Pat
         search(out, "q", model=_Precise(embed_dim=4, precision="bf16"), cache=None)
 
 
+@pytest.mark.parametrize("suffix", [".parquet", ".npy", ".jsonl"])
+def test_an_append_of_items_without_ids_numbers_them_on_from_the_rows_there(tmp_path: Path, suffix: str) -> None:
+    """Ids of a Python iterable's items are positions; appended ones go on from the output's rows (they restarted at
+    0, so one id named two rows and a search hit did not say which), ids given by the items are kept."""
+    out = tmp_path / f"o{suffix}"
+    model = FakeEmbedding(embed_dim=8)
+    embed_records(["a", "b", "c"], out, model=model, cache=None)
+    embed_records(["d", {"text": "e"}], out, model=model, cache=None, append=True)
+    embed_records([{"text": "f", "id": "mine"}], out, model=model, cache=None, append=True)
+    loaded = load_embeddings(out)
+    assert list(loaded.ids) == ["0", "1", "2", "3", "4", "mine"]
+    for row, text in enumerate("abcdef"):  # each id names the row of its own text
+        np.testing.assert_allclose(loaded.vectors[row], model.vector_for(text), rtol=1e-5, atol=1e-6)
+
+
 def test_output_must_be_a_file_with_a_known_extension(tmp_path: Path) -> None:
     with pytest.raises(OutputError, match=r"unknown output extension \.txt"):
         embed_records(["a"], tmp_path / "o.txt", model="fake", cache=None)

@@ -332,6 +332,8 @@ def _run(
             )
     if target.is_dir():
         raise InputError(f"{target}: is a folder; give an output file such as {target / 'embeddings.parquet'}")
+    if append and reader.items is not None and target.exists():  # positional ids go on from the output's rows
+        reader.first_id = int(read_meta(target).get("count") or 0)
     scan = reader.scan()
     if scan.count == 0:
         inputs = ", ".join(reader.describe_inputs())

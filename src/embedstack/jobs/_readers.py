@@ -508,6 +508,9 @@ class RecordReader:
         self.id_field = id_field or "id"
         self.id_required = id_field is not None
         self.skip_bad = skip_bad
+        #: The id of the first item of a Python iterable whose items carry none (ids are positions): an append
+        #: continues from the rows the output has, so that every id names one row.
+        self.first_id = 0
         if isinstance(keep, str) and keep in ("all", "none"):
             self.keep: str | tuple[str, ...] = keep
         else:
@@ -528,11 +531,11 @@ class RecordReader:
         if self.items is not None:
             for i, item in enumerate(self.items):
                 if isinstance(item, (str, Mapping)):
-                    yield f"item {i}", str(i), item
+                    yield f"item {i}", str(self.first_id + i), item
                 else:
                     yield (
                         f"item {i}",
-                        str(i),
+                        str(self.first_id + i),
                         InputError(f"item {i}: expected a str or a mapping, got {type(item).__name__}"),
                     )
             return
