@@ -188,6 +188,21 @@ async def test_dimensions_truncate_and_renormalise() -> None:
             assert len(s["embedding"]) == 3
 
 
+async def test_dimensions_on_a_model_not_known_to_be_matryoshka_trained_is_logged_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The answer is OpenAI's `dimensions` (cut, renormalise); the log says once, as the embed job warns, that this
+    model's first dimensions may retrieve worse."""
+    async with serving(create_app({"m": fake()})) as c:
+        with caplog.at_level("WARNING", logger="embedstack.server"):
+            await c.post("/v1/embeddings", json={"input": "a", "model": "m"})
+            assert not caplog.records
+            for _ in range(2):
+                assert (await c.post("/v1/embeddings", json={"input": "a", "model": "m", "dimensions": 3})).is_success
+    notes = [r.getMessage() for r in caplog.records if "Matryoshka" in r.getMessage()]
+    assert len(notes) == 1 and "model 'm'" in notes[0] and "first 3 of" in notes[0]
+
+
 async def test_truncation_counted_or_refused(tiny_model: Any) -> None:
     long_text = " ".join(["quick brown fox"] * 40)  # far over the tiny model's 16 tokens
     async with serving(create_app({"tiny": tiny_model})) as c:

@@ -763,22 +763,11 @@ _MATRYOSHKA_WARNED: set[str] = set()
 
 def matryoshka_warning(provider: str | None, name: str | None, dimensions: int, source_dim: int) -> None:
     """Warn once per model when `dimensions` truncates a model not known to be Matryoshka-trained."""
-    if dimensions >= source_dim:
-        return
-    from embedstack.providers.catalog import find
+    from embedstack.providers.catalog import truncation_note
 
-    facts = find(provider, name) if provider and name else None
-    if facts is not None and facts.matryoshka:
-        return
+    note = truncation_note(provider, name, dimensions, source_dim)
     key = f"{provider}:{name}"
-    if key in _MATRYOSHKA_WARNED:
+    if note is None or key in _MATRYOSHKA_WARNED:
         return
     _MATRYOSHKA_WARNED.add(key)
-    what = f"{name!r}" if name else "this model"
-    why = "is not Matryoshka-trained" if facts is not None else "is not known to be Matryoshka-trained"
-    warnings.warn(
-        f"{what} {why}: its first {dimensions} of {source_dim} dimensions may retrieve noticeably worse "
-        "than all of them; measure on your data, or use a Matryoshka model (see `embedstack models`)",
-        UserWarning,
-        stacklevel=3,
-    )
+    warnings.warn(note, UserWarning, stacklevel=3)

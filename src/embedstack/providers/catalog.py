@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from embedstack.providers.huggingface.instructions import instructions_for
 
-__all__ = ["FAST_PATH_FAMILIES", "MODELS", "PROVIDERS", "ModelFacts", "find"]
+__all__ = ["FAST_PATH_FAMILIES", "MODELS", "PROVIDERS", "ModelFacts", "find", "truncation_note"]
 
 #: The providers the table covers, in the order `embedstack models` lists them.
 PROVIDERS = ("local", "openai", "clip")
@@ -237,3 +237,19 @@ def find(provider: str, name: str) -> ModelFacts | None:
         if facts.provider == provider and facts.matches(name):
             return facts
     return None
+
+
+def truncation_note(provider: str | None, name: str | None, dimensions: int, source_dim: int) -> str | None:
+    """What to tell a user who keeps the first `dimensions` of `source_dim` dimensions of a model not known to be
+    Matryoshka-trained (its first dimensions may retrieve noticeably worse); None when there is nothing to say."""
+    if dimensions >= source_dim:
+        return None
+    facts = find(provider, name) if provider and name else None
+    if facts is not None and facts.matryoshka:
+        return None
+    what = f"{name!r}" if name else "this model"
+    why = "is not Matryoshka-trained" if facts is not None else "is not known to be Matryoshka-trained"
+    return (
+        f"{what} {why}: its first {dimensions} of {source_dim} dimensions may retrieve noticeably worse "
+        "than all of them; measure on your data, or use a Matryoshka model (see `embedstack models`)"
+    )

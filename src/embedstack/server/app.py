@@ -34,6 +34,7 @@ from starlette.routing import Route
 
 from embedstack import __version__
 from embedstack.base import BaseEmbedding, MultiModalEmbedding
+from embedstack.providers.catalog import truncation_note
 from embedstack.server.chunks import ROUTE as CHUNKS_ROUTE
 from embedstack.server.chunks import add_chunk_routes
 from embedstack.server.errors import APIError, error_body, install_handlers, invalid_request
@@ -618,6 +619,7 @@ async def _embeddings(state: ServerState, body: EmbeddingRequest, receive: Recei
         )
     rows, arrival = await gather(served, texts, role, body.truncate, "input", receive)
     if body.dimensions is not None:
+        _note_truncation(served, body.dimensions, rows.shape[1])
         rows = _shorten(rows, body.dimensions)
     metrics = state.metrics
     tokens = int(sum(arrival.counts)) if role is not Role.IMAGE else 0
@@ -626,6 +628,18 @@ async def _embeddings(state: ServerState, body: EmbeddingRequest, receive: Recei
     if cut:
         metrics.truncated.labels(served.name).inc(cut)
     return _encode(rows, served.name, tokens, body.encoding_format)
+
+
+def _note_truncation(served: Served, dimensions: int, source_dim: int) -> None:
+    """Log once per served model that `dimensions` cuts a model not known to be Matryoshka-trained (as the embed
+    job warns): the answer is what OpenAI's `dimensions` means, but its retrieval quality may drop."""
+    if served.truncation_noted:
+        return
+    catalog = served.model.provider.capabilities.catalog
+    note = truncation_note(catalog, getattr(served.model, "model_name", None), dimensions, source_dim)
+    if note is not None:
+        served.truncation_noted = True
+        logger.warning("model %r: 'dimensions': %s", served.name, note)
 
 
 def _shorten(rows: Matrix, dimensions: int) -> Matrix:

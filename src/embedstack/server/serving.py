@@ -79,6 +79,8 @@ class Served:
     ready: bool = False
     error: str | None = None
     dim: int | None = None
+    #: The log already said that 'dimensions' cuts this model, which is not known to be Matryoshka-trained.
+    truncation_noted: bool = False
 
     def check_ready(self, what: str = "model") -> None:
         """503 while loading or after a failed load."""
