@@ -292,3 +292,30 @@ def test_entries_of_a_wrong_length_with_the_length_record_evicted_are_misses(red
         warnings.simplefilter("ignore", RuntimeWarning)
         np.testing.assert_array_equal(fresh.embed(texts), want)
     assert {len(raw.get(n)) for n in raw.scan_iter(match=f"embedstack:v:{CACHE_COLLECTION}:*")} == {8 * 4}
+
+
+def test_collections_whose_names_hold_a_colon_never_share_a_key(redis_server: RedisServer) -> None:
+    """Collection "emb:a" key "k" and collection "emb" key "a:k" used to be one Redis key: a write to one replaced the
+    other's vector, and get_all/count/clear of "docs" took in "docs:v2". Each now behaves as SimpleKVStore."""
+    from embedstack.kvstore import SimpleKVStore
+
+    redis_store, ref = RedisKVStore(redis_server.url), SimpleKVStore()
+    ones, twos, threes = (np.full((1, 4), v, np.float32) for v in (1, 2, 3))
+    for store in (redis_store, ref):
+        store.put_vectors(["k"], ones, "emb:a")
+        store.put_vectors(["a:k"], twos, "emb")
+        store.put_vectors(["k"], threes, "emb%3Aa")  # an escaped-looking name is a collection of its own too
+        store.put("x", {"v": 1}, collection="docs")
+        store.put("v2:x", {"v": 2}, collection="docs")
+        store.put("x", {"v": 3}, collection="docs:v2")
+    for store in (redis_store, ref):
+        got = [store.get_vectors(["k"], "emb:a")[0], store.get_vectors(["a:k"], "emb")[0]]
+        got.append(store.get_vectors(["k"], "emb%3Aa")[0])
+        np.testing.assert_array_equal(np.stack(got), np.concatenate([ones, twos, threes]))
+        assert store.get_all("docs") == {"x": {"v": 1}, "v2:x": {"v": 2}}
+        assert store.get_all("docs:v2") == {"x": {"v": 3}}
+    assert redis_store.count_vectors("emb") == 1
+    assert redis_store.clear("docs") == 2 and redis_store.get_all("docs:v2") == {"x": {"v": 3}}
+    assert _raw(redis_server).exists(f"embedstack:v:{CACHE_COLLECTION}:x") == 0  # plain names keep their layout
+    redis_store.put_vectors(["x"], ones, CACHE_COLLECTION)
+    assert _raw(redis_server).exists(f"embedstack:v:{CACHE_COLLECTION}:x") == 1
