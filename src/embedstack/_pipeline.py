@@ -313,7 +313,8 @@ class EmbedJob:
         """Take the blobs a cache read found; unreadable, non-finite or wrong-length ones become misses.
 
         A fixed row length is the provider's own when known, else the one the cache recorded for this
-        model (`dim_blob`), else the most common; an assumed length is checked again when the model runs.
+        model (`dim_blob`), else the most common; an assumed length is checked again when the model runs
+        (on one item held back from the hits when nothing else would run it).
         """
         recorded = self._recorded_dim = _decode_dim(dim_blob)
         readable = [s for s, b in enumerate(blobs) if type(b) is bytes and b]
@@ -333,6 +334,10 @@ class EmbedJob:
             rows, ok = self.kind.from_blobs([b if type(b) is bytes else bytes(b) for b in found], dim)
             slots = [s for s, fits in zip(readable, ok) if fits]
             bad += len(readable) - len(slots)
+            if dim is not None and self.expected_dim is None and recorded is None and len(slots) == len(self.have):
+                # The length is only the most common one found and no miss would run the model to check it:
+                # compute one item, so that entries of a wrong length are never served.
+                slots, rows = slots[1:], rows[1:]
             if slots:
                 self._none_cached = False
                 with self._lock:

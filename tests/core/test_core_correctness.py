@@ -170,6 +170,25 @@ def test_wrong_recorded_length_is_corrected_by_the_model(tmp_path: Path) -> None
     np.testing.assert_array_equal(out, ListModel().embed(["a", "b", "c"]))
 
 
+@pytest.mark.parametrize("n", [1, 3])
+def test_every_entry_of_a_wrong_length_with_no_recorded_length_is_never_served(tmp_path: Path, n: int) -> None:
+    """Every item a hit, all of one wrong length, the length record gone: the most common length is only a
+    guess, so one item is computed to check it (the entries used to be served as 32-dim vectors)."""
+    path = tmp_path / "c.sqlite"
+    texts = ["x" * (i + 1) for i in range(n)]  # distinct vectors
+    ListModel(embeddings_cache=SQLiteKVStore(path)).embed(texts)
+    _truncate(path, 32 * 4)
+    with sqlite3.connect(path) as db:  # the record of the model's length is gone (evicted, expired, deleted)
+        db.execute("DELETE FROM vectors WHERE collection = 'embedding_dims'")
+    fresh = ListModel(embeddings_cache=SQLiteKVStore(path))  # a new process: knows no length yet
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        out = fresh.embed(texts)
+    np.testing.assert_array_equal(out, ListModel().embed(texts))
+    with sqlite3.connect(path) as db:  # rewritten at full length
+        assert {len(b) for (b,) in db.execute("SELECT data FROM vectors WHERE collection = 'embeddings'")} == {64 * 4}
+
+
 # -- 4. outputs ----------------------------------------------------------------------------------------------
 
 

@@ -326,3 +326,47 @@ def test_events_describe_the_wrapper_without_the_object(event_recorder: Any) -> 
     assert desc["class_name"] == "LangchainEmbedding"
     assert desc["langchain_class"].endswith("FakeRemoteEmbeddings")
     assert "SECRET" not in json.dumps(desc)
+
+
+async def test_every_path_through_both_adapters_equals_langchains_own_vectors_by_role() -> None:
+    """A LangChain object whose query and document vectors differ, wrapped as an embedstack model and that wrapped
+    again for llama-index and LangChain: each path's rows equal the object's own (as float32), in order, for
+    repeats, small concurrent batches, cold and warm cache, sync and async."""
+    lc = RecordingEmbeddings(dim=12)
+    texts = ["dup" if i % 5 == 0 else f"t{i % 7}-{i}" for i in range(23)]
+    docs = np.asarray(lc.embed_documents(texts), np.float32)
+    queries = np.asarray([lc.embed_query(t) for t in texts], np.float32)
+    assert not np.array_equal(docs, queries)
+    store = SimpleKVStore()
+    for _ in range(2):  # cold, then served from the cache
+        model = LangchainEmbedding(lc, embed_batch_size=3, num_workers=3, embeddings_cache=store)
+        li, lcw = model.as_llama_index(), model.as_langchain()
+        back = LangchainEmbedding(lcw, embed_batch_size=4)  # LangChain → embedstack → LangChain → embedstack
+        as_docs = {
+            "embed": model.embed(texts),
+            "aembed": await model.aembed(texts),
+            "get_text_embedding_batch": model.get_text_embedding_batch(texts),
+            "aget_text_embedding_batch": await model.aget_text_embedding_batch(texts),
+            "get_text_embedding": [model.get_text_embedding(t) for t in texts],
+            "li.get_text_embedding_batch": li.get_text_embedding_batch(texts),
+            "li.aget_text_embedding_batch": await li.aget_text_embedding_batch(texts),
+            "li.get_text_embedding": [li.get_text_embedding(t) for t in texts],
+            "li.aget_text_embedding": [await li.aget_text_embedding(t) for t in texts],
+            "lc.embed_documents": lcw.embed_documents(texts),
+            "lc.aembed_documents": await lcw.aembed_documents(texts),
+            "back.embed": back.embed(texts),
+        }
+        as_queries = {
+            "embed(query)": model.embed(texts, Role.QUERY),
+            "aembed(query)": await model.aembed(texts, Role.QUERY),
+            "get_query_embedding": [model.get_query_embedding(t) for t in texts],
+            "aget_query_embedding": [await model.aget_query_embedding(t) for t in texts],
+            "li.get_query_embedding": [li.get_query_embedding(t) for t in texts],
+            "li.aget_query_embedding": [await li.aget_query_embedding(t) for t in texts],
+            "lc.embed_query": [lcw.embed_query(t) for t in texts],
+            "lc.aembed_query": [await lcw.aembed_query(t) for t in texts],
+            "back.embed(query)": back.embed(texts, Role.QUERY),
+        }
+        for want, paths in ((docs, as_docs), (queries, as_queries)):
+            wrong = [name for name, got in paths.items() if not np.array_equal(np.asarray(got, np.float32), want)]
+            assert wrong == []

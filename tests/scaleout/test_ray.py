@@ -63,6 +63,11 @@ def test_bad_rows_fail_or_are_skipped(ray_session: Any) -> None:
         _rows(embed_dataset(ds, "fake:8", concurrency=1, batch_size=20))
     rows = _rows(embed_dataset(ds, "fake:8", concurrency=1, batch_size=20, on_bad="skip"))
     assert sorted(r["id"] for r in rows) == sorted(f"r{i}" for i in range(40) if i not in (7, 9))
+    fake = FakeEmbedding(embed_dim=8)
+    for row in rows:  # the rows after a skipped one keep their own vectors (aligned, not shifted)
+        item = items[int(row["id"][1:])]
+        assert row["text"] == item["text"] and row["n"] == item["n"]
+        np.testing.assert_array_equal(np.asarray(row["embedding"], np.float32), fake.vector_for(item["text"]))
     with pytest.raises(ValueError, match="on_bad"):
         embed_dataset(ds, "fake:8", on_bad="ignore")
     with pytest.raises(TypeError, match="spec string"):

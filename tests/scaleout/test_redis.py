@@ -226,3 +226,96 @@ def test_eight_processes_share_one_redis(redis_server: RedisServer) -> None:
     np.testing.assert_array_equal(model.embed(unique), np.stack([model.vector_for(t) for t in unique]))
     assert model.embedded == []  # every vector any process computed is there, and correct
     assert sum(int(o) for o in outs) >= 900  # the overlapping halves were computed at least once
+
+
+class _Exact(FakeEmbedding):
+    """Rows made of float32 values that a lossy round trip would change: -0.0, subnormals, the extremes."""
+
+    def vector_for(self, item: Any, role: Any = "text") -> np.ndarray:
+        vec = super().vector_for(item, role).copy()
+        vec[:6] = [-0.0, np.float32(1e-45), np.float32(-1.2e-38), 3.4e18, -np.float32(3.4e18) * 1.5, 1]
+        vec[6:] = np.nextafter(vec[6:], np.float32(np.inf))
+        return vec
+
+
+def test_vectors_round_trip_bit_exactly_and_never_collide(redis_server: RedisServer) -> None:
+    texts = ["same text", "another", "same text "]
+    expect: dict[Any, np.ndarray] = {}
+    for dim in (16, 17):  # two models (their identities differ), each text as a query and as a text
+        model = _Exact(embed_dim=dim, embeddings_cache=RedisKVStore(redis_server.url))
+        for role in ("query", "text"):
+            expect[dim, role] = model.embed(texts, role)
+    for (dim, role), want in expect.items():
+        served = _Exact(embed_dim=dim, embeddings_cache=RedisKVStore(redis_server.url))
+        got = served.embed(texts, role)
+        assert served.embedded == []  # every row came from Redis
+        assert got.tobytes() == want.tobytes()  # bit for bit: -0.0 and subnormals too
+        assert want.tobytes() == np.stack([served.vector_for(t, role) for t in texts]).tobytes()
+    assert not np.array_equal(expect[16, "query"][:, 6:], expect[16, "text"][:, 6:])
+    assert RedisKVStore(redis_server.url).count_vectors(CACHE_COLLECTION) == 2 * 2 * len(texts)
+
+
+def test_sparse_rows_round_trip_exactly(redis_server: RedisServer) -> None:
+    from embedstack.providers.bm25 import BM25Embedding
+
+    corpus = ["the quick brown fox", "jumps over the lazy dog", "the the the", "fox " * 50, "zebra"]
+    plain = BM25Embedding().fit(corpus)
+    cached = BM25Embedding(embeddings_cache=RedisKVStore(redis_server.url)).fit(corpus)
+    want = plain.get_text_embedding_batch(corpus)
+    assert cached.get_text_embedding_batch(corpus) == want  # computed, written
+    again = BM25Embedding(embeddings_cache=RedisKVStore(redis_server.url)).fit(corpus)
+    assert again.get_text_embedding_batch(corpus) == want  # served from Redis: the same indices and float values
+    assert [again.get_query_embedding(q) for q in corpus] == [plain.get_query_embedding(q) for q in corpus]
+    rows, want_rows = again.embed(corpus), plain.embed(corpus)  # the bulk path: int32 indices, float32 values
+    for got, ref in zip(rows, want_rows):
+        assert got.indices.tobytes() == ref.indices.tobytes() and got.values.tobytes() == ref.values.tobytes()
+    assert {} in want  # a row with no terms round-trips too
+
+
+def test_entries_of_a_wrong_length_with_the_length_record_evicted_are_misses(redis_server: RedisServer) -> None:
+    """A LangChain model declares no length; Redis holds every entry truncated and its length record evicted
+    (maxmemory, a shorter ttl, a manual delete). The entries used to be served as 4-value vectors."""
+    from langchain_core.embeddings import DeterministicFakeEmbedding
+
+    from embedstack.cache_key import DIM_COLLECTION
+    from embedstack.providers.langchain import LangchainEmbedding
+
+    texts = ["alpha", "beta", "gamma"]
+    want = np.array(DeterministicFakeEmbedding(size=8).embed_documents(texts), np.float32)
+    LangchainEmbedding(DeterministicFakeEmbedding(size=8), embeddings_cache=RedisKVStore(redis_server.url)).embed(texts)
+    raw = _raw(redis_server)
+    for name in raw.scan_iter(match=f"embedstack:v:{CACHE_COLLECTION}:*"):
+        raw.set(name, raw.get(name)[:16])
+    assert sum(raw.delete(n) for n in raw.scan_iter(match=f"embedstack:v:{DIM_COLLECTION}:*")) == 1
+    fresh = LangchainEmbedding(DeterministicFakeEmbedding(size=8), embeddings_cache=RedisKVStore(redis_server.url))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        np.testing.assert_array_equal(fresh.embed(texts), want)
+    assert {len(raw.get(n)) for n in raw.scan_iter(match=f"embedstack:v:{CACHE_COLLECTION}:*")} == {8 * 4}
+
+
+def test_collections_whose_names_hold_a_colon_never_share_a_key(redis_server: RedisServer) -> None:
+    """Collection "emb:a" key "k" and collection "emb" key "a:k" used to be one Redis key: a write to one replaced the
+    other's vector, and get_all/count/clear of "docs" took in "docs:v2". Each now behaves as SimpleKVStore."""
+    from embedstack.kvstore import SimpleKVStore
+
+    redis_store, ref = RedisKVStore(redis_server.url), SimpleKVStore()
+    ones, twos, threes = (np.full((1, 4), v, np.float32) for v in (1, 2, 3))
+    for store in (redis_store, ref):
+        store.put_vectors(["k"], ones, "emb:a")
+        store.put_vectors(["a:k"], twos, "emb")
+        store.put_vectors(["k"], threes, "emb%3Aa")  # an escaped-looking name is a collection of its own too
+        store.put("x", {"v": 1}, collection="docs")
+        store.put("v2:x", {"v": 2}, collection="docs")
+        store.put("x", {"v": 3}, collection="docs:v2")
+    for store in (redis_store, ref):
+        got = [store.get_vectors(["k"], "emb:a")[0], store.get_vectors(["a:k"], "emb")[0]]
+        got.append(store.get_vectors(["k"], "emb%3Aa")[0])
+        np.testing.assert_array_equal(np.stack(got), np.concatenate([ones, twos, threes]))
+        assert store.get_all("docs") == {"x": {"v": 1}, "v2:x": {"v": 2}}
+        assert store.get_all("docs:v2") == {"x": {"v": 3}}
+    assert redis_store.count_vectors("emb") == 1
+    assert redis_store.clear("docs") == 2 and redis_store.get_all("docs:v2") == {"x": {"v": 3}}
+    assert _raw(redis_server).exists(f"embedstack:v:{CACHE_COLLECTION}:x") == 0  # plain names keep their layout
+    redis_store.put_vectors(["x"], ones, CACHE_COLLECTION)
+    assert _raw(redis_server).exists(f"embedstack:v:{CACHE_COLLECTION}:x") == 1

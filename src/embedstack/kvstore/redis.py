@@ -1,7 +1,8 @@
 """RedisKVStore: one cache shared by many processes and machines (extra `redis`, redis-py).
 
 The same keys and float32 values as SQLiteKVStore, under `NAMESPACE:v:COLLECTION:KEY` (vectors,
-raw little-endian float32 bytes) and `NAMESPACE:d:COLLECTION:KEY` (dict values, JSON). A batch
+raw little-endian float32 bytes) and `NAMESPACE:d:COLLECTION:KEY` (dict values, JSON); a ':' or '%' in
+COLLECTION is written %3A or %25, so no two collections share a key. A batch
 read is one MGET, a batch write one pipeline of SET/SETEX. Cache keys are content hashes, so
 concurrent writers of one key write the same bytes: sharing needs no locking.
 
@@ -201,11 +202,17 @@ class RedisKVStore(BaseKVStore):
             return False
 
     # -- keys --------------------------------------------------------------------------------
+    @staticmethod
+    def _coll(collection: str) -> str:
+        """The collection as a key part without ':' (and '%' escaped too, so distinct names stay distinct):
+        otherwise collection "a:b" key "c" and collection "a" key "b:c" would be one Redis key."""
+        return collection.replace("%", "%25").replace(":", "%3A")
+
     def _vkey(self, collection: str, key: str) -> str:
-        return f"{self.namespace}:v:{collection}:{key}"
+        return f"{self.namespace}:v:{self._coll(collection)}:{key}"
 
     def _dkey(self, collection: str, key: str) -> str:
-        return f"{self.namespace}:d:{collection}:{key}"
+        return f"{self.namespace}:d:{self._coll(collection)}:{key}"
 
     def _scan(self, client: Any, pattern: str) -> list[bytes]:
         return list(client.scan_iter(match=pattern, count=1000))
