@@ -30,7 +30,7 @@ import numpy as np
 import numpy.typing as npt
 
 from embedstack._atomic import atomic_write_bytes, publish
-from embedstack._file_hashes import file_sha256
+from embedstack._file_hashes import cache_root, file_sha256
 from embedstack._file_hashes import sha256_file as _sha256_file
 from embedstack._optional import require
 from embedstack.errors import EmbedstackError
@@ -98,16 +98,7 @@ class ExportError(EmbedstackError, RuntimeError):
 # -- cache location and keys ---------------------------------------------------------------------
 def default_cache_dir() -> Path:
     """$EMBEDSTACK_CACHE_DIR/onnx, else the user cache directory's embedstack/onnx."""
-    env = os.environ.get("EMBEDSTACK_CACHE_DIR")
-    if env:
-        return Path(env).expanduser() / "onnx"
-    try:
-        import platformdirs
-
-        return Path(platformdirs.user_cache_dir("embedstack")) / "onnx"
-    except ImportError:
-        base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-        return Path(base) / "embedstack" / "onnx"
+    return cache_root() / "onnx"
 
 
 def shipped_onnx(model_dir: Path) -> Path | None:
